@@ -1,0 +1,42 @@
+# upload-grant-operator — the two commands: `make demo` and `make test`.
+SHELL := /bin/bash
+CARGO ?= cargo
+TESTENV := tools/testenv
+
+.PHONY: all build crds lint test test-unit demo testenv testenv-down testenv-build deps
+
+all: build
+
+deps:
+	@tools/install-deps.sh
+
+build:
+	$(CARGO) build --all-targets
+
+## crds: regenerate crds/ from the Rust types in src/api/
+crds:
+	$(CARGO) run --quiet --bin crdgen -- --out-dir crds
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+## testenv-build: build kube-apiserver, etcd, kubectl, helm and the S3/STS server into the cache
+testenv-build: deps
+	@$(TESTENV)/build.sh
+
+## testenv: start the local control plane, S3 store and STS (writes .testenv/env)
+testenv: deps
+	@$(TESTENV)/up.sh
+
+## testenv-down: stop everything `make testenv` started
+testenv-down:
+	@$(TESTENV)/down.sh
+
+## test: everything CI runs
+test: deps testenv-build lint
+	$(TESTENV)/with-env.sh $(CARGO) test --all-targets --no-fail-fast
+
+## demo: start everything, issue grants, upload and download a file through them
+demo: deps testenv-build
+	@tools/demo.sh

@@ -1,0 +1,265 @@
+//! `UploadGrant`: one presigned URL, kept fresh in a Secret.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::duration::DURATION_PATTERN;
+
+/// Asks for an S3 presigned URL for one object, delivered in a Secret in the
+/// grant's namespace and renewed before it expires.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "grants.io",
+    version = "v1alpha1",
+    kind = "UploadGrant",
+    namespaced,
+    shortname = "ug",
+    category = "grants",
+    status = "UploadGrantStatus",
+    doc = "UploadGrant asks for an S3 presigned URL for one object, delivered in a Secret and renewed before it expires.",
+    printcolumn(name = "Bucket", type_ = "string", json_path = ".spec.bucket"),
+    printcolumn(name = "Key", type_ = "string", json_path = ".spec.key"),
+    printcolumn(name = "Method", type_ = "string", json_path = ".spec.method"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        priority = "1"
+    ),
+    printcolumn(name = "Expires", type_ = "date", json_path = ".status.expiresAt"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(
+    validation = Rule::new("!has(self.refreshBefore) || duration(self.refreshBefore) < duration(self.ttl)").message("refreshBefore must be shorter than ttl"),
+    validation = Rule::new("!has(self.contentLength) || self.method == 'PUT'").message("contentLength is only allowed when method is PUT"),
+    validation = Rule::new("(!has(self.contentType) && !has(self.metadata) && !has(self.serverSideEncryption)) || self.method == 'PUT'").message("contentType, metadata and serverSideEncryption are only allowed when method is PUT")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct UploadGrantSpec {
+    /// The ClusterGrantIssuer that signs this grant. When omitted, the
+    /// operator's default issuer (flag --default-issuer) is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_ref: Option<IssuerRef>,
+
+    /// The S3 bucket: 3 to 63 lowercase letters, digits, dots and hyphens,
+    /// starting and ending with a letter or digit.
+    #[schemars(length(min = 3, max = 63))]
+    #[x_kube(
+        validation = Rule::new("self.matches('^[a-z0-9][a-z0-9.-]*[a-z0-9]$')").message("bucket must consist of lowercase letters, digits, dots and hyphens, and start and end with a letter or digit"),
+        validation = Rule::new("!self.contains('..') && !self.contains('.-') && !self.contains('-.')").message("bucket must not contain two adjacent periods or a period next to a hyphen"),
+        validation = Rule::new("!self.matches('^[0-9]+[.][0-9]+[.][0-9]+[.][0-9]+$')").message("bucket must not be formatted as an IP address"),
+        validation = Rule::new("!self.startsWith('xn--') && !self.startsWith('sthree-') && !self.endsWith('-s3alias') && !self.endsWith('--ol-s3')").message("bucket must not use a prefix or suffix that S3 reserves (xn--, sthree-, -s3alias, --ol-s3)")
+    )]
+    pub bucket: String,
+
+    /// The object key, 1 to 1024 bytes of UTF-8. Any character is allowed;
+    /// the operator encodes it in the URL.
+    #[schemars(length(min = 1, max = 1024))]
+    #[x_kube(validation = Rule::new("size(bytes(self)) <= 1024").message("key must be at most 1024 bytes of UTF-8"))]
+    pub key: String,
+
+    /// The HTTP method the URL is signed for: PUT (upload, the default), GET
+    /// (download), HEAD (read metadata) or DELETE.
+    #[serde(default)]
+    pub method: Method,
+
+    /// Lifetime of each URL, as a Go duration between 1m and 168h. The URL may
+    /// end earlier when the operator's credentials or notAfter end first;
+    /// status.expiresAt says when.
+    #[serde(default = "default_ttl")]
+    #[schemars(length(max = 32), regex(pattern = DURATION_PATTERN))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1m') && duration(self) <= duration('168h')").message("ttl must be between 1m and 168h"))]
+    pub ttl: String,
+
+    /// How long before expiry the URL is renewed, as a Go duration shorter than
+    /// ttl. Defaults to a third of the URL's lifetime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32), regex(pattern = DURATION_PATTERN))]
+    #[x_kube(validation = Rule::new("duration(self) > duration('0s')").message("refreshBefore must be positive"))]
+    pub refresh_before: Option<String>,
+
+    /// Always (the default) keeps renewing the URL; Never issues it once and
+    /// removes the Secret when it expires.
+    #[serde(default)]
+    pub refresh_policy: RefreshPolicy,
+
+    /// No URL outlives this time (RFC 3339). Afterwards the Secret is removed
+    /// and the grant is Expired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<Time>,
+
+    /// If set, the URL is signed with this Content-Type and the client must
+    /// send exactly it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    #[x_kube(validation = Rule::new("self.matches('^[\\\\x21-\\\\x7e][\\\\x20-\\\\x7e]*$')").message("contentType must be printable ASCII"))]
+    pub content_type: Option<String>,
+
+    /// PUT only: the exact body size in bytes the client must upload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub content_length: Option<i64>,
+
+    /// Object metadata, signed as x-amz-meta-NAME headers the client must send.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.all(k, k.matches('^[A-Za-z0-9._-]+$'))").message("metadata names may only contain letters, digits, '.', '_' and '-'"))]
+    pub metadata: Option<BTreeMap<String, String>>,
+
+    /// Server-side encryption the client must request; signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_side_encryption: Option<ServerSideEncryption>,
+
+    /// The Secret the URL is written to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<SecretTemplate>,
+
+    /// true removes the Secret now and issues nothing until set back to false.
+    #[serde(default)]
+    pub suspend: bool,
+}
+
+fn default_ttl() -> String {
+    "1h".to_owned()
+}
+
+/// Names a ClusterGrantIssuer.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct IssuerRef {
+    /// Name of the ClusterGrantIssuer.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// The HTTP method a URL is signed for.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Method {
+    #[default]
+    Put,
+    Get,
+    Head,
+    Delete,
+}
+
+impl Method {
+    pub const ALL: [Method; 4] = [Method::Put, Method::Get, Method::Head, Method::Delete];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Put => "PUT",
+            Method::Get => "GET",
+            Method::Head => "HEAD",
+            Method::Delete => "DELETE",
+        }
+    }
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Whether the operator keeps renewing a URL.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum RefreshPolicy {
+    #[default]
+    Always,
+    Never,
+}
+
+/// Server-side encryption headers the URL is signed with.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.kmsKeyId) || self.type == 'aws:kms'").message("kmsKeyId is only allowed with type aws:kms"))]
+pub struct ServerSideEncryption {
+    /// AES256 (S3-managed keys) or aws:kms.
+    #[serde(rename = "type")]
+    pub type_: SseType,
+    /// The KMS key for aws:kms; the bucket's default key when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    pub kms_key_id: Option<String>,
+}
+
+/// A server-side encryption kind.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum SseType {
+    #[serde(rename = "AES256")]
+    Aes256,
+    #[serde(rename = "aws:kms")]
+    AwsKms,
+}
+
+impl SseType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SseType::Aes256 => "AES256",
+            SseType::AwsKms => "aws:kms",
+        }
+    }
+}
+
+/// Name, labels and annotations of the Secret the grant writes.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretTemplate {
+    /// Name of the Secret; defaults to the grant's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub name: Option<String>,
+    /// Labels added to the Secret.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Annotations added to the Secret.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// What the operator last did for the grant. It never contains the URL.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UploadGrantStatus {
+    /// Ready is True while the Secret holds a working URL; when False, the
+    /// reason is one of InvalidSpec, IssuerNotFound, Forbidden,
+    /// CredentialsUnavailable, SigningFailed, SecretConflict, Suspended or
+    /// Expired.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The Secret holding the current URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    /// When the current URL was signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_at: Option<Time>,
+    /// When the current URL stops working: the earliest of ttl, the signing
+    /// credentials' expiry and notAfter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Time>,
+    /// When the operator will renew the URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_at: Option<Time>,
+    /// A short hash of the current URL, to tell URLs apart without revealing
+    /// one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_fingerprint: Option<String>,
+    /// The generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}

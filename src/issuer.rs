@@ -1,0 +1,376 @@
+//! Evaluates a ClusterGrantIssuer's allow rules against a grant. Pure: no
+//! cluster access, so every rule is tested from fixtures.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+use crate::api::duration::{format_duration, parse_duration, parse_quantity};
+use crate::api::{AllowRule, ClusterGrantIssuerSpec, Method};
+
+/// What a grant asks for, as far as the allow rules care.
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    pub namespace: &'a str,
+    pub namespace_labels: &'a BTreeMap<String, String>,
+    pub name: &'a str,
+    pub bucket: &'a str,
+    pub key: &'a str,
+    pub method: Method,
+    pub ttl: Duration,
+    pub content_length: Option<u64>,
+}
+
+/// Why no rule allowed a grant: one line per rule, for the grant's status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denied(pub String);
+
+impl std::fmt::Display for Denied {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Returns the index of the first rule that allows the request, or why each
+/// rule refused it.
+pub fn authorize(issuer: &ClusterGrantIssuerSpec, req: &Request<'_>) -> Result<usize, Denied> {
+    if issuer.allow.is_empty() {
+        return Err(Denied(
+            "the issuer has no allow rules, so it allows nothing".into(),
+        ));
+    }
+    let mut reasons = Vec::with_capacity(issuer.allow.len());
+    for (i, rule) in issuer.allow.iter().enumerate() {
+        match check_rule(rule, req) {
+            Ok(()) => return Ok(i),
+            Err(reason) => reasons.push(format!("allow[{i}]: {reason}")),
+        }
+    }
+    Err(Denied(format!(
+        "no allow rule matches: {}",
+        reasons.join("; ")
+    )))
+}
+
+fn check_rule(rule: &AllowRule, req: &Request<'_>) -> Result<(), String> {
+    if let Some(selector) = &rule.namespaces {
+        if !selector_matches(selector, req.namespace_labels)? {
+            return Err(format!(
+                "namespace {:?} does not match its namespace selector",
+                req.namespace
+            ));
+        }
+    }
+    if !rule.buckets.iter().any(|b| b == "*" || b == req.bucket) {
+        return Err(format!(
+            "bucket {:?} is not one of {:?}",
+            req.bucket, rule.buckets
+        ));
+    }
+    if let Some(prefixes) = &rule.key_prefixes {
+        let expanded: Vec<String> = prefixes
+            .iter()
+            .map(|p| {
+                p.replace("{namespace}", req.namespace)
+                    .replace("{name}", req.name)
+            })
+            .collect();
+        if !expanded.iter().any(|p| req.key.starts_with(p.as_str())) {
+            return Err(format!("key does not start with any of {expanded:?}"));
+        }
+    }
+    if let Some(methods) = &rule.methods {
+        if !methods.contains(&req.method) {
+            let names: Vec<&str> = methods.iter().map(|m| m.as_str()).collect();
+            return Err(format!("method {} is not one of {names:?}", req.method));
+        }
+    }
+    if let Some(max_ttl) = &rule.max_ttl {
+        let max = parse_duration(max_ttl).map_err(|e| format!("maxTtl: {e}"))?;
+        if req.ttl > max {
+            return Err(format!(
+                "ttl {} is longer than maxTtl {}",
+                format_duration(req.ttl),
+                format_duration(max)
+            ));
+        }
+    }
+    if let Some(max_len) = &rule.max_content_length {
+        let max = parse_quantity(max_len).map_err(|e| format!("maxContentLength: {e}"))?;
+        if req.method == Method::Put {
+            match req.content_length {
+                None => {
+                    return Err(format!(
+                        "a PUT must set contentLength (at most {max} bytes, maxContentLength {max_len})"
+                    ));
+                }
+                Some(len) if len > max => {
+                    return Err(format!(
+                        "contentLength {len} is larger than maxContentLength {max_len} ({max} bytes)"
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Kubernetes label-selector semantics: every matchLabels entry and every
+/// matchExpressions requirement must hold; an empty selector matches all.
+pub fn selector_matches(
+    selector: &LabelSelector,
+    labels: &BTreeMap<String, String>,
+) -> Result<bool, String> {
+    if let Some(match_labels) = &selector.match_labels {
+        if match_labels.iter().any(|(k, v)| labels.get(k) != Some(v)) {
+            return Ok(false);
+        }
+    }
+    for expr in selector.match_expressions.iter().flatten() {
+        let value = labels.get(&expr.key);
+        let values = expr.values.as_deref().unwrap_or_default();
+        let holds = match expr.operator.as_str() {
+            "In" => value.is_some_and(|v| values.contains(v)),
+            "NotIn" => !value.is_some_and(|v| values.contains(v)),
+            "Exists" => value.is_some(),
+            "DoesNotExist" => value.is_none(),
+            other => return Err(format!("unknown label selector operator {other:?}")),
+        };
+        if !holds {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::S3Target;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+
+    fn issuer(rules: Vec<AllowRule>) -> ClusterGrantIssuerSpec {
+        ClusterGrantIssuerSpec {
+            s3: S3Target {
+                region: "eu-west-1".into(),
+                endpoint: None,
+                force_path_style: false,
+            },
+            allow: rules,
+        }
+    }
+
+    fn rule() -> AllowRule {
+        AllowRule {
+            namespaces: None,
+            buckets: vec!["reports".into()],
+            key_prefixes: None,
+            methods: None,
+            max_ttl: None,
+            max_content_length: None,
+        }
+    }
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn request<'a>(labels: &'a BTreeMap<String, String>) -> Request<'a> {
+        Request {
+            namespace: "analytics",
+            namespace_labels: labels,
+            name: "nightly",
+            bucket: "reports",
+            key: "analytics/2026/report.csv",
+            method: Method::Put,
+            ttl: Duration::from_secs(3600),
+            content_length: Some(1000),
+        }
+    }
+
+    #[test]
+    fn no_rules_allow_nothing() {
+        let l = labels(&[]);
+        assert!(authorize(&issuer(vec![]), &request(&l)).is_err());
+    }
+
+    #[test]
+    fn a_matching_rule_allows_and_reports_its_index() {
+        let l = labels(&[]);
+        let other = AllowRule {
+            buckets: vec!["other".into()],
+            ..rule()
+        };
+        assert_eq!(authorize(&issuer(vec![other, rule()]), &request(&l)), Ok(1));
+    }
+
+    #[test]
+    fn bucket_must_be_listed_or_wildcard() {
+        let l = labels(&[]);
+        let denied = authorize(
+            &issuer(vec![AllowRule {
+                buckets: vec!["x".into()],
+                ..rule()
+            }]),
+            &request(&l),
+        );
+        assert!(denied.unwrap_err().0.contains("bucket \"reports\""));
+        let any = AllowRule {
+            buckets: vec!["*".into()],
+            ..rule()
+        };
+        assert!(authorize(&issuer(vec![any]), &request(&l)).is_ok());
+    }
+
+    #[test]
+    fn namespace_selector_filters_by_label() {
+        let selector = LabelSelector {
+            match_labels: Some(labels(&[("team", "analytics")])),
+            ..LabelSelector::default()
+        };
+        let r = AllowRule {
+            namespaces: Some(selector),
+            ..rule()
+        };
+        let yes = labels(&[("team", "analytics")]);
+        let no = labels(&[("team", "web")]);
+        assert!(authorize(&issuer(vec![r.clone()]), &request(&yes)).is_ok());
+        let denied = authorize(&issuer(vec![r]), &request(&no)).unwrap_err();
+        assert!(denied.0.contains("namespace selector"), "{denied}");
+    }
+
+    #[test]
+    fn empty_selector_matches_every_namespace() {
+        let r = AllowRule {
+            namespaces: Some(LabelSelector::default()),
+            ..rule()
+        };
+        let l = labels(&[]);
+        assert!(authorize(&issuer(vec![r]), &request(&l)).is_ok());
+    }
+
+    #[test]
+    fn match_expressions_follow_kubernetes_semantics() {
+        let expr = |op: &str, values: &[&str]| LabelSelector {
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "env".into(),
+                operator: op.into(),
+                values: Some(values.iter().map(|v| v.to_string()).collect()),
+            }]),
+            ..LabelSelector::default()
+        };
+        let prod = labels(&[("env", "prod")]);
+        let none = labels(&[]);
+        assert_eq!(selector_matches(&expr("In", &["prod"]), &prod), Ok(true));
+        assert_eq!(selector_matches(&expr("In", &["prod"]), &none), Ok(false));
+        assert_eq!(
+            selector_matches(&expr("NotIn", &["prod"]), &prod),
+            Ok(false)
+        );
+        assert_eq!(selector_matches(&expr("NotIn", &["prod"]), &none), Ok(true));
+        assert_eq!(selector_matches(&expr("Exists", &[]), &prod), Ok(true));
+        assert_eq!(
+            selector_matches(&expr("DoesNotExist", &[]), &prod),
+            Ok(false)
+        );
+        assert!(selector_matches(&expr("Near", &[]), &prod).is_err());
+    }
+
+    #[test]
+    fn key_prefix_substitutes_namespace_and_name() {
+        let l = labels(&[]);
+        let r = AllowRule {
+            key_prefixes: Some(vec!["{namespace}/".into()]),
+            ..rule()
+        };
+        assert!(authorize(&issuer(vec![r.clone()]), &request(&l)).is_ok());
+        let mut other = request(&l);
+        other.key = "web/report.csv";
+        let denied = authorize(&issuer(vec![r]), &other).unwrap_err();
+        assert!(denied.0.contains("[\"analytics/\"]"), "{denied}");
+        let by_name = AllowRule {
+            key_prefixes: Some(vec!["{namespace}/{name}-".into()]),
+            ..rule()
+        };
+        let mut named = request(&l);
+        named.key = "analytics/nightly-1.csv";
+        assert!(authorize(&issuer(vec![by_name]), &named).is_ok());
+    }
+
+    #[test]
+    fn methods_limit_what_may_be_signed() {
+        let l = labels(&[]);
+        let r = AllowRule {
+            methods: Some(vec![Method::Get]),
+            ..rule()
+        };
+        let denied = authorize(&issuer(vec![r]), &request(&l)).unwrap_err();
+        assert!(denied.0.contains("method PUT"), "{denied}");
+    }
+
+    #[test]
+    fn max_ttl_caps_the_requested_lifetime() {
+        let l = labels(&[]);
+        let r = AllowRule {
+            max_ttl: Some("30m".into()),
+            ..rule()
+        };
+        let denied = authorize(&issuer(vec![r.clone()]), &request(&l)).unwrap_err();
+        assert!(denied.0.contains("longer than maxTtl 30m0s"), "{denied}");
+        let mut short = request(&l);
+        short.ttl = Duration::from_secs(1800);
+        assert!(authorize(&issuer(vec![r]), &short).is_ok());
+    }
+
+    #[test]
+    fn max_content_length_requires_a_pinned_size_for_put() {
+        let l = labels(&[]);
+        let r = AllowRule {
+            max_content_length: Some("1Ki".into()),
+            ..rule()
+        };
+        assert!(authorize(&issuer(vec![r.clone()]), &request(&l)).is_ok());
+        let mut big = request(&l);
+        big.content_length = Some(1025);
+        assert!(
+            authorize(&issuer(vec![r.clone()]), &big)
+                .unwrap_err()
+                .0
+                .contains("larger than maxContentLength")
+        );
+        let mut unpinned = request(&l);
+        unpinned.content_length = None;
+        assert!(
+            authorize(&issuer(vec![r.clone()]), &unpinned)
+                .unwrap_err()
+                .0
+                .contains("must set contentLength")
+        );
+        let mut get = unpinned.clone();
+        get.method = Method::Get;
+        assert!(authorize(&issuer(vec![r]), &get).is_ok());
+    }
+
+    #[test]
+    fn denial_lists_every_rule() {
+        let l = labels(&[]);
+        let a = AllowRule {
+            buckets: vec!["a".into()],
+            ..rule()
+        };
+        let b = AllowRule {
+            methods: Some(vec![Method::Delete]),
+            ..rule()
+        };
+        let denied = authorize(&issuer(vec![a, b]), &request(&l)).unwrap_err();
+        assert!(
+            denied.0.contains("allow[0]: bucket") && denied.0.contains("allow[1]: method"),
+            "{denied}"
+        );
+    }
+}

@@ -1,0 +1,11 @@
+//! upload-grant-operator: issues, renews and revokes S3 presigned URLs as
+//! Secrets, for UploadGrants allowed by a ClusterGrantIssuer.
+
+pub mod api;
+pub mod controller;
+pub mod error;
+pub mod issuer;
+pub mod metrics;
+pub mod server;
+pub mod signing;
+pub mod telemetry;

@@ -1,0 +1,155 @@
+//! `upload-grant-operator`: runs the controller with KUBECONFIG or the
+//! in-cluster config, and AWS credentials from the default chain.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use upload_grant_operator::controller::{self, Settings};
+use upload_grant_operator::metrics::Metrics;
+use upload_grant_operator::server::{self, Readiness};
+use upload_grant_operator::signing::{CredentialSnapshot, Presigner};
+use upload_grant_operator::telemetry::{self, LogFormat};
+
+/// Issues, renews and revokes S3 presigned URLs for UploadGrants, as Secrets.
+///
+/// Kubernetes access comes from KUBECONFIG or the in-cluster service account;
+/// AWS credentials from the default chain (IRSA, EKS Pod Identity or static
+/// keys).
+#[derive(Debug, Parser)]
+#[command(name = "upload-grant-operator", version, about, long_about = None)]
+struct Cli {
+    /// ClusterGrantIssuer for grants that set no spec.issuerRef.
+    #[arg(long, env = "UPLOAD_GRANT_DEFAULT_ISSUER")]
+    default_issuer: Option<String>,
+
+    /// Address for /metrics, /healthz and /readyz.
+    #[arg(
+        long,
+        env = "UPLOAD_GRANT_LISTEN_ADDRESS",
+        default_value = "0.0.0.0:8080"
+    )]
+    listen_address: SocketAddr,
+
+    /// Log format.
+    #[arg(
+        long,
+        env = "UPLOAD_GRANT_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    log_format: LogFormat,
+
+    /// Log level (error, warn, info, debug, trace) or tracing directives.
+    #[arg(long, env = "UPLOAD_GRANT_LOG_LEVEL", default_value = "info")]
+    log_level: String,
+
+    /// Only handle grants in this namespace (default: all namespaces).
+    #[arg(long, env = "UPLOAD_GRANT_WATCH_NAMESPACE")]
+    namespace: Option<String>,
+
+    /// How many grants are reconciled at the same time.
+    #[arg(long, env = "UPLOAD_GRANT_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    concurrency: u16,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = telemetry::init(cli.log_format, &cli.log_level) {
+        eprintln!("upload-grant-operator: invalid logging settings: {e}");
+        return std::process::ExitCode::from(2);
+    }
+    match run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "upload-grant-operator stopped");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let client = kube::Client::try_default().await?;
+    let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .load()
+        .await;
+    let provider = aws
+        .credentials_provider()
+        .ok_or("the AWS default chain found no credential provider")?;
+    let credentials = CredentialSnapshot::new(provider);
+    let presigner = Presigner::new(aws);
+    let metrics = Arc::new(Metrics::default());
+    let readiness = Arc::new(Readiness::default());
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        let _ = stop_tx.send(true);
+    });
+
+    tokio::spawn(warm_up_credentials(credentials.clone()));
+    let router = server::router(metrics.clone(), credentials.clone(), readiness.clone());
+    let server = tokio::spawn(server::serve(cli.listen_address, router, stopped()));
+
+    let settings = Settings {
+        default_issuer: cli.default_issuer,
+        concurrency: cli.concurrency,
+        namespace: cli.namespace,
+    };
+    tracing::info!(default_issuer = ?settings.default_issuer, namespace = ?settings.namespace, concurrency = settings.concurrency, "starting controller");
+    controller::run(
+        client,
+        settings,
+        credentials,
+        presigner,
+        metrics,
+        readiness,
+        stopped(),
+    )
+    .await;
+    server.await??;
+    Ok(())
+}
+
+/// Loads credentials once at start so /readyz reflects them before the first
+/// grant arrives; retries until it works.
+async fn warm_up_credentials(credentials: CredentialSnapshot) {
+    let mut delay = Duration::from_secs(1);
+    loop {
+        match credentials.get().await {
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_s = delay.as_secs(), "cannot load AWS credentials yet");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(60));
+            }
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

@@ -1,0 +1,216 @@
+//! Prometheus metrics. Labels are bounded sets (reasons, categories,
+//! results): never a grant name, a key or a URL.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, SystemTime};
+
+use kube::runtime::reflector::ObjectRef;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::api::UploadGrant;
+use crate::controller::status::Reason;
+use crate::signing::CredentialSnapshot;
+
+type Labels = [(&'static str, &'static str); 1];
+type Labels2 = [(&'static str, &'static str); 2];
+
+pub struct Metrics {
+    registry: Registry,
+    reconcile_duration: Histogram,
+    reconcile_failures: Family<Labels, Counter>,
+    signings: Family<Labels2, Counter>,
+    grants: Family<Labels, Gauge>,
+    earliest_expiry: Gauge<f64, AtomicU64>,
+    credentials_expiry: Gauge<f64, AtomicU64>,
+    credential_loads: Gauge,
+    /// Each grant's last reason and URL expiry, to derive the gauges.
+    states: Mutex<HashMap<ObjectRef<UploadGrant>, (Reason, Option<SystemTime>)>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("upload_grant");
+        let reconcile_duration = Histogram::new(exponential_buckets(0.001, 2.0, 15));
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time spent in one reconcile of a grant",
+            reconcile_duration.clone(),
+        );
+        let reconcile_failures = Family::<Labels, Counter>::default();
+        registry.register(
+            "reconcile_failures",
+            "Reconciles that ended in an error, by category",
+            reconcile_failures.clone(),
+        );
+        let signings = Family::<Labels2, Counter>::default();
+        registry.register(
+            "signings",
+            "Presigning attempts, by result and reason",
+            signings.clone(),
+        );
+        let grants = Family::<Labels, Gauge>::default();
+        registry.register(
+            "grants",
+            "Grants by the reason of their Ready condition",
+            grants.clone(),
+        );
+        let earliest_expiry = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "earliest_url_expiry_timestamp_seconds",
+            "Unix time at which the first of the issued URLs expires (0 when none)",
+            earliest_expiry.clone(),
+        );
+        let credentials_expiry = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "credentials_expiry_timestamp_seconds",
+            "Unix time at which the operator's AWS credentials expire (0 when static or not loaded)",
+            credentials_expiry.clone(),
+        );
+        let credential_loads = Gauge::default();
+        registry.register(
+            "credential_loads",
+            "Times the operator asked its credential provider (STS calls for IRSA)",
+            credential_loads.clone(),
+        );
+        Metrics {
+            registry,
+            reconcile_duration,
+            reconcile_failures,
+            signings,
+            grants,
+            earliest_expiry,
+            credentials_expiry,
+            credential_loads,
+            states: Mutex::default(),
+        }
+    }
+}
+
+impl Metrics {
+    pub fn reconciled(&self, took: Duration) {
+        self.reconcile_duration.observe(took.as_secs_f64());
+    }
+
+    pub fn reconcile_failure(&self, category: &'static str) {
+        self.reconcile_failures
+            .get_or_create(&[("category", category)])
+            .inc();
+    }
+
+    pub fn signed(&self, ok: bool, reason: &'static str) {
+        let result = if ok { "success" } else { "failure" };
+        self.signings
+            .get_or_create(&[("result", result), ("reason", reason)])
+            .inc();
+    }
+
+    /// Records a grant's state; `None` forgets a deleted grant.
+    pub fn grant_state(
+        &self,
+        grant: &ObjectRef<UploadGrant>,
+        reason: Option<Reason>,
+        expires_at: Option<SystemTime>,
+    ) {
+        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        match reason {
+            Some(r) => states.insert(grant.clone(), (r, expires_at)),
+            None => states.remove(grant),
+        };
+    }
+
+    /// Renders the text exposition, deriving the gauges first.
+    pub fn render(&self, credentials: &CredentialSnapshot) -> String {
+        {
+            let states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+            let mut counts: HashMap<Reason, i64> = Reason::ALL.iter().map(|r| (*r, 0)).collect();
+            let mut earliest: Option<SystemTime> = None;
+            for (reason, expiry) in states.values() {
+                *counts.entry(*reason).or_default() += 1;
+                if let Some(e) = expiry {
+                    earliest = Some(earliest.map_or(*e, |x| x.min(*e)));
+                }
+            }
+            for (reason, n) in counts {
+                self.grants
+                    .get_or_create(&[("reason", reason.as_str())])
+                    .set(n);
+            }
+            self.earliest_expiry.set(earliest.map_or(0.0, unix));
+        }
+        self.credentials_expiry
+            .set(credentials.expiry().map_or(0.0, unix));
+        self.credential_loads
+            .set(i64::try_from(credentials.loads()).unwrap_or(i64::MAX));
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+fn unix(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_credential_types::Credentials;
+    use aws_credential_types::provider::SharedCredentialsProvider;
+
+    #[test]
+    fn renders_bounded_families_without_grant_names() {
+        let m = Metrics::default();
+        let grant = ObjectRef::<UploadGrant>::new("secret-project-name").within("team-a");
+        m.grant_state(
+            &grant,
+            Some(Reason::Issued),
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(2_000_000_000)),
+        );
+        m.signed(true, "ok");
+        m.reconcile_failure("kube_api");
+        m.reconciled(Duration::from_millis(3));
+        let snapshot = CredentialSnapshot::new(SharedCredentialsProvider::new(Credentials::new(
+            "AKID", "secret", None, None, "test",
+        )));
+        let text = m.render(&snapshot);
+        assert!(
+            text.contains(r#"upload_grant_grants{reason="Issued"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"upload_grant_grants{reason="Forbidden"} 0"#),
+            "{text}"
+        );
+        assert!(
+            text.contains("upload_grant_earliest_url_expiry_timestamp_seconds 2000000000"),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"upload_grant_signings_total{result="success",reason="ok"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"upload_grant_reconcile_failures_total{category="kube_api"} 1"#),
+            "{text}"
+        );
+        assert!(
+            !text.contains("secret-project-name") && !text.contains("team-a"),
+            "{text}"
+        );
+        m.grant_state(&grant, None, None);
+        assert!(
+            m.render(&snapshot)
+                .contains(r#"upload_grant_grants{reason="Issued"} 0"#)
+        );
+    }
+}

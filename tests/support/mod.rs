@@ -1,0 +1,342 @@
+//! Test harness: starts (or reuses) the local control plane, S3 store and STS
+//! from tools/testenv, and gives each test its own namespace.
+#![allow(dead_code)] // each test binary uses a different part of it
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+
+pub mod operator;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type TestResult<T = ()> = Result<T, BoxError>;
+
+/// Audience of the web-identity tokens EKS gives pods for IRSA.
+pub const STS_AUDIENCE: &str = "sts.amazonaws.com";
+
+/// The running environment, as written by tools/testenv/up.sh to .testenv/env.
+#[derive(Debug, Clone)]
+pub struct TestEnv {
+    vars: HashMap<String, String>,
+}
+
+impl TestEnv {
+    /// Starts the environment if it is not running (up.sh is idempotent and
+    /// serialised by a lock, so parallel test binaries share one), then reads
+    /// its settings. Called once per test binary.
+    pub fn get() -> &'static TestEnv {
+        static ENV: OnceLock<TestEnv> = OnceLock::new();
+        ENV.get_or_init(|| {
+            let root = repo_root();
+            let status = Command::new("bash")
+                .arg(root.join("tools/testenv/up.sh"))
+                .status()
+                .unwrap_or_else(|e| panic!("cannot run tools/testenv/up.sh: {e}"));
+            assert!(
+                status.success(),
+                "tools/testenv/up.sh failed ({status}); see its output above"
+            );
+            let dir = std::env::var("TESTENV_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|_| root.join(".testenv"));
+            let text = std::fs::read_to_string(dir.join("env"))
+                .unwrap_or_else(|e| panic!("cannot read {}/env: {e}", dir.display()));
+            TestEnv {
+                vars: parse_env_file(&text),
+            }
+        })
+    }
+
+    pub fn var(&self, name: &str) -> &str {
+        self.vars
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} missing from .testenv/env"))
+    }
+
+    pub fn kubeconfig(&self) -> &str {
+        self.var("KUBECONFIG")
+    }
+    pub fn bin(&self, tool: &str) -> PathBuf {
+        Path::new(self.var("TESTENV_BIN")).join(tool)
+    }
+    pub fn log_dir(&self) -> &str {
+        self.var("TESTENV_LOG_DIR")
+    }
+    pub fn s3_endpoint(&self) -> &str {
+        self.var("TESTENV_S3_ENDPOINT")
+    }
+    pub fn sts_endpoint(&self) -> &str {
+        self.var("TESTENV_STS_ENDPOINT")
+    }
+    pub fn region(&self) -> &str {
+        self.var("TESTENV_REGION")
+    }
+    pub fn bucket(&self) -> &str {
+        self.var("TESTENV_BUCKET")
+    }
+    pub fn role_arn(&self) -> &str {
+        self.var("TESTENV_ROLE_ARN")
+    }
+    pub fn root_credentials(&self) -> aws_credential_types::Credentials {
+        aws_credential_types::Credentials::new(
+            self.var("TESTENV_ROOT_ACCESS_KEY_ID"),
+            self.var("TESTENV_ROOT_SECRET_ACCESS_KEY"),
+            None,
+            None,
+            "testenv-root",
+        )
+    }
+
+    /// A client with the environment's admin identity.
+    pub async fn client(&self) -> TestResult<Client> {
+        let kubeconfig = Kubeconfig::read_from(self.kubeconfig())?;
+        let config =
+            Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+        Ok(Client::try_from(config)?)
+    }
+
+    /// Runs a tool from TESTENV_BIN (kubectl, helm) against the environment.
+    pub fn command(&self, tool: &str) -> Command {
+        let mut cmd = Command::new(self.bin(tool));
+        cmd.env("KUBECONFIG", self.kubeconfig());
+        cmd
+    }
+}
+
+fn parse_env_file(text: &str) -> HashMap<String, String> {
+    text.lines()
+        .filter_map(|line| line.trim().strip_prefix("export "))
+        .filter_map(|assignment| assignment.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.trim_matches('\'').to_owned()))
+        .collect()
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// One test's slice of the environment: a client and a fresh namespace.
+/// It prints where the servers' logs are; the test harness shows that output
+/// only for a failed test.
+pub struct TestContext {
+    pub env: &'static TestEnv,
+    pub client: Client,
+    pub namespace: String,
+}
+
+impl TestContext {
+    pub async fn new(prefix: &str) -> TestResult<Self> {
+        Self::with_labels(prefix, &[]).await
+    }
+
+    pub async fn with_labels(prefix: &str, labels: &[(&str, &str)]) -> TestResult<Self> {
+        let env = TestEnv::get();
+        let client = env.client().await?;
+        let namespace = format!("{prefix}-{}", random_suffix());
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(namespace.clone()),
+                labels: Some(
+                    labels
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+                ..ObjectMeta::default()
+            },
+            ..Namespace::default()
+        };
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await?;
+        eprintln!(
+            "test namespace {namespace}; server logs in {}",
+            env.log_dir()
+        );
+        Ok(TestContext {
+            env,
+            client,
+            namespace,
+        })
+    }
+
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// Creates a ServiceAccount (if needed) and returns a token for it with
+    /// the given audience, as the kubelet would project it for IRSA.
+    pub async fn service_account_token(
+        &self,
+        name: &str,
+        audience: &str,
+        ttl: Duration,
+    ) -> TestResult<String> {
+        let sas: Api<ServiceAccount> = self.api();
+        if sas.get_opt(name).await?.is_none() {
+            let sa = ServiceAccount {
+                metadata: ObjectMeta {
+                    name: Some(name.to_owned()),
+                    ..ObjectMeta::default()
+                },
+                ..ServiceAccount::default()
+            };
+            sas.create(&PostParams::default(), &sa).await?;
+        }
+        let request = TokenRequest {
+            spec: Some(TokenRequestSpec {
+                audiences: Some(vec![audience.to_owned()]),
+                expiration_seconds: Some(ttl.as_secs() as i64),
+                ..TokenRequestSpec::default()
+            }),
+            ..TokenRequest::default()
+        };
+        let response = sas
+            .create_token_request(name, &PostParams::default(), &request)
+            .await?;
+        let token = response.status.and_then(|s| s.token).unwrap_or_default();
+        if token.is_empty() {
+            return Err("TokenRequest returned no token".into());
+        }
+        Ok(token)
+    }
+
+    /// Writes a web-identity token file for a ServiceAccount, the way EKS
+    /// mounts one at /var/run/secrets/eks.amazonaws.com/serviceaccount/token.
+    pub async fn web_identity_token_file(
+        &self,
+        dir: &Path,
+        sa: &str,
+        audience: &str,
+    ) -> TestResult<PathBuf> {
+        let token = self
+            .service_account_token(sa, audience, Duration::from_secs(3600))
+            .await?;
+        let path = dir.join(format!("{sa}-token"));
+        std::fs::write(&path, token)?;
+        Ok(path)
+    }
+}
+
+pub fn random_suffix() -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (0..6)
+        .map(|_| char::from(b'a' + rng.random_range(0..26u8)))
+        .collect()
+}
+
+/// Polls `check` until it returns Some or the deadline passes.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> TestResult<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = TestResult<Option<T>>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await? {
+            return Ok(value);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!("timed out after {timeout:?} waiting for {what}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Applies the CRD YAML committed under crds/ and waits until it is served.
+pub async fn install_committed_crds(client: &kube::Client) -> TestResult {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for entry in std::fs::read_dir(repo_root().join("crds"))? {
+        let crd: CustomResourceDefinition =
+            serde_yaml::from_str(&std::fs::read_to_string(entry?.path())?)?;
+        let name = crd.metadata.name.clone().ok_or("CRD without a name")?;
+        crds.patch(
+            &name,
+            &PatchParams::apply("testenv").force(),
+            &Patch::Apply(&crd),
+        )
+        .await?;
+        eventually(
+            &format!("CRD {name} to be established"),
+            std::time::Duration::from_secs(30),
+            || async {
+                let crd = crds.get(&name).await?;
+                let established = crd
+                    .status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True");
+                Ok(established.then_some(()))
+            },
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// An S3 client for the local store, signing with the given credentials.
+pub fn s3_client(
+    env: &TestEnv,
+    credentials: aws_credential_types::Credentials,
+) -> aws_sdk_s3::Client {
+    let config = aws_sdk_s3::Config::builder()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new(env.region().to_owned()))
+        .endpoint_url(env.s3_endpoint())
+        .force_path_style(true)
+        .request_checksum_calculation(aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired)
+        .credentials_provider(credentials)
+        .build();
+    aws_sdk_s3::Client::from_conf(config)
+}
+
+/// A plain HTTP client, as a consumer of a presigned URL would use.
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("static HTTP client configuration")
+}
+
+/// The headers a presigned request says the client must send.
+pub fn header_map(
+    req: &aws_sdk_s3::presigning::PresignedRequest,
+) -> TestResult<reqwest::header::HeaderMap> {
+    let mut map = reqwest::header::HeaderMap::new();
+    for (name, value) in req.headers() {
+        map.insert(
+            reqwest::header::HeaderName::from_bytes(name.as_bytes())?,
+            reqwest::header::HeaderValue::from_str(value)?,
+        );
+    }
+    Ok(map)
+}
+
+/// Sends a presigned request exactly as signed: method, URL and headers.
+pub async fn send(
+    req: &aws_sdk_s3::presigning::PresignedRequest,
+    body: Vec<u8>,
+) -> TestResult<reqwest::Response> {
+    let method = reqwest::Method::from_bytes(req.method().as_bytes())?;
+    Ok(http()
+        .request(method, req.uri())
+        .headers(header_map(req)?)
+        .body(body)
+        .send()
+        .await?)
+}

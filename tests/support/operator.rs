@@ -1,0 +1,156 @@
+//! Runs the real operator binary against the test environment, with
+//! IRSA-style credentials: a service-account token exchanged at the STS.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use super::{STS_AUDIENCE, TestContext, TestResult, eventually};
+
+/// A running operator process, limited to the test's namespace. Stopped
+/// with SIGTERM when dropped.
+pub struct Operator {
+    child: Option<Child>,
+    pub log_file: PathBuf,
+    pub metrics_addr: String,
+    pub token_file: PathBuf,
+}
+
+/// How to start an operator.
+#[derive(Clone, Debug, Default)]
+pub struct OperatorOptions {
+    pub default_issuer: Option<String>,
+    /// Extra environment, e.g. a role with short sessions.
+    pub env: Vec<(String, String)>,
+}
+
+impl Operator {
+    pub async fn start(
+        ctx: &TestContext,
+        dir: &Path,
+        opts: OperatorOptions,
+    ) -> TestResult<Operator> {
+        let token_file = ctx
+            .web_identity_token_file(dir, "upload-grant-operator", STS_AUDIENCE)
+            .await?;
+        Self::start_with_token(ctx, dir, token_file, opts).await
+    }
+
+    pub async fn start_with_token(
+        ctx: &TestContext,
+        dir: &Path,
+        token_file: PathBuf,
+        opts: OperatorOptions,
+    ) -> TestResult<Operator> {
+        let port = free_port()?;
+        let metrics_addr = format!("127.0.0.1:{port}");
+        let n = std::fs::read_dir(dir)?.count();
+        let log_file = dir.join(format!("operator-{n}.log"));
+        let log = std::fs::File::create(&log_file)?;
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_upload-grant-operator"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", dir)
+            .env("KUBECONFIG", ctx.env.kubeconfig())
+            .env("AWS_REGION", ctx.env.region())
+            .env("AWS_ROLE_ARN", ctx.env.role_arn())
+            .env("AWS_ROLE_SESSION_NAME", "upload-grant-operator")
+            .env("AWS_WEB_IDENTITY_TOKEN_FILE", &token_file)
+            .env("AWS_ENDPOINT_URL_STS", ctx.env.sts_endpoint())
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("UPLOAD_GRANT_WATCH_NAMESPACE", &ctx.namespace)
+            .env("UPLOAD_GRANT_LISTEN_ADDRESS", &metrics_addr)
+            .env("UPLOAD_GRANT_LOG_LEVEL", "debug")
+            .env("UPLOAD_GRANT_LOG_FORMAT", "json")
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        if let Some(issuer) = &opts.default_issuer {
+            cmd.env("UPLOAD_GRANT_DEFAULT_ISSUER", issuer);
+        }
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn()?;
+        eprintln!("operator log: {}", log_file.display());
+        let op = Operator {
+            child: Some(child),
+            log_file,
+            metrics_addr,
+            token_file,
+        };
+        op.wait_ready().await?;
+        Ok(op)
+    }
+
+    /// Polls /readyz: caches synced and credentials loaded.
+    pub async fn wait_ready(&self) -> TestResult {
+        let url = format!("http://{}/readyz", self.metrics_addr);
+        eventually("operator /readyz", Duration::from_secs(60), || async {
+            Ok(match super::http().get(&url).send().await {
+                Ok(r) if r.status() == 200 => Some(()),
+                _ => None,
+            })
+        })
+        .await
+        .map_err(|e| format!("{e}; log:\n{}", self.log_tail()).into())
+    }
+
+    pub async fn metrics(&self) -> TestResult<String> {
+        Ok(super::http()
+            .get(format!("http://{}/metrics", self.metrics_addr))
+            .send()
+            .await?
+            .text()
+            .await?)
+    }
+
+    /// The value of one sample line of /metrics, e.g.
+    /// `upload_grant_signings_total{result="success",reason="ok"}`.
+    pub async fn metric(&self, sample: &str) -> TestResult<f64> {
+        let text = self.metrics().await?;
+        Ok(text
+            .lines()
+            .find_map(|l| l.strip_prefix(sample).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0.0))
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log_file).unwrap_or_default()
+    }
+
+    fn log_tail(&self) -> String {
+        let logs = self.logs();
+        let lines: Vec<&str> = logs.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// SIGTERM, then wait for the process to exit.
+    pub fn stop(&mut self) -> TestResult<std::process::ExitStatus> {
+        let mut child = self.child.take().ok_or("operator already stopped")?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        for _ in 0..300 {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        child.kill()?;
+        Err("operator did not exit within 15s of SIGTERM".into())
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = self.stop();
+        }
+    }
+}
+
+pub fn free_port() -> TestResult<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs the system packages the build and tests need, when missing.
+# Rust and Go come with the machine; everything else is built by
+# tools/testenv/build.sh from registry packages.
+set -euo pipefail
+declare -A pkg_for=([openssl]=openssl [curl]=curl [python3]=python3 [flock]=util-linux [setsid]=util-linux [jq]=jq)
+missing=()
+for cmd in "${!pkg_for[@]}"; do
+  command -v "$cmd" >/dev/null 2>&1 || missing+=("${pkg_for[$cmd]}")
+done
+for tool in cargo go; do
+  command -v "$tool" >/dev/null 2>&1 || { echo "install-deps: $tool is required and not on PATH" >&2; exit 1; }
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install-deps: installing ${missing[*]}" >&2
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi

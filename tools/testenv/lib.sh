@@ -1,0 +1,15 @@
+# Shared settings for the testenv scripts. Sourced, not run.
+set -euo pipefail
+
+TESTENV_TOOLS_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(cd "$TESTENV_TOOLS_DIR/../.." && pwd)"
+# shellcheck source=versions.env
+. "$TESTENV_TOOLS_DIR/versions.env"
+
+# Built binaries live outside the repository, keyed by version, so a fresh
+# clone on the same machine reuses them and `git clean` never throws them away.
+CACHE_DIR="${UGO_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/upload-grant-operator}"
+export GOTOOLCHAIN=local GOFLAGS=-buildvcs=false
+
+log() { printf '[testenv] %s\n' "$*" >&2; }
+die() { printf '[testenv] error: %s\n' "$*" >&2; exit 1; }

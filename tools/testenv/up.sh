@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# Starts etcd, kube-apiserver and the S3/STS server on free loopback ports and
+# writes .testenv/env. Running it again while they are up does nothing.
+. "$(dirname "$0")/lib.sh"
+
+STATE_DIR="${TESTENV_DIR:-$REPO_ROOT/.testenv}"
+mkdir -p "$STATE_DIR"
+exec 9>"$STATE_DIR/.lock"
+flock 9
+
+if [ -f "$STATE_DIR/env" ] && bash "$TESTENV_TOOLS_DIR/status.sh" >/dev/null 2>&1; then
+  log "already running; reusing $STATE_DIR/env"
+  exit 0
+fi
+bash "$TESTENV_TOOLS_DIR/down.sh" --locked >/dev/null 2>&1 || true
+
+bash "$TESTENV_TOOLS_DIR/build.sh"
+
+BIN="$STATE_DIR/bin" LOGS="$STATE_DIR/logs" PKI="$STATE_DIR/pki" RUN="$STATE_DIR/run"
+rm -rf "$BIN" "$LOGS" "$PKI" "$RUN" "$STATE_DIR/pids"
+mkdir -p "$BIN" "$LOGS" "$PKI" "$RUN" "$STATE_DIR/pids"
+ln -s "$CACHE_DIR/bin/kubernetes-$KUBERNETES_VERSION/kube-apiserver" "$BIN/kube-apiserver"
+ln -s "$CACHE_DIR/bin/kubernetes-$KUBERNETES_VERSION/kubectl" "$BIN/kubectl"
+ln -s "$CACHE_DIR/bin/etcd-$ETCD_VERSION/etcd" "$BIN/etcd"
+ln -s "$CACHE_DIR/bin/helm-$HELM_VERSION/helm" "$BIN/helm"
+s3_link_binaries "$BIN"
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# start NAME CMD...: runs a server in its own session so it outlives this
+# script, logs to $LOGS/NAME.log and records its pid for down.sh.
+start() {
+  local name=$1; shift
+  setsid "$@" >"$LOGS/$name.log" 2>&1 </dev/null &
+  echo $! >"$STATE_DIR/pids/$name"
+}
+
+# wait_for NAME SECONDS CMD...: polls CMD until it succeeds, or fails with the
+# server's log tail when the server died or the deadline passed.
+wait_for() {
+  local name=$1 secs=$2; shift 2
+  local deadline=$((SECONDS + secs))
+  until "$@" >/dev/null 2>&1; do
+    if ! kill -0 "$(cat "$STATE_DIR/pids/$name")" 2>/dev/null; then
+      tail -n 30 "$LOGS/$name.log" >&2; die "$name exited during start-up (log: $LOGS/$name.log)"
+    fi
+    if [ $SECONDS -ge $deadline ]; then
+      tail -n 30 "$LOGS/$name.log" >&2; die "$name not ready after ${secs}s (log: $LOGS/$name.log)"
+    fi
+    sleep 0.2
+  done
+}
+
+# --- PKI: one CA for serving and client certs, an RSA key for SA tokens -----
+(
+  cd "$PKI"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+    -keyout ca.key -out ca.crt -subj "/CN=upload-grant-operator testenv CA" 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout apiserver.key \
+    -out apiserver.csr -subj "/CN=kube-apiserver" 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n' >apiserver.ext
+  openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
+    -extfile apiserver.ext -out apiserver.crt 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout admin.key \
+    -out admin.csr -subj "/O=system:masters/CN=testenv-admin" 2>/dev/null
+  printf 'extendedKeyUsage=clientAuth\n' >admin.ext
+  openssl x509 -req -in admin.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
+    -extfile admin.ext -out admin.crt 2>/dev/null
+  openssl genrsa -out sa.key 2048 2>/dev/null
+  openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
+)
+
+# --- etcd ---------------------------------------------------------------------
+ETCD_PORT=$(free_port) ETCD_PEER_PORT=$(free_port)
+start etcd "$BIN/etcd" --name testenv --data-dir "$RUN/etcd" \
+  --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
+  --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
+  --initial-cluster "testenv=http://127.0.0.1:$ETCD_PEER_PORT" \
+  --unsafe-no-fsync --quota-backend-bytes=8589934592
+wait_for etcd 60 curl -fsS "http://127.0.0.1:$ETCD_PORT/health"
+
+# --- kube-apiserver -----------------------------------------------------------
+API_PORT=$(free_port)
+API_URL="https://127.0.0.1:$API_PORT"
+start kube-apiserver "$BIN/kube-apiserver" \
+  --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
+  --bind-address 127.0.0.1 --secure-port "$API_PORT" \
+  --tls-cert-file "$PKI/apiserver.crt" --tls-private-key-file "$PKI/apiserver.key" \
+  --client-ca-file "$PKI/ca.crt" \
+  --authorization-mode RBAC --anonymous-auth=true \
+  --service-cluster-ip-range 10.0.0.0/24 \
+  --service-account-issuer "$API_URL" \
+  --service-account-key-file "$PKI/sa.pub" \
+  --service-account-signing-key-file "$PKI/sa.key" \
+  --disable-admission-plugins ServiceAccount \
+  --allow-privileged=true
+wait_for kube-apiserver 120 curl -fsS --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key" "$API_URL/readyz"
+
+KUBECONFIG_FILE="$STATE_DIR/kubeconfig"
+cat >"$KUBECONFIG_FILE" <<KCFG
+apiVersion: v1
+kind: Config
+clusters:
+- name: testenv
+  cluster:
+    server: $API_URL
+    certificate-authority: $PKI/ca.crt
+users:
+- name: admin
+  user:
+    client-certificate: $PKI/admin.crt
+    client-key: $PKI/admin.key
+contexts:
+- name: testenv
+  context: {cluster: testenv, user: admin, namespace: default}
+current-context: testenv
+KCFG
+chmod 600 "$KUBECONFIG_FILE"
+# The STS is an anonymous OIDC relying party: let it read discovery and JWKS.
+"$BIN/kubectl" --kubeconfig "$KUBECONFIG_FILE" create clusterrolebinding oidc-discovery-anonymous \
+  --clusterrole system:service-account-issuer-discovery --group system:unauthenticated >/dev/null
+wait_for kube-apiserver 30 curl -fsS --cacert "$PKI/ca.crt" "$API_URL/openid/v1/jwks"
+
+# --- S3 and STS ------------------------------------------------------------------
+TESTENV_REGION=us-east-1
+TESTENV_BUCKET=testenv-bucket
+TESTENV_ROOT_ACCESS_KEY_ID=TESTENVROOTACCESSKEY
+TESTENV_ROOT_SECRET_ACCESS_KEY=$(openssl rand -hex 20)
+s3_start
+
+cat >"$STATE_DIR/env" <<ENV
+# Written by tools/testenv/up.sh; read with: source .testenv/env
+export KUBECONFIG='$KUBECONFIG_FILE'
+export TESTENV_DIR='$STATE_DIR'
+export TESTENV_BIN='$BIN'
+export TESTENV_LOG_DIR='$LOGS'
+export TESTENV_CA_FILE='$PKI/ca.crt'
+export TESTENV_APISERVER_URL='$API_URL'
+export TESTENV_S3_ENDPOINT='$TESTENV_S3_ENDPOINT'
+export TESTENV_STS_ENDPOINT='$TESTENV_STS_ENDPOINT'
+export TESTENV_REGION='$TESTENV_REGION'
+export TESTENV_BUCKET='$TESTENV_BUCKET'
+export TESTENV_ROOT_ACCESS_KEY_ID='$TESTENV_ROOT_ACCESS_KEY_ID'
+export TESTENV_ROOT_SECRET_ACCESS_KEY='$TESTENV_ROOT_SECRET_ACCESS_KEY'
+export TESTENV_ROLE_ARN='$TESTENV_ROLE_ARN'
+export TESTENV_STS_AUDIENCE='sts.amazonaws.com'
+ENV
+log "ready: source $STATE_DIR/env  (logs in $LOGS)"
