@@ -15,6 +15,7 @@ use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 
+pub mod grants;
 pub mod operator;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -14,10 +14,15 @@ for f in "$STATE_DIR"/pids/*; do
   kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
   pids+=("$pid")
 done
+# Alive: exists and is not a zombie waiting for a parent that never reaps.
+alive() { [ -r "/proc/$1/stat" ] && ! grep -q '^[0-9]* (.*) Z' "/proc/$1/stat" 2>/dev/null; }
 deadline=$((SECONDS + 20))
 for pid in "${pids[@]}"; do
-  while kill -0 "$pid" 2>/dev/null; do
-    if [ $SECONDS -ge $deadline ]; then kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true; fi
+  while alive "$pid"; do
+    if [ $SECONDS -ge $deadline ]; then
+      kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+      [ $SECONDS -ge $((deadline + 5)) ] && die "process $pid survived SIGKILL"
+    fi
     sleep 0.1
   done
 done

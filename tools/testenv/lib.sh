@@ -11,5 +11,8 @@ REPO_ROOT="$(cd "$TESTENV_TOOLS_DIR/../.." && pwd)"
 CACHE_DIR="${UGO_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/upload-grant-operator}"
 export GOTOOLCHAIN=local GOFLAGS=-buildvcs=false
 
+# shellcheck source=s3.sh
+. "$TESTENV_TOOLS_DIR/s3.sh"
+
 log() { printf '[testenv] %s\n' "$*" >&2; }
 die() { printf '[testenv] error: %s\n' "$*" >&2; exit 1; }

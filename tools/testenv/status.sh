@@ -7,7 +7,10 @@ n=0
 for f in "$STATE_DIR"/pids/*; do
   [ -f "$f" ] || continue
   n=$((n + 1))
-  kill -0 "$(cat "$f")" 2>/dev/null || { echo "$(basename "$f") is not running"; exit 1; }
+  pid=$(cat "$f")
+  if [ ! -r "/proc/$pid/stat" ] || grep -q '^[0-9]* (.*) Z' "/proc/$pid/stat"; then
+    echo "$(basename "$f") is not running"; exit 1
+  fi
 done
 [ $n -gt 0 ] || exit 1
 echo "running ($n processes)"

@@ -33,7 +33,8 @@ free_port() {
 # script, logs to $LOGS/NAME.log and records its pid for down.sh.
 start() {
   local name=$1; shift
-  setsid "$@" >"$LOGS/$name.log" 2>&1 </dev/null &
+  # 9>&-: the servers must not inherit (and so hold) the lock.
+  setsid "$@" >"$LOGS/$name.log" 2>&1 </dev/null 9>&- &
   echo $! >"$STATE_DIR/pids/$name"
 }
 
@@ -91,7 +92,9 @@ start kube-apiserver "$BIN/kube-apiserver" \
   --client-ca-file "$PKI/ca.crt" \
   --authorization-mode RBAC --anonymous-auth=true \
   --service-cluster-ip-range 10.0.0.0/24 \
+  --advertise-address 127.0.0.1 \
   --service-account-issuer "$API_URL" \
+  --service-account-jwks-uri "$API_URL/openid/v1/jwks" \
   --service-account-key-file "$PKI/sa.pub" \
   --service-account-signing-key-file "$PKI/sa.key" \
   --disable-admission-plugins ServiceAccount \

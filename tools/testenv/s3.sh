@@ -1,0 +1,92 @@
+# The S3 store and STS: SeaweedFS `weed mini` (master, volume, filer, S3 and
+# STS in one process). Sourced by build.sh and up.sh.
+
+build_s3() {
+  local v="$SEAWEEDFS_VERSION" dest="$CACHE_DIR/bin/seaweedfs-$SEAWEEDFS_VERSION"
+  [ -x "$dest/weed" ] && return 0
+  log "building SeaweedFS $v (first time only; about 8 minutes on 2 cores)"
+  local mod="$CACHE_DIR/src/seaweedfs-$v" gomod
+  mkdir -p "$mod"
+  gomod=$(go mod download -json "github.com/seaweedfs/seaweedfs@$v" | sed -n 's/^\s*"GoMod": "\(.*\)",$/\1/p')
+  [ -f "$gomod" ] || die "could not download github.com/seaweedfs/seaweedfs@$v"
+  {
+    printf 'module ugo.testenv/seaweedfs\n\ngo 1.26.6\n\nrequire github.com/seaweedfs/seaweedfs %s\n\n' "$v"
+    # Repeat upstream's replace directives that point at other modules.
+    sed -n 's#^replace \(\S*\) => \([^.]\S*\) \(v\S*\)$#replace \1 => \2 \3#p' "$gomod"
+  } >"$mod/go.mod"
+  printf '//go:build tools\n\npackage tools\n\nimport _ "github.com/seaweedfs/seaweedfs/weed"\n' >"$mod/tools.go"
+  (cd "$mod" && go mod tidy)
+  local tmp; tmp=$(mktemp -d "$CACHE_DIR/bin/.seaweedfs.XXXX")
+  (cd "$mod" && CGO_ENABLED=0 go build -trimpath \
+    -ldflags "-s -w -X github.com/seaweedfs/seaweedfs/weed/util/version.COMMIT=${v##*-}" \
+    -o "$tmp/weed" github.com/seaweedfs/seaweedfs/weed)
+  publish "$tmp" "$dest"
+}
+
+s3_link_binaries() {
+  ln -s "$CACHE_DIR/bin/seaweedfs-$SEAWEEDFS_VERSION/weed" "$1/weed"
+}
+
+# A free port p whose gRPC twin p+10000 is free too (SeaweedFS's convention).
+free_port_pair() {
+  python3 - <<'PY'
+import socket
+for _ in range(200):
+    a = socket.socket(); a.bind(("127.0.0.1", 0)); p = a.getsockname()[1]
+    if p + 10000 > 65535: a.close(); continue
+    b = socket.socket()
+    try:
+        b.bind(("127.0.0.1", p + 10000)); print(p); break
+    except OSError:
+        pass
+    finally:
+        a.close(); b.close()
+PY
+}
+
+# Starts weed with root keys, one bucket, and an STS that trusts the
+# apiserver's service-account issuer for audience sts.amazonaws.com, with one
+# role allowed everything on that bucket. Needs API_URL, PKI, RUN, BIN and
+# the TESTENV_* names set by up.sh.
+s3_start() {
+  local s3_port master_port volume_port filer_port admin_port cfg="$RUN/seaweedfs"
+  s3_port=$(free_port_pair); master_port=$(free_port_pair); volume_port=$(free_port_pair)
+  filer_port=$(free_port_pair); admin_port=$(free_port_pair)
+  mkdir -p "$cfg/data"
+  TESTENV_ROLE_ARN="arn:aws:iam::111122223333:role/upload-grant-operator"
+  cat >"$cfg/s3.json" <<JSON
+{"identities": [{"name": "root",
+  "credentials": [{"accessKey": "$TESTENV_ROOT_ACCESS_KEY_ID", "secretKey": "$TESTENV_ROOT_SECRET_ACCESS_KEY"}],
+  "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
+JSON
+  cat >"$cfg/iam.json" <<JSON
+{
+  "sts": {"tokenDuration": "${TESTENV_STS_SESSION:-1h}", "maxSessionLength": "12h", "issuer": "testenv-sts",
+          "accountId": "111122223333", "signingKey": "$(openssl rand -base64 32)"},
+  "policy": {"defaultEffect": "Deny", "storeType": "memory"},
+  "providers": [{"name": "kubernetes", "type": "oidc", "enabled": true,
+    "config": {"issuer": "$API_URL", "clientIds": ["sts.amazonaws.com"],
+               "tlsCaCert": "$PKI/ca.crt", "jwksCacheTTLSeconds": 60}}],
+  "roles": [{"roleName": "upload-grant-operator", "roleArn": "$TESTENV_ROLE_ARN",
+    "trustPolicy": {"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+      "Principal": {"Federated": "kubernetes"}, "Action": ["sts:AssumeRoleWithWebIdentity"]}]},
+    "attachedPolicies": ["TestenvBucket"]}],
+  "policies": [{"name": "TestenvBucket", "document": {"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+    "Action": ["s3:*"], "Resource": ["arn:aws:s3:::$TESTENV_BUCKET", "arn:aws:s3:::$TESTENV_BUCKET/*"]}]}}]
+}
+JSON
+  # No AWS_* variables: weed would turn them into another admin identity.
+  start s3 env -u AWS_ACCESS_KEY_ID -u AWS_SECRET_ACCESS_KEY -u AWS_SESSION_TOKEN \
+    "$BIN/weed" mini -dir="$cfg/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
+    -master.port="$master_port" -volume.port="$volume_port" -filer.port="$filer_port" \
+    -s3.port="$s3_port" -s3.port.iceberg=0 -s3.port.lance=0 \
+    -admin.port="$admin_port" -admin.port.legacy=0 -admin.ui=false \
+    -webdav=false -master.telemetry=false \
+    -master.volumeSizeLimitMB=64 -volume.max=8 \
+    -s3.config="$cfg/s3.json" -s3.iam.config="$cfg/iam.json" \
+    -bucket="$TESTENV_BUCKET"
+  TESTENV_S3_ENDPOINT="http://127.0.0.1:$s3_port"
+  # SeaweedFS answers STS form posts on the S3 port.
+  TESTENV_STS_ENDPOINT="$TESTENV_S3_ENDPOINT"
+  wait_for s3 120 curl -sS -o /dev/null "$TESTENV_S3_ENDPOINT/"
+}
