@@ -12,7 +12,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::{Stream, StreamExt};
+use futures::channel::mpsc;
+use futures::{FutureExt, Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::PartialObjectMeta;
 use kube::runtime::controller::{self, Action, Controller};
@@ -57,16 +58,6 @@ pub struct Context {
 }
 
 impl Context {
-    /// Waits until the caches the reconcile reads from have listed once, so
-    /// no grant is judged against a half-filled cache.
-    async fn caches_ready(&self) {
-        let _ = tokio::join!(
-            self.issuers.wait_until_ready(),
-            self.namespaces.wait_until_ready(),
-            self.secrets.wait_until_ready()
-        );
-    }
-
     fn record_failure(&self, grant: &ObjectRef<UploadGrant>) -> u32 {
         let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         let n = failures.entry(grant.clone()).or_insert(0);
@@ -103,25 +94,53 @@ fn error_policy(grant: Arc<UploadGrant>, error: &Error, ctx: Arc<Context>) -> Ac
     Action::requeue(delay)
 }
 
-/// A reflector for resources the controller reads and that trigger it.
-fn reflect<K>(
+/// Runs a reflector on its own task, so its cache fills whatever the
+/// controller is doing, and turns every change into reconcile requests.
+fn spawn_reflector<K, F, I>(
     stream: impl Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static,
-) -> (
-    Store<K>,
-    impl Stream<Item = watcher::Result<K>> + Send + 'static,
-)
+    triggers: mpsc::UnboundedSender<ObjectRef<UploadGrant>>,
+    map: F,
+) -> Store<K>
 where
     K: kube::Resource + Clone + Send + Sync + std::fmt::Debug + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+    F: Fn(&K) -> I + Send + 'static,
+    I: IntoIterator<Item = ObjectRef<UploadGrant>>,
 {
     let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(writer, stream)
+    let kind = K::kind(&K::DynamicType::default()).into_owned();
+    let events = reflector::reflector(writer, stream)
         .default_backoff()
         .touched_objects();
-    (reader, stream)
+    tokio::spawn(events.for_each(move |event| {
+        match event {
+            Ok(obj) => {
+                for grant in map(&obj) {
+                    // The receiver lives as long as the controller.
+                    let _ = triggers.unbounded_send(grant);
+                }
+            }
+            Err(e) => tracing::warn!(kind = %kind, error = %e, "watch failed; retrying"),
+        }
+        futures::future::ready(())
+    }));
+    reader
 }
 
-/// Runs the controller until a shutdown signal arrives.
+/// Grants in the cache that match `pred`.
+fn grants_where(
+    store: &Store<UploadGrant>,
+    pred: impl Fn(&UploadGrant) -> bool,
+) -> Vec<ObjectRef<UploadGrant>> {
+    store
+        .state()
+        .iter()
+        .filter(|g| pred(g))
+        .map(|g| ObjectRef::from_obj(g.as_ref()))
+        .collect()
+}
+
+/// Runs the controller until `shutdown` resolves.
 pub async fn run(
     client: Client,
     settings: Settings,
@@ -131,6 +150,7 @@ pub async fn run(
     readiness: Arc<Readiness>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
+    let shutdown = shutdown.shared();
     let (grants, secret_api, namespace_cfg) = match &settings.namespace {
         Some(ns) => (
             Api::<UploadGrant>::namespaced(client.clone(), ns),
@@ -143,41 +163,72 @@ pub async fn run(
             watcher::Config::default(),
         ),
     };
-    let secret_cfg = watcher::Config::default().labels(&build::managed_selector());
-    // PartialObjectMeta: metadata-only requests, so Secret data never enters the cache.
-    let (secrets, secret_stream) = reflect(watcher(secret_api, secret_cfg));
-    let (issuers, issuer_stream) = reflect(watcher(
-        Api::<ClusterGrantIssuer>::all(client.clone()),
-        watcher::Config::default(),
-    ));
-    let (namespaces, namespace_stream) = reflect(watcher(
-        Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
-        namespace_cfg,
-    ));
-
     let controller = Controller::new(grants, watcher::Config::default().any_semantic());
     let grant_store = controller.store();
+    let (triggers, requests) = mpsc::unbounded();
+
+    // Secrets this operator manages, metadata only (PartialObjectMeta), so
+    // Secret data never enters the cache; a change wakes the owning grant.
+    let secrets = spawn_reflector(
+        watcher(
+            secret_api,
+            watcher::Config::default().labels(&build::managed_selector()),
+        ),
+        triggers.clone(),
+        |secret: &PartialObjectMeta<Secret>| {
+            let namespace = secret.namespace().unwrap_or_default();
+            secret
+                .owner_references()
+                .iter()
+                .filter(|o| o.kind == "UploadGrant" && o.controller == Some(true))
+                .map(|o| ObjectRef::new(&o.name).within(&namespace))
+                .collect::<Vec<_>>()
+        },
+    );
+    // A changed issuer re-evaluates every grant that uses it.
     let default_issuer = settings.default_issuer.clone();
     let by_issuer = grant_store.clone();
+    let issuers = spawn_reflector(
+        watcher(
+            Api::<ClusterGrantIssuer>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+        triggers.clone(),
+        move |issuer: &ClusterGrantIssuer| {
+            let name = issuer.name_any();
+            grants_where(&by_issuer, |g| {
+                reconcile::issuer_name(g, default_issuer.as_deref()).as_deref()
+                    == Some(name.as_str())
+            })
+        },
+    );
+    // Namespace labels decide which allow rules apply.
     let by_namespace = grant_store.clone();
-    {
-        let stores = (
-            issuers.clone(),
-            namespaces.clone(),
-            secrets.clone(),
-            grant_store.clone(),
-        );
-        tokio::spawn(async move {
-            let _ = tokio::join!(
-                stores.0.wait_until_ready(),
-                stores.1.wait_until_ready(),
-                stores.2.wait_until_ready(),
-                stores.3.wait_until_ready()
-            );
-            readiness.set_caches_synced();
-            tracing::info!("caches synced");
-        });
+    let namespaces = spawn_reflector(
+        watcher(
+            Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+            namespace_cfg,
+        ),
+        triggers,
+        move |ns: &PartialObjectMeta<Namespace>| {
+            let name = ns.name_any();
+            grants_where(&by_namespace, |g| {
+                g.namespace().as_deref() == Some(name.as_str())
+            })
+        },
+    );
+
+    // No grant is judged against a half-filled cache: an empty issuer cache
+    // would revoke every Secret.
+    tokio::select! {
+        _ = async { tokio::join!(issuers.wait_until_ready(), namespaces.wait_until_ready(), secrets.wait_until_ready()) } => {}
+        _ = shutdown.clone() => return,
     }
+    // The grant cache is the controller's own: kube-runtime holds every
+    // reconcile until it has listed. (Its readiness is not awaited here too:
+    // a second waiter on a kube store steals the first one's wake-up.)
+    readiness.set_caches_synced();
+    tracing::info!("caches synced");
 
     let ctx = Arc::new(Context {
         recorder: Recorder::new(
@@ -194,39 +245,25 @@ pub async fn run(
         issuers,
         namespaces,
         secrets,
-        metrics: metrics.clone(),
+        metrics,
         failures: Mutex::default(),
     });
 
     controller
-        .owns_stream(secret_stream)
-        // A changed issuer re-evaluates every grant that uses it.
-        .watches_stream(issuer_stream, move |issuer: ClusterGrantIssuer| {
-            let name = issuer.name_any();
-            by_issuer
-                .state()
-                .into_iter()
-                .filter(|g| {
-                    reconcile::issuer_name(g, default_issuer.as_deref()).as_deref()
-                        == Some(name.as_str())
-                })
-                .map(|g| ObjectRef::from_obj(g.as_ref()))
-                .collect::<Vec<_>>()
-        })
-        // Namespace labels decide which allow rules apply.
-        .watches_stream(namespace_stream, move |ns: PartialObjectMeta<Namespace>| {
-            let name = ns.name_any();
-            by_namespace
-                .state()
-                .into_iter()
-                .filter(|g| g.namespace().as_deref() == Some(name.as_str()))
-                .map(|g| ObjectRef::from_obj(g.as_ref()))
-                .collect::<Vec<_>>()
-        })
+        .reconcile_on(requests)
         .with_config(controller::Config::default().concurrency(settings.concurrency))
         .graceful_shutdown_on(shutdown)
         .run(reconcile::reconcile, error_policy, ctx)
-        .for_each(|_| futures::future::ready(()))
+        .for_each(|result| {
+            if let Err(e) = result {
+                match e {
+                    // Reconcile errors were already reported by error_policy.
+                    controller::Error::ReconcilerFailed(..) => {}
+                    other => tracing::warn!(error = %other, "controller stream error"),
+                }
+            }
+            futures::future::ready(())
+        })
         .await;
 }
 

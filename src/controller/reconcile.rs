@@ -27,7 +27,6 @@ use crate::signing::{SignInput, url_lifetime};
 const CONFLICT_RECHECK: Duration = Duration::from_secs(60);
 
 pub async fn reconcile(grant: Arc<UploadGrant>, ctx: Arc<Context>) -> Result<Action> {
-    ctx.caches_ready().await;
     let started = std::time::Instant::now();
     let namespace = grant.namespace().ok_or(Error::NoNamespace)?;
     let api: Api<UploadGrant> = Api::namespaced(ctx.client.clone(), &namespace);

@@ -178,3 +178,40 @@ pub async fn consume(
     }
     Ok(req.send().await?)
 }
+
+/// The reasons of the events recorded for a grant, oldest first.
+pub async fn event_reasons(ctx: &TestContext, grant: &str) -> TestResult<Vec<String>> {
+    let events: Api<k8s_openapi::api::events::v1::Event> = ctx.api();
+    let mut list: Vec<_> = events
+        .list(&Default::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(grant))
+        .collect();
+    list.sort_by_key(|e| e.event_time.clone().map(|t| t.0));
+    Ok(list.into_iter().filter_map(|e| e.reason).collect())
+}
+
+/// Polls the events until one with `reason` shows up for the grant.
+pub async fn wait_event(ctx: &TestContext, grant: &str, reason: &str) -> TestResult {
+    super::eventually(
+        &format!("event {reason} on {grant}"),
+        Duration::from_secs(30),
+        || async {
+            Ok(event_reasons(ctx, grant)
+                .await?
+                .iter()
+                .any(|r| r == reason)
+                .then_some(()))
+        },
+    )
+    .await
+}
+
+pub fn fingerprint(grant: &UploadGrant) -> Option<String> {
+    grant
+        .status
+        .as_ref()
+        .and_then(|s| s.url_fingerprint.clone())
+}
