@@ -54,13 +54,13 @@ pub fn authorize(issuer: &ClusterGrantIssuerSpec, req: &Request<'_>) -> Result<u
 }
 
 fn check_rule(rule: &AllowRule, req: &Request<'_>) -> Result<(), String> {
-    if let Some(selector) = &rule.namespaces {
-        if !selector_matches(selector, req.namespace_labels)? {
-            return Err(format!(
-                "namespace {:?} does not match its namespace selector",
-                req.namespace
-            ));
-        }
+    if let Some(selector) = &rule.namespaces
+        && !selector_matches(selector, req.namespace_labels)?
+    {
+        return Err(format!(
+            "namespace {:?} does not match its namespace selector",
+            req.namespace
+        ));
     }
     if !rule.buckets.iter().any(|b| b == "*" || b == req.bucket) {
         return Err(format!(
@@ -80,11 +80,11 @@ fn check_rule(rule: &AllowRule, req: &Request<'_>) -> Result<(), String> {
             return Err(format!("key does not start with any of {expanded:?}"));
         }
     }
-    if let Some(methods) = &rule.methods {
-        if !methods.contains(&req.method) {
-            let names: Vec<&str> = methods.iter().map(|m| m.as_str()).collect();
-            return Err(format!("method {} is not one of {names:?}", req.method));
-        }
+    if let Some(methods) = &rule.methods
+        && !methods.contains(&req.method)
+    {
+        let names: Vec<&str> = methods.iter().map(|m| m.as_str()).collect();
+        return Err(format!("method {} is not one of {names:?}", req.method));
     }
     if let Some(max_ttl) = &rule.max_ttl {
         let max = parse_duration(max_ttl).map_err(|e| format!("maxTtl: {e}"))?;
@@ -123,10 +123,10 @@ pub fn selector_matches(
     selector: &LabelSelector,
     labels: &BTreeMap<String, String>,
 ) -> Result<bool, String> {
-    if let Some(match_labels) = &selector.match_labels {
-        if match_labels.iter().any(|(k, v)| labels.get(k) != Some(v)) {
-            return Ok(false);
-        }
+    if let Some(match_labels) = &selector.match_labels
+        && match_labels.iter().any(|(k, v)| labels.get(k) != Some(v))
+    {
+        return Ok(false);
     }
     for expr in selector.match_expressions.iter().flatten() {
         let value = labels.get(&expr.key);

@@ -20,6 +20,8 @@ use crate::signing::CredentialSnapshot;
 
 type Labels = [(&'static str, &'static str); 1];
 type Labels2 = [(&'static str, &'static str); 2];
+/// A grant's last Ready reason and URL expiry.
+type GrantState = (Reason, Option<SystemTime>);
 
 pub struct Metrics {
     registry: Registry,
@@ -31,7 +33,7 @@ pub struct Metrics {
     credentials_expiry: Gauge<f64, AtomicU64>,
     credential_loads: Gauge,
     /// Each grant's last reason and URL expiry, to derive the gauges.
-    states: Mutex<HashMap<ObjectRef<UploadGrant>, (Reason, Option<SystemTime>)>>,
+    states: Mutex<HashMap<ObjectRef<UploadGrant>, GrantState>>,
 }
 
 impl Default for Metrics {

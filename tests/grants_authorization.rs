@@ -11,7 +11,10 @@ use support::operator::{Operator, OperatorOptions};
 use support::{TestContext, TestResult};
 use upload_grant_operator::api::ClusterGrantIssuer;
 
-async fn setup(prefix: &str, opts: OperatorOptions) -> TestResult<(TestContext, tempfile::TempDir, Operator)> {
+async fn setup(
+    prefix: &str,
+    opts: OperatorOptions,
+) -> TestResult<(TestContext, tempfile::TempDir, Operator)> {
     let ctx = TestContext::with_labels(prefix, &[("team", "analytics")]).await?;
     let dir = tempfile::tempdir()?;
     support::install_committed_crds(&ctx.client).await?;
@@ -30,8 +33,14 @@ fn grant_spec(ctx: &TestContext, issuer: &str, extra: serde_json::Value) -> serd
 async fn expect_forbidden(ctx: &TestContext, name: &str, needle: &str) -> TestResult {
     let grant = wait_reason(ctx, name, "Forbidden").await?;
     let message = ready_message(&grant);
-    assert!(message.contains(needle), "{name}: expected {needle:?} in {message:?}");
-    assert!(ctx.api::<Secret>().get_opt(name).await?.is_none(), "{name}: a forbidden grant has no Secret");
+    assert!(
+        message.contains(needle),
+        "{name}: expected {needle:?} in {message:?}"
+    );
+    assert!(
+        ctx.api::<Secret>().get_opt(name).await?.is_none(),
+        "{name}: a forbidden grant has no Secret"
+    );
     wait_event(ctx, name, "Denied").await
 }
 
@@ -39,23 +48,76 @@ async fn expect_forbidden(ctx: &TestContext, name: &str, needle: &str) -> TestRe
 async fn each_kind_of_rule_denies_what_it_does_not_allow() -> TestResult {
     let (ctx, _dir, _operator) = setup("forbid", OperatorOptions::default()).await?;
     let bucket = ctx.env.bucket();
-    let issuer = create_issuer(&ctx, serde_json::json!([{
-        "namespaces": {"matchLabels": {"team": "analytics"}},
-        "buckets": [bucket],
-        "keyPrefixes": ["{namespace}/"],
-        "methods": ["PUT", "GET"],
-        "maxTtl": "30m",
-        "maxContentLength": "1Ki",
-    }]))
+    let issuer = create_issuer(
+        &ctx,
+        serde_json::json!([{
+            "namespaces": {"matchLabels": {"team": "analytics"}},
+            "buckets": [bucket],
+            "keyPrefixes": ["{namespace}/"],
+            "methods": ["PUT", "GET"],
+            "maxTtl": "30m",
+            "maxContentLength": "1Ki",
+        }]),
+    )
     .await?;
     let ok = serde_json::json!({"ttl": "30m", "contentLength": 1024});
     create_grant(&ctx, "allowed", grant_spec(&ctx, &issuer, ok)).await?;
-    create_grant(&ctx, "bucket", grant_spec(&ctx, &issuer, serde_json::json!({"bucket": "other-bucket", "ttl": "30m", "contentLength": 1}))).await?;
-    create_grant(&ctx, "prefix", grant_spec(&ctx, &issuer, serde_json::json!({"key": "someone-else/data.csv", "ttl": "30m", "contentLength": 1}))).await?;
-    create_grant(&ctx, "method", grant_spec(&ctx, &issuer, serde_json::json!({"method": "DELETE", "ttl": "30m"}))).await?;
-    create_grant(&ctx, "ttl", grant_spec(&ctx, &issuer, serde_json::json!({"ttl": "31m", "contentLength": 1}))).await?;
-    create_grant(&ctx, "size", grant_spec(&ctx, &issuer, serde_json::json!({"ttl": "30m", "contentLength": 1025}))).await?;
-    create_grant(&ctx, "unpinned", grant_spec(&ctx, &issuer, serde_json::json!({"ttl": "30m"}))).await?;
+    create_grant(
+        &ctx,
+        "bucket",
+        grant_spec(
+            &ctx,
+            &issuer,
+            serde_json::json!({"bucket": "other-bucket", "ttl": "30m", "contentLength": 1}),
+        ),
+    )
+    .await?;
+    create_grant(
+        &ctx,
+        "prefix",
+        grant_spec(
+            &ctx,
+            &issuer,
+            serde_json::json!({"key": "someone-else/data.csv", "ttl": "30m", "contentLength": 1}),
+        ),
+    )
+    .await?;
+    create_grant(
+        &ctx,
+        "method",
+        grant_spec(
+            &ctx,
+            &issuer,
+            serde_json::json!({"method": "DELETE", "ttl": "30m"}),
+        ),
+    )
+    .await?;
+    create_grant(
+        &ctx,
+        "ttl",
+        grant_spec(
+            &ctx,
+            &issuer,
+            serde_json::json!({"ttl": "31m", "contentLength": 1}),
+        ),
+    )
+    .await?;
+    create_grant(
+        &ctx,
+        "size",
+        grant_spec(
+            &ctx,
+            &issuer,
+            serde_json::json!({"ttl": "30m", "contentLength": 1025}),
+        ),
+    )
+    .await?;
+    create_grant(
+        &ctx,
+        "unpinned",
+        grant_spec(&ctx, &issuer, serde_json::json!({"ttl": "30m"})),
+    )
+    .await?;
 
     wait_ready(&ctx, "allowed").await?;
     expect_forbidden(&ctx, "bucket", "bucket \"other-bucket\"").await?;
@@ -68,7 +130,13 @@ async fn each_kind_of_rule_denies_what_it_does_not_allow() -> TestResult {
     // The namespace selector follows label changes: unlabel, and even the
     // allowed grant is revoked.
     let patch = serde_json::json!({"metadata": {"labels": {"team": "web"}}});
-    Api::<Namespace>::all(ctx.client.clone()).patch(&ctx.namespace, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    Api::<Namespace>::all(ctx.client.clone())
+        .patch(
+            &ctx.namespace,
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
     expect_forbidden(&ctx, "allowed", "namespace selector").await?;
     Ok(())
 }
@@ -77,13 +145,31 @@ async fn each_kind_of_rule_denies_what_it_does_not_allow() -> TestResult {
 async fn a_missing_issuer_is_reported_and_picked_up_when_it_appears() -> TestResult {
     let (ctx, _dir, _operator) = setup("issuer", OperatorOptions::default()).await?;
     let name = format!("late-{}", support::random_suffix());
-    create_grant(&ctx, "waiting", grant_spec(&ctx, &name, serde_json::json!({}))).await?;
+    create_grant(
+        &ctx,
+        "waiting",
+        grant_spec(&ctx, &name, serde_json::json!({})),
+    )
+    .await?;
     let grant = wait_reason(&ctx, "waiting", "IssuerNotFound").await?;
-    assert!(ready_message(&grant).contains(&name), "{}", ready_message(&grant));
+    assert!(
+        ready_message(&grant).contains(&name),
+        "{}",
+        ready_message(&grant)
+    );
 
-    create_grant(&ctx, "no-ref", serde_json::json!({"bucket": ctx.env.bucket(), "key": "x"})).await?;
+    create_grant(
+        &ctx,
+        "no-ref",
+        serde_json::json!({"bucket": ctx.env.bucket(), "key": "x"}),
+    )
+    .await?;
     let grant = wait_reason(&ctx, "no-ref", "IssuerNotFound").await?;
-    assert!(ready_message(&grant).contains("no default issuer"), "{}", ready_message(&grant));
+    assert!(
+        ready_message(&grant).contains("no default issuer"),
+        "{}",
+        ready_message(&grant)
+    );
 
     let issuer: ClusterGrantIssuer = serde_json::from_value(serde_json::json!({
         "apiVersion": "grants.io/v1alpha1", "kind": "ClusterGrantIssuer", "metadata": {"name": name},
@@ -96,7 +182,9 @@ async fn a_missing_issuer_is_reported_and_picked_up_when_it_appears() -> TestRes
 
     // Tightening the issuer revokes what it no longer allows.
     let patch = serde_json::json!({"spec": {"allow": [{"buckets": ["somewhere-else"]}]}});
-    issuers.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    issuers
+        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
     expect_forbidden(&ctx, "waiting", "somewhere-else").await?;
     wait_secret_gone(&ctx, "waiting").await?;
     Ok(())
@@ -108,10 +196,21 @@ async fn grants_without_an_issuer_ref_use_the_operators_default() -> TestResult 
     let dir = tempfile::tempdir()?;
     support::install_committed_crds(&ctx.client).await?;
     let issuer = open_issuer(&ctx).await?;
-    let _operator = Operator::start(&ctx, dir.path(), OperatorOptions { default_issuer: Some(issuer), ..Default::default() }).await?;
+    let _operator = Operator::start(
+        &ctx,
+        dir.path(),
+        OperatorOptions {
+            default_issuer: Some(issuer),
+            ..Default::default()
+        },
+    )
+    .await?;
     create_grant(&ctx, "implicit", serde_json::json!({"bucket": ctx.env.bucket(), "key": format!("{}/implicit.txt", ctx.namespace)})).await?;
     wait_ready(&ctx, "implicit").await?;
     let data = secret_data(&ctx.client, &ctx.namespace, "implicit").await?;
-    assert_eq!(consume(&data, Some(b"implicit".to_vec())).await?.status(), 200);
+    assert_eq!(
+        consume(&data, Some(b"implicit".to_vec())).await?.status(),
+        200
+    );
     Ok(())
 }

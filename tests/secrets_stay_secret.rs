@@ -14,7 +14,8 @@ use support::{TestContext, TestResult};
 use upload_grant_operator::api::UploadGrant;
 
 fn query_value<'a>(url: &'a str, name: &str) -> Option<&'a str> {
-    url.split(['?', '&']).find_map(|p| p.strip_prefix(&format!("{name}=")))
+    url.split(['?', '&'])
+        .find_map(|p| p.strip_prefix(&format!("{name}=")))
 }
 
 fn percent_decode(s: &str) -> String {
@@ -22,7 +23,11 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        match (bytes[i], s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok())) {
+        match (
+            bytes[i],
+            s.get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok()),
+        ) {
             (b'%', Some(b)) => {
                 out.push(b);
                 i += 3;
@@ -42,16 +47,31 @@ async fn no_secret_material_in_logs_events_status_or_metrics() -> TestResult {
     let dir = tempfile::tempdir()?;
     support::install_committed_crds(&ctx.client).await?;
     let operator = Operator::start(&ctx, dir.path(), OperatorOptions::default()).await?;
-    let issuer = create_issuer(&ctx, serde_json::json!([{"buckets": [ctx.env.bucket()], "methods": ["PUT", "GET"]}])).await?;
+    let issuer = create_issuer(
+        &ctx,
+        serde_json::json!([{"buckets": [ctx.env.bucket()], "methods": ["PUT", "GET"]}]),
+    )
+    .await?;
     let key = |k: &str| format!("{}/{k}", ctx.namespace);
 
     // Issue, use and renew.
     create_grant(&ctx, "upload", serde_json::json!({"issuerRef": {"name": issuer}, "bucket": ctx.env.bucket(), "key": key("a.txt"), "ttl": "1m", "refreshBefore": "50s"})).await?;
     let first = wait_ready(&ctx, "upload").await?;
     let mut urls = vec![secret_data(&ctx.client, &ctx.namespace, "upload").await?["url"].clone()];
-    assert_eq!(consume(&secret_data(&ctx.client, &ctx.namespace, "upload").await?, Some(b"x".to_vec())).await?.status(), 200);
+    assert_eq!(
+        consume(
+            &secret_data(&ctx.client, &ctx.namespace, "upload").await?,
+            Some(b"x".to_vec())
+        )
+        .await?
+        .status(),
+        200
+    );
     let fp = fingerprint(&first);
-    wait_for_grant(&ctx, "upload", "renewed", Duration::from_secs(60), |g| fingerprint(g) != fp).await?;
+    wait_for_grant(&ctx, "upload", "renewed", Duration::from_secs(60), |g| {
+        fingerprint(g) != fp
+    })
+    .await?;
     urls.push(secret_data(&ctx.client, &ctx.namespace, "upload").await?["url"].clone());
     // Denied, conflicting and revoked grants.
     create_grant(&ctx, "denied", serde_json::json!({"issuerRef": {"name": issuer}, "bucket": ctx.env.bucket(), "key": key("b.txt"), "method": "DELETE"})).await?;
@@ -59,7 +79,9 @@ async fn no_secret_material_in_logs_events_status_or_metrics() -> TestResult {
     create_grant(&ctx, "reader", serde_json::json!({"issuerRef": {"name": issuer}, "bucket": ctx.env.bucket(), "key": key("a.txt"), "method": "GET"})).await?;
     wait_ready(&ctx, "reader").await?;
     urls.push(secret_data(&ctx.client, &ctx.namespace, "reader").await?["url"].clone());
-    ctx.api::<UploadGrant>().delete("reader", &DeleteParams::default()).await?;
+    ctx.api::<UploadGrant>()
+        .delete("reader", &DeleteParams::default())
+        .await?;
     wait_secret_gone(&ctx, "reader").await?;
 
     let mut needles: Vec<(String, String)> = Vec::new();
@@ -73,21 +95,56 @@ async fn no_secret_material_in_logs_events_status_or_metrics() -> TestResult {
         needles.push(("a decoded session token".into(), percent_decode(token)));
     }
     let sa_token = std::fs::read_to_string(&operator.token_file)?;
-    needles.push(("the service-account token".into(), sa_token.trim().to_owned()));
-    let sa_signature = sa_token.trim().rsplit('.').next().unwrap_or_default().to_owned();
+    needles.push((
+        "the service-account token".into(),
+        sa_token.trim().to_owned(),
+    ));
+    let sa_signature = sa_token
+        .trim()
+        .rsplit('.')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
     needles.push(("the service-account token's signature".into(), sa_signature));
 
     let metrics = operator.metrics().await?;
     let logs = operator.logs();
-    let events = serde_json::to_string(&ctx.api::<k8s_openapi::api::events::v1::Event>().list(&ListParams::default()).await?.items)?;
-    let statuses = serde_json::to_string(&ctx.api::<UploadGrant>().list(&ListParams::default()).await?.items)?;
-    assert!(logs.contains("\"level\":\"DEBUG\""), "the scenario must run with debug logs");
-    assert!(logs.contains("issued presigned URL"), "the logs must cover the issuing");
-    assert!(events.contains("Renewed") && events.contains("Denied"), "the events must cover the scenario");
-    for (place, text) in [("operator logs", &logs), ("events", &events), ("grant status", &statuses), ("metrics", &metrics)] {
+    let events = serde_json::to_string(
+        &ctx.api::<k8s_openapi::api::events::v1::Event>()
+            .list(&ListParams::default())
+            .await?
+            .items,
+    )?;
+    let statuses = serde_json::to_string(
+        &ctx.api::<UploadGrant>()
+            .list(&ListParams::default())
+            .await?
+            .items,
+    )?;
+    assert!(
+        logs.contains("\"level\":\"DEBUG\""),
+        "the scenario must run with debug logs"
+    );
+    assert!(
+        logs.contains("issued presigned URL"),
+        "the logs must cover the issuing"
+    );
+    assert!(
+        events.contains("Renewed") && events.contains("Denied"),
+        "the events must cover the scenario"
+    );
+    for (place, text) in [
+        ("operator logs", &logs),
+        ("events", &events),
+        ("grant status", &statuses),
+        ("metrics", &metrics),
+    ] {
         for (what, needle) in &needles {
             assert!(needle.len() >= 16, "{what} is too short to search for");
-            assert!(!text.contains(needle.as_str()), "{what} appears in the {place}");
+            assert!(
+                !text.contains(needle.as_str()),
+                "{what} appears in the {place}"
+            );
         }
     }
     Ok(())

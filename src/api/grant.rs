@@ -11,6 +11,8 @@ use super::duration::DURATION_PATTERN;
 
 /// Asks for an S3 presigned URL for one object, delivered in a Secret in the
 /// grant's namespace and renewed before it expires.
+// kube's printcolumn(...) repeats `type_ = ...`, which this lint mistakes for duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "grants.io",

@@ -10,6 +10,8 @@ use super::grant::Method;
 
 /// Says which S3 endpoint grants are signed for, and which namespaces may get
 /// URLs for which buckets, key prefixes, methods and lifetimes.
+// kube's printcolumn(...) repeats `type_ = ...`, which this lint mistakes for duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "grants.io",

@@ -177,10 +177,10 @@ async fn evaluate(grant: &UploadGrant, namespace: &str, ctx: &Context) -> Result
 
     // A renamed Secret: the old one goes.
     let mut revoked_old = false;
-    if let Some(old) = grant.status.as_ref().and_then(|s| s.secret_name.as_deref()) {
-        if old != valid.secret_name {
-            revoked_old = secrets::remove(ctx, grant, namespace, old).await?;
-        }
+    if let Some(old) = grant.status.as_ref().and_then(|s| s.secret_name.as_deref())
+        && old != valid.secret_name
+    {
+        revoked_old = secrets::remove(ctx, grant, namespace, old).await?;
     }
 
     // Who holds the Secret's name?
@@ -237,7 +237,7 @@ async fn evaluate(grant: &UploadGrant, namespace: &str, ctx: &Context) -> Result
                 }
             };
             let mut out = Outcome::not_ready(Reason::Expired, msg.clone(), Action::await_change());
-            out.event = revoked.then(|| (EventType::Normal, "Revoked", msg));
+            out.event = revoked.then_some((EventType::Normal, "Revoked", msg));
             Ok(out)
         }
         Plan::Sign { renewal } => {
@@ -473,10 +473,10 @@ async fn revoke_all(
         .and_then(|s| s.name.clone())
         .unwrap_or_else(|| grant.name_any());
     let mut names = vec![spec_name.map(str::to_owned).unwrap_or(default_name)];
-    if let Some(status_name) = grant.status.as_ref().and_then(|s| s.secret_name.clone()) {
-        if !names.contains(&status_name) {
-            names.push(status_name);
-        }
+    if let Some(status_name) = grant.status.as_ref().and_then(|s| s.secret_name.clone())
+        && !names.contains(&status_name)
+    {
+        names.push(status_name);
     }
     let mut any = false;
     for name in names {

@@ -16,7 +16,7 @@ pub enum Slot {
     /// No Secret by that name.
     Free,
     /// A Secret this grant controls; its metadata.
-    Ours(PartialObjectMeta<Secret>),
+    Ours(Box<PartialObjectMeta<Secret>>),
     /// Somebody else's Secret: never modified or deleted.
     Foreign,
 }
@@ -38,7 +38,7 @@ pub async fn slot(ctx: &Context, grant: &UploadGrant, namespace: &str, name: &st
     };
     Ok(match meta {
         None => Slot::Free,
-        Some(meta) if owned_by(&meta, grant) => Slot::Ours(meta),
+        Some(meta) if owned_by(&meta, grant) => Slot::Ours(Box::new(meta)),
         Some(_) => Slot::Foreign,
     })
 }
