@@ -7,28 +7,9 @@ use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 use support::grants::*;
-use support::operator::{Operator, OperatorOptions};
+use support::operator::OperatorOptions;
 use support::{TestContext, TestResult};
 use upload_grant_operator::api::ClusterGrantIssuer;
-
-async fn setup(
-    prefix: &str,
-    opts: OperatorOptions,
-) -> TestResult<(TestContext, tempfile::TempDir, Operator)> {
-    let ctx = TestContext::with_labels(prefix, &[("team", "analytics")]).await?;
-    let dir = tempfile::tempdir()?;
-    support::install_committed_crds(&ctx.client).await?;
-    let operator = Operator::start(&ctx, dir.path(), opts).await?;
-    Ok((ctx, dir, operator))
-}
-
-fn grant_spec(ctx: &TestContext, issuer: &str, extra: serde_json::Value) -> serde_json::Value {
-    let mut spec = serde_json::json!({"issuerRef": {"name": issuer}, "bucket": ctx.env.bucket(), "key": format!("{}/data.csv", ctx.namespace)});
-    if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
-        s.extend(e.clone());
-    }
-    spec
-}
 
 async fn expect_forbidden(ctx: &TestContext, name: &str, needle: &str) -> TestResult {
     let grant = wait_reason(ctx, name, "Forbidden").await?;
@@ -46,7 +27,12 @@ async fn expect_forbidden(ctx: &TestContext, name: &str, needle: &str) -> TestRe
 
 #[tokio::test]
 async fn each_kind_of_rule_denies_what_it_does_not_allow() -> TestResult {
-    let (ctx, _dir, _operator) = setup("forbid", OperatorOptions::default()).await?;
+    let labelled = TestContext::with_labels("forbid", &[("team", "analytics")]).await?;
+    let Scenario {
+        ctx,
+        dir: _dir,
+        operator: _operator,
+    } = Scenario::start_in(labelled, OperatorOptions::default()).await?;
     let bucket = ctx.env.bucket();
     let issuer = create_issuer(
         &ctx,
@@ -61,13 +47,14 @@ async fn each_kind_of_rule_denies_what_it_does_not_allow() -> TestResult {
     )
     .await?;
     let ok = serde_json::json!({"ttl": "30m", "contentLength": 1024});
-    create_grant(&ctx, "allowed", grant_spec(&ctx, &issuer, ok)).await?;
+    create_grant(&ctx, "allowed", spec(&ctx, &issuer, "data.csv", ok)).await?;
     create_grant(
         &ctx,
         "bucket",
-        grant_spec(
+        spec(
             &ctx,
             &issuer,
+            "data.csv",
             serde_json::json!({"bucket": "other-bucket", "ttl": "30m", "contentLength": 1}),
         ),
     )
@@ -75,9 +62,10 @@ async fn each_kind_of_rule_denies_what_it_does_not_allow() -> TestResult {
     create_grant(
         &ctx,
         "prefix",
-        grant_spec(
+        spec(
             &ctx,
             &issuer,
+            "data.csv",
             serde_json::json!({"key": "someone-else/data.csv", "ttl": "30m", "contentLength": 1}),
         ),
     )
@@ -85,9 +73,10 @@ async fn each_kind_of_rule_denies_what_it_does_not_allow() -> TestResult {
     create_grant(
         &ctx,
         "method",
-        grant_spec(
+        spec(
             &ctx,
             &issuer,
+            "data.csv",
             serde_json::json!({"method": "DELETE", "ttl": "30m"}),
         ),
     )
@@ -95,9 +84,10 @@ async fn each_kind_of_rule_denies_what_it_does_not_allow() -> TestResult {
     create_grant(
         &ctx,
         "ttl",
-        grant_spec(
+        spec(
             &ctx,
             &issuer,
+            "data.csv",
             serde_json::json!({"ttl": "31m", "contentLength": 1}),
         ),
     )
@@ -105,9 +95,10 @@ async fn each_kind_of_rule_denies_what_it_does_not_allow() -> TestResult {
     create_grant(
         &ctx,
         "size",
-        grant_spec(
+        spec(
             &ctx,
             &issuer,
+            "data.csv",
             serde_json::json!({"ttl": "30m", "contentLength": 1025}),
         ),
     )
@@ -115,7 +106,7 @@ async fn each_kind_of_rule_denies_what_it_does_not_allow() -> TestResult {
     create_grant(
         &ctx,
         "unpinned",
-        grant_spec(&ctx, &issuer, serde_json::json!({"ttl": "30m"})),
+        spec(&ctx, &issuer, "data.csv", serde_json::json!({"ttl": "30m"})),
     )
     .await?;
 
@@ -143,12 +134,16 @@ async fn each_kind_of_rule_denies_what_it_does_not_allow() -> TestResult {
 
 #[tokio::test]
 async fn a_missing_issuer_is_reported_and_picked_up_when_it_appears() -> TestResult {
-    let (ctx, _dir, _operator) = setup("issuer", OperatorOptions::default()).await?;
+    let Scenario {
+        ctx,
+        dir: _dir,
+        operator: _operator,
+    } = Scenario::start("issuer").await?;
     let name = format!("late-{}", support::random_suffix());
     create_grant(
         &ctx,
         "waiting",
-        grant_spec(&ctx, &name, serde_json::json!({})),
+        spec(&ctx, &name, "data.csv", serde_json::json!({})),
     )
     .await?;
     let grant = wait_reason(&ctx, "waiting", "IssuerNotFound").await?;
@@ -193,18 +188,17 @@ async fn a_missing_issuer_is_reported_and_picked_up_when_it_appears() -> TestRes
 #[tokio::test]
 async fn grants_without_an_issuer_ref_use_the_operators_default() -> TestResult {
     let ctx = TestContext::new("default").await?;
-    let dir = tempfile::tempdir()?;
     support::install_committed_crds(&ctx.client).await?;
     let issuer = open_issuer(&ctx).await?;
-    let _operator = Operator::start(
-        &ctx,
-        dir.path(),
-        OperatorOptions {
-            default_issuer: Some(issuer),
-            ..Default::default()
-        },
-    )
-    .await?;
+    let opts = OperatorOptions {
+        default_issuer: Some(issuer),
+        ..Default::default()
+    };
+    let Scenario {
+        ctx,
+        dir: _dir,
+        operator: _operator,
+    } = Scenario::start_in(ctx, opts).await?;
     create_grant(&ctx, "implicit", serde_json::json!({"bucket": ctx.env.bucket(), "key": format!("{}/implicit.txt", ctx.namespace)})).await?;
     wait_ready(&ctx, "implicit").await?;
     let data = secret_data(&ctx.client, &ctx.namespace, "implicit").await?;

@@ -4,16 +4,16 @@
 
 mod support;
 
-use support::grants::{consume, create_grant, open_issuer, secret_data, wait_ready};
-use support::operator::{Operator, OperatorOptions};
-use support::{TestContext, TestResult};
+use support::TestResult;
+use support::grants::{Scenario, consume, create_grant, open_issuer, secret_data, wait_ready};
 
 #[tokio::test]
 async fn put_get_head_and_delete_grants_work_end_to_end() -> TestResult {
-    let ctx = TestContext::new("consume").await?;
-    let dir = tempfile::tempdir()?;
-    support::install_committed_crds(&ctx.client).await?;
-    let _operator = Operator::start(&ctx, dir.path(), OperatorOptions::default()).await?;
+    let Scenario {
+        ctx,
+        dir: _dir,
+        operator: _operator,
+    } = Scenario::start("consume").await?;
     let issuer = open_issuer(&ctx).await?;
     let bucket = ctx.env.bucket();
     let key = format!("{}/report.csv", ctx.namespace);
@@ -92,10 +92,11 @@ async fn put_get_head_and_delete_grants_work_end_to_end() -> TestResult {
 
 #[tokio::test]
 async fn awkward_keys_upload_to_exactly_that_key() -> TestResult {
-    let ctx = TestContext::new("keys").await?;
-    let dir = tempfile::tempdir()?;
-    support::install_committed_crds(&ctx.client).await?;
-    let _operator = Operator::start(&ctx, dir.path(), OperatorOptions::default()).await?;
+    let Scenario {
+        ctx,
+        dir: _dir,
+        operator: _operator,
+    } = Scenario::start("keys").await?;
     let issuer = open_issuer(&ctx).await?;
     let root = support::s3_client(ctx.env, ctx.env.root_credentials());
     let keys = [
@@ -134,10 +135,11 @@ async fn awkward_keys_upload_to_exactly_that_key() -> TestResult {
 
 #[tokio::test]
 async fn the_store_enforces_what_the_grant_signed() -> TestResult {
-    let ctx = TestContext::new("signed").await?;
-    let dir = tempfile::tempdir()?;
-    support::install_committed_crds(&ctx.client).await?;
-    let _operator = Operator::start(&ctx, dir.path(), OperatorOptions::default()).await?;
+    let Scenario {
+        ctx,
+        dir: _dir,
+        operator: _operator,
+    } = Scenario::start("signed").await?;
     let issuer = open_issuer(&ctx).await?;
     let body = b"{\"ok\":true}".to_vec();
     create_grant(&ctx, "typed", serde_json::json!({

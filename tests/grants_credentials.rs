@@ -3,16 +3,16 @@
 
 mod support;
 
+use support::TestResult;
 use support::grants::*;
-use support::operator::{Operator, OperatorOptions};
-use support::{TestContext, TestResult};
 
 #[tokio::test]
 async fn a_url_never_outlives_the_session_that_signed_it() -> TestResult {
-    let ctx = TestContext::new("session").await?;
-    let dir = tempfile::tempdir()?;
-    support::install_committed_crds(&ctx.client).await?;
-    let operator = Operator::start(&ctx, dir.path(), OperatorOptions::default()).await?;
+    let Scenario {
+        ctx,
+        dir: _dir,
+        operator,
+    } = Scenario::start("session").await?;
     let issuer = open_issuer(&ctx).await?;
 
     // The testenv STS hands out one-hour sessions; the grant asks for two.
@@ -67,10 +67,11 @@ async fn a_url_never_outlives_the_session_that_signed_it() -> TestResult {
 
 #[tokio::test]
 async fn many_grants_cost_one_sts_call() -> TestResult {
-    let ctx = TestContext::new("snapshot").await?;
-    let dir = tempfile::tempdir()?;
-    support::install_committed_crds(&ctx.client).await?;
-    let operator = Operator::start(&ctx, dir.path(), OperatorOptions::default()).await?;
+    let Scenario {
+        ctx,
+        dir: _dir,
+        operator,
+    } = Scenario::start("snapshot").await?;
     let issuer = open_issuer(&ctx).await?;
     for i in 0..25 {
         create_grant(&ctx, &format!("g{i}"), serde_json::json!({

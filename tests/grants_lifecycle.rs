@@ -7,31 +7,19 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::{DeleteParams, PostParams};
+use support::TestResult;
 use support::grants::*;
 use support::operator::{Operator, OperatorOptions};
-use support::{TestContext, TestResult};
 use upload_grant_operator::api::UploadGrant;
-
-async fn setup(prefix: &str) -> TestResult<(TestContext, tempfile::TempDir, Operator, String)> {
-    let ctx = TestContext::new(prefix).await?;
-    let dir = tempfile::tempdir()?;
-    support::install_committed_crds(&ctx.client).await?;
-    let operator = Operator::start(&ctx, dir.path(), OperatorOptions::default()).await?;
-    let issuer = open_issuer(&ctx).await?;
-    Ok((ctx, dir, operator, issuer))
-}
-
-fn spec(ctx: &TestContext, issuer: &str, key: &str, extra: serde_json::Value) -> serde_json::Value {
-    let mut spec = serde_json::json!({"issuerRef": {"name": issuer}, "bucket": ctx.env.bucket(), "key": format!("{}/{key}", ctx.namespace)});
-    if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
-        s.extend(e.clone());
-    }
-    spec
-}
 
 #[tokio::test]
 async fn renewal_replaces_the_url_and_a_restart_re_signs_nothing_fresh() -> TestResult {
-    let (ctx, dir, mut operator, issuer) = setup("renew").await?;
+    let Scenario {
+        ctx,
+        dir,
+        mut operator,
+    } = Scenario::start("renew").await?;
+    let issuer = open_issuer(&ctx).await?;
     // ttl 1m, refreshBefore 50s: renewed about ten seconds after issue.
     create_grant(
         &ctx,
@@ -120,7 +108,12 @@ async fn renewal_replaces_the_url_and_a_restart_re_signs_nothing_fresh() -> Test
 
 #[tokio::test]
 async fn deleting_suspending_and_changing_a_grant_revoke_its_secret() -> TestResult {
-    let (ctx, _dir, _operator, issuer) = setup("revoke").await?;
+    let Scenario {
+        ctx,
+        dir: _dir,
+        operator: _operator,
+    } = Scenario::start("revoke").await?;
+    let issuer = open_issuer(&ctx).await?;
     let grants = ctx.api::<UploadGrant>();
     for name in ["deleted", "suspended", "changed"] {
         create_grant(
@@ -180,7 +173,12 @@ async fn deleting_suspending_and_changing_a_grant_revoke_its_secret() -> TestRes
 
 #[tokio::test]
 async fn refresh_policy_never_and_not_after_remove_the_secret_at_expiry() -> TestResult {
-    let (ctx, _dir, _operator, issuer) = setup("expire").await?;
+    let Scenario {
+        ctx,
+        dir: _dir,
+        operator: _operator,
+    } = Scenario::start("expire").await?;
+    let issuer = open_issuer(&ctx).await?;
     let not_after = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(25);
     let not_after_text = not_after.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
     create_grant(
@@ -242,7 +240,12 @@ async fn refresh_policy_never_and_not_after_remove_the_secret_at_expiry() -> Tes
 
 #[tokio::test]
 async fn a_secret_the_grant_does_not_own_is_never_touched() -> TestResult {
-    let (ctx, _dir, _operator, issuer) = setup("conflict").await?;
+    let Scenario {
+        ctx,
+        dir: _dir,
+        operator: _operator,
+    } = Scenario::start("conflict").await?;
+    let issuer = open_issuer(&ctx).await?;
     let theirs: Secret = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "taken"}, "stringData": {"password": "hunter2"}
     }))?;

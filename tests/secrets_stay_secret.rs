@@ -8,9 +8,8 @@ mod support;
 use std::time::Duration;
 
 use kube::api::{DeleteParams, ListParams};
+use support::TestResult;
 use support::grants::*;
-use support::operator::{Operator, OperatorOptions};
-use support::{TestContext, TestResult};
 use upload_grant_operator::api::UploadGrant;
 
 fn query_value<'a>(url: &'a str, name: &str) -> Option<&'a str> {
@@ -43,10 +42,11 @@ fn percent_decode(s: &str) -> String {
 
 #[tokio::test]
 async fn no_secret_material_in_logs_events_status_or_metrics() -> TestResult {
-    let ctx = TestContext::new("leak").await?;
-    let dir = tempfile::tempdir()?;
-    support::install_committed_crds(&ctx.client).await?;
-    let operator = Operator::start(&ctx, dir.path(), OperatorOptions::default()).await?;
+    let Scenario {
+        ctx,
+        dir: _dir,
+        operator,
+    } = Scenario::start("leak").await?;
     let issuer = create_issuer(
         &ctx,
         serde_json::json!([{"buckets": [ctx.env.bucket()], "methods": ["PUT", "GET"]}]),

@@ -28,6 +28,13 @@ async fn apiserver_and_kubectl_report_the_pinned_version() -> TestResult {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     assert_eq!(v["clientVersion"]["gitVersion"], KUBERNETES_VERSION);
     assert_eq!(v["serverVersion"]["gitVersion"], KUBERNETES_VERSION);
+
+    let out = env
+        .command("helm")
+        .args(["version", "--template", "{{.Version}}"])
+        .output()?;
+    let helm = String::from_utf8(out.stdout)?;
+    assert!(helm.starts_with("v3.22."), "helm reports {helm:?}");
     Ok(())
 }
 

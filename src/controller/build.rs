@@ -158,6 +158,19 @@ pub struct Issued {
     pub spec_hash: String,
 }
 
+impl Issued {
+    /// What the Secret's annotations will say about this URL.
+    pub fn state(&self) -> IssuedState {
+        IssuedState {
+            spec_hash: self.spec_hash.clone(),
+            issued_at: self.issued_at,
+            expires_at: self.expires_at,
+            refresh_at: self.refresh_at,
+            fingerprint: self.presigned.url.fingerprint(),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     #[error("the grant has no name, namespace or uid yet")]

@@ -16,7 +16,7 @@ use kube::{Api, Resource, ResourceExt};
 use super::build::{self, Issued, IssuedState, Plan, format_time, whole_seconds};
 use super::secrets::{self, Slot};
 use super::status::{Reason, ready_condition, set_ready};
-use super::validate::{ValidGrant, validate};
+use super::validate::{ValidGrant, secret_name, validate};
 use super::{Context, FINALIZER, MANAGER};
 use crate::api::{ClusterGrantIssuer, UploadGrant, UploadGrantStatus};
 use crate::error::{Error, Result};
@@ -82,10 +82,7 @@ impl Outcome {
 }
 
 async fn apply(grant: &UploadGrant, namespace: &str, ctx: &Context) -> Result<Action> {
-    let outcome = match evaluate(grant, namespace, ctx).await {
-        Ok(outcome) => outcome,
-        Err(e) => return Err(e),
-    };
+    let outcome = evaluate(grant, namespace, ctx).await?;
     let previous =
         ready_condition(grant.status.as_ref()).map(|c| (c.reason.clone(), c.message.clone()));
     let changed =
@@ -369,13 +366,7 @@ async fn sign_and_write(
         fingerprint = %issued.presigned.url.fingerprint(), expires_at = %format_time(issued.expires_at),
         "issued presigned URL"
     );
-    let state = IssuedState {
-        spec_hash: issued.spec_hash.clone(),
-        issued_at: issued.issued_at,
-        expires_at: issued.expires_at,
-        refresh_at: issued.refresh_at,
-        fingerprint: issued.presigned.url.fingerprint(),
-    };
+    let state = issued.state();
     let wake_at = state.refresh_at.unwrap_or(state.expires_at);
     let mut out = issued_outcome(valid, state, wake_at);
     let (reason, note) = if renewal {
@@ -466,13 +457,10 @@ async fn revoke_all(
     ctx: &Context,
     spec_name: Option<&str>,
 ) -> Result<bool> {
-    let default_name = grant
-        .spec
-        .secret
-        .as_ref()
-        .and_then(|s| s.name.clone())
-        .unwrap_or_else(|| grant.name_any());
-    let mut names = vec![spec_name.map(str::to_owned).unwrap_or(default_name)];
+    let spec_name = spec_name
+        .map(str::to_owned)
+        .unwrap_or_else(|| secret_name(&grant.spec, &grant.name_any()));
+    let mut names = vec![spec_name];
     if let Some(status_name) = grant.status.as_ref().and_then(|s| s.secret_name.clone())
         && !names.contains(&status_name)
     {

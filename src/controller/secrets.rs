@@ -97,3 +97,125 @@ pub async fn remove(
 fn api(ctx: &Context, namespace: &str) -> Api<Secret> {
     Api::namespaced(ctx.client.clone(), namespace)
 }
+
+#[cfg(test)]
+mod tests {
+    //! Edge cases of ownership against a mocked API server: what requests are
+    //! sent, and which are never sent.
+    use std::sync::{Arc, Mutex};
+
+    use http::{Request, Response};
+    use kube::client::Body;
+    use kube::runtime::events::{Recorder, Reporter};
+    use kube::runtime::reflector;
+
+    use super::*;
+    use crate::controller::Settings;
+    use crate::metrics::Metrics;
+    use crate::signing::{CredentialSnapshot, Presigner};
+
+    fn context(client: kube::Client) -> Context {
+        let creds = aws_credential_types::Credentials::new("AKID", "secret", None, None, "test");
+        let sdk = aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .build();
+        Context {
+            recorder: Recorder::new(
+                client.clone(),
+                Reporter {
+                    controller: "test".into(),
+                    instance: None,
+                },
+            ),
+            client,
+            settings: Settings {
+                default_issuer: None,
+                concurrency: 1,
+                namespace: None,
+            },
+            credentials: CredentialSnapshot::new(
+                aws_credential_types::provider::SharedCredentialsProvider::new(creds),
+            ),
+            presigner: Presigner::new(sdk),
+            issuers: reflector::store().0,
+            namespaces: reflector::store().0,
+            secrets: reflector::store().0,
+            metrics: Arc::new(Metrics::default()),
+            failures: Mutex::default(),
+        }
+    }
+
+    fn grant() -> UploadGrant {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "grants.io/v1alpha1", "kind": "UploadGrant",
+            "metadata": {"name": "g", "namespace": "ns", "uid": "grant-uid"},
+            "spec": {"bucket": "reports", "key": "k"}
+        }))
+        .expect("fixture")
+    }
+
+    fn secret_meta(owner_uid: &str) -> serde_json::Value {
+        serde_json::json!({
+            "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+            "metadata": {"name": "g", "namespace": "ns", "uid": "secret-uid", "ownerReferences": [{
+                "apiVersion": "grants.io/v1alpha1", "kind": "UploadGrant", "name": "g",
+                "uid": owner_uid, "controller": true
+            }]}
+        })
+    }
+
+    #[tokio::test]
+    async fn a_foreign_secret_is_looked_at_and_never_deleted() {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let ctx = context(kube::Client::new(service, "ns"));
+        let server = tokio::spawn(async move {
+            let (req, send) = handle.next_request().await.expect("a GET");
+            assert_eq!(req.method(), http::Method::GET);
+            assert_eq!(req.uri().path(), "/api/v1/namespaces/ns/secrets/g");
+            let body = serde_json::to_vec(&secret_meta("someone-else")).expect("json");
+            send.send_response(
+                Response::builder()
+                    .body(Body::from(body))
+                    .expect("response"),
+            );
+            // Nothing else may be sent: no DELETE.
+            assert!(
+                handle.next_request().await.is_none(),
+                "a request after the GET"
+            );
+        });
+        let deleted = remove(&ctx, &grant(), "ns", "g").await.expect("no error");
+        assert!(!deleted);
+        drop(ctx);
+        server.await.expect("mock server");
+    }
+
+    #[tokio::test]
+    async fn an_owned_secret_is_deleted_only_with_its_uid_as_precondition() {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let ctx = context(kube::Client::new(service, "ns"));
+        let server = tokio::spawn(async move {
+            let (_, send) = handle.next_request().await.expect("a GET");
+            let body = serde_json::to_vec(&secret_meta("grant-uid")).expect("json");
+            send.send_response(
+                Response::builder()
+                    .body(Body::from(body))
+                    .expect("response"),
+            );
+            let (req, send) = handle.next_request().await.expect("a DELETE");
+            assert_eq!(req.method(), http::Method::DELETE);
+            let bytes = req.into_body().collect_bytes().await.expect("body");
+            let params: serde_json::Value = serde_json::from_slice(&bytes).expect("json body");
+            assert_eq!(params["preconditions"]["uid"], "secret-uid");
+            let status = serde_json::json!({"apiVersion": "v1", "kind": "Status", "status": "Success", "code": 200});
+            send.send_response(
+                Response::builder()
+                    .body(Body::from(serde_json::to_vec(&status).expect("json")))
+                    .expect("response"),
+            );
+        });
+        let deleted = remove(&ctx, &grant(), "ns", "g").await.expect("no error");
+        assert!(deleted);
+        server.await.expect("mock server");
+    }
+}

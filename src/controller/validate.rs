@@ -68,17 +68,20 @@ pub fn validate(spec: &UploadGrantSpec, grant_name: &str) -> Result<ValidGrant, 
     if spec.content_length.is_some_and(|n| n < 0) {
         return invalid("spec.contentLength: must not be negative".into());
     }
-    let secret_name = spec
-        .secret
-        .as_ref()
-        .and_then(|s| s.name.clone())
-        .unwrap_or_else(|| grant_name.to_owned());
     Ok(ValidGrant {
         ttl,
         refresh_before,
         not_after: spec.not_after.as_ref().map(|t| SystemTime::from(t.0)),
-        secret_name,
+        secret_name: secret_name(spec, grant_name),
     })
+}
+
+/// The Secret a grant writes: spec.secret.name, else the grant's name.
+pub fn secret_name(spec: &UploadGrantSpec, grant_name: &str) -> String {
+    spec.secret
+        .as_ref()
+        .and_then(|s| s.name.clone())
+        .unwrap_or_else(|| grant_name.to_owned())
 }
 
 /// S3's bucket naming rules for general purpose buckets.

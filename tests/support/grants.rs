@@ -215,3 +215,43 @@ pub fn fingerprint(grant: &UploadGrant) -> Option<String> {
         .as_ref()
         .and_then(|s| s.url_fingerprint.clone())
 }
+
+/// A test namespace with the CRDs installed and an operator running for it.
+pub struct Scenario {
+    pub ctx: TestContext,
+    pub dir: tempfile::TempDir,
+    pub operator: super::operator::Operator,
+}
+
+impl Scenario {
+    pub async fn start(prefix: &str) -> TestResult<Scenario> {
+        Self::start_in(TestContext::new(prefix).await?, Default::default()).await
+    }
+
+    pub async fn start_in(
+        ctx: TestContext,
+        opts: super::operator::OperatorOptions,
+    ) -> TestResult<Scenario> {
+        let dir = tempfile::tempdir()?;
+        super::install_committed_crds(&ctx.client).await?;
+        let operator = super::operator::Operator::start(&ctx, dir.path(), opts).await?;
+        Ok(Scenario { ctx, dir, operator })
+    }
+}
+
+/// A grant spec for `key` under the test namespace's prefix in the test
+/// bucket, signed by `issuer`, with `extra` fields merged in.
+pub fn spec(
+    ctx: &TestContext,
+    issuer: &str,
+    key: &str,
+    extra: serde_json::Value,
+) -> serde_json::Value {
+    let mut spec = serde_json::json!({
+        "issuerRef": {"name": issuer}, "bucket": ctx.env.bucket(), "key": format!("{}/{key}", ctx.namespace),
+    });
+    if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+        s.extend(e.clone());
+    }
+    spec
+}
