@@ -145,6 +145,34 @@ pub fn selector_matches(
     Ok(true)
 }
 
+/// Checks what the schema cannot: every rule's durations, sizes and selector
+/// operators parse. Returns a one-line summary for the issuer's status.
+pub fn check(issuer: &ClusterGrantIssuerSpec) -> Result<String, String> {
+    for (i, rule) in issuer.allow.iter().enumerate() {
+        if let Some(t) = &rule.max_ttl {
+            parse_duration(t).map_err(|e| format!("allow[{i}].maxTtl: {e}"))?;
+        }
+        if let Some(q) = &rule.max_content_length {
+            parse_quantity(q).map_err(|e| format!("allow[{i}].maxContentLength: {e}"))?;
+        }
+        if let Some(selector) = &rule.namespaces {
+            selector_matches(selector, &BTreeMap::new())
+                .map_err(|e| format!("allow[{i}].namespaces: {e}"))?;
+        }
+    }
+    let endpoint = issuer.s3.endpoint.as_deref().unwrap_or("the AWS endpoint");
+    Ok(match issuer.allow.len() {
+        0 => format!(
+            "signs for region {} at {endpoint}; it has no allow rules, so it allows nothing",
+            issuer.s3.region
+        ),
+        n => format!(
+            "signs for region {} at {endpoint} with {n} allow rule(s)",
+            issuer.s3.region
+        ),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -354,6 +382,17 @@ mod tests {
         let mut get = unpinned.clone();
         get.method = Method::Get;
         assert!(authorize(&issuer(vec![r]), &get).is_ok());
+    }
+
+    #[test]
+    fn check_reports_rules_that_cannot_be_evaluated() {
+        assert!(check(&issuer(vec![rule()])).is_ok_and(|m| m.contains("1 allow rule")));
+        assert!(check(&issuer(vec![])).is_ok_and(|m| m.contains("allows nothing")));
+        let bad = AllowRule {
+            max_ttl: Some("1d".into()),
+            ..rule()
+        };
+        assert!(check(&issuer(vec![rule(), bad])).is_err_and(|e| e.starts_with("allow[1].maxTtl")));
     }
 
     #[test]

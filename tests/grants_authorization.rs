@@ -208,3 +208,67 @@ async fn grants_without_an_issuer_ref_use_the_operators_default() -> TestResult 
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn issuers_report_whether_their_rules_can_be_evaluated() -> TestResult {
+    let Scenario {
+        ctx,
+        dir: _dir,
+        operator: _operator,
+    } = Scenario::start("issuer-status").await?;
+    let good = open_issuer(&ctx).await?;
+    let broken = create_issuer(
+        &ctx,
+        serde_json::json!([{"buckets": [ctx.env.bucket()],
+            "namespaces": {"matchExpressions": [{"key": "team", "operator": "Near", "values": ["a"]}]}}]),
+    )
+    .await?;
+    let issuers: Api<ClusterGrantIssuer> = Api::all(ctx.client.clone());
+    let ready = |name: String| {
+        let issuers = issuers.clone();
+        async move {
+            support::eventually(
+                &format!("issuer {name} status"),
+                std::time::Duration::from_secs(30),
+                || async {
+                    let issuer = issuers.get(&name).await?;
+                    Ok(issuer
+                        .status
+                        .and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "Ready"))
+                        .filter(|c| c.observed_generation == issuer.metadata.generation))
+                },
+            )
+            .await
+        }
+    };
+    let good = ready(good).await?;
+    assert_eq!(
+        (good.status.as_str(), good.reason.as_str()),
+        ("True", "Valid"),
+        "{}",
+        good.message
+    );
+    let broken_condition = ready(broken.clone()).await?;
+    assert_eq!(
+        (
+            broken_condition.status.as_str(),
+            broken_condition.reason.as_str()
+        ),
+        ("False", "InvalidSpec")
+    );
+    assert!(
+        broken_condition.message.contains("Near"),
+        "{}",
+        broken_condition.message
+    );
+
+    // A grant under the broken rule is refused with the same explanation.
+    create_grant(
+        &ctx,
+        "under-broken",
+        spec(&ctx, &broken, "x.csv", serde_json::json!({})),
+    )
+    .await?;
+    expect_forbidden(&ctx, "under-broken", "Near").await?;
+    Ok(())
+}

@@ -3,6 +3,7 @@
 //! load → validate → authorize → build → apply → status.
 
 pub mod build;
+mod issuer_status;
 mod reconcile;
 mod secrets;
 pub mod status;
@@ -185,9 +186,12 @@ pub async fn run(
                 .collect::<Vec<_>>()
         },
     );
-    // A changed issuer re-evaluates every grant that uses it.
+    // A changed issuer re-evaluates every grant that uses it, and gets its
+    // own status.
     let default_issuer = settings.default_issuer.clone();
     let by_issuer = grant_store.clone();
+    let (issuer_changes, changed_issuers) = mpsc::unbounded::<ClusterGrantIssuer>();
+    tokio::spawn(issuer_status::run(client.clone(), changed_issuers));
     let issuers = spawn_reflector(
         watcher(
             Api::<ClusterGrantIssuer>::all(client.clone()),
@@ -195,6 +199,7 @@ pub async fn run(
         ),
         triggers.clone(),
         move |issuer: &ClusterGrantIssuer| {
+            let _ = issuer_changes.unbounded_send(issuer.clone());
             let name = issuer.name_any();
             grants_where(&by_issuer, |g| {
                 reconcile::issuer_name(g, default_issuer.as_deref()).as_deref()

@@ -1,0 +1,118 @@
+//! Status for ClusterGrantIssuers: Ready says whether the issuer's rules can
+//! be evaluated, so an admin sees a broken rule before a grant trips on it.
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client, ResourceExt};
+
+use super::MANAGER;
+use crate::api::{ClusterGrantIssuer, ClusterGrantIssuerStatus};
+
+/// Writes the status of every issuer that changes, until the stream ends.
+pub async fn run(client: Client, changes: impl Stream<Item = ClusterGrantIssuer>) {
+    changes
+        .for_each_concurrent(4, |issuer| {
+            let client = client.clone();
+            async move {
+                if let Err(e) = write(&client, &issuer).await {
+                    tracing::warn!(issuer = %issuer.name_any(), error = %e, "could not write issuer status");
+                }
+            }
+        })
+        .await;
+}
+
+/// The status an issuer should have; lastTransitionTime kept when the value
+/// does not change.
+pub fn desired(issuer: &ClusterGrantIssuer, now: Time) -> ClusterGrantIssuerStatus {
+    let (status, reason, message) = match crate::issuer::check(&issuer.spec) {
+        Ok(summary) => ("True", "Valid", summary),
+        Err(problem) => ("False", "InvalidSpec", problem),
+    };
+    let previous = issuer
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
+    let transition = previous
+        .filter(|c| c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or(now);
+    ClusterGrantIssuerStatus {
+        conditions: vec![Condition {
+            type_: "Ready".into(),
+            status: status.into(),
+            reason: reason.into(),
+            message,
+            observed_generation: issuer.metadata.generation,
+            last_transition_time: transition,
+        }],
+        observed_generation: issuer.metadata.generation,
+    }
+}
+
+async fn write(client: &Client, issuer: &ClusterGrantIssuer) -> kube::Result<()> {
+    let status = desired(issuer, Time(jiff::Timestamp::now()));
+    if issuer.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
+    let patch = serde_json::json!({"apiVersion": "grants.io/v1alpha1", "kind": "ClusterGrantIssuer", "status": status});
+    Api::<ClusterGrantIssuer>::all(client.clone())
+        .patch_status(
+            &issuer.name_any(),
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn issuer(allow: serde_json::Value) -> ClusterGrantIssuer {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "grants.io/v1alpha1", "kind": "ClusterGrantIssuer",
+            "metadata": {"name": "i", "generation": 2},
+            "spec": {"s3": {"region": "eu-west-1"}, "allow": allow}
+        }))
+        .expect("fixture")
+    }
+
+    fn t(s: i64) -> Time {
+        Time(jiff::Timestamp::from_second(s).expect("valid"))
+    }
+
+    #[test]
+    fn valid_issuers_are_ready_and_stay_unchanged() {
+        let mut i = issuer(serde_json::json!([{"buckets": ["b"], "maxTtl": "1h"}]));
+        let first = desired(&i, t(10));
+        assert_eq!(first.conditions[0].status, "True");
+        assert_eq!(first.observed_generation, Some(2));
+        i.status = Some(first.clone());
+        assert_eq!(
+            desired(&i, t(20)),
+            first,
+            "an unchanged issuer needs no write"
+        );
+    }
+
+    #[test]
+    fn a_rule_that_cannot_be_evaluated_makes_the_issuer_not_ready() {
+        let s = desired(
+            &issuer(serde_json::json!([{"buckets": ["b"], "maxContentLength": "lots"}])),
+            t(10),
+        );
+        let c = &s.conditions[0];
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "InvalidSpec")
+        );
+        assert!(
+            c.message.contains("allow[0].maxContentLength"),
+            "{}",
+            c.message
+        );
+    }
+}
