@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 TESTENV := tools/testenv
 
-.PHONY: all build crds lint test test-unit demo testenv testenv-down testenv-build deps
+.PHONY: all build release crds lint test demo testenv testenv-down testenv-build deps
 
 all: build
 
@@ -13,9 +13,14 @@ deps:
 build:
 	$(CARGO) build --all-targets
 
+## release: the release binary exactly as the Dockerfile builds it
+release:
+	$(CARGO) build --release --locked --bin upload-grant-operator
+
 ## crds: regenerate crds/ from the Rust types in src/api/
 crds:
 	$(CARGO) run --quiet --bin crdgen -- --out-dir crds
+	$(CARGO) run --quiet --bin crdgen -- --out-dir charts/upload-grant-operator/files/crds
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -36,6 +41,7 @@ testenv-down:
 ## test: everything CI runs
 test: deps testenv-build lint
 	$(TESTENV)/with-env.sh $(CARGO) test --all-targets --no-fail-fast
+	$(MAKE) release
 
 ## demo: start everything, issue grants, upload and download a file through them
 demo: deps testenv-build

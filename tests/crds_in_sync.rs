@@ -5,7 +5,14 @@ use upload_grant_operator::api::{crd_file_name, crd_yaml, crds};
 
 #[test]
 fn committed_crds_match_the_rust_types() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    check(&root.join("crds"));
+    // The Helm chart ships the same CRDs.
+    check(&root.join("charts/upload-grant-operator/files/crds"));
+}
+
+fn check(dir: &std::path::Path) {
+    let shown = dir.display();
     let mut expected_files = Vec::new();
     for crd in crds() {
         let file = crd_file_name(&crd);
@@ -18,8 +25,8 @@ fn committed_crds_match_the_rust_types() {
         );
         expected_files.push(file);
     }
-    let mut present: Vec<String> = std::fs::read_dir(&dir)
-        .expect("crds/ exists")
+    let mut present: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{shown}: {e}"))
         .map(|e| {
             e.expect("readable entry")
                 .file_name()

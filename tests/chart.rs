@@ -1,0 +1,265 @@
+//! The Helm chart: lints, renders hardened with every option, installs into
+//! the real apiserver, and its RBAC is enough: the operator, running as the
+//! chart's ServiceAccount, passes the core grant scenario.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+
+use support::grants::*;
+use support::operator::OperatorOptions;
+use support::{TestContext, TestEnv, TestResult};
+
+const CHART: &str = "charts/upload-grant-operator";
+const ALL_OPTIONS: &str = "charts/upload-grant-operator/ci/all-options-values.yaml";
+
+fn run(mut cmd: Command) -> TestResult<String> {
+    let out = cmd.current_dir(support::repo_root()).output()?;
+    if !out.status.success() {
+        return Err(format!(
+            "{cmd:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+fn helm(env: &TestEnv, args: &[&str]) -> TestResult<String> {
+    let mut cmd = env.command("helm");
+    cmd.args(args);
+    run(cmd)
+}
+
+fn documents(yaml: &str) -> TestResult<Vec<serde_json::Value>> {
+    let mut docs = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(yaml) {
+        let value = serde_json::to_value(serde_yaml::Value::deserialize(doc)?)?;
+        if !value.is_null() {
+            docs.push(value);
+        }
+    }
+    Ok(docs)
+}
+
+use serde::Deserialize;
+
+#[test]
+fn chart_lints_and_renders_hardened_with_every_option() -> TestResult {
+    let env = TestEnv::get();
+    helm(env, &["lint", "--strict", CHART])?;
+    helm(env, &["lint", "--strict", CHART, "-f", ALL_OPTIONS])?;
+
+    let defaults = documents(&helm(env, &["template", "r", CHART, "-n", "ugo"])?)?;
+    let kinds = |docs: &[serde_json::Value]| {
+        let mut k: Vec<String> = docs
+            .iter()
+            .map(|d| d["kind"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        k.sort();
+        k
+    };
+    assert_eq!(
+        kinds(&defaults),
+        [
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "CustomResourceDefinition",
+            "CustomResourceDefinition",
+            "Deployment",
+            "Service",
+            "ServiceAccount"
+        ]
+    );
+    let all = documents(&helm(
+        env,
+        &["template", "r", CHART, "-n", "ugo", "-f", ALL_OPTIONS],
+    )?)?;
+    for kind in [
+        "ServiceMonitor",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+        "ClusterGrantIssuer",
+    ] {
+        assert!(
+            kinds(&all).iter().any(|k| k == kind),
+            "{kind} missing with every option on"
+        );
+    }
+
+    let deployment = defaults
+        .iter()
+        .find(|d| d["kind"] == "Deployment")
+        .ok_or("no Deployment")?;
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(
+        container["securityContext"]["allowPrivilegeEscalation"],
+        false
+    );
+    assert_eq!(
+        container["securityContext"]["capabilities"]["drop"],
+        serde_json::json!(["ALL"])
+    );
+    assert!(
+        container["resources"]["requests"]["memory"].is_string()
+            && container["resources"]["limits"]["memory"].is_string()
+    );
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+
+    // The CRDs the chart installs are the generated ones, kept on uninstall.
+    let crd = defaults
+        .iter()
+        .find(|d| d["metadata"]["name"] == "uploadgrants.grants.io")
+        .ok_or("no CRD")?;
+    assert_eq!(
+        crd["metadata"]["annotations"]["helm.sh/resource-policy"],
+        "keep"
+    );
+    let generated: serde_json::Value = serde_yaml::from_str(&std::fs::read_to_string(
+        support::repo_root().join("crds/uploadgrants.grants.io.yaml"),
+    )?)?;
+    assert_eq!(
+        numbers_as_floats(&crd["spec"]),
+        numbers_as_floats(&generated["spec"])
+    );
+
+    // values.schema.json refuses wrong values.
+    for bad in [
+        "replicaCount=-1",
+        "operator.logFormat=xml",
+        "unknownKey=1",
+        "metrics.port=0",
+    ] {
+        let out = env
+            .command("helm")
+            .args(["template", "r", CHART, "--set", bad])
+            .current_dir(support::repo_root())
+            .output()?;
+        assert!(!out.status.success(), "--set {bad} was accepted");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn chart_installs_and_its_rbac_is_enough_for_the_operator() -> TestResult {
+    let ctx = TestContext::new("chart").await?;
+    let env = ctx.env;
+    let release = format!("ugo-{}", support::random_suffix());
+    let issuer = format!("{release}-issuer");
+    let endpoint = format!("defaultIssuer.s3.endpoint={}", env.s3_endpoint());
+    let bucket = format!("defaultIssuer.allow[0].buckets[0]={}", env.bucket());
+    let issuer_name = format!("defaultIssuer.name={issuer}");
+    let region = format!("defaultIssuer.s3.region={}", env.region());
+    let args = [
+        "install",
+        &release,
+        CHART,
+        "-n",
+        &ctx.namespace,
+        "--take-ownership",
+        "--wait=false",
+        "-f",
+        ALL_OPTIONS,
+        "--set",
+        "metrics.serviceMonitor.enabled=false",
+        "--set",
+        &issuer_name,
+        "--set",
+        &region,
+        "--set",
+        &endpoint,
+        "--set",
+        "defaultIssuer.s3.forcePathStyle=true",
+        "--set",
+        &bucket,
+    ];
+    helm(env, &args)?;
+    // An upgrade applies every object again, CRDs included.
+    let mut upgrade = args.to_vec();
+    upgrade[0] = "upgrade";
+    upgrade.retain(|a| *a != "--take-ownership");
+    helm(env, &upgrade)?;
+
+    // Run the operator as the chart's ServiceAccount: a missing permission fails the scenario.
+    let dir = tempfile::tempdir()?;
+    let sa = format!("{release}-upload-grant-operator");
+    // The apiserver accepts tokens for its own audience, the issuer URL.
+    let hour = std::time::Duration::from_secs(3600);
+    let token = ctx
+        .service_account_token(&sa, env.var("TESTENV_APISERVER_URL"), hour)
+        .await?;
+    let kubeconfig = write_kubeconfig(dir.path(), env, &token)?;
+    let work = TestContext::new("chart-grants").await?;
+    let opts = OperatorOptions {
+        env: vec![("KUBECONFIG".into(), kubeconfig)],
+        ..Default::default()
+    };
+    let Scenario {
+        ctx: work,
+        dir: _d,
+        operator: _o,
+    } = Scenario::start_in(work, opts).await?;
+
+    let body = b"installed by helm".to_vec();
+    let pinned = serde_json::json!({"contentLength": body.len()});
+    create_grant(
+        &work,
+        "via-chart",
+        spec(&work, &issuer, "chart.txt", pinned),
+    )
+    .await?;
+    wait_ready(&work, "via-chart").await?;
+    let data = secret_data(&work.client, &work.namespace, "via-chart").await?;
+    assert_eq!(consume(&data, Some(body)).await?.status(), 200);
+    wait_event(&work, "via-chart", "Issued").await?;
+    work.api::<upload_grant_operator::api::UploadGrant>()
+        .delete("via-chart", &Default::default())
+        .await?;
+    wait_secret_gone(&work, "via-chart").await?;
+
+    helm(env, &["uninstall", &release, "-n", &ctx.namespace])?;
+    let crds = run({
+        let mut c = env.command("kubectl");
+        c.args(["get", "crd", "uploadgrants.grants.io", "-o", "name"]);
+        c
+    })?;
+    assert!(
+        crds.contains("uploadgrants.grants.io"),
+        "uninstall must keep the CRDs"
+    );
+    Ok(())
+}
+
+/// Helm's YAML round trip prints `minimum: 0.0` as `0`; compare values, not spellings.
+fn numbers_as_floats(v: &serde_json::Value) -> serde_json::Value {
+    match v {
+        serde_json::Value::Number(n) => serde_json::json!(n.as_f64()),
+        serde_json::Value::Array(a) => a.iter().map(numbers_as_floats).collect(),
+        serde_json::Value::Object(o) => o
+            .iter()
+            .map(|(k, v)| (k.clone(), numbers_as_floats(v)))
+            .collect(),
+        other => other.clone(),
+    }
+}
+
+fn write_kubeconfig(dir: &Path, env: &TestEnv, token: &str) -> TestResult<String> {
+    let path = dir.join("chart-sa.kubeconfig");
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: testenv\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: chart-sa\n  user:\n    token: {token}\ncontexts:\n- name: chart\n  context: {{cluster: testenv, user: chart-sa}}\ncurrent-context: chart\n",
+        env.var("TESTENV_APISERVER_URL"),
+        env.var("TESTENV_CA_FILE"),
+    );
+    std::fs::write(&path, text)?;
+    Ok(path.to_string_lossy().into_owned())
+}
