@@ -7,6 +7,7 @@ mod support;
 use std::path::Path;
 use std::process::Command;
 
+use serde::Deserialize;
 use support::grants::*;
 use support::operator::OperatorOptions;
 use support::{TestContext, TestEnv, TestResult};
@@ -43,8 +44,6 @@ fn documents(yaml: &str) -> TestResult<Vec<serde_json::Value>> {
     }
     Ok(docs)
 }
-
-use serde::Deserialize;
 
 #[test]
 fn chart_lints_and_renders_hardened_with_every_option() -> TestResult {

@@ -182,19 +182,7 @@ async fn evaluate(grant: &UploadGrant, namespace: &str, ctx: &Context) -> Result
 
     // Who holds the Secret's name?
     let (current, ours) = match secrets::slot(ctx, grant, namespace, &valid.secret_name).await? {
-        Slot::Foreign => {
-            let msg = format!(
-                "Secret {:?} exists and is not owned by this grant; it is left untouched. Delete it or set spec.secret.name",
-                valid.secret_name
-            );
-            let mut out = Outcome::not_ready(
-                Reason::SecretConflict,
-                msg.clone(),
-                Action::requeue(CONFLICT_RECHECK),
-            );
-            out.event = Some((EventType::Warning, "Failed", msg));
-            return Ok(out);
-        }
+        Slot::Foreign => return Ok(conflict(&valid.secret_name)),
         Slot::Ours(meta) => (IssuedState::from_annotations(meta.annotations()), true),
         Slot::Free => (None, false),
     };
@@ -349,17 +337,8 @@ async fn sign_and_write(
     };
     let secret = build::build_secret(grant, &valid.secret_name, &issued)?;
     if !secrets::write(ctx, namespace, &secret, ours).await? {
-        let msg = format!(
-            "Secret {:?} was created by someone else; it is left untouched",
-            valid.secret_name
-        );
-        let mut out = Outcome::not_ready(
-            Reason::SecretConflict,
-            msg.clone(),
-            Action::requeue(CONFLICT_RECHECK),
-        );
-        out.event = Some((EventType::Warning, "Failed", msg));
-        return Ok(out);
+        // Created by someone else between our look and our write.
+        return Ok(conflict(&valid.secret_name));
     }
     tracing::info!(
         grant = %grant.name_any(), namespace, secret = %valid.secret_name, renewal,
@@ -386,6 +365,21 @@ async fn sign_and_write(
     };
     out.event = Some((EventType::Normal, reason, note));
     Ok(out)
+}
+
+/// Somebody else's Secret holds the name: never touched; looked at again
+/// later, since it is not watched.
+fn conflict(secret_name: &str) -> Outcome {
+    let msg = format!(
+        "Secret {secret_name:?} exists and is not owned by this grant; it is left untouched. Delete it or set spec.secret.name"
+    );
+    let mut out = Outcome::not_ready(
+        Reason::SecretConflict,
+        msg.clone(),
+        Action::requeue(CONFLICT_RECHECK),
+    );
+    out.event = Some((EventType::Warning, "Failed", msg));
+    out
 }
 
 /// A failed replacement removes the URL of the older spec.

@@ -149,51 +149,34 @@ impl Presigner {
             .build()
             .map_err(|e| SigningError(e.to_string()))?;
         let creds = S3ConfigBuilder::default().credentials_provider(credentials.clone());
-        let result = match input.method {
-            Method::Put => {
-                let sse = input.sse.map(|s| SdkSse::from(s.type_.as_str()));
-                client
-                    .put_object()
-                    .bucket(input.bucket)
-                    .key(input.key)
-                    .set_content_type(input.content_type.map(str::to_owned))
-                    .set_content_length(input.content_length)
-                    .set_metadata(input.metadata.map(|m| m.clone().into_iter().collect()))
-                    .set_server_side_encryption(sse)
-                    .set_ssekms_key_id(input.sse.and_then(|s| s.kms_key_id.clone()))
-                    .customize()
+        // Each operation's builder is its own type; the tail is the same.
+        macro_rules! presign {
+            ($op:expr) => {
+                $op.customize()
                     .config_override(creds)
                     .presigned(presigning)
                     .await
                     .map_err(describe)
+            };
+        }
+        let result = match input.method {
+            Method::Put => {
+                let sse = input.sse.map(|s| SdkSse::from(s.type_.as_str()));
+                presign!(
+                    client
+                        .put_object()
+                        .bucket(input.bucket)
+                        .key(input.key)
+                        .set_content_type(input.content_type.map(str::to_owned))
+                        .set_content_length(input.content_length)
+                        .set_metadata(input.metadata.map(|m| m.clone().into_iter().collect()))
+                        .set_server_side_encryption(sse)
+                        .set_ssekms_key_id(input.sse.and_then(|s| s.kms_key_id.clone()))
+                )
             }
-            Method::Get => client
-                .get_object()
-                .bucket(input.bucket)
-                .key(input.key)
-                .customize()
-                .config_override(creds)
-                .presigned(presigning)
-                .await
-                .map_err(describe),
-            Method::Head => client
-                .head_object()
-                .bucket(input.bucket)
-                .key(input.key)
-                .customize()
-                .config_override(creds)
-                .presigned(presigning)
-                .await
-                .map_err(describe),
-            Method::Delete => client
-                .delete_object()
-                .bucket(input.bucket)
-                .key(input.key)
-                .customize()
-                .config_override(creds)
-                .presigned(presigning)
-                .await
-                .map_err(describe),
+            Method::Get => presign!(client.get_object().bucket(input.bucket).key(input.key)),
+            Method::Head => presign!(client.head_object().bucket(input.bucket).key(input.key)),
+            Method::Delete => presign!(client.delete_object().bucket(input.bucket).key(input.key)),
         }?;
         Ok(into_presigned(input.method, &result))
     }
