@@ -3,10 +3,12 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::Parser;
 use upload_grant_operator::controller::{self, Settings};
+use upload_grant_operator::leader::{self, LeaseSettings};
 use upload_grant_operator::metrics::Metrics;
 use upload_grant_operator::server::{self, Readiness};
 use upload_grant_operator::signing::{CredentialSnapshot, Presigner};
@@ -48,6 +50,27 @@ struct Cli {
     /// Only handle grants in this namespace (default: all namespaces).
     #[arg(long, env = "UPLOAD_GRANT_WATCH_NAMESPACE")]
     namespace: Option<String>,
+
+    /// Elect a leader with a Lease, so only one of several replicas writes.
+    #[arg(long, env = "UPLOAD_GRANT_LEADER_ELECT", default_value_t = false)]
+    leader_elect: bool,
+
+    /// Name of the Lease used for leader election.
+    #[arg(
+        long,
+        env = "UPLOAD_GRANT_LEASE_NAME",
+        default_value = "upload-grant-operator"
+    )]
+    lease_name: String,
+
+    /// Namespace of the Lease (default: the pod's namespace, else "default").
+    #[arg(long, env = "UPLOAD_GRANT_LEASE_NAMESPACE")]
+    lease_namespace: Option<String>,
+
+    /// Seconds a leader's lease lasts without renewal; a standby takes over
+    /// within this long after the leader dies.
+    #[arg(long, env = "UPLOAD_GRANT_LEASE_DURATION", default_value_t = 15, value_parser = clap::value_parser!(u64).range(3..=300))]
+    lease_duration: u64,
 
     /// How many grants are reconciled at the same time.
     #[arg(long, env = "UPLOAD_GRANT_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024))]
@@ -100,6 +123,44 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let router = server::router(metrics.clone(), credentials.clone(), readiness.clone());
     let server = tokio::spawn(server::serve(cli.listen_address, router, stopped()));
 
+    // With leader election, wait as a ready standby until this replica leads;
+    // the controller then stops when the lease is lost.
+    let leadership = if cli.leader_elect {
+        readiness.set_standby(true);
+        let lease = LeaseSettings {
+            name: cli.lease_name.clone(),
+            namespace: cli
+                .lease_namespace
+                .clone()
+                .unwrap_or_else(|| client.default_namespace().to_owned()),
+            identity: identity(),
+            duration: cli.lease_duration,
+        };
+        match leader::acquire(client.clone(), &lease, stopped()).await? {
+            Some(leadership) => Some(leadership),
+            None => return Ok(server.await??),
+        }
+    } else {
+        None
+    };
+    readiness.set_standby(false);
+    metrics.set_leader(true);
+    let lost = leadership.as_ref().map(|l| l.lost());
+    let lost_leadership = Arc::new(AtomicBool::new(false));
+    let shutdown = {
+        let stop = stopped();
+        let flag = lost_leadership.clone();
+        async move {
+            match lost {
+                Some(lost) => tokio::select! {
+                    _ = stop => {},
+                    _ = lost => flag.store(true, Ordering::Relaxed),
+                },
+                None => stop.await,
+            }
+        }
+    };
+
     let settings = Settings {
         default_issuer: cli.default_issuer,
         concurrency: cli.concurrency,
@@ -111,13 +172,32 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         settings,
         credentials,
         presigner,
-        metrics,
+        metrics.clone(),
         readiness,
-        stopped(),
+        shutdown,
     )
     .await;
+    metrics.set_leader(false);
+    if lost_leadership.load(Ordering::Relaxed) {
+        // Another replica leads now; exit so the pod restarts as a standby.
+        return Err("lost the leader lease".into());
+    }
+    if let Some(leadership) = leadership {
+        leadership.release().await;
+    }
     server.await??;
     Ok(())
+}
+
+/// A name for this replica in the Lease: the pod's name where known.
+fn identity() -> String {
+    let suffix: String = (0..6)
+        .map(|_| char::from(b'a' + rand::random_range(0..26u8)))
+        .collect();
+    match std::env::var("POD_NAME") {
+        Ok(pod) if !pod.is_empty() => pod,
+        _ => format!("upload-grant-operator-{suffix}"),
+    }
 }
 
 /// Loads credentials once at start so /readyz reflects them before the first

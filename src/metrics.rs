@@ -32,6 +32,7 @@ pub struct Metrics {
     earliest_expiry: Gauge<f64, AtomicU64>,
     credentials_expiry: Gauge<f64, AtomicU64>,
     credential_loads: Gauge,
+    leader: Gauge,
     /// Each grant's last reason and URL expiry, to derive the gauges.
     states: Mutex<HashMap<ObjectRef<UploadGrant>, GrantState>>,
 }
@@ -81,8 +82,15 @@ impl Default for Metrics {
             "Times the operator asked its credential provider (STS calls for IRSA)",
             credential_loads.clone(),
         );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica holds the lease and runs the controller",
+            leader.clone(),
+        );
         Metrics {
             registry,
+            leader,
             reconcile_duration,
             reconcile_failures,
             signings,
@@ -96,6 +104,10 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
+    }
+
     pub fn reconciled(&self, took: Duration) {
         self.reconcile_duration.observe(took.as_secs_f64());
     }

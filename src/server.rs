@@ -13,15 +13,21 @@ use axum::routing::get;
 use crate::metrics::Metrics;
 use crate::signing::CredentialSnapshot;
 
-/// What /readyz reports on.
+/// What /readyz reports on. A standby (not the leader) is ready when its
+/// credentials work: it must not block a rollout while it waits.
 #[derive(Default)]
 pub struct Readiness {
     caches_synced: AtomicBool,
+    standby: AtomicBool,
 }
 
 impl Readiness {
     pub fn set_caches_synced(&self) {
         self.caches_synced.store(true, Ordering::Relaxed);
+    }
+
+    pub fn set_standby(&self, standby: bool) {
+        self.standby.store(standby, Ordering::Relaxed);
     }
 }
 
@@ -60,7 +66,8 @@ async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
-    let synced = state.readiness.caches_synced.load(Ordering::Relaxed);
+    let synced = state.readiness.caches_synced.load(Ordering::Relaxed)
+        || state.readiness.standby.load(Ordering::Relaxed);
     match (synced, state.credentials.loaded()) {
         (true, true) => (StatusCode::OK, "ok"),
         (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "caches not synced"),

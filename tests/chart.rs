@@ -68,6 +68,8 @@ fn chart_lints_and_renders_hardened_with_every_option() -> TestResult {
             "CustomResourceDefinition",
             "CustomResourceDefinition",
             "Deployment",
+            "Role",
+            "RoleBinding",
             "Service",
             "ServiceAccount"
         ]
@@ -199,15 +201,25 @@ async fn chart_installs_and_its_rbac_is_enough_for_the_operator() -> TestResult 
         .await?;
     let kubeconfig = write_kubeconfig(dir.path(), env, &token)?;
     let work = TestContext::new("chart-grants").await?;
+    // With leader election on, as the chart runs it: the Lease lives in the release namespace.
     let opts = OperatorOptions {
-        env: vec![("KUBECONFIG".into(), kubeconfig)],
+        env: vec![
+            ("KUBECONFIG".into(), kubeconfig),
+            ("UPLOAD_GRANT_LEADER_ELECT".into(), "true".into()),
+            ("UPLOAD_GRANT_LEASE_NAMESPACE".into(), ctx.namespace.clone()),
+            (
+                "UPLOAD_GRANT_LEASE_NAME".into(),
+                format!("{release}-upload-grant-operator"),
+            ),
+        ],
         ..Default::default()
     };
     let Scenario {
         ctx: work,
         dir: _d,
-        operator: _o,
+        operator: op,
     } = Scenario::start_in(work, opts).await?;
+    eventually_leader(&op).await?;
 
     let body = b"installed by helm".to_vec();
     let pinned = serde_json::json!({"contentLength": body.len()});
@@ -237,6 +249,15 @@ async fn chart_installs_and_its_rbac_is_enough_for_the_operator() -> TestResult 
         "uninstall must keep the CRDs"
     );
     Ok(())
+}
+
+async fn eventually_leader(op: &support::operator::Operator) -> TestResult {
+    support::eventually(
+        "the chart's ServiceAccount to take the lease",
+        std::time::Duration::from_secs(30),
+        || async { Ok((op.metric("upload_grant_leader").await? == 1.0).then_some(())) },
+    )
+    .await
 }
 
 /// Helm's YAML round trip prints `minimum: 0.0` as `0`; compare values, not spellings.

@@ -124,6 +124,14 @@ impl Operator {
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
+    /// SIGKILL: the process dies without releasing anything.
+    pub fn kill(&mut self) -> TestResult {
+        let mut child = self.child.take().ok_or("operator already stopped")?;
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+
     /// SIGTERM, then wait for the process to exit.
     pub fn stop(&mut self) -> TestResult<std::process::ExitStatus> {
         let mut child = self.child.take().ok_or("operator already stopped")?;
