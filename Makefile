@@ -25,6 +25,7 @@ crds:
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	tools/hadolint.sh Dockerfile
 
 ## testenv-build: build kube-apiserver, etcd, kubectl, helm and the S3/STS server into the cache
 testenv-build: deps

@@ -62,6 +62,11 @@ async fn one_leader_writes_and_a_standby_takes_over_when_it_dies() -> TestResult
         before.push((fingerprint(&grant), secret.resource_version()));
     }
     assert!(!is_leader(&standby).await?);
+    let healthz = support::http()
+        .get(format!("http://{}/healthz", standby.metrics_addr))
+        .send()
+        .await?;
+    assert_eq!(healthz.status(), 200, "a standby is alive");
     assert_eq!(
         standby
             .metric("upload_grant_reconcile_duration_seconds_count")
