@@ -161,6 +161,23 @@ async fn chart_installs_and_its_rbac_is_enough_for_the_operator() -> TestResult 
     let bucket = format!("defaultIssuer.allow[0].buckets[0]={}", env.bucket());
     let issuer_name = format!("defaultIssuer.name={issuer}");
     let region = format!("defaultIssuer.s3.region={}", env.region());
+    // Prometheus Operator is not here; a stand-in CRD lets the server accept
+    // the ServiceMonitor the chart renders.
+    let mut apply = env.command("kubectl");
+    apply.args([
+        "apply",
+        "--server-side",
+        "-f",
+        "tests/fixtures/servicemonitor-crd.yaml",
+    ]);
+    run(apply)?;
+    let mut established = env.command("kubectl");
+    established.args([
+        "wait",
+        "--for=condition=Established",
+        "crd/servicemonitors.monitoring.coreos.com",
+    ]);
+    run(established)?;
     let args = [
         "install",
         &release,
@@ -171,8 +188,6 @@ async fn chart_installs_and_its_rbac_is_enough_for_the_operator() -> TestResult 
         "--wait=false",
         "-f",
         ALL_OPTIONS,
-        "--set",
-        "metrics.serviceMonitor.enabled=false",
         "--set",
         &issuer_name,
         "--set",
