@@ -22,6 +22,8 @@ pub struct OperatorOptions {
     pub default_issuer: Option<String>,
     /// Extra environment, e.g. a role with short sessions.
     pub env: Vec<(String, String)>,
+    /// Leave out the IRSA variables, for tests that bring their own credentials.
+    pub without_irsa: bool,
 }
 
 impl Operator {
@@ -53,10 +55,6 @@ impl Operator {
             .env("HOME", dir)
             .env("KUBECONFIG", ctx.env.kubeconfig())
             .env("AWS_REGION", ctx.env.region())
-            .env("AWS_ROLE_ARN", ctx.env.role_arn())
-            .env("AWS_ROLE_SESSION_NAME", "upload-grant-operator")
-            .env("AWS_WEB_IDENTITY_TOKEN_FILE", &token_file)
-            .env("AWS_ENDPOINT_URL_STS", ctx.env.sts_endpoint())
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .env("UPLOAD_GRANT_WATCH_NAMESPACE", &ctx.namespace)
             .env("UPLOAD_GRANT_LISTEN_ADDRESS", &metrics_addr)
@@ -64,6 +62,12 @@ impl Operator {
             .env("UPLOAD_GRANT_LOG_FORMAT", "json")
             .stdout(log.try_clone()?)
             .stderr(log);
+        if !opts.without_irsa {
+            cmd.env("AWS_ROLE_ARN", ctx.env.role_arn())
+                .env("AWS_ROLE_SESSION_NAME", "upload-grant-operator")
+                .env("AWS_WEB_IDENTITY_TOKEN_FILE", &token_file)
+                .env("AWS_ENDPOINT_URL_STS", ctx.env.sts_endpoint());
+        }
         if let Some(issuer) = &opts.default_issuer {
             cmd.env("UPLOAD_GRANT_DEFAULT_ISSUER", issuer);
         }
