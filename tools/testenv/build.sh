@@ -10,86 +10,83 @@ publish() { # tmpdir dest
   rm -rf "$2"; mkdir -p "$(dirname "$2")"; mv "$1" "$2"
 }
 
+# upstream_gomod MODULE@VERSION: path of that version's go.mod, downloaded.
+upstream_gomod() {
+  local gomod
+  gomod=$(go mod download -json "$1" | sed -n 's/^\s*"GoMod": "\(.*\)",$/\1/p')
+  [ -f "$gomod" ] || die "could not download $1"
+  echo "$gomod"
+}
+
+# consumer_module DIR GOVERSION MODULE VERSION PKG...: a module of our own
+# that requires MODULE@VERSION and imports PKG... (main packages included),
+# so `go mod tidy` pins their dependencies. Extra go.mod lines (replace
+# directives) come on stdin.
+consumer_module() {
+  local dir=$1 gover=$2 module=$3 version=$4; shift 4
+  mkdir -p "$dir"
+  {
+    printf 'module ugo.testenv/%s\n\ngo %s\n\nrequire %s %s\n\n' "$(basename "$dir")" "$gover" "$module" "$version"
+    cat
+  } >"$dir/go.mod"
+  {
+    printf '//go:build tools\n\npackage tools\n\nimport (\n'
+    printf '\t_ "%s"\n' "$@"
+    printf ')\n'
+  } >"$dir/tools.go"
+  (cd "$dir" && go mod tidy)
+}
+
+# go_build MODDIR DEST LDFLAGS BIN=PKG...: builds each PKG as BIN, statically
+# and stripped, then publishes them together as DEST.
+go_build() {
+  local mod=$1 dest=$2 ldflags=$3; shift 3
+  local tmp pair; tmp=$(mktemp -d "$CACHE_DIR/bin/.build.XXXX")
+  for pair in "$@"; do
+    (cd "$mod" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w $ldflags" -o "$tmp/${pair%%=*}" "${pair#*=}")
+  done
+  publish "$tmp" "$dest"
+}
+
 build_kubernetes() {
   local v="$KUBERNETES_VERSION" dest="$CACHE_DIR/bin/kubernetes-$KUBERNETES_VERSION"
   [ -x "$dest/kube-apiserver" ] && [ -x "$dest/kubectl" ] && return 0
-  log "building kube-apiserver and kubectl $v (first time only; about 15 minutes on 2 cores)"
+  log "building kube-apiserver and kubectl $v (first time only; about 10 minutes on 2 cores)"
   local mod="$CACHE_DIR/src/kubernetes-$v" gomod staging_v major minor
-  mkdir -p "$mod"
-  gomod=$(go mod download -json "k8s.io/kubernetes@$v" | sed -n 's/^\s*"GoMod": "\(.*\)",$/\1/p')
-  [ -f "$gomod" ] || die "could not download k8s.io/kubernetes@$v"
+  gomod=$(upstream_gomod "k8s.io/kubernetes@$v")
   # k8s.io/kubernetes requires its staging modules at v0.0.0 and replaces them
   # with local paths; a consumer module points each at its published v0.X.Y.
   staging_v="v0.${v#v1.}"
-  {
-    echo "module ugo.testenv/kubernetes"
-    echo
-    echo "go 1.26.0"
-    echo
-    echo "require k8s.io/kubernetes $v"
-    echo
-    echo "replace ("
-    sed -n 's#^\s*\(k8s\.io/[^ ]*\) => \./staging/.*#\t\1 => \1 '"$staging_v"'#p' "$gomod"
-    echo ")"
-  } >"$mod/go.mod"
-  cat >"$mod/tools.go" <<'GO'
-//go:build tools
-
-package tools
-
-import (
-	_ "k8s.io/kubernetes/cmd/kube-apiserver"
-	_ "k8s.io/kubernetes/cmd/kubectl"
-)
-GO
-  (cd "$mod" && go mod tidy)
+  sed -n 's#^\s*\(k8s\.io/[^ ]*\) => \./staging/.*#replace \1 => \1 '"$staging_v"'#p' "$gomod" |
+    consumer_module "$mod" 1.26.0 k8s.io/kubernetes "$v" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl
   major=${v#v}; major=${major%%.*}; minor=${v#v*.}; minor=${minor%%.*}
-  local ld="-s -w" pkg
+  local ld="" pkg
   for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     ld+=" -X $pkg.gitVersion=$v -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
     ld+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
   done
-  local tmp; tmp=$(mktemp -d "$CACHE_DIR/bin/.kubernetes.XXXX")
-  (cd "$mod" && CGO_ENABLED=0 go build -trimpath -ldflags "$ld" -o "$tmp/" \
-    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl)
-  publish "$tmp" "$dest"
+  go_build "$mod" "$dest" "$ld" kube-apiserver=k8s.io/kubernetes/cmd/kube-apiserver kubectl=k8s.io/kubernetes/cmd/kubectl
 }
 
 build_etcd() {
-  local v="$ETCD_VERSION" dest="$CACHE_DIR/bin/etcd-$ETCD_VERSION"
+  local v="$ETCD_VERSION" dest="$CACHE_DIR/bin/etcd-$ETCD_VERSION" mod="$CACHE_DIR/src/etcd-$ETCD_VERSION"
   [ -x "$dest/etcd" ] && return 0
   log "building etcd $v"
-  local mod="$CACHE_DIR/src/etcd-$v"
-  mkdir -p "$mod"
-  printf 'module ugo.testenv/etcd\n\ngo 1.26.0\n\nrequire go.etcd.io/etcd/server/v3 %s\n' "$v" >"$mod/go.mod"
-  printf '//go:build tools\n\npackage tools\n\nimport _ "go.etcd.io/etcd/server/v3"\n' >"$mod/tools.go"
-  (cd "$mod" && go mod tidy)
-  local tmp; tmp=$(mktemp -d "$CACHE_DIR/bin/.etcd.XXXX")
-  (cd "$mod" && CGO_ENABLED=0 go build -trimpath \
-    -ldflags "-s -w -X go.etcd.io/etcd/api/v3/version.GitSHA=release" \
-    -o "$tmp/etcd" go.etcd.io/etcd/server/v3)
-  publish "$tmp" "$dest"
+  consumer_module "$mod" 1.26.0 go.etcd.io/etcd/server/v3 "$v" go.etcd.io/etcd/server/v3 </dev/null
+  go_build "$mod" "$dest" "-X go.etcd.io/etcd/api/v3/version.GitSHA=release" etcd=go.etcd.io/etcd/server/v3
 }
 
 build_helm() {
-  local v="$HELM_VERSION" dest="$CACHE_DIR/bin/helm-$HELM_VERSION"
+  local v="$HELM_VERSION" dest="$CACHE_DIR/bin/helm-$HELM_VERSION" mod="$CACHE_DIR/src/helm-$HELM_VERSION" kminor
   [ -x "$dest/helm" ] && return 0
   log "building helm $v"
-  local mod="$CACHE_DIR/src/helm-$v" kminor
-  mkdir -p "$mod"
-  printf 'module ugo.testenv/helm\n\ngo 1.26.0\n\nrequire helm.sh/helm/v3 %s\n' "$v" >"$mod/go.mod"
-  printf '//go:build tools\n\npackage tools\n\nimport _ "helm.sh/helm/v3/cmd/helm"\n' >"$mod/tools.go"
-  (cd "$mod" && go mod tidy)
+  consumer_module "$mod" 1.26.0 helm.sh/helm/v3 "$v" helm.sh/helm/v3/cmd/helm </dev/null
   # Offline `helm template`/`lint` assume this Kubernetes version.
   kminor=${KUBERNETES_VERSION#v1.}; kminor=${kminor%%.*}
-  local tmp; tmp=$(mktemp -d "$CACHE_DIR/bin/.helm.XXXX")
-  (cd "$mod" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w \
-    -X helm.sh/helm/v3/internal/version.version=$v \
+  go_build "$mod" "$dest" "-X helm.sh/helm/v3/internal/version.version=$v \
     -X helm.sh/helm/v3/internal/version.gitTreeState=clean \
     -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 \
-    -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$kminor" \
-    -o "$tmp/helm" helm.sh/helm/v3/cmd/helm)
-  publish "$tmp" "$dest"
+    -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$kminor" helm=helm.sh/helm/v3/cmd/helm
 }
 
 mkdir -p "$CACHE_DIR/bin" "$CACHE_DIR/src"

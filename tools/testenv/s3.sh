@@ -6,21 +6,12 @@ build_s3() {
   [ -x "$dest/weed" ] && return 0
   log "building SeaweedFS $v (first time only; about 8 minutes on 2 cores)"
   local mod="$CACHE_DIR/src/seaweedfs-$v" gomod
-  mkdir -p "$mod"
-  gomod=$(go mod download -json "github.com/seaweedfs/seaweedfs@$v" | sed -n 's/^\s*"GoMod": "\(.*\)",$/\1/p')
-  [ -f "$gomod" ] || die "could not download github.com/seaweedfs/seaweedfs@$v"
-  {
-    printf 'module ugo.testenv/seaweedfs\n\ngo 1.26.6\n\nrequire github.com/seaweedfs/seaweedfs %s\n\n' "$v"
-    # Repeat upstream's replace directives that point at other modules.
-    sed -n 's#^replace \(\S*\) => \([^.]\S*\) \(v\S*\)$#replace \1 => \2 \3#p' "$gomod"
-  } >"$mod/go.mod"
-  printf '//go:build tools\n\npackage tools\n\nimport _ "github.com/seaweedfs/seaweedfs/weed"\n' >"$mod/tools.go"
-  (cd "$mod" && go mod tidy)
-  local tmp; tmp=$(mktemp -d "$CACHE_DIR/bin/.seaweedfs.XXXX")
-  (cd "$mod" && CGO_ENABLED=0 go build -trimpath \
-    -ldflags "-s -w -X github.com/seaweedfs/seaweedfs/weed/util/version.COMMIT=${v##*-}" \
-    -o "$tmp/weed" github.com/seaweedfs/seaweedfs/weed)
-  publish "$tmp" "$dest"
+  gomod=$(upstream_gomod "github.com/seaweedfs/seaweedfs@$v")
+  # Repeat upstream's replace directives that point at other modules.
+  sed -n 's#^replace \(\S*\) => \([^.]\S*\) \(v\S*\)$#replace \1 => \2 \3#p' "$gomod" |
+    consumer_module "$mod" 1.26.6 github.com/seaweedfs/seaweedfs "$v" github.com/seaweedfs/seaweedfs/weed
+  go_build "$mod" "$dest" "-X github.com/seaweedfs/seaweedfs/weed/util/version.COMMIT=${v##*-}" \
+    weed=github.com/seaweedfs/seaweedfs/weed
 }
 
 s3_link_binaries() {
