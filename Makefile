@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 TESTENV := tools/testenv
 
-.PHONY: all build release crds lint test demo testenv testenv-down testenv-build deps
+.PHONY: all build release crds lint test bench demo testenv testenv-down testenv-build deps
 
 all: build
 
@@ -43,6 +43,10 @@ testenv-down:
 test: deps testenv-build lint
 	$(TESTENV)/with-env.sh $(CARGO) test --all-targets --no-fail-fast
 	$(MAKE) release
+
+## bench: benchmarks against the local environment -> bench/results/latest.md (not part of test)
+bench: deps testenv-build
+	@bench/run.sh
 
 ## demo: start everything, issue grants, upload and download a file through them
 demo: deps testenv-build

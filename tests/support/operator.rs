@@ -118,6 +118,21 @@ impl Operator {
             .unwrap_or(0.0))
     }
 
+    /// Peak and current resident memory of the process, in KiB.
+    pub fn memory_kib(&self) -> TestResult<(u64, u64)> {
+        let pid = self.child.as_ref().ok_or("operator stopped")?.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let field = |name: &str| -> u64 {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        Ok((field("VmHWM:"), field("VmRSS:")))
+    }
+
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log_file).unwrap_or_default()
     }
