@@ -9,7 +9,9 @@ if ! bash "$TESTENV_TOOLS_DIR/status.sh" >/dev/null 2>&1; then
   bash "$TESTENV_TOOLS_DIR/up.sh"
   started=1
 fi
-cleanup() { [ $started = 1 ] && bash "$TESTENV_TOOLS_DIR/down.sh"; }
+cleanup() {
+  if [ $started = 1 ]; then bash "$TESTENV_TOOLS_DIR/down.sh"; fi
+}
 trap cleanup EXIT
 set +u
 # shellcheck disable=SC1091
