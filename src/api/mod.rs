@@ -12,9 +12,6 @@ pub use issuer::{
     AllowRule, ClusterGrantIssuer, ClusterGrantIssuerSpec, ClusterGrantIssuerStatus, S3Target,
 };
 
-/// The API group of every resource here.
-pub const GROUP: &str = "grants.io";
-
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
