@@ -2,15 +2,15 @@
 //! signing credentials really allow.
 
 pub mod credentials;
+mod endpoint;
+#[cfg(test)]
+mod oracle;
+mod sigv4;
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use aws_credential_types::Credentials;
-use aws_sdk_s3::config::{Builder as S3ConfigBuilder, RequestChecksumCalculation};
-use aws_sdk_s3::presigning::{PresignedRequest, PresigningConfig};
-use aws_sdk_s3::types::ServerSideEncryption as SdkSse;
 use sha2::{Digest, Sha256};
 
 pub use credentials::{CredentialSnapshot, CredentialsError};
@@ -103,37 +103,23 @@ pub fn url_lifetime(
     (lifetime >= Duration::from_secs(1)).then_some(lifetime)
 }
 
-/// Signs requests with aws-sdk-s3's presigner, one SDK client per S3 target.
+/// Presigns with SigV4 directly: aws-sdk-s3's endpoint rules decide where a
+/// URL points (once per target and bucket), and the signature is computed
+/// here with a cached signing key. aws-sdk-s3's presigner gives the same
+/// URLs (the oracle tests compare them) at a fraction of the rate.
 pub struct Presigner {
-    base: aws_config::SdkConfig,
-    clients: Mutex<HashMap<S3Target, aws_sdk_s3::Client>>,
+    endpoints: endpoint::Endpoints,
+    keys: sigv4::KeyCache,
 }
 
 impl Presigner {
+    /// `base` supplies what the SDK would take from it for S3 endpoints:
+    /// a configured endpoint URL, FIPS and dual-stack.
     pub fn new(base: aws_config::SdkConfig) -> Self {
         Presigner {
-            base,
-            clients: Mutex::new(HashMap::new()),
+            endpoints: endpoint::Endpoints::new(&base),
+            keys: sigv4::KeyCache::default(),
         }
-    }
-
-    fn client(&self, target: &S3Target) -> aws_sdk_s3::Client {
-        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        clients
-            .entry(target.clone())
-            .or_insert_with(|| {
-                let mut config = S3ConfigBuilder::from(&self.base)
-                    .region(aws_sdk_s3::config::Region::new(target.region.clone()))
-                    .force_path_style(target.force_path_style)
-                    // The 2025 SDK default adds a CRC32 of an empty body to
-                    // presigned PUTs, which breaks every real upload.
-                    .request_checksum_calculation(RequestChecksumCalculation::WhenRequired);
-                if let Some(endpoint) = &target.endpoint {
-                    config = config.endpoint_url(endpoint);
-                }
-                aws_sdk_s3::Client::from_conf(config.build())
-            })
-            .clone()
     }
 
     pub async fn presign(
@@ -142,58 +128,15 @@ impl Presigner {
         credentials: &Credentials,
         input: &SignInput<'_>,
     ) -> Result<Presigned, SigningError> {
-        let client = self.client(target);
-        let presigning = PresigningConfig::builder()
-            .start_time(input.signed_at)
-            .expires_in(input.expires_in)
-            .build()
-            .map_err(|e| SigningError(e.to_string()))?;
-        let creds = S3ConfigBuilder::default().credentials_provider(credentials.clone());
-        // Each operation's builder is its own type; the tail is the same.
-        macro_rules! presign {
-            ($op:expr) => {
-                $op.customize()
-                    .config_override(creds)
-                    .presigned(presigning)
-                    .await
-                    .map_err(describe)
-            };
+        // aws-sdk-s3 refuses these before building a request.
+        if input.bucket.trim().is_empty() {
+            return Err(SigningError("bucket must not be empty".into()));
         }
-        let result = match input.method {
-            Method::Put => {
-                let sse = input.sse.map(|s| SdkSse::from(s.type_.as_str()));
-                presign!(
-                    client
-                        .put_object()
-                        .bucket(input.bucket)
-                        .key(input.key)
-                        .set_content_type(input.content_type.map(str::to_owned))
-                        .set_content_length(input.content_length)
-                        .set_metadata(input.metadata.map(|m| m.clone().into_iter().collect()))
-                        .set_server_side_encryption(sse)
-                        .set_ssekms_key_id(input.sse.and_then(|s| s.kms_key_id.clone()))
-                )
-            }
-            Method::Get => presign!(client.get_object().bucket(input.bucket).key(input.key)),
-            Method::Head => presign!(client.head_object().bucket(input.bucket).key(input.key)),
-            Method::Delete => presign!(client.delete_object().bucket(input.bucket).key(input.key)),
-        }?;
-        Ok(into_presigned(input.method, &result))
-    }
-}
-
-fn describe<E: std::error::Error>(err: E) -> SigningError {
-    SigningError(aws_smithy_types::error::display::DisplayErrorContext(&err).to_string())
-}
-
-fn into_presigned(method: Method, req: &PresignedRequest) -> Presigned {
-    Presigned {
-        url: SecretUrl::new(req.uri().to_owned()),
-        method,
-        headers: req
-            .headers()
-            .map(|(k, v)| (k.to_ascii_lowercase(), v.to_owned()))
-            .collect(),
+        if input.key.trim().is_empty() {
+            return Err(SigningError("key must not be empty".into()));
+        }
+        let route = self.endpoints.route(target, input.bucket).await?;
+        sigv4::presign(&route, credentials, input, &self.keys)
     }
 }
 
