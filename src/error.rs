@@ -16,8 +16,8 @@ pub enum Error {
     Build(#[from] BuildError),
     #[error("the grant has no namespace")]
     NoNamespace,
-    #[error("finalizer: {0}")]
-    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    #[error("updating the finalizer: {0}")]
+    Finalizer(#[source] kube::Error),
 }
 
 impl Error {
@@ -29,11 +29,7 @@ impl Error {
             Error::Signing(_) => "signing",
             Error::Build(_) => "build",
             Error::NoNamespace => "invalid_object",
-            Error::Finalizer(inner) => match inner.as_ref() {
-                kube::runtime::finalizer::Error::ApplyFailed(e)
-                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.category(),
-                _ => "finalizer",
-            },
+            Error::Finalizer(_) => "finalizer",
         }
     }
 }

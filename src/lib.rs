@@ -5,6 +5,7 @@ pub mod api;
 pub mod controller;
 pub mod error;
 pub mod issuer;
+pub mod kube_client;
 pub mod leader;
 pub mod metrics;
 pub mod server;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use upload_grant_operator::controller::{self, Settings};
+use upload_grant_operator::kube_client;
 use upload_grant_operator::leader::{self, LeaseSettings};
 use upload_grant_operator::metrics::Metrics;
 use upload_grant_operator::server::{self, Readiness};
@@ -72,6 +73,11 @@ struct Cli {
     #[arg(long, env = "UPLOAD_GRANT_LEASE_DURATION", default_value_t = 15, value_parser = clap::value_parser!(u64).range(3..=300))]
     lease_duration: u64,
 
+    /// Upper bound on requests per second to the Kubernetes API (0: none).
+    /// Leader election is not counted against it.
+    #[arg(long, env = "UPLOAD_GRANT_KUBE_API_QPS", default_value_t = 100)]
+    kube_api_qps: u32,
+
     /// How many grants are reconciled at the same time.
     #[arg(long, env = "UPLOAD_GRANT_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024))]
     concurrency: u16,
@@ -94,7 +100,10 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let client = kube::Client::try_default().await?;
+    let config = kube::Config::infer().await?;
+    // Leader election keeps an unbounded client of its own (see kube_client).
+    let lease_client = kube::Client::try_from(config.clone())?;
+    let client = kube_client::bounded(config, cli.kube_api_qps)?;
     let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .load()
         .await;
@@ -136,7 +145,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             identity: identity(),
             duration: cli.lease_duration,
         };
-        match leader::acquire(client.clone(), &lease, stopped()).await? {
+        match leader::acquire(lease_client.clone(), &lease, stopped()).await? {
             Some(leadership) => Some(leadership),
             None => return Ok(server.await??),
         }
@@ -166,7 +175,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         concurrency: cli.concurrency,
         namespace: cli.namespace,
     };
-    tracing::info!(default_issuer = ?settings.default_issuer, namespace = ?settings.namespace, concurrency = settings.concurrency, "starting controller");
+    tracing::info!(default_issuer = ?settings.default_issuer, namespace = ?settings.namespace, concurrency = settings.concurrency, kube_api_qps = cli.kube_api_qps, "starting controller");
     controller::run(
         client,
         settings,

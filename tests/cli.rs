@@ -19,6 +19,7 @@ fn help_lists_every_flag_and_its_environment_variable() {
         ("--log-level", "UPLOAD_GRANT_LOG_LEVEL"),
         ("--concurrency", "UPLOAD_GRANT_CONCURRENCY"),
         ("--namespace", "UPLOAD_GRANT_WATCH_NAMESPACE"),
+        ("--kube-api-qps", "UPLOAD_GRANT_KUBE_API_QPS"),
     ] {
         assert!(
             help.contains(flag) && help.contains(env),

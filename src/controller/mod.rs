@@ -3,6 +3,8 @@
 //! load → validate → authorize → build → apply → status.
 
 pub mod build;
+pub(crate) mod events;
+mod finalizer;
 mod issuer_status;
 mod reconcile;
 mod secrets;
@@ -18,7 +20,6 @@ use futures::{FutureExt, Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::PartialObjectMeta;
 use kube::runtime::controller::{self, Action, Controller};
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
@@ -53,7 +54,7 @@ pub struct Context {
     pub issuers: Store<ClusterGrantIssuer>,
     pub namespaces: Store<PartialObjectMeta<Namespace>>,
     pub secrets: Store<PartialObjectMeta<Secret>>,
-    pub recorder: Recorder,
+    pub events: events::Events,
     pub metrics: Arc<Metrics>,
     failures: Mutex<HashMap<ObjectRef<UploadGrant>, u32>>,
 }
@@ -93,6 +94,17 @@ fn error_policy(grant: Arc<UploadGrant>, error: &Error, ctx: Arc<Context>) -> Ac
     );
     ctx.metrics.reconcile_failure(error.category());
     Action::requeue(delay)
+}
+
+/// Drops what no reconcile reads before an object enters a cache: with
+/// thousands of grants, field-manager bookkeeping and kubectl's copy of the
+/// last applied object would be most of the operator's memory.
+fn slim<K: kube::Resource>(obj: &mut K) {
+    let meta = obj.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
 }
 
 /// Runs a reflector on its own task, so its cache fills whatever the
@@ -164,8 +176,13 @@ pub async fn run(
             watcher::Config::default(),
         ),
     };
-    let controller = Controller::new(grants, watcher::Config::default().any_semantic());
-    let grant_store = controller.store();
+    let (grant_store, grant_writer) = reflector::store();
+    let grant_stream = watcher(grants, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(slim)
+        .reflect(grant_writer)
+        .applied_objects();
+    let controller = Controller::for_stream(grant_stream, grant_store.clone());
     let (triggers, requests) = mpsc::unbounded();
 
     // Secrets this operator manages, metadata only (PartialObjectMeta), so
@@ -174,7 +191,8 @@ pub async fn run(
         watcher(
             secret_api,
             watcher::Config::default().labels(&build::managed_selector()),
-        ),
+        )
+        .modify(slim),
         triggers.clone(),
         |secret: &PartialObjectMeta<Secret>| {
             let namespace = secret.namespace().unwrap_or_default();
@@ -196,7 +214,8 @@ pub async fn run(
         watcher(
             Api::<ClusterGrantIssuer>::all(client.clone()),
             watcher::Config::default(),
-        ),
+        )
+        .modify(slim),
         triggers.clone(),
         move |issuer: &ClusterGrantIssuer| {
             let _ = issuer_changes.unbounded_send(issuer.clone());
@@ -213,7 +232,12 @@ pub async fn run(
         watcher(
             Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
             namespace_cfg,
-        ),
+        )
+        .modify(|ns| {
+            // Only labels are read.
+            slim(ns);
+            ns.annotations_mut().clear();
+        }),
         triggers,
         move |ns: &PartialObjectMeta<Namespace>| {
             let name = ns.name_any();
@@ -236,13 +260,7 @@ pub async fn run(
     tracing::info!("caches synced");
 
     let ctx = Arc::new(Context {
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: MANAGER.into(),
-                instance: std::env::var("POD_NAME").ok(),
-            },
-        ),
+        events: events::Events::new(client.clone(), MANAGER, std::env::var("POD_NAME").ok()),
         client,
         settings: settings.clone(),
         credentials,

@@ -8,16 +8,16 @@ use std::time::{Duration, SystemTime};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
-use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 
 use super::build::{self, Issued, IssuedState, Plan, format_time, whole_seconds};
+use super::events::EventType;
+use super::finalizer;
 use super::secrets::{self, Slot};
 use super::status::{Reason, ready_condition, set_ready};
 use super::validate::{ValidGrant, secret_name, validate};
-use super::{Context, FINALIZER, MANAGER};
+use super::{Context, MANAGER};
 use crate::api::{ClusterGrantIssuer, UploadGrant, UploadGrantStatus};
 use crate::error::{Error, Result};
 use crate::issuer::{Request, authorize};
@@ -30,14 +30,22 @@ pub async fn reconcile(grant: Arc<UploadGrant>, ctx: Arc<Context>) -> Result<Act
     let started = std::time::Instant::now();
     let namespace = grant.namespace().ok_or(Error::NoNamespace)?;
     let api: Api<UploadGrant> = Api::namespaced(ctx.client.clone(), &namespace);
-    let result = finalizer(&api, FINALIZER, grant.clone(), |event| async {
-        match event {
-            Finalizer::Apply(grant) => apply(&grant, &namespace, &ctx).await,
-            Finalizer::Cleanup(grant) => cleanup(&grant, &namespace, &ctx).await,
+    let result = async {
+        if grant.meta().deletion_timestamp.is_some() {
+            if finalizer::has_finalizer(&grant) {
+                cleanup(&grant, &namespace, &ctx).await?;
+                finalizer::remove(&api, &grant).await?;
+            }
+            Ok(Action::await_change())
+        } else if finalizer::has_finalizer(&grant) {
+            apply(&grant, &namespace, &ctx).await
+        } else {
+            // The finalizer is in place before any Secret exists.
+            let grant = finalizer::add(&api, &grant).await?;
+            apply(&grant, &namespace, &ctx).await
         }
-    })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
+    }
+    .await;
     ctx.metrics.reconciled(started.elapsed());
     if result.is_ok() {
         ctx.clear_failures(&ObjectRef::from_obj(grant.as_ref()));
@@ -91,7 +99,7 @@ async fn apply(grant: &UploadGrant, namespace: &str, ctx: &Context) -> Result<Ac
         // Repeated denials and failures are reported once per change.
         let repeated = !changed && *type_ == EventType::Warning;
         if !repeated {
-            publish(ctx, grant, *type_, reason, note.clone()).await;
+            publish(ctx, grant, *type_, reason, note.clone());
         }
     }
     write_status(grant, namespace, ctx, &outcome).await?;
@@ -180,8 +188,9 @@ async fn evaluate(grant: &UploadGrant, namespace: &str, ctx: &Context) -> Result
         revoked_old = secrets::remove(ctx, grant, namespace, old).await?;
     }
 
-    // Who holds the Secret's name?
-    let (current, ours) = match secrets::slot(ctx, grant, namespace, &valid.secret_name).await? {
+    // Who holds the Secret's name, as far as the cache knows? A Secret it
+    // does not know turns up as a conflict when the write is tried.
+    let (current, ours) = match secrets::cached_slot(ctx, grant, namespace, &valid.secret_name) {
         Slot::Foreign => return Ok(conflict(&valid.secret_name)),
         Slot::Ours(meta) => (IssuedState::from_annotations(meta.annotations()), true),
         Slot::Free => (None, false),
@@ -337,8 +346,21 @@ async fn sign_and_write(
     };
     let secret = build::build_secret(grant, &valid.secret_name, &issued)?;
     if !secrets::write(ctx, namespace, &secret, ours).await? {
-        // Created by someone else between our look and our write.
-        return Ok(conflict(&valid.secret_name));
+        // The name is taken by a Secret the cache has not seen: ask the server.
+        match secrets::slot(ctx, grant, namespace, &valid.secret_name).await? {
+            Slot::Ours(meta) => {
+                // Our own write that the cache has not caught up with yet.
+                let current = IssuedState::from_annotations(meta.annotations());
+                if let Plan::Keep { state, wake_at } =
+                    build::plan(now, current.as_ref(), &issued.spec_hash, valid, false)
+                {
+                    return Ok(issued_outcome(valid, state, wake_at));
+                }
+                secrets::write(ctx, namespace, &secret, true).await?;
+            }
+            Slot::Free if secrets::write(ctx, namespace, &secret, false).await? => {}
+            Slot::Free | Slot::Foreign => return Ok(conflict(&valid.secret_name)),
+        }
     }
     tracing::info!(
         grant = %grant.name_any(), namespace, secret = %valid.secret_name, renewal,
@@ -468,7 +490,7 @@ async fn revoke_all(
 }
 
 /// Deletion: revoke, then let the finalizer go.
-async fn cleanup(grant: &UploadGrant, namespace: &str, ctx: &Context) -> Result<Action> {
+async fn cleanup(grant: &UploadGrant, namespace: &str, ctx: &Context) -> Result<()> {
     if revoke_all(grant, namespace, ctx, None).await? {
         publish(
             ctx,
@@ -476,12 +498,11 @@ async fn cleanup(grant: &UploadGrant, namespace: &str, ctx: &Context) -> Result<
             EventType::Normal,
             "Revoked",
             "grant deleted; Secret removed".into(),
-        )
-        .await;
+        );
     }
     ctx.metrics
         .grant_state(&ObjectRef::from_obj(grant), None, None);
-    Ok(Action::await_change())
+    Ok(())
 }
 
 async fn write_status(
@@ -527,15 +548,6 @@ async fn write_status(
     Ok(())
 }
 
-async fn publish(ctx: &Context, grant: &UploadGrant, type_: EventType, reason: &str, note: String) {
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: reason.into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &grant.object_ref(&())).await {
-        tracing::warn!(grant = %grant.name_any(), error = %e, "could not publish event");
-    }
+fn publish(ctx: &Context, grant: &UploadGrant, type_: EventType, reason: &str, note: String) {
+    ctx.events.publish(grant, type_, reason, note);
 }

@@ -28,6 +28,17 @@ pub fn owned_by(meta: &PartialObjectMeta<Secret>, grant: &UploadGrant) -> bool {
         .any(|o| o.uid == uid && o.controller == Some(true))
 }
 
+/// Who holds the name according to the metadata cache alone, which holds
+/// every Secret labelled as ours. A miss may still be someone else's Secret:
+/// the create that follows gets a 409 then.
+pub fn cached_slot(ctx: &Context, grant: &UploadGrant, namespace: &str, name: &str) -> Slot {
+    match ctx.secrets.get(&ObjectRef::new(name).within(namespace)) {
+        None => Slot::Free,
+        Some(meta) if owned_by(&meta, grant) => Slot::Ours(Box::new((*meta).clone())),
+        Some(_) => Slot::Foreign,
+    }
+}
+
 /// Looks the name up in the metadata cache first; a miss is confirmed with
 /// one GET, since the cache only holds Secrets labelled as ours.
 pub async fn slot(ctx: &Context, grant: &UploadGrant, namespace: &str, name: &str) -> Result<Slot> {
@@ -106,7 +117,6 @@ mod tests {
 
     use http::{Request, Response};
     use kube::client::Body;
-    use kube::runtime::events::{Recorder, Reporter};
     use kube::runtime::reflector;
 
     use super::*;
@@ -120,13 +130,7 @@ mod tests {
             .behavior_version(aws_config::BehaviorVersion::latest())
             .build();
         Context {
-            recorder: Recorder::new(
-                client.clone(),
-                Reporter {
-                    controller: "test".into(),
-                    instance: None,
-                },
-            ),
+            events: crate::controller::events::Events::new(client.clone(), "test", None),
             client,
             settings: Settings {
                 default_issuer: None,
