@@ -6,7 +6,6 @@ use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime};
 
-use kube::runtime::reflector::ObjectRef;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -14,7 +13,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::api::UploadGrant;
 use crate::controller::status::Reason;
 use crate::signing::CredentialSnapshot;
 
@@ -34,7 +32,8 @@ pub struct Metrics {
     credential_loads: Gauge,
     leader: Gauge,
     /// Each grant's last reason and URL expiry, to derive the gauges.
-    states: Mutex<HashMap<ObjectRef<UploadGrant>, GrantState>>,
+    /// Keyed by `controller::grant_key`: a number, not a name.
+    states: Mutex<HashMap<u64, GrantState>>,
 }
 
 impl Default for Metrics {
@@ -126,16 +125,11 @@ impl Metrics {
     }
 
     /// Records a grant's state; `None` forgets a deleted grant.
-    pub fn grant_state(
-        &self,
-        grant: &ObjectRef<UploadGrant>,
-        reason: Option<Reason>,
-        expires_at: Option<SystemTime>,
-    ) {
+    pub fn grant_state(&self, grant: u64, reason: Option<Reason>, expires_at: Option<SystemTime>) {
         let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
         match reason {
-            Some(r) => states.insert(grant.clone(), (r, expires_at)),
-            None => states.remove(grant),
+            Some(r) => states.insert(grant, (r, expires_at)),
+            None => states.remove(&grant),
         };
     }
 
@@ -184,9 +178,9 @@ mod tests {
     #[test]
     fn renders_bounded_families_without_grant_names() {
         let m = Metrics::default();
-        let grant = ObjectRef::<UploadGrant>::new("secret-project-name").within("team-a");
+        let grant = 42;
         m.grant_state(
-            &grant,
+            grant,
             Some(Reason::Issued),
             Some(SystemTime::UNIX_EPOCH + Duration::from_secs(2_000_000_000)),
         );
@@ -221,7 +215,7 @@ mod tests {
             !text.contains("secret-project-name") && !text.contains("team-a"),
             "{text}"
         );
-        m.grant_state(&grant, None, None);
+        m.grant_state(grant, None, None);
         assert!(
             m.render(&snapshot)
                 .contains(r#"upload_grant_grants{reason="Issued"} 0"#)

@@ -16,10 +16,27 @@ pub fn has_finalizer(grant: &UploadGrant) -> bool {
     grant.finalizers().iter().any(|f| f == FINALIZER)
 }
 
-/// Adds the finalizer and returns the grant as the server now holds it. The
-/// `test` makes the patch fail, rather than clobber, when someone else changed
-/// the list since the cache saw it.
+/// Adds the finalizer and returns the grant as the server now holds it.
 pub async fn add(api: &Api<UploadGrant>, grant: &UploadGrant) -> Result<UploadGrant> {
+    match try_add(api, grant).await {
+        // The `test` failed: the cache is behind the server, typically when a
+        // Secret event wakes a grant whose finalizer was added a moment ago.
+        // Read the grant afresh instead of failing with a backoff.
+        Err(Error::Finalizer(kube::Error::Api(s))) if s.code == 422 => {
+            let fresh = api.get(&grant.name_any()).await.map_err(Error::Finalizer)?;
+            if has_finalizer(&fresh) {
+                Ok(fresh)
+            } else {
+                try_add(api, &fresh).await
+            }
+        }
+        other => other,
+    }
+}
+
+/// The `test` makes the patch fail, rather than clobber, when the list on
+/// the server is not the one the caller saw.
+async fn try_add(api: &Api<UploadGrant>, grant: &UploadGrant) -> Result<UploadGrant> {
     let patch = match &grant.meta().finalizers {
         None => json!([
             {"op": "test", "path": "/metadata/finalizers", "value": null},

@@ -7,7 +7,7 @@ pub(crate) mod events;
 mod finalizer;
 mod issuer_status;
 mod reconcile;
-mod secrets;
+pub(crate) mod secrets;
 pub mod status;
 pub mod validate;
 
@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::channel::mpsc;
-use futures::{FutureExt, Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::PartialObjectMeta;
 use kube::runtime::controller::{self, Action, Controller};
@@ -53,10 +53,14 @@ pub struct Context {
     pub presigner: Presigner,
     pub issuers: Store<ClusterGrantIssuer>,
     pub namespaces: Store<PartialObjectMeta<Namespace>>,
-    pub secrets: Store<PartialObjectMeta<Secret>>,
+    pub secrets: Store<secrets::ManagedSecret>,
     pub events: events::Events,
     pub metrics: Arc<Metrics>,
     failures: Mutex<HashMap<ObjectRef<UploadGrant>, u32>>,
+    /// The last status written for each grant. Our own writes wake the grant
+    /// again, often before the cache holds the new status; without this, each
+    /// such wake-up would write the same status once more.
+    written: Mutex<HashMap<u64, u64>>,
 }
 
 impl Context {
@@ -67,12 +71,40 @@ impl Context {
         *n
     }
 
+    fn status_written(&self, w: reconcile::WrittenStatus) -> bool {
+        let written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        written.get(&w.grant) == Some(&w.status)
+    }
+
+    fn record_status(&self, w: reconcile::WrittenStatus) {
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        written.insert(w.grant, w.status);
+    }
+
+    fn forget_status(&self, grant: &UploadGrant) {
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        written.remove(&grant_key(grant));
+    }
+
     fn clear_failures(&self, grant: &ObjectRef<UploadGrant>) {
         self.failures
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(grant);
     }
+}
+
+/// A grant's key in the operator's per-grant tables: a hash of its uid, a
+/// fraction of the size of its name and namespace.
+pub fn grant_key(grant: &UploadGrant) -> u64 {
+    hash(grant.uid().unwrap_or_default().as_bytes())
+}
+
+fn hash(bytes: &[u8]) -> u64 {
+    use std::hash::Hasher;
+    let mut h = std::hash::DefaultHasher::new();
+    h.write(bytes);
+    h.finish()
 }
 
 /// Per-grant exponential backoff after failures: 5s, 10s, 20s … 5 minutes.
@@ -97,13 +129,36 @@ fn error_policy(grant: Arc<UploadGrant>, error: &Error, ctx: Arc<Context>) -> Ac
 }
 
 /// Drops what no reconcile reads before an object enters a cache: with
-/// thousands of grants, field-manager bookkeeping and kubectl's copy of the
-/// last applied object would be most of the operator's memory.
+/// thousands of grants, field-manager bookkeeping, kubectl's copy of the last
+/// applied object and other tools' labels would be most of the memory.
+/// Annotations of our own (`grants.io/…`) stay.
 fn slim<K: kube::Resource>(obj: &mut K) {
     let meta = obj.meta_mut();
     meta.managed_fields = None;
+    // The watcher has read it already; the cache's keys would copy it.
+    meta.resource_version = None;
     if let Some(annotations) = meta.annotations.as_mut() {
-        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+        annotations.retain(|k, _| k.starts_with("grants.io/"));
+    }
+}
+
+/// Grants are read for spec, status, finalizers and identity only.
+fn slim_grant(grant: &mut UploadGrant) {
+    slim(grant);
+    grant.metadata.labels = None;
+}
+
+/// Only what `ManagedSecret` keeps of a Secret enters the cache.
+fn compact_secret(
+    event: watcher::Event<PartialObjectMeta<Secret>>,
+) -> watcher::Event<secrets::ManagedSecret> {
+    use watcher::Event;
+    match event {
+        Event::Apply(s) => Event::Apply(s.into()),
+        Event::Delete(s) => Event::Delete(s.into()),
+        Event::Init => Event::Init,
+        Event::InitApply(s) => Event::InitApply(s.into()),
+        Event::InitDone => Event::InitDone,
     }
 }
 
@@ -179,7 +234,7 @@ pub async fn run(
     let (grant_store, grant_writer) = reflector::store();
     let grant_stream = watcher(grants, watcher::Config::default().any_semantic())
         .default_backoff()
-        .modify(slim)
+        .modify(slim_grant)
         .reflect(grant_writer)
         .applied_objects();
     let controller = Controller::for_stream(grant_stream, grant_store.clone());
@@ -192,9 +247,9 @@ pub async fn run(
             secret_api,
             watcher::Config::default().labels(&build::managed_selector()),
         )
-        .modify(slim),
+        .map_ok(compact_secret),
         triggers.clone(),
-        |secret: &PartialObjectMeta<Secret>| {
+        |secret: &secrets::ManagedSecret| {
             let namespace = secret.namespace().unwrap_or_default();
             secret
                 .owner_references()
@@ -233,11 +288,7 @@ pub async fn run(
             Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
             namespace_cfg,
         )
-        .modify(|ns| {
-            // Only labels are read.
-            slim(ns);
-            ns.annotations_mut().clear();
-        }),
+        .modify(slim),
         triggers,
         move |ns: &PartialObjectMeta<Namespace>| {
             let name = ns.name_any();
@@ -270,6 +321,7 @@ pub async fn run(
         secrets,
         metrics,
         failures: Mutex::default(),
+        written: Mutex::default(),
     });
 
     controller

@@ -99,12 +99,12 @@ async fn apply(grant: &UploadGrant, namespace: &str, ctx: &Context) -> Result<Ac
         // Repeated denials and failures are reported once per change.
         let repeated = !changed && *type_ == EventType::Warning;
         if !repeated {
-            publish(ctx, grant, *type_, reason, note.clone());
+            ctx.events.publish(grant, *type_, reason, note.clone());
         }
     }
     write_status(grant, namespace, ctx, &outcome).await?;
     ctx.metrics.grant_state(
-        &ObjectRef::from_obj(grant),
+        super::grant_key(grant),
         Some(outcome.reason),
         outcome.issued.as_ref().map(|s| s.expires_at),
     );
@@ -192,7 +192,7 @@ async fn evaluate(grant: &UploadGrant, namespace: &str, ctx: &Context) -> Result
     // does not know turns up as a conflict when the write is tried.
     let (current, ours) = match secrets::cached_slot(ctx, grant, namespace, &valid.secret_name) {
         Slot::Foreign => return Ok(conflict(&valid.secret_name)),
-        Slot::Ours(meta) => (IssuedState::from_annotations(meta.annotations()), true),
+        Slot::Ours(secret) => (secret.state, true),
         Slot::Free => (None, false),
     };
 
@@ -348,9 +348,9 @@ async fn sign_and_write(
     if !secrets::write(ctx, namespace, &secret, ours).await? {
         // The name is taken by a Secret the cache has not seen: ask the server.
         match secrets::slot(ctx, grant, namespace, &valid.secret_name).await? {
-            Slot::Ours(meta) => {
+            Slot::Ours(existing) => {
                 // Our own write that the cache has not caught up with yet.
-                let current = IssuedState::from_annotations(meta.annotations());
+                let current = existing.state;
                 if let Plan::Keep { state, wake_at } =
                     build::plan(now, current.as_ref(), &issued.spec_hash, valid, false)
                 {
@@ -492,16 +492,15 @@ async fn revoke_all(
 /// Deletion: revoke, then let the finalizer go.
 async fn cleanup(grant: &UploadGrant, namespace: &str, ctx: &Context) -> Result<()> {
     if revoke_all(grant, namespace, ctx, None).await? {
-        publish(
-            ctx,
+        ctx.events.publish(
             grant,
             EventType::Normal,
             "Revoked",
             "grant deleted; Secret removed".into(),
         );
     }
-    ctx.metrics
-        .grant_state(&ObjectRef::from_obj(grant), None, None);
+    ctx.metrics.grant_state(super::grant_key(grant), None, None);
+    ctx.forget_status(grant);
     Ok(())
 }
 
@@ -530,7 +529,8 @@ async fn write_status(
         grant.meta().generation,
         now,
     );
-    if new == old {
+    let written = WrittenStatus::of(grant, &new);
+    if new == old || ctx.status_written(written) {
         return Ok(());
     }
     let patch = serde_json::json!({
@@ -545,9 +545,28 @@ async fn write_status(
             &Patch::Apply(&patch),
         )
         .await?;
+    ctx.record_status(written);
     Ok(())
 }
 
-fn publish(ctx: &Context, grant: &UploadGrant, type_: EventType, reason: &str, note: String) {
-    ctx.events.publish(grant, type_, reason, note);
+/// What a status write said, as two hashes: which grant (its uid) and what
+/// (the status without transition times, which a reconcile working from a
+/// stale cache would set afresh).
+#[derive(Debug, Clone, Copy)]
+pub struct WrittenStatus {
+    pub grant: u64,
+    pub status: u64,
+}
+
+impl WrittenStatus {
+    fn of(grant: &UploadGrant, status: &UploadGrantStatus) -> Self {
+        let mut timeless = status.clone();
+        for c in &mut timeless.conditions {
+            c.last_transition_time = Time(jiff::Timestamp::UNIX_EPOCH);
+        }
+        WrittenStatus {
+            grant: super::grant_key(grant),
+            status: super::hash(&serde_json::to_vec(&timeless).unwrap_or_default()),
+        }
+    }
 }

@@ -1,29 +1,92 @@
 //! Apply: writes and removes the Secrets a grant owns, and never touches one
 //! it does not own.
 
+use std::borrow::Cow;
+
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, PartialObjectMeta, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 
+use super::build::IssuedState;
 use super::{Context, MANAGER};
 use crate::api::UploadGrant;
 use crate::error::Result;
+
+/// What the operator keeps of a Secret it manages: who it is, its controller
+/// owner, and the URL state parsed from its annotations. The annotations
+/// themselves would be most of the cache's memory with thousands of grants.
+#[derive(Debug, Clone)]
+pub struct ManagedSecret {
+    /// Name, namespace, uid and the controller ownerReference only.
+    pub metadata: ObjectMeta,
+    pub state: Option<IssuedState>,
+}
+
+impl From<PartialObjectMeta<Secret>> for ManagedSecret {
+    fn from(secret: PartialObjectMeta<Secret>) -> Self {
+        let meta = secret.metadata;
+        ManagedSecret {
+            state: meta
+                .annotations
+                .as_ref()
+                .and_then(IssuedState::from_annotations),
+            metadata: ObjectMeta {
+                name: meta.name,
+                namespace: meta.namespace,
+                uid: meta.uid,
+                owner_references: meta.owner_references.map(|refs| {
+                    refs.into_iter()
+                        .filter(|o| o.controller == Some(true))
+                        .collect()
+                }),
+                ..ObjectMeta::default()
+            },
+        }
+    }
+}
+
+/// Lets a `ManagedSecret` sit in a kube-runtime cache as a Secret.
+impl kube::Resource for ManagedSecret {
+    type DynamicType = ();
+    type Scope = k8s_openapi::NamespaceResourceScope;
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        Secret::kind(&())
+    }
+    fn group(_: &()) -> Cow<'_, str> {
+        Secret::group(&())
+    }
+    fn version(_: &()) -> Cow<'_, str> {
+        Secret::version(&())
+    }
+    fn plural(_: &()) -> Cow<'_, str> {
+        Secret::plural(&())
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
 
 /// Who holds the Secret name a grant wants.
 #[derive(Debug)]
 pub enum Slot {
     /// No Secret by that name.
     Free,
-    /// A Secret this grant controls; its metadata.
-    Ours(Box<PartialObjectMeta<Secret>>),
+    /// A Secret this grant controls.
+    Ours(Box<ManagedSecret>),
     /// Somebody else's Secret: never modified or deleted.
     Foreign,
 }
 
-pub fn owned_by(meta: &PartialObjectMeta<Secret>, grant: &UploadGrant) -> bool {
+pub fn owned_by(secret: &ManagedSecret, grant: &UploadGrant) -> bool {
     let Some(uid) = grant.uid() else { return false };
-    meta.owner_references()
+    secret
+        .owner_references()
         .iter()
         .any(|o| o.uid == uid && o.controller == Some(true))
 }
@@ -45,7 +108,10 @@ pub async fn slot(ctx: &Context, grant: &UploadGrant, namespace: &str, name: &st
     let cached = ctx.secrets.get(&ObjectRef::new(name).within(namespace));
     let meta = match cached {
         Some(meta) => Some((*meta).clone()),
-        None => api(ctx, namespace).get_metadata_opt(name).await?,
+        None => api(ctx, namespace)
+            .get_metadata_opt(name)
+            .await?
+            .map(ManagedSecret::from),
     };
     Ok(match meta {
         None => Slot::Free,
@@ -146,6 +212,7 @@ mod tests {
             secrets: reflector::store().0,
             metrics: Arc::new(Metrics::default()),
             failures: Mutex::default(),
+            written: Mutex::default(),
         }
     }
 
@@ -166,6 +233,32 @@ mod tests {
                 "uid": owner_uid, "controller": true
             }]}
         })
+    }
+
+    #[test]
+    fn the_cache_keeps_identity_owner_and_url_state_only() {
+        let mut meta = secret_meta("grant-uid");
+        meta["metadata"]["labels"] =
+            serde_json::json!({"app.kubernetes.io/managed-by": "upload-grant-operator"});
+        meta["metadata"]["annotations"] = serde_json::json!({
+            "grants.io/spec-hash": "abc", "grants.io/issued-at": "2026-11-29T10:00:00Z",
+            "grants.io/expires-at": "2026-11-29T11:00:00Z", "grants.io/refresh-at": "2026-11-29T10:40:00Z",
+            "grants.io/url-fingerprint": "sha256:0123", "note": "kept by the server, not by us",
+        });
+        meta["metadata"]["ownerReferences"]
+            .as_array_mut()
+            .expect("list")
+            .push(serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "name": "other", "uid": "x"}));
+        let partial: PartialObjectMeta<Secret> = serde_json::from_value(meta).expect("fixture");
+        let cached = ManagedSecret::from(partial);
+        assert!(owned_by(&cached, &grant()));
+        assert_eq!(cached.uid().as_deref(), Some("secret-uid"));
+        assert_eq!(cached.owner_references().len(), 1, "only the controller");
+        assert!(cached.metadata.annotations.is_none() && cached.metadata.labels.is_none());
+        let state = cached.state.expect("parsed from the annotations");
+        assert_eq!(state.spec_hash, "abc");
+        assert_eq!(state.fingerprint, "sha256:0123");
+        assert!(state.refresh_at.is_some_and(|r| r < state.expires_at));
     }
 
     #[tokio::test]
