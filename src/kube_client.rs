@@ -7,8 +7,8 @@ use kube::client::ClientBuilder;
 use kube::{Client, Config};
 use tower::limit::RateLimitLayer;
 
-/// A client for the controller: at most `qps` requests start in any one
-/// second (0 lifts the bound). Requests over the bound wait in order.
+/// A client for the controller that starts at most `qps` requests a second
+/// (0 lifts the bound). Requests over the bound wait in order.
 ///
 /// Leader election must use its own unbounded client: a lease renewal stuck
 /// behind a queue of Secret writes would cost the lease.
@@ -16,8 +16,38 @@ pub fn bounded(config: Config, qps: u32) -> Result<Client, kube::Error> {
     let builder = ClientBuilder::try_from(config)?;
     Ok(match qps {
         0 => builder.build(),
-        qps => builder
-            .with_layer(&RateLimitLayer::new(u64::from(qps), Duration::from_secs(1)))
-            .build(),
+        qps => {
+            let (n, per) = window(qps);
+            builder.with_layer(&RateLimitLayer::new(n, per)).build()
+        }
     })
+}
+
+/// tower's limiter counts in fixed windows, so a full window's worth can
+/// start at the end of one and again at the start of the next. Windows of a
+/// tenth of the rate keep any one second within 10% of it.
+fn window(qps: u32) -> (u64, Duration) {
+    let n = u64::from((qps / 10).max(1));
+    (n, Duration::from_secs_f64(n as f64 / f64::from(qps)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_keep_the_rate_and_stay_short() {
+        for qps in [1, 5, 10, 25, 100, 333, 5000] {
+            let (n, per) = window(qps);
+            let rate = n as f64 / per.as_secs_f64();
+            assert!(
+                (rate - f64::from(qps)).abs() < 1e-6 * f64::from(qps),
+                "{qps}: {rate}"
+            );
+            assert!(per <= Duration::from_secs(1), "{qps}: {per:?}");
+            if qps >= 10 {
+                assert!(n as f64 <= f64::from(qps) / 10.0, "{qps}: {n}");
+            }
+        }
+    }
 }

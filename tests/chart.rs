@@ -90,6 +90,24 @@ fn chart_lints_and_renders_hardened_with_every_option() -> TestResult {
         );
     }
 
+    let env_of = |docs: &[serde_json::Value], name: &str| {
+        docs.iter()
+            .filter(|d| d["kind"] == "Deployment")
+            .flat_map(|d| {
+                d["spec"]["template"]["spec"]["containers"][0]["env"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .find(|e| e["name"] == name)
+            .map(|e| e["value"].clone())
+    };
+    assert_eq!(
+        env_of(&defaults, "UPLOAD_GRANT_KUBE_API_QPS"),
+        Some("100".into())
+    );
+    assert_eq!(env_of(&all, "UPLOAD_GRANT_KUBE_API_QPS"), Some("50".into()));
+
     let deployment = defaults
         .iter()
         .find(|d| d["kind"] == "Deployment")
@@ -140,6 +158,7 @@ fn chart_lints_and_renders_hardened_with_every_option() -> TestResult {
         "operator.logFormat=xml",
         "unknownKey=1",
         "metrics.port=0",
+        "operator.kubeApiQps=-1",
     ] {
         let out = env
             .command("helm")

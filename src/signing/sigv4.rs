@@ -124,8 +124,8 @@ pub(crate) fn presign(
             MAX_PRESIGN.as_secs()
         )));
     }
-    let (date, date_time) = timestamps(input.signed_at)?;
-    let date_str = ascii(&date);
+    let (date_bytes, date_time) = timestamps(input.signed_at)?;
+    let date_str = ascii(&date_bytes);
     let date_time_str = ascii(&date_time);
 
     let headers = request_headers(input)?;
@@ -158,33 +158,28 @@ pub(crate) fn presign(
         Method::Head => None,
     };
 
+    let algorithm = ("X-Amz-Algorithm", ALGORITHM);
+    let credential = ("X-Amz-Credential", credential.as_str());
+    let date = ("X-Amz-Date", date_time_str);
+    let expires = ("X-Amz-Expires", expires.as_str());
+    let signed_headers = ("X-Amz-SignedHeaders", signed_names_q.as_str());
+    let token = token.as_deref().map(|t| ("X-Amz-Security-Token", t));
+    let operation = operation.map(|op| ("x-id", op));
+
     // Parameters sorted by name, as the canonical query string wants them.
     let mut canonical = String::with_capacity(512);
-    for part in [
-        input.method.as_str(),
-        "\n",
-        &path,
-        "\nX-Amz-Algorithm=",
-        ALGORITHM,
-        "&X-Amz-Credential=",
-        &credential,
-        "&X-Amz-Date=",
-        date_time_str,
-        "&X-Amz-Expires=",
-        &expires,
-    ] {
-        canonical.push_str(part);
-    }
-    if let Some(token) = &token {
-        canonical.push_str("&X-Amz-Security-Token=");
-        canonical.push_str(token);
-    }
-    canonical.push_str("&X-Amz-SignedHeaders=");
-    canonical.push_str(&signed_names_q);
-    if let Some(operation) = operation {
-        canonical.push_str("&x-id=");
-        canonical.push_str(operation);
-    }
+    canonical.push_str(input.method.as_str());
+    canonical.push('\n');
+    canonical.push_str(&path);
+    canonical.push('\n');
+    push_query(
+        &mut canonical,
+        [algorithm, credential, date, expires]
+            .into_iter()
+            .chain(token)
+            .chain([signed_headers])
+            .chain(operation),
+    );
     canonical.push('\n');
     for (name, value) in &signed {
         canonical.push_str(name);
@@ -201,39 +196,29 @@ pub(crate) fn presign(
         "{ALGORITHM}\n{date_time_str}\n{scope}\n{}",
         hex::encode(Sha256::digest(canonical.as_bytes()))
     );
-    let key = keys.key(creds, input.signed_at, &date, &route.region, &route.service)?;
+    let key = keys.key(
+        creds,
+        input.signed_at,
+        &date_bytes,
+        &route.region,
+        &route.service,
+    )?;
     let signature = calculate_signature(key, string_to_sign.as_bytes());
 
-    // The SDK's order: the operation's own parameter, then the signer's.
+    // The SDK's order: the operation's own parameter, then the signer's, the
+    // session token last.
     let mut url = String::with_capacity(route.origin.len() + path.len() + canonical.len());
     url.push_str(&route.origin);
     url.push_str(&path);
     url.push('?');
-    if let Some(operation) = operation {
-        url.push_str("x-id=");
-        url.push_str(operation);
-        url.push('&');
-    }
-    for part in [
-        "X-Amz-Algorithm=",
-        ALGORITHM,
-        "&X-Amz-Credential=",
-        &credential,
-        "&X-Amz-Date=",
-        date_time_str,
-        "&X-Amz-Expires=",
-        &expires,
-        "&X-Amz-SignedHeaders=",
-        &signed_names_q,
-        "&X-Amz-Signature=",
-        &signature,
-    ] {
-        url.push_str(part);
-    }
-    if let Some(token) = &token {
-        url.push_str("&X-Amz-Security-Token=");
-        url.push_str(token);
-    }
+    push_query(
+        &mut url,
+        operation
+            .into_iter()
+            .chain([algorithm, credential, date, expires, signed_headers])
+            .chain([("X-Amz-Signature", signature.as_str())])
+            .chain(token),
+    );
     Ok(Presigned {
         url: SecretUrl::new(url),
         method: input.method,
@@ -293,6 +278,18 @@ fn is_token_char(b: u8) -> bool {
 
 /// A canonical header value: spaces (only spaces) trimmed and runs of them
 /// collapsed, as aws-sigv4 does.
+/// `name=value` pairs joined by `&`; the values are already encoded.
+fn push_query<'a>(out: &mut String, params: impl IntoIterator<Item = (&'a str, &'a str)>) {
+    for (i, (name, value)) in params.into_iter().enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        out.push_str(name);
+        out.push('=');
+        out.push_str(value);
+    }
+}
+
 fn push_trimmed(out: &mut String, value: &str) {
     let mut last_space = false;
     for c in value.trim_matches(' ').chars() {
