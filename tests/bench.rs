@@ -167,6 +167,25 @@ where
     Ok(latencies)
 }
 
+/// Waits until the apiserver has served no request for grants, Secrets or
+/// Events for a second: the operator's trailing writes are done.
+async fn quiesce(client: &kube::Client) -> TestResult {
+    let last = Mutex::new((apiserver_requests(client).await?, Instant::now()));
+    eventually(
+        "the apiserver to go quiet",
+        Duration::from_secs(300),
+        || async {
+            let n = apiserver_requests(client).await?;
+            let mut last = last.lock().expect("lock");
+            if n != last.0 {
+                *last = (n, Instant::now());
+            }
+            Ok((last.1.elapsed() >= Duration::from_secs(1)).then_some(()))
+        },
+    )
+    .await
+}
+
 /// Requests the apiserver has served for grants, Secrets and Events (watches
 /// aside), from its own metrics: what the operator asked of it, counted by
 /// the server rather than by the operator.
@@ -350,6 +369,7 @@ async fn cluster_benchmarks(rows: &mut Vec<String>) -> TestResult {
     // 2. Apply-to-ready latency: 16 clients, each applying a grant and
     // waiting for its Secret, 1,000 in all; the same for direct Secrets.
     let ours = closed_loop(1000, CONCURRENCY, &seen, "lat-", |n| grant(n, six_hours())).await?;
+    quiesce(&ctx.client).await?;
     let base = closed_loop(1000, CONCURRENCY, &seen_direct, "lat-", direct_secret).await?;
     let (p50, p99, b50, b99) = (
         percentile(&ours, 0.5),
@@ -365,6 +385,7 @@ async fn cluster_benchmarks(rows: &mut Vec<String>) -> TestResult {
 
     // The same with one client: the pipeline's own latency, unloaded.
     let ours = closed_loop(200, 1, &seen, "one-", |n| grant(n, six_hours())).await?;
+    quiesce(&ctx.client).await?;
     let base = closed_loop(200, 1, &seen_direct, "one-", direct_secret).await?;
     rows.push(format!(
         "| Apply to readable Secret, 200 by 1 client | p50 {:.0} ms, p99 {:.0} ms | direct Secret create: p50 {:.0} ms, p99 {:.0} ms | (no target) | {:.1}× |",
@@ -380,8 +401,9 @@ async fn cluster_benchmarks(rows: &mut Vec<String>) -> TestResult {
     seen.wait_count("tp-", 5000, Duration::from_secs(900))
         .await?;
     let ours = 5000.0 / t.elapsed().as_secs_f64();
-    // Counted until the last Secret is seen; a few status and Event writes
-    // may still follow.
+    // The status and Event writes that follow the Secrets count too, and the
+    // baseline must not share the apiserver with them.
+    quiesce(&ctx.client).await?;
     let ours_requests = (apiserver_requests(&ctx.client).await? - before) / 5000.0;
     let (t, before) = (Instant::now(), apiserver_requests(&ctx.client).await?);
     create_many(5000, 64, |n| direct_secret(format!("tp-{n}"))).await?;
@@ -475,6 +497,8 @@ async fn cluster_benchmarks(rows: &mut Vec<String>) -> TestResult {
     )
     .await?;
     let idle = t.elapsed();
+    // Anything it was going to write has been written.
+    quiesce(&ctx.client).await?;
     let signed = restarted
         .metric(r#"upload_grant_signings_total{result="success",reason="ok"}"#)
         .await?;
@@ -607,9 +631,12 @@ where
     let (peak10, peak1) = (rate(10), rate(1));
     let total =
         samples.last().map(|s| s.1).unwrap_or(0.0) - samples.first().map(|s| s.1).unwrap_or(0.0);
-    let held = peak10 <= DEFAULT_QPS * 1.1;
+    // The bound only shows if the storm asks for more than it allows: the
+    // requests all renewals need, spread over the time their refreshes span.
+    let offered = total / spread.max(1.0);
+    let held = peak10 <= DEFAULT_QPS * 1.1 && offered > DEFAULT_QPS * 1.1;
     Ok(format!(
-        "| Renewal storm, 5,000 grants refreshing within {spread:.0} s | {on_time}/{N} renewed before the old URL expired (closest {min_margin:.0} s before); apiserver saw at most {peak10:.0} req/s over 10 s ({peak1:.0} in a 1 s sample), {:.1} requests per renewal | bound `--kube-api-qps` {DEFAULT_QPS:.0} (default) | all on time, bound held | {} |",
+        "| Renewal storm, 5,000 grants refreshing within {spread:.0} s | {on_time}/{N} renewed before the old URL expired (closest {min_margin:.0} s before); the storm asked for {offered:.0} req/s, the apiserver saw at most {peak10:.0} req/s over 10 s ({peak1:.0} in a 1 s sample), {:.1} requests per renewal | bound `--kube-api-qps` {DEFAULT_QPS:.0} (default) | all on time, bound held | {} |",
         total / N as f64,
         if on_time == N && held {
             "met"

@@ -60,7 +60,7 @@ pub struct Context {
     /// The last status written for each grant. Our own writes wake the grant
     /// again, often before the cache holds the new status; without this, each
     /// such wake-up would write the same status once more.
-    written: Mutex<HashMap<u64, u64>>,
+    written: Mutex<HashMap<u64, (u64, u64)>>,
 }
 
 impl Context {
@@ -73,17 +73,21 @@ impl Context {
 
     fn status_written(&self, w: reconcile::WrittenStatus) -> bool {
         let written = self.written.lock().unwrap_or_else(|p| p.into_inner());
-        written.get(&w.grant) == Some(&w.status)
+        written.get(&w.grant) == Some(&(w.before, w.status))
     }
 
     fn record_status(&self, w: reconcile::WrittenStatus) {
         let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
-        written.insert(w.grant, w.status);
+        written.insert(w.grant, (w.before, w.status));
     }
 
     fn forget_status(&self, grant: &UploadGrant) {
+        self.forget_status_key(grant_key(grant));
+    }
+
+    fn forget_status_key(&self, key: u64) {
         let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
-        written.remove(&grant_key(grant));
+        written.remove(&key);
     }
 
     fn clear_failures(&self, grant: &ObjectRef<UploadGrant>) {

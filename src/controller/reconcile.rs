@@ -31,19 +31,21 @@ pub async fn reconcile(grant: Arc<UploadGrant>, ctx: Arc<Context>) -> Result<Act
     let namespace = grant.namespace().ok_or(Error::NoNamespace)?;
     let api: Api<UploadGrant> = Api::namespaced(ctx.client.clone(), &namespace);
     let result = async {
-        if grant.meta().deletion_timestamp.is_some() {
-            if finalizer::has_finalizer(&grant) {
-                cleanup(&grant, &namespace, &ctx).await?;
-                finalizer::remove(&api, &grant).await?;
-            }
-            Ok(Action::await_change())
-        } else if finalizer::has_finalizer(&grant) {
-            apply(&grant, &namespace, &ctx).await
-        } else {
-            // The finalizer is in place before any Secret exists.
-            let grant = finalizer::add(&api, &grant).await?;
-            apply(&grant, &namespace, &ctx).await
+        let deleting = |g: &UploadGrant| g.meta().deletion_timestamp.is_some();
+        let mut grant = grant.clone();
+        if !deleting(&grant) && !finalizer::has_finalizer(&grant) {
+            // The finalizer is in place before any Secret exists. The grant
+            // as the server returns it may be deleting by now.
+            grant = Arc::new(finalizer::add(&api, &grant).await?);
         }
+        if !deleting(&grant) {
+            return apply(&grant, &namespace, &ctx).await;
+        }
+        if finalizer::has_finalizer(&grant) {
+            cleanup(&grant, &namespace, &ctx).await?;
+            finalizer::remove(&api, &grant).await?;
+        }
+        Ok(Action::await_change())
     }
     .await;
     ctx.metrics.reconciled(started.elapsed());
@@ -192,8 +194,8 @@ async fn evaluate(grant: &UploadGrant, namespace: &str, ctx: &Context) -> Result
     // does not know turns up as a conflict when the write is tried.
     let (current, ours) = match secrets::cached_slot(ctx, grant, namespace, &valid.secret_name) {
         Slot::Foreign => return Ok(conflict(&valid.secret_name)),
-        Slot::Ours(secret) => (secret.state, true),
-        Slot::Free => (None, false),
+        Slot::Ours(secret) => (secret.state.clone(), secret.uid()),
+        Slot::Free => (None, None),
     };
 
     let hash = build::spec_hash(&grant.spec, &issuer.spec.s3);
@@ -252,7 +254,8 @@ async fn sign_and_write(
     valid: &ValidGrant,
     hash: String,
     current: Option<IssuedState>,
-    ours: bool,
+    // The uid of the Secret of ours that holds the name, if any.
+    ours: Option<String>,
     renewal: bool,
     now: SystemTime,
 ) -> Result<Outcome> {
@@ -276,7 +279,9 @@ async fn sign_and_write(
         }
         out
     };
-    let stale = ours && !keep_current;
+    // Removed only if it is ours, which `secrets::remove` checks with the
+    // server when the cache does not know the Secret.
+    let stale = !keep_current;
 
     let credentials = match ctx.credentials.get().await {
         Ok(c) => c,
@@ -345,20 +350,25 @@ async fn sign_and_write(
         spec_hash: hash,
     };
     let secret = build::build_secret(grant, &valid.secret_name, &issued)?;
-    if !secrets::write(ctx, namespace, &secret, ours).await? {
+    if !secrets::write(ctx, namespace, &secret, ours.as_deref()).await? {
         // The name is taken by a Secret the cache has not seen: ask the server.
         match secrets::slot(ctx, grant, namespace, &valid.secret_name).await? {
             Slot::Ours(existing) => {
                 // Our own write that the cache has not caught up with yet.
-                let current = existing.state;
-                if let Plan::Keep { state, wake_at } =
-                    build::plan(now, current.as_ref(), &issued.spec_hash, valid, false)
-                {
+                if let Plan::Keep { state, wake_at } = build::plan(
+                    now,
+                    existing.state.as_ref(),
+                    &issued.spec_hash,
+                    valid,
+                    false,
+                ) {
                     return Ok(issued_outcome(valid, state, wake_at));
                 }
-                secrets::write(ctx, namespace, &secret, true).await?;
+                if !secrets::write(ctx, namespace, &secret, existing.uid().as_deref()).await? {
+                    return Ok(conflict(&valid.secret_name));
+                }
             }
-            Slot::Free if secrets::write(ctx, namespace, &secret, false).await? => {}
+            Slot::Free if secrets::write(ctx, namespace, &secret, None).await? => {}
             Slot::Free | Slot::Foreign => return Ok(conflict(&valid.secret_name)),
         }
     }
@@ -529,10 +539,11 @@ async fn write_status(
         grant.meta().generation,
         now,
     );
-    let written = WrittenStatus::of(grant, &new);
+    let written = WrittenStatus::of(grant, &old, &new);
     if new == old || ctx.status_written(written) {
         return Ok(());
     }
+    ctx.forget_status(grant);
     let patch = serde_json::json!({
         "apiVersion": "grants.io/v1alpha1",
         "kind": "UploadGrant",
@@ -549,24 +560,31 @@ async fn write_status(
     Ok(())
 }
 
-/// What a status write said, as two hashes: which grant (its uid) and what
-/// (the status without transition times, which a reconcile working from a
-/// stale cache would set afresh).
-#[derive(Debug, Clone, Copy)]
+/// A status write as hashes: which grant (its uid), the status the cache
+/// showed before it, and the status written, both without transition times
+/// (which a reconcile working from a stale cache would set afresh). A write
+/// is skipped only while the cache still shows the older status and the
+/// same status would be written again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WrittenStatus {
     pub grant: u64,
+    pub before: u64,
     pub status: u64,
 }
 
 impl WrittenStatus {
-    fn of(grant: &UploadGrant, status: &UploadGrantStatus) -> Self {
-        let mut timeless = status.clone();
-        for c in &mut timeless.conditions {
-            c.last_transition_time = Time(jiff::Timestamp::UNIX_EPOCH);
-        }
+    fn of(grant: &UploadGrant, before: &UploadGrantStatus, status: &UploadGrantStatus) -> Self {
+        let timeless = |s: &UploadGrantStatus| {
+            let mut s = s.clone();
+            for c in &mut s.conditions {
+                c.last_transition_time = Time(jiff::Timestamp::UNIX_EPOCH);
+            }
+            super::hash(&serde_json::to_vec(&s).unwrap_or_default())
+        };
         WrittenStatus {
             grant: super::grant_key(grant),
-            status: super::hash(&serde_json::to_vec(&timeless).unwrap_or_default()),
+            before: timeless(before),
+            status: timeless(status),
         }
     }
 }

@@ -121,18 +121,29 @@ pub async fn slot(ctx: &Context, grant: &UploadGrant, namespace: &str, name: &st
 }
 
 /// Writes a Secret: create when the name is free, server-side apply when it
-/// is already ours. Returns false when the name turned out to be taken.
-pub async fn write(ctx: &Context, namespace: &str, secret: &Secret, ours: bool) -> Result<bool> {
+/// holds ours, whose uid is given. Returns false when the name turned out to
+/// be taken by another Secret.
+pub async fn write(
+    ctx: &Context,
+    namespace: &str,
+    secret: &Secret,
+    ours: Option<&str>,
+) -> Result<bool> {
     let api = api(ctx, namespace);
     let name = secret.name_any();
-    if ours {
-        api.patch(
-            &name,
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(secret),
-        )
-        .await?;
-        return Ok(true);
+    if let Some(uid) = ours {
+        // With the uid in the body the server refuses (uid is immutable)
+        // rather than apply over a Secret that replaced ours meanwhile.
+        let mut secret = secret.clone();
+        secret.metadata.uid = Some(uid.to_owned());
+        let params = PatchParams::apply(MANAGER).force();
+        return match api.patch(&name, &params, &Patch::Apply(&secret)).await {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(s)) if s.code == 422 && s.message.contains("metadata.uid") => {
+                Ok(false)
+            }
+            Err(e) => Err(e.into()),
+        };
     }
     let params = PostParams {
         field_manager: Some(MANAGER.into()),
@@ -233,6 +244,28 @@ mod tests {
                 "uid": owner_uid, "controller": true
             }]}
         })
+    }
+
+    #[tokio::test]
+    async fn a_status_write_is_skipped_only_while_the_cache_shows_the_status_before_it() {
+        use crate::controller::reconcile::WrittenStatus;
+        let (service, _handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let ctx = context(kube::Client::new(service, "ns"));
+        let wrote = WrittenStatus {
+            grant: 1,
+            before: 10,
+            status: 20,
+        };
+        assert!(!ctx.status_written(wrote), "nothing written yet");
+        ctx.record_status(wrote);
+        assert!(ctx.status_written(wrote), "the cache is behind our write");
+        let changed_meanwhile = WrittenStatus {
+            before: 30,
+            ..wrote
+        };
+        assert!(!ctx.status_written(changed_meanwhile), "someone else wrote");
+        ctx.forget_status_key(1);
+        assert!(!ctx.status_written(wrote), "forgotten after a failed write");
     }
 
     #[test]
