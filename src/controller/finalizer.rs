@@ -82,3 +82,67 @@ async fn json_patch(
     .await
     .map_err(Error::Finalizer)
 }
+
+#[cfg(test)]
+mod tests {
+    //! The finalizer patch against a mocked API server.
+    use http::{Request, Response};
+    use kube::client::Body;
+
+    use super::*;
+
+    fn grant(finalizers: &[&str]) -> serde_json::Value {
+        serde_json::json!({
+            "apiVersion": "grants.io/v1alpha1", "kind": "UploadGrant",
+            "metadata": {"name": "g", "namespace": "ns", "uid": "grant-uid", "finalizers": finalizers},
+            "spec": {"bucket": "reports", "key": "k"}
+        })
+    }
+
+    fn respond(
+        send: tower_test::mock::SendResponse<Response<Body>>,
+        code: u16,
+        body: serde_json::Value,
+    ) {
+        send.send_response(
+            Response::builder()
+                .status(code)
+                .body(Body::from(serde_json::to_vec(&body).expect("json")))
+                .expect("response"),
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stale_cache_reads_the_grant_afresh_instead_of_failing() {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let api: Api<UploadGrant> = Api::namespaced(kube::Client::new(service, "ns"), "ns");
+        let server = tokio::spawn(async move {
+            let (req, send) = handle.next_request().await.expect("the patch");
+            assert_eq!(req.method(), http::Method::PATCH);
+            let bytes = req.into_body().collect_bytes().await.expect("body");
+            let patch: serde_json::Value = serde_json::from_slice(&bytes).expect("json patch");
+            assert_eq!(
+                patch[0]["op"], "test",
+                "the patch must not clobber: {patch}"
+            );
+            let status = serde_json::json!({
+                "apiVersion": "v1", "kind": "Status", "status": "Failure", "code": 422,
+                "reason": "Invalid", "message": "the server rejected our request"
+            });
+            respond(send, 422, status);
+            let (req, send) = handle.next_request().await.expect("a GET");
+            assert_eq!(req.method(), http::Method::GET);
+            respond(send, 200, grant(&[FINALIZER]));
+            // The server already holds the finalizer: no second patch.
+            assert!(
+                handle.next_request().await.is_none(),
+                "a request after the GET"
+            );
+        });
+        let stale: UploadGrant = serde_json::from_value(grant(&[])).expect("fixture");
+        let fresh = add(&api, &stale).await.expect("no error");
+        assert!(has_finalizer(&fresh));
+        drop(api);
+        server.await.expect("mock server");
+    }
+}

@@ -539,8 +539,11 @@ async fn write_status(
         grant.meta().generation,
         now,
     );
+    if new == old {
+        return Ok(());
+    }
     let written = WrittenStatus::of(grant, &old, &new);
-    if new == old || ctx.status_written(written) {
+    if ctx.status_written(written) {
         return Ok(());
     }
     ctx.forget_status(grant);

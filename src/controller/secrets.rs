@@ -95,29 +95,33 @@ pub fn owned_by(secret: &ManagedSecret, grant: &UploadGrant) -> bool {
 /// every Secret labelled as ours. A miss may still be someone else's Secret:
 /// the create that follows gets a 409 then.
 pub fn cached_slot(ctx: &Context, grant: &UploadGrant, namespace: &str, name: &str) -> Slot {
-    match ctx.secrets.get(&ObjectRef::new(name).within(namespace)) {
-        None => Slot::Free,
-        Some(meta) if owned_by(&meta, grant) => Slot::Ours(Box::new((*meta).clone())),
-        Some(_) => Slot::Foreign,
-    }
+    classify(cached(ctx, namespace, name), grant)
 }
 
 /// Looks the name up in the metadata cache first; a miss is confirmed with
 /// one GET, since the cache only holds Secrets labelled as ours.
 pub async fn slot(ctx: &Context, grant: &UploadGrant, namespace: &str, name: &str) -> Result<Slot> {
-    let cached = ctx.secrets.get(&ObjectRef::new(name).within(namespace));
-    let meta = match cached {
-        Some(meta) => Some((*meta).clone()),
+    let secret = match cached(ctx, namespace, name) {
+        Some(secret) => Some(secret),
         None => api(ctx, namespace)
             .get_metadata_opt(name)
             .await?
             .map(ManagedSecret::from),
     };
-    Ok(match meta {
+    Ok(classify(secret, grant))
+}
+
+fn cached(ctx: &Context, namespace: &str, name: &str) -> Option<ManagedSecret> {
+    let secret = ctx.secrets.get(&ObjectRef::new(name).within(namespace))?;
+    Some((*secret).clone())
+}
+
+fn classify(secret: Option<ManagedSecret>, grant: &UploadGrant) -> Slot {
+    match secret {
         None => Slot::Free,
-        Some(meta) if owned_by(&meta, grant) => Slot::Ours(Box::new(meta)),
+        Some(secret) if owned_by(&secret, grant) => Slot::Ours(Box::new(secret)),
         Some(_) => Slot::Foreign,
-    })
+    }
 }
 
 /// Writes a Secret: create when the name is free, server-side apply when it
