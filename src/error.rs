@@ -1,7 +1,6 @@
 //! The errors a reconcile can end with. Each has a bounded category for
 //! metrics; none carries a URL or a token.
 
-use crate::controller::build::BuildError;
 use crate::signing::{CredentialsError, SigningError};
 
 #[derive(Debug, thiserror::Error)]
@@ -12,10 +11,10 @@ pub enum Error {
     Credentials(#[from] CredentialsError),
     #[error("signing failed: {0}")]
     Signing(#[from] SigningError),
-    #[error("building the Secret: {0}")]
-    Build(#[from] BuildError),
-    #[error("the grant has no namespace")]
-    NoNamespace,
+    #[error("the grant has no name, namespace or uid yet")]
+    IncompleteObject,
+    #[error("serialising the Secret's headers: {0}")]
+    Serialize(#[source] serde_json::Error),
     #[error("updating the finalizer: {0}")]
     Finalizer(#[source] kube::Error),
 }
@@ -27,8 +26,8 @@ impl Error {
             Error::Kube(_) => "kube_api",
             Error::Credentials(_) => "credentials",
             Error::Signing(_) => "signing",
-            Error::Build(_) => "build",
-            Error::NoNamespace => "invalid_object",
+            Error::IncompleteObject => "invalid_object",
+            Error::Serialize(_) => "build",
             Error::Finalizer(_) => "finalizer",
         }
     }

@@ -176,16 +176,14 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         namespace: cli.namespace,
     };
     tracing::info!(default_issuer = ?settings.default_issuer, namespace = ?settings.namespace, concurrency = settings.concurrency, kube_api_qps = cli.kube_api_qps, "starting controller");
-    controller::run(
+    let parts = controller::Parts {
         client,
-        settings,
         credentials,
         presigner,
-        metrics.clone(),
+        metrics: metrics.clone(),
         readiness,
-        shutdown,
-    )
-    .await;
+    };
+    controller::run(parts, settings, shutdown).await;
     metrics.set_leader(false);
     if lost_leadership.load(Ordering::Relaxed) {
         // Another replica leads now; exit so the pod restarts as a standby.

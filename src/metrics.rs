@@ -13,7 +13,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::controller::status::Reason;
+use crate::api::Reason;
 use crate::signing::CredentialSnapshot;
 
 type Labels = [(&'static str, &'static str); 1];

@@ -1,9 +1,11 @@
 //! The custom resources of group `grants.io`, version `v1alpha1`.
 
+pub mod condition;
 pub mod duration;
 pub mod grant;
 pub mod issuer;
 
+pub use condition::Reason;
 pub use grant::{
     IssuerRef, Method, RefreshPolicy, SecretTemplate, ServerSideEncryption, SseType, UploadGrant,
     UploadGrantSpec, UploadGrantStatus,

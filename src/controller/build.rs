@@ -1,4 +1,4 @@
-//! Build: the pure decisions of a reconcile — whether to sign, keep or revoke,
+//! Build: the pure parts a decision is made of — the state a Secret records,
 //! when to renew, and the Secret that carries a URL. No cluster access, so it
 //! is tested from fixtures.
 
@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 
 use super::validate::ValidGrant;
 use crate::api::{RefreshPolicy, S3Target, UploadGrant, UploadGrantSpec};
+use crate::error::{Error, Result};
 use crate::signing::Presigned;
 
 pub const SECRET_TYPE: &str = "grants.io/presigned-url";
@@ -24,6 +25,26 @@ pub const ISSUED_AT_ANNOTATION: &str = "grants.io/issued-at";
 pub const EXPIRES_AT_ANNOTATION: &str = "grants.io/expires-at";
 pub const REFRESH_AT_ANNOTATION: &str = "grants.io/refresh-at";
 pub const FINGERPRINT_ANNOTATION: &str = "grants.io/url-fingerprint";
+/// Keys of the operator's own labels and annotations. Values a user puts
+/// under them are never written, so they are never read back as state.
+pub const RESERVED_PREFIX: &str = "grants.io/";
+
+fn reserved(key: &str) -> bool {
+    key.starts_with(RESERVED_PREFIX) || key == MANAGED_BY_LABEL
+}
+
+/// Label values hold at most 63 characters; grant names up to 253. A longer
+/// name keeps its start and gains a hash of the whole, so it stays readable
+/// and two long names do not share a value.
+pub fn grant_label_value(name: &str) -> String {
+    const MAX: usize = 63;
+    if name.len() <= MAX {
+        return name.to_owned();
+    }
+    let hash = hex::encode(Sha256::digest(name.as_bytes()));
+    let start: String = name.chars().take(MAX - 11).collect();
+    format!("{}-{}", start.trim_end_matches(['.', '-']), &hash[..10])
+}
 
 /// The label selector that finds every Secret this operator manages.
 pub fn managed_selector() -> String {
@@ -72,57 +93,6 @@ impl IssuedState {
     }
 }
 
-/// Why a Secret is removed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RevokeReason {
-    /// refreshPolicy Never or notAfter: the URL ran out.
-    Expired,
-}
-
-/// What a reconcile does for a grant that is allowed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Plan {
-    /// The Secret is current; look again at `wake_at`.
-    Keep {
-        state: IssuedState,
-        wake_at: SystemTime,
-    },
-    /// Sign a URL: the first one, a replacement after a spec change, or a
-    /// renewal of a URL close to expiry.
-    Sign { renewal: bool },
-    /// Remove the Secret and issue nothing more.
-    Revoke(RevokeReason),
-}
-
-pub fn plan(
-    now: SystemTime,
-    current: Option<&IssuedState>,
-    desired_hash: &str,
-    grant: &ValidGrant,
-    already_expired: bool,
-) -> Plan {
-    if grant.not_after.is_some_and(|end| now >= end) {
-        return Plan::Revoke(RevokeReason::Expired);
-    }
-    match current {
-        None if already_expired => Plan::Revoke(RevokeReason::Expired),
-        None => Plan::Sign { renewal: false },
-        Some(state) if state.spec_hash != desired_hash => Plan::Sign { renewal: false },
-        Some(state) => match state.refresh_at {
-            None if now >= state.expires_at => Plan::Revoke(RevokeReason::Expired),
-            None => Plan::Keep {
-                state: state.clone(),
-                wake_at: state.expires_at,
-            },
-            Some(at) if now >= at => Plan::Sign { renewal: true },
-            Some(at) => Plan::Keep {
-                state: state.clone(),
-                wake_at: at,
-            },
-        },
-    }
-}
-
 /// When to renew a URL valid for `lifetime` from `signed_at`; None when it is
 /// never renewed. `jitter` in [0, 1) moves the time up to a tenth of the
 /// refresh window (at most a minute) earlier, so grants created together do
@@ -131,11 +101,12 @@ pub fn refresh_at(
     signed_at: SystemTime,
     lifetime: Duration,
     grant: &ValidGrant,
-    policy: RefreshPolicy,
     jitter: f64,
 ) -> Option<SystemTime> {
     let expires_at = signed_at + lifetime;
-    if policy == RefreshPolicy::Never || grant.not_after.is_some_and(|end| expires_at >= end) {
+    if grant.refresh_policy == RefreshPolicy::Never
+        || grant.not_after.is_some_and(|end| expires_at >= end)
+    {
         return None;
     }
     // An explicit refreshBefore that a capped lifetime cannot honour falls
@@ -171,32 +142,26 @@ impl Issued {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum BuildError {
-    #[error("the grant has no name, namespace or uid yet")]
-    Incomplete,
-    #[error("serialising headers: {0}")]
-    Headers(#[from] serde_json::Error),
-}
-
 /// The Secret a pod mounts: the URL, the method, the headers to send, and
-/// where it points; owned by the grant.
-pub fn build_secret(
-    grant: &UploadGrant,
-    secret_name: &str,
-    issued: &Issued,
-) -> Result<Secret, BuildError> {
+/// where it points; owned by the grant. It is the whole of what the operator
+/// writes: a key left out here is removed from the Secret.
+pub fn build_secret(grant: &UploadGrant, valid: &ValidGrant, issued: &Issued) -> Result<Secret> {
     let owner = grant
         .controller_owner_ref(&())
-        .ok_or(BuildError::Incomplete)?;
-    let namespace = grant.namespace().ok_or(BuildError::Incomplete)?;
-    let template = grant.spec.secret.clone().unwrap_or_default();
+        .ok_or(Error::IncompleteObject)?;
+    let namespace = grant.namespace().ok_or(Error::IncompleteObject)?;
+    let user = |m: &BTreeMap<String, String>| -> BTreeMap<String, String> {
+        m.iter()
+            .filter(|(k, _)| !reserved(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    };
 
-    let mut labels = template.labels;
+    let mut labels = user(&valid.secret_labels);
     labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY.into());
-    labels.insert(GRANT_LABEL.into(), grant.name_any());
+    labels.insert(GRANT_LABEL.into(), grant_label_value(&grant.name_any()));
 
-    let mut annotations = template.annotations;
+    let mut annotations = user(&valid.secret_annotations);
     annotations.insert(SPEC_HASH_ANNOTATION.into(), issued.spec_hash.clone());
     annotations.insert(ISSUED_AT_ANNOTATION.into(), format_time(issued.issued_at));
     annotations.insert(EXPIRES_AT_ANNOTATION.into(), format_time(issued.expires_at));
@@ -214,18 +179,18 @@ pub fn build_secret(
         ("method".to_owned(), text(issued.presigned.method.as_str())),
         (
             "headers".to_owned(),
-            ByteString(serde_json::to_vec(&issued.presigned.headers)?),
+            ByteString(serde_json::to_vec(&issued.presigned.headers).map_err(Error::Serialize)?),
         ),
         (
             "expiresAt".to_owned(),
             text(&format_time(issued.expires_at)),
         ),
-        ("bucket".to_owned(), text(&grant.spec.bucket)),
-        ("key".to_owned(), text(&grant.spec.key)),
+        ("bucket".to_owned(), text(&valid.bucket)),
+        ("key".to_owned(), text(&valid.key)),
     ]);
     Ok(Secret {
         metadata: ObjectMeta {
-            name: Some(secret_name.to_owned()),
+            name: Some(valid.secret_name.clone()),
             namespace: Some(namespace),
             labels: Some(labels),
             annotations: Some(annotations),
@@ -259,6 +224,37 @@ pub fn whole_seconds(t: SystemTime) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
 }
 
+/// Checked grants for tests of the pure stages.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::*;
+    use crate::api::Method;
+
+    /// A PUT of reports/a/b.csv for an hour, renewed by default; its Secret
+    /// template carries a user label and annotation, and a reserved label.
+    pub fn valid() -> ValidGrant {
+        ValidGrant {
+            bucket: "reports".into(),
+            key: "a/b.csv".into(),
+            method: Method::Put,
+            content_type: None,
+            content_length: None,
+            metadata: BTreeMap::new(),
+            sse: None,
+            ttl: Duration::from_secs(3600),
+            refresh_before: None,
+            refresh_policy: RefreshPolicy::Always,
+            not_after: None,
+            secret_name: "nightly".into(),
+            secret_labels: BTreeMap::from([
+                ("team".into(), "a".into()),
+                (MANAGED_BY_LABEL.into(), "someone".into()),
+            ]),
+            secret_annotations: BTreeMap::from([("note".into(), "x".into())]),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,108 +268,24 @@ mod tests {
     }
 
     fn valid() -> ValidGrant {
-        ValidGrant {
-            ttl: HOUR,
-            refresh_before: None,
-            not_after: None,
-            secret_name: "s".into(),
-        }
-    }
-
-    fn state(refresh_at: Option<SystemTime>) -> IssuedState {
-        IssuedState {
-            spec_hash: "h1".into(),
-            issued_at: at(0),
-            expires_at: at(3600),
-            refresh_at,
-            fingerprint: "sha256:x".into(),
-        }
-    }
-
-    #[test]
-    fn first_reconcile_signs() {
-        assert_eq!(
-            plan(at(0), None, "h1", &valid(), false),
-            Plan::Sign { renewal: false }
-        );
-    }
-
-    #[test]
-    fn fresh_secret_is_kept_until_its_refresh_time() {
-        let s = state(Some(at(2400)));
-        assert_eq!(
-            plan(at(100), Some(&s), "h1", &valid(), false),
-            Plan::Keep {
-                state: s.clone(),
-                wake_at: at(2400)
-            }
-        );
-        assert_eq!(
-            plan(at(2400), Some(&s), "h1", &valid(), false),
-            Plan::Sign { renewal: true }
-        );
-    }
-
-    #[test]
-    fn a_changed_spec_replaces_the_url_at_once() {
-        let s = state(Some(at(2400)));
-        assert_eq!(
-            plan(at(100), Some(&s), "h2", &valid(), false),
-            Plan::Sign { renewal: false }
-        );
-    }
-
-    #[test]
-    fn unrenewed_urls_are_revoked_at_expiry() {
-        let s = state(None);
-        assert_eq!(
-            plan(at(100), Some(&s), "h1", &valid(), false),
-            Plan::Keep {
-                state: s.clone(),
-                wake_at: at(3600)
-            }
-        );
-        assert_eq!(
-            plan(at(3600), Some(&s), "h1", &valid(), false),
-            Plan::Revoke(RevokeReason::Expired)
-        );
-        assert_eq!(
-            plan(at(3700), None, "h1", &valid(), true),
-            Plan::Revoke(RevokeReason::Expired)
-        );
-    }
-
-    #[test]
-    fn not_after_revokes_whatever_the_secret_says() {
-        let g = ValidGrant {
-            not_after: Some(at(1000)),
-            ..valid()
-        };
-        let s = state(Some(at(2400)));
-        assert_eq!(
-            plan(at(1000), Some(&s), "h1", &g, false),
-            Plan::Revoke(RevokeReason::Expired)
-        );
+        fixtures::valid()
     }
 
     #[test]
     fn default_refresh_is_a_third_of_the_lifetime_before_expiry() {
-        assert_eq!(
-            refresh_at(at(0), HOUR, &valid(), RefreshPolicy::Always, 0.0),
-            Some(at(2400))
-        );
+        assert_eq!(refresh_at(at(0), HOUR, &valid(), 0.0), Some(at(2400)));
     }
 
     #[test]
     fn jitter_moves_refresh_earlier_by_at_most_a_tenth_capped_at_a_minute() {
-        let r = refresh_at(at(0), HOUR, &valid(), RefreshPolicy::Always, 0.999).expect("renews");
+        let r = refresh_at(at(0), HOUR, &valid(), 0.999).expect("renews");
         assert!(r < at(2400) && r >= at(2340), "{r:?}");
         let short = Duration::from_secs(300);
         let g = ValidGrant {
             ttl: short,
             ..valid()
         };
-        let r = refresh_at(at(0), short, &g, RefreshPolicy::Always, 0.999).expect("renews");
+        let r = refresh_at(at(0), short, &g, 0.999).expect("renews");
         assert!(r >= at(190) && r <= at(200), "{r:?}");
     }
 
@@ -383,37 +295,26 @@ mod tests {
             refresh_before: Some(Duration::from_secs(600)),
             ..valid()
         };
-        assert_eq!(
-            refresh_at(at(0), HOUR, &g, RefreshPolicy::Always, 0.0),
-            Some(at(3000))
-        );
+        assert_eq!(refresh_at(at(0), HOUR, &g, 0.0), Some(at(3000)));
         // Credentials capped the URL at 5 minutes: a 10-minute refreshBefore cannot apply.
         assert_eq!(
-            refresh_at(
-                at(0),
-                Duration::from_secs(300),
-                &g,
-                RefreshPolicy::Always,
-                0.0
-            ),
+            refresh_at(at(0), Duration::from_secs(300), &g, 0.0),
             Some(at(200))
         );
     }
 
     #[test]
     fn never_and_not_after_capped_urls_are_not_renewed() {
-        assert_eq!(
-            refresh_at(at(0), HOUR, &valid(), RefreshPolicy::Never, 0.0),
-            None
-        );
+        let never = ValidGrant {
+            refresh_policy: RefreshPolicy::Never,
+            ..valid()
+        };
+        assert_eq!(refresh_at(at(0), HOUR, &never, 0.0), None);
         let g = ValidGrant {
             not_after: Some(at(3600)),
             ..valid()
         };
-        assert_eq!(
-            refresh_at(at(0), HOUR, &g, RefreshPolicy::Always, 0.0),
-            None
-        );
+        assert_eq!(refresh_at(at(0), HOUR, &g, 0.0), None);
     }
 
     fn grant() -> UploadGrant {
@@ -444,7 +345,11 @@ mod tests {
 
     #[test]
     fn secret_carries_the_contract_keys_and_ownership() {
-        let s = build_secret(&grant(), "nightly-upload", &issued()).expect("builds");
+        let v = ValidGrant {
+            secret_name: "nightly-upload".into(),
+            ..valid()
+        };
+        let s = build_secret(&grant(), &v, &issued()).expect("builds");
         assert_eq!(s.type_.as_deref(), Some(SECRET_TYPE));
         assert_eq!(s.metadata.name.as_deref(), Some("nightly-upload"));
         assert_eq!(s.metadata.namespace.as_deref(), Some("analytics"));
@@ -477,6 +382,49 @@ mod tests {
         assert_eq!(state.refresh_at, Some(at(2400)));
         assert_eq!(state.expires_at, at(3600));
         assert_eq!(state.spec_hash, "h1");
+    }
+
+    #[test]
+    fn reserved_keys_from_the_template_are_never_written() {
+        let mut v = valid();
+        v.secret_annotations
+            .insert(REFRESH_AT_ANNOTATION.into(), "2000-01-01T00:00:00Z".into());
+        v.secret_labels.insert(GRANT_LABEL.into(), "other".into());
+        let never = Issued {
+            refresh_at: None,
+            ..issued()
+        };
+        let s = build_secret(&grant(), &v, &never).expect("builds");
+        let annotations = s.metadata.annotations.expect("annotations");
+        assert!(!annotations.contains_key(REFRESH_AT_ANNOTATION));
+        let state = IssuedState::from_annotations(&annotations).expect("parses");
+        assert_eq!(state.refresh_at, None, "a user value read back as state");
+        assert_eq!(s.metadata.labels.expect("labels")[GRANT_LABEL], "nightly");
+    }
+
+    #[test]
+    fn long_grant_names_give_valid_distinct_label_values() {
+        let label = regex_lite_label();
+        let a = format!("{}a", "x".repeat(99));
+        let b = format!("{}b", "x".repeat(99));
+        let dotted = format!("{}.{}", "y".repeat(51), "z".repeat(200));
+        for name in [&a, &b, &dotted] {
+            let v = grant_label_value(name);
+            assert!(v.len() <= 63 && label(&v), "{v:?}");
+        }
+        assert_ne!(grant_label_value(&a), grant_label_value(&b));
+        assert_eq!(grant_label_value("nightly"), "nightly");
+    }
+
+    /// Kubernetes' label value syntax.
+    fn regex_lite_label() -> impl Fn(&str) -> bool {
+        |v: &str| {
+            let ok = |c: char| c.is_ascii_alphanumeric();
+            v.is_empty()
+                || (v.starts_with(ok)
+                    && v.ends_with(ok)
+                    && v.chars().all(|c| ok(c) || "-_.".contains(c)))
+        }
     }
 
     #[test]

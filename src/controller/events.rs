@@ -14,19 +14,67 @@ use kube::{Api, Client, Resource, ResourceExt};
 
 use crate::api::UploadGrant;
 
+/// Why an event is published. Each reason has one type: what went well is
+/// Normal, what a user must act on is a Warning.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventType {
-    Normal,
-    Warning,
+pub enum EventReason {
+    Issued,
+    Renewed,
+    Revoked,
+    Denied,
+    Failed,
 }
 
-impl EventType {
-    fn as_str(self) -> &'static str {
+impl EventReason {
+    pub fn as_str(self) -> &'static str {
         match self {
-            EventType::Normal => "Normal",
-            EventType::Warning => "Warning",
+            EventReason::Issued => "Issued",
+            EventReason::Renewed => "Renewed",
+            EventReason::Revoked => "Revoked",
+            EventReason::Denied => "Denied",
+            EventReason::Failed => "Failed",
         }
     }
+
+    pub fn is_warning(self) -> bool {
+        matches!(self, EventReason::Denied | EventReason::Failed)
+    }
+
+    fn type_(self) -> &'static str {
+        if self.is_warning() {
+            "Warning"
+        } else {
+            "Normal"
+        }
+    }
+}
+
+/// An event about to be published: its reason and the note a user reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    pub reason: EventReason,
+    pub text: String,
+}
+
+impl Note {
+    pub fn new(reason: EventReason, text: impl Into<String>) -> Self {
+        Note {
+            reason,
+            text: text.into(),
+        }
+    }
+}
+
+/// Object names are DNS subdomains of at most 253 characters.
+const MAX_NAME: usize = 253;
+/// The suffix is `.` and at most 16 hex digits of nanoseconds.
+const MAX_SUFFIX: usize = 17;
+
+/// `<grant>.<nanoseconds in hex>`, with the grant's name cut short enough
+/// that the event's name stays valid for the longest grant names.
+fn event_name(regarding: &str, nanos: i128) -> String {
+    let cut: String = regarding.chars().take(MAX_NAME - MAX_SUFFIX).collect();
+    format!("{}.{:x}", cut.trim_end_matches(['.', '-']), nanos.max(0))
 }
 
 #[derive(Clone)]
@@ -48,8 +96,8 @@ impl Events {
     }
 
     /// Sends the event in the background; a failure is logged, never fatal.
-    pub fn publish(&self, grant: &UploadGrant, type_: EventType, reason: &str, note: String) {
-        let event = self.event(grant.object_ref(&()), type_, reason, note);
+    pub fn publish(&self, grant: &UploadGrant, note: Note) {
+        let event = self.event(grant.object_ref(&()), note);
         let api: Api<Event> = Api::namespaced(
             self.client.clone(),
             grant.namespace().as_deref().unwrap_or("default"),
@@ -62,33 +110,55 @@ impl Events {
         });
     }
 
-    fn event(
-        &self,
-        regarding: ObjectReference,
-        type_: EventType,
-        reason: &str,
-        note: String,
-    ) -> Event {
+    fn event(&self, regarding: ObjectReference, note: Note) -> Event {
         let now = jiff::Timestamp::now();
+        let reason = note.reason;
         Event {
             metadata: ObjectMeta {
-                name: Some(format!(
-                    "{}.{:x}",
+                name: Some(event_name(
                     regarding.name.as_deref().unwrap_or(&self.controller),
-                    now.as_nanosecond()
+                    now.as_nanosecond(),
                 )),
                 namespace: regarding.namespace.clone(),
                 ..ObjectMeta::default()
             },
-            action: Some(reason.to_owned()),
-            reason: Some(reason.to_owned()),
-            note: Some(note),
-            type_: Some(type_.as_str().to_owned()),
+            action: Some(reason.as_str().to_owned()),
+            reason: Some(reason.as_str().to_owned()),
+            note: Some(note.text),
+            type_: Some(reason.type_().to_owned()),
             event_time: Some(MicroTime(now)),
             regarding: Some(regarding),
             reporting_controller: Some(self.controller.clone()),
             reporting_instance: Some(self.instance.clone()),
             ..Event::default()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_names_stay_valid_for_the_longest_grant_names() {
+        let longest = format!("{}.{}", "a".repeat(200), "b".repeat(52));
+        assert_eq!(longest.len(), MAX_NAME);
+        let name = event_name(&longest, i128::from(u64::MAX));
+        assert!(name.len() <= MAX_NAME, "{} characters", name.len());
+        assert!(name.ends_with(".ffffffffffffffff"));
+        // A cut that lands on '-' or '.' would leave an invalid name.
+        let cut = event_name(&format!("{}-x", "a".repeat(235)), 1);
+        assert_eq!(cut, format!("{}.1", "a".repeat(235)));
+        assert_eq!(event_name("short", 255), "short.ff");
+    }
+
+    #[test]
+    fn warnings_are_what_a_user_acts_on() {
+        use EventReason::*;
+        let warnings: Vec<_> = [Issued, Renewed, Revoked, Denied, Failed]
+            .into_iter()
+            .filter(|r| r.is_warning())
+            .collect();
+        assert_eq!(warnings, [Denied, Failed]);
     }
 }

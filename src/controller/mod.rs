@@ -2,13 +2,15 @@
 //! only), issuers and namespace labels, and runs the reconcile pipeline
 //! load → validate → authorize → build → apply → status.
 
+mod apply;
 pub mod build;
+pub mod decide;
 pub(crate) mod events;
 mod finalizer;
 mod issuer_status;
 mod reconcile;
 pub(crate) mod secrets;
-pub mod status;
+mod status;
 pub mod validate;
 
 use std::collections::HashMap;
@@ -61,9 +63,34 @@ pub struct Context {
     /// again, often before the cache holds the new status; without this, each
     /// such wake-up would write the same status once more.
     written: Mutex<HashMap<u64, (u64, u64)>>,
+    /// Grants whose Secret the apiserver refused: generation and reason.
+    /// The status says so too, but the cache may not show it yet when the
+    /// refused write's own side effects wake the grant again.
+    refused: Mutex<HashMap<u64, (i64, String)>>,
 }
 
 impl Context {
+    fn new(parts: Parts, settings: Settings, caches: Caches) -> Self {
+        Context {
+            events: events::Events::new(
+                parts.client.clone(),
+                MANAGER,
+                std::env::var("POD_NAME").ok(),
+            ),
+            client: parts.client,
+            settings,
+            credentials: parts.credentials,
+            presigner: parts.presigner,
+            issuers: caches.issuers,
+            namespaces: caches.namespaces,
+            secrets: caches.secrets,
+            metrics: parts.metrics,
+            failures: Mutex::default(),
+            written: Mutex::default(),
+            refused: Mutex::default(),
+        }
+    }
+
     fn record_failure(&self, grant: &ObjectRef<UploadGrant>) -> u32 {
         let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         let n = failures.entry(grant.clone()).or_insert(0);
@@ -71,18 +98,45 @@ impl Context {
         *n
     }
 
-    fn status_written(&self, w: reconcile::WrittenStatus) -> bool {
+    fn remember_refusal(&self, grant: &UploadGrant, report: &decide::Report) {
+        let mut refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        match grant.metadata.generation {
+            Some(generation) if report.reason == crate::api::Reason::InvalidSpec => {
+                refused.insert(grant_key(grant), (generation, report.message.clone()));
+            }
+            _ => {
+                refused.remove(&grant_key(grant));
+            }
+        }
+    }
+
+    fn refusal(&self, grant: &UploadGrant) -> Option<String> {
+        let refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        refused
+            .get(&grant_key(grant))
+            .filter(|(generation, _)| Some(*generation) == grant.metadata.generation)
+            .map(|(_, message)| message.clone())
+    }
+
+    fn status_written(&self, w: status::WrittenStatus) -> bool {
         let written = self.written.lock().unwrap_or_else(|p| p.into_inner());
         written.get(&w.grant) == Some(&(w.before, w.status))
     }
 
-    fn record_status(&self, w: reconcile::WrittenStatus) {
+    fn record_status(&self, w: status::WrittenStatus) {
         let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
         written.insert(w.grant, (w.before, w.status));
     }
 
     fn forget_status(&self, grant: &UploadGrant) {
         self.forget_status_key(grant_key(grant));
+    }
+
+    /// Drops everything kept about a deleted grant.
+    fn forget(&self, grant: &UploadGrant) {
+        self.forget_status(grant);
+        let mut refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        refused.remove(&grant_key(grant));
     }
 
     fn forget_status_key(&self, key: u64) {
@@ -212,28 +266,46 @@ fn grants_where(
         .collect()
 }
 
+/// What the controller runs with, besides its settings.
+pub struct Parts {
+    pub client: Client,
+    pub credentials: CredentialSnapshot,
+    pub presigner: Presigner,
+    pub metrics: Arc<Metrics>,
+    pub readiness: Arc<Readiness>,
+}
+
+/// The caches every reconcile reads, each filled by its own watch.
+struct Caches {
+    issuers: Store<ClusterGrantIssuer>,
+    namespaces: Store<PartialObjectMeta<Namespace>>,
+    secrets: Store<secrets::ManagedSecret>,
+}
+
+impl Caches {
+    /// No grant is judged against a half-filled cache: an empty issuer cache
+    /// would revoke every Secret.
+    async fn synced(&self) {
+        // A writer is dropped only when its watch task ends, at shutdown.
+        let _ = tokio::join!(
+            self.issuers.wait_until_ready(),
+            self.namespaces.wait_until_ready(),
+            self.secrets.wait_until_ready()
+        );
+    }
+}
+
 /// Runs the controller until `shutdown` resolves.
 pub async fn run(
-    client: Client,
+    parts: Parts,
     settings: Settings,
-    credentials: CredentialSnapshot,
-    presigner: Presigner,
-    metrics: Arc<Metrics>,
-    readiness: Arc<Readiness>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let shutdown = shutdown.shared();
-    let (grants, secret_api, namespace_cfg) = match &settings.namespace {
-        Some(ns) => (
-            Api::<UploadGrant>::namespaced(client.clone(), ns),
-            Api::<PartialObjectMeta<Secret>>::namespaced(client.clone(), ns),
-            watcher::Config::default().fields(&format!("metadata.name={ns}")),
-        ),
-        None => (
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-            watcher::Config::default(),
-        ),
+    let client = parts.client.clone();
+    let grants = match &settings.namespace {
+        Some(ns) => Api::<UploadGrant>::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
     };
     let (grant_store, grant_writer) = reflector::store();
     let grant_stream = watcher(grants, watcher::Config::default().any_semantic())
@@ -243,16 +315,56 @@ pub async fn run(
         .applied_objects();
     let controller = Controller::for_stream(grant_stream, grant_store.clone());
     let (triggers, requests) = mpsc::unbounded();
+    let caches = Caches {
+        secrets: watch_secrets(&client, &settings, triggers.clone()),
+        issuers: watch_issuers(&client, &settings, &grant_store, triggers.clone()),
+        namespaces: watch_namespaces(&client, &settings, &grant_store, triggers),
+    };
+    tokio::select! {
+        _ = caches.synced() => {}
+        _ = shutdown.clone() => return,
+    }
+    // The grant cache is the controller's own: kube-runtime holds every
+    // reconcile until it has listed. (Its readiness is not awaited here too:
+    // a second waiter on a kube store steals the first one's wake-up.)
+    parts.readiness.set_caches_synced();
+    tracing::info!("caches synced");
 
-    // Secrets this operator manages, metadata only (PartialObjectMeta), so
-    // Secret data never enters the cache; a change wakes the owning grant.
-    let secrets = spawn_reflector(
-        watcher(
-            secret_api,
-            watcher::Config::default().labels(&build::managed_selector()),
-        )
-        .map_ok(compact_secret),
-        triggers.clone(),
+    let concurrency = settings.concurrency;
+    let ctx = Arc::new(Context::new(parts, settings, caches));
+    controller
+        .reconcile_on(requests)
+        .with_config(controller::Config::default().concurrency(concurrency))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile::reconcile, error_policy, ctx)
+        .for_each(|result| {
+            match result {
+                // Reconcile errors were already reported by error_policy.
+                Ok(_) | Err(controller::Error::ReconcilerFailed(..)) => {}
+                Err(other) => tracing::warn!(error = %other, "controller stream error"),
+            }
+            futures::future::ready(())
+        })
+        .await;
+}
+
+type Triggers = mpsc::UnboundedSender<ObjectRef<UploadGrant>>;
+
+/// Secrets this operator manages, metadata only (PartialObjectMeta), so
+/// Secret data never enters the cache; a change wakes the owning grant.
+fn watch_secrets(
+    client: &Client,
+    settings: &Settings,
+    triggers: Triggers,
+) -> Store<secrets::ManagedSecret> {
+    let api = match &settings.namespace {
+        Some(ns) => Api::<PartialObjectMeta<Secret>>::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let config = watcher::Config::default().labels(&build::managed_selector());
+    spawn_reflector(
+        watcher(api, config).map_ok(compact_secret),
+        triggers,
         |secret: &secrets::ManagedSecret| {
             let namespace = secret.namespace().unwrap_or_default();
             secret
@@ -262,88 +374,58 @@ pub async fn run(
                 .map(|o| ObjectRef::new(&o.name).within(&namespace))
                 .collect::<Vec<_>>()
         },
-    );
-    // A changed issuer re-evaluates every grant that uses it, and gets its
-    // own status.
+    )
+}
+
+/// A changed issuer re-evaluates every grant that uses it, and gets its own
+/// status.
+fn watch_issuers(
+    client: &Client,
+    settings: &Settings,
+    grants: &Store<UploadGrant>,
+    triggers: Triggers,
+) -> Store<ClusterGrantIssuer> {
     let default_issuer = settings.default_issuer.clone();
-    let by_issuer = grant_store.clone();
+    let grants = grants.clone();
     let (issuer_changes, changed_issuers) = mpsc::unbounded::<ClusterGrantIssuer>();
     tokio::spawn(issuer_status::run(client.clone(), changed_issuers));
-    let issuers = spawn_reflector(
-        watcher(
-            Api::<ClusterGrantIssuer>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .modify(slim),
-        triggers.clone(),
+    spawn_reflector(
+        watcher(Api::all(client.clone()), watcher::Config::default()).modify(slim),
+        triggers,
         move |issuer: &ClusterGrantIssuer| {
             let _ = issuer_changes.unbounded_send(issuer.clone());
             let name = issuer.name_any();
-            grants_where(&by_issuer, |g| {
-                reconcile::issuer_name(g, default_issuer.as_deref()).as_deref()
-                    == Some(name.as_str())
+            grants_where(&grants, |g| {
+                decide::issuer_name(g, default_issuer.as_deref()) == Some(name.as_str())
             })
         },
-    );
-    // Namespace labels decide which allow rules apply.
-    let by_namespace = grant_store.clone();
-    let namespaces = spawn_reflector(
+    )
+}
+
+/// Namespace labels decide which allow rules apply.
+fn watch_namespaces(
+    client: &Client,
+    settings: &Settings,
+    grants: &Store<UploadGrant>,
+    triggers: Triggers,
+) -> Store<PartialObjectMeta<Namespace>> {
+    let config = match &settings.namespace {
+        Some(ns) => watcher::Config::default().fields(&format!("metadata.name={ns}")),
+        None => watcher::Config::default(),
+    };
+    let grants = grants.clone();
+    spawn_reflector(
         watcher(
             Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
-            namespace_cfg,
+            config,
         )
         .modify(slim),
         triggers,
         move |ns: &PartialObjectMeta<Namespace>| {
             let name = ns.name_any();
-            grants_where(&by_namespace, |g| {
-                g.namespace().as_deref() == Some(name.as_str())
-            })
+            grants_where(&grants, |g| g.namespace().as_deref() == Some(name.as_str()))
         },
-    );
-
-    // No grant is judged against a half-filled cache: an empty issuer cache
-    // would revoke every Secret.
-    tokio::select! {
-        _ = async { tokio::join!(issuers.wait_until_ready(), namespaces.wait_until_ready(), secrets.wait_until_ready()) } => {}
-        _ = shutdown.clone() => return,
-    }
-    // The grant cache is the controller's own: kube-runtime holds every
-    // reconcile until it has listed. (Its readiness is not awaited here too:
-    // a second waiter on a kube store steals the first one's wake-up.)
-    readiness.set_caches_synced();
-    tracing::info!("caches synced");
-
-    let ctx = Arc::new(Context {
-        events: events::Events::new(client.clone(), MANAGER, std::env::var("POD_NAME").ok()),
-        client,
-        settings: settings.clone(),
-        credentials,
-        presigner,
-        issuers,
-        namespaces,
-        secrets,
-        metrics,
-        failures: Mutex::default(),
-        written: Mutex::default(),
-    });
-
-    controller
-        .reconcile_on(requests)
-        .with_config(controller::Config::default().concurrency(settings.concurrency))
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile::reconcile, error_policy, ctx)
-        .for_each(|result| {
-            if let Err(e) = result {
-                match e {
-                    // Reconcile errors were already reported by error_policy.
-                    controller::Error::ReconcilerFailed(..) => {}
-                    other => tracing::warn!(error = %other, "controller stream error"),
-                }
-            }
-            futures::future::ready(())
-        })
-        .await;
+    )
 }
 
 #[cfg(test)]

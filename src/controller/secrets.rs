@@ -5,7 +5,7 @@ use std::borrow::Cow;
 
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{DeleteParams, PartialObjectMeta, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{DeleteParams, PartialObjectMeta, Patch, PatchParams, Preconditions};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 
@@ -101,14 +101,22 @@ pub fn cached_slot(ctx: &Context, grant: &UploadGrant, namespace: &str, name: &s
 /// Looks the name up in the metadata cache first; a miss is confirmed with
 /// one GET, since the cache only holds Secrets labelled as ours.
 pub async fn slot(ctx: &Context, grant: &UploadGrant, namespace: &str, name: &str) -> Result<Slot> {
-    let secret = match cached(ctx, namespace, name) {
-        Some(secret) => Some(secret),
-        None => api(ctx, namespace)
-            .get_metadata_opt(name)
-            .await?
-            .map(ManagedSecret::from),
-    };
-    Ok(classify(secret, grant))
+    match cached(ctx, namespace, name) {
+        Some(secret) => Ok(classify(Some(secret), grant)),
+        None => server_slot(ctx, grant, namespace, name).await,
+    }
+}
+
+/// Who holds the name according to the server, for when the cache may be
+/// behind: after a write was refused.
+pub async fn server_slot(
+    ctx: &Context,
+    grant: &UploadGrant,
+    namespace: &str,
+    name: &str,
+) -> Result<Slot> {
+    let secret = api(ctx, namespace).get_metadata_opt(name).await?;
+    Ok(classify(secret.map(ManagedSecret::from), grant))
 }
 
 fn cached(ctx: &Context, namespace: &str, name: &str) -> Option<ManagedSecret> {
@@ -124,40 +132,51 @@ fn classify(secret: Option<ManagedSecret>, grant: &UploadGrant) -> Slot {
     }
 }
 
-/// Writes a Secret: create when the name is free, server-side apply when it
-/// holds ours, whose uid is given. Returns false when the name turned out to
-/// be taken by another Secret.
-pub async fn write(
-    ctx: &Context,
-    namespace: &str,
-    secret: &Secret,
-    ours: Option<&str>,
-) -> Result<bool> {
-    let api = api(ctx, namespace);
+/// How a Secret write ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Written {
+    Done,
+    /// The apiserver refused the write, with its reason: the Secret itself
+    /// was invalid or denied by a policy, or the name turned out to hold
+    /// another Secret. The caller asks the server which.
+    Refused(String),
+}
+
+/// Writes a Secret by server-side apply, the operator's only way of writing
+/// one, under one field manager from creation on: the Secret always equals
+/// the last one built, and a key left out is removed.
+///
+/// `ours` is the uid of the Secret of ours that holds the name. The apply
+/// then carries it, so it lands on that very object or fails (uid is
+/// immutable), and it is forced, taking back fields somebody edited. With
+/// no uid the Secret is new: the apply is not forced, so it fails on a
+/// Secret somebody else made (their fields conflict, its type is immutable,
+/// its controller is another) instead of taking it over.
+pub async fn write(ctx: &Context, secret: &Secret, ours: Option<&str>) -> Result<Written> {
+    let namespace = secret.namespace().unwrap_or_default();
+    let mut secret = secret.clone();
+    secret.metadata.uid = ours.map(str::to_owned);
+    let mut params = PatchParams::apply(MANAGER);
+    params.force = ours.is_some();
     let name = secret.name_any();
-    if let Some(uid) = ours {
-        // With the uid in the body the server refuses (uid is immutable)
-        // rather than apply over a Secret that replaced ours meanwhile.
-        let mut secret = secret.clone();
-        secret.metadata.uid = Some(uid.to_owned());
-        let params = PatchParams::apply(MANAGER).force();
-        return match api.patch(&name, &params, &Patch::Apply(&secret)).await {
-            Ok(_) => Ok(true),
-            Err(kube::Error::Api(s)) if s.code == 422 && s.message.contains("metadata.uid") => {
-                Ok(false)
-            }
-            Err(e) => Err(e.into()),
-        };
-    }
-    let params = PostParams {
-        field_manager: Some(MANAGER.into()),
-        ..PostParams::default()
-    };
-    match api.create(&params, secret).await {
-        Ok(_) => Ok(true),
-        Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
+    match api(ctx, &namespace)
+        .patch(&name, &params, &Patch::Apply(&secret))
+        .await
+    {
+        Ok(_) => Ok(Written::Done),
+        Err(kube::Error::Api(status)) if refusal(status.code, &status.message) => {
+            Ok(Written::Refused(status.message))
+        }
         Err(e) => Err(e.into()),
     }
+}
+
+/// A 4xx about the Secret, not about the operator: validation (422, 400),
+/// a conflict over the name (409), size (413), or an admission policy or
+/// webhook denying it (403). A 403 from authorization ("… cannot patch …")
+/// is the operator's RBAC and stays an error that is retried.
+fn refusal(code: u16, message: &str) -> bool {
+    matches!(code, 400 | 409 | 413 | 422) || (code == 403 && !message.contains(" cannot "))
 }
 
 /// Deletes a Secret if, and only if, it is the one this grant owns: the uid
@@ -228,6 +247,7 @@ mod tests {
             metrics: Arc::new(Metrics::default()),
             failures: Mutex::default(),
             written: Mutex::default(),
+            refused: Mutex::default(),
         }
     }
 
@@ -252,7 +272,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_status_write_is_skipped_only_while_the_cache_shows_the_status_before_it() {
-        use crate::controller::reconcile::WrittenStatus;
+        use crate::controller::status::WrittenStatus;
         let (service, _handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let ctx = context(kube::Client::new(service, "ns"));
         let wrote = WrittenStatus {
@@ -270,6 +290,22 @@ mod tests {
         assert!(!ctx.status_written(changed_meanwhile), "someone else wrote");
         ctx.forget_status_key(1);
         assert!(!ctx.status_written(wrote), "forgotten after a failed write");
+    }
+
+    #[test]
+    fn refusals_are_about_the_secret_and_rbac_is_not_one() {
+        assert!(refusal(422, "Secret \"x\" is invalid: metadata.labels"));
+        assert!(refusal(409, "Apply failed with 1 conflict"));
+        assert!(refusal(
+            403,
+            "secrets \"x\" is forbidden: ValidatingAdmissionPolicy 'p' with binding 'b' denied request"
+        ));
+        assert!(!refusal(
+            403,
+            "secrets \"x\" is forbidden: User \"op\" cannot patch resource \"secrets\""
+        ));
+        assert!(!refusal(404, "namespaces \"gone\" not found"));
+        assert!(!refusal(500, "etcdserver: request timed out"));
     }
 
     #[test]
@@ -350,6 +386,85 @@ mod tests {
         });
         let deleted = remove(&ctx, &grant(), "ns", "g").await.expect("no error");
         assert!(deleted);
+        server.await.expect("mock server");
+    }
+
+    fn new_secret() -> Secret {
+        let mut secret = Secret::default();
+        secret.metadata.name = Some("g".into());
+        secret.metadata.namespace = Some("ns".into());
+        secret
+    }
+
+    /// Answers one apply and returns its query string and body.
+    async fn one_apply(
+        handle: &mut tower_test::mock::Handle<Request<Body>, Response<Body>>,
+        status: u16,
+        answer: serde_json::Value,
+    ) -> (String, serde_json::Value) {
+        let (req, send) = handle.next_request().await.expect("an apply");
+        assert_eq!(req.method(), http::Method::PATCH);
+        assert_eq!(
+            req.headers()["content-type"],
+            "application/apply-patch+yaml"
+        );
+        let query = req.uri().query().unwrap_or_default().to_owned();
+        let bytes = req.into_body().collect_bytes().await.expect("body");
+        let body = serde_json::from_slice(&bytes).expect("json body");
+        send.send_response(
+            Response::builder()
+                .status(status)
+                .body(Body::from(serde_json::to_vec(&answer).expect("json")))
+                .expect("response"),
+        );
+        (query, body)
+    }
+
+    #[tokio::test]
+    async fn every_write_is_one_apply_by_one_manager_forced_only_onto_our_own_uid() {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let ctx = context(kube::Client::new(service, "ns"));
+        let server = tokio::spawn(async move {
+            let ok = serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "g"}});
+            let (query, body) = one_apply(&mut handle, 200, ok.clone()).await;
+            assert!(
+                query.contains("fieldManager=upload-grant-operator"),
+                "{query}"
+            );
+            assert!(
+                !query.contains("force"),
+                "a new Secret is never forced: {query}"
+            );
+            assert!(body["metadata"].get("uid").is_none());
+            let (query, body) = one_apply(&mut handle, 200, ok).await;
+            assert!(
+                query.contains("fieldManager=upload-grant-operator"),
+                "{query}"
+            );
+            assert!(query.contains("force=true"), "{query}");
+            assert_eq!(body["metadata"]["uid"], "secret-uid");
+            let refused = serde_json::json!({"apiVersion": "v1", "kind": "Status", "status": "Failure",
+                "code": 403, "reason": "Forbidden",
+                "message": "secrets \"g\" is forbidden: ValidatingAdmissionPolicy 'p' denied request"});
+            one_apply(&mut handle, 403, refused).await;
+        });
+        assert_eq!(
+            write(&ctx, &new_secret(), None).await.expect("written"),
+            Written::Done
+        );
+        assert_eq!(
+            write(&ctx, &new_secret(), Some("secret-uid"))
+                .await
+                .expect("written"),
+            Written::Done
+        );
+        match write(&ctx, &new_secret(), Some("secret-uid"))
+            .await
+            .expect("an answer")
+        {
+            Written::Refused(reason) => assert!(reason.contains("ValidatingAdmissionPolicy")),
+            other => panic!("refused, not {other:?}"),
+        }
         server.await.expect("mock server");
     }
 }

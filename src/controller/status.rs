@@ -1,127 +1,98 @@
-//! Status: the Ready condition and its stable reasons.
+//! Status: the last stage. Writes what a report says into the grant's status,
+//! and only when it changes.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use std::time::SystemTime;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, ResourceExt};
+
+use super::decide::Report;
+use super::{Context, MANAGER};
+use crate::api::UploadGrant;
 use crate::api::UploadGrantStatus;
+use crate::api::condition::set_ready;
+use crate::error::Result;
 
-/// The reasons of the Ready condition. They are API: users alert on them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Reason {
-    Issued,
-    InvalidSpec,
-    IssuerNotFound,
-    Forbidden,
-    CredentialsUnavailable,
-    SigningFailed,
-    SecretConflict,
-    Suspended,
-    Expired,
+/// The status a report gives a grant whose status is `old`.
+pub fn status_of(grant: &UploadGrant, report: &Report, now: Time) -> UploadGrantStatus {
+    let old = grant.status.clone().unwrap_or_default();
+    let time = |t: SystemTime| Time(jiff::Timestamp::try_from(t).unwrap_or_default());
+    let issued = report.issued.as_ref();
+    let mut new = UploadGrantStatus {
+        conditions: old.conditions,
+        secret_name: report.secret_name.clone(),
+        issued_at: issued.map(|s| time(s.issued_at)),
+        expires_at: issued.map(|s| time(s.expires_at)),
+        refresh_at: issued.and_then(|s| s.refresh_at.map(time)),
+        url_fingerprint: issued.map(|s| s.fingerprint.clone()),
+        observed_generation: old.observed_generation,
+    };
+    set_ready(
+        &mut new,
+        report.reason,
+        report.message.clone(),
+        grant.metadata.generation,
+        now,
+    );
+    new
 }
 
-impl Reason {
-    pub const ALL: [Reason; 9] = [
-        Reason::Issued,
-        Reason::InvalidSpec,
-        Reason::IssuerNotFound,
-        Reason::Forbidden,
-        Reason::CredentialsUnavailable,
-        Reason::SigningFailed,
-        Reason::SecretConflict,
-        Reason::Suspended,
-        Reason::Expired,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::Issued => "Issued",
-            Reason::InvalidSpec => "InvalidSpec",
-            Reason::IssuerNotFound => "IssuerNotFound",
-            Reason::Forbidden => "Forbidden",
-            Reason::CredentialsUnavailable => "CredentialsUnavailable",
-            Reason::SigningFailed => "SigningFailed",
-            Reason::SecretConflict => "SecretConflict",
-            Reason::Suspended => "Suspended",
-            Reason::Expired => "Expired",
-        }
+/// Writes the status the report gives; returns whether it changed, which
+/// it does not when the cache already shows it or it was just written.
+pub async fn write(grant: &UploadGrant, ctx: &Context, report: &Report) -> Result<bool> {
+    let old = grant.status.clone().unwrap_or_default();
+    let new = status_of(grant, report, Time(jiff::Timestamp::now()));
+    if new == old {
+        return Ok(false);
     }
-
-    pub fn parse(s: &str) -> Option<Reason> {
-        Reason::ALL.into_iter().find(|r| r.as_str() == s)
+    let written = WrittenStatus::of(grant, &old, &new);
+    if ctx.status_written(written) {
+        return Ok(false);
     }
-
-    pub fn is_ready(self) -> bool {
-        self == Reason::Issued
-    }
-}
-
-pub const READY: &str = "Ready";
-
-/// The Ready condition in a status, if any.
-pub fn ready_condition(status: Option<&UploadGrantStatus>) -> Option<&Condition> {
-    status?.conditions.iter().find(|c| c.type_ == READY)
-}
-
-/// Sets the Ready condition, keeping lastTransitionTime when the status value
-/// does not change, as Kubernetes conventions ask.
-pub fn set_ready(
-    status: &mut UploadGrantStatus,
-    reason: Reason,
-    message: String,
-    generation: Option<i64>,
-    now: Time,
-) {
-    let value = if reason.is_ready() { "True" } else { "False" };
-    let transition = ready_condition(Some(status))
-        .filter(|c| c.status == value)
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or(now);
-    status.conditions.retain(|c| c.type_ != READY);
-    status.conditions.push(Condition {
-        type_: READY.into(),
-        status: value.into(),
-        reason: reason.as_str().into(),
-        message,
-        observed_generation: generation,
-        last_transition_time: transition,
+    ctx.forget_status(grant);
+    let patch = serde_json::json!({
+        "apiVersion": "grants.io/v1alpha1",
+        "kind": "UploadGrant",
+        "status": new,
     });
-    status.observed_generation = generation;
+    let namespace = grant.namespace().unwrap_or_default();
+    Api::<UploadGrant>::namespaced(ctx.client.clone(), &namespace)
+        .patch_status(
+            &grant.name_any(),
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    ctx.record_status(written);
+    Ok(true)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// A status write as hashes: which grant (its uid), the status the cache
+/// showed before it, and the status written, both without transition times
+/// (which a reconcile working from a stale cache would set afresh). A write
+/// is skipped only while the cache still shows the older status and the
+/// same status would be written again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WrittenStatus {
+    pub grant: u64,
+    pub before: u64,
+    pub status: u64,
+}
 
-    fn t(secs: i64) -> Time {
-        Time(jiff::Timestamp::from_second(secs).expect("valid"))
-    }
-
-    #[test]
-    fn transition_time_moves_only_when_the_value_changes() {
-        let mut s = UploadGrantStatus::default();
-        set_ready(&mut s, Reason::Issued, "ok".into(), Some(1), t(10));
-        set_ready(&mut s, Reason::Issued, "renewed".into(), Some(1), t(20));
-        assert_eq!(
-            ready_condition(Some(&s)).map(|c| c.last_transition_time.clone()),
-            Some(t(10))
-        );
-        set_ready(&mut s, Reason::Forbidden, "no".into(), Some(2), t(30));
-        let c = ready_condition(Some(&s)).expect("condition");
-        assert_eq!(
-            (
-                c.status.as_str(),
-                c.reason.as_str(),
-                c.last_transition_time.clone()
-            ),
-            ("False", "Forbidden", t(30))
-        );
-        assert_eq!(s.conditions.len(), 1);
-        assert_eq!(s.observed_generation, Some(2));
-    }
-
-    #[test]
-    fn reasons_round_trip() {
-        for r in Reason::ALL {
-            assert_eq!(Reason::parse(r.as_str()), Some(r));
+impl WrittenStatus {
+    fn of(grant: &UploadGrant, before: &UploadGrantStatus, status: &UploadGrantStatus) -> Self {
+        let timeless = |s: &UploadGrantStatus| {
+            let mut s = s.clone();
+            for c in &mut s.conditions {
+                c.last_transition_time = Time(jiff::Timestamp::UNIX_EPOCH);
+            }
+            super::hash(&serde_json::to_vec(&s).unwrap_or_default())
+        };
+        WrittenStatus {
+            grant: super::grant_key(grant),
+            before: timeless(before),
+            status: timeless(status),
         }
     }
 }

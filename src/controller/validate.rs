@@ -2,22 +2,52 @@
 //! wrong. The CRD schema rejects most of this at apply time; this step is the
 //! second line for objects written before a schema change or by other means.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use crate::api::duration::{format_duration, parse_duration};
-use crate::api::{Method, UploadGrantSpec};
+use crate::api::{Method, RefreshPolicy, ServerSideEncryption, UploadGrantSpec};
+use crate::signing::SignInput;
 
 pub const MIN_TTL: Duration = Duration::from_secs(60);
 pub const MAX_TTL: Duration = Duration::from_secs(168 * 3600);
 pub const MAX_KEY_BYTES: usize = 1024;
 
-/// A spec whose values have been checked and parsed.
+/// A spec whose values have been checked and parsed: every input of the
+/// signature and of the Secret, so later stages never go back to the spec.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ValidGrant {
+    pub bucket: String,
+    pub key: String,
+    pub method: Method,
+    pub content_type: Option<String>,
+    pub content_length: Option<u64>,
+    pub metadata: BTreeMap<String, String>,
+    pub sse: Option<ServerSideEncryption>,
     pub ttl: Duration,
     pub refresh_before: Option<Duration>,
+    pub refresh_policy: RefreshPolicy,
     pub not_after: Option<SystemTime>,
     pub secret_name: String,
+    pub secret_labels: BTreeMap<String, String>,
+    pub secret_annotations: BTreeMap<String, String>,
+}
+
+impl ValidGrant {
+    /// What the signer needs for a URL signed at `signed_at`.
+    pub fn sign_input(&self, signed_at: SystemTime, expires_in: Duration) -> SignInput<'_> {
+        SignInput {
+            bucket: &self.bucket,
+            key: &self.key,
+            method: self.method,
+            content_type: self.content_type.as_deref(),
+            content_length: self.content_length.and_then(|n| i64::try_from(n).ok()),
+            metadata: (!self.metadata.is_empty()).then_some(&self.metadata),
+            sse: self.sse.as_ref(),
+            signed_at,
+            expires_in,
+        }
+    }
 }
 
 /// Why a spec cannot be used.
@@ -65,14 +95,27 @@ pub fn validate(spec: &UploadGrantSpec, grant_name: &str) -> Result<ValidGrant, 
             "contentLength, contentType, metadata and serverSideEncryption are only allowed when method is PUT".into(),
         );
     }
-    if spec.content_length.is_some_and(|n| n < 0) {
-        return invalid("spec.contentLength: must not be negative".into());
-    }
+    let content_length = match spec.content_length.map(u64::try_from) {
+        Some(Err(_)) => return invalid("spec.contentLength: must not be negative".into()),
+        Some(Ok(n)) => Some(n),
+        None => None,
+    };
+    let template = spec.secret.clone().unwrap_or_default();
     Ok(ValidGrant {
+        bucket: spec.bucket.clone(),
+        key: spec.key.clone(),
+        method: spec.method,
+        content_type: spec.content_type.clone(),
+        content_length,
+        metadata: spec.metadata.clone().unwrap_or_default(),
+        sse: spec.server_side_encryption.clone(),
         ttl,
         refresh_before,
+        refresh_policy: spec.refresh_policy,
         not_after: spec.not_after.as_ref().map(|t| SystemTime::from(t.0)),
         secret_name: secret_name(spec, grant_name),
+        secret_labels: template.labels,
+        secret_annotations: template.annotations,
     })
 }
 

@@ -1,0 +1,732 @@
+//! Decide: the pure middle of a reconcile. From what was loaded (the grant,
+//! its issuer, the namespace's labels, who holds the Secret's name, the
+//! time) it says what to do — issue, keep, renew, revoke or stand aside —
+//! and, once that is done, what the status and the event say. No cluster
+//! access and no clock of its own, so every transition is a table test.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use kube::ResourceExt;
+
+use super::build::{self, IssuedState, format_time};
+use super::events::{EventReason, Note};
+use super::secrets::Slot;
+use super::validate::{ValidGrant, validate};
+use crate::api::condition::ready_condition;
+use crate::api::{ClusterGrantIssuer, Reason, S3Target, UploadGrant};
+use crate::issuer::{Request, authorize};
+use crate::signing::url_lifetime;
+
+/// How long to wait before looking again at a name held by a Secret that is
+/// not ours: such Secrets are not watched.
+pub const CONFLICT_RECHECK: Duration = Duration::from_secs(60);
+
+/// Everything a decision depends on.
+pub struct Observed<'a> {
+    pub grant: &'a UploadGrant,
+    /// The grant's issuerRef, else the operator's default; None if neither.
+    pub issuer_name: Option<&'a str>,
+    pub issuer: Option<&'a ClusterGrantIssuer>,
+    pub namespace_labels: &'a BTreeMap<String, String>,
+    /// Who holds the Secret name the spec asks for, as the cache sees it.
+    pub secret: &'a Slot,
+    /// Why the apiserver refused this generation's Secret, when the status
+    /// in the cache does not say so yet.
+    pub refused: Option<&'a str>,
+    pub now: SystemTime,
+}
+
+/// What to do for a grant.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Remove every Secret the grant owns; the grant is not Ready.
+    Revoke { reason: Reason, message: String },
+    /// Somebody else's Secret holds the name: touch nothing.
+    Conflict { secret_name: String },
+    /// The Secret holds a current URL; look again at `wake_at`.
+    Keep {
+        secret_name: String,
+        state: IssuedState,
+        wake_at: SystemTime,
+        /// A Secret under the grant's former name, to remove.
+        stale: Option<String>,
+    },
+    /// Sign a URL and write it.
+    Sign(Box<SignPlan>),
+}
+
+/// Everything needed to sign and write a URL.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SignPlan {
+    pub valid: ValidGrant,
+    pub target: S3Target,
+    pub spec_hash: String,
+    /// A renewal of a current URL, rather than a first or replacing one.
+    pub renewal: bool,
+    /// The URL in the Secret now.
+    pub current: Option<IssuedState>,
+    /// The uid of the Secret of ours that holds the name.
+    pub ours: Option<String>,
+    pub stale: Option<String>,
+}
+
+impl SignPlan {
+    /// The current URL stays if a renewal fails while it still works; a URL
+    /// for an older spec never outlives a failed replacement.
+    pub fn keeps_current_on_failure(&self, now: SystemTime) -> Option<&IssuedState> {
+        self.current
+            .as_ref()
+            .filter(|s| self.renewal && s.expires_at > now)
+    }
+}
+
+/// A URL for this very spec that is not yet due for renewal.
+pub fn is_current(now: SystemTime, state: &IssuedState, plan: &SignPlan) -> bool {
+    state.spec_hash == plan.spec_hash && now < state.refresh_at.unwrap_or(state.expires_at)
+}
+
+/// The issuer a grant uses: its own issuerRef, else the operator's default.
+pub fn issuer_name<'a>(grant: &'a UploadGrant, default: Option<&'a str>) -> Option<&'a str> {
+    grant
+        .spec
+        .issuer_ref
+        .as_ref()
+        .map(|r| r.name.as_str())
+        .or(default)
+}
+
+pub fn decide(o: &Observed<'_>) -> Decision {
+    let revoke = |reason, message: String| Decision::Revoke { reason, message };
+    let grant = o.grant;
+    if grant.spec.suspend {
+        return revoke(Reason::Suspended, "suspended: no URL is issued".into());
+    }
+    let valid = match validate(&grant.spec, &grant.name_any()) {
+        Ok(v) => v,
+        Err(e) => return revoke(Reason::InvalidSpec, e.0),
+    };
+    let issuer = match (o.issuer_name, o.issuer) {
+        (None, _) => {
+            let msg = "spec.issuerRef is not set and the operator has no default issuer";
+            return revoke(Reason::IssuerNotFound, msg.into());
+        }
+        (Some(name), None) => {
+            let msg = format!("ClusterGrantIssuer {name:?} not found");
+            return revoke(Reason::IssuerNotFound, msg);
+        }
+        (Some(_), Some(issuer)) => issuer,
+    };
+    if let Err(denied) = authorize(&issuer.spec, &request(o, &valid)) {
+        let msg = format!("ClusterGrantIssuer {:?}: {denied}", issuer.name_any());
+        return revoke(Reason::Forbidden, msg);
+    }
+    if let Some(message) = o
+        .refused
+        .map(str::to_owned)
+        .or_else(|| refused_for_this_generation(grant))
+    {
+        return revoke(Reason::InvalidSpec, message);
+    }
+    let (current, ours) = match o.secret {
+        Slot::Foreign => {
+            return Decision::Conflict {
+                secret_name: valid.secret_name,
+            };
+        }
+        Slot::Ours(secret) => (secret.state.clone(), secret.uid()),
+        Slot::Free => (None, None),
+    };
+    let stale = grant
+        .status
+        .as_ref()
+        .and_then(|s| s.secret_name.clone())
+        .filter(|old| *old != valid.secret_name);
+    let plan = SignPlan {
+        spec_hash: build::spec_hash(&grant.spec, &issuer.spec.s3),
+        target: issuer.spec.s3.clone(),
+        renewal: false,
+        current,
+        ours,
+        stale,
+        valid,
+    };
+    schedule(o.now, plan, already_expired(grant))
+}
+
+/// Keep, renew, replace or let expire the URL in the grant's Secret.
+fn schedule(now: SystemTime, mut plan: SignPlan, already_expired: bool) -> Decision {
+    let expired = |plan: &SignPlan| Decision::Revoke {
+        reason: Reason::Expired,
+        message: expiry_message(now, &plan.valid),
+    };
+    if plan.valid.not_after.is_some_and(|end| now >= end) {
+        return expired(&plan);
+    }
+    let Some(state) = plan.current.clone() else {
+        return if already_expired {
+            expired(&plan)
+        } else {
+            Decision::Sign(Box::new(plan))
+        };
+    };
+    if state.spec_hash != plan.spec_hash {
+        return Decision::Sign(Box::new(plan));
+    }
+    let wake_at = match state.refresh_at {
+        None if now >= state.expires_at => return expired(&plan),
+        None => state.expires_at,
+        Some(at) if now >= at => {
+            plan.renewal = true;
+            return Decision::Sign(Box::new(plan));
+        }
+        Some(at) => at,
+    };
+    Decision::Keep {
+        secret_name: plan.valid.secret_name,
+        state,
+        wake_at,
+        stale: plan.stale,
+    }
+}
+
+fn request<'a>(o: &'a Observed<'_>, valid: &'a ValidGrant) -> Request<'a> {
+    Request {
+        namespace: o.grant.metadata.namespace.as_deref().unwrap_or_default(),
+        namespace_labels: o.namespace_labels,
+        name: o.grant.metadata.name.as_deref().unwrap_or_default(),
+        bucket: &valid.bucket,
+        key: &valid.key,
+        method: valid.method,
+        ttl: valid.ttl,
+        content_length: valid.content_length,
+    }
+}
+
+/// The grant's status says this very spec ended Expired.
+fn already_expired(grant: &UploadGrant) -> bool {
+    ready_condition(grant.status.as_ref()).is_some_and(|c| {
+        c.reason == Reason::Expired.as_str() && c.observed_generation == grant.metadata.generation
+    })
+}
+
+/// The apiserver refused this spec's Secret (validate() passed, so the
+/// status's InvalidSpec came from the write): signing again would only be
+/// refused again. A spec change is a new generation and tries again.
+fn refused_for_this_generation(grant: &UploadGrant) -> Option<String> {
+    ready_condition(grant.status.as_ref())
+        .filter(|c| {
+            c.reason == Reason::InvalidSpec.as_str()
+                && c.observed_generation == grant.metadata.generation
+        })
+        .map(|c| c.message.clone())
+}
+
+fn expiry_message(now: SystemTime, valid: &ValidGrant) -> String {
+    match valid.not_after {
+        Some(end) if now >= end => format!(
+            "notAfter {} has passed; the Secret was removed",
+            format_time(end)
+        ),
+        _ => "the URL expired and refreshPolicy is Never; the Secret was removed".into(),
+    }
+}
+
+/// The times of a URL signed now: None when the credentials end too soon
+/// to sign anything usable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Times {
+    pub issued_at: SystemTime,
+    pub lifetime: Duration,
+    pub refresh_at: Option<SystemTime>,
+}
+
+pub fn times(
+    now: SystemTime,
+    valid: &ValidGrant,
+    credentials_expiry: Option<SystemTime>,
+    jitter: f64,
+) -> Option<Times> {
+    let lifetime = url_lifetime(now, valid.ttl, credentials_expiry, valid.not_after)?;
+    Some(Times {
+        issued_at: now,
+        lifetime,
+        refresh_at: build::refresh_at(now, lifetime, valid, jitter),
+    })
+}
+
+/// When to run the next reconcile of a grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    At(SystemTime),
+    After(Duration),
+    OnChange,
+}
+
+/// What the grant's status and events say once a decision is carried out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    pub reason: Reason,
+    pub message: String,
+    pub issued: Option<IssuedState>,
+    pub secret_name: Option<String>,
+    pub wake: Wake,
+    pub note: Option<Note>,
+}
+
+impl Report {
+    fn not_ready(reason: Reason, message: String, wake: Wake, note: Option<Note>) -> Self {
+        Report {
+            reason,
+            message,
+            issued: None,
+            secret_name: None,
+            wake,
+            note,
+        }
+    }
+
+    /// Secrets were revoked (`removed` says whether any existed).
+    pub fn revoked(reason: Reason, message: String, removed: bool) -> Self {
+        let note = match reason {
+            Reason::Suspended => {
+                removed.then(|| Note::new(EventReason::Revoked, "grant suspended; Secret removed"))
+            }
+            Reason::Expired => removed.then(|| Note::new(EventReason::Revoked, message.clone())),
+            Reason::InvalidSpec => Some(Note::new(EventReason::Failed, removal(&message, removed))),
+            _ => Some(Note::new(EventReason::Denied, removal(&message, removed))),
+        };
+        Report::not_ready(reason, message, Wake::OnChange, note)
+    }
+
+    pub fn conflict(secret_name: &str) -> Self {
+        let msg = format!(
+            "Secret {secret_name:?} exists and is not owned by this grant; it is left untouched. Delete it or set spec.secret.name"
+        );
+        let note = Note::new(EventReason::Failed, msg.clone());
+        Report::not_ready(
+            Reason::SecretConflict,
+            msg,
+            Wake::After(CONFLICT_RECHECK),
+            Some(note),
+        )
+    }
+
+    /// The Secret holds a current URL.
+    pub fn ready(secret_name: &str, state: IssuedState, stale_removed: bool) -> Self {
+        let message = match state.refresh_at {
+            Some(at) => format!(
+                "URL valid until {}; renews at {}",
+                format_time(state.expires_at),
+                format_time(at)
+            ),
+            None => format!(
+                "URL valid until {}; it is not renewed",
+                format_time(state.expires_at)
+            ),
+        };
+        let note = stale_removed.then(|| {
+            Note::new(
+                EventReason::Revoked,
+                "the Secret was renamed; the old one was removed",
+            )
+        });
+        Report {
+            reason: Reason::Issued,
+            message,
+            secret_name: Some(secret_name.to_owned()),
+            // One second more, so the wake-up lands after the planned instant.
+            wake: Wake::At(state.refresh_at.unwrap_or(state.expires_at) + Duration::from_secs(1)),
+            issued: Some(state),
+            note,
+        }
+    }
+
+    /// A URL was just written.
+    pub fn issued(secret_name: &str, state: IssuedState, renewal: bool) -> Self {
+        let expires = format_time(state.expires_at);
+        let note = if renewal {
+            Note::new(
+                EventReason::Renewed,
+                format!("URL renewed; expires at {expires}"),
+            )
+        } else {
+            Note::new(
+                EventReason::Issued,
+                format!("URL issued into Secret {secret_name:?}; expires at {expires}"),
+            )
+        };
+        Report {
+            note: Some(note),
+            ..Report::ready(secret_name, state, false)
+        }
+    }
+
+    /// Signing failed; the current URL is reported while it is kept.
+    pub fn failed(reason: Reason, detail: String, kept: Option<(&str, &IssuedState)>) -> Self {
+        let message = match kept {
+            Some((_, s)) => format!(
+                "{detail}; the current URL stays valid until {}",
+                format_time(s.expires_at)
+            ),
+            None => detail,
+        };
+        let note = Some(Note::new(EventReason::Failed, message.clone()));
+        let mut report = Report::not_ready(reason, message, Wake::OnChange, note);
+        if let Some((name, state)) = kept {
+            report.issued = Some(state.clone());
+            report.secret_name = Some(name.to_owned());
+        }
+        report
+    }
+}
+
+fn removal(message: &str, removed: bool) -> String {
+    if removed {
+        format!("{message}; the Secret was removed")
+    } else {
+        message.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+    use super::*;
+    use crate::api::UploadGrantStatus;
+    use crate::controller::secrets::ManagedSecret;
+
+    fn at(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + secs)
+    }
+
+    fn grant(spec: serde_json::Value) -> UploadGrant {
+        let mut base = serde_json::json!({"bucket": "reports", "key": "team/a.csv"});
+        if let (Some(b), Some(e)) = (base.as_object_mut(), spec.as_object()) {
+            b.extend(e.clone());
+        }
+        let mut g: UploadGrant = serde_json::from_value(serde_json::json!({
+            "apiVersion": "grants.io/v1alpha1", "kind": "UploadGrant",
+            "metadata": {"name": "g", "namespace": "team", "uid": "grant-uid"},
+            "spec": base,
+        }))
+        .expect("fixture grant");
+        g.metadata.generation = Some(2);
+        g
+    }
+
+    fn with_ready(mut g: UploadGrant, reason: Reason, generation: i64) -> UploadGrant {
+        g.status = Some(UploadGrantStatus {
+            conditions: vec![Condition {
+                type_: "Ready".into(),
+                status: "False".into(),
+                reason: reason.as_str().into(),
+                message: "the apiserver refused it".into(),
+                observed_generation: Some(generation),
+                last_transition_time: Time(jiff::Timestamp::UNIX_EPOCH),
+            }],
+            ..UploadGrantStatus::default()
+        });
+        g
+    }
+
+    fn issuer(rules: serde_json::Value) -> ClusterGrantIssuer {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "grants.io/v1alpha1", "kind": "ClusterGrantIssuer",
+            "metadata": {"name": "default"},
+            "spec": {"s3": {"region": "eu-west-1"}, "allow": rules},
+        }))
+        .expect("fixture issuer")
+    }
+
+    fn open() -> ClusterGrantIssuer {
+        issuer(serde_json::json!([{"buckets": ["reports"]}]))
+    }
+
+    /// The Secret of ours, holding a URL for `g`'s spec (or another hash).
+    fn ours(g: &UploadGrant, hash: Option<&str>, refresh_at: Option<SystemTime>) -> Slot {
+        let hash = hash.map_or_else(|| build::spec_hash(&g.spec, &open().spec.s3), str::to_owned);
+        let mut secret = ManagedSecret {
+            metadata: Default::default(),
+            state: Some(IssuedState {
+                spec_hash: hash,
+                issued_at: at(0),
+                expires_at: at(3600),
+                refresh_at,
+                fingerprint: "sha256:x".into(),
+            }),
+        };
+        secret.metadata.uid = Some("secret-uid".into());
+        Slot::Ours(Box::new(secret))
+    }
+
+    struct Case {
+        grant: UploadGrant,
+        issuer: Option<ClusterGrantIssuer>,
+        issuer_name: Option<&'static str>,
+        labels: BTreeMap<String, String>,
+        secret: Slot,
+        now: SystemTime,
+    }
+
+    impl Case {
+        fn new(grant: UploadGrant) -> Self {
+            Case {
+                grant,
+                issuer: Some(open()),
+                issuer_name: Some("default"),
+                labels: BTreeMap::new(),
+                secret: Slot::Free,
+                now: at(100),
+            }
+        }
+
+        fn decide(&self) -> Decision {
+            decide(&Observed {
+                grant: &self.grant,
+                issuer_name: self.issuer_name,
+                issuer: self.issuer.as_ref(),
+                namespace_labels: &self.labels,
+                secret: &self.secret,
+                refused: None,
+                now: self.now,
+            })
+        }
+    }
+
+    /// What a decision does, and for a revocation, why.
+    type Outcome = (&'static str, Option<Reason>);
+
+    fn reason_of(d: &Decision) -> Outcome {
+        match d {
+            Decision::Revoke { reason, .. } => ("revoke", Some(*reason)),
+            Decision::Conflict { .. } => ("conflict", None),
+            Decision::Keep { .. } => ("keep", None),
+            Decision::Sign(p) if p.renewal => ("renew", None),
+            Decision::Sign(_) => ("issue", None),
+        }
+    }
+
+    #[test]
+    fn every_reason_and_transition() {
+        let g = grant(serde_json::json!({}));
+        let h = Some(at(2400));
+        let table: Vec<(&str, Case, Outcome)> = vec![
+            ("new grant", Case::new(g.clone()), ("issue", None)),
+            (
+                "suspended",
+                Case::new(grant(serde_json::json!({"suspend": true}))),
+                ("revoke", Some(Reason::Suspended)),
+            ),
+            (
+                "invalid ttl",
+                Case::new(grant(serde_json::json!({"ttl": "1s"}))),
+                ("revoke", Some(Reason::InvalidSpec)),
+            ),
+            (
+                "no issuer named",
+                Case {
+                    issuer_name: None,
+                    issuer: None,
+                    ..Case::new(g.clone())
+                },
+                ("revoke", Some(Reason::IssuerNotFound)),
+            ),
+            (
+                "issuer missing",
+                Case {
+                    issuer: None,
+                    ..Case::new(g.clone())
+                },
+                ("revoke", Some(Reason::IssuerNotFound)),
+            ),
+            (
+                "forbidden bucket",
+                Case {
+                    issuer: Some(issuer(serde_json::json!([{"buckets": ["other"]}]))),
+                    ..Case::new(g.clone())
+                },
+                ("revoke", Some(Reason::Forbidden)),
+            ),
+            (
+                "foreign Secret",
+                Case {
+                    secret: Slot::Foreign,
+                    ..Case::new(g.clone())
+                },
+                ("conflict", None),
+            ),
+            (
+                "fresh Secret",
+                Case {
+                    secret: ours(&g, None, h),
+                    ..Case::new(g.clone())
+                },
+                ("keep", None),
+            ),
+            (
+                "refresh time reached",
+                Case {
+                    secret: ours(&g, None, h),
+                    now: at(2400),
+                    ..Case::new(g.clone())
+                },
+                ("renew", None),
+            ),
+            (
+                "spec changed",
+                Case {
+                    secret: ours(&g, Some("older"), h),
+                    ..Case::new(g.clone())
+                },
+                ("issue", None),
+            ),
+            (
+                "unrenewed URL expired",
+                Case {
+                    secret: ours(&g, None, None),
+                    now: at(3600),
+                    ..Case::new(g.clone())
+                },
+                ("revoke", Some(Reason::Expired)),
+            ),
+            (
+                "expired, Secret gone",
+                Case::new(with_ready(g.clone(), Reason::Expired, 2)),
+                ("revoke", Some(Reason::Expired)),
+            ),
+            (
+                "expired under an older spec",
+                Case::new(with_ready(g.clone(), Reason::Expired, 1)),
+                ("issue", None),
+            ),
+            (
+                "notAfter passed",
+                Case {
+                    secret: ours(&g, None, h),
+                    ..Case::new(grant(
+                        serde_json::json!({"notAfter": "2027-01-15T08:00:00Z"}),
+                    ))
+                },
+                ("revoke", Some(Reason::Expired)),
+            ),
+            (
+                "Secret refused for this generation",
+                Case::new(with_ready(g.clone(), Reason::InvalidSpec, 2)),
+                ("revoke", Some(Reason::InvalidSpec)),
+            ),
+            (
+                "Secret refused for an older generation",
+                Case::new(with_ready(g.clone(), Reason::InvalidSpec, 1)),
+                ("issue", None),
+            ),
+        ];
+        for (name, case, want) in table {
+            assert_eq!(reason_of(&case.decide()), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_kept_secret_wakes_at_its_refresh_time_or_expiry() {
+        let g = grant(serde_json::json!({}));
+        let keep = |refresh| {
+            let case = Case {
+                secret: ours(&g, None, refresh),
+                ..Case::new(g.clone())
+            };
+            match case.decide() {
+                Decision::Keep { wake_at, .. } => wake_at,
+                other => panic!("kept, not {other:?}"),
+            }
+        };
+        assert_eq!(keep(Some(at(2400))), at(2400));
+        assert_eq!(keep(None), at(3600));
+    }
+
+    #[test]
+    fn a_renamed_secret_leaves_the_old_name_to_remove() {
+        let mut g = grant(serde_json::json!({"secret": {"name": "new"}}));
+        g.status = Some(UploadGrantStatus {
+            secret_name: Some("old".into()),
+            ..UploadGrantStatus::default()
+        });
+        match Case::new(g).decide() {
+            Decision::Sign(plan) => assert_eq!(plan.stale.as_deref(), Some("old")),
+            other => panic!("signed, not {other:?}"),
+        }
+    }
+
+    #[test]
+    fn only_a_failed_renewal_keeps_the_current_url() {
+        let g = grant(serde_json::json!({}));
+        let plan = |secret, now| match (Case {
+            secret,
+            now,
+            ..Case::new(g.clone())
+        })
+        .decide()
+        {
+            Decision::Sign(plan) => *plan,
+            other => panic!("signed, not {other:?}"),
+        };
+        let renewal = plan(ours(&g, None, Some(at(2400))), at(2400));
+        assert!(renewal.keeps_current_on_failure(at(2400)).is_some());
+        assert!(renewal.keeps_current_on_failure(at(3600)).is_none());
+        let replacement = plan(ours(&g, Some("older"), Some(at(2400))), at(100));
+        assert!(replacement.keeps_current_on_failure(at(100)).is_none());
+    }
+
+    #[test]
+    fn a_url_capped_by_not_after_is_not_renewed() {
+        let g = grant(serde_json::json!({"notAfter": "2027-01-15T08:00:00Z"}));
+        let valid = validate(&g.spec, "g").expect("valid");
+        let end = valid.not_after.expect("notAfter");
+        let now = end - Duration::from_secs(40);
+        let t = times(now, &valid, None, 0.5).expect("a lifetime");
+        assert_eq!(t.lifetime, Duration::from_secs(40));
+        assert_eq!(t.refresh_at, None);
+        let creds_end = now + Duration::from_secs(30);
+        assert_eq!(
+            times(now, &valid, Some(creds_end), 0.5),
+            None,
+            "credentials ending within the margin leave nothing to sign"
+        );
+    }
+
+    #[test]
+    fn reports_say_what_happened() {
+        let removed = Report::revoked(Reason::Forbidden, "no rule".into(), true);
+        assert_eq!(
+            removed.note,
+            Some(Note::new(
+                EventReason::Denied,
+                "no rule; the Secret was removed"
+            ))
+        );
+        assert_eq!(removed.wake, Wake::OnChange);
+        let quiet = Report::revoked(Reason::Suspended, "suspended".into(), false);
+        assert_eq!(quiet.note, None, "nothing was revoked, nothing to say");
+        let invalid = Report::revoked(Reason::InvalidSpec, "bad".into(), false);
+        assert_eq!(invalid.note.map(|n| n.reason), Some(EventReason::Failed));
+        let conflict = Report::conflict("s");
+        assert_eq!(conflict.wake, Wake::After(CONFLICT_RECHECK));
+        let state = IssuedState {
+            spec_hash: "h".into(),
+            issued_at: at(0),
+            expires_at: at(3600),
+            refresh_at: Some(at(2400)),
+            fingerprint: "sha256:x".into(),
+        };
+        let renewed = Report::issued("s", state.clone(), true);
+        assert_eq!(renewed.wake, Wake::At(at(2401)));
+        assert_eq!(renewed.note.map(|n| n.reason), Some(EventReason::Renewed));
+        let failed = Report::failed(Reason::SigningFailed, "boom".into(), Some(("s", &state)));
+        assert_eq!(failed.issued, Some(state));
+        assert!(
+            failed
+                .message
+                .starts_with("boom; the current URL stays valid")
+        );
+    }
+}
