@@ -166,12 +166,15 @@ async fn write(
     secret: &k8s_openapi::api::core::v1::Secret,
     now: SystemTime,
 ) -> Result<WriteEnd> {
+    let namespace = grant.namespace().unwrap_or_default();
+    let name = &plan.valid.secret_name;
+    if let Some(uid) = plan.ours.as_deref().filter(|_| plan.legacy_fields) {
+        secrets::adopt_legacy_fields(ctx, &namespace, name, uid).await?;
+    }
     let refused = match secrets::write(ctx, secret, plan.ours.as_deref()).await? {
         Written::Done => return Ok(WriteEnd::Written),
         Written::Refused(reason) => reason,
     };
-    let namespace = grant.namespace().unwrap_or_default();
-    let name = &plan.valid.secret_name;
     match secrets::server_slot(ctx, grant, &namespace, name).await? {
         Slot::Foreign => Ok(WriteEnd::Conflict),
         Slot::Ours(existing) if existing.uid() != plan.ours => {

@@ -68,6 +68,8 @@ pub struct SignPlan {
     pub current: Option<IssuedState>,
     /// The uid of the Secret of ours that holds the name.
     pub ours: Option<String>,
+    /// That Secret still has fields from a create by an older version.
+    pub legacy_fields: bool,
     pub stale: Option<String>,
 }
 
@@ -128,14 +130,14 @@ pub fn decide(o: &Observed<'_>) -> Decision {
     {
         return revoke(Reason::InvalidSpec, message);
     }
-    let (current, ours) = match o.secret {
+    let (current, ours, legacy_fields) = match o.secret {
         Slot::Foreign => {
             return Decision::Conflict {
                 secret_name: valid.secret_name,
             };
         }
-        Slot::Ours(secret) => (secret.state.clone(), secret.uid()),
-        Slot::Free => (None, None),
+        Slot::Ours(secret) => (secret.state.clone(), secret.uid(), secret.legacy_fields),
+        Slot::Free => (None, None, false),
     };
     let stale = grant
         .status
@@ -148,6 +150,7 @@ pub fn decide(o: &Observed<'_>) -> Decision {
         renewal: false,
         current,
         ours,
+        legacy_fields,
         stale,
         valid,
     };
@@ -449,6 +452,7 @@ mod tests {
         let hash = hash.map_or_else(|| build::spec_hash(&g.spec, &open().spec.s3), str::to_owned);
         let mut secret = ManagedSecret {
             metadata: Default::default(),
+            legacy_fields: false,
             state: Some(IssuedState {
                 spec_hash: hash,
                 issued_at: at(0),

@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
 use kube::api::{DeleteParams, PartialObjectMeta, Patch, PatchParams, Preconditions};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
@@ -12,7 +12,7 @@ use kube::{Api, ResourceExt};
 use super::build::IssuedState;
 use super::{Context, MANAGER};
 use crate::api::UploadGrant;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// What the operator keeps of a Secret it manages: who it is, its controller
 /// owner, and the URL state parsed from its annotations. The annotations
@@ -22,12 +22,18 @@ pub struct ManagedSecret {
     /// Name, namespace, uid and the controller ownerReference only.
     pub metadata: ObjectMeta,
     pub state: Option<IssuedState>,
+    /// Written by an operator version that created Secrets with a plain
+    /// create: fields it set then are owned by an Update entry that no apply
+    /// can remove, until `adopt_legacy_fields` hands them to the applier.
+    pub legacy_fields: bool,
 }
 
 impl From<PartialObjectMeta<Secret>> for ManagedSecret {
     fn from(secret: PartialObjectMeta<Secret>) -> Self {
         let meta = secret.metadata;
         ManagedSecret {
+            legacy_fields: legacy_entry(meta.managed_fields.as_deref().unwrap_or_default())
+                .is_some(),
             state: meta
                 .annotations
                 .as_ref()
@@ -44,6 +50,103 @@ impl From<PartialObjectMeta<Secret>> for ManagedSecret {
                 ..ObjectMeta::default()
             },
         }
+    }
+}
+
+/// The index of the Update entry an older operator version left by creating
+/// the Secret.
+fn legacy_entry(entries: &[ManagedFieldsEntry]) -> Option<usize> {
+    entries.iter().position(|e| {
+        e.manager.as_deref() == Some(MANAGER)
+            && e.operation.as_deref() == Some("Update")
+            && e.subresource.as_deref().unwrap_or_default().is_empty()
+    })
+}
+
+/// A JSON patch that gives the applier every field the legacy Update entry
+/// owns: merged into the operator's Apply entry, or the entry becomes one.
+/// The `test`s make the server refuse it if the list changed meanwhile.
+pub fn adoption_patch(entries: &[ManagedFieldsEntry]) -> Option<serde_json::Value> {
+    let legacy = legacy_entry(entries)?;
+    let entry = |i: usize, op: &str| {
+        serde_json::json!([
+            {"op": "test", "path": format!("/metadata/managedFields/{i}/manager"), "value": MANAGER},
+            {"op": "test", "path": format!("/metadata/managedFields/{i}/operation"), "value": op},
+        ])
+    };
+    let applied = entries.iter().position(|e| {
+        e.manager.as_deref() == Some(MANAGER) && e.operation.as_deref() == Some("Apply")
+    });
+    let mut ops = entry(legacy, "Update")
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    match applied {
+        None => ops.push(serde_json::json!(
+            {"op": "replace", "path": format!("/metadata/managedFields/{legacy}/operation"), "value": "Apply"}
+        )),
+        Some(a) => {
+            let mut fields = fields_of(&entries[a]);
+            union(&mut fields, &fields_of(&entries[legacy]));
+            ops.extend(entry(a, "Apply").as_array().cloned().unwrap_or_default());
+            ops.push(serde_json::json!(
+                {"op": "replace", "path": format!("/metadata/managedFields/{a}/fieldsV1"), "value": fields}
+            ));
+            ops.push(serde_json::json!({"op": "remove", "path": format!("/metadata/managedFields/{legacy}")}));
+        }
+    }
+    Some(serde_json::Value::Array(ops))
+}
+
+fn fields_of(entry: &ManagedFieldsEntry) -> serde_json::Value {
+    entry
+        .fields_v1
+        .as_ref()
+        .map_or_else(|| serde_json::json!({}), |f| f.0.clone())
+}
+
+/// Adds every field of `other` to the field set `into` (both fieldsV1 trees).
+fn union(into: &mut serde_json::Value, other: &serde_json::Value) {
+    let (Some(into), Some(other)) = (into.as_object_mut(), other.as_object()) else {
+        return;
+    };
+    for (key, value) in other {
+        match into.get_mut(key) {
+            Some(existing) => union(existing, value),
+            None => {
+                into.insert(key.clone(), value.clone());
+            }
+        }
+    }
+}
+
+/// Hands the fields of a legacy Secret to the applier, once, before the
+/// first apply over it. A Secret that changed meanwhile is left as it is.
+pub async fn adopt_legacy_fields(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    uid: &str,
+) -> Result<()> {
+    let api = api(ctx, namespace);
+    let Some(meta) = api.get_metadata_opt(name).await? else {
+        return Ok(());
+    };
+    if meta.metadata.uid.as_deref() != Some(uid) {
+        return Ok(());
+    }
+    let entries = meta.metadata.managed_fields.unwrap_or_default();
+    let Some(patch) = adoption_patch(&entries) else {
+        return Ok(());
+    };
+    let patch: json_patch::Patch = serde_json::from_value(patch).map_err(Error::Serialize)?;
+    match api
+        .patch_metadata(name, &PatchParams::default(), &Patch::<()>::Json(patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if matches!(s.code, 404 | 409 | 422) => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -466,5 +569,67 @@ mod tests {
             other => panic!("refused, not {other:?}"),
         }
         server.await.expect("mock server");
+    }
+
+    fn entry(manager: &str, operation: &str, fields: serde_json::Value) -> ManagedFieldsEntry {
+        serde_json::from_value(serde_json::json!({
+            "manager": manager, "operation": operation, "apiVersion": "v1",
+            "fieldsType": "FieldsV1", "fieldsV1": fields,
+        }))
+        .expect("fixture entry")
+    }
+
+    /// Applies a JSON patch to a managedFields list, as the server would.
+    fn patched(
+        entries: &[ManagedFieldsEntry],
+        patch: serde_json::Value,
+    ) -> Vec<ManagedFieldsEntry> {
+        let mut doc = serde_json::json!({"metadata": {"managedFields": entries}});
+        let patch: json_patch::Patch = serde_json::from_value(patch).expect("patch");
+        json_patch::patch(&mut doc, &patch).expect("tests pass");
+        serde_json::from_value(doc["metadata"]["managedFields"].clone()).expect("entries")
+    }
+
+    #[test]
+    fn legacy_create_fields_are_handed_to_the_applier() {
+        let created = serde_json::json!({"f:metadata": {"f:annotations": {"f:grants.io/refresh-at": {}}}, "f:type": {}});
+        let applied = serde_json::json!({"f:metadata": {"f:annotations": {"f:grants.io/expires-at": {}}}, "f:data": {"f:url": {}}});
+        let kubectl = entry(
+            "kubectl-label",
+            "Update",
+            serde_json::json!({"f:metadata": {"f:labels": {"f:x": {}}}}),
+        );
+
+        // Created and never applied: the entry becomes an Apply entry.
+        let only = [kubectl.clone(), entry(MANAGER, "Update", created.clone())];
+        let after = patched(&only, adoption_patch(&only).expect("a patch"));
+        assert_eq!(after[1].operation.as_deref(), Some("Apply"));
+        assert_eq!(after[0], kubectl, "other managers are untouched");
+        assert_eq!(legacy_entry(&after), None);
+
+        // Created, then applied: one Apply entry owning both sets.
+        let both = [
+            entry(MANAGER, "Update", created),
+            kubectl.clone(),
+            entry(MANAGER, "Apply", applied),
+        ];
+        let after = patched(&both, adoption_patch(&both).expect("a patch"));
+        assert_eq!(after.len(), 2);
+        assert_eq!(after[0], kubectl);
+        let fields = &after[1].fields_v1.as_ref().expect("fields").0;
+        assert!(
+            fields["f:metadata"]["f:annotations"]
+                .get("f:grants.io/refresh-at")
+                .is_some()
+        );
+        assert!(
+            fields["f:metadata"]["f:annotations"]
+                .get("f:grants.io/expires-at")
+                .is_some()
+        );
+        assert!(fields.get("f:type").is_some() && fields.get("f:data").is_some());
+
+        // Nothing to adopt.
+        assert_eq!(adoption_patch(&after), None);
     }
 }
