@@ -1,6 +1,7 @@
 //! The UploadGrant controller: watches grants, the Secrets it owns (metadata
-//! only), issuers and namespace labels, and runs the reconcile pipeline
-//! load → validate → authorize → build → apply → status.
+//! only), issuers and namespace labels, and runs each grant through
+//! `reconcile`: load → decide (validate, authorize, schedule; pure) →
+//! apply → status.
 
 mod apply;
 pub mod build;
@@ -8,6 +9,7 @@ pub mod decide;
 pub(crate) mod events;
 mod finalizer;
 mod issuer_status;
+mod managed;
 mod reconcile;
 pub(crate) mod secrets;
 mod status;

@@ -1,124 +1,15 @@
-//! Apply: writes and removes the Secrets a grant owns, and never touches one
-//! it does not own.
-
-use std::borrow::Cow;
+//! Secrets: the one place that reads, writes and removes the Secrets a grant
+//! owns, and never touches one it does not own.
 
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
-use kube::api::{DeleteParams, PartialObjectMeta, Patch, PatchParams, Preconditions};
+use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 
-use super::build::IssuedState;
+pub use super::managed::{ManagedSecret, Slot, adoption_patch, classify};
 use super::{Context, MANAGER};
 use crate::api::UploadGrant;
 use crate::error::{Error, Result};
-
-/// What the operator keeps of a Secret it manages: who it is, its controller
-/// owner, and the URL state parsed from its annotations. The annotations
-/// themselves would be most of the cache's memory with thousands of grants.
-#[derive(Debug, Clone)]
-pub struct ManagedSecret {
-    /// Name, namespace, uid and the controller ownerReference only.
-    pub metadata: ObjectMeta,
-    pub state: Option<IssuedState>,
-    /// Written by an operator version that created Secrets with a plain
-    /// create: fields it set then are owned by an Update entry that no apply
-    /// can remove, until `adopt_legacy_fields` hands them to the applier.
-    pub legacy_fields: bool,
-}
-
-impl From<PartialObjectMeta<Secret>> for ManagedSecret {
-    fn from(secret: PartialObjectMeta<Secret>) -> Self {
-        let meta = secret.metadata;
-        ManagedSecret {
-            legacy_fields: legacy_entry(meta.managed_fields.as_deref().unwrap_or_default())
-                .is_some(),
-            state: meta
-                .annotations
-                .as_ref()
-                .and_then(IssuedState::from_annotations),
-            metadata: ObjectMeta {
-                name: meta.name,
-                namespace: meta.namespace,
-                uid: meta.uid,
-                owner_references: meta.owner_references.map(|refs| {
-                    refs.into_iter()
-                        .filter(|o| o.controller == Some(true))
-                        .collect()
-                }),
-                ..ObjectMeta::default()
-            },
-        }
-    }
-}
-
-/// The index of the Update entry an older operator version left by creating
-/// the Secret.
-fn legacy_entry(entries: &[ManagedFieldsEntry]) -> Option<usize> {
-    entries.iter().position(|e| {
-        e.manager.as_deref() == Some(MANAGER)
-            && e.operation.as_deref() == Some("Update")
-            && e.subresource.as_deref().unwrap_or_default().is_empty()
-    })
-}
-
-/// A JSON patch that gives the applier every field the legacy Update entry
-/// owns: merged into the operator's Apply entry, or the entry becomes one.
-/// The `test`s make the server refuse it if the list changed meanwhile.
-pub fn adoption_patch(entries: &[ManagedFieldsEntry]) -> Option<serde_json::Value> {
-    let legacy = legacy_entry(entries)?;
-    let entry = |i: usize, op: &str| {
-        serde_json::json!([
-            {"op": "test", "path": format!("/metadata/managedFields/{i}/manager"), "value": MANAGER},
-            {"op": "test", "path": format!("/metadata/managedFields/{i}/operation"), "value": op},
-        ])
-    };
-    let applied = entries.iter().position(|e| {
-        e.manager.as_deref() == Some(MANAGER) && e.operation.as_deref() == Some("Apply")
-    });
-    let mut ops = entry(legacy, "Update")
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    match applied {
-        None => ops.push(serde_json::json!(
-            {"op": "replace", "path": format!("/metadata/managedFields/{legacy}/operation"), "value": "Apply"}
-        )),
-        Some(a) => {
-            let mut fields = fields_of(&entries[a]);
-            union(&mut fields, &fields_of(&entries[legacy]));
-            ops.extend(entry(a, "Apply").as_array().cloned().unwrap_or_default());
-            ops.push(serde_json::json!(
-                {"op": "replace", "path": format!("/metadata/managedFields/{a}/fieldsV1"), "value": fields}
-            ));
-            ops.push(serde_json::json!({"op": "remove", "path": format!("/metadata/managedFields/{legacy}")}));
-        }
-    }
-    Some(serde_json::Value::Array(ops))
-}
-
-fn fields_of(entry: &ManagedFieldsEntry) -> serde_json::Value {
-    entry
-        .fields_v1
-        .as_ref()
-        .map_or_else(|| serde_json::json!({}), |f| f.0.clone())
-}
-
-/// Adds every field of `other` to the field set `into` (both fieldsV1 trees).
-fn union(into: &mut serde_json::Value, other: &serde_json::Value) {
-    let (Some(into), Some(other)) = (into.as_object_mut(), other.as_object()) else {
-        return;
-    };
-    for (key, value) in other {
-        match into.get_mut(key) {
-            Some(existing) => union(existing, value),
-            None => {
-                into.insert(key.clone(), value.clone());
-            }
-        }
-    }
-}
 
 /// Hands the fields of a legacy Secret to the applier, once, before the
 /// first apply over it. A Secret that changed meanwhile is left as it is.
@@ -148,50 +39,6 @@ pub async fn adopt_legacy_fields(
         Err(kube::Error::Api(s)) if matches!(s.code, 404 | 409 | 422) => Ok(()),
         Err(e) => Err(e.into()),
     }
-}
-
-/// Lets a `ManagedSecret` sit in a kube-runtime cache as a Secret.
-impl kube::Resource for ManagedSecret {
-    type DynamicType = ();
-    type Scope = k8s_openapi::NamespaceResourceScope;
-
-    fn kind(_: &()) -> Cow<'_, str> {
-        Secret::kind(&())
-    }
-    fn group(_: &()) -> Cow<'_, str> {
-        Secret::group(&())
-    }
-    fn version(_: &()) -> Cow<'_, str> {
-        Secret::version(&())
-    }
-    fn plural(_: &()) -> Cow<'_, str> {
-        Secret::plural(&())
-    }
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
-}
-
-/// Who holds the Secret name a grant wants.
-#[derive(Debug)]
-pub enum Slot {
-    /// No Secret by that name.
-    Free,
-    /// A Secret this grant controls.
-    Ours(Box<ManagedSecret>),
-    /// Somebody else's Secret: never modified or deleted.
-    Foreign,
-}
-
-pub fn owned_by(secret: &ManagedSecret, grant: &UploadGrant) -> bool {
-    let Some(uid) = grant.uid() else { return false };
-    secret
-        .owner_references()
-        .iter()
-        .any(|o| o.uid == uid && o.controller == Some(true))
 }
 
 /// Who holds the name according to the metadata cache alone, which holds
@@ -225,14 +72,6 @@ pub async fn server_slot(
 fn cached(ctx: &Context, namespace: &str, name: &str) -> Option<ManagedSecret> {
     let secret = ctx.secrets.get(&ObjectRef::new(name).within(namespace))?;
     Some((*secret).clone())
-}
-
-fn classify(secret: Option<ManagedSecret>, grant: &UploadGrant) -> Slot {
-    match secret {
-        None => Slot::Free,
-        Some(secret) if owned_by(&secret, grant) => Slot::Ours(Box::new(secret)),
-        Some(_) => Slot::Foreign,
-    }
 }
 
 /// How a Secret write ended.
@@ -324,6 +163,7 @@ mod tests {
 
     use super::*;
     use crate::controller::Settings;
+    use crate::controller::managed::tests::{grant, secret_meta};
     use crate::metrics::Metrics;
     use crate::signing::{CredentialSnapshot, Presigner};
 
@@ -352,25 +192,6 @@ mod tests {
             written: Mutex::default(),
             refused: Mutex::default(),
         }
-    }
-
-    fn grant() -> UploadGrant {
-        serde_json::from_value(serde_json::json!({
-            "apiVersion": "grants.io/v1alpha1", "kind": "UploadGrant",
-            "metadata": {"name": "g", "namespace": "ns", "uid": "grant-uid"},
-            "spec": {"bucket": "reports", "key": "k"}
-        }))
-        .expect("fixture")
-    }
-
-    fn secret_meta(owner_uid: &str) -> serde_json::Value {
-        serde_json::json!({
-            "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
-            "metadata": {"name": "g", "namespace": "ns", "uid": "secret-uid", "ownerReferences": [{
-                "apiVersion": "grants.io/v1alpha1", "kind": "UploadGrant", "name": "g",
-                "uid": owner_uid, "controller": true
-            }]}
-        })
     }
 
     #[tokio::test]
@@ -409,32 +230,6 @@ mod tests {
         ));
         assert!(!refusal(404, "namespaces \"gone\" not found"));
         assert!(!refusal(500, "etcdserver: request timed out"));
-    }
-
-    #[test]
-    fn the_cache_keeps_identity_owner_and_url_state_only() {
-        let mut meta = secret_meta("grant-uid");
-        meta["metadata"]["labels"] =
-            serde_json::json!({"app.kubernetes.io/managed-by": "upload-grant-operator"});
-        meta["metadata"]["annotations"] = serde_json::json!({
-            "grants.io/spec-hash": "abc", "grants.io/issued-at": "2026-11-29T10:00:00Z",
-            "grants.io/expires-at": "2026-11-29T11:00:00Z", "grants.io/refresh-at": "2026-11-29T10:40:00Z",
-            "grants.io/url-fingerprint": "sha256:0123", "note": "kept by the server, not by us",
-        });
-        meta["metadata"]["ownerReferences"]
-            .as_array_mut()
-            .expect("list")
-            .push(serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "name": "other", "uid": "x"}));
-        let partial: PartialObjectMeta<Secret> = serde_json::from_value(meta).expect("fixture");
-        let cached = ManagedSecret::from(partial);
-        assert!(owned_by(&cached, &grant()));
-        assert_eq!(cached.uid().as_deref(), Some("secret-uid"));
-        assert_eq!(cached.owner_references().len(), 1, "only the controller");
-        assert!(cached.metadata.annotations.is_none() && cached.metadata.labels.is_none());
-        let state = cached.state.expect("parsed from the annotations");
-        assert_eq!(state.spec_hash, "abc");
-        assert_eq!(state.fingerprint, "sha256:0123");
-        assert!(state.refresh_at.is_some_and(|r| r < state.expires_at));
     }
 
     #[tokio::test]
@@ -569,67 +364,5 @@ mod tests {
             other => panic!("refused, not {other:?}"),
         }
         server.await.expect("mock server");
-    }
-
-    fn entry(manager: &str, operation: &str, fields: serde_json::Value) -> ManagedFieldsEntry {
-        serde_json::from_value(serde_json::json!({
-            "manager": manager, "operation": operation, "apiVersion": "v1",
-            "fieldsType": "FieldsV1", "fieldsV1": fields,
-        }))
-        .expect("fixture entry")
-    }
-
-    /// Applies a JSON patch to a managedFields list, as the server would.
-    fn patched(
-        entries: &[ManagedFieldsEntry],
-        patch: serde_json::Value,
-    ) -> Vec<ManagedFieldsEntry> {
-        let mut doc = serde_json::json!({"metadata": {"managedFields": entries}});
-        let patch: json_patch::Patch = serde_json::from_value(patch).expect("patch");
-        json_patch::patch(&mut doc, &patch).expect("tests pass");
-        serde_json::from_value(doc["metadata"]["managedFields"].clone()).expect("entries")
-    }
-
-    #[test]
-    fn legacy_create_fields_are_handed_to_the_applier() {
-        let created = serde_json::json!({"f:metadata": {"f:annotations": {"f:grants.io/refresh-at": {}}}, "f:type": {}});
-        let applied = serde_json::json!({"f:metadata": {"f:annotations": {"f:grants.io/expires-at": {}}}, "f:data": {"f:url": {}}});
-        let kubectl = entry(
-            "kubectl-label",
-            "Update",
-            serde_json::json!({"f:metadata": {"f:labels": {"f:x": {}}}}),
-        );
-
-        // Created and never applied: the entry becomes an Apply entry.
-        let only = [kubectl.clone(), entry(MANAGER, "Update", created.clone())];
-        let after = patched(&only, adoption_patch(&only).expect("a patch"));
-        assert_eq!(after[1].operation.as_deref(), Some("Apply"));
-        assert_eq!(after[0], kubectl, "other managers are untouched");
-        assert_eq!(legacy_entry(&after), None);
-
-        // Created, then applied: one Apply entry owning both sets.
-        let both = [
-            entry(MANAGER, "Update", created),
-            kubectl.clone(),
-            entry(MANAGER, "Apply", applied),
-        ];
-        let after = patched(&both, adoption_patch(&both).expect("a patch"));
-        assert_eq!(after.len(), 2);
-        assert_eq!(after[0], kubectl);
-        let fields = &after[1].fields_v1.as_ref().expect("fields").0;
-        assert!(
-            fields["f:metadata"]["f:annotations"]
-                .get("f:grants.io/refresh-at")
-                .is_some()
-        );
-        assert!(
-            fields["f:metadata"]["f:annotations"]
-                .get("f:grants.io/expires-at")
-                .is_some()
-        );
-        assert!(fields.get("f:type").is_some() && fields.get("f:data").is_some());
-
-        // Nothing to adopt.
-        assert_eq!(adoption_patch(&after), None);
     }
 }
