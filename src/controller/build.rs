@@ -16,6 +16,11 @@ use crate::api::{RefreshPolicy, S3Target, UploadGrant, UploadGrantSpec};
 use crate::error::{Error, Result};
 use crate::signing::Presigned;
 
+/// The name the operator writes under: field manager, event reporter.
+pub const MANAGER: &str = "upload-grant-operator";
+/// Holds a grant until its Secret is gone: deletion must revoke even where
+/// ownerReference garbage collection is slow or absent.
+pub const FINALIZER: &str = "grants.io/revoke-secret";
 pub const SECRET_TYPE: &str = "grants.io/presigned-url";
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "upload-grant-operator";

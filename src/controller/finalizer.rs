@@ -8,7 +8,7 @@ use kube::api::{Patch, PatchParams};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
-use super::FINALIZER;
+use super::build::FINALIZER;
 use crate::api::UploadGrant;
 use crate::error::{Error, Result};
 

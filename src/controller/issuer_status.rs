@@ -6,7 +6,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 
-use super::MANAGER;
+use super::build::MANAGER;
 use crate::api::{ClusterGrantIssuer, ClusterGrantIssuerStatus};
 
 /// Writes the status of every issuer that changes, until the stream ends.

@@ -9,8 +9,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectM
 use kube::ResourceExt;
 use kube::api::PartialObjectMeta;
 
-use super::MANAGER;
 use super::build::IssuedState;
+use super::build::MANAGER;
 use crate::api::UploadGrant;
 
 /// What the operator keeps of a Secret it manages: who it is, its controller

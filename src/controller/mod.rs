@@ -34,11 +34,7 @@ use crate::metrics::Metrics;
 use crate::server::Readiness;
 use crate::signing::{CredentialSnapshot, Presigner};
 
-/// The name the operator writes under: field manager, event reporter.
-pub const MANAGER: &str = "upload-grant-operator";
-/// Holds a grant until its Secret is gone: deletion must revoke even where
-/// ownerReference garbage collection is slow or absent.
-pub const FINALIZER: &str = "grants.io/revoke-secret";
+pub use build::{FINALIZER, MANAGER};
 
 /// Settings from the command line.
 #[derive(Debug, Clone)]
