@@ -8,6 +8,10 @@ missing=()
 for cmd in "${!pkg_for[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${pkg_for[$cmd]}")
 done
+# tools/pyvenv.sh (botocore for tests/signing_botocore.rs, boto3 for the
+# benchmark) runs `python3 -m venv`, which needs ensurepip: Debian ships it
+# apart from python3.
+python3 -c 'import ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 for tool in cargo go; do
   command -v "$tool" >/dev/null 2>&1 || { echo "install-deps: $tool is required and not on PATH" >&2; exit 1; }
 done

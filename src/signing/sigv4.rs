@@ -111,6 +111,101 @@ impl KeyCache {
     }
 }
 
+/// One query parameter or header: a name and its value. Query parameters
+/// are held encoded, as they appear in the URL.
+type Param<'a> = (&'a str, &'a str);
+
+/// A slice put in SigV4's order (by name, then value) when made, so a
+/// canonical request cannot be given parameters or headers in any other.
+/// Header names are unique here, so for them this is the order by name.
+struct Sorted<'s, T>(&'s [T]);
+
+impl<'s, T: Ord> Sorted<'s, T> {
+    fn new(items: &'s mut [T]) -> Self {
+        items.sort_unstable();
+        Sorted(items)
+    }
+}
+
+/// What a SigV4 signature covers.
+struct Request<'s, 'a> {
+    pub method: &'a str,
+    /// The URL's path as sent: S3 signs it encoded once and not normalised.
+    pub path: &'a str,
+    pub query: Sorted<'s, Param<'a>>,
+    /// Lower-case names; values as sent.
+    pub headers: Sorted<'s, Param<'a>>,
+    pub payload_hash: &'a str,
+}
+
+/// The bytes whose hash is signed. Two signers agree on a signature only if
+/// they agree on these, so this is what to compare when they do not.
+struct CanonicalRequest(String);
+
+impl CanonicalRequest {
+    #[cfg(test)]
+    fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// SigV4's canonical form of `req`. The query and headers come sorted (by
+/// their type), and the signed-header list is written from the same headers
+/// as their lines, so the two cannot disagree.
+fn canonical_request(req: &Request<'_, '_>) -> CanonicalRequest {
+    let query_len: usize = req.query.0.iter().map(|(n, v)| n.len() + v.len() + 2).sum();
+    let headers_len: usize = req
+        .headers
+        .0
+        .iter()
+        .map(|(n, v)| 2 * n.len() + v.len() + 2)
+        .sum();
+    let mut out = String::with_capacity(
+        req.method.len() + req.path.len() + query_len + headers_len + req.payload_hash.len() + 8,
+    );
+    out.push_str(req.method);
+    out.push('\n');
+    out.push_str(req.path);
+    out.push('\n');
+    push_query(&mut out, req.query.0);
+    out.push('\n');
+    for (name, value) in req.headers.0 {
+        out.push_str(name);
+        out.push(':');
+        push_trimmed(&mut out, value);
+        out.push('\n');
+    }
+    out.push('\n');
+    for (i, (name, _)) in req.headers.0.iter().enumerate() {
+        if i > 0 {
+            out.push(';');
+        }
+        out.push_str(name);
+    }
+    out.push('\n');
+    out.push_str(req.payload_hash);
+    CanonicalRequest(out)
+}
+
+/// What the signing key signs: the canonical request reduced to its hash and
+/// bound to the time and scope, which the server checks on their own.
+fn string_to_sign(canonical: &CanonicalRequest, date_time: &str, scope: &str) -> String {
+    let hash = Sha256::digest(canonical.0.as_bytes());
+    format!("{ALGORITHM}\n{date_time}\n{scope}\n{hash:x}")
+}
+
+/// The URL, its query in `query`'s order: the order is not signed, and the
+/// caller keeps the SDK's so that URLs compare byte for byte.
+fn url(origin: &str, path: &str, query: &[Param<'_>]) -> String {
+    let query_len: usize = query.iter().map(|(n, v)| n.len() + v.len() + 2).sum();
+    let mut url = String::with_capacity(origin.len() + path.len() + query_len);
+    url.push_str(origin);
+    url.push_str(path);
+    url.push('?');
+    push_query(&mut url, query);
+    url
+}
+
 /// Signs `input` for `route`. The bucket is already part of the route.
 pub(crate) fn presign(
     route: &Route,
@@ -118,112 +213,150 @@ pub(crate) fn presign(
     input: &SignInput<'_>,
     keys: &KeyCache,
 ) -> Result<Presigned, SigningError> {
-    if input.expires_in > MAX_PRESIGN {
+    let expires = expires(input.expires_in)?;
+    let (day, date_time) = timestamps(input.signed_at)?;
+    let date_time = ascii(&date_time);
+    let scope = scope(&day, route);
+    let headers = request_headers(input)?;
+    let mut signed = signed_headers(&headers, &route.host);
+    let signed = Sorted::new(&mut signed);
+    let path = object_path(route, input.key);
+
+    let algorithm = ("X-Amz-Algorithm", ALGORITHM);
+    let credential = credential(creds.access_key_id(), &scope);
+    let credential = ("X-Amz-Credential", credential.as_str());
+    let date = ("X-Amz-Date", date_time);
+    let expires = ("X-Amz-Expires", expires.as_str());
+    let names = header_names(&signed);
+    let signed_headers = ("X-Amz-SignedHeaders", names.as_str());
+    let token = creds.session_token().map(encode);
+    let token = token.as_deref().map(|t| ("X-Amz-Security-Token", t));
+    let operation = operation(input.method).map(|op| ("x-id", op));
+
+    // The URL's parameters but the signature, in its order: sorting them is
+    // the canonical request's business.
+    let (mut query, len) = present([
+        operation,
+        Some(algorithm),
+        Some(credential),
+        Some(date),
+        Some(expires),
+        Some(signed_headers),
+        token,
+    ]);
+    let canonical = canonical_request(&Request {
+        method: input.method.as_str(),
+        path: &path,
+        query: Sorted::new(&mut query[..len]),
+        headers: signed,
+        payload_hash: UNSIGNED_PAYLOAD,
+    });
+    let string_to_sign = string_to_sign(&canonical, date_time, &scope);
+    let key = keys.key(creds, input.signed_at, &day, &route.region, &route.service)?;
+    let signature = calculate_signature(key, string_to_sign.as_bytes());
+
+    // The SDK's order: the operation's own parameter, then the signer's, the
+    // session token last.
+    let (query, len) = present([
+        operation,
+        Some(algorithm),
+        Some(credential),
+        Some(date),
+        Some(expires),
+        Some(signed_headers),
+        Some(("X-Amz-Signature", signature.as_str())),
+        token,
+    ]);
+    Ok(Presigned {
+        url: SecretUrl::new(url(&route.origin, &path, &query[..len])),
+        method: input.method,
+        headers: headers.into_iter().collect(),
+    })
+}
+
+/// `X-Amz-Expires`: whole seconds, and no more than S3 accepts.
+fn expires(expires_in: Duration) -> Result<String, SigningError> {
+    if expires_in > MAX_PRESIGN {
         return Err(SigningError(format!(
             "a presigned URL cannot be valid for more than {} seconds",
             MAX_PRESIGN.as_secs()
         )));
     }
-    let (date_bytes, date_time) = timestamps(input.signed_at)?;
-    let date_str = ascii(&date_bytes);
-    let date_time_str = ascii(&date_time);
+    Ok(expires_in.as_secs().to_string())
+}
 
-    let headers = request_headers(input)?;
-    let mut signed: Vec<(&str, &str)> = headers
+/// The headers the signature covers: the request's and `host`, which every
+/// client sends whether asked to or not.
+fn signed_headers<'a>(headers: &'a [(String, String)], host: &'a str) -> Vec<Param<'a>> {
+    headers
         .iter()
         .map(|(name, value)| (name.as_str(), value.as_str()))
-        .chain([("host", route.host.as_str())])
-        .collect();
-    signed.sort_unstable_by(|a, b| a.0.cmp(b.0));
-    let signed_names = signed
-        .iter()
-        .map(|(name, _)| *name)
-        .collect::<Vec<_>>()
-        .join(";");
+        .chain([("host", host)])
+        .collect()
+}
 
-    let mut path = String::with_capacity(route.path_prefix.len() + input.key.len() + 16);
-    path.push_str(&route.path_prefix);
-    path.push('/');
-    path.extend(utf8_percent_encode(input.key, KEY));
+/// The parameters that are there, first in a fixed array: no allocation for
+/// what is never more than a handful.
+fn present<'a, const N: usize>(params: [Option<Param<'a>>; N]) -> ([Param<'a>; N], usize) {
+    let mut out = [("", ""); N];
+    let mut len = 0;
+    for (slot, param) in out.iter_mut().zip(params.into_iter().flatten()) {
+        *slot = param;
+        len += 1;
+    }
+    (out, len)
+}
 
-    let scope = format!("{date_str}/{}/{}/aws4_request", route.region, route.service);
-    let credential = encode(&format!("{}/{scope}", creds.access_key_id()));
-    let token = creds.session_token().map(encode);
-    let expires = input.expires_in.as_secs().to_string();
-    let signed_names_q = encode(&signed_names);
-    let operation = match input.method {
+/// The operation aws-sdk-s3 names in an `x-id` parameter, from the Smithy
+/// model's URIs; HeadObject's has none.
+fn operation(method: Method) -> Option<&'static str> {
+    match method {
         Method::Put => Some("PutObject"),
         Method::Get => Some("GetObject"),
         Method::Delete => Some("DeleteObject"),
         Method::Head => None,
-    };
-
-    let algorithm = ("X-Amz-Algorithm", ALGORITHM);
-    let credential = ("X-Amz-Credential", credential.as_str());
-    let date = ("X-Amz-Date", date_time_str);
-    let expires = ("X-Amz-Expires", expires.as_str());
-    let signed_headers = ("X-Amz-SignedHeaders", signed_names_q.as_str());
-    let token = token.as_deref().map(|t| ("X-Amz-Security-Token", t));
-    let operation = operation.map(|op| ("x-id", op));
-
-    // Parameters sorted by name, as the canonical query string wants them.
-    let mut canonical = String::with_capacity(512);
-    canonical.push_str(input.method.as_str());
-    canonical.push('\n');
-    canonical.push_str(&path);
-    canonical.push('\n');
-    push_query(
-        &mut canonical,
-        [algorithm, credential, date, expires]
-            .into_iter()
-            .chain(token)
-            .chain([signed_headers])
-            .chain(operation),
-    );
-    canonical.push('\n');
-    for (name, value) in &signed {
-        canonical.push_str(name);
-        canonical.push(':');
-        push_trimmed(&mut canonical, value);
-        canonical.push('\n');
     }
-    canonical.push('\n');
-    canonical.push_str(&signed_names);
-    canonical.push('\n');
-    canonical.push_str(UNSIGNED_PAYLOAD);
+}
 
-    let string_to_sign = format!(
-        "{ALGORITHM}\n{date_time_str}\n{scope}\n{}",
-        hex::encode(Sha256::digest(canonical.as_bytes()))
-    );
-    let key = keys.key(
-        creds,
-        input.signed_at,
-        &date_bytes,
-        &route.region,
-        &route.service,
-    )?;
-    let signature = calculate_signature(key, string_to_sign.as_bytes());
+/// The URL path of an object: the route's prefix and the key, slashes kept.
+fn object_path(route: &Route, key: &str) -> String {
+    let mut path = String::with_capacity(route.path_prefix.len() + key.len() + 16);
+    path.push_str(&route.path_prefix);
+    path.push('/');
+    path.extend(utf8_percent_encode(key, KEY));
+    path
+}
 
-    // The SDK's order: the operation's own parameter, then the signer's, the
-    // session token last.
-    let mut url = String::with_capacity(route.origin.len() + path.len() + canonical.len());
-    url.push_str(&route.origin);
-    url.push_str(&path);
-    url.push('?');
-    push_query(
-        &mut url,
-        operation
-            .into_iter()
-            .chain([algorithm, credential, date, expires, signed_headers])
-            .chain([("X-Amz-Signature", signature.as_str())])
-            .chain(token),
-    );
-    Ok(Presigned {
-        url: SecretUrl::new(url),
-        method: input.method,
-        headers: headers.into_iter().collect(),
-    })
+/// The credential scope: what, besides the secret, the signing key is
+/// derived from, and so all a signature is valid for.
+fn scope(day: &[u8; 8], route: &Route) -> String {
+    format!(
+        "{}/{}/{}/aws4_request",
+        ascii(day),
+        route.region,
+        route.service
+    )
+}
+
+/// `X-Amz-Credential`, encoded: the key id and the scope.
+fn credential(access_key_id: &str, scope: &str) -> String {
+    let mut out = String::with_capacity(access_key_id.len() + scope.len() + 16);
+    out.extend(utf8_percent_encode(access_key_id, QUERY));
+    out.push_str("%2F");
+    out.extend(utf8_percent_encode(scope, QUERY));
+    out
+}
+
+/// `X-Amz-SignedHeaders`, encoded: the names joined by `;`.
+fn header_names(headers: &Sorted<'_, Param<'_>>) -> String {
+    let mut out = String::with_capacity(headers.0.iter().map(|(n, _)| n.len() + 3).sum());
+    for (i, (name, _)) in headers.0.iter().enumerate() {
+        if i > 0 {
+            out.push_str("%3B");
+        }
+        out.extend(utf8_percent_encode(name, QUERY));
+    }
+    out
 }
 
 /// The headers a PUT carries, as aws-sdk-s3 serialises PutObject: lower-case
@@ -276,11 +409,9 @@ fn is_token_char(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-/// A canonical header value: spaces (only spaces) trimmed and runs of them
-/// collapsed, as aws-sigv4 does.
-/// `name=value` pairs joined by `&`; the values are already encoded.
-fn push_query<'a>(out: &mut String, params: impl IntoIterator<Item = (&'a str, &'a str)>) {
-    for (i, (name, value)) in params.into_iter().enumerate() {
+/// `name=value` pairs joined by `&`; both are already encoded.
+fn push_query(out: &mut String, params: &[Param<'_>]) {
+    for (i, (name, value)) in params.iter().enumerate() {
         if i > 0 {
             out.push('&');
         }
@@ -290,6 +421,8 @@ fn push_query<'a>(out: &mut String, params: impl IntoIterator<Item = (&'a str, &
     }
 }
 
+/// A canonical header value: spaces (only spaces) trimmed and runs of them
+/// collapsed, as aws-sigv4 does.
 fn push_trimmed(out: &mut String, value: &str) {
     let mut last_space = false;
     for c in value.trim_matches(' ').chars() {
@@ -359,6 +492,108 @@ fn ascii(bytes: &[u8]) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// AWS's worked example of a presigned URL, from the S3 API reference,
+    /// "Authenticating Requests: Using Query Parameters (AWS Signature
+    /// Version 4)": GET examplebucket/test.txt for a day from
+    /// 2013-05-24T00:00:00Z with AWS's example key. The expected texts are
+    /// the page's, byte for byte. The request is built with the signer's own
+    /// helpers but without `x-id`, which aws-sdk-s3 (and so `presign`) adds.
+    #[test]
+    fn aws_published_presigned_url_example() {
+        const CANONICAL_REQUEST: &str = "GET\n\
+            /test.txt\n\
+            X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIAIOSFODNN7EXAMPLE%2F20130524%2Fus-east-1%2Fs3%2Faws4_request&X-Amz-Date=20130524T000000Z&X-Amz-Expires=86400&X-Amz-SignedHeaders=host\n\
+            host:examplebucket.s3.amazonaws.com\n\
+            \n\
+            host\n\
+            UNSIGNED-PAYLOAD";
+        const STRING_TO_SIGN: &str = "AWS4-HMAC-SHA256\n\
+            20130524T000000Z\n\
+            20130524/us-east-1/s3/aws4_request\n\
+            3bfa292879f6447bbcda7001decf97f4a54dc650c8942174ae0a9121cf58ad04";
+        const SIGNATURE: &str = "aeeed9bbccd4d02ee5c0109b86d86835f995330da4c265957d157751f604d404";
+        const URL: &str = "https://examplebucket.s3.amazonaws.com/test.txt?\
+            X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIAIOSFODNN7EXAMPLE%2F20130524%2Fus-east-1%2Fs3%2Faws4_request&X-Amz-Date=20130524T000000Z&X-Amz-Expires=86400&X-Amz-SignedHeaders=host&\
+            X-Amz-Signature=aeeed9bbccd4d02ee5c0109b86d86835f995330da4c265957d157751f604d404";
+
+        let creds = Credentials::new(
+            "AKIAIOSFODNN7EXAMPLE",
+            "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+            None,
+            None,
+            "aws-docs",
+        );
+        let route = Route {
+            origin: "https://examplebucket.s3.amazonaws.com".into(),
+            path_prefix: String::new(),
+            host: "examplebucket.s3.amazonaws.com".into(),
+            region: "us-east-1".into(),
+            service: "s3".into(),
+        };
+        let signed_at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_369_353_600);
+        let (day, date_time) = timestamps(signed_at).expect("in range");
+        let date_time = ascii(&date_time);
+        let scope = scope(&day, &route);
+        let path = object_path(&route, "test.txt");
+        let credential = credential(creds.access_key_id(), &scope);
+        let expires = expires(Duration::from_secs(86_400)).expect("within seven days");
+        let mut headers = [("host", route.host.as_str())];
+        let names = header_names(&Sorted::new(&mut headers));
+        let params = [
+            ("X-Amz-Algorithm", ALGORITHM),
+            ("X-Amz-Credential", credential.as_str()),
+            ("X-Amz-Date", date_time),
+            ("X-Amz-Expires", expires.as_str()),
+            ("X-Amz-SignedHeaders", names.as_str()),
+        ];
+        // The example lists them sorted; give them otherwise, for the
+        // canonical request to sort.
+        let mut query = params;
+        query.reverse();
+
+        let canonical = canonical_request(&Request {
+            method: "GET",
+            path: &path,
+            query: Sorted::new(&mut query),
+            headers: Sorted::new(&mut headers),
+            payload_hash: UNSIGNED_PAYLOAD,
+        });
+        assert_eq!(canonical.as_str(), CANONICAL_REQUEST);
+        let string_to_sign = string_to_sign(&canonical, date_time, &scope);
+        assert_eq!(string_to_sign, STRING_TO_SIGN);
+        let key = KeyCache::default()
+            .key(&creds, signed_at, &day, &route.region, &route.service)
+            .expect("derives a key");
+        let signature = calculate_signature(key, string_to_sign.as_bytes());
+        assert_eq!(signature, SIGNATURE);
+        let mut in_url = params.to_vec();
+        in_url.push(("X-Amz-Signature", &signature));
+        assert_eq!(url(&route.origin, &path, &in_url), URL);
+    }
+
+    #[test]
+    fn canonical_query_is_sorted_by_name_then_value_whatever_the_url_order() {
+        let mut query = [
+            ("b", "1"),
+            ("a", "2"),
+            ("X-b", "z"),
+            ("a", "10"),
+            ("a-b", ""),
+        ];
+        let mut headers = [("x-amz-meta-b", "v"), ("host", "h")];
+        let canonical = canonical_request(&Request {
+            method: "PUT",
+            path: "/k",
+            query: Sorted::new(&mut query),
+            headers: Sorted::new(&mut headers),
+            payload_hash: UNSIGNED_PAYLOAD,
+        });
+        assert_eq!(
+            canonical.as_str(),
+            "PUT\n/k\nX-b=z&a=10&a=2&a-b=&b=1\nhost:h\nx-amz-meta-b:v\n\nhost;x-amz-meta-b\nUNSIGNED-PAYLOAD"
+        );
+    }
 
     #[test]
     fn timestamps_match_jiff() {
