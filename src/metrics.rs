@@ -21,6 +21,16 @@ type Labels2 = [(&'static str, &'static str); 2];
 /// A grant's last Ready reason and URL expiry.
 type GrantState = (Reason, Option<SystemTime>);
 
+/// Every (success, reason) that `Metrics::signed` is called with. Each is
+/// registered at 0 from the start, so a 0 read from /metrics is a real 0
+/// and not a sample nobody has touched yet; a new reason belongs here.
+pub const SIGNING_OUTCOMES: &[(bool, &str)] =
+    &[(true, "ok"), (false, "credentials"), (false, "presign")];
+
+fn signing_result(ok: bool) -> &'static str {
+    if ok { "success" } else { "failure" }
+}
+
 pub struct Metrics {
     registry: Registry,
     reconcile_duration: Histogram,
@@ -46,12 +56,18 @@ impl Default for Metrics {
             reconcile_duration.clone(),
         );
         let reconcile_failures = Family::<Labels, Counter>::default();
+        for category in crate::error::Error::CATEGORIES {
+            let _ = reconcile_failures.get_or_create(&[("category", category)]);
+        }
         registry.register(
             "reconcile_failures",
             "Reconciles that ended in an error, by category",
             reconcile_failures.clone(),
         );
         let signings = Family::<Labels2, Counter>::default();
+        for (ok, reason) in SIGNING_OUTCOMES {
+            let _ = signings.get_or_create(&[("result", signing_result(*ok)), ("reason", reason)]);
+        }
         registry.register(
             "signings",
             "Presigning attempts, by result and reason",
@@ -117,10 +133,10 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts a presigning attempt; `(ok, reason)` is one of `SIGNING_OUTCOMES`.
     pub fn signed(&self, ok: bool, reason: &'static str) {
-        let result = if ok { "success" } else { "failure" };
         self.signings
-            .get_or_create(&[("result", result), ("reason", reason)])
+            .get_or_create(&[("result", signing_result(ok)), ("reason", reason)])
             .inc();
     }
 
@@ -220,5 +236,83 @@ mod tests {
             m.render(&snapshot)
                 .contains(r#"upload_grant_grants{reason="Issued"} 0"#)
         );
+    }
+
+    #[test]
+    fn bounded_label_sets_are_present_at_zero_before_anything_happens() {
+        let m = Metrics::default();
+        let snapshot = CredentialSnapshot::new(SharedCredentialsProvider::new(Credentials::new(
+            "AKID", "secret", None, None, "test",
+        )));
+        let text = m.render(&snapshot);
+        for category in crate::error::Error::CATEGORIES {
+            let sample =
+                format!(r#"upload_grant_reconcile_failures_total{{category="{category}"}} 0"#);
+            assert!(
+                text.lines().any(|l| l == sample),
+                "{sample} missing:\n{text}"
+            );
+        }
+        for (ok, reason) in SIGNING_OUTCOMES {
+            let result = signing_result(*ok);
+            let sample =
+                format!(r#"upload_grant_signings_total{{result="{result}",reason="{reason}"}} 0"#);
+            assert!(
+                text.lines().any(|l| l == sample),
+                "{sample} missing:\n{text}"
+            );
+        }
+        for reason in Reason::ALL {
+            let sample = format!(r#"upload_grant_grants{{reason="{}"}} 0"#, reason.as_str());
+            assert!(
+                text.lines().any(|l| l == sample),
+                "{sample} missing:\n{text}"
+            );
+        }
+    }
+
+    /// Every `metrics.signed(ok, "reason")` call in the sources names an
+    /// outcome in `SIGNING_OUTCOMES`, so all of them are registered at 0.
+    #[test]
+    fn every_signing_outcome_the_sources_record_is_registered() {
+        fn sources(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+            for entry in std::fs::read_dir(dir).expect("src/ is readable") {
+                let path = entry.expect("readable entry").path();
+                if path.is_dir() {
+                    sources(&path, out);
+                } else if path.extension().is_some_and(|e| e == "rs")
+                    && !path.ends_with("metrics.rs")
+                {
+                    out.push(path);
+                }
+            }
+        }
+        let mut files = Vec::new();
+        sources(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+            &mut files,
+        );
+        let mut calls = 0;
+        for file in files {
+            let text = std::fs::read_to_string(&file).expect("readable source");
+            for (at, _) in text.match_indices("metrics.signed(") {
+                let args = &text[at + "metrics.signed(".len()..];
+                let args = &args[..args.find(')').expect("closed call")];
+                let (ok, reason) = args
+                    .split_once(',')
+                    .unwrap_or_else(|| panic!("{}: cannot read signed({args})", file.display()));
+                let ok: bool = ok.trim().parse().unwrap_or_else(|_| {
+                    panic!("{}: signed({args}): not a literal bool", file.display())
+                });
+                let reason = reason.trim().trim_matches('"');
+                assert!(
+                    SIGNING_OUTCOMES.contains(&(ok, reason)),
+                    "{}: signed({args}) is not in SIGNING_OUTCOMES",
+                    file.display()
+                );
+                calls += 1;
+            }
+        }
+        assert!(calls >= SIGNING_OUTCOMES.len(), "found only {calls} calls");
     }
 }
