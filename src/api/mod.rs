@@ -3,6 +3,7 @@
 pub mod duration;
 pub mod grant;
 pub mod issuer;
+pub mod limits;
 
 pub use grant::{
     IssuerRef, Method, RefreshPolicy, SecretTemplate, ServerSideEncryption, SseType, UploadGrant,
