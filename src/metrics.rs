@@ -21,6 +21,36 @@ type Labels2 = [(&'static str, &'static str); 2];
 /// A grant's last Ready reason and URL expiry.
 type GrantState = (Reason, Option<SystemTime>);
 
+/// How a presigning attempt ended: the `result` and `reason` labels of
+/// `upload_grant_signings_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signing {
+    Ok,
+    /// No credentials, or none that live long enough.
+    CredentialsUnavailable,
+    /// The presigner refused the request.
+    PresignFailed,
+}
+
+impl Signing {
+    /// Each is registered at 0 from the start, so a 0 read from /metrics is
+    /// a real 0 and not a sample nobody has touched yet.
+    pub const ALL: [Signing; 3] = [
+        Signing::Ok,
+        Signing::CredentialsUnavailable,
+        Signing::PresignFailed,
+    ];
+
+    fn labels(self) -> Labels2 {
+        let (result, reason) = match self {
+            Signing::Ok => ("success", "ok"),
+            Signing::CredentialsUnavailable => ("failure", "credentials"),
+            Signing::PresignFailed => ("failure", "presign"),
+        };
+        [("result", result), ("reason", reason)]
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     reconcile_duration: Histogram,
@@ -46,12 +76,18 @@ impl Default for Metrics {
             reconcile_duration.clone(),
         );
         let reconcile_failures = Family::<Labels, Counter>::default();
+        for category in crate::error::Error::CATEGORIES {
+            let _ = reconcile_failures.get_or_create(&[("category", category)]);
+        }
         registry.register(
             "reconcile_failures",
             "Reconciles that ended in an error, by category",
             reconcile_failures.clone(),
         );
         let signings = Family::<Labels2, Counter>::default();
+        for outcome in Signing::ALL {
+            let _ = signings.get_or_create(&outcome.labels());
+        }
         registry.register(
             "signings",
             "Presigning attempts, by result and reason",
@@ -117,11 +153,9 @@ impl Metrics {
             .inc();
     }
 
-    pub fn signed(&self, ok: bool, reason: &'static str) {
-        let result = if ok { "success" } else { "failure" };
-        self.signings
-            .get_or_create(&[("result", result), ("reason", reason)])
-            .inc();
+    /// Counts a presigning attempt; `(ok, reason)` is one of `SIGNING_OUTCOMES`.
+    pub fn signed(&self, outcome: Signing) {
+        self.signings.get_or_create(&outcome.labels()).inc();
     }
 
     /// Records a grant's state; `None` forgets a deleted grant.
@@ -184,7 +218,7 @@ mod tests {
             Some(Reason::Issued),
             Some(SystemTime::UNIX_EPOCH + Duration::from_secs(2_000_000_000)),
         );
-        m.signed(true, "ok");
+        m.signed(Signing::Ok);
         m.reconcile_failure("kube_api");
         m.reconciled(Duration::from_millis(3));
         let snapshot = CredentialSnapshot::new(SharedCredentialsProvider::new(Credentials::new(
@@ -220,5 +254,38 @@ mod tests {
             m.render(&snapshot)
                 .contains(r#"upload_grant_grants{reason="Issued"} 0"#)
         );
+    }
+
+    #[test]
+    fn bounded_label_sets_are_present_at_zero_before_anything_happens() {
+        let m = Metrics::default();
+        let snapshot = CredentialSnapshot::new(SharedCredentialsProvider::new(Credentials::new(
+            "AKID", "secret", None, None, "test",
+        )));
+        let text = m.render(&snapshot);
+        for category in crate::error::Error::CATEGORIES {
+            let sample =
+                format!(r#"upload_grant_reconcile_failures_total{{category="{category}"}} 0"#);
+            assert!(
+                text.lines().any(|l| l == sample),
+                "{sample} missing:\n{text}"
+            );
+        }
+        for outcome in Signing::ALL {
+            let [(_, result), (_, reason)] = outcome.labels();
+            let sample =
+                format!(r#"upload_grant_signings_total{{result="{result}",reason="{reason}"}} 0"#);
+            assert!(
+                text.lines().any(|l| l == sample),
+                "{sample} missing:\n{text}"
+            );
+        }
+        for reason in Reason::ALL {
+            let sample = format!(r#"upload_grant_grants{{reason="{}"}} 0"#, reason.as_str());
+            assert!(
+                text.lines().any(|l| l == sample),
+                "{sample} missing:\n{text}"
+            );
+        }
     }
 }

@@ -7,7 +7,12 @@ mod support;
 use kube::Api;
 use kube::api::{ApiResource, DynamicObject, PostParams};
 use support::{TestContext, TestResult};
-use upload_grant_operator::api::{ClusterGrantIssuer, UploadGrant};
+use upload_grant_operator::api::limits::{
+    MAX_ANNOTATIONS_BYTES, MAX_LABEL_VALUE_LEN, MAX_METADATA_BYTES, MAX_METADATA_ENTRIES,
+    MAX_QUALIFIED_NAME_LEN, MAX_SECRET_LABELS,
+};
+use upload_grant_operator::api::{ClusterGrantIssuer, UploadGrant, UploadGrantSpec};
+use upload_grant_operator::controller::validate::validate;
 
 /// Untyped, so values the Rust types could not even hold reach the server.
 fn grant(name: &str, spec: serde_json::Value) -> TestResult<DynamicObject> {
@@ -130,6 +135,374 @@ async fn invalid_grants_are_rejected_with_a_clear_message() -> TestResult {
     );
     api.create(&PostParams::default(), &grant("good", good)?)
         .await?;
+    Ok(())
+}
+
+/// `n` distinct keys `k0`, `k1`, … with the value `value`.
+fn entries(n: usize, value: &str) -> serde_json::Value {
+    (0..n)
+        .map(|i| (format!("k{i}"), serde_json::json!(value)))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
+fn labels(labels: serde_json::Value) -> serde_json::Value {
+    with(serde_json::json!({"secret": {"labels": labels}}))
+}
+
+fn annotations(annotations: serde_json::Value) -> serde_json::Value {
+    with(serde_json::json!({"secret": {"annotations": annotations}}))
+}
+
+/// A DNS subdomain of exactly 253 characters, the longest qualified-name prefix.
+fn prefix_253() -> String {
+    format!("{}.{}", "a".repeat(126), "b".repeat(126))
+}
+
+/// What the apiserver or S3 would refuse later (or what would break the
+/// operator's own bookkeeping) is refused at apply time, with a message naming
+/// the field. Where the operator's validate step mirrors the rule (everything
+/// but the entry-count bounds, which only keep CEL within its cost budget), it
+/// refuses the same spec, for objects stored before the schema had the rule.
+#[tokio::test]
+async fn what_would_fail_later_is_refused_at_apply_time() -> TestResult {
+    let ctx = TestContext::new("crd-refused").await?;
+    support::install_committed_crds(&ctx.client).await?;
+    let api = dynamic::<UploadGrant>(&ctx, true);
+    let mirrored = true;
+    let reserved_label =
+        "secret.labels keys must not start with grants.io/ or be app.kubernetes.io/managed-by";
+    let reserved_annotation =
+        "secret.annotations keys must not start with grants.io/ or be app.kubernetes.io/managed-by";
+    let label_key = "secret.labels keys must be qualified names";
+    let annotation_key = "secret.annotations keys must be qualified names";
+    let label_value = "secret.labels values must be empty or at most 63";
+    let dot_segments = "key must not contain '.' or '..' path segments";
+    let control = "key must not contain control characters";
+    let metadata_ascii = "metadata values must be printable ASCII";
+    let metadata_size = "metadata names and values must total at most 2048 bytes";
+    let annotations_size = "secret.annotations keys and values must total at most 262144 bytes";
+    let refresh_min = "refreshBefore must be at least 10s";
+    let long_name = "n".repeat(MAX_QUALIFIED_NAME_LEN + 1);
+    let long_prefix = format!("{}a/x", prefix_253());
+    let long_value = "v".repeat(MAX_LABEL_VALUE_LEN + 1);
+    let half = MAX_ANNOTATIONS_BYTES / 2;
+    let cases = [
+        // 1. Reserved keys.
+        (
+            labels(serde_json::json!({"grants.io/grant": "other"})),
+            reserved_label,
+            mirrored,
+        ),
+        (
+            labels(serde_json::json!({"grants.io/anything": "x"})),
+            reserved_label,
+            mirrored,
+        ),
+        (
+            labels(serde_json::json!({"app.kubernetes.io/managed-by": "me"})),
+            reserved_label,
+            mirrored,
+        ),
+        (
+            annotations(serde_json::json!({"grants.io/spec-hash": "x"})),
+            reserved_annotation,
+            mirrored,
+        ),
+        (
+            annotations(serde_json::json!({"grants.io/expires-at": "x"})),
+            reserved_annotation,
+            mirrored,
+        ),
+        (
+            annotations(serde_json::json!({"app.kubernetes.io/managed-by": "me"})),
+            reserved_annotation,
+            mirrored,
+        ),
+        // 2. Label and annotation syntax.
+        (
+            labels(serde_json::json!({"bad key": "x"})),
+            label_key,
+            mirrored,
+        ),
+        (
+            labels(serde_json::json!({"-team": "x"})),
+            label_key,
+            mirrored,
+        ),
+        (
+            labels(serde_json::json!({"Example.com/team": "x"})),
+            label_key,
+            mirrored,
+        ),
+        (
+            labels(serde_json::json!({"/team": "x"})),
+            label_key,
+            mirrored,
+        ),
+        (
+            labels(serde_json::json!({"a/b/c": "x"})),
+            label_key,
+            mirrored,
+        ),
+        (
+            labels(serde_json::json!({long_name.clone(): "x"})),
+            label_key,
+            mirrored,
+        ),
+        (
+            labels(serde_json::json!({long_prefix.clone(): "x"})),
+            label_key,
+            mirrored,
+        ),
+        (
+            annotations(serde_json::json!({"bad key": "x"})),
+            annotation_key,
+            mirrored,
+        ),
+        (
+            annotations(serde_json::json!({long_name: "x"})),
+            annotation_key,
+            mirrored,
+        ),
+        (
+            annotations(serde_json::json!({long_prefix: "x"})),
+            annotation_key,
+            mirrored,
+        ),
+        (
+            labels(serde_json::json!({"team": "-a"})),
+            label_value,
+            mirrored,
+        ),
+        (
+            labels(serde_json::json!({"team": "a b"})),
+            label_value,
+            mirrored,
+        ),
+        (
+            labels(serde_json::json!({"team": "ü"})),
+            label_value,
+            mirrored,
+        ),
+        (
+            labels(serde_json::json!({"team": long_value})),
+            "spec.secret.labels.team",
+            mirrored,
+        ),
+        (
+            annotations(serde_json::json!({"a": "v".repeat(half), "b": "v".repeat(half - 1)})),
+            annotations_size,
+            mirrored,
+        ),
+        (
+            labels(entries(MAX_SECRET_LABELS + 1, "x")),
+            "spec.secret.labels: Too many",
+            false,
+        ),
+        // 3. Key.
+        (
+            with(serde_json::json!({"key": "a/../b"})),
+            dot_segments,
+            mirrored,
+        ),
+        (
+            with(serde_json::json!({"key": "a/./b"})),
+            dot_segments,
+            mirrored,
+        ),
+        (
+            with(serde_json::json!({"key": "./a"})),
+            dot_segments,
+            mirrored,
+        ),
+        (
+            with(serde_json::json!({"key": "a/.."})),
+            dot_segments,
+            mirrored,
+        ),
+        (
+            with(serde_json::json!({"key": ".."})),
+            dot_segments,
+            mirrored,
+        ),
+        (
+            with(serde_json::json!({"key": "."})),
+            dot_segments,
+            mirrored,
+        ),
+        (with(serde_json::json!({"key": "a\nb"})), control, mirrored),
+        (
+            with(serde_json::json!({"key": "\u{0}a"})),
+            control,
+            mirrored,
+        ),
+        (
+            with(serde_json::json!({"key": "a\u{1f}"})),
+            control,
+            mirrored,
+        ),
+        (
+            with(serde_json::json!({"key": "a\u{7f}"})),
+            control,
+            mirrored,
+        ),
+        // 4. Metadata.
+        (
+            with(serde_json::json!({"metadata": {"owner": "ü"}})),
+            metadata_ascii,
+            mirrored,
+        ),
+        (
+            with(serde_json::json!({"metadata": {"owner": "a\tb"}})),
+            metadata_ascii,
+            mirrored,
+        ),
+        (
+            with(serde_json::json!({"metadata": {"owner": "a\u{7f}"}})),
+            metadata_ascii,
+            mirrored,
+        ),
+        (
+            with(serde_json::json!({"metadata": {"owner": "v".repeat(MAX_METADATA_BYTES - 4)}})),
+            metadata_size,
+            mirrored,
+        ),
+        // Names count: 1 + 1000 + 1 + 1047 = 2049 bytes.
+        (
+            with(serde_json::json!({"metadata": {"a": "v".repeat(1000), "b": "v".repeat(1047)}})),
+            metadata_size,
+            mirrored,
+        ),
+        // Counted in bytes, not characters: 683 × 'ü' is 1366 bytes, so this is
+        // 1 + 1366 + 1 + 681 = 2049 bytes in 1366 characters (also not ASCII).
+        (
+            with(serde_json::json!({"metadata": {"a": "ü".repeat(683), "b": "v".repeat(681)}})),
+            metadata_size,
+            mirrored,
+        ),
+        (
+            with(serde_json::json!({"metadata": entries(MAX_METADATA_ENTRIES + 1, "x")})),
+            "spec.metadata: Too many",
+            false,
+        ),
+        // 5. refreshBefore minimum.
+        (
+            with(serde_json::json!({"refreshBefore": "9s"})),
+            refresh_min,
+            mirrored,
+        ),
+        (
+            with(serde_json::json!({"refreshBefore": "9999ms"})),
+            refresh_min,
+            mirrored,
+        ),
+        (
+            with(serde_json::json!({"refreshBefore": "1ms"})),
+            refresh_min,
+            mirrored,
+        ),
+    ];
+    for (i, (spec, needle, mirrored)) in cases.into_iter().enumerate() {
+        let mut shown = spec.to_string();
+        if shown.len() > 300 {
+            shown = format!(
+                "{}… ({} bytes)",
+                &shown[..shown.floor_char_boundary(300)],
+                shown.len()
+            );
+        }
+        let typed: UploadGrantSpec = serde_json::from_value(spec.clone())?;
+        let second_line = validate(&typed, "g");
+        if mirrored {
+            assert!(second_line.is_err(), "{shown}: validate() accepted it");
+        } else {
+            assert!(
+                second_line.is_ok(),
+                "{shown}: validate() refused a schema-only bound"
+            );
+        }
+        match api
+            .create(
+                &PostParams::default(),
+                &grant(&format!("refused-{i}"), spec)?,
+            )
+            .await
+        {
+            Err(kube::Error::Api(status)) => {
+                assert_eq!(status.code, 422, "{shown}: {status:?}");
+                assert!(
+                    status.message.contains(needle),
+                    "{shown}: expected {needle:?} in {:?}",
+                    status.message
+                );
+            }
+            other => panic!("{shown} was not rejected: {other:?}"),
+        }
+    }
+    Ok(())
+}
+
+/// The edges of each limit are still accepted, by the apiserver and by the
+/// operator's validate step, so the refusals above are exactly at the limits.
+#[tokio::test]
+async fn edges_of_the_limits_are_accepted() -> TestResult {
+    let ctx = TestContext::new("crd-edges").await?;
+    support::install_committed_crds(&ctx.client).await?;
+    let api = dynamic::<UploadGrant>(&ctx, true);
+    let half = MAX_ANNOTATIONS_BYTES / 2;
+    let cases = [
+        // Near the reserved keys, but not them.
+        labels(
+            serde_json::json!({"app.kubernetes.io/name": "x", "grants.io": "x", "sub.grants.io/x": "x"}),
+        ),
+        annotations(
+            serde_json::json!({"example.com/grants.io": "x", "app.kubernetes.io/managed-by-team": "x"}),
+        ),
+        // Longest label value, empty value, longest name and prefix.
+        labels(serde_json::json!({"team": "v".repeat(MAX_LABEL_VALUE_LEN)})),
+        labels(serde_json::json!({"team": "", "A_b.c-D9": "A-b_c.9"})),
+        labels(serde_json::json!({"n".repeat(MAX_QUALIFIED_NAME_LEN): "x"})),
+        labels(serde_json::json!({format!("{}/x", prefix_253()): "x"})),
+        labels(entries(MAX_SECRET_LABELS, "x")),
+        // Annotations exactly at 256 KiB (1 + half + 1 + half - 2), any text.
+        annotations(serde_json::json!({"a": "v".repeat(half), "b": "v".repeat(half - 2)})),
+        annotations(serde_json::json!({"note": "any text: ü, tabs\tand\nlines"})),
+        // Dots inside segments, and other characters.
+        with(serde_json::json!({"key": "a..b"})),
+        with(serde_json::json!({"key": ".../.hidden/a./.b/c.."})),
+        with(serde_json::json!({"key": "a//b/ü €/~!@#$%^&*() "})),
+        // Metadata exactly at 2048 bytes, in one entry and across two.
+        with(serde_json::json!({"metadata": {"owner": "v".repeat(MAX_METADATA_BYTES - 5)}})),
+        with(serde_json::json!({"metadata": {"a": "v".repeat(1000), "b": "v".repeat(1046)}})),
+        with(
+            serde_json::json!({"metadata": {"owner": " printable ASCII: ~!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|} "}}),
+        ),
+        with(serde_json::json!({"metadata": entries(MAX_METADATA_ENTRIES, "x")})),
+        // The shortest refreshBefore, with the shortest ttl.
+        with(serde_json::json!({"ttl": "1m", "refreshBefore": "10s"})),
+        with(serde_json::json!({"ttl": "1m", "refreshBefore": "10000ms"})),
+    ];
+    for (i, spec) in cases.into_iter().enumerate() {
+        let mut shown = spec.to_string();
+        if shown.len() > 300 {
+            shown = format!(
+                "{}… ({} bytes)",
+                &shown[..shown.floor_char_boundary(300)],
+                shown.len()
+            );
+        }
+        let typed: UploadGrantSpec = serde_json::from_value(spec.clone())?;
+        if let Err(e) = validate(&typed, "g") {
+            panic!("{shown}: validate() refused it: {e}");
+        }
+        if let Err(e) = api
+            .create(&PostParams::default(), &grant(&format!("edge-{i}"), spec)?)
+            .await
+        {
+            panic!("{shown} was refused: {e}");
+        }
+    }
     Ok(())
 }
 

@@ -3,11 +3,17 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::core::Rule;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::duration::DURATION_PATTERN;
+use super::duration::{DURATION_PATTERN, format_duration};
+use super::limits::{
+    MAX_ANNOTATIONS_BYTES, MAX_LABEL_VALUE_LEN, MAX_METADATA_BYTES, MAX_METADATA_ENTRIES,
+    MAX_QUALIFIED_NAME_LEN, MAX_QUALIFIED_NAME_PREFIX_LEN, MAX_SECRET_ANNOTATIONS,
+    MAX_SECRET_LABELS, MIN_REFRESH_BEFORE, RESERVED_KEY_PREFIX, RESERVED_MANAGED_BY_KEY,
+};
 
 /// Asks for an S3 presigned URL for one object, delivered in a Secret in the
 /// grant's namespace and renewed before it expires.
@@ -67,10 +73,16 @@ pub struct UploadGrantSpec {
     )]
     pub bucket: String,
 
-    /// The object key, 1 to 1024 bytes of UTF-8. Any character is allowed;
-    /// the operator encodes it in the URL.
+    /// The object key, 1 to 1024 bytes of UTF-8; the operator encodes it in the
+    /// URL. Any character except control characters (U+0000 to U+001F,
+    /// U+007F), and no `.` or `..` path segments (clients normalise those away,
+    /// so the signature would no longer match).
     #[schemars(length(min = 1, max = 1024))]
-    #[x_kube(validation = Rule::new("size(bytes(self)) <= 1024").message("key must be at most 1024 bytes of UTF-8"))]
+    #[x_kube(
+        validation = Rule::new("size(bytes(self)) <= 1024").message("key must be at most 1024 bytes of UTF-8"),
+        validation = Rule::new("!self.matches('(^|/)[.][.]?(/|$)')").message("key must not contain '.' or '..' path segments: clients normalise them away and the signature no longer matches"),
+        validation = Rule::new("!self.matches('[\\\\x00-\\\\x1f\\\\x7f]')").message("key must not contain control characters (U+0000 to U+001F, U+007F)")
+    )]
     pub key: String,
 
     /// The HTTP method the URL is signed for: PUT (upload, the default), GET
@@ -86,11 +98,11 @@ pub struct UploadGrantSpec {
     #[x_kube(validation = Rule::new("duration(self) >= duration('1m') && duration(self) <= duration('168h')").message("ttl must be between 1m and 168h"))]
     pub ttl: String,
 
-    /// How long before expiry the URL is renewed, as a Go duration shorter than
-    /// ttl. Defaults to a third of the URL's lifetime.
+    /// How long before expiry the URL is renewed, as a Go duration of at least
+    /// 10s and shorter than ttl. Defaults to a third of the URL's lifetime.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 32), regex(pattern = DURATION_PATTERN))]
-    #[x_kube(validation = Rule::new("duration(self) > duration('0s')").message("refreshBefore must be positive"))]
+    #[x_kube(validation = refresh_before_minimum_rule())]
     pub refresh_before: Option<String>,
 
     /// Always (the default) keeps renewing the URL; Never issues it once and
@@ -116,8 +128,19 @@ pub struct UploadGrantSpec {
     pub content_length: Option<i64>,
 
     /// Object metadata, signed as x-amz-meta-NAME headers the client must send.
+    /// Names are letters, digits, '.', '_' and '-'; values are printable ASCII;
+    /// names and values together are at most 2048 bytes (S3's 2 KB limit), in
+    /// at most 64 entries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self.all(k, k.matches('^[A-Za-z0-9._-]+$'))").message("metadata names may only contain letters, digits, '.', '_' and '-'"))]
+    #[schemars(extend(
+        "maxProperties" = MAX_METADATA_ENTRIES,
+        "additionalProperties" = {"type": "string", "maxLength": MAX_METADATA_BYTES}
+    ))]
+    #[x_kube(
+        validation = Rule::new("self.all(k, k.matches('^[A-Za-z0-9._-]+$'))").message("metadata names may only contain letters, digits, '.', '_' and '-'"),
+        validation = Rule::new("self.all(k, self[k].matches('^[\\\\x20-\\\\x7e]*$'))").message("metadata values must be printable ASCII (space to '~'): headers cannot reliably carry anything else"),
+        validation = metadata_size_rule()
+    )]
     pub metadata: Option<BTreeMap<String, String>>,
 
     /// Server-side encryption the client must request; signed.
@@ -135,6 +158,68 @@ pub struct UploadGrantSpec {
 
 fn default_ttl() -> String {
     "1h".to_owned()
+}
+
+// CEL rules built from the limits in super::limits, which the controller's
+// validate step checks again.
+
+fn refresh_before_minimum_rule() -> Rule {
+    let min = format_duration(MIN_REFRESH_BEFORE);
+    Rule::new(format!("duration(self) >= duration('{min}')"))
+        .message(format!("refreshBefore must be at least {min}").as_str())
+}
+
+fn metadata_size_rule() -> Rule {
+    Rule::new(format!(
+        "self.map(k, size(bytes(k)) + size(bytes(self[k]))).sum() <= {MAX_METADATA_BYTES}"
+    ))
+    .message(
+        format!("metadata names and values must total at most {MAX_METADATA_BYTES} bytes (S3's 2 KB limit on user-defined metadata)").as_str(),
+    )
+}
+
+/// `field`'s keys are not the operator's own labels or annotations.
+fn reserved_keys_rule(field: &str) -> Rule {
+    Rule::new(format!(
+        "self.all(k, !k.startsWith('{RESERVED_KEY_PREFIX}') && k != '{RESERVED_MANAGED_BY_KEY}')"
+    ))
+    .message(
+        format!("{field} keys must not start with {RESERVED_KEY_PREFIX} or be {RESERVED_MANAGED_BY_KEY}: the operator keeps its own bookkeeping there").as_str(),
+    )
+}
+
+/// `field`'s keys are Kubernetes qualified names: an optional DNS subdomain
+/// prefix and '/', then a name.
+fn qualified_keys_rule(field: &str) -> Rule {
+    let dns_label = "[a-z0-9]([-a-z0-9]*[a-z0-9])?";
+    let name_inner = MAX_QUALIFIED_NAME_LEN - 2;
+    // The size test comes first so that a huge key fails fast instead of
+    // running the regex into the apiserver's runtime cost limit.
+    let max_len = MAX_QUALIFIED_NAME_PREFIX_LEN + 1 + MAX_QUALIFIED_NAME_LEN;
+    Rule::new(format!(
+        "self.all(k, size(k) <= {max_len} && k.matches('^({dns_label}([.]{dns_label})*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{{0,{name_inner}}}[A-Za-z0-9])?$') && k.indexOf('/') <= {MAX_QUALIFIED_NAME_PREFIX_LEN})"
+    ))
+    .message(
+        format!("{field} keys must be qualified names: an optional DNS subdomain prefix of at most {MAX_QUALIFIED_NAME_PREFIX_LEN} characters and '/', then a name of 1 to {MAX_QUALIFIED_NAME_LEN} letters, digits, '-', '_' or '.' that starts and ends with a letter or digit").as_str(),
+    )
+}
+
+fn label_values_rule() -> Rule {
+    Rule::new(format!(
+        "self.all(k, size(self[k]) <= {MAX_LABEL_VALUE_LEN} && self[k].matches('^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$'))"
+    ))
+    .message(
+        format!("secret.labels values must be empty or at most {MAX_LABEL_VALUE_LEN} letters, digits, '-', '_' or '.' that start and end with a letter or digit").as_str(),
+    )
+}
+
+fn annotations_size_rule() -> Rule {
+    Rule::new(format!(
+        "self.map(k, size(bytes(k)) + size(bytes(self[k]))).sum() <= {MAX_ANNOTATIONS_BYTES}"
+    ))
+    .message(
+        format!("secret.annotations keys and values must total at most {MAX_ANNOTATIONS_BYTES} bytes (256 KiB, Kubernetes' limit)").as_str(),
+    )
 }
 
 /// Names a ClusterGrantIssuer.
@@ -216,7 +301,7 @@ impl SseType {
 }
 
 /// Name, labels and annotations of the Secret the grant writes.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretTemplate {
     /// Name of the Secret; defaults to the grant's name.
@@ -226,11 +311,35 @@ pub struct SecretTemplate {
         regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
     )]
     pub name: Option<String>,
-    /// Labels added to the Secret.
+    /// Labels added to the Secret, at most 64. Keys are qualified names
+    /// (`[prefix/]name`); values are empty or up to 63 letters, digits, '-',
+    /// '_' and '.'. Keys under grants.io/ and app.kubernetes.io/managed-by are
+    /// reserved for the operator.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend(
+        "maxProperties" = MAX_SECRET_LABELS,
+        "additionalProperties" = {"type": "string", "maxLength": MAX_LABEL_VALUE_LEN}
+    ))]
+    #[x_kube(
+        validation = reserved_keys_rule("secret.labels"),
+        validation = qualified_keys_rule("secret.labels"),
+        validation = label_values_rule()
+    )]
     pub labels: BTreeMap<String, String>,
-    /// Annotations added to the Secret.
+    /// Annotations added to the Secret, at most 64. Keys are qualified names
+    /// (`[prefix/]name`); keys and values total at most 256 KiB. Keys under
+    /// grants.io/ and app.kubernetes.io/managed-by are reserved for the
+    /// operator.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend(
+        "maxProperties" = MAX_SECRET_ANNOTATIONS,
+        "additionalProperties" = {"type": "string", "maxLength": MAX_ANNOTATIONS_BYTES}
+    ))]
+    #[x_kube(
+        validation = reserved_keys_rule("secret.annotations"),
+        validation = qualified_keys_rule("secret.annotations"),
+        validation = annotations_size_rule()
+    )]
     pub annotations: BTreeMap<String, String>,
 }
 

@@ -4,6 +4,7 @@ pub mod condition;
 pub mod duration;
 pub mod grant;
 pub mod issuer;
+pub mod limits;
 
 pub use condition::Reason;
 pub use grant::{

@@ -13,6 +13,7 @@ use super::secrets::{self, Slot, Written};
 use super::validate::secret_name;
 use crate::api::{Reason, UploadGrant};
 use crate::error::{Error, Result};
+use crate::metrics::Signing;
 use crate::signing::{CredentialsError, SigningError};
 
 /// A report, and the error to back off with when the pass failed.
@@ -102,7 +103,7 @@ async fn sign(ctx: &Context, plan: &SignPlan, now: SystemTime) -> Result<Issued,
         .presign(&plan.target, &credentials, &input)
         .await
         .map_err(Failure::Signing)?;
-    ctx.metrics.signed(true, "ok");
+    ctx.metrics.signed(Signing::Ok);
     Ok(Issued {
         presigned,
         issued_at: now,
@@ -131,16 +132,16 @@ async fn fail(
             Reason::CredentialsUnavailable,
             format!("cannot sign with the AWS credentials: {e}"),
             Error::Credentials(e),
-            "credentials",
+            Signing::CredentialsUnavailable,
         ),
         Failure::Signing(e) => (
             Reason::SigningFailed,
             format!("signing failed: {e}"),
             Error::Signing(e),
-            "presign",
+            Signing::PresignFailed,
         ),
     };
-    ctx.metrics.signed(false, metric);
+    ctx.metrics.signed(metric);
     let kept = kept.map(|state| (plan.valid.secret_name.as_str(), state));
     Ok((Report::failed(reason, detail, kept), Some(error)))
 }

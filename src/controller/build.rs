@@ -12,6 +12,7 @@ use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 
 use super::validate::ValidGrant;
+use crate::api::limits::{RESERVED_KEY_PREFIX, RESERVED_MANAGED_BY_KEY};
 use crate::api::{RefreshPolicy, S3Target, UploadGrant, UploadGrantSpec};
 use crate::error::{Error, Result};
 use crate::signing::Presigned;
@@ -22,7 +23,7 @@ pub const MANAGER: &str = "upload-grant-operator";
 /// ownerReference garbage collection is slow or absent.
 pub const FINALIZER: &str = "grants.io/revoke-secret";
 pub const SECRET_TYPE: &str = "grants.io/presigned-url";
-pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY_LABEL: &str = RESERVED_MANAGED_BY_KEY;
 pub const MANAGED_BY: &str = "upload-grant-operator";
 pub const GRANT_LABEL: &str = "grants.io/grant";
 pub const SPEC_HASH_ANNOTATION: &str = "grants.io/spec-hash";
@@ -32,10 +33,8 @@ pub const REFRESH_AT_ANNOTATION: &str = "grants.io/refresh-at";
 pub const FINGERPRINT_ANNOTATION: &str = "grants.io/url-fingerprint";
 /// Keys of the operator's own labels and annotations. Values a user puts
 /// under them are never written, so they are never read back as state.
-pub const RESERVED_PREFIX: &str = "grants.io/";
-
 fn reserved(key: &str) -> bool {
-    key.starts_with(RESERVED_PREFIX) || key == MANAGED_BY_LABEL
+    key.starts_with(RESERVED_KEY_PREFIX) || key == RESERVED_MANAGED_BY_KEY
 }
 
 /// Label values hold at most 63 characters; grant names up to 253. A longer

@@ -6,6 +6,11 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use crate::api::duration::{format_duration, parse_duration};
+use crate::api::limits::{
+    MAX_ANNOTATIONS_BYTES, MAX_LABEL_VALUE_LEN, MAX_METADATA_BYTES, MAX_QUALIFIED_NAME_LEN,
+    MAX_QUALIFIED_NAME_PREFIX_LEN, MIN_REFRESH_BEFORE, RESERVED_KEY_PREFIX,
+    RESERVED_MANAGED_BY_KEY,
+};
 use crate::api::{Method, RefreshPolicy, ServerSideEncryption, UploadGrantSpec};
 use crate::signing::SignInput;
 
@@ -56,57 +61,17 @@ impl ValidGrant {
 pub struct InvalidSpec(pub String);
 
 pub fn validate(spec: &UploadGrantSpec, grant_name: &str) -> Result<ValidGrant, InvalidSpec> {
-    let invalid = |msg: String| Err(InvalidSpec(msg));
-    if let Err(msg) = check_bucket(&spec.bucket) {
-        return invalid(format!("spec.bucket: {msg}"));
-    }
-    if spec.key.is_empty() || spec.key.len() > MAX_KEY_BYTES {
-        return invalid(format!(
-            "spec.key: must be 1 to {MAX_KEY_BYTES} bytes of UTF-8, got {} bytes",
-            spec.key.len()
-        ));
-    }
-    let ttl = parse_duration(&spec.ttl).map_err(|e| InvalidSpec(format!("spec.ttl: {e}")))?;
-    if !(MIN_TTL..=MAX_TTL).contains(&ttl) {
-        return invalid(format!("spec.ttl: {} is not between 1m and 168h", spec.ttl));
-    }
-    let refresh_before = match &spec.refresh_before {
-        None => None,
-        Some(s) => {
-            let d =
-                parse_duration(s).map_err(|e| InvalidSpec(format!("spec.refreshBefore: {e}")))?;
-            if d.is_zero() || d >= ttl {
-                return invalid(format!(
-                    "spec.refreshBefore: {} must be positive and shorter than ttl {}",
-                    format_duration(d),
-                    format_duration(ttl)
-                ));
-            }
-            Some(d)
-        }
-    };
-    if spec.method != Method::Put
-        && (spec.content_length.is_some()
-            || spec.content_type.is_some()
-            || spec.metadata.is_some()
-            || spec.server_side_encryption.is_some())
-    {
-        return invalid(
-            "contentLength, contentType, metadata and serverSideEncryption are only allowed when method is PUT".into(),
-        );
-    }
-    let content_length = match spec.content_length.map(u64::try_from) {
-        Some(Err(_)) => return invalid("spec.contentLength: must not be negative".into()),
-        Some(Ok(n)) => Some(n),
-        None => None,
-    };
+    check_target(spec)?;
+    check_signed_fields(spec)?;
+    check_secret_template(spec)?;
+    let (ttl, refresh_before) = lifetimes(spec)?;
     let template = spec.secret.clone().unwrap_or_default();
     Ok(ValidGrant {
         bucket: spec.bucket.clone(),
         key: spec.key.clone(),
         method: spec.method,
         content_type: spec.content_type.clone(),
-        content_length,
+        content_length: spec.content_length.and_then(|n| u64::try_from(n).ok()),
         metadata: spec.metadata.clone().unwrap_or_default(),
         sse: spec.server_side_encryption.clone(),
         ttl,
@@ -117,6 +82,77 @@ pub fn validate(spec: &UploadGrantSpec, grant_name: &str) -> Result<ValidGrant, 
         secret_labels: template.labels,
         secret_annotations: template.annotations,
     })
+}
+
+/// The bucket and key S3 and HTTP clients can use.
+fn check_target(spec: &UploadGrantSpec) -> Result<(), InvalidSpec> {
+    check_bucket(&spec.bucket).map_err(|e| InvalidSpec(format!("spec.bucket: {e}")))?;
+    if spec.key.is_empty() || spec.key.len() > MAX_KEY_BYTES {
+        return Err(InvalidSpec(format!(
+            "spec.key: must be 1 to {MAX_KEY_BYTES} bytes of UTF-8, got {} bytes",
+            spec.key.len()
+        )));
+    }
+    check_key_path(&spec.key).map_err(|e| InvalidSpec(format!("spec.key: {e}")))
+}
+
+/// The headers a PUT is signed with.
+fn check_signed_fields(spec: &UploadGrantSpec) -> Result<(), InvalidSpec> {
+    if spec.method != Method::Put
+        && (spec.content_length.is_some()
+            || spec.content_type.is_some()
+            || spec.metadata.is_some()
+            || spec.server_side_encryption.is_some())
+    {
+        return Err(InvalidSpec(
+            "contentLength, contentType, metadata and serverSideEncryption are only allowed when method is PUT".into(),
+        ));
+    }
+    if spec.content_length.is_some_and(|n| n < 0) {
+        return Err(InvalidSpec(
+            "spec.contentLength: must not be negative".into(),
+        ));
+    }
+    if let Some(metadata) = &spec.metadata {
+        check_metadata(metadata).map_err(|e| InvalidSpec(format!("spec.metadata: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Labels and annotations the apiserver accepts on the Secret.
+fn check_secret_template(spec: &UploadGrantSpec) -> Result<(), InvalidSpec> {
+    let Some(secret) = &spec.secret else {
+        return Ok(());
+    };
+    check_secret_labels(&secret.labels)
+        .map_err(|e| InvalidSpec(format!("spec.secret.labels: {e}")))?;
+    check_secret_annotations(&secret.annotations)
+        .map_err(|e| InvalidSpec(format!("spec.secret.annotations: {e}")))
+}
+
+/// The URL's lifetime and how long before its end it is renewed.
+fn lifetimes(spec: &UploadGrantSpec) -> Result<(Duration, Option<Duration>), InvalidSpec> {
+    let ttl = parse_duration(&spec.ttl).map_err(|e| InvalidSpec(format!("spec.ttl: {e}")))?;
+    if !(MIN_TTL..=MAX_TTL).contains(&ttl) {
+        return Err(InvalidSpec(format!(
+            "spec.ttl: {} is not between 1m and 168h",
+            spec.ttl
+        )));
+    }
+    let Some(s) = &spec.refresh_before else {
+        return Ok((ttl, None));
+    };
+    let d = parse_duration(s).map_err(|e| InvalidSpec(format!("spec.refreshBefore: {e}")))?;
+    check_refresh_before_minimum(d)
+        .map_err(|e| InvalidSpec(format!("spec.refreshBefore: {s} {e}")))?;
+    if d >= ttl {
+        return Err(InvalidSpec(format!(
+            "spec.refreshBefore: {} must be shorter than ttl {}",
+            format_duration(d),
+            format_duration(ttl)
+        )));
+    }
+    Ok((ttl, Some(d)))
 }
 
 /// The Secret a grant writes: spec.secret.name, else the grant's name.
@@ -159,6 +195,168 @@ pub fn check_bucket(bucket: &str) -> Result<(), &'static str> {
         return Err("must not use a prefix or suffix that S3 reserves");
     }
     Ok(())
+}
+
+/// An object key without `.` or `..` path segments (clients such as curl
+/// normalise them away, so the signed path would no longer match) and without
+/// control characters.
+pub fn check_key_path(key: &str) -> Result<(), String> {
+    if key
+        .split('/')
+        .any(|segment| segment == "." || segment == "..")
+    {
+        return Err("must not contain '.' or '..' path segments: clients normalise them away and the signature no longer matches".into());
+    }
+    if let Some(c) = key.chars().find(char::is_ascii_control) {
+        return Err(format!(
+            "must not contain control characters (U+0000 to U+001F, U+007F), found U+{:04X}",
+            u32::from(c)
+        ));
+    }
+    Ok(())
+}
+
+/// refreshBefore leaves a renewal time to land before the URL expires.
+pub fn check_refresh_before_minimum(refresh_before: Duration) -> Result<(), String> {
+    if refresh_before < MIN_REFRESH_BEFORE {
+        return Err(format!(
+            "must be at least {}",
+            format_duration(MIN_REFRESH_BEFORE)
+        ));
+    }
+    Ok(())
+}
+
+/// x-amz-meta-* names and values S3 and HTTP clients carry as signed: names
+/// of letters, digits, '.', '_' and '-', printable ASCII values, and at most
+/// [`MAX_METADATA_BYTES`] of names and values together.
+pub fn check_metadata(metadata: &BTreeMap<String, String>) -> Result<(), String> {
+    for (name, value) in metadata {
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        {
+            return Err(format!(
+                "name {name:?} may only contain letters, digits, '.', '_' and '-'"
+            ));
+        }
+        if !value.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
+            return Err(format!(
+                "value of {name:?} must be printable ASCII (space to '~')"
+            ));
+        }
+    }
+    let total = map_bytes(metadata);
+    if total > MAX_METADATA_BYTES {
+        return Err(format!(
+            "names and values total {total} bytes, more than S3's limit of {MAX_METADATA_BYTES}"
+        ));
+    }
+    Ok(())
+}
+
+/// Labels the Secret can carry: qualified-name keys the operator does not
+/// reserve, and valid label values.
+pub fn check_secret_labels(labels: &BTreeMap<String, String>) -> Result<(), String> {
+    for (key, value) in labels {
+        check_not_reserved(key)?;
+        check_qualified_name(key)?;
+        check_label_value(value).map_err(|e| format!("value of {key:?} {e}"))?;
+    }
+    Ok(())
+}
+
+/// Annotations the Secret can carry: qualified-name keys the operator does not
+/// reserve, at most [`MAX_ANNOTATIONS_BYTES`] in all.
+pub fn check_secret_annotations(annotations: &BTreeMap<String, String>) -> Result<(), String> {
+    for key in annotations.keys() {
+        check_not_reserved(key)?;
+        check_qualified_name(key)?;
+    }
+    let total = map_bytes(annotations);
+    if total > MAX_ANNOTATIONS_BYTES {
+        return Err(format!(
+            "keys and values total {total} bytes, more than Kubernetes' limit of {MAX_ANNOTATIONS_BYTES}"
+        ));
+    }
+    Ok(())
+}
+
+/// Keys under grants.io/ and app.kubernetes.io/managed-by are the operator's.
+pub fn check_not_reserved(key: &str) -> Result<(), String> {
+    if key.starts_with(RESERVED_KEY_PREFIX) || key == RESERVED_MANAGED_BY_KEY {
+        return Err(format!(
+            "key {key:?} is reserved: the operator keeps its own bookkeeping under {RESERVED_KEY_PREFIX} and {RESERVED_MANAGED_BY_KEY}"
+        ));
+    }
+    Ok(())
+}
+
+/// A Kubernetes qualified name: an optional DNS subdomain prefix of at most
+/// 253 characters and '/', then a name of 1 to 63 characters.
+pub fn check_qualified_name(key: &str) -> Result<(), String> {
+    let (prefix, name) = match key.split_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    if let Some(prefix) = prefix
+        && !(prefix.len() <= MAX_QUALIFIED_NAME_PREFIX_LEN && is_dns_subdomain(prefix))
+    {
+        return Err(format!(
+            "key {key:?}: the prefix before '/' must be a DNS subdomain of at most {MAX_QUALIFIED_NAME_PREFIX_LEN} characters (lowercase letters, digits, '-' and '.')"
+        ));
+    }
+    if name.len() > MAX_QUALIFIED_NAME_LEN || !is_name_part(name) {
+        return Err(format!(
+            "key {key:?}: the name must be 1 to {MAX_QUALIFIED_NAME_LEN} letters, digits, '-', '_' or '.', starting and ending with a letter or digit"
+        ));
+    }
+    Ok(())
+}
+
+/// A label value: empty, or a name part of at most 63 characters.
+pub fn check_label_value(value: &str) -> Result<(), String> {
+    if value.len() > MAX_LABEL_VALUE_LEN || !(value.is_empty() || is_name_part(value)) {
+        return Err(format!(
+            "must be empty or at most {MAX_LABEL_VALUE_LEN} letters, digits, '-', '_' or '.', starting and ending with a letter or digit"
+        ));
+    }
+    Ok(())
+}
+
+/// `[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?`
+fn is_name_part(s: &str) -> bool {
+    let b = s.as_bytes();
+    match (b.first(), b.last()) {
+        (Some(first), Some(last)) => {
+            first.is_ascii_alphanumeric()
+                && last.is_ascii_alphanumeric()
+                && b.iter()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+        }
+        _ => false,
+    }
+}
+
+/// `[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*`
+fn is_dns_subdomain(s: &str) -> bool {
+    s.split('.').all(|label| {
+        let b = label.as_bytes();
+        let alnum = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+        match (b.first(), b.last()) {
+            (Some(first), Some(last)) => {
+                alnum(first) && alnum(last) && b.iter().all(|c| alnum(c) || *c == b'-')
+            }
+            _ => false,
+        }
+    })
+}
+
+/// The sum of the UTF-8 bytes of every key and value, as Kubernetes counts
+/// annotations and S3 counts metadata.
+fn map_bytes(map: &BTreeMap<String, String>) -> usize {
+    map.iter().map(|(k, v)| k.len() + v.len()).sum()
 }
 
 #[cfg(test)]
@@ -260,5 +458,204 @@ mod tests {
         ] {
             assert!(check_bucket(bad).is_err(), "{bad} should be refused");
         }
+    }
+    fn map(entries: &[(&str, &str)]) -> BTreeMap<String, String> {
+        entries
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn key_must_not_have_dot_segments() {
+        for bad in [".", "..", "./a", "../a", "a/.", "a/..", "a/./b", "a/../b"] {
+            let err = check_key_path(bad).unwrap_err();
+            assert!(err.contains("'.' or '..' path segments"), "{bad}: {err}");
+        }
+        for good in ["a..b", "...", ".hidden", "a/.b/c", "a/b..", "a//b", "a/"] {
+            assert_eq!(check_key_path(good), Ok(()), "{good}");
+        }
+        let err = validate(&spec(serde_json::json!({"key": "a/../b"})), "g").unwrap_err();
+        assert!(err.0.starts_with("spec.key: "), "{err}");
+    }
+
+    #[test]
+    fn key_must_not_have_control_characters() {
+        for bad in ["\u{0}", "a\tb", "a\nb", "\u{1f}", "a\u{7f}"] {
+            let err = check_key_path(bad).unwrap_err();
+            assert!(err.contains("control characters"), "{bad:?}: {err}");
+        }
+        for good in ["a b", "ü/€", "~!@#$%^&*()"] {
+            assert_eq!(check_key_path(good), Ok(()), "{good}");
+        }
+        let err = validate(&spec(serde_json::json!({"key": "a\u{7f}"})), "g").unwrap_err();
+        assert!(
+            err.0.starts_with("spec.key: ") && err.0.contains("U+007F"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn refresh_before_must_be_at_least_ten_seconds() {
+        assert_eq!(
+            check_refresh_before_minimum(Duration::from_secs(10)),
+            Ok(())
+        );
+        for short in [
+            Duration::ZERO,
+            Duration::from_millis(1),
+            Duration::from_millis(9_999),
+        ] {
+            let err = check_refresh_before_minimum(short).unwrap_err();
+            assert!(err.contains("at least 10s"), "{short:?}: {err}");
+        }
+        let err = validate(&spec(serde_json::json!({"refreshBefore": "1ms"})), "g").unwrap_err();
+        assert_eq!(err.0, "spec.refreshBefore: 1ms must be at least 10s");
+        let ok = validate(&spec(serde_json::json!({"refreshBefore": "10s"})), "g").expect("valid");
+        assert_eq!(ok.refresh_before, Some(Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn metadata_must_be_printable_ascii_within_two_kilobytes() {
+        assert_eq!(check_metadata(&map(&[("owner", "a b ~!")])), Ok(()));
+        for (name, value, needle) in [
+            ("own er", "x", "may only contain"),
+            ("owner", "ü", "printable ASCII"),
+            ("owner", "a\tb", "printable ASCII"),
+            ("owner", "a\u{7f}", "printable ASCII"),
+        ] {
+            let err = check_metadata(&map(&[(name, value)])).unwrap_err();
+            assert!(err.contains(needle), "{name:?}={value:?}: {err}");
+        }
+        // Names count too: 5 + 2043 = 2048 bytes is the limit.
+        let at_limit = "v".repeat(MAX_METADATA_BYTES - 5);
+        assert_eq!(check_metadata(&map(&[("owner", &at_limit)])), Ok(()));
+        let over = "v".repeat(MAX_METADATA_BYTES - 4);
+        let err = check_metadata(&map(&[("owner", &over)])).unwrap_err();
+        assert!(err.contains("2049 bytes"), "{err}");
+        let err =
+            validate(&spec(serde_json::json!({"metadata": {"owner": over}})), "g").unwrap_err();
+        assert!(err.0.starts_with("spec.metadata: "), "{err}");
+    }
+
+    #[test]
+    fn reserved_keys_belong_to_the_operator() {
+        for reserved in [
+            "grants.io/grant",
+            "grants.io/spec-hash",
+            "grants.io/anything",
+            "app.kubernetes.io/managed-by",
+        ] {
+            let err = check_not_reserved(reserved).unwrap_err();
+            assert!(err.contains("reserved"), "{reserved}: {err}");
+        }
+        for free in [
+            "app.kubernetes.io/name",
+            "grants.io",
+            "sub.grants.io/x",
+            "team",
+        ] {
+            assert_eq!(check_not_reserved(free), Ok(()), "{free}");
+        }
+        for (field, needle) in [
+            ("labels", "spec.secret.labels: "),
+            ("annotations", "spec.secret.annotations: "),
+        ] {
+            let err = validate(
+                &spec(serde_json::json!({"secret": {field: {"grants.io/grant": "x"}}})),
+                "g",
+            )
+            .unwrap_err();
+            assert!(
+                err.0.starts_with(needle) && err.0.contains("reserved"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn keys_must_be_qualified_names() {
+        let name63 = "n".repeat(MAX_QUALIFIED_NAME_LEN);
+        let prefix253 = format!("{}.{}", "a".repeat(126), "b".repeat(126));
+        let long_prefix_ok = format!("{prefix253}/x");
+        let long_prefix_bad = format!("{prefix253}a/x");
+        let name64 = "n".repeat(MAX_QUALIFIED_NAME_LEN + 1);
+        for good in [
+            "team",
+            "a",
+            "A_b.c-D9",
+            "example.com/team",
+            "app.kubernetes.io/name",
+            name63.as_str(),
+            long_prefix_ok.as_str(),
+        ] {
+            assert_eq!(check_qualified_name(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            "-team",
+            "team-",
+            "te am",
+            "/team",
+            "example.com/",
+            "a/b/c",
+            "Example.com/team",
+            "example..com/team",
+            "-example.com/team",
+            "tëam",
+            name64.as_str(),
+            long_prefix_bad.as_str(),
+        ] {
+            assert!(
+                check_qualified_name(bad).is_err(),
+                "{bad:?} should be refused"
+            );
+        }
+        let err = validate(
+            &spec(serde_json::json!({"secret": {"annotations": {"bad key": "x"}}})),
+            "g",
+        )
+        .unwrap_err();
+        assert!(err.0.starts_with("spec.secret.annotations: "), "{err}");
+    }
+
+    #[test]
+    fn label_values_follow_kubernetes_syntax() {
+        let value63 = "v".repeat(MAX_LABEL_VALUE_LEN);
+        for good in ["", "a", "A-b_c.9", value63.as_str()] {
+            assert_eq!(check_label_value(good), Ok(()), "{good}");
+        }
+        let value64 = "v".repeat(MAX_LABEL_VALUE_LEN + 1);
+        for bad in ["-a", "a-", "a b", "a/b", "ü", value64.as_str()] {
+            assert!(check_label_value(bad).is_err(), "{bad:?} should be refused");
+        }
+        assert_eq!(check_secret_labels(&map(&[("team", &value63)])), Ok(()));
+        let err = validate(
+            &spec(serde_json::json!({"secret": {"labels": {"team": value64}}})),
+            "g",
+        )
+        .unwrap_err();
+        assert!(
+            err.0.starts_with("spec.secret.labels: value of \"team\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn annotations_total_at_most_256_kib() {
+        // Keys count too: 4 + (262144 - 4) bytes is the limit.
+        let at_limit = "v".repeat(MAX_ANNOTATIONS_BYTES - 4);
+        assert_eq!(
+            check_secret_annotations(&map(&[("note", &at_limit)])),
+            Ok(())
+        );
+        // Annotation values may hold anything, unlike label values.
+        assert_eq!(
+            check_secret_annotations(&map(&[("note", "any text: ü, spaces\nand lines")])),
+            Ok(())
+        );
+        let over = "v".repeat(MAX_ANNOTATIONS_BYTES - 3);
+        let err = check_secret_annotations(&map(&[("note", &over)])).unwrap_err();
+        assert!(err.contains("262145 bytes"), "{err}");
     }
 }
