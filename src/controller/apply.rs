@@ -147,6 +147,7 @@ async fn fail(
 }
 
 /// How a Secret write ended, once the server was asked about a refusal.
+#[derive(Debug)]
 enum WriteEnd {
     Written,
     /// Our own earlier write, which the cache had not shown, is current.
@@ -158,8 +159,10 @@ enum WriteEnd {
 }
 
 /// Writes the Secret. A refusal is looked into with the server, since the
-/// cache may be behind: the name may hold somebody else's Secret, or one of
-/// ours written a moment ago (then it is applied over, by its uid).
+/// cache may be behind: the name may hold somebody else's Secret, one of
+/// ours written a moment ago, or nothing any more. Where the server's view
+/// differs from the cache's, the write is tried once more on the server's;
+/// where they agree, the Secret itself was refused.
 async fn write(
     ctx: &Context,
     grant: &UploadGrant,
@@ -176,25 +179,28 @@ async fn write(
         Written::Done => return Ok(WriteEnd::Written),
         Written::Refused(reason) => reason,
     };
-    match secrets::server_slot(ctx, grant, &namespace, name).await? {
-        Slot::Foreign => Ok(WriteEnd::Conflict),
-        Slot::Ours(existing) if existing.uid() != plan.ours => {
-            if let Some(state) = existing
-                .state
-                .clone()
-                .filter(|s| decide::is_current(now, s, plan))
+    let actual = match secrets::server_slot(ctx, grant, &namespace, name).await? {
+        Slot::Foreign => return Ok(WriteEnd::Conflict),
+        Slot::Ours(existing) => {
+            let state = existing.state.clone();
+            if existing.uid() != plan.ours
+                && let Some(state) = state.filter(|s| decide::is_current(now, s, plan))
             {
                 return Ok(WriteEnd::Current(state));
             }
-            Ok(
-                match secrets::write(ctx, secret, existing.uid().as_deref()).await? {
-                    Written::Done => WriteEnd::Written,
-                    Written::Refused(reason) => WriteEnd::Refused(reason),
-                },
-            )
+            existing.uid()
         }
-        Slot::Ours(_) | Slot::Free => Ok(WriteEnd::Refused(refused)),
+        Slot::Free => None,
+    };
+    if actual == plan.ours {
+        return Ok(WriteEnd::Refused(refused));
     }
+    Ok(
+        match secrets::write(ctx, secret, actual.as_deref()).await? {
+            Written::Done => WriteEnd::Written,
+            Written::Refused(reason) => WriteEnd::Refused(reason),
+        },
+    )
 }
 
 /// Removes a Secret the grant wrote under a name it no longer uses.
@@ -219,4 +225,111 @@ pub async fn revoke_all(ctx: &Context, grant: &UploadGrant) -> Result<bool> {
         any |= secrets::remove(ctx, grant, &namespace, &name).await?;
     }
     Ok(any)
+}
+
+#[cfg(test)]
+mod tests {
+    //! How a refused write is looked into, against a mocked API server.
+    use http::{Request, Response};
+    use kube::client::Body;
+
+    use super::*;
+    use crate::controller::build::fixtures;
+    use crate::controller::managed::tests::grant;
+    use crate::controller::secrets::tests::{context, new_secret, one_apply};
+
+    fn plan(ours: Option<&str>) -> SignPlan {
+        SignPlan {
+            valid: fixtures::valid(),
+            target: serde_json::from_value(serde_json::json!({"region": "eu-west-1"}))
+                .expect("target"),
+            spec_hash: "h".into(),
+            renewal: true,
+            current: None,
+            ours: ours.map(str::to_owned),
+            legacy_fields: false,
+            stale: None,
+        }
+    }
+
+    fn status(code: u16, message: &str) -> serde_json::Value {
+        let reason = if code == 404 { "NotFound" } else { "" };
+        serde_json::json!({"apiVersion": "v1", "kind": "Status", "status": "Failure",
+            "code": code, "reason": reason, "message": message})
+    }
+
+    #[tokio::test]
+    async fn a_secret_deleted_behind_the_cache_is_written_anew_not_reported_invalid() {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let ctx = context(kube::Client::new(service, "ns"));
+        let server = tokio::spawn(async move {
+            let gone = status(
+                409,
+                "uid mismatch: the provided object specified uid x, and no existing object was found",
+            );
+            let (_, body) = one_apply(&mut handle, 409, gone).await;
+            assert_eq!(body["metadata"]["uid"], "cached-uid");
+            let (req, send) = handle.next_request().await.expect("a GET");
+            assert_eq!(req.method(), http::Method::GET);
+            let missing = serde_json::to_vec(&status(404, "not found")).expect("json");
+            send.send_response(
+                Response::builder()
+                    .status(404)
+                    .body(Body::from(missing))
+                    .expect("response"),
+            );
+            let ok = serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "g"}});
+            let (query, body) = one_apply(&mut handle, 200, ok).await;
+            assert!(body["metadata"].get("uid").is_none(), "a new Secret");
+            assert!(!query.contains("force"), "{query}");
+        });
+        let end = write(
+            &ctx,
+            &grant(),
+            &plan(Some("cached-uid")),
+            &new_secret(),
+            SystemTime::now(),
+        )
+        .await
+        .expect("an answer");
+        assert!(matches!(end, WriteEnd::Written), "{end:?}");
+        server.await.expect("mock server");
+    }
+
+    #[tokio::test]
+    async fn a_refusal_the_server_confirms_is_reported_with_its_reason() {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let ctx = context(kube::Client::new(service, "ns"));
+        let server = tokio::spawn(async move {
+            let denied = status(
+                403,
+                "secrets \"g\" is forbidden: ValidatingAdmissionPolicy 'p' denied request",
+            );
+            one_apply(&mut handle, 403, denied).await;
+            let (_, send) = handle.next_request().await.expect("a GET");
+            let missing = serde_json::to_vec(&status(404, "not found")).expect("json");
+            send.send_response(
+                Response::builder()
+                    .status(404)
+                    .body(Body::from(missing))
+                    .expect("response"),
+            );
+            assert!(handle.next_request().await.is_none(), "no second write");
+        });
+        let end = write(
+            &ctx,
+            &grant(),
+            &plan(None),
+            &new_secret(),
+            SystemTime::now(),
+        )
+        .await
+        .expect("an answer");
+        match end {
+            WriteEnd::Refused(reason) => assert!(reason.contains("ValidatingAdmissionPolicy")),
+            other => panic!("refused, not {other:?}"),
+        }
+        drop(ctx);
+        server.await.expect("mock server");
+    }
 }

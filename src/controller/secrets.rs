@@ -152,7 +152,7 @@ fn api(ctx: &Context, namespace: &str) -> Api<Secret> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     //! Edge cases of ownership against a mocked API server: what requests are
     //! sent, and which are never sent.
     use std::sync::{Arc, Mutex};
@@ -167,7 +167,7 @@ mod tests {
     use crate::metrics::Metrics;
     use crate::signing::{CredentialSnapshot, Presigner};
 
-    fn context(client: kube::Client) -> Context {
+    pub(crate) fn context(client: kube::Client) -> Context {
         let creds = aws_credential_types::Credentials::new("AKID", "secret", None, None, "test");
         let sdk = aws_config::SdkConfig::builder()
             .behavior_version(aws_config::BehaviorVersion::latest())
@@ -287,7 +287,7 @@ mod tests {
         server.await.expect("mock server");
     }
 
-    fn new_secret() -> Secret {
+    pub(crate) fn new_secret() -> Secret {
         let mut secret = Secret::default();
         secret.metadata.name = Some("g".into());
         secret.metadata.namespace = Some("ns".into());
@@ -295,7 +295,7 @@ mod tests {
     }
 
     /// Answers one apply and returns its query string and body.
-    async fn one_apply(
+    pub(crate) async fn one_apply(
         handle: &mut tower_test::mock::Handle<Request<Body>, Response<Body>>,
         status: u16,
         answer: serde_json::Value,
