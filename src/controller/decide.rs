@@ -31,10 +31,36 @@ pub struct Observed<'a> {
     pub namespace_labels: &'a BTreeMap<String, String>,
     /// Who holds the Secret name the spec asks for, as the cache sees it.
     pub secret: &'a Slot,
-    /// Why the apiserver refused this generation's Secret, when the status
-    /// in the cache does not say so yet.
-    pub refused: Option<&'a str>,
+    /// Where this generation of the grant already ended, if it did: what
+    /// this operator last reported, which the cache may not show yet.
+    pub settled: Option<Settled<'a>>,
     pub now: SystemTime,
+}
+
+/// An outcome that holds for the rest of a generation: the URL ran out
+/// (Expired), or the apiserver refused the Secret (InvalidSpec). Signing
+/// again would only hand out an expired grant or be refused again; a spec
+/// change is a new generation and starts afresh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settled<'a> {
+    pub reason: Reason,
+    pub message: &'a str,
+}
+
+impl<'a> Settled<'a> {
+    /// What the grant's status says, if it settled this generation.
+    pub fn from_status(grant: &'a UploadGrant) -> Option<Self> {
+        let c = ready_condition(grant.status.as_ref())?;
+        let reason = Reason::parse(&c.reason).filter(|r| Settled::holds(*r))?;
+        (c.observed_generation == grant.metadata.generation).then_some(Settled {
+            reason,
+            message: &c.message,
+        })
+    }
+
+    pub fn holds(reason: Reason) -> bool {
+        matches!(reason, Reason::Expired | Reason::InvalidSpec)
+    }
 }
 
 /// What to do for a grant.
@@ -123,12 +149,8 @@ pub fn decide(o: &Observed<'_>) -> Decision {
         let msg = format!("ClusterGrantIssuer {:?}: {denied}", issuer.name_any());
         return revoke(Reason::Forbidden, msg);
     }
-    if let Some(message) = o
-        .refused
-        .map(str::to_owned)
-        .or_else(|| refused_for_this_generation(grant))
-    {
-        return revoke(Reason::InvalidSpec, message);
+    if let Some(refused) = o.settled.filter(|s| s.reason == Reason::InvalidSpec) {
+        return revoke(Reason::InvalidSpec, refused.message.to_owned());
     }
     let (current, ours, legacy_fields) = match o.secret {
         Slot::Foreign => {
@@ -154,7 +176,8 @@ pub fn decide(o: &Observed<'_>) -> Decision {
         stale,
         valid,
     };
-    schedule(o.now, plan, already_expired(grant))
+    let expired = o.settled.is_some_and(|s| s.reason == Reason::Expired);
+    schedule(o.now, plan, expired)
 }
 
 /// Keep, renew, replace or let expire the URL in the grant's Secret.
@@ -204,25 +227,6 @@ fn request<'a>(o: &'a Observed<'_>, valid: &'a ValidGrant) -> Request<'a> {
         ttl: valid.ttl,
         content_length: valid.content_length,
     }
-}
-
-/// The grant's status says this very spec ended Expired.
-fn already_expired(grant: &UploadGrant) -> bool {
-    ready_condition(grant.status.as_ref()).is_some_and(|c| {
-        c.reason == Reason::Expired.as_str() && c.observed_generation == grant.metadata.generation
-    })
-}
-
-/// The apiserver refused this spec's Secret (validate() passed, so the
-/// status's InvalidSpec came from the write): signing again would only be
-/// refused again. A spec change is a new generation and tries again.
-fn refused_for_this_generation(grant: &UploadGrant) -> Option<String> {
-    ready_condition(grant.status.as_ref())
-        .filter(|c| {
-            c.reason == Reason::InvalidSpec.as_str()
-                && c.observed_generation == grant.metadata.generation
-        })
-        .map(|c| c.message.clone())
 }
 
 fn expiry_message(now: SystemTime, valid: &ValidGrant) -> String {
@@ -471,6 +475,7 @@ mod tests {
         issuer_name: Option<&'static str>,
         labels: BTreeMap<String, String>,
         secret: Slot,
+        remembered: Option<Settled<'static>>,
         now: SystemTime,
     }
 
@@ -482,6 +487,7 @@ mod tests {
                 issuer_name: Some("default"),
                 labels: BTreeMap::new(),
                 secret: Slot::Free,
+                remembered: None,
                 now: at(100),
             }
         }
@@ -493,7 +499,9 @@ mod tests {
                 issuer: self.issuer.as_ref(),
                 namespace_labels: &self.labels,
                 secret: &self.secret,
-                refused: None,
+                settled: self
+                    .remembered
+                    .or_else(|| Settled::from_status(&self.grant)),
                 now: self.now,
             })
         }
@@ -618,6 +626,28 @@ mod tests {
             (
                 "Secret refused for this generation",
                 Case::new(with_ready(g.clone(), Reason::InvalidSpec, 2)),
+                ("revoke", Some(Reason::InvalidSpec)),
+            ),
+            (
+                "expired, the cache not showing it yet",
+                Case {
+                    remembered: Some(Settled {
+                        reason: Reason::Expired,
+                        message: "the URL expired",
+                    }),
+                    ..Case::new(g.clone())
+                },
+                ("revoke", Some(Reason::Expired)),
+            ),
+            (
+                "refused, the cache not showing it yet",
+                Case {
+                    remembered: Some(Settled {
+                        reason: Reason::InvalidSpec,
+                        message: "denied",
+                    }),
+                    ..Case::new(g.clone())
+                },
                 ("revoke", Some(Reason::InvalidSpec)),
             ),
             (

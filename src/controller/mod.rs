@@ -28,7 +28,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 
-use crate::api::{ClusterGrantIssuer, UploadGrant};
+use crate::api::{ClusterGrantIssuer, Reason, UploadGrant};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::server::Readiness;
@@ -61,10 +61,11 @@ pub struct Context {
     /// again, often before the cache holds the new status; without this, each
     /// such wake-up would write the same status once more.
     written: Mutex<HashMap<u64, (u64, u64)>>,
-    /// Grants whose Secret the apiserver refused: generation and reason.
-    /// The status says so too, but the cache may not show it yet when the
-    /// refused write's own side effects wake the grant again.
-    refused: Mutex<HashMap<u64, (i64, String)>>,
+    /// Grants whose generation settled (`decide::Settled`): generation,
+    /// reason and message. The status says so too, but the cache may not
+    /// show it yet when the pass's own side effects (the Secret it removed)
+    /// wake the grant again.
+    settled: Mutex<HashMap<u64, (i64, Reason, String)>>,
 }
 
 impl Context {
@@ -85,7 +86,7 @@ impl Context {
             metrics: parts.metrics,
             failures: Mutex::default(),
             written: Mutex::default(),
-            refused: Mutex::default(),
+            settled: Mutex::default(),
         }
     }
 
@@ -96,24 +97,25 @@ impl Context {
         *n
     }
 
-    fn remember_refusal(&self, grant: &UploadGrant, report: &decide::Report) {
-        let mut refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+    fn remember_settled(&self, grant: &UploadGrant, report: &decide::Report) {
+        let mut settled = self.settled.lock().unwrap_or_else(|p| p.into_inner());
         match grant.metadata.generation {
-            Some(generation) if report.reason == crate::api::Reason::InvalidSpec => {
-                refused.insert(grant_key(grant), (generation, report.message.clone()));
+            Some(generation) if decide::Settled::holds(report.reason) => {
+                let entry = (generation, report.reason, report.message.clone());
+                settled.insert(grant_key(grant), entry);
             }
             _ => {
-                refused.remove(&grant_key(grant));
+                settled.remove(&grant_key(grant));
             }
         }
     }
 
-    fn refusal(&self, grant: &UploadGrant) -> Option<String> {
-        let refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
-        refused
+    fn settled(&self, grant: &UploadGrant) -> Option<(Reason, String)> {
+        let settled = self.settled.lock().unwrap_or_else(|p| p.into_inner());
+        settled
             .get(&grant_key(grant))
-            .filter(|(generation, _)| Some(*generation) == grant.metadata.generation)
-            .map(|(_, message)| message.clone())
+            .filter(|(generation, ..)| Some(*generation) == grant.metadata.generation)
+            .map(|(_, reason, message)| (*reason, message.clone()))
     }
 
     fn status_written(&self, w: status::WrittenStatus) -> bool {
@@ -133,8 +135,8 @@ impl Context {
     /// Drops everything kept about a deleted grant.
     fn forget(&self, grant: &UploadGrant) {
         self.forget_status(grant);
-        let mut refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
-        refused.remove(&grant_key(grant));
+        let mut settled = self.settled.lock().unwrap_or_else(|p| p.into_inner());
+        settled.remove(&grant_key(grant));
     }
 
     fn forget_status_key(&self, key: u64) {

@@ -14,12 +14,12 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 
 use super::build::whole_seconds;
-use super::decide::{self, Decision, Observed, Report, Wake};
+use super::decide::{self, Decision, Observed, Report, Settled, Wake};
 use super::events::{EventReason, Note};
 use super::secrets::{self, Slot};
 use super::validate::secret_name;
 use super::{Context, apply, finalizer, grant_key, status};
-use crate::api::{ClusterGrantIssuer, UploadGrant};
+use crate::api::{ClusterGrantIssuer, Reason, UploadGrant};
 use crate::error::{Error, Result};
 
 pub async fn reconcile(grant: Arc<UploadGrant>, ctx: Arc<Context>) -> Result<Action> {
@@ -56,7 +56,7 @@ async fn pass(grant: &UploadGrant, ctx: &Context) -> Result<Action> {
     let now = whole_seconds(SystemTime::now());
     let decision = Loaded::load(grant, ctx).decide(grant, now);
     let (report, error) = apply::carry_out(ctx, grant, decision, now).await?;
-    ctx.remember_refusal(grant, &report);
+    ctx.remember_settled(grant, &report);
     let wrote = status::write(grant, ctx, &report).await?;
     if let Some(note) = &report.note {
         // A warning is said once, when the status changes, not on every retry.
@@ -89,7 +89,8 @@ struct Loaded<'a> {
     issuer: Option<Arc<ClusterGrantIssuer>>,
     namespace: Option<Arc<PartialObjectMeta<Namespace>>>,
     secret: Slot,
-    refused: Option<String>,
+    /// What this operator last reported, if it settled this generation.
+    remembered: Option<(Reason, String)>,
 }
 
 static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
@@ -104,7 +105,7 @@ impl<'a> Loaded<'a> {
             issuer: issuer_name.and_then(|n| ctx.issuers.get(&ObjectRef::new(n))),
             namespace: ctx.namespaces.get(&ObjectRef::new(&namespace)),
             secret: secrets::cached_slot(ctx, grant, &namespace, &name),
-            refused: ctx.refusal(grant),
+            remembered: ctx.settled(grant),
         }
     }
 
@@ -119,7 +120,13 @@ impl<'a> Loaded<'a> {
                 .and_then(|n| n.metadata.labels.as_ref())
                 .unwrap_or(&NO_LABELS),
             secret: &self.secret,
-            refused: self.refused.as_deref(),
+            settled: match &self.remembered {
+                Some((reason, message)) => Some(Settled {
+                    reason: *reason,
+                    message,
+                }),
+                None => Settled::from_status(grant),
+            },
             now,
         })
     }

@@ -190,7 +190,7 @@ pub(crate) mod tests {
             metrics: Arc::new(Metrics::default()),
             failures: Mutex::default(),
             written: Mutex::default(),
-            refused: Mutex::default(),
+            settled: Mutex::default(),
         }
     }
 
