@@ -109,13 +109,14 @@ impl Operator {
     }
 
     /// The value of one sample line of /metrics, e.g.
-    /// `upload_grant_signings_total{result="success",reason="ok"}`.
+    /// `upload_grant_signings_total{result="success",reason="ok"}` (labels
+    /// as the operator orders them). A sample that is not there is an error
+    /// naming it and the metrics that are, never a 0: the operator registers
+    /// its bounded label sets at 0 from the start.
     pub async fn metric(&self, sample: &str) -> TestResult<f64> {
         let text = self.metrics().await?;
-        Ok(text
-            .lines()
-            .find_map(|l| l.strip_prefix(sample).and_then(|v| v.trim().parse().ok()))
-            .unwrap_or(0.0))
+        sample_value(&text, sample)
+            .map_err(|e| format!("{e} (operator at {})", self.metrics_addr).into())
     }
 
     /// Peak and current resident memory of the process, in KiB.
@@ -174,6 +175,48 @@ impl Drop for Operator {
             let _ = self.stop();
         }
     }
+}
+
+/// The value of the sample line `sample` in a text exposition.
+fn sample_value(text: &str, sample: &str) -> TestResult<f64> {
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix(sample)
+            && rest.starts_with(' ')
+        {
+            let value = rest.split_whitespace().next().unwrap_or_default();
+            return value
+                .parse()
+                .map_err(|e| format!("sample {sample} has value {value:?}: {e}").into());
+        }
+    }
+    let name = sample.split('{').next().unwrap_or(sample);
+    let same_name: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|r| r.starts_with(['{', ' ']))
+        })
+        .collect();
+    if !same_name.is_empty() {
+        return Err(format!(
+            "no sample {sample} in /metrics; the samples of {name}: {}",
+            same_name.join(" | ")
+        )
+        .into());
+    }
+    let mut present: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .filter(|name| !name.is_empty())
+        .collect();
+    present.sort_unstable();
+    present.dedup();
+    Err(format!(
+        "no sample {sample} in /metrics; the metrics present: {}",
+        present.join(", ")
+    )
+    .into())
 }
 
 pub fn free_port() -> TestResult<u16> {
