@@ -480,7 +480,7 @@ async fn cluster_benchmarks(rows: &mut Vec<String>) -> TestResult {
         }
     };
     let before = versions(&ctx).await?;
-    operator.stop()?;
+    operator.stop().await?;
     let t = Instant::now();
     let mut restarted = Operator::start(&ctx, dir.path(), options(None)).await?;
     let ready = t.elapsed();
@@ -511,7 +511,7 @@ async fn cluster_benchmarks(rows: &mut Vec<String>) -> TestResult {
         "| Restart with 10,000 Ready grants | ready in {:.1} s, all reconciled in {:.1} s; {writes} writes, {signed:.0} signatures | — | 0 writes, 0 signatures | {} |",
         ready.as_secs_f64(), idle.as_secs_f64(), if writes == 0 && signed == 0.0 { "met" } else { "not met" }
     ));
-    restarted.stop()?;
+    restarted.stop().await?;
 
     rows.push(renewal_storm(&ctx, dir.path(), &seen, &grant).await?);
     Ok(())
@@ -542,7 +542,7 @@ where
     .await?;
     seen.wait_count("storm-", N, Duration::from_secs(600))
         .await?;
-    setup.stop()?;
+    setup.stop().await?;
     let mut bounded = Operator::start(ctx, dir, options(None)).await?;
 
     let names: Vec<String> = (0..N).map(|i| format!("storm-{i:05}")).collect();
@@ -597,7 +597,7 @@ where
         .await;
     let _ = stop_sampling.send(());
     let samples = sampler.await?;
-    bounded.stop()?;
+    bounded.stop().await?;
     renewed?;
     if samples.len() < 11 {
         return Err(format!("only {} samples of the apiserver's metrics", samples.len()).into());

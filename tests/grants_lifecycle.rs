@@ -72,7 +72,7 @@ async fn renewal_replaces_the_url_and_a_restart_re_signs_nothing_fresh() -> Test
     wait_secret_gone(&ctx, "short").await?;
     let fresh = wait_ready(&ctx, "fresh").await?;
     let secret_version = ctx.api::<Secret>().get("fresh").await?.resource_version();
-    operator.stop()?;
+    operator.stop().await?;
     let restarted = Operator::start(&ctx, dir.path(), OperatorOptions::default()).await?;
     support::eventually(
         "the restarted operator to reconcile",

@@ -136,7 +136,7 @@ async fn one_leader_writes_and_a_standby_takes_over_when_it_dies() -> TestResult
 
     // SIGTERM: a clean exit that gives the lease up at once.
     let mut standby = standby;
-    let status = standby.stop()?;
+    let status = standby.stop().await?;
     assert!(status.success(), "exit status {status}");
     let lease = ctx.api::<Lease>().get("upload-grant-operator").await?;
     let holder = lease

@@ -2,13 +2,13 @@
 //! IRSA-style credentials: a service-account token exchanged at the STS.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::time::Duration;
+use std::process::{Child, Command, ExitStatus};
+use std::time::{Duration, Instant};
 
 use super::{STS_AUDIENCE, TestContext, TestResult, eventually};
 
 /// A running operator process, limited to the test's namespace. Stopped
-/// with SIGTERM when dropped.
+/// with SIGTERM when dropped (killed if it does not exit within seconds).
 pub struct Operator {
     child: Option<Child>,
     pub log_file: PathBuf,
@@ -152,28 +152,55 @@ impl Operator {
         Ok(())
     }
 
-    /// SIGTERM, then wait for the process to exit.
-    pub fn stop(&mut self) -> TestResult<std::process::ExitStatus> {
+    /// SIGTERM, then wait (without blocking the runtime) for the process to
+    /// exit; killed and an error after 15 s.
+    pub async fn stop(&mut self) -> TestResult<ExitStatus> {
         let mut child = self.child.take().ok_or("operator already stopped")?;
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        for _ in 0..300 {
+        sigterm(&child);
+        let deadline = tokio::time::Instant::now() + STOP_TIMEOUT;
+        loop {
             if let Some(status) = child.try_wait()? {
                 return Ok(status);
             }
-            std::thread::sleep(Duration::from_millis(50));
+            if tokio::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "operator did not exit within {STOP_TIMEOUT:?} of SIGTERM; log:\n{}",
+                    self.log_tail()
+                )
+                .into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        child.kill()?;
-        Err("operator did not exit within 15s of SIGTERM".into())
     }
 }
 
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+
+fn sigterm(child: &Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+}
+
+/// Best effort, and synchronous: SIGTERM, a few seconds to exit, then
+/// SIGKILL, so no operator outlives its test.
 impl Drop for Operator {
     fn drop(&mut self) {
-        if self.child.is_some() {
-            let _ = self.stop();
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        sigterm(&child);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if !matches!(child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
 
