@@ -282,15 +282,25 @@ async fn chart_installs_and_its_rbac_is_enough_for_the_operator() -> TestResult 
 
     helm(env, &["uninstall", &release, "-n", &ctx.namespace])?;
     guard.uninstalled = true;
-    let crds = run({
-        let mut c = env.command("kubectl");
-        c.args(["get", "crd", "uploadgrants.grants.io", "-o", "name"]);
-        c
-    })?;
-    assert!(
-        crds.contains("uploadgrants.grants.io"),
-        "uninstall must keep the CRDs"
-    );
+    // A deleted CRD is still there, Terminating, while its objects go: kept
+    // means not being deleted.
+    for crd in ["uploadgrants.grants.io", "clustergrantissuers.grants.io"] {
+        let deleting = run({
+            let mut c = env.command("kubectl");
+            c.args([
+                "get",
+                "crd",
+                crd,
+                "-o",
+                "jsonpath={.metadata.deletionTimestamp}",
+            ]);
+            c
+        })?;
+        assert!(
+            deleting.trim().is_empty(),
+            "uninstall must keep the CRDs: {crd} is being deleted since {deleting}"
+        );
+    }
     Ok(())
 }
 

@@ -70,16 +70,31 @@ async fn renewal_replaces_the_url_and_a_restart_re_signs_nothing_fresh() -> Test
         .delete("short", &DeleteParams::default())
         .await?;
     wait_secret_gone(&ctx, "short").await?;
+    support::eventually(
+        "the deleted grant to go",
+        Duration::from_secs(30),
+        || async {
+            Ok(ctx
+                .api::<UploadGrant>()
+                .get_opt("short")
+                .await?
+                .is_none()
+                .then_some(()))
+        },
+    )
+    .await?;
     let fresh = wait_ready(&ctx, "fresh").await?;
     let secret_version = ctx.api::<Secret>().get("fresh").await?.resource_version();
     operator.stop().await?;
     let restarted = Operator::start(&ctx, dir.path(), OperatorOptions::default()).await?;
+    // The gauge counts grants, not passes: once it shows "fresh" Issued, the
+    // restarted operator has evaluated it (signing, if it were to, included).
     support::eventually(
-        "the restarted operator to reconcile",
+        "the restarted operator to evaluate the fresh grant",
         Duration::from_secs(30),
         || async {
             Ok((restarted
-                .metric("upload_grant_reconcile_duration_seconds_count")
+                .metric(r#"upload_grant_grants{reason="Issued"}"#)
                 .await?
                 >= 1.0)
                 .then_some(()))
