@@ -191,7 +191,7 @@ async fn refresh_policy_never_and_not_after_remove_the_secret_at_expiry() -> Tes
     let Scenario {
         ctx,
         dir: _dir,
-        operator: _operator,
+        operator,
     } = Scenario::start("expire").await?;
     let issuer = open_issuer(&ctx).await?;
     let not_after = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(25);
@@ -250,6 +250,20 @@ async fn refresh_policy_never_and_not_after_remove_the_secret_at_expiry() -> Tes
     .await?;
     assert!(expired.status.and_then(|s| s.secret_name).is_none());
     wait_secret_gone(&ctx, "once").await?;
+    // Gone for good: a pass that still saw the Issued status could sign
+    // the expired grant again right after its Secret went.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        ctx.api::<Secret>().get_opt("once").await?.is_none(),
+        "the expired Never grant's Secret came back"
+    );
+    assert_eq!(
+        operator
+            .metric(r#"upload_grant_signings_total{result="success",reason="ok"}"#)
+            .await?,
+        2.0,
+        "one URL per grant, none after expiry"
+    );
     Ok(())
 }
 
