@@ -180,6 +180,14 @@ async fn chart_installs_and_its_rbac_is_enough_for_the_operator() -> TestResult 
     let bucket = format!("defaultIssuer.allow[0].buckets[0]={}", env.bucket());
     let issuer_name = format!("defaultIssuer.name={issuer}");
     let region = format!("defaultIssuer.s3.region={}", env.region());
+    // The issuer is a hook, which `helm uninstall` leaves behind.
+    ctx.delete_issuer_on_drop(&issuer);
+    let mut guard = Release {
+        env,
+        name: release.clone(),
+        namespace: ctx.namespace.clone(),
+        uninstalled: false,
+    };
     // Prometheus Operator is not here; a stand-in CRD lets the server accept
     // the ServiceMonitor the chart renders.
     let mut apply = env.command("kubectl");
@@ -273,16 +281,48 @@ async fn chart_installs_and_its_rbac_is_enough_for_the_operator() -> TestResult 
     wait_secret_gone(&work, "via-chart").await?;
 
     helm(env, &["uninstall", &release, "-n", &ctx.namespace])?;
-    let crds = run({
-        let mut c = env.command("kubectl");
-        c.args(["get", "crd", "uploadgrants.grants.io", "-o", "name"]);
-        c
-    })?;
-    assert!(
-        crds.contains("uploadgrants.grants.io"),
-        "uninstall must keep the CRDs"
-    );
+    guard.uninstalled = true;
+    // A deleted CRD is still there, Terminating, while its objects go: kept
+    // means not being deleted.
+    for crd in ["uploadgrants.grants.io", "clustergrantissuers.grants.io"] {
+        let deleting = run({
+            let mut c = env.command("kubectl");
+            c.args([
+                "get",
+                "crd",
+                crd,
+                "-o",
+                "jsonpath={.metadata.deletionTimestamp}",
+            ]);
+            c
+        })?;
+        assert!(
+            deleting.trim().is_empty(),
+            "uninstall must keep the CRDs: {crd} is being deleted since {deleting}"
+        );
+    }
     Ok(())
+}
+
+/// Uninstalls a release when dropped, unless the test got to do it, so a
+/// failed test leaves no ClusterRole or ClusterRoleBinding behind.
+struct Release<'a> {
+    env: &'a TestEnv,
+    name: String,
+    namespace: String,
+    uninstalled: bool,
+}
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        if !self.uninstalled {
+            let _ = self
+                .env
+                .command("helm")
+                .args(["uninstall", &self.name, "-n", &self.namespace])
+                .output();
+        }
+    }
 }
 
 async fn eventually_leader(op: &support::operator::Operator) -> TestResult {

@@ -140,6 +140,7 @@ async fn a_missing_issuer_is_reported_and_picked_up_when_it_appears() -> TestRes
         operator: _operator,
     } = Scenario::start("issuer").await?;
     let name = format!("late-{}", support::random_suffix());
+    ctx.delete_issuer_on_drop(&name);
     create_grant(
         &ctx,
         "waiting",

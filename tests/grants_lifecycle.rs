@@ -70,16 +70,31 @@ async fn renewal_replaces_the_url_and_a_restart_re_signs_nothing_fresh() -> Test
         .delete("short", &DeleteParams::default())
         .await?;
     wait_secret_gone(&ctx, "short").await?;
+    support::eventually(
+        "the deleted grant to go",
+        Duration::from_secs(30),
+        || async {
+            Ok(ctx
+                .api::<UploadGrant>()
+                .get_opt("short")
+                .await?
+                .is_none()
+                .then_some(()))
+        },
+    )
+    .await?;
     let fresh = wait_ready(&ctx, "fresh").await?;
     let secret_version = ctx.api::<Secret>().get("fresh").await?.resource_version();
-    operator.stop()?;
+    operator.stop().await?;
     let restarted = Operator::start(&ctx, dir.path(), OperatorOptions::default()).await?;
+    // The gauge counts grants, not passes: once it shows "fresh" Issued, the
+    // restarted operator has evaluated it (signing, if it were to, included).
     support::eventually(
-        "the restarted operator to reconcile",
+        "the restarted operator to evaluate the fresh grant",
         Duration::from_secs(30),
         || async {
             Ok((restarted
-                .metric("upload_grant_reconcile_duration_seconds_count")
+                .metric(r#"upload_grant_grants{reason="Issued"}"#)
                 .await?
                 >= 1.0)
                 .then_some(()))
@@ -176,7 +191,7 @@ async fn refresh_policy_never_and_not_after_remove_the_secret_at_expiry() -> Tes
     let Scenario {
         ctx,
         dir: _dir,
-        operator: _operator,
+        operator,
     } = Scenario::start("expire").await?;
     let issuer = open_issuer(&ctx).await?;
     let not_after = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(25);
@@ -235,6 +250,20 @@ async fn refresh_policy_never_and_not_after_remove_the_secret_at_expiry() -> Tes
     .await?;
     assert!(expired.status.and_then(|s| s.secret_name).is_none());
     wait_secret_gone(&ctx, "once").await?;
+    // Gone for good: a pass that still saw the Issued status could sign
+    // the expired grant again right after its Secret went.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        ctx.api::<Secret>().get_opt("once").await?.is_none(),
+        "the expired Never grant's Secret came back"
+    );
+    assert_eq!(
+        operator
+            .metric(r#"upload_grant_signings_total{result="success",reason="ok"}"#)
+            .await?,
+        2.0,
+        "one URL per grant, none after expiry"
+    );
     Ok(())
 }
 

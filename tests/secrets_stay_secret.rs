@@ -133,6 +133,14 @@ async fn no_secret_material_in_logs_events_status_or_metrics() -> TestResult {
         events.contains("Renewed") && events.contains("Denied"),
         "the events must cover the scenario"
     );
+    assert!(
+        metrics.contains(r#"upload_grant_signings_total{result="success",reason="ok"} "#),
+        "the metrics must be the operator's: {metrics}"
+    );
+    assert!(
+        statuses.contains("urlFingerprint"),
+        "the statuses must cover the issuing"
+    );
     for (place, text) in [
         ("operator logs", &logs),
         ("events", &events),

@@ -20,6 +20,8 @@ fn default_chain_gets_session_credentials_from_a_service_account_token() -> Test
     let env = TestEnv::get();
     let dir = tempfile::tempdir()?;
     let namespace = format!("irsa-{}", support::random_suffix());
+    // Deleted when the test ends, however it ends.
+    let _cleanup = support::Cleanup::namespace(env, &namespace);
     kubectl(env, &["create", "namespace", &namespace])?;
     kubectl(
         env,

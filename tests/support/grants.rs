@@ -12,9 +12,11 @@ use upload_grant_operator::api::{ClusterGrantIssuer, UploadGrant};
 
 use super::{TestContext, TestResult, random_suffix};
 
-/// An issuer for the local store that allows `rules` (JSON allow rules).
+/// An issuer for the local store that allows `rules` (JSON allow rules),
+/// deleted when `ctx` is dropped.
 pub async fn create_issuer(ctx: &TestContext, rules: serde_json::Value) -> TestResult<String> {
     let name = format!("issuer-{}", random_suffix());
+    ctx.delete_issuer_on_drop(&name);
     let issuer: ClusterGrantIssuer = serde_json::from_value(serde_json::json!({
         "apiVersion": "grants.io/v1alpha1",
         "kind": "ClusterGrantIssuer",
@@ -217,10 +219,12 @@ pub fn fingerprint(grant: &UploadGrant) -> Option<String> {
 }
 
 /// A test namespace with the CRDs installed and an operator running for it.
+/// Dropped whole, the operator stops first, then the namespace is cleaned
+/// up, then the directory with the operator's log goes.
 pub struct Scenario {
+    pub operator: super::operator::Operator,
     pub ctx: TestContext,
     pub dir: tempfile::TempDir,
-    pub operator: super::operator::Operator,
 }
 
 impl Scenario {
@@ -235,7 +239,7 @@ impl Scenario {
         let dir = tempfile::tempdir()?;
         super::install_committed_crds(&ctx.client).await?;
         let operator = super::operator::Operator::start(&ctx, dir.path(), opts).await?;
-        Ok(Scenario { ctx, dir, operator })
+        Ok(Scenario { operator, ctx, dir })
     }
 }
 

@@ -5,15 +5,17 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Api, Client, Config};
+use kube::{Api, Client, Config, ResourceExt};
+use upload_grant_operator::api::{ClusterGrantIssuer, UploadGrant};
 
 pub mod grants;
 pub mod operator;
@@ -127,11 +129,14 @@ pub fn repo_root() -> PathBuf {
 
 /// One test's slice of the environment: a client and a fresh namespace.
 /// It prints where the servers' logs are; the test harness shows that output
-/// only for a failed test.
+/// only for a failed test. Dropping it deletes the namespace, the grants in
+/// it and the issuers the test made (see `Cleanup`), also when the test fails
+/// or panics.
 pub struct TestContext {
     pub env: &'static TestEnv,
     pub client: Client,
     pub namespace: String,
+    cleanup: Cleanup,
 }
 
 impl TestContext {
@@ -156,6 +161,9 @@ impl TestContext {
             },
             ..Namespace::default()
         };
+        // Armed before the namespace exists: a create whose answer is lost
+        // is still cleaned up.
+        let cleanup = Cleanup::namespace(env, &namespace);
         Api::<Namespace>::all(client.clone())
             .create(&PostParams::default(), &ns)
             .await?;
@@ -167,7 +175,15 @@ impl TestContext {
             env,
             client,
             namespace,
+            cleanup,
         })
+    }
+
+    /// Deletes the ClusterGrantIssuer `name` when this context is dropped.
+    /// `grants::create_issuer` does this for the issuers it makes; call it
+    /// for any issuer a test creates another way.
+    pub fn delete_issuer_on_drop(&self, name: &str) {
+        self.cleanup.issuer(name);
     }
 
     pub fn api<K>(&self) -> Api<K>
@@ -229,6 +245,143 @@ impl TestContext {
         let path = dir.join(format!("{sa}-token"));
         std::fs::write(&path, token)?;
         Ok(path)
+    }
+}
+
+/// Removes what a test leaves behind in the shared environment, when
+/// dropped: the UploadGrants in its namespace (their finalizers released, as
+/// the operator that held them has stopped by then), the ClusterGrantIssuers
+/// it names (cluster-scoped, so every later operator would evaluate them),
+/// then the namespace itself. The environment runs no
+/// kube-controller-manager, so a deleted namespace stays Terminating with
+/// whatever else is in it; nothing waits for it to go.
+///
+/// Drop runs on a thread of its own with its own runtime and client: it may
+/// run inside a test's runtime (also while a panic unwinds), which it must
+/// neither re-enter nor wait on. Failures are printed, never raised.
+pub struct Cleanup {
+    env: &'static TestEnv,
+    namespace: String,
+    issuers: Mutex<Vec<String>>,
+}
+
+/// Long enough for the benchmarks' 20,000 grants; a test's few take a second.
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(180);
+
+impl Cleanup {
+    /// Deletes `namespace` (and the grants in it) when dropped.
+    pub fn namespace(env: &'static TestEnv, namespace: &str) -> Cleanup {
+        Cleanup {
+            env,
+            namespace: namespace.to_owned(),
+            issuers: Mutex::default(),
+        }
+    }
+
+    /// Also deletes the ClusterGrantIssuer `name` when dropped.
+    pub fn issuer(&self, name: &str) {
+        let mut issuers = self.issuers.lock().unwrap_or_else(|p| p.into_inner());
+        if !issuers.iter().any(|i| i == name) {
+            issuers.push(name.to_owned());
+        }
+    }
+
+    async fn run(env: &TestEnv, namespace: &str, issuers: &[String]) -> Result<(), String> {
+        let client = env.client().await.map_err(|e| format!("no client: {e}"))?;
+        let mut failures = Vec::new();
+        if let Err(e) = remove_grants(&client, namespace).await {
+            failures.push(format!("grants in {namespace}: {e}"));
+        }
+        let issuer_api: Api<ClusterGrantIssuer> = Api::all(client.clone());
+        for name in issuers {
+            let deleted = issuer_api.delete(name, &DeleteParams::default()).await;
+            if let Err(e) = absent_is_fine(deleted) {
+                failures.push(format!("ClusterGrantIssuer {name}: {e}"));
+            }
+        }
+        let deleted = Api::<Namespace>::all(client)
+            .delete(namespace, &DeleteParams::background())
+            .await;
+        if let Err(e) = absent_is_fine(deleted) {
+            failures.push(format!("namespace {namespace}: {e}"));
+        }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(failures.join("; "))
+        }
+    }
+}
+
+/// Deletes every grant in `namespace`, releasing the finalizers of those an
+/// operator would otherwise have to (none runs for the namespace any more).
+async fn remove_grants(client: &Client, namespace: &str) -> Result<(), kube::Error> {
+    let grants: Api<UploadGrant> = Api::namespaced(client.clone(), namespace);
+    let deleted = grants
+        .delete_collection(&DeleteParams::background(), &ListParams::default())
+        .await;
+    // No CRD (a test that never installed it) means no grants.
+    if is_not_found(&deleted) {
+        return Ok(());
+    }
+    deleted?;
+    let held = grants.list_metadata(&ListParams::default()).await?.items;
+    let release = serde_json::json!({"metadata": {"finalizers": null}});
+    futures::stream::iter(held.into_iter().filter(|g| !g.finalizers().is_empty()))
+        .map(|g| {
+            let (grants, release) = (&grants, &release);
+            async move {
+                let patched = grants
+                    .patch_metadata(
+                        &g.name_any(),
+                        &PatchParams::default(),
+                        &Patch::Merge(release),
+                    )
+                    .await;
+                absent_is_fine(patched)
+            }
+        })
+        .buffer_unordered(16)
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok(())
+}
+
+fn is_not_found<T>(result: &Result<T, kube::Error>) -> bool {
+    matches!(result, Err(kube::Error::Api(status)) if status.code == 404)
+}
+
+/// A delete or patch of something already gone succeeded at what it was for.
+fn absent_is_fine<T>(result: Result<T, kube::Error>) -> Result<(), kube::Error> {
+    if is_not_found(&result) {
+        return Ok(());
+    }
+    result.map(|_| ())
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let env = self.env;
+        let namespace = std::mem::take(&mut self.namespace);
+        let issuers = std::mem::take(self.issuers.get_mut().unwrap_or_else(|p| p.into_inner()));
+        let what = format!("namespace {namespace}, issuers {issuers:?}");
+        let outcome = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| format!("no runtime: {e}"))?;
+            rt.block_on(async {
+                tokio::time::timeout(CLEANUP_TIMEOUT, Cleanup::run(env, &namespace, &issuers))
+                    .await
+                    .unwrap_or_else(|_| Err(format!("not done after {CLEANUP_TIMEOUT:?}")))
+            })
+        })
+        .join();
+        match outcome {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("cleanup of {what} failed: {e}"),
+            Err(_) => eprintln!("cleanup of {what} panicked"),
+        }
     }
 }
 

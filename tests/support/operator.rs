@@ -2,13 +2,13 @@
 //! IRSA-style credentials: a service-account token exchanged at the STS.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::time::Duration;
+use std::process::{Child, Command, ExitStatus};
+use std::time::{Duration, Instant};
 
 use super::{STS_AUDIENCE, TestContext, TestResult, eventually};
 
 /// A running operator process, limited to the test's namespace. Stopped
-/// with SIGTERM when dropped.
+/// with SIGTERM when dropped (killed if it does not exit within seconds).
 pub struct Operator {
     child: Option<Child>,
     pub log_file: PathBuf,
@@ -109,13 +109,14 @@ impl Operator {
     }
 
     /// The value of one sample line of /metrics, e.g.
-    /// `upload_grant_signings_total{result="success",reason="ok"}`.
+    /// `upload_grant_signings_total{result="success",reason="ok"}` (labels
+    /// as the operator orders them). A sample that is not there is an error
+    /// naming it and the metrics that are, never a 0: the operator registers
+    /// its bounded label sets at 0 from the start.
     pub async fn metric(&self, sample: &str) -> TestResult<f64> {
         let text = self.metrics().await?;
-        Ok(text
-            .lines()
-            .find_map(|l| l.strip_prefix(sample).and_then(|v| v.trim().parse().ok()))
-            .unwrap_or(0.0))
+        sample_value(&text, sample)
+            .map_err(|e| format!("{e} (operator at {})", self.metrics_addr).into())
     }
 
     /// Peak and current resident memory of the process, in KiB.
@@ -151,29 +152,98 @@ impl Operator {
         Ok(())
     }
 
-    /// SIGTERM, then wait for the process to exit.
-    pub fn stop(&mut self) -> TestResult<std::process::ExitStatus> {
+    /// SIGTERM, then wait (without blocking the runtime) for the process to
+    /// exit; killed and an error after 15 s.
+    pub async fn stop(&mut self) -> TestResult<ExitStatus> {
         let mut child = self.child.take().ok_or("operator already stopped")?;
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        for _ in 0..300 {
+        sigterm(&child);
+        let deadline = tokio::time::Instant::now() + STOP_TIMEOUT;
+        loop {
             if let Some(status) = child.try_wait()? {
                 return Ok(status);
             }
-            std::thread::sleep(Duration::from_millis(50));
+            if tokio::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "operator did not exit within {STOP_TIMEOUT:?} of SIGTERM; log:\n{}",
+                    self.log_tail()
+                )
+                .into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        child.kill()?;
-        Err("operator did not exit within 15s of SIGTERM".into())
     }
 }
 
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+
+fn sigterm(child: &Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+}
+
+/// Best effort, and synchronous: SIGTERM, a few seconds to exit, then
+/// SIGKILL, so no operator outlives its test.
 impl Drop for Operator {
     fn drop(&mut self) {
-        if self.child.is_some() {
-            let _ = self.stop();
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        sigterm(&child);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if !matches!(child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// The value of the sample line `sample` in a text exposition.
+fn sample_value(text: &str, sample: &str) -> TestResult<f64> {
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix(sample)
+            && rest.starts_with(' ')
+        {
+            let value = rest.split_whitespace().next().unwrap_or_default();
+            return value
+                .parse()
+                .map_err(|e| format!("sample {sample} has value {value:?}: {e}").into());
         }
     }
+    let name = sample.split('{').next().unwrap_or(sample);
+    let same_name: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|r| r.starts_with(['{', ' ']))
+        })
+        .collect();
+    if !same_name.is_empty() {
+        return Err(format!(
+            "no sample {sample} in /metrics; the samples of {name}: {}",
+            same_name.join(" | ")
+        )
+        .into());
+    }
+    let mut present: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .filter(|name| !name.is_empty())
+        .collect();
+    present.sort_unstable();
+    present.dedup();
+    Err(format!(
+        "no sample {sample} in /metrics; the metrics present: {}",
+        present.join(", ")
+    )
+    .into())
 }
 
 pub fn free_port() -> TestResult<u16> {
