@@ -2,8 +2,11 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 TESTENV := tools/testenv
+# The reference `make image` gives the image (the io.containerd.image.name it
+# is imported under); .testenv/env's TESTENV_IMAGE names the same image.
+IMAGE ?= docker.io/library/upload-grant-operator:dev
 
-.PHONY: all build release crds lint test bench demo testenv testenv-down testenv-build deps
+.PHONY: all build release image crds lint test bench demo testenv testenv-down testenv-build deps
 
 all: build
 
@@ -16,6 +19,11 @@ build:
 ## release: the release binary exactly as the Dockerfile builds it
 release:
 	$(CARGO) build --release --locked --bin upload-grant-operator
+
+## image: the Dockerfile's image without a container engine -> target/image/upload-grant-operator.tar
+## (an OCI archive); also imported into the test node's containerd when it runs
+image: deps release
+	IMAGE=$(IMAGE) tools/image/build.sh
 
 ## crds: regenerate crds/ from the Rust types in src/api/
 crds:
