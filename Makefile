@@ -6,7 +6,7 @@ TESTENV := tools/testenv
 # is imported under); .testenv/env's TESTENV_IMAGE names the same image.
 IMAGE ?= docker.io/library/upload-grant-operator:dev
 
-.PHONY: all build release image crds lint test bench demo testenv testenv-down testenv-build deps
+.PHONY: all build release image image-check crds lint test bench demo testenv testenv-down testenv-build deps
 
 all: build
 
@@ -24,6 +24,10 @@ release:
 ## (an OCI archive); also imported into the test node's containerd when it runs
 image: deps release
 	IMAGE=$(IMAGE) tools/image/build.sh
+
+## image-check: the image matches the Dockerfile's runtime stage, is reproducible and runs (tests/image.rs)
+image-check: image
+	IMAGE=$(IMAGE) $(CARGO) test --test image -- --include-ignored
 
 ## crds: regenerate crds/ from the Rust types in src/api/
 crds:
@@ -50,7 +54,7 @@ testenv-down:
 ## test: everything CI runs
 test: deps testenv-build lint
 	$(TESTENV)/with-env.sh $(CARGO) test --all-targets --no-fail-fast
-	$(MAKE) release
+	$(MAKE) image-check
 
 ## bench: benchmarks against the local environment -> bench/results/latest.md (not part of test)
 bench: deps testenv-build
