@@ -3,7 +3,8 @@ SHELL := /bin/bash
 CARGO ?= cargo
 TESTENV := tools/testenv
 # The reference `make image` gives the image (the io.containerd.image.name it
-# is imported under); .testenv/env's TESTENV_IMAGE names the same image.
+# is imported under). The test node's TESTENV_IMAGE (.testenv/env) names this
+# image; in a pod spec the short upload-grant-operator:dev normalizes to it.
 IMAGE ?= docker.io/library/upload-grant-operator:dev
 
 .PHONY: all build release image image-check crds lint test bench demo testenv testenv-down testenv-build deps
