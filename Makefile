@@ -2,8 +2,12 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 TESTENV := tools/testenv
+# The reference `make image` gives the image (the io.containerd.image.name it
+# is imported under). The test node's TESTENV_IMAGE (.testenv/env) names this
+# image; in a pod spec the short upload-grant-operator:dev normalizes to it.
+IMAGE ?= docker.io/library/upload-grant-operator:dev
 
-.PHONY: all build release crds lint test bench demo testenv testenv-down testenv-build deps
+.PHONY: all build release image image-check crds lint test bench demo testenv testenv-down testenv-build deps
 
 all: build
 
@@ -16,6 +20,15 @@ build:
 ## release: the release binary exactly as the Dockerfile builds it
 release:
 	$(CARGO) build --release --locked --bin upload-grant-operator
+
+## image: the Dockerfile's image without a container engine -> target/image/upload-grant-operator.tar
+## (an OCI archive); also imported into the test node's containerd when it runs
+image: deps release
+	IMAGE=$(IMAGE) tools/image/build.sh
+
+## image-check: the image matches the Dockerfile's runtime stage, is reproducible and runs (tests/image.rs)
+image-check: image
+	IMAGE=$(IMAGE) $(CARGO) test --test image -- --include-ignored
 
 ## crds: regenerate crds/ from the Rust types in src/api/
 crds:
@@ -42,7 +55,7 @@ testenv-down:
 ## test: everything CI runs
 test: deps testenv-build lint
 	$(TESTENV)/with-env.sh $(CARGO) test --all-targets --no-fail-fast
-	$(MAKE) release
+	$(MAKE) image-check
 
 ## bench: benchmarks against the local environment -> bench/results/latest.md (not part of test)
 bench: deps testenv-build
