@@ -9,7 +9,7 @@ use kube::ResourceExt;
 use super::Context;
 use super::build::{self, Issued, IssuedState, format_time};
 use super::decide::{self, Decision, Report, SignPlan};
-use super::secrets::{self, Slot, Written};
+use super::secrets::{self, ManagedSecret, Slot, Written};
 use super::validate::secret_name;
 use crate::api::{Reason, UploadGrant};
 use crate::error::{Error, Result};
@@ -66,7 +66,7 @@ async fn sign_and_write(
     let name = plan.valid.secret_name.as_str();
     let secret = build::build_secret(grant, &plan.valid, &issued)?;
     match write(ctx, grant, plan, &secret, now).await? {
-        WriteEnd::Written => {}
+        WriteEnd::Written => ctx.remember_secret(grant, ManagedSecret::written(&secret)),
         WriteEnd::Current(state) => return Ok((Report::ready(name, state, false), None)),
         WriteEnd::Conflict => return Ok((Report::conflict(name), None)),
         WriteEnd::Refused(reason) => {

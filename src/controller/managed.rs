@@ -29,7 +29,17 @@ pub struct ManagedSecret {
 
 impl From<PartialObjectMeta<Secret>> for ManagedSecret {
     fn from(secret: PartialObjectMeta<Secret>) -> Self {
-        let meta = secret.metadata;
+        ManagedSecret::from_meta(secret.metadata)
+    }
+}
+
+impl ManagedSecret {
+    /// What the cache will hold of a Secret this operator just wrote.
+    pub fn written(secret: &Secret) -> Self {
+        ManagedSecret::from_meta(secret.metadata.clone())
+    }
+
+    fn from_meta(meta: ObjectMeta) -> Self {
         ManagedSecret {
             legacy_fields: legacy_entry(meta.managed_fields.as_deref().unwrap_or_default())
                 .is_some(),

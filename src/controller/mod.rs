@@ -17,7 +17,7 @@ pub mod validate;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::channel::mpsc;
 use futures::{FutureExt, Stream, StreamExt, TryStreamExt};
@@ -66,7 +66,15 @@ pub struct Context {
     /// show it yet when the pass's own side effects (the Secret it removed)
     /// wake the grant again.
     settled: Mutex<HashMap<u64, (i64, Reason, String)>>,
+    /// The Secret each grant's last pass wrote, until the cache shows it: a
+    /// pass that comes sooner (the grant's own finalizer or status event)
+    /// reads it instead of taking the name for free and signing again.
+    written_secrets: Mutex<HashMap<u64, (Instant, secrets::ManagedSecret)>>,
 }
+
+/// Longest a written Secret stands in for the cache; the watch brings it
+/// back within milliseconds.
+const WRITTEN_SECRET_TTL: Duration = Duration::from_secs(60);
 
 impl Context {
     fn new(parts: Parts, settings: Settings, caches: Caches) -> Self {
@@ -87,7 +95,51 @@ impl Context {
             failures: Mutex::default(),
             written: Mutex::default(),
             settled: Mutex::default(),
+            written_secrets: Mutex::default(),
         }
+    }
+
+    fn remember_secret(&self, grant: &UploadGrant, secret: secrets::ManagedSecret) {
+        let mut written = self
+            .written_secrets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        written.insert(grant_key(grant), (Instant::now(), secret));
+    }
+
+    fn forget_secret(&self, grant: &UploadGrant) {
+        let mut written = self
+            .written_secrets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        written.remove(&grant_key(grant));
+    }
+
+    /// Who holds the name: the cache, unless it has not caught up with a
+    /// Secret this operator wrote for the grant a moment ago.
+    fn secret_slot(&self, grant: &UploadGrant, namespace: &str, name: &str) -> secrets::Slot {
+        use secrets::Slot;
+        let cached = secrets::cached_slot(self, grant, namespace, name);
+        let mut written = self
+            .written_secrets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let key = grant_key(grant);
+        let Some((at, mine)) = written.get(&key) else {
+            return cached;
+        };
+        let fingerprint =
+            |s: &secrets::ManagedSecret| s.state.as_ref().map(|x| x.fingerprint.clone());
+        let behind = match &cached {
+            Slot::Free => true,
+            Slot::Ours(seen) => fingerprint(seen) != fingerprint(mine),
+            Slot::Foreign => false,
+        };
+        if behind && at.elapsed() < WRITTEN_SECRET_TTL && mine.name_any() == name {
+            return Slot::Ours(Box::new(mine.clone()));
+        }
+        written.remove(&key);
+        cached
     }
 
     fn record_failure(&self, grant: &ObjectRef<UploadGrant>) -> u32 {
@@ -135,6 +187,7 @@ impl Context {
     /// Drops everything kept about a deleted grant.
     fn forget(&self, grant: &UploadGrant) {
         self.forget_status(grant);
+        self.forget_secret(grant);
         let mut settled = self.settled.lock().unwrap_or_else(|p| p.into_inner());
         settled.remove(&grant_key(grant));
     }

@@ -16,7 +16,7 @@ use kube::{Api, Resource, ResourceExt};
 use super::build::whole_seconds;
 use super::decide::{self, Decision, Observed, Report, Settled, Wake};
 use super::events::{EventReason, Note};
-use super::secrets::{self, Slot};
+use super::secrets::Slot;
 use super::validate::secret_name;
 use super::{Context, apply, finalizer, grant_key, status};
 use crate::api::{ClusterGrantIssuer, Reason, UploadGrant};
@@ -104,7 +104,7 @@ impl<'a> Loaded<'a> {
             issuer_name,
             issuer: issuer_name.and_then(|n| ctx.issuers.get(&ObjectRef::new(n))),
             namespace: ctx.namespaces.get(&ObjectRef::new(&namespace)),
-            secret: secrets::cached_slot(ctx, grant, &namespace, &name),
+            secret: ctx.secret_slot(grant, &namespace, &name),
             remembered: ctx.settled(grant),
         }
     }

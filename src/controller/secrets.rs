@@ -130,6 +130,7 @@ pub async fn remove(
     namespace: &str,
     name: &str,
 ) -> Result<bool> {
+    ctx.forget_secret(grant);
     let Slot::Ours(meta) = slot(ctx, grant, namespace, name).await? else {
         return Ok(false);
     };
@@ -191,6 +192,7 @@ pub(crate) mod tests {
             failures: Mutex::default(),
             written: Mutex::default(),
             settled: Mutex::default(),
+            written_secrets: Mutex::default(),
         }
     }
 
@@ -364,5 +366,43 @@ pub(crate) mod tests {
             other => panic!("refused, not {other:?}"),
         }
         server.await.expect("mock server");
+    }
+
+    #[tokio::test]
+    async fn a_secret_just_written_stands_in_for_the_cache_until_removed() {
+        let (service, _handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let ctx = context(kube::Client::new(service, "ns"));
+        let g = grant();
+        assert!(matches!(ctx.secret_slot(&g, "ns", "g"), Slot::Free));
+        let meta: kube::api::PartialObjectMeta<Secret> =
+            serde_json::from_value(secret_meta("grant-uid")).expect("fixture");
+        let mut written = Secret {
+            metadata: meta.metadata,
+            ..Secret::default()
+        };
+        written.metadata.annotations = Some(
+            [
+                ("grants.io/spec-hash", "abc"),
+                ("grants.io/issued-at", "2026-11-29T10:00:00Z"),
+                ("grants.io/expires-at", "2026-11-29T11:00:00Z"),
+                ("grants.io/url-fingerprint", "sha256:0123"),
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .into(),
+        );
+        ctx.remember_secret(&g, ManagedSecret::written(&written));
+        match ctx.secret_slot(&g, "ns", "g") {
+            Slot::Ours(s) => assert_eq!(
+                s.state.map(|s| s.fingerprint).as_deref(),
+                Some("sha256:0123")
+            ),
+            other => panic!("the written Secret, not {other:?}"),
+        }
+        assert!(
+            matches!(ctx.secret_slot(&g, "ns", "other-name"), Slot::Free),
+            "only for the name written"
+        );
+        ctx.forget_secret(&g);
+        assert!(matches!(ctx.secret_slot(&g, "ns", "g"), Slot::Free));
     }
 }
