@@ -48,24 +48,63 @@ go_build() {
   publish "$tmp" "$dest"
 }
 
-build_kubernetes() {
-  local v="$KUBERNETES_VERSION" dest="$CACHE_DIR/bin/kubernetes-$KUBERNETES_VERSION"
-  [ -x "$dest/kube-apiserver" ] && [ -x "$dest/kubectl" ] && return 0
-  log "building kube-apiserver and kubectl $v (first time only; about 10 minutes on 2 cores)"
-  local mod="$CACHE_DIR/src/kubernetes-$v" gomod staging_v major minor
+# The consumer module every Kubernetes binary is built from: the control
+# plane's kube-apiserver and kubectl, and the node's kubelet,
+# kube-controller-manager and kube-scheduler. Sets KUBERNETES_MOD and
+# KUBERNETES_LDFLAGS.
+KUBERNETES_CMDS=(kube-apiserver kubectl kubelet kube-controller-manager kube-scheduler)
+kubernetes_module() {
+  local v="$KUBERNETES_VERSION" gomod staging_v major minor pkg cmd pkgs=()
+  KUBERNETES_MOD="$CACHE_DIR/src/kubernetes-$v"
   gomod=$(upstream_gomod "k8s.io/kubernetes@$v")
   # k8s.io/kubernetes requires its staging modules at v0.0.0 and replaces them
   # with local paths; a consumer module points each at its published v0.X.Y.
   staging_v="v0.${v#v1.}"
+  for cmd in "${KUBERNETES_CMDS[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$cmd"); done
   sed -n 's#^\s*\(k8s\.io/[^ ]*\) => \./staging/.*#replace \1 => \1 '"$staging_v"'#p' "$gomod" |
-    consumer_module "$mod" 1.26.0 k8s.io/kubernetes "$v" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl
+    consumer_module "$KUBERNETES_MOD" 1.26.0 k8s.io/kubernetes "$v" "${pkgs[@]}"
   major=${v#v}; major=${major%%.*}; minor=${v#v*.}; minor=${minor%%.*}
-  local ld="" pkg
+  KUBERNETES_LDFLAGS=""
   for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-    ld+=" -X $pkg.gitVersion=$v -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
-    ld+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+    KUBERNETES_LDFLAGS+=" -X $pkg.gitVersion=$v -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
+    KUBERNETES_LDFLAGS+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
   done
-  go_build "$mod" "$dest" "$ld" kube-apiserver=k8s.io/kubernetes/cmd/kube-apiserver kubectl=k8s.io/kubernetes/cmd/kubectl
+}
+
+build_kubernetes() {
+  local v="$KUBERNETES_VERSION" dest="$CACHE_DIR/bin/kubernetes-$KUBERNETES_VERSION"
+  [ -x "$dest/kube-apiserver" ] && [ -x "$dest/kubectl" ] && return 0
+  log "building kube-apiserver and kubectl $v (first time only; about 10 minutes on 2 cores)"
+  kubernetes_module
+  go_build "$KUBERNETES_MOD" "$dest" "$KUBERNETES_LDFLAGS" \
+    kube-apiserver=k8s.io/kubernetes/cmd/kube-apiserver kubectl=k8s.io/kubernetes/cmd/kubectl
+}
+
+# The node's Kubernetes parts, from the same module (so mostly from the same
+# build cache) as kube-apiserver.
+build_node() {
+  local v="$KUBERNETES_VERSION" dest="$CACHE_DIR/bin/kubernetes-node-$KUBERNETES_VERSION" c
+  [ -x "$dest/kubelet" ] && [ -x "$dest/kube-controller-manager" ] && [ -x "$dest/kube-scheduler" ] && return 0
+  log "building kubelet, kube-controller-manager and kube-scheduler $v (first time only)"
+  kubernetes_module
+  go_build "$KUBERNETES_MOD" "$dest" "$KUBERNETES_LDFLAGS" \
+    kubelet=k8s.io/kubernetes/cmd/kubelet \
+    kube-controller-manager=k8s.io/kubernetes/cmd/kube-controller-manager \
+    kube-scheduler=k8s.io/kubernetes/cmd/kube-scheduler
+}
+
+# containerd 2.x (Kubernetes 1.36 needs it; Debian ships 1.6), ctr and the
+# runc shim, static, without the snapshotters that need cgo or kernel modules.
+# runc itself is Debian's (tools/install-deps.sh).
+build_containerd() {
+  local v="$CONTAINERD_VERSION" dest="$CACHE_DIR/bin/containerd-$CONTAINERD_VERSION"
+  local mod="$CACHE_DIR/src/containerd-$CONTAINERD_VERSION" m=github.com/containerd/containerd/v2
+  [ -x "$dest/containerd" ] && [ -x "$dest/ctr" ] && [ -x "$dest/containerd-shim-runc-v2" ] && return 0
+  log "building containerd $v"
+  consumer_module "$mod" 1.26.6 "$m" "$v" "$m/cmd/containerd" "$m/cmd/ctr" "$m/cmd/containerd-shim-runc-v2" </dev/null
+  GOFLAGS="$GOFLAGS -tags=no_btrfs,no_devmapper,no_zfs" \
+    go_build "$mod" "$dest" "-X $m/version.Version=$v -X $m/version.Revision=$v" \
+    containerd="$m/cmd/containerd" ctr="$m/cmd/ctr" containerd-shim-runc-v2="$m/cmd/containerd-shim-runc-v2"
 }
 
 build_etcd() {
@@ -91,7 +130,7 @@ build_helm() {
 
 mkdir -p "$CACHE_DIR/bin" "$CACHE_DIR/src"
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(kubernetes etcd helm s3)
+[ ${#targets[@]} -gt 0 ] || targets=(kubernetes etcd helm s3 node containerd)
 for t in "${targets[@]}"; do
   "build_$t"
 done
