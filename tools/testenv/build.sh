@@ -128,9 +128,40 @@ build_helm() {
     -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$kminor" helm=helm.sh/helm/v3/cmd/helm
 }
 
+# The sandbox ("pause") image, which tests also run with other arguments: the
+# static program in pause/ in a one-layer OCI image archive that
+# `ctr images import` loads. Keyed by a hash of its source (PAUSE_IMAGE).
+build_pause() {
+  local dest="$CACHE_DIR/bin/pause-$PAUSE_SOURCE_HASH" tmp oci layer config manifest
+  [ -f "$dest/pause.oci.tar" ] && return 0
+  log "building the pause image $PAUSE_IMAGE"
+  tmp=$(mktemp -d "$CACHE_DIR/bin/.build.XXXX"); oci="$tmp/oci"
+  mkdir -p "$tmp/rootfs" "$oci/blobs/sha256"
+  (cd "$TESTENV_TOOLS_DIR/pause" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$tmp/rootfs/pause" .)
+  tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$tmp/rootfs" -cf "$tmp/layer.tar" pause
+  # blob FILE: stores FILE under its digest; prints "DIGEST SIZE".
+  blob() {
+    local d; d=$(sha256sum "$1" | cut -d' ' -f1)
+    cp "$1" "$oci/blobs/sha256/$d"; echo "sha256:$d $(stat -c %s "$1")"
+  }
+  read -r -a layer < <(blob "$tmp/layer.tar")
+  printf '{"architecture":"amd64","os":"linux","config":{"Entrypoint":["/pause"]},"rootfs":{"type":"layers","diff_ids":["%s"]}}' \
+    "${layer[0]}" >"$tmp/config.json"
+  read -r -a config < <(blob "$tmp/config.json")
+  printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"%s","size":%s},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"%s","size":%s}]}' \
+    "${config[@]}" "${layer[@]}" >"$tmp/manifest.json"
+  read -r -a manifest < <(blob "$tmp/manifest.json")
+  printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"%s","size":%s,"platform":{"architecture":"amd64","os":"linux"},"annotations":{"io.containerd.image.name":"%s","org.opencontainers.image.ref.name":"%s"}}]}' \
+    "${manifest[@]}" "$PAUSE_IMAGE" "${PAUSE_IMAGE##*:}" >"$oci/index.json"
+  echo '{"imageLayoutVersion":"1.0.0"}' >"$oci/oci-layout"
+  tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$oci" -cf "$tmp/pause.oci.tar" .
+  rm -rf "$tmp/rootfs" "$tmp/oci" "$tmp"/*.json "$tmp/layer.tar"
+  publish "$tmp" "$dest"
+}
+
 mkdir -p "$CACHE_DIR/bin" "$CACHE_DIR/src"
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(kubernetes etcd helm s3 node containerd)
+[ ${#targets[@]} -gt 0 ] || targets=(kubernetes etcd helm s3 node containerd pause)
 for t in "${targets[@]}"; do
   "build_$t"
 done
