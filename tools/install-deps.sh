@@ -3,7 +3,7 @@
 # Rust and Go come with the machine; everything else is built by
 # tools/testenv/build.sh from registry packages.
 set -euo pipefail
-declare -A pkg_for=([openssl]=openssl [curl]=curl [python3]=python3 [flock]=util-linux [setsid]=util-linux [jq]=jq)
+declare -A pkg_for=([openssl]=openssl [curl]=curl [python3]=python3 [flock]=util-linux [setsid]=util-linux [jq]=jq [runc]=runc)
 missing=()
 for cmd in "${!pkg_for[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${pkg_for[$cmd]}")
