@@ -21,3 +21,5 @@ PAUSE_IMAGE="localhost/upload-grant-operator/testenv-pause:$PAUSE_SOURCE_HASH"
 
 log() { printf '[testenv] %s\n' "$*" >&2; }
 die() { printf '[testenv] error: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=node.sh
+. "$TESTENV_TOOLS_DIR/node.sh"
