@@ -161,7 +161,8 @@ node_start_controllers() {
     --bind-address 127.0.0.1 --secure-port "$port" --leader-elect=false \
     --use-service-account-credentials=true \
     --service-account-private-key-file "$PKI/sa.key" \
-    --root-ca-file "$PKI/ca.crt"
+    --root-ca-file "$PKI/ca.crt" \
+    --flex-volume-plugin-dir "$RUN/kube-controller-manager/volume-plugins"
   NODE_KCM_HEALTHZ="https://127.0.0.1:$port/healthz"
   port=$(free_port)
   start kube-scheduler "$BIN/kube-scheduler" \
@@ -195,11 +196,21 @@ node_save_sysctls() {
   for k in "${NODE_SYSCTLS[@]}"; do echo "$k $(cat "/proc/sys/$k")"; done >"$NODE_SYSCTL_SAVE.tmp"
   mv "$NODE_SYSCTL_SAVE.tmp" "$NODE_SYSCTL_SAVE"
 }
-node_restore_sysctls() {
+# Once no kubelet runs on the machine: the kernel settings back, and the
+# few paths outside $STATE_DIR that the kubelet and containerd's shims use
+# whatever they are told (the device-plugin socket, the shims' sockets, the
+# kubelet's log links) removed when nothing is left in them.
+node_last_cleanup() {
   local k v
-  [ -f "$NODE_SYSCTL_SAVE" ] && ! node_any_kubelet || return 0
-  while read -r k v; do echo "$v" >"/proc/sys/$k" || log "warning: cannot restore $k=$v"; done <"$NODE_SYSCTL_SAVE"
-  rm -f "$NODE_SYSCTL_SAVE"
+  ! node_any_kubelet || return 0
+  if [ -f "$NODE_SYSCTL_SAVE" ]; then
+    while read -r k v; do echo "$v" >"/proc/sys/$k" || log "warning: cannot restore $k=$v"; done <"$NODE_SYSCTL_SAVE"
+    rm -f "$NODE_SYSCTL_SAVE"
+    rmdir "$(dirname "$NODE_SYSCTL_SAVE")" 2>/dev/null || true
+  fi
+  [ ! -S /var/lib/kubelet/device-plugins/kubelet.sock ] || rm -f /var/lib/kubelet/device-plugins/kubelet.sock
+  rmdir /var/lib/kubelet/device-plugins /var/lib/kubelet /run/containerd/s /run/containerd \
+    /var/log/containers 2>/dev/null || true
 }
 
 node_start_kubelet() {
@@ -325,6 +336,6 @@ node_cleanup() {
       [ -L "$p" ] && case "$(readlink "$p")" in "$state"/*) rm -f "$p" ;; esac
     done
   fi
-  node_restore_sysctls
+  node_last_cleanup
   return 0
 }
