@@ -3,7 +3,7 @@
 # Rust and Go come with the machine; everything else is built by
 # tools/testenv/build.sh from registry packages.
 set -euo pipefail
-declare -A pkg_for=([openssl]=openssl [curl]=curl [python3]=python3 [flock]=util-linux [setsid]=util-linux [jq]=jq
+declare -A pkg_for=([openssl]=openssl [curl]=curl [python3]=python3 [flock]=util-linux [setsid]=util-linux [jq]=jq [runc]=runc
   # make image (tools/image/build.sh) and its check (tests/image.rs)
   [strip]=binutils [readelf]=binutils [tar]=tar [gzip]=gzip [chroot]=coreutils [unshare]=util-linux
   [sha256sum]=coreutils [apt-get]=apt)

@@ -48,24 +48,63 @@ go_build() {
   publish "$tmp" "$dest"
 }
 
-build_kubernetes() {
-  local v="$KUBERNETES_VERSION" dest="$CACHE_DIR/bin/kubernetes-$KUBERNETES_VERSION"
-  [ -x "$dest/kube-apiserver" ] && [ -x "$dest/kubectl" ] && return 0
-  log "building kube-apiserver and kubectl $v (first time only; about 10 minutes on 2 cores)"
-  local mod="$CACHE_DIR/src/kubernetes-$v" gomod staging_v major minor
+# The consumer module every Kubernetes binary is built from: the control
+# plane's kube-apiserver and kubectl, and the node's kubelet,
+# kube-controller-manager and kube-scheduler. Sets KUBERNETES_MOD and
+# KUBERNETES_LDFLAGS.
+KUBERNETES_CMDS=(kube-apiserver kubectl kubelet kube-controller-manager kube-scheduler)
+kubernetes_module() {
+  local v="$KUBERNETES_VERSION" gomod staging_v major minor pkg cmd pkgs=()
+  KUBERNETES_MOD="$CACHE_DIR/src/kubernetes-$v"
   gomod=$(upstream_gomod "k8s.io/kubernetes@$v")
   # k8s.io/kubernetes requires its staging modules at v0.0.0 and replaces them
   # with local paths; a consumer module points each at its published v0.X.Y.
   staging_v="v0.${v#v1.}"
+  for cmd in "${KUBERNETES_CMDS[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$cmd"); done
   sed -n 's#^\s*\(k8s\.io/[^ ]*\) => \./staging/.*#replace \1 => \1 '"$staging_v"'#p' "$gomod" |
-    consumer_module "$mod" 1.26.0 k8s.io/kubernetes "$v" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl
+    consumer_module "$KUBERNETES_MOD" 1.26.0 k8s.io/kubernetes "$v" "${pkgs[@]}"
   major=${v#v}; major=${major%%.*}; minor=${v#v*.}; minor=${minor%%.*}
-  local ld="" pkg
+  KUBERNETES_LDFLAGS=""
   for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-    ld+=" -X $pkg.gitVersion=$v -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
-    ld+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+    KUBERNETES_LDFLAGS+=" -X $pkg.gitVersion=$v -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
+    KUBERNETES_LDFLAGS+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
   done
-  go_build "$mod" "$dest" "$ld" kube-apiserver=k8s.io/kubernetes/cmd/kube-apiserver kubectl=k8s.io/kubernetes/cmd/kubectl
+}
+
+build_kubernetes() {
+  local v="$KUBERNETES_VERSION" dest="$CACHE_DIR/bin/kubernetes-$KUBERNETES_VERSION"
+  [ -x "$dest/kube-apiserver" ] && [ -x "$dest/kubectl" ] && return 0
+  log "building kube-apiserver and kubectl $v (first time only; about 10 minutes on 2 cores)"
+  kubernetes_module
+  go_build "$KUBERNETES_MOD" "$dest" "$KUBERNETES_LDFLAGS" \
+    kube-apiserver=k8s.io/kubernetes/cmd/kube-apiserver kubectl=k8s.io/kubernetes/cmd/kubectl
+}
+
+# The node's Kubernetes parts, from the same module (so mostly from the same
+# build cache) as kube-apiserver.
+build_node() {
+  local v="$KUBERNETES_VERSION" dest="$CACHE_DIR/bin/kubernetes-node-$KUBERNETES_VERSION" c
+  [ -x "$dest/kubelet" ] && [ -x "$dest/kube-controller-manager" ] && [ -x "$dest/kube-scheduler" ] && return 0
+  log "building kubelet, kube-controller-manager and kube-scheduler $v (first time only)"
+  kubernetes_module
+  go_build "$KUBERNETES_MOD" "$dest" "$KUBERNETES_LDFLAGS" \
+    kubelet=k8s.io/kubernetes/cmd/kubelet \
+    kube-controller-manager=k8s.io/kubernetes/cmd/kube-controller-manager \
+    kube-scheduler=k8s.io/kubernetes/cmd/kube-scheduler
+}
+
+# containerd 2.x (Kubernetes 1.36 needs it; Debian ships 1.6), ctr and the
+# runc shim, static, without the snapshotters that need cgo or kernel modules.
+# runc itself is Debian's (tools/install-deps.sh).
+build_containerd() {
+  local v="$CONTAINERD_VERSION" dest="$CACHE_DIR/bin/containerd-$CONTAINERD_VERSION"
+  local mod="$CACHE_DIR/src/containerd-$CONTAINERD_VERSION" m=github.com/containerd/containerd/v2
+  [ -x "$dest/containerd" ] && [ -x "$dest/ctr" ] && [ -x "$dest/containerd-shim-runc-v2" ] && return 0
+  log "building containerd $v"
+  consumer_module "$mod" 1.26.6 "$m" "$v" "$m/cmd/containerd" "$m/cmd/ctr" "$m/cmd/containerd-shim-runc-v2" </dev/null
+  GOFLAGS="$GOFLAGS -tags=no_btrfs,no_devmapper,no_zfs" \
+    go_build "$mod" "$dest" "-X $m/version.Version=$v -X $m/version.Revision=$v" \
+    containerd="$m/cmd/containerd" ctr="$m/cmd/ctr" containerd-shim-runc-v2="$m/cmd/containerd-shim-runc-v2"
 }
 
 build_etcd() {
@@ -89,9 +128,40 @@ build_helm() {
     -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$kminor" helm=helm.sh/helm/v3/cmd/helm
 }
 
+# The sandbox ("pause") image, which tests also run with other arguments: the
+# static program in pause/ in a one-layer OCI image archive that
+# `ctr images import` loads. Keyed by a hash of its source (PAUSE_IMAGE).
+build_pause() {
+  local dest="$CACHE_DIR/bin/pause-$PAUSE_SOURCE_HASH" tmp oci layer config manifest
+  [ -f "$dest/pause.oci.tar" ] && return 0
+  log "building the pause image $PAUSE_IMAGE"
+  tmp=$(mktemp -d "$CACHE_DIR/bin/.build.XXXX"); oci="$tmp/oci"
+  mkdir -p "$tmp/rootfs" "$oci/blobs/sha256"
+  (cd "$TESTENV_TOOLS_DIR/pause" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$tmp/rootfs/pause" .)
+  tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$tmp/rootfs" -cf "$tmp/layer.tar" pause
+  # blob FILE: stores FILE under its digest; prints "DIGEST SIZE".
+  blob() {
+    local d; d=$(sha256sum "$1" | cut -d' ' -f1)
+    cp "$1" "$oci/blobs/sha256/$d"; echo "sha256:$d $(stat -c %s "$1")"
+  }
+  read -r -a layer < <(blob "$tmp/layer.tar")
+  printf '{"architecture":"amd64","os":"linux","config":{"Entrypoint":["/pause"]},"rootfs":{"type":"layers","diff_ids":["%s"]}}' \
+    "${layer[0]}" >"$tmp/config.json"
+  read -r -a config < <(blob "$tmp/config.json")
+  printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"%s","size":%s},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"%s","size":%s}]}' \
+    "${config[@]}" "${layer[@]}" >"$tmp/manifest.json"
+  read -r -a manifest < <(blob "$tmp/manifest.json")
+  printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"%s","size":%s,"platform":{"architecture":"amd64","os":"linux"},"annotations":{"io.containerd.image.name":"%s","org.opencontainers.image.ref.name":"%s"}}]}' \
+    "${manifest[@]}" "$PAUSE_IMAGE" "${PAUSE_IMAGE##*:}" >"$oci/index.json"
+  echo '{"imageLayoutVersion":"1.0.0"}' >"$oci/oci-layout"
+  tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$oci" -cf "$tmp/pause.oci.tar" .
+  rm -rf "$tmp/rootfs" "$tmp/oci" "$tmp"/*.json "$tmp/layer.tar"
+  publish "$tmp" "$dest"
+}
+
 mkdir -p "$CACHE_DIR/bin" "$CACHE_DIR/src"
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(kubernetes etcd helm s3)
+[ ${#targets[@]} -gt 0 ] || targets=(kubernetes etcd helm s3 node containerd pause)
 for t in "${targets[@]}"; do
   "build_$t"
 done

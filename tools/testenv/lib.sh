@@ -11,8 +11,15 @@ REPO_ROOT="$(cd "$TESTENV_TOOLS_DIR/../.." && pwd)"
 CACHE_DIR="${UGO_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/upload-grant-operator}"
 export GOTOOLCHAIN=local GOFLAGS=-buildvcs=false
 
+# The node's sandbox image (and the image node tests run): built locally from
+# pause/, tagged with a hash of its source so that a change rebuilds it.
+PAUSE_SOURCE_HASH=$(cat "$TESTENV_TOOLS_DIR/pause/go.mod" "$TESTENV_TOOLS_DIR/pause/main.go" | sha256sum | cut -c1-12)
+PAUSE_IMAGE="localhost/upload-grant-operator/testenv-pause:$PAUSE_SOURCE_HASH"
+
 # shellcheck source=s3.sh
 . "$TESTENV_TOOLS_DIR/s3.sh"
 
 log() { printf '[testenv] %s\n' "$*" >&2; }
 die() { printf '[testenv] error: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=node.sh
+. "$TESTENV_TOOLS_DIR/node.sh"

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Starts etcd, kube-apiserver and the S3/STS server on free loopback ports and
-# writes .testenv/env. Running it again while they are up does nothing.
+# Starts etcd, kube-apiserver, the S3/STS server and a node (containerd,
+# kube-controller-manager, kube-scheduler, kubelet; TESTENV_NODE=0 leaves it
+# out) on free loopback ports and writes .testenv/env. Running it again while
+# they are up does nothing.
 . "$(dirname "$0")/lib.sh"
 
 STATE_DIR="${TESTENV_DIR:-$REPO_ROOT/.testenv}"
+TESTENV_NODE="${TESTENV_NODE:-1}"
 mkdir -p "$STATE_DIR"
 exec 9>"$STATE_DIR/.lock"
 flock 9
@@ -17,13 +20,15 @@ bash "$TESTENV_TOOLS_DIR/down.sh" --locked >/dev/null 2>&1 || true
 bash "$TESTENV_TOOLS_DIR/build.sh"
 
 BIN="$STATE_DIR/bin" LOGS="$STATE_DIR/logs" PKI="$STATE_DIR/pki" RUN="$STATE_DIR/run"
-rm -rf "$BIN" "$LOGS" "$PKI" "$RUN" "$STATE_DIR/pids"
+# --one-file-system: never into a mount down.sh could not remove.
+rm -rf --one-file-system "$BIN" "$LOGS" "$PKI" "$RUN" "$STATE_DIR/pids"
 mkdir -p "$BIN" "$LOGS" "$PKI" "$RUN" "$STATE_DIR/pids"
 ln -s "$CACHE_DIR/bin/kubernetes-$KUBERNETES_VERSION/kube-apiserver" "$BIN/kube-apiserver"
 ln -s "$CACHE_DIR/bin/kubernetes-$KUBERNETES_VERSION/kubectl" "$BIN/kubectl"
 ln -s "$CACHE_DIR/bin/etcd-$ETCD_VERSION/etcd" "$BIN/etcd"
 ln -s "$CACHE_DIR/bin/helm-$HELM_VERSION/helm" "$BIN/helm"
 s3_link_binaries "$BIN"
+[ "$TESTENV_NODE" = 0 ] || node_link_binaries "$BIN"
 
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
@@ -71,6 +76,7 @@ wait_for() {
     -extfile admin.ext -out admin.crt 2>/dev/null
   openssl genrsa -out sa.key 2048 2>/dev/null
   openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
+  [ "$TESTENV_NODE" = 0 ] || node_pki
 )
 
 # --- etcd ---------------------------------------------------------------------
@@ -82,23 +88,30 @@ start etcd "$BIN/etcd" --name testenv --data-dir "$RUN/etcd" \
   --unsafe-no-fsync --quota-backend-bytes=8589934592
 wait_for etcd 60 curl -fsS "http://127.0.0.1:$ETCD_PORT/health"
 
+# --- containerd (starts while the apiserver does) ------------------------------
+[ "$TESTENV_NODE" = 0 ] || node_start_containerd
+
 # --- kube-apiserver -----------------------------------------------------------
 API_PORT=$(free_port)
 API_URL="https://127.0.0.1:$API_PORT"
+# Without a node there is no controller-manager to create the `default`
+# ServiceAccounts the ServiceAccount admission plugin requires of every pod.
+NODE_APISERVER_FLAGS=(--authorization-mode RBAC --disable-admission-plugins ServiceAccount)
+[ "$TESTENV_NODE" = 0 ] || node_apiserver_flags
 start kube-apiserver "$BIN/kube-apiserver" \
   --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
   --bind-address 127.0.0.1 --secure-port "$API_PORT" \
   --tls-cert-file "$PKI/apiserver.crt" --tls-private-key-file "$PKI/apiserver.key" \
   --client-ca-file "$PKI/ca.crt" \
-  --authorization-mode RBAC --anonymous-auth=true \
+  --anonymous-auth=true \
   --service-cluster-ip-range 10.0.0.0/24 \
   --advertise-address 127.0.0.1 \
   --service-account-issuer "$API_URL" \
   --service-account-jwks-uri "$API_URL/openid/v1/jwks" \
   --service-account-key-file "$PKI/sa.pub" \
   --service-account-signing-key-file "$PKI/sa.key" \
-  --disable-admission-plugins ServiceAccount \
-  --allow-privileged=true
+  --allow-privileged=true \
+  "${NODE_APISERVER_FLAGS[@]}"
 wait_for kube-apiserver 120 curl -fsS --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key" "$API_URL/readyz"
 
 KUBECONFIG_FILE="$STATE_DIR/kubeconfig"
@@ -126,12 +139,19 @@ chmod 600 "$KUBECONFIG_FILE"
   --clusterrole system:service-account-issuer-discovery --group system:unauthenticated >/dev/null
 wait_for kube-apiserver 30 curl -fsS --cacert "$PKI/ca.crt" "$API_URL/openid/v1/jwks"
 
+# --- the node -----------------------------------------------------------------
+if [ "$TESTENV_NODE" != 0 ]; then
+  node_start_controllers
+  node_start_kubelet
+fi
+
 # --- S3 and STS ------------------------------------------------------------------
 TESTENV_REGION=us-east-1
 TESTENV_BUCKET=testenv-bucket
 TESTENV_ROOT_ACCESS_KEY_ID=TESTENVROOTACCESSKEY
 TESTENV_ROOT_SECRET_ACCESS_KEY=$(openssl rand -hex 20)
 s3_start
+[ "$TESTENV_NODE" = 0 ] || node_wait_ready
 
 cat >"$STATE_DIR/env" <<ENV
 # Written by tools/testenv/up.sh; read with: source .testenv/env
@@ -150,4 +170,14 @@ export TESTENV_ROOT_SECRET_ACCESS_KEY='$TESTENV_ROOT_SECRET_ACCESS_KEY'
 export TESTENV_ROLE_ARN='$TESTENV_ROLE_ARN'
 export TESTENV_STS_AUDIENCE='sts.amazonaws.com'
 ENV
+if [ "$TESTENV_NODE" != 0 ]; then
+  cat >>"$STATE_DIR/env" <<ENV
+export TESTENV_NODE_NAME='$TESTENV_NODE_NAME'
+export TESTENV_CONTAINERD_ADDRESS='$NODE_CONTAINERD_SOCK'
+export TESTENV_SANDBOX_IMAGE='$PAUSE_IMAGE'
+# The operator's image as \`make image\` builds it; import it with
+# ctr --address "\$TESTENV_CONTAINERD_ADDRESS" -n k8s.io images import FILE
+export TESTENV_IMAGE='upload-grant-operator:dev'
+ENV
+fi
 log "ready: source $STATE_DIR/env  (logs in $LOGS)"

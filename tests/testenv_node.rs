@@ -1,0 +1,290 @@
+//! Proof that the local node is a real one: the kubelet registered and Ready
+//! on loopback, pods from the locally built image with a Secret volume that
+//! the kubelet keeps up to date, the scheduler and controller-manager behind
+//! a Deployment, garbage collection and namespace deletion, `kubectl logs`.
+//! Pods use hostNetwork (the environment has no pod network) and
+//! `imagePullPolicy: Never`: nothing is pulled from anywhere.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Secret, ServiceAccount};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::{Api, Resource, ResourceExt};
+use support::{TestContext, TestEnv, TestResult, eventually};
+
+const KUBERNETES_VERSION: &str = "v1.36.3";
+
+#[tokio::test]
+async fn the_node_is_registered_ready_and_on_loopback() -> TestResult {
+    let env = TestEnv::get();
+    let nodes: Api<Node> = Api::all(env.client().await?);
+    let node = nodes.get(env.var("TESTENV_NODE_NAME")).await?;
+    let status = node.status.ok_or("node without status")?;
+    let ready = status
+        .conditions
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .ok_or("no Ready condition")?;
+    assert_eq!(ready.status, "True", "{ready:?}");
+    // The apiserver reaches the kubelet by its Hostname address, which
+    // resolves to 127.0.0.1 from /etc/hosts (the kubelet refuses a loopback
+    // InternalIP).
+    let addresses = status.addresses.unwrap_or_default();
+    assert!(
+        addresses
+            .iter()
+            .any(|a| a.type_ == "Hostname" && a.address == "localhost"),
+        "the node must be reached on loopback: {addresses:?}"
+    );
+    let endpoint = status
+        .daemon_endpoints
+        .and_then(|d| d.kubelet_endpoint)
+        .ok_or("no kubelet endpoint")?;
+    let kubelet = std::net::TcpStream::connect(("127.0.0.1", endpoint.port as u16));
+    assert!(
+        kubelet.is_ok(),
+        "the kubelet listens on 127.0.0.1:{}",
+        endpoint.port
+    );
+    let info = status.node_info.ok_or("no nodeInfo")?;
+    assert_eq!(info.kubelet_version, KUBERNETES_VERSION);
+    assert!(
+        info.container_runtime_version
+            .starts_with("containerd://2."),
+        "{}",
+        info.container_runtime_version
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_pod_sees_its_secret_and_the_kubelet_refreshes_it() -> TestResult {
+    let ctx = TestContext::new("node-pod").await?;
+    let secrets: Api<Secret> = ctx.api();
+    secrets
+        .create(&PostParams::default(), &secret("watched", "first"))
+        .await?;
+    wait_default_service_account(&ctx).await?;
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "watcher"},
+        "spec": {
+            "containers": [container(
+                &ctx,
+                &["watch", "/secret/value", "/var/run/secrets/kubernetes.io/serviceaccount/namespace"],
+                serde_json::json!([{"name": "watched", "mountPath": "/secret", "readOnly": true}]),
+            )],
+            "volumes": [{"name": "watched", "secret": {"secretName": "watched"}}],
+            "hostNetwork": true,
+            "terminationGracePeriodSeconds": 5,
+        }
+    }))?;
+    let pods: Api<Pod> = ctx.api();
+    pods.create(&PostParams::default(), &pod).await?;
+    let running = eventually("the pod to run", Duration::from_secs(90), || async {
+        let pod = pods.get("watcher").await?;
+        let status = pod.status.clone().unwrap_or_default();
+        Ok((status.phase.as_deref() == Some("Running")).then_some(pod))
+    })
+    .await?;
+    assert_eq!(
+        running.spec.and_then(|s| s.node_name).as_deref(),
+        Some(ctx.env.var("TESTENV_NODE_NAME")),
+        "the scheduler binds the pod to the node"
+    );
+
+    // `kubectl logs` goes apiserver -> kubelet on 127.0.0.1.
+    logs_containing(&ctx, "/secret/value: first", Duration::from_secs(30)).await?;
+    // The ServiceAccount admission plugin gave the pod its projected token volume.
+    let namespace_line = format!("serviceaccount/namespace: {}", ctx.namespace);
+    logs_containing(&ctx, &namespace_line, Duration::from_secs(5)).await?;
+
+    secrets
+        .patch(
+            "watched",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"stringData": {"value": "second"}})),
+        )
+        .await?;
+    let changed = Instant::now();
+    // The kubelet re-syncs a running pod's volumes every minute or so
+    // (syncFrequency, plus jitter): wait up to two and a half minutes.
+    logs_containing(&ctx, "/secret/value: second", Duration::from_secs(150)).await?;
+    eprintln!(
+        "the kubelet refreshed the mounted Secret after {:.1}s",
+        changed.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_deployment_becomes_available() -> TestResult {
+    let ctx = TestContext::new("node-deploy").await?;
+    let labels = serde_json::json!({"app": "sleeper"});
+    let deployment: Deployment = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "sleeper"},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "containers": [container(&ctx, &[], serde_json::json!([]))],
+                    "hostNetwork": true,
+                    "terminationGracePeriodSeconds": 5,
+                }
+            }
+        }
+    }))?;
+    let deployments: Api<Deployment> = ctx.api();
+    deployments
+        .create(&PostParams::default(), &deployment)
+        .await?;
+    eventually(
+        "the Deployment to be Available",
+        Duration::from_secs(120),
+        || async {
+            let d = deployments.get("sleeper").await?;
+            let status = d.status.unwrap_or_default();
+            let available = status
+                .conditions
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Available" && c.status == "True");
+            Ok((available && status.available_replicas == Some(1)).then_some(()))
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn garbage_collection_and_namespace_deletion_happen() -> TestResult {
+    let ctx = TestContext::new("node-gc").await?;
+    let maps: Api<ConfigMap> = ctx.api();
+    let owner = maps
+        .create(&PostParams::default(), &config_map("owner", None))
+        .await?;
+    let reference = OwnerReference {
+        api_version: ConfigMap::api_version(&()).into_owned(),
+        kind: ConfigMap::kind(&()).into_owned(),
+        name: owner.name_any(),
+        uid: owner.uid().ok_or("owner without uid")?,
+        ..OwnerReference::default()
+    };
+    maps.create(
+        &PostParams::default(),
+        &config_map("dependent", Some(reference)),
+    )
+    .await?;
+    maps.delete("owner", &DeleteParams::default()).await?;
+    eventually(
+        "the garbage collector to delete the dependent",
+        Duration::from_secs(60),
+        || async { Ok(maps.get_opt("dependent").await?.is_none().then_some(())) },
+    )
+    .await?;
+
+    let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
+    namespaces
+        .delete(&ctx.namespace, &DeleteParams::default())
+        .await?;
+    eventually(
+        "the namespace to be deleted",
+        Duration::from_secs(60),
+        || async {
+            Ok(namespaces
+                .get_opt(&ctx.namespace)
+                .await?
+                .is_none()
+                .then_some(()))
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// The test image's one container: the pause program, waiting for SIGTERM,
+/// or with `args` (`watch FILE...`) printing files as they change.
+fn container(ctx: &TestContext, args: &[&str], mounts: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "name": "main",
+        "image": ctx.env.var("TESTENV_SANDBOX_IMAGE"),
+        "imagePullPolicy": "Never",
+        "args": args,
+        "volumeMounts": mounts,
+        "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true},
+    })
+}
+
+fn secret(name: &str, value: &str) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..ObjectMeta::default()
+        },
+        data: Some(BTreeMap::from([(
+            "value".into(),
+            ByteString(value.as_bytes().to_vec()),
+        )])),
+        ..Secret::default()
+    }
+}
+
+fn config_map(name: &str, owner: Option<OwnerReference>) -> ConfigMap {
+    ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            owner_references: owner.map(|o| vec![o]),
+            ..ObjectMeta::default()
+        },
+        ..ConfigMap::default()
+    }
+}
+
+/// The ServiceAccount admission plugin refuses pods until the
+/// controller-manager has created the namespace's `default` ServiceAccount.
+async fn wait_default_service_account(ctx: &TestContext) -> TestResult {
+    let sas: Api<ServiceAccount> = ctx.api();
+    eventually(
+        "the default ServiceAccount",
+        Duration::from_secs(30),
+        || async { Ok(sas.get_opt("default").await?.map(|_| ())) },
+    )
+    .await
+}
+
+/// Polls `kubectl logs` of the watcher pod until its output has `needle`.
+async fn logs_containing(ctx: &TestContext, needle: &str, timeout: Duration) -> TestResult {
+    let mut last = String::new();
+    let found = eventually(&format!("{needle:?} in the pod's logs"), timeout, || {
+        let out = ctx
+            .env
+            .command("kubectl")
+            .args(["logs", "-n", &ctx.namespace, "watcher"])
+            .output();
+        let seen = match out {
+            Ok(out) if out.status.success() => {
+                last = String::from_utf8_lossy(&out.stdout).into_owned();
+                last.contains(needle)
+            }
+            Ok(out) => {
+                last = String::from_utf8_lossy(&out.stderr).into_owned();
+                false
+            }
+            Err(e) => {
+                last = e.to_string();
+                false
+            }
+        };
+        async move { Ok(seen.then_some(())) }
+    })
+    .await;
+    found.map_err(|e| format!("{e}; last kubectl logs output: {last}").into())
+}

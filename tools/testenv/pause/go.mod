@@ -1,0 +1,3 @@
+module ugo.testenv/pause
+
+go 1.26.0
