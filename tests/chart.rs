@@ -5,7 +5,6 @@
 mod support;
 
 use std::path::Path;
-use std::process::Command;
 
 use serde::Deserialize;
 use support::grants::*;
@@ -14,25 +13,6 @@ use support::{TestContext, TestEnv, TestResult};
 
 const CHART: &str = "charts/upload-grant-operator";
 const ALL_OPTIONS: &str = "charts/upload-grant-operator/ci/all-options-values.yaml";
-
-fn run(mut cmd: Command) -> TestResult<String> {
-    let out = cmd.current_dir(support::repo_root()).output()?;
-    if !out.status.success() {
-        return Err(format!(
-            "{cmd:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-        .into());
-    }
-    Ok(String::from_utf8(out.stdout)?)
-}
-
-fn helm(env: &TestEnv, args: &[&str]) -> TestResult<String> {
-    let mut cmd = env.command("helm");
-    cmd.args(args);
-    run(cmd)
-}
 
 fn documents(yaml: &str) -> TestResult<Vec<serde_json::Value>> {
     let mut docs = Vec::new();
@@ -48,10 +28,10 @@ fn documents(yaml: &str) -> TestResult<Vec<serde_json::Value>> {
 #[test]
 fn chart_lints_and_renders_hardened_with_every_option() -> TestResult {
     let env = TestEnv::get();
-    helm(env, &["lint", "--strict", CHART])?;
-    helm(env, &["lint", "--strict", CHART, "-f", ALL_OPTIONS])?;
+    env.helm(&["lint", "--strict", CHART])?;
+    env.helm(&["lint", "--strict", CHART, "-f", ALL_OPTIONS])?;
 
-    let defaults = documents(&helm(env, &["template", "r", CHART, "-n", "ugo"])?)?;
+    let defaults = documents(&env.helm(&["template", "r", CHART, "-n", "ugo"])?)?;
     let kinds = |docs: &[serde_json::Value]| {
         let mut k: Vec<String> = docs
             .iter()
@@ -74,10 +54,7 @@ fn chart_lints_and_renders_hardened_with_every_option() -> TestResult {
             "ServiceAccount"
         ]
     );
-    let all = documents(&helm(
-        env,
-        &["template", "r", CHART, "-n", "ugo", "-f", ALL_OPTIONS],
-    )?)?;
+    let all = documents(&env.helm(&["template", "r", CHART, "-n", "ugo", "-f", ALL_OPTIONS])?)?;
     for kind in [
         "ServiceMonitor",
         "PodDisruptionBudget",
@@ -197,14 +174,14 @@ async fn chart_installs_and_its_rbac_is_enough_for_the_operator() -> TestResult 
         "-f",
         "tests/fixtures/servicemonitor-crd.yaml",
     ]);
-    run(apply)?;
+    support::output(apply)?;
     let mut established = env.command("kubectl");
     established.args([
         "wait",
         "--for=condition=Established",
         "crd/servicemonitors.monitoring.coreos.com",
     ]);
-    run(established)?;
+    support::output(established)?;
     let args = [
         "install",
         &release,
@@ -226,12 +203,12 @@ async fn chart_installs_and_its_rbac_is_enough_for_the_operator() -> TestResult 
         "--set",
         &bucket,
     ];
-    helm(env, &args)?;
+    env.helm(&args)?;
     // An upgrade applies every object again, CRDs included.
     let mut upgrade = args.to_vec();
     upgrade[0] = "upgrade";
     upgrade.retain(|a| *a != "--take-ownership");
-    helm(env, &upgrade)?;
+    env.helm(&upgrade)?;
 
     // Run the operator as the chart's ServiceAccount: a missing permission fails the scenario.
     let dir = tempfile::tempdir()?;
@@ -280,12 +257,12 @@ async fn chart_installs_and_its_rbac_is_enough_for_the_operator() -> TestResult 
         .await?;
     wait_secret_gone(&work, "via-chart").await?;
 
-    helm(env, &["uninstall", &release, "-n", &ctx.namespace])?;
+    env.helm(&["uninstall", &release, "-n", &ctx.namespace])?;
     guard.uninstalled = true;
     // A deleted CRD is still there, Terminating, while its objects go: kept
     // means not being deleted.
     for crd in ["uploadgrants.grants.io", "clustergrantissuers.grants.io"] {
-        let deleting = run({
+        let deleting = support::output({
             let mut c = env.command("kubectl");
             c.args([
                 "get",

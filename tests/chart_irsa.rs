@@ -5,8 +5,6 @@
 
 mod support;
 
-use std::process::Command;
-
 use k8s_openapi::api::apps::v1::Deployment;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -16,27 +14,13 @@ const CHART: &str = "charts/upload-grant-operator";
 const ROLE: &str = "arn:aws:iam::111122223333:role/upload-grant-operator";
 const TOKEN_DIR: &str = "/var/run/secrets/eks.amazonaws.com/serviceaccount";
 
-fn helm(env: &TestEnv, args: &[&str]) -> TestResult<String> {
-    let mut cmd: Command = env.command("helm");
-    let out = cmd.args(args).current_dir(support::repo_root()).output()?;
-    if !out.status.success() {
-        return Err(format!(
-            "helm {args:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-        .into());
-    }
-    Ok(String::from_utf8(out.stdout)?)
-}
-
 /// The Deployment `helm template` renders with these --set values.
 fn rendered_deployment(env: &TestEnv, set: &[&str]) -> TestResult<Value> {
     let mut args = vec!["template", "r", CHART, "-n", "ugo"];
     for s in set {
         args.extend(["--set", s]);
     }
-    for doc in serde_yaml::Deserializer::from_str(&helm(env, &args)?) {
+    for doc in serde_yaml::Deserializer::from_str(&env.helm(&args)?) {
         let value = serde_json::to_value(serde_yaml::Value::deserialize(doc)?)?;
         if value["kind"] == "Deployment" {
             return Ok(value);
@@ -99,10 +83,7 @@ fn irsa_projected_token_renders_what_the_webhook_injects_and_nothing_when_off() 
     let env = TestEnv::get();
     let role = format!("irsa.roleArn={ROLE}");
     let on = ["irsa.projectedToken.enabled=true", role.as_str()];
-    helm(
-        env,
-        &["lint", "--strict", CHART, "--set", on[0], "--set", on[1]],
-    )?;
+    env.helm(&["lint", "--strict", CHART, "--set", on[0], "--set", on[1]])?;
 
     // Off (the default, and the EKS path with the annotation): none of it.
     let off = rendered_deployment(env, &[])?;
@@ -218,31 +199,28 @@ async fn irsa_projected_token_is_accepted_by_the_apiserver() -> TestResult {
     let role = format!("irsa.roleArn={ROLE}");
     // No CRDs (chart.rs's release owns them) and no replicas: the objects
     // must be accepted; nothing has to run.
-    helm(
-        env,
-        &[
-            "install",
-            &release,
-            CHART,
-            "-n",
-            &ctx.namespace,
-            "--wait=false",
-            "--set",
-            "crds.install=false",
-            "--set",
-            "replicaCount=0",
-            "--set",
-            "irsa.projectedToken.enabled=true",
-            "--set",
-            &role,
-            "--set",
-            "irsa.expirationSeconds=3600",
-            "--set",
-            "irsa.region=us-east-1",
-            "--set",
-            &format!("irsa.stsEndpoint={}", env.sts_endpoint()),
-        ],
-    )?;
+    env.helm(&[
+        "install",
+        &release,
+        CHART,
+        "-n",
+        &ctx.namespace,
+        "--wait=false",
+        "--set",
+        "crds.install=false",
+        "--set",
+        "replicaCount=0",
+        "--set",
+        "irsa.projectedToken.enabled=true",
+        "--set",
+        &role,
+        "--set",
+        "irsa.expirationSeconds=3600",
+        "--set",
+        "irsa.region=us-east-1",
+        "--set",
+        &format!("irsa.stsEndpoint={}", env.sts_endpoint()),
+    ])?;
     let stored = ctx
         .api::<Deployment>()
         .get(&format!("{release}-upload-grant-operator"))
@@ -282,6 +260,6 @@ async fn irsa_projected_token_is_accepted_by_the_apiserver() -> TestResult {
         .await?;
     assert_eq!(token.split('.').count(), 3, "a JWT");
 
-    helm(env, &["uninstall", &release, "-n", &ctx.namespace])?;
+    env.helm(&["uninstall", &release, "-n", &ctx.namespace])?;
     Ok(())
 }

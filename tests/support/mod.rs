@@ -113,6 +113,14 @@ impl TestEnv {
         cmd.env("KUBECONFIG", self.kubeconfig());
         cmd
     }
+
+    /// Runs helm against the environment from the repository root; its
+    /// output, or an error with everything it printed.
+    pub fn helm(&self, args: &[&str]) -> TestResult<String> {
+        let mut cmd = self.command("helm");
+        cmd.args(args);
+        output(cmd)
+    }
 }
 
 fn parse_env_file(text: &str) -> HashMap<String, String> {
@@ -121,6 +129,21 @@ fn parse_env_file(text: &str) -> HashMap<String, String> {
         .filter_map(|assignment| assignment.split_once('='))
         .map(|(k, v)| (k.to_owned(), v.trim_matches('\'').to_owned()))
         .collect()
+}
+
+/// Runs `cmd` in the repository root: its standard output, or an error with
+/// everything it printed.
+pub fn output(mut cmd: Command) -> TestResult<String> {
+    let out = cmd.current_dir(repo_root()).output()?;
+    if !out.status.success() {
+        return Err(format!(
+            "{cmd:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    Ok(String::from_utf8(out.stdout)?)
 }
 
 pub fn repo_root() -> PathBuf {
