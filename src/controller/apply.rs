@@ -258,6 +258,21 @@ mod tests {
             "code": code, "reason": reason, "message": message})
     }
 
+    /// The server's answer to the look-up after a refusal: no such Secret.
+    async fn answer_get_not_found(
+        handle: &mut tower_test::mock::Handle<Request<Body>, Response<Body>>,
+    ) {
+        let (req, send) = handle.next_request().await.expect("a GET");
+        assert_eq!(req.method(), http::Method::GET);
+        let missing = serde_json::to_vec(&status(404, "not found")).expect("json");
+        send.send_response(
+            Response::builder()
+                .status(404)
+                .body(Body::from(missing))
+                .expect("response"),
+        );
+    }
+
     #[tokio::test]
     async fn a_secret_deleted_behind_the_cache_is_written_anew_not_reported_invalid() {
         let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
@@ -269,15 +284,7 @@ mod tests {
             );
             let (_, body) = one_apply(&mut handle, 409, gone).await;
             assert_eq!(body["metadata"]["uid"], "cached-uid");
-            let (req, send) = handle.next_request().await.expect("a GET");
-            assert_eq!(req.method(), http::Method::GET);
-            let missing = serde_json::to_vec(&status(404, "not found")).expect("json");
-            send.send_response(
-                Response::builder()
-                    .status(404)
-                    .body(Body::from(missing))
-                    .expect("response"),
-            );
+            answer_get_not_found(&mut handle).await;
             let ok = serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "g"}});
             let (query, body) = one_apply(&mut handle, 200, ok).await;
             assert!(body["metadata"].get("uid").is_none(), "a new Secret");
@@ -306,14 +313,7 @@ mod tests {
                 "secrets \"g\" is forbidden: ValidatingAdmissionPolicy 'p' denied request",
             );
             one_apply(&mut handle, 403, denied).await;
-            let (_, send) = handle.next_request().await.expect("a GET");
-            let missing = serde_json::to_vec(&status(404, "not found")).expect("json");
-            send.send_response(
-                Response::builder()
-                    .status(404)
-                    .body(Body::from(missing))
-                    .expect("response"),
-            );
+            answer_get_not_found(&mut handle).await;
             assert!(handle.next_request().await.is_none(), "no second write");
         });
         let end = write(
