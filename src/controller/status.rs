@@ -9,9 +9,8 @@ use kube::{Api, ResourceExt};
 
 use super::decide::Report;
 use super::{Context, MANAGER};
-use crate::api::UploadGrant;
-use crate::api::UploadGrantStatus;
 use crate::api::condition::set_ready;
+use crate::api::{UploadGrant, UploadGrantStatus};
 use crate::error::Result;
 
 /// The status a report gives a grant whose status is `old`.
