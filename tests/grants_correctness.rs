@@ -75,24 +75,6 @@ impl Drop for ClusterObjects {
     }
 }
 
-/// An issuer allowing everything on the test bucket, deleted at the end.
-async fn issuer(ctx: &TestContext, cleanup: &mut ClusterObjects) -> TestResult<String> {
-    let name = open_issuer(ctx).await?;
-    cleanup.add("clustergrantissuers.grants.io", &name);
-    Ok(name)
-}
-
-/// The reason of the Ready condition, if it describes the current generation.
-fn ready_reason(grant: &UploadGrant) -> Option<&str> {
-    let c = grant
-        .status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")?;
-    (c.observed_generation == grant.metadata.generation).then_some(c.reason.as_str())
-}
-
 const SPEC_HASH: &str = "grants.io/spec-hash";
 
 /// The Secret's `grants.io/spec-hash` annotation: which spec its URL was
@@ -121,7 +103,7 @@ async fn wait_reissued(
         name,
         "Ready for its new spec",
         Duration::from_secs(30),
-        |g| ready_reason(g) == Some("Issued"),
+        |g| ready(g).is_some_and(|(_, r)| r == "Issued"),
     )
     .await?;
     let hash = spec_hash_of(ctx, name).await?;
@@ -204,8 +186,7 @@ async fn switching_to_refresh_policy_never_drops_the_refresh_time_and_stops_rene
         dir: _dir,
         operator: _operator,
     } = Scenario::start("fix-never").await?;
-    let mut cleanup = ClusterObjects::new(ctx.env);
-    let issuer = issuer(&ctx, &mut cleanup).await?;
+    let issuer = open_issuer(&ctx).await?;
     // ttl 1m, refreshBefore 50s: the first URL is due for renewal about ten
     // seconds after it was issued.
     create_grant(
@@ -304,8 +285,7 @@ async fn labels_and_annotations_removed_from_the_spec_leave_the_secret() -> Test
         dir: _dir,
         operator: _operator,
     } = Scenario::start("fix-meta").await?;
-    let mut cleanup = ClusterObjects::new(ctx.env);
-    let issuer = issuer(&ctx, &mut cleanup).await?;
+    let issuer = open_issuer(&ctx).await?;
     create_grant(
         &ctx,
         "tagged",
@@ -377,8 +357,7 @@ async fn a_url_capped_by_not_after_is_signed_once_then_expires() -> TestResult {
         dir: _dir,
         operator,
     } = Scenario::start("fix-notafter").await?;
-    let mut cleanup = ClusterObjects::new(ctx.env);
-    let issuer = issuer(&ctx, &mut cleanup).await?;
+    let issuer = open_issuer(&ctx).await?;
     create_grant(
         &ctx,
         "capped",
@@ -486,8 +465,7 @@ async fn grants_with_long_names_are_issued_with_valid_labels_and_events() -> Tes
         dir: _dir,
         operator: _operator,
     } = Scenario::start("fix-longname").await?;
-    let mut cleanup = ClusterObjects::new(ctx.env);
-    let issuer = issuer(&ctx, &mut cleanup).await?;
+    let issuer = open_issuer(&ctx).await?;
     let name100 = long_name(100, "hundred");
     let name253 = long_name(253, "max");
     for (name, key) in [(&name100, "long-100.txt"), (&name253, "long-253.txt")] {
@@ -632,7 +610,7 @@ async fn no_signing_loop(
                 )));
             }
             let g = ctx.api::<UploadGrant>().get(grant).await?;
-            if ready_reason(&g) != Some("InvalidSpec") {
+            if ready(&g).is_none_or(|(_, r)| r != "InvalidSpec") {
                 return Ok(Some(format!("left InvalidSpec: {:?}", g.status)));
             }
             Ok(None)
@@ -668,8 +646,9 @@ async fn a_secret_the_apiserver_refuses_is_reported_once_revoked_and_not_retried
         dir: _dir,
         operator,
     } = Scenario::start_in(ctx, OperatorOptions::default()).await?;
+    // The policy and its binding are cluster-scoped: removed at the end.
     let mut cleanup = ClusterObjects::new(ctx.env);
-    let issuer = issuer(&ctx, &mut cleanup).await?;
+    let issuer = open_issuer(&ctx).await?;
     let marker = deny_policy(&ctx, &id, &mut cleanup).await?;
     let deny = serde_json::json!({"secret": {"labels": {"policy.test/deny": "true"}}});
     let window = Duration::from_secs(15);

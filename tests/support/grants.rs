@@ -68,7 +68,9 @@ pub async fn patch_spec(
         .await?)
 }
 
-fn ready(grant: &UploadGrant) -> Option<(String, String)> {
+/// The Ready condition's status and reason, if it describes the current
+/// generation.
+pub fn ready(grant: &UploadGrant) -> Option<(String, String)> {
     let c = grant
         .status
         .as_ref()?
