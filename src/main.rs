@@ -78,9 +78,26 @@ struct Cli {
     #[arg(long, env = "UPLOAD_GRANT_KUBE_API_QPS", default_value_t = 100)]
     kube_api_qps: u32,
 
+    /// How long a renewed URL may take to reach pods that mount the Secret
+    /// (Go duration). Renewals land at least this long before expiry, and
+    /// grants with a ttl under 1.5 times it are refused. The default covers
+    /// the kubelet's default sync period; 0s if consumers read the Secret
+    /// through the API.
+    #[arg(long, env = "UPLOAD_GRANT_PROPAGATION_BUDGET", default_value = "2m", value_parser = propagation_budget)]
+    propagation_budget: Duration,
+
     /// How many grants are reconciled at the same time.
     #[arg(long, env = "UPLOAD_GRANT_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024))]
     concurrency: u16,
+}
+
+/// A Go duration up to a day: longer would refuse every ttl under 36h.
+fn propagation_budget(s: &str) -> Result<Duration, String> {
+    let d = upload_grant_operator::api::duration::parse_duration(s)?;
+    if d > Duration::from_secs(24 * 3600) {
+        return Err(format!("{s} is longer than 24h"));
+    }
+    Ok(d)
 }
 
 #[tokio::main]
@@ -174,8 +191,9 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         default_issuer: cli.default_issuer,
         concurrency: cli.concurrency,
         namespace: cli.namespace,
+        propagation_budget: cli.propagation_budget,
     };
-    tracing::info!(default_issuer = ?settings.default_issuer, namespace = ?settings.namespace, concurrency = settings.concurrency, kube_api_qps = cli.kube_api_qps, "starting controller");
+    tracing::info!(default_issuer = ?settings.default_issuer, namespace = ?settings.namespace, concurrency = settings.concurrency, kube_api_qps = cli.kube_api_qps, propagation_budget = ?settings.propagation_budget, "starting controller");
     let parts = controller::Parts {
         client,
         credentials,

@@ -84,6 +84,14 @@ fn chart_lints_and_renders_hardened_with_every_option() -> TestResult {
         Some("100".into())
     );
     assert_eq!(env_of(&all, "UPLOAD_GRANT_KUBE_API_QPS"), Some("50".into()));
+    assert_eq!(
+        env_of(&defaults, "UPLOAD_GRANT_PROPAGATION_BUDGET"),
+        Some("2m".into())
+    );
+    assert_eq!(
+        env_of(&all, "UPLOAD_GRANT_PROPAGATION_BUDGET"),
+        Some("90s".into())
+    );
 
     let deployment = defaults
         .iter()

@@ -20,6 +20,7 @@ fn help_lists_every_flag_and_its_environment_variable() {
         ("--concurrency", "UPLOAD_GRANT_CONCURRENCY"),
         ("--namespace", "UPLOAD_GRANT_WATCH_NAMESPACE"),
         ("--kube-api-qps", "UPLOAD_GRANT_KUBE_API_QPS"),
+        ("--propagation-budget", "UPLOAD_GRANT_PROPAGATION_BUDGET"),
     ] {
         assert!(
             help.contains(flag) && help.contains(env),
@@ -38,6 +39,12 @@ fn invalid_settings_are_refused_with_a_message() {
             Some(("UPLOAD_GRANT_LISTEN_ADDRESS", "not-an-address")),
             "listen-address",
         ),
+        (
+            vec!["--propagation-budget", "2 minutes"],
+            None,
+            "propagation-budget",
+        ),
+        (vec!["--propagation-budget", "25h"], None, "longer than 24h"),
         (
             vec!["--log-level", "operator=loud"],
             None,

@@ -90,16 +90,18 @@ pub struct UploadGrantSpec {
     #[serde(default)]
     pub method: Method,
 
-    /// Lifetime of each URL, as a Go duration between 1m and 168h. The URL may
-    /// end earlier when the operator's credentials or notAfter end first;
-    /// status.expiresAt says when.
+    /// Lifetime of each URL, as a Go duration between 1m and 168h, and at
+    /// least 1.5 times the operator's propagation budget (3m by default). The
+    /// URL may end earlier when the operator's credentials or notAfter end
+    /// first; status.expiresAt says when.
     #[serde(default = "default_ttl")]
     #[schemars(length(max = 32), regex(pattern = DURATION_PATTERN))]
     #[x_kube(validation = Rule::new("duration(self) >= duration('1m') && duration(self) <= duration('168h')").message("ttl must be between 1m and 168h"))]
     pub ttl: String,
 
     /// How long before expiry the URL is renewed, as a Go duration of at least
-    /// 10s and shorter than ttl. Defaults to a third of the URL's lifetime.
+    /// 10s and shorter than ttl. Defaults to a third of the URL's lifetime;
+    /// never less than the operator's propagation budget (2m by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 32), regex(pattern = DURATION_PATTERN))]
     #[x_kube(validation = refresh_before_minimum_rule())]

@@ -53,3 +53,24 @@ pub const MAX_METADATA_ENTRIES: usize = 64;
 /// the pod before the old URL expires, and a very short window (`1ms`) means it
 /// lands after expiry.
 pub const MIN_REFRESH_BEFORE: Duration = Duration::from_secs(10);
+
+/// How long a renewed URL may take to reach a pod that mounts the Secret as a
+/// volume, by default. The kubelet rewrites mounted Secrets only when it syncs
+/// the pod: every `syncFrequency` (1m by default) plus up to half of it as
+/// jitter, so 90 s; the rest covers the write, the kubelet's watch and its
+/// atomic file swap. Every renewal lands at least this long before the URL it
+/// replaces expires (`refreshBefore` is raised to it), and no ttl shorter than
+/// [`min_ttl`] of it is signed. Operators whose consumers read the Secret
+/// through the API, or whose kubelets sync faster, may set it lower.
+pub const DEFAULT_PROPAGATION_BUDGET: Duration = Duration::from_secs(120);
+
+/// Shortest `ttl` of a grant, any budget: a URL renewed every few seconds
+/// would only load the API.
+pub const MIN_TTL: Duration = Duration::from_secs(60);
+
+/// Shortest `ttl` an operator with this propagation budget signs: the budget
+/// and half of it again, so that a URL lives at least a third of its ttl
+/// before it is renewed.
+pub fn min_ttl(propagation_budget: Duration) -> Duration {
+    MIN_TTL.max(propagation_budget + propagation_budget / 2)
+}

@@ -90,6 +90,7 @@ async fn sign(ctx: &Context, plan: &SignPlan, now: SystemTime) -> Result<Issued,
         now,
         &plan.valid,
         credentials.expiry(),
+        ctx.settings.propagation_budget,
         rand::random::<f64>(),
     )
     .ok_or_else(|| {

@@ -98,13 +98,17 @@ impl IssuedState {
 }
 
 /// When to renew a URL valid for `lifetime` from `signed_at`; None when it is
-/// never renewed. `jitter` in [0, 1) moves the time up to a tenth of the
-/// refresh window (at most a minute) earlier, so grants created together do
-/// not all renew in the same second.
+/// never renewed. The renewal lands `refreshBefore` (default a third of the
+/// lifetime) before expiry, and never less than `propagation` before it, so
+/// that pods reading a mounted Secret get the new URL in time. `jitter` in
+/// [0, 1) moves the time up to a tenth of the refresh window (at most a
+/// minute) earlier, so grants created together do not all renew in the same
+/// second.
 pub fn refresh_at(
     signed_at: SystemTime,
     lifetime: Duration,
     grant: &ValidGrant,
+    propagation: Duration,
     jitter: f64,
 ) -> Option<SystemTime> {
     let expires_at = signed_at + lifetime;
@@ -113,12 +117,17 @@ pub fn refresh_at(
     {
         return None;
     }
-    // An explicit refreshBefore that a capped lifetime cannot honour falls
-    // back to the default third.
-    let before = grant
+    // A lifetime capped (by the credentials) below the window falls back to
+    // the default third: renewing at once would sign the same again.
+    let wanted = grant
         .refresh_before
-        .filter(|d| *d < lifetime)
-        .unwrap_or(lifetime / 3);
+        .unwrap_or(lifetime / 3)
+        .max(propagation);
+    let before = if wanted < lifetime {
+        wanted
+    } else {
+        lifetime / 3
+    };
     let spread = (before / 10).min(Duration::from_secs(60));
     Some(expires_at - before - spread.mul_f64(jitter.clamp(0.0, 1.0)))
 }
@@ -266,6 +275,9 @@ mod tests {
     use crate::signing::SecretUrl;
 
     const HOUR: Duration = Duration::from_secs(3600);
+    /// No propagation budget: consumers that read the Secret through the API.
+    const NONE: Duration = Duration::ZERO;
+    const BUDGET: Duration = crate::api::limits::DEFAULT_PROPAGATION_BUDGET;
 
     fn at(secs: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + secs)
@@ -277,19 +289,19 @@ mod tests {
 
     #[test]
     fn default_refresh_is_a_third_of_the_lifetime_before_expiry() {
-        assert_eq!(refresh_at(at(0), HOUR, &valid(), 0.0), Some(at(2400)));
+        assert_eq!(refresh_at(at(0), HOUR, &valid(), NONE, 0.0), Some(at(2400)));
     }
 
     #[test]
     fn jitter_moves_refresh_earlier_by_at_most_a_tenth_capped_at_a_minute() {
-        let r = refresh_at(at(0), HOUR, &valid(), 0.999).expect("renews");
+        let r = refresh_at(at(0), HOUR, &valid(), NONE, 0.999).expect("renews");
         assert!(r < at(2400) && r >= at(2340), "{r:?}");
         let short = Duration::from_secs(300);
         let g = ValidGrant {
             ttl: short,
             ..valid()
         };
-        let r = refresh_at(at(0), short, &g, 0.999).expect("renews");
+        let r = refresh_at(at(0), short, &g, NONE, 0.999).expect("renews");
         assert!(r >= at(190) && r <= at(200), "{r:?}");
     }
 
@@ -299,11 +311,39 @@ mod tests {
             refresh_before: Some(Duration::from_secs(600)),
             ..valid()
         };
-        assert_eq!(refresh_at(at(0), HOUR, &g, 0.0), Some(at(3000)));
+        assert_eq!(refresh_at(at(0), HOUR, &g, NONE, 0.0), Some(at(3000)));
         // Credentials capped the URL at 5 minutes: a 10-minute refreshBefore cannot apply.
         assert_eq!(
-            refresh_at(at(0), Duration::from_secs(300), &g, 0.0),
+            refresh_at(at(0), Duration::from_secs(300), &g, NONE, 0.0),
             Some(at(200))
+        );
+    }
+
+    #[test]
+    fn renewals_land_a_propagation_budget_before_expiry() {
+        let g = ValidGrant {
+            refresh_before: Some(Duration::from_secs(10)),
+            ttl: Duration::from_secs(180),
+            ..valid()
+        };
+        let three_minutes = Duration::from_secs(180);
+        assert_eq!(
+            refresh_at(at(0), three_minutes, &g, BUDGET, 0.0),
+            Some(at(60)),
+            "refreshBefore 10s is raised to the 2m budget"
+        );
+        // Jitter only ever moves a renewal earlier, away from expiry.
+        let r = refresh_at(at(0), three_minutes, &g, BUDGET, 0.999).expect("renews");
+        assert!(r <= at(60) && r >= at(48), "{r:?}");
+        // A window wider than the budget stays as asked.
+        assert_eq!(
+            refresh_at(at(0), HOUR, &valid(), BUDGET, 0.0),
+            Some(at(2400))
+        );
+        // Credentials capped the URL below the budget: renew after a third.
+        assert_eq!(
+            refresh_at(at(0), Duration::from_secs(90), &g, BUDGET, 0.0),
+            Some(at(60))
         );
     }
 
@@ -313,12 +353,12 @@ mod tests {
             refresh_policy: RefreshPolicy::Never,
             ..valid()
         };
-        assert_eq!(refresh_at(at(0), HOUR, &never, 0.0), None);
+        assert_eq!(refresh_at(at(0), HOUR, &never, NONE, 0.0), None);
         let g = ValidGrant {
             not_after: Some(at(3600)),
             ..valid()
         };
-        assert_eq!(refresh_at(at(0), HOUR, &g, 0.0), None);
+        assert_eq!(refresh_at(at(0), HOUR, &g, NONE, 0.0), None);
     }
 
     fn grant() -> UploadGrant {

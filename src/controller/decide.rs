@@ -12,7 +12,7 @@ use kube::ResourceExt;
 use super::build::{self, IssuedState, format_time};
 use super::events::{EventReason, Note};
 use super::secrets::Slot;
-use super::validate::{ValidGrant, validate};
+use super::validate::{ValidGrant, check_propagation, validate};
 use crate::api::condition::ready_condition;
 use crate::api::{ClusterGrantIssuer, Reason, S3Target, UploadGrant};
 use crate::issuer::{Request, authorize};
@@ -34,6 +34,8 @@ pub struct Observed<'a> {
     /// Where this generation of the grant already ended, if it did: what
     /// this operator last reported, which the cache may not show yet.
     pub settled: Option<Settled<'a>>,
+    /// How long a renewed URL may take to reach pods (the operator's setting).
+    pub propagation: Duration,
     pub now: SystemTime,
 }
 
@@ -130,7 +132,9 @@ pub fn decide(o: &Observed<'_>) -> Decision {
     if grant.spec.suspend {
         return revoke(Reason::Suspended, "suspended: no URL is issued".into());
     }
-    let valid = match validate(&grant.spec, &grant.name_any()) {
+    let valid = match validate(&grant.spec, &grant.name_any())
+        .and_then(|v| check_propagation(v.ttl, o.propagation).map(|()| v))
+    {
         Ok(v) => v,
         Err(e) => return revoke(Reason::InvalidSpec, e.0),
     };
@@ -252,13 +256,14 @@ pub fn times(
     now: SystemTime,
     valid: &ValidGrant,
     credentials_expiry: Option<SystemTime>,
+    propagation: Duration,
     jitter: f64,
 ) -> Option<Times> {
     let lifetime = url_lifetime(now, valid.ttl, credentials_expiry, valid.not_after)?;
     Some(Times {
         issued_at: now,
         lifetime,
-        refresh_at: build::refresh_at(now, lifetime, valid, jitter),
+        refresh_at: build::refresh_at(now, lifetime, valid, propagation, jitter),
     })
 }
 
@@ -402,6 +407,7 @@ mod tests {
 
     use super::*;
     use crate::api::UploadGrantStatus;
+    use crate::api::limits::DEFAULT_PROPAGATION_BUDGET;
     use crate::controller::secrets::ManagedSecret;
 
     fn at(secs: u64) -> SystemTime {
@@ -476,6 +482,7 @@ mod tests {
         labels: BTreeMap<String, String>,
         secret: Slot,
         remembered: Option<Settled<'static>>,
+        propagation: Duration,
         now: SystemTime,
     }
 
@@ -488,6 +495,7 @@ mod tests {
                 labels: BTreeMap::new(),
                 secret: Slot::Free,
                 remembered: None,
+                propagation: DEFAULT_PROPAGATION_BUDGET,
                 now: at(100),
             }
         }
@@ -502,6 +510,7 @@ mod tests {
                 settled: self
                     .remembered
                     .or_else(|| Settled::from_status(&self.grant)),
+                propagation: self.propagation,
                 now: self.now,
             })
         }
@@ -535,6 +544,24 @@ mod tests {
                 "invalid ttl",
                 Case::new(grant(serde_json::json!({"ttl": "1s"}))),
                 ("revoke", Some(Reason::InvalidSpec)),
+            ),
+            (
+                "ttl too short for the propagation budget",
+                Case::new(grant(serde_json::json!({"ttl": "2m59s"}))),
+                ("revoke", Some(Reason::InvalidSpec)),
+            ),
+            (
+                "the shortest ttl for the budget",
+                Case::new(grant(serde_json::json!({"ttl": "3m"}))),
+                ("issue", None),
+            ),
+            (
+                "a short ttl with no budget (consumers read the API)",
+                Case {
+                    propagation: Duration::ZERO,
+                    ..Case::new(grant(serde_json::json!({"ttl": "1m"})))
+                },
+                ("issue", None),
             ),
             (
                 "no issuer named",
@@ -717,14 +744,27 @@ mod tests {
         let valid = validate(&g.spec, "g").expect("valid");
         let end = valid.not_after.expect("notAfter");
         let now = end - Duration::from_secs(40);
-        let t = times(now, &valid, None, 0.5).expect("a lifetime");
+        let t = times(now, &valid, None, Duration::ZERO, 0.5).expect("a lifetime");
         assert_eq!(t.lifetime, Duration::from_secs(40));
         assert_eq!(t.refresh_at, None);
         let creds_end = now + Duration::from_secs(30);
         assert_eq!(
-            times(now, &valid, Some(creds_end), 0.5),
+            times(now, &valid, Some(creds_end), Duration::ZERO, 0.5),
             None,
             "credentials ending within the margin leave nothing to sign"
+        );
+    }
+
+    #[test]
+    fn a_too_short_ttl_says_what_the_budget_allows() {
+        let d = Case::new(grant(serde_json::json!({"ttl": "1m"}))).decide();
+        let Decision::Revoke { message, .. } = d else {
+            panic!("revoked, not {d:?}")
+        };
+        assert_eq!(
+            message,
+            "spec.ttl: 1m0s is shorter than 3m0s, the shortest ttl this operator signs: a renewed \
+             URL can take up to 2m0s (its propagation budget) to reach pods that mount the Secret"
         );
     }
 

@@ -43,6 +43,9 @@ pub struct Settings {
     pub concurrency: u16,
     /// Only watch grants and Secrets in this namespace (all when None).
     pub namespace: Option<String>,
+    /// How long a renewed URL may take to reach pods that mount the Secret
+    /// (`api::limits::DEFAULT_PROPAGATION_BUDGET`).
+    pub propagation_budget: Duration,
 }
 
 /// Everything a reconcile needs, shared by all of them.

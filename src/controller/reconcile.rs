@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::PartialObjectMeta;
@@ -91,6 +91,7 @@ struct Loaded<'a> {
     secret: Slot,
     /// What this operator last reported, if it settled this generation.
     remembered: Option<(Reason, String)>,
+    propagation: Duration,
 }
 
 static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
@@ -106,6 +107,7 @@ impl<'a> Loaded<'a> {
             namespace: ctx.namespaces.get(&ObjectRef::new(&namespace)),
             secret: ctx.secret_slot(grant, &namespace, &name),
             remembered: ctx.settled(grant),
+            propagation: ctx.settings.propagation_budget,
         }
     }
 
@@ -127,6 +129,7 @@ impl<'a> Loaded<'a> {
                 }),
                 None => Settled::from_status(grant),
             },
+            propagation: self.propagation,
             now,
         })
     }

@@ -180,6 +180,7 @@ pub(crate) mod tests {
                 default_issuer: None,
                 concurrency: 1,
                 namespace: None,
+                propagation_budget: crate::api::limits::DEFAULT_PROPAGATION_BUDGET,
             },
             credentials: CredentialSnapshot::new(
                 aws_credential_types::provider::SharedCredentialsProvider::new(creds),

@@ -8,13 +8,12 @@ use std::time::{Duration, SystemTime};
 use crate::api::duration::{format_duration, parse_duration};
 use crate::api::limits::{
     MAX_ANNOTATIONS_BYTES, MAX_LABEL_VALUE_LEN, MAX_METADATA_BYTES, MAX_QUALIFIED_NAME_LEN,
-    MAX_QUALIFIED_NAME_PREFIX_LEN, MIN_REFRESH_BEFORE, RESERVED_KEY_PREFIX,
-    RESERVED_MANAGED_BY_KEY,
+    MAX_QUALIFIED_NAME_PREFIX_LEN, MIN_REFRESH_BEFORE, MIN_TTL, RESERVED_KEY_PREFIX,
+    RESERVED_MANAGED_BY_KEY, min_ttl,
 };
 use crate::api::{Method, RefreshPolicy, ServerSideEncryption, UploadGrantSpec};
 use crate::signing::SignInput;
 
-pub const MIN_TTL: Duration = Duration::from_secs(60);
 pub const MAX_TTL: Duration = Duration::from_secs(168 * 3600);
 pub const MAX_KEY_BYTES: usize = 1024;
 
@@ -153,6 +152,22 @@ fn lifetimes(spec: &UploadGrantSpec) -> Result<(Duration, Option<Duration>), Inv
         )));
     }
     Ok((ttl, Some(d)))
+}
+
+/// A ttl this operator can keep fresh in pods: a renewal must be able to land
+/// a whole propagation budget before the URL it replaces expires.
+pub fn check_propagation(ttl: Duration, budget: Duration) -> Result<(), InvalidSpec> {
+    let shortest = min_ttl(budget);
+    if ttl >= shortest {
+        return Ok(());
+    }
+    Err(InvalidSpec(format!(
+        "spec.ttl: {} is shorter than {}, the shortest ttl this operator signs: a renewed URL \
+         can take up to {} (its propagation budget) to reach pods that mount the Secret",
+        format_duration(ttl),
+        format_duration(shortest),
+        format_duration(budget)
+    )))
 }
 
 /// The Secret a grant writes: spec.secret.name, else the grant's name.

@@ -60,6 +60,10 @@ impl Operator {
             .env("UPLOAD_GRANT_LISTEN_ADDRESS", &metrics_addr)
             .env("UPLOAD_GRANT_LOG_LEVEL", "debug")
             .env("UPLOAD_GRANT_LOG_FORMAT", "json")
+            // These tests read Secrets through the API, not through a
+            // kubelet's volume: no propagation budget, so short ttls renew
+            // within a test's time. The node tests run the chart's default.
+            .env("UPLOAD_GRANT_PROPAGATION_BUDGET", "0s")
             .stdout(log.try_clone()?)
             .stderr(log);
         if !opts.without_irsa {
