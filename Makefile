@@ -52,10 +52,11 @@ testenv: deps
 testenv-down:
 	@$(TESTENV)/down.sh
 
-## test: everything CI runs
-test: deps testenv-build lint
+## test: everything CI runs. The image comes first: the node tests install
+## the chart, which runs it (tests/node_operator.rs imports the archive).
+test: deps testenv-build lint image
 	$(TESTENV)/with-env.sh $(CARGO) test --all-targets --no-fail-fast
-	$(MAKE) image-check
+	IMAGE=$(IMAGE) $(CARGO) test --test image -- --include-ignored
 
 ## bench: benchmarks against the local environment -> bench/results/latest.md (not part of test)
 bench: deps testenv-build

@@ -209,7 +209,7 @@ impl Drop for Operator {
 }
 
 /// The value of the sample line `sample` in a text exposition.
-fn sample_value(text: &str, sample: &str) -> TestResult<f64> {
+pub fn sample_value(text: &str, sample: &str) -> TestResult<f64> {
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix(sample)
             && rest.starts_with(' ')
