@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Stops every process up.sh started and waits until they are gone; with a
-# node, also its containers, and removes the mounts and cgroups they left.
+# node, also its containers, and removes the mounts, cgroups and pod network
+# (bridge, CNI state) they left.
 . "$(dirname "$0")/lib.sh"
 STATE_DIR="${TESTENV_DIR:-$REPO_ROOT/.testenv}"
 if [ "${1:-}" != "--locked" ]; then

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Starts etcd, kube-apiserver, the S3/STS server and a node (containerd,
-# kube-controller-manager, kube-scheduler, kubelet; TESTENV_NODE=0 leaves it
-# out) on free loopback ports and writes .testenv/env. Running it again while
-# they are up does nothing.
+# kube-controller-manager, kube-scheduler, kubelet, and the pod network with
+# its forwarders; TESTENV_NODE=0 leaves it out) on free loopback ports and
+# writes .testenv/env.
+# Running it again while they are up does nothing.
 . "$(dirname "$0")/lib.sh"
 
 STATE_DIR="${TESTENV_DIR:-$REPO_ROOT/.testenv}"
@@ -29,6 +30,9 @@ ln -s "$CACHE_DIR/bin/etcd-$ETCD_VERSION/etcd" "$BIN/etcd"
 ln -s "$CACHE_DIR/bin/helm-$HELM_VERSION/helm" "$BIN/helm"
 s3_link_binaries "$BIN"
 [ "$TESTENV_NODE" = 0 ] || node_link_binaries "$BIN"
+
+# The pod network first: the apiserver's certificate names its gateway.
+[ "$TESTENV_NODE" = 0 ] || node_network_setup
 
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
@@ -66,7 +70,9 @@ wait_for() {
     -keyout ca.key -out ca.crt -subj "/CN=upload-grant-operator testenv CA" 2>/dev/null
   openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout apiserver.key \
     -out apiserver.csr -subj "/CN=kube-apiserver" 2>/dev/null
-  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n' >apiserver.ext
+  # With the node, pods reach the apiserver at the pod network's gateway.
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost%s\nextendedKeyUsage=serverAuth\n' \
+    "${TESTENV_POD_GATEWAY:+,IP:$TESTENV_POD_GATEWAY}" >apiserver.ext
   openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
     -extfile apiserver.ext -out apiserver.crt 2>/dev/null
   openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout admin.key \
@@ -151,7 +157,12 @@ TESTENV_BUCKET=testenv-bucket
 TESTENV_ROOT_ACCESS_KEY_ID=TESTENVROOTACCESSKEY
 TESTENV_ROOT_SECRET_ACCESS_KEY=$(openssl rand -hex 20)
 s3_start
-[ "$TESTENV_NODE" = 0 ] || node_wait_ready
+if [ "$TESTENV_NODE" != 0 ]; then
+  # Pods reach the servers on the gateway address at their loopback ports.
+  node_start_forwarders "$API_PORT" "${TESTENV_S3_ENDPOINT##*:}" "${TESTENV_STS_ENDPOINT##*:}"
+  wait_for "pod-forward-$API_PORT" 10 curl -fsS --cacert "$PKI/ca.crt" "https://$TESTENV_POD_GATEWAY:$API_PORT/readyz"
+  node_wait_ready
+fi
 
 cat >"$STATE_DIR/env" <<ENV
 # Written by tools/testenv/up.sh; read with: source .testenv/env
@@ -178,6 +189,11 @@ export TESTENV_SANDBOX_IMAGE='$PAUSE_IMAGE'
 # The operator's image as \`make image\` builds it; import it with
 # ctr --address "\$TESTENV_CONTAINERD_ADDRESS" -n k8s.io images import FILE
 export TESTENV_IMAGE='upload-grant-operator:dev'
+# The pod network (pods without hostNetwork): their subnet, and the host's
+# address on it where the apiserver, S3 and STS listen for them, at the same
+# ports as on 127.0.0.1.
+export TESTENV_POD_CIDR='$TESTENV_POD_CIDR'
+export TESTENV_POD_GATEWAY='$TESTENV_POD_GATEWAY'
 ENV
 fi
 log "ready: source $STATE_DIR/env  (logs in $LOGS)"
