@@ -46,5 +46,5 @@ done
 stop "${servers[@]}"
 stop "$STATE_DIR"/pids/*
 node_cleanup
-rm -rf "$STATE_DIR/pids" "$STATE_DIR/env"
+rm -rf "$STATE_DIR/pids" "$STATE_DIR/env" "$STATE_DIR/node-values.yaml"
 log "stopped"

@@ -2,7 +2,7 @@
 # Starts etcd, kube-apiserver, the S3/STS server and a node (containerd,
 # kube-controller-manager, kube-scheduler, kubelet, and the pod network with
 # its forwarders; TESTENV_NODE=0 leaves it out) on free loopback ports and
-# writes .testenv/env.
+# writes .testenv/env (and, with the node, .testenv/node-values.yaml).
 # Running it again while they are up does nothing.
 . "$(dirname "$0")/lib.sh"
 
@@ -23,6 +23,7 @@ bash "$TESTENV_TOOLS_DIR/build.sh"
 BIN="$STATE_DIR/bin" LOGS="$STATE_DIR/logs" PKI="$STATE_DIR/pki" RUN="$STATE_DIR/run"
 # --one-file-system: never into a mount down.sh could not remove.
 rm -rf --one-file-system "$BIN" "$LOGS" "$PKI" "$RUN" "$STATE_DIR/pids"
+rm -f "$STATE_DIR/node-values.yaml"
 mkdir -p "$BIN" "$LOGS" "$PKI" "$RUN" "$STATE_DIR/pids"
 ln -s "$CACHE_DIR/bin/kubernetes-$KUBERNETES_VERSION/kube-apiserver" "$BIN/kube-apiserver"
 ln -s "$CACHE_DIR/bin/kubernetes-$KUBERNETES_VERSION/kubectl" "$BIN/kubectl"
@@ -195,5 +196,34 @@ export TESTENV_IMAGE='upload-grant-operator:dev'
 export TESTENV_POD_CIDR='$TESTENV_POD_CIDR'
 export TESTENV_POD_GATEWAY='$TESTENV_POD_GATEWAY'
 ENV
+  # The chart's values for this node (helm install -f .testenv/node-values.yaml).
+  cat >"$STATE_DIR/node-values.yaml" <<YAML
+# Written by tools/testenv/up.sh: charts/upload-grant-operator on this node.
+image:
+  # No registry: \`make image\` imports docker.io/library/upload-grant-operator:dev into the node.
+  repository: upload-grant-operator
+  # The local build's tag, not a released version.
+  tag: dev
+  # Nothing may be pulled here; the image is already in the node's containerd.
+  pullPolicy: Never
+irsa:
+  projectedToken:
+    # No EKS pod-identity webhook here: the chart mounts the token the webhook would.
+    enabled: true
+  # The local STS's role (on EKS: the IAM role in the ServiceAccount's annotation).
+  roleArn: "$TESTENV_ROLE_ARN"
+  # The webhook would set the cluster's region; the local STS answers for this one.
+  region: "$TESTENV_REGION"
+  # The local STS (SeaweedFS) at the pod network's gateway instead of AWS's regional STS.
+  stsEndpoint: "http://$TESTENV_POD_GATEWAY:${TESTENV_STS_ENDPOINT##*:}"
+operator:
+  env:
+    # No kube-proxy: the kubernetes Service's ClusterIP does not route; the apiserver is at the gateway.
+    - name: KUBERNETES_SERVICE_HOST
+      value: "$TESTENV_POD_GATEWAY"
+    # The apiserver's port on the gateway (its loopback port), not the Service's 443.
+    - name: KUBERNETES_SERVICE_PORT
+      value: "$API_PORT"
+YAML
 fi
 log "ready: source $STATE_DIR/env  (logs in $LOGS)"
