@@ -6,7 +6,9 @@ set -euo pipefail
 declare -A pkg_for=([openssl]=openssl [curl]=curl [python3]=python3 [flock]=util-linux [setsid]=util-linux [jq]=jq [runc]=runc
   # make image (tools/image/build.sh) and its check (tests/image.rs)
   [strip]=binutils [readelf]=binutils [tar]=tar [gzip]=gzip [chroot]=coreutils [unshare]=util-linux
-  [sha256sum]=coreutils [apt-get]=apt)
+  [sha256sum]=coreutils [apt-get]=apt
+  # the test node's pod network (tools/testenv/node.sh)
+  [ip]=iproute2 [socat]=socat)
 missing=()
 for cmd in "${!pkg_for[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${pkg_for[$cmd]}")

@@ -107,6 +107,19 @@ build_containerd() {
     containerd="$m/cmd/containerd" ctr="$m/cmd/ctr" containerd-shim-runc-v2="$m/cmd/containerd-shim-runc-v2"
 }
 
+# The CNI reference plugins the pod network needs (node.sh): bridge, its
+# host-local IPAM, and loopback, which containerd runs for every sandbox.
+build_cni() {
+  local v="$CNI_PLUGINS_VERSION" dest="$CACHE_DIR/bin/cni-plugins-$CNI_PLUGINS_VERSION"
+  local mod="$CACHE_DIR/src/cni-plugins-$CNI_PLUGINS_VERSION" m=github.com/containernetworking/plugins
+  [ -x "$dest/bridge" ] && [ -x "$dest/host-local" ] && [ -x "$dest/loopback" ] && return 0
+  log "building the CNI plugins $v"
+  consumer_module "$mod" 1.26.8 "$m" "$v" "$m/plugins/main/bridge" "$m/plugins/ipam/host-local" \
+    "$m/plugins/main/loopback" </dev/null
+  go_build "$mod" "$dest" "-X $m/pkg/utils/buildversion.BuildVersion=$v" \
+    bridge="$m/plugins/main/bridge" host-local="$m/plugins/ipam/host-local" loopback="$m/plugins/main/loopback"
+}
+
 build_etcd() {
   local v="$ETCD_VERSION" dest="$CACHE_DIR/bin/etcd-$ETCD_VERSION" mod="$CACHE_DIR/src/etcd-$ETCD_VERSION"
   [ -x "$dest/etcd" ] && return 0
@@ -161,7 +174,7 @@ build_pause() {
 
 mkdir -p "$CACHE_DIR/bin" "$CACHE_DIR/src"
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(kubernetes etcd helm s3 node containerd pause)
+[ ${#targets[@]} -gt 0 ] || targets=(kubernetes etcd helm s3 node containerd cni pause)
 for t in "${targets[@]}"; do
   "build_$t"
 done

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Stops every process up.sh started and waits until they are gone; with a
-# node, also its containers, and removes the mounts and cgroups they left.
+# node, also its containers, and removes the mounts, cgroups and pod network
+# (bridge, CNI state) they left.
 . "$(dirname "$0")/lib.sh"
 STATE_DIR="${TESTENV_DIR:-$REPO_ROOT/.testenv}"
 if [ "${1:-}" != "--locked" ]; then
@@ -45,5 +46,5 @@ done
 stop "${servers[@]}"
 stop "$STATE_DIR"/pids/*
 node_cleanup
-rm -rf "$STATE_DIR/pids" "$STATE_DIR/env"
+rm -rf "$STATE_DIR/pids" "$STATE_DIR/env" "$STATE_DIR/node-values.yaml"
 log "stopped"

@@ -5,9 +5,20 @@
 # Everything lives under $STATE_DIR: containerd's root and state (and its
 # socket), the kubelet's root dir and pod logs, and the pods' cgroups under a
 # cgroup root of this environment's own, so that two environments on one
-# machine do not meet. Pods must use hostNetwork: the network is declared
-# ready so the node goes Ready, but there is no pod network (no CNI plugin is
-# installed), and no pod can reach beyond loopback.
+# machine do not meet.
+#
+# The pod network: a Linux bridge of this environment's own (ugo + 8 hex
+# digits of a hash of $STATE_DIR) with a /24 from 10.128.0.0/9 that no
+# address or route on the machine overlaps, the host's end at .1
+# (TESTENV_POD_GATEWAY). The CNI `bridge` plugin with `host-local` IPAM puts
+# each pod on it with an address from that /24 and no other route: no
+# default route, no masquerading, no IP forwarding, no kube-proxy, so a pod
+# reaches the other pods, the host's .1 address and nothing else. The
+# apiserver, S3 and STS stay on 127.0.0.1; a socat forwarder per port
+# listens on the gateway address (accepting the pod subnet only) at the
+# same port number, and the apiserver's certificate names the gateway
+# address too. hostNetwork pods work as before. down.sh removes the bridge,
+# the forwarders and the CNI state.
 
 # The kubelet refuses a loopback --node-ip, so the apiserver reaches it by
 # its Hostname address instead, which is the node's name: `localhost`
@@ -91,16 +102,11 @@ node_apiserver_flags() {
 node_start_containerd() {
   local dir="$RUN/containerd"
   NODE_CONTAINERD_SOCK="$dir/containerd.sock"
-  mkdir -p "$dir/root" "$dir/state" "$dir/certs.d/_default" "$RUN/cni/net.d"
+  mkdir -p "$dir/root" "$dir/state" "$dir/certs.d/_default" "$RUN/cni/net.d" "$RUN/cni/bin"
   # Every registry resolves to a closed loopback port: an image that was not
   # imported fails to pull at once, and no pull ever leaves the machine.
   printf 'server = "http://127.0.0.1:9"\n' >"$dir/certs.d/_default/hosts.toml"
-  # containerd reports the network ready only with a CNI configuration. This
-  # one is never used by hostNetwork pods; any other pod fails to start
-  # because its plugin is not installed.
-  cat >"$RUN/cni/net.d/10-hostnetwork-only.conflist" <<'CNI'
-{"cniVersion": "1.0.0", "name": "hostnetwork-only", "plugins": [{"type": "loopback"}]}
-CNI
+  node_cni_config
   cat >"$dir/config.toml" <<TOML
 version = 3
 root = "$dir/root"
@@ -144,6 +150,136 @@ TOML
   "$BIN/ctr" --address "$NODE_CONTAINERD_SOCK" -n k8s.io images import \
     "$CACHE_DIR/bin/pause-$PAUSE_SOURCE_HASH/pause.oci.tar" >>"$LOGS/ctr-import.log" 2>&1 ||
     die "cannot import the pause image (log: $LOGS/ctr-import.log)"
+}
+
+# --- The pod network ----------------------------------------------------------
+
+# This environment's bridge, also the CNI network's name: at most 15
+# characters (a Linux interface name).
+node_bridge_name() {
+  printf 'ugo%s' "$(printf %s "$STATE_DIR" | sha256sum | cut -c1-8)"
+}
+
+# node_pick_subnet HEX: the first /24 of 10.128.0.0/9, starting at one derived
+# from HEX, that overlaps no address and no route (other than a default
+# route) on the machine, another environment's bridge included.
+node_pick_subnet() {
+  python3 - "$1" <<'PY'
+import ipaddress, subprocess, sys
+used = []
+kinds = {"unicast", "local", "broadcast", "multicast", "anycast", "blackhole",
+         "unreachable", "prohibit", "throw", "nat"}
+for cmd in (["ip", "-4", "-o", "addr", "show"], ["ip", "-4", "route", "show", "table", "all"]):
+    for line in subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines():
+        words = line.split()
+        if "inet" in words:
+            words = words[words.index("inet") + 1:]
+        elif words and words[0] in kinds:
+            words = words[1:]
+        try:
+            net = ipaddress.ip_network(words[0], strict=False)
+        except (IndexError, ValueError):
+            continue  # "default", or not an address
+        if net.prefixlen > 0:
+            used.append(net)
+start = int(sys.argv[1][:4], 16) % 32768
+for i in range(32768):
+    n = (start + i) % 32768
+    net = ipaddress.ip_network(f"10.{128 + n // 256}.{n % 256}.0/24")
+    if not any(net.overlaps(u) for u in used):
+        print(net)
+        break
+else:
+    sys.exit("no free /24 in 10.128.0.0/9")
+PY
+}
+
+# Creates this environment's bridge with a free /24, the host's end at .1.
+# Sets NODE_BRIDGE, TESTENV_POD_CIDR and TESTENV_POD_GATEWAY. The choice and
+# the address are made under a machine-wide lock, so that two environments
+# starting at once do not pick the same /24.
+node_network_setup() {
+  local lockdir=/run/ugo-testenv
+  NODE_BRIDGE=$(node_bridge_name)
+  mkdir -p "$lockdir"
+  exec 8<"$lockdir"
+  flock 8
+  ! ip link show "$NODE_BRIDGE" >/dev/null 2>&1 || ip link del "$NODE_BRIDGE"
+  TESTENV_POD_CIDR=$(node_pick_subnet "${NODE_BRIDGE#ugo}") || die "no free subnet for the pod network"
+  TESTENV_POD_GATEWAY="${TESTENV_POD_CIDR%.0/24}.1"
+  ip link add "$NODE_BRIDGE" type bridge
+  ip addr add "$TESTENV_POD_GATEWAY/24" dev "$NODE_BRIDGE"
+  ip link set "$NODE_BRIDGE" up
+  exec 8<&-
+  log "pod network $TESTENV_POD_CIDR on bridge $NODE_BRIDGE"
+}
+
+# The CNI plugins (bridge, host-local, and loopback, which containerd runs
+# for every pod itself) and the network's configuration. isGateway is false:
+# the bridge already has the .1 address, and with isGateway the plugin would
+# turn on net.ipv4.ip_forward for the whole machine. No route is given to
+# the pods beyond their own /24.
+node_cni_config() {
+  local b
+  for b in bridge host-local loopback; do
+    ln -sf "$CACHE_DIR/bin/cni-plugins-$CNI_PLUGINS_VERSION/$b" "$RUN/cni/bin/$b"
+  done
+  cat >"$RUN/cni/net.d/10-$NODE_BRIDGE.conflist" <<CNI
+{
+  "cniVersion": "1.0.0",
+  "name": "$NODE_BRIDGE",
+  "plugins": [{
+    "type": "bridge",
+    "bridge": "$NODE_BRIDGE",
+    "isGateway": false,
+    "isDefaultGateway": false,
+    "ipMasq": false,
+    "hairpinMode": true,
+    "ipam": {
+      "type": "host-local",
+      "dataDir": "$RUN/cni/ipam",
+      "ranges": [[{"subnet": "$TESTENV_POD_CIDR", "gateway": "$TESTENV_POD_GATEWAY"}]],
+      "routes": []
+    }
+  }]
+}
+CNI
+}
+
+# node_start_forwarders PORT...: for each port, a socat listening on the
+# gateway address at that port, for the pod subnet only, and forwarding to
+# the same port on 127.0.0.1, where the servers listen.
+node_start_forwarders() {
+  local port
+  for port in $(printf '%s\n' "$@" | sort -un); do
+    start "pod-forward-$port" socat \
+      "TCP-LISTEN:$port,bind=$TESTENV_POD_GATEWAY,fork,reuseaddr,range=$TESTENV_POD_CIDR" "TCP:127.0.0.1:$port"
+    # shellcheck disable=SC2016 # expanded by the inner bash
+    wait_for "pod-forward-$port" 10 bash -c 'exec 3<>"/dev/tcp/$0/$1"' "$TESTENV_POD_GATEWAY" "$port"
+  done
+}
+
+# After every process is stopped and the pods' network namespaces are
+# unmounted (their veths go with them): removes the bridge, the host-local
+# leases, and this environment's entries in libcni's result cache, which
+# containerd keeps in /var/lib/cni whatever it is told (a pod whose sandbox
+# is deleted through ctr never gets its CNI DEL).
+node_network_cleanup() {
+  local br port f
+  br=$(node_bridge_name)
+  if ip link show "$br" >/dev/null 2>&1; then
+    for port in $(ip -o link show master "$br" | awk -F': ' '{print $2}' | cut -d@ -f1); do
+      ip link del "$port" 2>/dev/null || true
+    done
+    ip link del "$br"
+  fi
+  rm -rf --one-file-system "$STATE_DIR/run/cni/ipam"
+  for f in /var/lib/cni/results/*; do
+    [ -f "$f" ] || continue
+    if grep -qF -e "\"netns\":\"$STATE_DIR/" -e "\"netns\":\"$(realpath -m "$STATE_DIR")/" "$f"; then
+      rm -f "$f"
+    fi
+  done
 }
 
 node_start_controllers() {
@@ -199,7 +335,8 @@ node_save_sysctls() {
 # Once no kubelet runs on the machine: the kernel settings back, and the
 # few paths outside $STATE_DIR that the kubelet and containerd's shims use
 # whatever they are told (the device-plugin socket, the shims' sockets, the
-# kubelet's log links) removed when nothing is left in them.
+# kubelet's log links, libcni's result cache) removed when nothing is left in
+# them.
 node_last_cleanup() {
   local k v
   ! node_any_kubelet || return 0
@@ -210,7 +347,7 @@ node_last_cleanup() {
   fi
   [ ! -S /var/lib/kubelet/device-plugins/kubelet.sock ] || rm -f /var/lib/kubelet/device-plugins/kubelet.sock
   rmdir /var/lib/kubelet/device-plugins /var/lib/kubelet /run/containerd/s /run/containerd \
-    /var/log/containers 2>/dev/null || true
+    /var/log/containers /var/lib/cni/results /var/lib/cni 2>/dev/null || true
 }
 
 node_start_kubelet() {
@@ -299,7 +436,7 @@ node_remove_containers() {
 # After every process is stopped: kills what is left in the node's cgroups
 # and this containerd's shims, unmounts everything under $STATE_DIR (pod
 # volumes, sandbox shm, overlay root filesystems, the kubelet's own bind
-# mount), removes the cgroups and the kubelet's log symlinks.
+# mount), removes the cgroups, the kubelet's log symlinks and the pod network.
 node_cleanup() {
   local state sock cgroup_root p pid h m i
   state=$(realpath -m "$STATE_DIR")
@@ -336,6 +473,7 @@ node_cleanup() {
       [ -L "$p" ] && case "$(readlink "$p")" in "$state"/*) rm -f "$p" ;; esac
     done
   fi
+  node_network_cleanup
   node_last_cleanup
   return 0
 }

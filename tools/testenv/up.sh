@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Starts etcd, kube-apiserver, the S3/STS server and a node (containerd,
-# kube-controller-manager, kube-scheduler, kubelet; TESTENV_NODE=0 leaves it
-# out) on free loopback ports and writes .testenv/env. Running it again while
-# they are up does nothing.
+# kube-controller-manager, kube-scheduler, kubelet, and the pod network with
+# its forwarders; TESTENV_NODE=0 leaves it out) on free loopback ports and
+# writes .testenv/env (and, with the node, .testenv/node-values.yaml).
+# Running it again while they are up does nothing.
 . "$(dirname "$0")/lib.sh"
 
 STATE_DIR="${TESTENV_DIR:-$REPO_ROOT/.testenv}"
@@ -22,6 +23,7 @@ bash "$TESTENV_TOOLS_DIR/build.sh"
 BIN="$STATE_DIR/bin" LOGS="$STATE_DIR/logs" PKI="$STATE_DIR/pki" RUN="$STATE_DIR/run"
 # --one-file-system: never into a mount down.sh could not remove.
 rm -rf --one-file-system "$BIN" "$LOGS" "$PKI" "$RUN" "$STATE_DIR/pids"
+rm -f "$STATE_DIR/node-values.yaml"
 mkdir -p "$BIN" "$LOGS" "$PKI" "$RUN" "$STATE_DIR/pids"
 ln -s "$CACHE_DIR/bin/kubernetes-$KUBERNETES_VERSION/kube-apiserver" "$BIN/kube-apiserver"
 ln -s "$CACHE_DIR/bin/kubernetes-$KUBERNETES_VERSION/kubectl" "$BIN/kubectl"
@@ -29,6 +31,9 @@ ln -s "$CACHE_DIR/bin/etcd-$ETCD_VERSION/etcd" "$BIN/etcd"
 ln -s "$CACHE_DIR/bin/helm-$HELM_VERSION/helm" "$BIN/helm"
 s3_link_binaries "$BIN"
 [ "$TESTENV_NODE" = 0 ] || node_link_binaries "$BIN"
+
+# The pod network first: the apiserver's certificate names its gateway.
+[ "$TESTENV_NODE" = 0 ] || node_network_setup
 
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
@@ -66,7 +71,9 @@ wait_for() {
     -keyout ca.key -out ca.crt -subj "/CN=upload-grant-operator testenv CA" 2>/dev/null
   openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout apiserver.key \
     -out apiserver.csr -subj "/CN=kube-apiserver" 2>/dev/null
-  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n' >apiserver.ext
+  # With the node, pods reach the apiserver at the pod network's gateway.
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost%s\nextendedKeyUsage=serverAuth\n' \
+    "${TESTENV_POD_GATEWAY:+,IP:$TESTENV_POD_GATEWAY}" >apiserver.ext
   openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
     -extfile apiserver.ext -out apiserver.crt 2>/dev/null
   openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout admin.key \
@@ -151,7 +158,12 @@ TESTENV_BUCKET=testenv-bucket
 TESTENV_ROOT_ACCESS_KEY_ID=TESTENVROOTACCESSKEY
 TESTENV_ROOT_SECRET_ACCESS_KEY=$(openssl rand -hex 20)
 s3_start
-[ "$TESTENV_NODE" = 0 ] || node_wait_ready
+if [ "$TESTENV_NODE" != 0 ]; then
+  # Pods reach the servers on the gateway address at their loopback ports.
+  node_start_forwarders "$API_PORT" "${TESTENV_S3_ENDPOINT##*:}" "${TESTENV_STS_ENDPOINT##*:}"
+  wait_for "pod-forward-$API_PORT" 10 curl -fsS --cacert "$PKI/ca.crt" "https://$TESTENV_POD_GATEWAY:$API_PORT/readyz"
+  node_wait_ready
+fi
 
 cat >"$STATE_DIR/env" <<ENV
 # Written by tools/testenv/up.sh; read with: source .testenv/env
@@ -178,6 +190,40 @@ export TESTENV_SANDBOX_IMAGE='$PAUSE_IMAGE'
 # The operator's image as \`make image\` builds it; import it with
 # ctr --address "\$TESTENV_CONTAINERD_ADDRESS" -n k8s.io images import FILE
 export TESTENV_IMAGE='upload-grant-operator:dev'
+# The pod network (pods without hostNetwork): their subnet, and the host's
+# address on it where the apiserver, S3 and STS listen for them, at the same
+# ports as on 127.0.0.1.
+export TESTENV_POD_CIDR='$TESTENV_POD_CIDR'
+export TESTENV_POD_GATEWAY='$TESTENV_POD_GATEWAY'
 ENV
+  # The chart's values for this node (helm install -f .testenv/node-values.yaml).
+  cat >"$STATE_DIR/node-values.yaml" <<YAML
+# Written by tools/testenv/up.sh: charts/upload-grant-operator on this node.
+image:
+  # No registry: \`make image\` imports docker.io/library/upload-grant-operator:dev into the node.
+  repository: upload-grant-operator
+  # The local build's tag, not a released version.
+  tag: dev
+  # Nothing may be pulled here; the image is already in the node's containerd.
+  pullPolicy: Never
+irsa:
+  projectedToken:
+    # No EKS pod-identity webhook here: the chart mounts the token the webhook would.
+    enabled: true
+  # The local STS's role (on EKS: the IAM role in the ServiceAccount's annotation).
+  roleArn: "$TESTENV_ROLE_ARN"
+  # The webhook would set the cluster's region; the local STS answers for this one.
+  region: "$TESTENV_REGION"
+  # The local STS (SeaweedFS) at the pod network's gateway instead of AWS's regional STS.
+  stsEndpoint: "http://$TESTENV_POD_GATEWAY:${TESTENV_STS_ENDPOINT##*:}"
+operator:
+  env:
+    # No kube-proxy: the kubernetes Service's ClusterIP does not route; the apiserver is at the gateway.
+    - name: KUBERNETES_SERVICE_HOST
+      value: "$TESTENV_POD_GATEWAY"
+    # The apiserver's port on the gateway (its loopback port), not the Service's 443.
+    - name: KUBERNETES_SERVICE_PORT
+      value: "$API_PORT"
+YAML
 fi
 log "ready: source $STATE_DIR/env  (logs in $LOGS)"
