@@ -62,6 +62,6 @@ test: deps testenv-build lint image
 bench: deps testenv-build
 	@bench/run.sh
 
-## demo: start everything, issue grants, upload and download a file through them
-demo: deps testenv-build
+## demo: helm install the operator onto the local node, issue a grant, upload through it from a Job, read it back
+demo: deps testenv-build image consumer-image
 	@tools/demo.sh
