@@ -6,7 +6,9 @@ set -euo pipefail
 declare -A pkg_for=([openssl]=openssl [curl]=curl [python3]=python3 [flock]=util-linux [setsid]=util-linux [jq]=jq [runc]=runc
   # make image (tools/image/build.sh) and its check (tests/image.rs)
   [strip]=binutils [readelf]=binutils [tar]=tar [gzip]=gzip [chroot]=coreutils [unshare]=util-linux
-  [sha256sum]=coreutils [apt-get]=apt)
+  [sha256sum]=coreutils [apt-get]=apt
+  # make consumer-image (tools/image/consumers.sh): the root file system from Debian 12 packages
+  [debootstrap]=debootstrap)
 missing=()
 for cmd in "${!pkg_for[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${pkg_for[$cmd]}")
