@@ -61,7 +61,7 @@ testenv-down:
 	@$(TESTENV)/down.sh
 
 ## test: everything CI runs
-test: deps testenv-build lint
+test: deps testenv-build lint consumer-image
 	$(TESTENV)/with-env.sh $(CARGO) test --all-targets --no-fail-fast
 	$(MAKE) image-check
 
