@@ -6,8 +6,10 @@ TESTENV := tools/testenv
 # is imported under). The test node's TESTENV_IMAGE (.testenv/env) names this
 # image; in a pod spec the short upload-grant-operator:dev normalizes to it.
 IMAGE ?= docker.io/library/upload-grant-operator:dev
+# The example consumers' image (`make consumer-image`), run by tests/node_consumers.rs.
+CONSUMER_IMAGE ?= docker.io/library/upload-grant-consumers:dev
 
-.PHONY: all build release image image-check crds lint test bench demo testenv testenv-down testenv-build deps
+.PHONY: all build release image image-check consumer-image crds lint test bench demo testenv testenv-down testenv-build deps
 
 all: build
 
@@ -29,6 +31,12 @@ image: deps release
 ## image-check: the image matches the Dockerfile's runtime stage, is reproducible and runs (tests/image.rs)
 image-check: image
 	IMAGE=$(IMAGE) $(CARGO) test --test image -- --include-ignored
+
+## consumer-image: curl, Python, Java, Node.js and the Go consumer on Debian 12 packages, with
+## examples/ at /examples -> target/image/upload-grant-consumers.tar (an OCI archive); also imported
+## into the test node's containerd when it runs (tests/node_consumers.rs imports it otherwise)
+consumer-image: deps
+	CONSUMER_IMAGE=$(CONSUMER_IMAGE) tools/image/consumers.sh
 
 ## crds: regenerate crds/ from the Rust types in src/api/
 crds:
@@ -52,9 +60,10 @@ testenv: deps
 testenv-down:
 	@$(TESTENV)/down.sh
 
-## test: everything CI runs. The image comes first: the node tests install
-## the chart, which runs it (tests/node_operator.rs imports the archive).
-test: deps testenv-build lint image
+## test: everything CI runs. The images come first: the node tests install
+## the chart, which runs the operator's image, and run consumer pods (the
+## tests import both archives into the node).
+test: deps testenv-build lint image consumer-image
 	$(TESTENV)/with-env.sh $(CARGO) test --all-targets --no-fail-fast
 	IMAGE=$(IMAGE) $(CARGO) test --test image -- --include-ignored
 

@@ -1,15 +1,29 @@
 //! The examples users copy: the manifests are accepted by the apiserver, and
-//! the Python and Go consumers upload and download through a real grant's
-//! Secret files, as a pod with the Secret mounted would.
+//! the consumers (curl, Python, Go, Java, Node.js) upload and download
+//! through a real grant's Secret files, as a pod with the Secret mounted
+//! would, following the one rule they share: every header in `headers` is
+//! sent exactly, except `content-length`, which the HTTP client derives from
+//! the body and which the body must match (checked before any request).
 
 mod support;
 
 use std::collections::BTreeMap;
+use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 
 use support::grants::*;
 use support::{TestResult, repo_root};
+
+/// The consumers as run from the repository root, each given the mounted
+/// Secret's directory as its one argument. curl is the Job's script in
+/// examples/curl-job.yaml, run by `sh` (see `curl_script`).
+const CONSUMERS: &[(&str, &[&str])] = &[
+    ("python", &["python3", "examples/consumer.py"]),
+    ("go", &["go", "run", "examples/consumer.go"]),
+    ("java", &["java", "examples/Consumer.java"]),
+    ("node", &["node", "examples/consumer.mjs"]),
+];
 
 /// Writes the Secret's keys as files, the way a Secret volume mounts them.
 fn mount(dir: &Path, data: &BTreeMap<String, String>) -> TestResult {
@@ -20,7 +34,7 @@ fn mount(dir: &Path, data: &BTreeMap<String, String>) -> TestResult {
     Ok(())
 }
 
-fn run_consumer(mut cmd: Command, stdin: &[u8]) -> TestResult<Vec<u8>> {
+fn spawn_consumer(mut cmd: Command, stdin: &[u8]) -> TestResult<Output> {
     use std::io::Write;
     let mut child = cmd
         .current_dir(repo_root())
@@ -29,28 +43,74 @@ fn run_consumer(mut cmd: Command, stdin: &[u8]) -> TestResult<Vec<u8>> {
         .stderr(Stdio::piped())
         .spawn()?;
     child.stdin.take().ok_or("no stdin")?.write_all(stdin)?;
-    let out = child.wait_with_output()?;
+    Ok(child.wait_with_output()?)
+}
+
+fn run_consumer(cmd: Command, stdin: &[u8]) -> TestResult<Vec<u8>> {
+    let what = format!("{cmd:?}");
+    let out = spawn_consumer(cmd, stdin)?;
     if !out.status.success() {
-        return Err(format!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr)).into());
+        return Err(format!("{what} failed: {}", String::from_utf8_lossy(&out.stderr)).into());
     }
     Ok(out.stdout)
 }
 
+fn consumer(lang: &str, grant: &Path) -> TestResult<Command> {
+    let argv = CONSUMERS
+        .iter()
+        .find(|(l, _)| *l == lang)
+        .ok_or(format!("no consumer {lang}"))?
+        .1;
+    let mut c = Command::new(argv[0]);
+    c.args(&argv[1..]).arg(grant);
+    Ok(c)
+}
+
+/// The shell script of examples/curl-job.yaml with its /grant and /tmp
+/// pointed at `grant` and `tmp`, to run on this machine with `sh -c`.
+fn curl_script(grant: &Path, tmp: &Path) -> TestResult<String> {
+    let script = curl_job_script()?;
+    // /tmp first: the grant's directory is under /tmp too.
+    Ok(script
+        .replace("/tmp/", &format!("{}/", tmp.display()))
+        .replace("/grant/", &format!("{}/", grant.display())))
+}
+
+/// The Job's container script (its one argument to `sh -c`).
+fn curl_job_script() -> TestResult<String> {
+    let job: serde_json::Value = serde_yaml::from_str(&std::fs::read_to_string(
+        repo_root().join("examples/curl-job.yaml"),
+    )?)?;
+    let script = job["spec"]["template"]["spec"]["containers"][0]["args"][0]
+        .as_str()
+        .ok_or("examples/curl-job.yaml: no script in the container's args")?;
+    Ok(script.to_owned())
+}
+
+/// What examples/curl-job.yaml uploads.
+const CURL_JOB_BODY: &[u8] = b"day,total\n2026-11-29,42\n";
+
 #[tokio::test]
-async fn python_and_go_consumers_work_through_a_mounted_secret() -> TestResult {
+async fn every_consumer_works_through_a_mounted_secret() -> TestResult {
     let Scenario {
         ctx,
         dir,
         operator: _operator,
     } = Scenario::start("examples").await?;
     let issuer = open_issuer(&ctx).await?;
-    let report = b"day,total\n2026-11-29,42\n".to_vec();
-    for (lang, cmd) in [
-        ("python", vec!["python3", "examples/consumer.py"]),
-        ("go", vec!["go", "run", "examples/consumer.go"]),
-    ] {
+    // A PUT grant pinning type, length and a metadata header, and a GET grant
+    // for the same object, per consumer.
+    let mut bodies = BTreeMap::new();
+    for &(lang, _) in CONSUMERS.iter().chain(&[("curl", &[][..])]) {
+        let body = if lang == "curl" {
+            CURL_JOB_BODY.to_vec()
+        } else {
+            format!("lang,bytes\n{lang},{}\n", "x".repeat(lang.len())).into_bytes()
+        };
         let key = format!("{lang}.csv");
-        let pinned = serde_json::json!({"contentType": "text/csv", "contentLength": report.len()});
+        let pinned = serde_json::json!({
+            "contentType": "text/csv", "contentLength": body.len(), "metadata": {"consumer": lang},
+        });
         create_grant(
             &ctx,
             &format!("{lang}-put"),
@@ -63,6 +123,9 @@ async fn python_and_go_consumers_work_through_a_mounted_secret() -> TestResult {
             spec(&ctx, &issuer, &key, serde_json::json!({"method": "GET"})),
         )
         .await?;
+        bodies.insert(lang, body);
+    }
+    for lang in bodies.keys() {
         for direction in ["put", "get"] {
             let name = format!("{lang}-{direction}");
             wait_ready(&ctx, &name).await?;
@@ -71,18 +134,107 @@ async fn python_and_go_consumers_work_through_a_mounted_secret() -> TestResult {
                 &secret_data(&ctx.client, &ctx.namespace, &name).await?,
             )?;
         }
-        let consumer = |direction: &str| {
-            let mut c = Command::new(cmd[0]);
-            c.args(&cmd[1..])
-                .arg(dir.path().join(format!("{lang}-{direction}")));
-            c
-        };
-        run_consumer(consumer("put"), &report)?;
-        let downloaded = run_consumer(consumer("get"), b"")?;
+    }
+    let grant = |lang: &str, direction: &str| dir.path().join(format!("{lang}-{direction}"));
+
+    for &(lang, _) in CONSUMERS {
+        let body = &bodies[lang];
+        run_consumer(consumer(lang, &grant(lang, "put"))?, body)?;
+        let downloaded = run_consumer(consumer(lang, &grant(lang, "get"))?, b"")?;
         assert_eq!(
-            downloaded, report,
+            &downloaded, body,
             "{lang} consumer read back different bytes"
         );
+    }
+
+    // curl: the Job's own script uploads; the Python consumer reads back.
+    let tmp = tempfile::tempdir()?;
+    let mut sh = Command::new("sh");
+    sh.arg("-c")
+        .arg(curl_script(&grant("curl", "put"), tmp.path())?);
+    run_consumer(sh, b"")?;
+    let downloaded = run_consumer(consumer("python", &grant("curl", "get"))?, b"")?;
+    assert_eq!(downloaded, CURL_JOB_BODY, "curl uploaded different bytes");
+
+    // Every stored object has the signed type and metadata: all headers were sent.
+    let s3 = support::s3_client(ctx.env, ctx.env.root_credentials());
+    for (lang, body) in &bodies {
+        let object = s3
+            .head_object()
+            .bucket(ctx.env.bucket())
+            .key(format!("{}/{lang}.csv", ctx.namespace))
+            .send()
+            .await?;
+        assert_eq!(object.content_length(), Some(body.len() as i64), "{lang}");
+        assert_eq!(object.content_type(), Some("text/csv"), "{lang}");
+        let consumer_meta = object.metadata().and_then(|m| m.get("consumer"));
+        assert_eq!(consumer_meta.map(String::as_str), Some(*lang), "{lang}");
+    }
+    Ok(())
+}
+
+/// A body whose size is not the grant's pinned content-length is refused by
+/// the consumer itself, with a message saying so, before it connects
+/// anywhere: the mounted URL points at a listener that must see nothing.
+#[tokio::test]
+async fn every_consumer_refuses_a_body_of_the_wrong_length_before_sending() -> TestResult {
+    let Scenario {
+        ctx,
+        dir,
+        operator: _operator,
+    } = Scenario::start("examples-length").await?;
+    let issuer = open_issuer(&ctx).await?;
+    // The curl Job's body is 24 bytes; the grant pins one byte more.
+    let pinned = CURL_JOB_BODY.len() + 1;
+    create_grant(
+        &ctx,
+        "put",
+        spec(
+            &ctx,
+            &issuer,
+            "wrong-length.csv",
+            serde_json::json!({"contentType": "text/csv", "contentLength": pinned}),
+        ),
+    )
+    .await?;
+    wait_ready(&ctx, "put").await?;
+    let mut data = secret_data(&ctx.client, &ctx.namespace, "put").await?;
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
+    data.insert(
+        "url".into(),
+        format!("http://{}/must-not-be-reached", listener.local_addr()?),
+    );
+    let grant = dir.path().join("put");
+    mount(&grant, &data)?;
+
+    let tmp = tempfile::tempdir()?;
+    let mut runs: Vec<(&str, Command)> = Vec::new();
+    for &(lang, _) in CONSUMERS {
+        runs.push((lang, consumer(lang, &grant)?));
+    }
+    let mut sh = Command::new("sh");
+    sh.arg("-c").arg(curl_script(&grant, tmp.path())?);
+    runs.push(("curl", sh));
+    for (lang, cmd) in runs {
+        let out = spawn_consumer(cmd, CURL_JOB_BODY)?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "{lang} consumer sent a body of the wrong length"
+        );
+        let expected = format!(
+            "the body is {} bytes but the grant signed content-length {pinned}; nothing was sent",
+            CURL_JOB_BODY.len()
+        );
+        assert!(
+            stderr.contains(&expected),
+            "{lang} consumer's message should say {expected:?}; it said: {stderr}"
+        );
+        match listener.accept() {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            other => panic!("{lang} consumer connected before checking the length: {other:?}"),
+        }
     }
     Ok(())
 }

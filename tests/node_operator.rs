@@ -18,13 +18,10 @@ use kube::{Api, ResourceExt};
 use support::grants::*;
 use support::node::*;
 use support::operator::sample_value;
-use support::{TestContext, TestResult, eventually};
+use support::{TestContext, TestResult, eventually, repo_root};
 use upload_grant_operator::api::UploadGrant;
 
 const CHART: &str = "charts/upload-grant-operator";
-/// What the consumer pods run: curl, a shell, coreutils (`make consumer-image`).
-const CONSUMER_IMAGE: &str = "upload-grant-consumers:dev";
-const CONSUMER_ARCHIVE: &str = "target/image/upload-grant-consumers.tar";
 
 /// One Helm release of the chart in the test's namespace; uninstalled when
 /// dropped, unless the test uninstalled it.
@@ -38,7 +35,7 @@ impl<'a> Release<'a> {
     /// `helm install` as a user on this node would, plus `sets`; waits until
     /// the Deployment is rolled out.
     async fn install(ctx: &'a TestContext, replicas: i32, sets: &[&str]) -> TestResult<Self> {
-        import_image(ctx.env, OPERATOR_IMAGE_ARCHIVE, OPERATOR_IMAGE, "image").await?;
+        import_image(&repo_root().join(OPERATOR_IMAGE_ARCHIVE), "make image")?;
         let release = Release {
             ctx,
             name: format!("ugo-{}", support::random_suffix()),
@@ -181,26 +178,6 @@ async fn secret_versions(ctx: &TestContext) -> TestResult<BTreeMap<String, Strin
         .collect())
 }
 
-/// A pod running the consumer image on the host's network (S3 is on
-/// 127.0.0.1), with the grant's Secret mounted at /grant.
-fn consumer_pod(secret: &str, script: &str) -> serde_json::Value {
-    serde_json::json!({
-        "restartPolicy": "Never",
-        "hostNetwork": true,
-        "terminationGracePeriodSeconds": 1,
-        "containers": [{
-            "name": "consumer",
-            "image": CONSUMER_IMAGE,
-            "imagePullPolicy": "Never",
-            "command": ["/bin/sh", "-c", script],
-            "volumeMounts": [{"name": "grant", "mountPath": "/grant", "readOnly": true}],
-            "securityContext": {"runAsNonRoot": true, "runAsUser": 65532,
-                "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true},
-        }],
-        "volumes": [{"name": "grant", "secret": {"secretName": secret}}],
-    })
-}
-
 async fn object_bytes(ctx: &TestContext, key: &str) -> TestResult<Vec<u8>> {
     let s3 = support::s3_client(ctx.env, ctx.env.root_credentials());
     let object = s3
@@ -215,13 +192,7 @@ async fn object_bytes(ctx: &TestContext, key: &str) -> TestResult<Vec<u8>> {
 #[tokio::test]
 async fn helm_install_runs_the_operator_as_a_pod_that_serves_a_consumer_job() -> TestResult {
     let ctx = TestContext::new("node-helm").await?;
-    import_image(
-        ctx.env,
-        CONSUMER_ARCHIVE,
-        &format!("docker.io/library/{CONSUMER_IMAGE}"),
-        "consumer-image",
-    )
-    .await?;
+    import_image(&repo_root().join(CONSUMER_ARCHIVE), "make consumer-image")?;
     let mut release = Release::install(&ctx, 1, &[]).await?;
 
     // The chart's hardening holds on a real kubelet: non-root, read-only root
@@ -322,7 +293,7 @@ async fn helm_install_runs_the_operator_as_a_pod_that_serves_a_consumer_job() ->
     );
     let job: Job = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "upload"},
-        "spec": {"backoffLimit": 0, "template": {"spec": consumer_pod("report", &script)}},
+        "spec": {"backoffLimit": 0, "template": {"spec": consumer_pod_spec("report", &script, serde_json::json!([]))}},
     }))?;
     ctx.api::<Job>()
         .create(&PostParams::default(), &job)
@@ -355,13 +326,7 @@ async fn helm_install_runs_the_operator_as_a_pod_that_serves_a_consumer_job() ->
 #[tokio::test]
 async fn a_pod_reading_the_mounted_secret_never_holds_an_expired_url() -> TestResult {
     let ctx = TestContext::new("node-renew").await?;
-    import_image(
-        ctx.env,
-        CONSUMER_ARCHIVE,
-        &format!("docker.io/library/{CONSUMER_IMAGE}"),
-        "consumer-image",
-    )
-    .await?;
+    import_image(&repo_root().join(CONSUMER_ARCHIVE), "make consumer-image")?;
     let _release = Release::install(&ctx, 1, &[]).await?;
     let issuer = open_issuer(&ctx).await?;
     // The shortest ttl the chart's default budget (2m) allows: renewed about
@@ -402,7 +367,7 @@ while true; do
 done"#;
     let pod: Pod = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "uploader"},
-        "spec": consumer_pod("beat", script),
+        "spec": consumer_pod_spec("beat", script, serde_json::json!([])),
     }))?;
     let pods: Api<Pod> = ctx.api();
     pods.create(&PostParams::default(), &pod).await?;

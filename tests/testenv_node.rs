@@ -15,10 +15,11 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Resource, ResourceExt};
+use support::node::wait_default_service_account;
 use support::{TestContext, TestEnv, TestResult, eventually};
 
 const KUBERNETES_VERSION: &str = "v1.36.3";
@@ -386,18 +387,6 @@ fn config_map(name: &str, owner: Option<OwnerReference>) -> ConfigMap {
         },
         ..ConfigMap::default()
     }
-}
-
-/// The ServiceAccount admission plugin refuses pods until the
-/// controller-manager has created the namespace's `default` ServiceAccount.
-async fn wait_default_service_account(ctx: &TestContext) -> TestResult {
-    let sas: Api<ServiceAccount> = ctx.api();
-    eventually(
-        "the default ServiceAccount",
-        Duration::from_secs(30),
-        || async { Ok(sas.get_opt("default").await?.map(|_| ())) },
-    )
-    .await
 }
 
 /// Polls `kubectl logs` of `pod` until its output has `needle`; that output.

@@ -8,7 +8,9 @@ declare -A pkg_for=([openssl]=openssl [curl]=curl [python3]=python3 [flock]=util
   [strip]=binutils [readelf]=binutils [tar]=tar [gzip]=gzip [chroot]=coreutils [unshare]=util-linux
   [sha256sum]=coreutils [apt-get]=apt
   # the test node's pod network (tools/testenv/node.sh)
-  [ip]=iproute2 [socat]=socat)
+  [ip]=iproute2 [socat]=socat
+  # make consumer-image (tools/image/consumers.sh): the root file system from Debian 12 packages
+  [debootstrap]=debootstrap)
 missing=()
 for cmd in "${!pkg_for[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${pkg_for[$cmd]}")

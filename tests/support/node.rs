@@ -1,7 +1,9 @@
-//! Helpers for tests that run pods on the environment's node: images imported
-//! into its containerd, pods and Jobs from the locally built images, logs.
+//! The test environment's node: images loaded into its containerd, and
+//! waiting on what pods need and do.
 
 use std::path::Path;
+use std::process::Command;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -9,42 +11,63 @@ use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use kube::Api;
 use kube::api::LogParams;
 
-use super::{TestContext, TestEnv, TestResult, eventually, output, repo_root};
+use super::{TestContext, TestEnv, TestResult, eventually, output};
 
-/// The operator's image as `make image` builds it (TESTENV_IMAGE names it in pod specs).
+/// Where `make image` writes the operator's image.
 pub const OPERATOR_IMAGE_ARCHIVE: &str = "target/image/upload-grant-operator.tar";
-pub const OPERATOR_IMAGE: &str = "docker.io/library/upload-grant-operator:dev";
 
-static IMPORTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// Loads an OCI archive into the node's containerd unless `reference` is
-/// there already with the same content: `make test` builds the archives
-/// before it starts the environment, so the node starts empty.
-pub async fn import_image(env: &TestEnv, archive: &str, reference: &str, make: &str) -> TestResult {
-    let path = repo_root().join(archive);
-    if !Path::new(&path).exists() {
-        return Err(format!("no image archive {archive}: run `make {make}` first").into());
+/// Imports the OCI archive `archive` (as `make image` and `make
+/// consumer-image` write them) into the node's containerd, namespace k8s.io,
+/// unless the image it names is there already with the same manifest; so
+/// calling it again, from any test, costs one `ctr images ls`. `make_target`
+/// is what builds the archive, for the message when it is missing. Returns
+/// the image's reference.
+pub fn import_image(archive: &Path, make_target: &str) -> TestResult<String> {
+    static IMPORTING: Mutex<()> = Mutex::new(());
+    let _one_at_a_time = IMPORTING.lock().unwrap_or_else(|p| p.into_inner());
+    if !archive.is_file() {
+        return Err(format!(
+            "no image archive {}: run `{make_target}` first",
+            archive.display()
+        )
+        .into());
     }
-    let _one_at_a_time = IMPORTS.lock().await;
+    let (reference, digest) = archive_image(archive)?;
+    let env = TestEnv::get();
+    let address = env.var("TESTENV_CONTAINERD_ADDRESS");
     let ctr = |args: &[&str]| {
-        let mut c = env.command("ctr");
-        c.args([
-            "--address",
-            env.var("TESTENV_CONTAINERD_ADDRESS"),
-            "-n",
-            "k8s.io",
-        ]);
-        c.args(args);
-        c
+        let mut cmd = Command::new(env.bin("ctr"));
+        cmd.args(["--address", address, "-n", "k8s.io"]).args(args);
+        cmd
     };
-    // Importing again is cheap (the blobs are content-addressed) and makes
-    // sure the node runs what the archive holds now, not an older build.
-    output(ctr(&["images", "import", &path.to_string_lossy()]))?;
-    let listed = output(ctr(&["images", "ls", "-q", &format!("name=={reference}")]))?;
-    if listed.trim() != reference {
-        return Err(format!("{archive} did not import as {reference}: {listed:?}").into());
+    let listed = output(ctr(&["images", "ls", &format!("name=={reference}")]))?;
+    let present = listed.lines().any(|line| {
+        let columns: Vec<&str> = line.split_whitespace().collect();
+        columns.first() == Some(&reference.as_str()) && columns.get(2) == Some(&digest.as_str())
+    });
+    if !present {
+        eprintln!("importing {} into the node's containerd", archive.display());
+        output(ctr(&["images", "import", &archive.display().to_string()]))?;
     }
-    Ok(())
+    Ok(reference)
+}
+
+/// The reference and manifest digest an OCI archive's index.json names.
+fn archive_image(archive: &Path) -> TestResult<(String, String)> {
+    let mut tar = Command::new("tar");
+    tar.arg("-xOf").arg(archive).arg("index.json");
+    let index: serde_json::Value = serde_json::from_str(&output(tar)?)?;
+    let manifest = &index["manifests"][0];
+    let reference = manifest["annotations"]["io.containerd.image.name"]
+        .as_str()
+        .ok_or(format!(
+            "{}: no io.containerd.image.name",
+            archive.display()
+        ))?;
+    let digest = manifest["digest"]
+        .as_str()
+        .ok_or(format!("{}: no manifest digest", archive.display()))?;
+    Ok((reference.to_owned(), digest.to_owned()))
 }
 
 /// The ServiceAccount admission plugin refuses pods until the
@@ -57,6 +80,28 @@ pub async fn wait_default_service_account(ctx: &TestContext) -> TestResult {
         || async { Ok(sas.get_opt("default").await?.map(|_| ())) },
     )
     .await
+}
+
+/// Waits until the pod has run to the end (phase Succeeded or Failed).
+pub async fn wait_pod_finished(
+    ctx: &TestContext,
+    name: &str,
+    timeout: Duration,
+) -> TestResult<Pod> {
+    let pods: Api<Pod> = ctx.api();
+    eventually(&format!("pod {name} to finish"), timeout, || async {
+        let pod = pods.get(name).await?;
+        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+        Ok(matches!(phase, Some("Succeeded" | "Failed")).then_some(pod))
+    })
+    .await
+}
+
+/// The pod's output, with `kubectl logs` (apiserver -> kubelet).
+pub fn pod_logs(ctx: &TestContext, name: &str) -> TestResult<String> {
+    let mut kubectl = ctx.env.command("kubectl");
+    kubectl.args(["logs", "-n", &ctx.namespace, name]);
+    output(kubectl)
 }
 
 /// Waits until the Deployment has rolled out `replicas` Available pods of its
@@ -119,14 +164,8 @@ pub async fn describe_pods(ctx: &TestContext) -> String {
     out
 }
 
-/// A manifest from the repository (YAML) as JSON, through kubectl.
-pub fn manifest(env: &TestEnv, file: &str) -> TestResult<serde_json::Value> {
-    let mut cmd = env.command("kubectl");
-    cmd.args(["create", "--dry-run=client", "-o", "json", "-f", file]);
-    Ok(serde_json::from_str(&output(cmd)?)?)
-}
-
-/// The pod a Job ran, once the Job has succeeded; its logs on failure.
+/// Waits until the Job has succeeded; on failure or timeout, says what its
+/// pods did.
 pub async fn wait_job_succeeded(ctx: &TestContext, job: &str) -> TestResult {
     use k8s_openapi::api::batch::v1::Job;
     let jobs: Api<Job> = ctx.api();
@@ -145,4 +184,31 @@ pub async fn wait_job_succeeded(ctx: &TestContext, job: &str) -> TestResult {
         Ok(t) => Err(format!("Job {job} {t}: {}", describe_pods(ctx).await).into()),
         Err(e) => Err(format!("{e}: {}", describe_pods(ctx).await).into()),
     }
+}
+
+/// The consumer image as pods name it: the short form of the archive's
+/// docker.io/library/upload-grant-consumers:dev (`make consumer-image`).
+pub const CONSUMER_IMAGE: &str = "upload-grant-consumers:dev";
+pub const CONSUMER_ARCHIVE: &str = "target/image/upload-grant-consumers.tar";
+
+/// A pod spec that runs `script` with sh in the consumer image, with the
+/// Secret `secret` mounted at /grant, as an unprivileged user on the node's
+/// network (the store listens on 127.0.0.1), never pulling.
+pub fn consumer_pod_spec(secret: &str, script: &str, env: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "restartPolicy": "Never",
+        "hostNetwork": true,
+        "terminationGracePeriodSeconds": 5,
+        "containers": [{
+            "name": "consumer",
+            "image": CONSUMER_IMAGE,
+            "imagePullPolicy": "Never",
+            "command": ["/bin/sh", "-c", script],
+            "env": env,
+            "volumeMounts": [{"name": "grant", "mountPath": "/grant", "readOnly": true}],
+            "securityContext": {"runAsNonRoot": true, "runAsUser": 65532,
+                "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true},
+        }],
+        "volumes": [{"name": "grant", "secret": {"secretName": secret}}],
+    })
 }

@@ -15,15 +15,14 @@ Python 3 standard library only.
 """
 
 import argparse
-import gzip
-import hashlib
 import io
-import json
 import os
 import re
 import sys
 import tarfile
 import time
+
+from oci import Entry, die, layer, write_archive
 
 # What the Dockerfile's runtime stage says; tests/image.rs fails when they drift.
 BINARY_PATH = "usr/local/bin/upload-grant-operator"
@@ -66,23 +65,6 @@ HOME_URL="https://www.debian.org/"
 
 DEB_ARCH_TO_OCI = {"amd64": "amd64", "arm64": "arm64", "armhf": "arm", "ppc64el": "ppc64le",
                    "s390x": "s390x", "riscv64": "riscv64", "i386": "386"}
-
-MT_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-MT_CONFIG = "application/vnd.oci.image.config.v1+json"
-MT_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
-
-
-class Entry:
-    """One file system object of a layer."""
-
-    def __init__(self, kind, mode, uid=0, gid=0, data=b"", link=""):
-        self.kind, self.mode, self.uid, self.gid, self.data, self.link = kind, mode, uid, gid, data, link
-
-
-def die(msg):
-    print(f"[image] error: {msg}", file=sys.stderr)
-    sys.exit(1)
-
 
 def read_ar(path):
     """The members of a .deb (an ar archive): name -> bytes."""
@@ -173,51 +155,6 @@ def add_package(fs, path, ca_bundle):
     return package, field(control, "Version"), field(control, "Architecture")
 
 
-def with_parents(fs):
-    for name in list(fs):
-        parent = os.path.dirname(name)
-        while parent:
-            fs.setdefault(parent, Entry("dir", 0o755))
-            parent = os.path.dirname(parent)
-    return fs
-
-
-def layer_tar(fs, mtime):
-    """A reproducible layer: sorted, one mtime, numeric owners and no names."""
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name in sorted(with_parents(fs)):
-            e = fs[name]
-            info = tarfile.TarInfo(name)
-            info.mode, info.uid, info.gid, info.mtime = e.mode, e.uid, e.gid, mtime
-            info.uname = info.gname = ""
-            if e.kind == "dir":
-                info.type = tarfile.DIRTYPE
-                tar.addfile(info)
-            elif e.kind == "sym":
-                info.type, info.linkname = tarfile.SYMTYPE, e.link
-                tar.addfile(info)
-            else:
-                info.size = len(e.data)
-                tar.addfile(info, io.BytesIO(e.data))
-    return out.getvalue()
-
-
-def gzipped(data):
-    out = io.BytesIO()
-    with gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0, compresslevel=6) as gz:
-        gz.write(data)
-    return out.getvalue()
-
-
-def sha256(data):
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def canonical_json(value):
-    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--binary", required=True, help="the stripped release binary")
@@ -261,14 +198,7 @@ def main():
         die(f"{args.binary} is not an ELF binary")
     app = {BINARY_PATH: Entry("file", 0o755, data=binary)}
 
-    blobs, layers, diff_ids = {}, [], []
-    for fs in (base, app):
-        raw = layer_tar(fs, mtime)
-        gz = gzipped(raw)
-        blobs[sha256(gz)] = gz
-        layers.append({"mediaType": MT_LAYER, "digest": sha256(gz), "size": len(gz)})
-        diff_ids.append(sha256(raw))
-
+    layers = [layer(base, mtime), layer(app, mtime)]
     versions = " ".join(f"{p}={v}" for p, v, _ in sorted(packages))
     config = {
         "created": created,
@@ -282,53 +212,18 @@ def main():
             "WorkingDir": WORKDIR,
             "Labels": {"org.opencontainers.image.base.name": BASE},
         },
-        "rootfs": {"type": "layers", "diff_ids": diff_ids},
         "history": [
             {"created": created, "created_by": f"Debian 12 packages {versions}, CA bundle, "
              "passwd and group with nonroot 65532 (as " + BASE + ")"},
             {"created": created, "created_by": f"COPY upload-grant-operator /{BINARY_PATH}"},
         ],
     }
-    config_blob = canonical_json(config)
-    blobs[sha256(config_blob)] = config_blob
     annotations = {"org.opencontainers.image.base.name": BASE, "org.opencontainers.image.created": created}
     if args.version:
         annotations["org.opencontainers.image.version"] = args.version
-    manifest = {
-        "schemaVersion": 2,
-        "mediaType": MT_MANIFEST,
-        "config": {"mediaType": MT_CONFIG, "digest": sha256(config_blob), "size": len(config_blob)},
-        "layers": layers,
-        "annotations": annotations,
-    }
-    manifest_blob = canonical_json(manifest)
-    blobs[sha256(manifest_blob)] = manifest_blob
-    tag = args.ref.rsplit("/", 1)[-1].partition(":")[2] or "latest"
-    index = {
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": [{
-            "mediaType": MT_MANIFEST,
-            "digest": sha256(manifest_blob),
-            "size": len(manifest_blob),
-            "platform": {"architecture": arch, "os": "linux"},
-            "annotations": {"io.containerd.image.name": args.ref, "org.opencontainers.image.ref.name": tag},
-        }],
-    }
-
-    # --- the archive: oci-layout, index.json, blobs/sha256/* ---------------------
-    files = {"oci-layout": Entry("file", 0o644, data=canonical_json({"imageLayoutVersion": "1.0.0"})),
-             "index.json": Entry("file", 0o644, data=canonical_json(index))}
-    for digest, data in blobs.items():
-        files["blobs/sha256/" + digest.split(":", 1)[1]] = Entry("file", 0o644, data=data)
-    archive = layer_tar(files, mtime)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    tmp = args.out + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(archive)
-    os.replace(tmp, args.out)
-    print(f"[image] wrote {args.out} ({len(archive) // 1024} KiB), {args.ref}, "
-          f"manifest {sha256(manifest_blob)}, {versions}", file=sys.stderr)
+    manifest, size = write_archive(args.out, args.ref, arch, config, layers, annotations, mtime)
+    print(f"[image] wrote {args.out} ({size // 1024} KiB), {args.ref}, "
+          f"manifest {manifest}, {versions}", file=sys.stderr)
 
 
 if __name__ == "__main__":
