@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod controller;
+pub mod drain;
 pub mod error;
 pub mod issuer;
 pub mod kube_client;

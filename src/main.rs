@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use upload_grant_operator::controller::{self, Settings};
+use upload_grant_operator::drain;
 use upload_grant_operator::kube_client;
 use upload_grant_operator::leader::{self, LeaseSettings};
 use upload_grant_operator::metrics::Metrics;
@@ -86,9 +87,29 @@ struct Cli {
     #[arg(long, env = "UPLOAD_GRANT_PROPAGATION_BUDGET", default_value = "2m", value_parser = propagation_budget)]
     propagation_budget: Duration,
 
+    #[command(subcommand)]
+    command: Option<Command>,
+
     /// How many grants are reconciled at the same time.
     #[arg(long, env = "UPLOAD_GRANT_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024))]
     concurrency: u16,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Scale the operator's Deployment to zero and wait until its pods are
+    /// gone, so that they release the Lease while they still may (the chart
+    /// runs this as a pre-delete hook of `helm uninstall`).
+    Drain {
+        /// The Deployment's namespace (default: the current one).
+        #[arg(long)]
+        namespace: Option<String>,
+        #[arg(long)]
+        deployment: String,
+        /// Seconds to wait for its pods to stop.
+        #[arg(long, default_value_t = 90)]
+        timeout: u64,
+    },
 }
 
 /// A Go duration up to a day: longer would refuse every ttl under 36h.
@@ -107,13 +128,31 @@ async fn main() -> std::process::ExitCode {
         eprintln!("upload-grant-operator: invalid logging settings: {e}");
         return std::process::ExitCode::from(2);
     }
-    match run(cli).await {
+    let outcome = match cli.command {
+        Some(Command::Drain {
+            namespace,
+            deployment,
+            timeout,
+        }) => run_drain(namespace, &deployment, Duration::from_secs(timeout)).await,
+        None => run(cli).await,
+    };
+    match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "upload-grant-operator stopped");
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+async fn run_drain(
+    namespace: Option<String>,
+    deployment: &str,
+    timeout: Duration,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let client = kube::Client::try_default().await?;
+    let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_owned());
+    Ok(drain::drain(client, &namespace, deployment, timeout).await?)
 }
 
 async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {

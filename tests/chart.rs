@@ -48,9 +48,13 @@ fn chart_lints_and_renders_hardened_with_every_option() -> TestResult {
             "CustomResourceDefinition",
             "CustomResourceDefinition",
             "Deployment",
+            "Job",
+            "Role",
             "Role",
             "RoleBinding",
+            "RoleBinding",
             "Service",
+            "ServiceAccount",
             "ServiceAccount"
         ]
     );
@@ -92,6 +96,30 @@ fn chart_lints_and_renders_hardened_with_every_option() -> TestResult {
         env_of(&all, "UPLOAD_GRANT_PROPAGATION_BUDGET"),
         Some("90s".into())
     );
+
+    // The uninstall hook: a Job of the operator's image that drains its Deployment.
+    let drain = defaults
+        .iter()
+        .find(|d| d["kind"] == "Job")
+        .ok_or("no drain Job")?;
+    assert_eq!(
+        drain["metadata"]["annotations"]["helm.sh/hook"],
+        "pre-delete"
+    );
+    assert_eq!(
+        drain["spec"]["template"]["spec"]["containers"][0]["args"][1],
+        "--deployment=r-upload-grant-operator"
+    );
+    let no_drain = documents(&env.helm(&[
+        "template",
+        "r",
+        CHART,
+        "-n",
+        "ugo",
+        "--set",
+        "drainOnUninstall=false",
+    ])?)?;
+    assert!(!no_drain.iter().any(|d| d["kind"] == "Job"));
 
     let deployment = defaults
         .iter()
@@ -210,6 +238,10 @@ async fn chart_installs_and_its_rbac_is_enough_for_the_operator() -> TestResult 
         "defaultIssuer.s3.forcePathStyle=true",
         "--set",
         &bucket,
+        // The Deployment here never runs (its image is not on the node), and
+        // the uninstall hook's Job, which uses the same image, could not either.
+        "--set",
+        "drainOnUninstall=false",
     ];
     env.helm(&args)?;
     // An upgrade applies every object again, CRDs included.

@@ -277,7 +277,7 @@ async fn helm_install_runs_the_operator_as_a_pod_that_serves_a_consumer_job() ->
         "not signed with the store's root key"
     );
     let metrics = pod_metrics(pod).await?;
-    assert!(sample_value(&metrics, "upload_grant_credential_loads_total")? >= 1.0);
+    assert!(sample_value(&metrics, "upload_grant_credential_loads")? >= 1.0);
     assert!(
         sample_value(
             &metrics,
