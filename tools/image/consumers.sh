@@ -91,17 +91,4 @@ if [ ${#rootfs_args[@]} -gt 0 ]; then
 fi
 flock -u 9
 
-# Load it into the test environment's node, when one is running.
-STATE_DIR="${TESTENV_DIR:-$REPO_ROOT/.testenv}"
-if [ "${IMAGE_LOAD:-1}" != 0 ] && [ -f "$STATE_DIR/env" ]; then
-  address=$(sed -n "s/^export TESTENV_CONTAINERD_ADDRESS='\(.*\)'$/\1/p" "$STATE_DIR/env")
-  bindir=$(sed -n "s/^export TESTENV_BIN='\(.*\)'$/\1/p" "$STATE_DIR/env")
-  if [ -n "$address" ] && [ -S "$address" ] && [ -x "$bindir/ctr" ]; then
-    if "$bindir/ctr" --address "$address" version >/dev/null 2>&1; then
-      log "importing $IMAGE into the test node's containerd ($address)"
-      "$bindir/ctr" --address "$address" -n k8s.io images import "$OUT"
-    else
-      log "the test node's containerd ($address) does not answer: not imported"
-    fi
-  fi
-fi
+[ "${IMAGE_LOAD:-1}" = 0 ] || node_import_archive "$OUT" "$IMAGE"
