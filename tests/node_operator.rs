@@ -293,7 +293,7 @@ async fn helm_install_runs_the_operator_as_a_pod_that_serves_a_consumer_job() ->
     // A Job mounts the Secret and uploads through it.
     wait_default_service_account(&ctx).await?;
     let script = format!(
-        "printf '{}' > /tmp/report.csv && curl --fail-with-body -sS -X \"$(cat /grant/method)\" --data-binary @/tmp/report.csv \"$(cat /grant/url)\"",
+        "printf '{}' | curl --fail-with-body -sS -X \"$(cat /grant/method)\" --data-binary @- \"$(cat /grant/url)\"",
         String::from_utf8_lossy(&body).replace('\n', "\\n")
     );
     let job: Job = serde_json::from_value(serde_json::json!({
