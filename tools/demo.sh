@@ -40,12 +40,13 @@ cleanup() {
 trap cleanup EXIT
 
 ctr_import() {
-  ctr --address "$TESTENV_CONTAINERD_ADDRESS" -n k8s.io images import "$1" >/dev/null
+  # (containerd warns that cgroup v1, this machine's, is deprecated)
+  ctr --address "$TESTENV_CONTAINERD_ADDRESS" -n k8s.io images import "$1" >/dev/null 2>&1
 }
 step "Loading the images into the node (built by make image and make consumer-image; nothing is pulled)"
 ctr_import target/image/upload-grant-operator.tar
 ctr_import target/image/upload-grant-consumers.tar
-ctr --address "$TESTENV_CONTAINERD_ADDRESS" -n k8s.io images ls -q | grep -E 'upload-grant-(operator|consumers)' | sed 's/^/    /'
+ctr --address "$TESTENV_CONTAINERD_ADDRESS" -n k8s.io images ls -q 2>/dev/null | grep -E 'upload-grant-(operator|consumers)' | sed 's/^/    /'
 
 step "Platform admin: helm install, with the values that differ from EKS on this node"
 grep -v '^#' "$TESTENV_DIR/node-values.yaml" | sed 's/^/    | /'
@@ -70,8 +71,8 @@ YAML
 show kubectl get clustergrantissuer "$ISSUER"
 
 step "User: an upload grant in namespace $NS"
-kubectl create namespace "$NS" >/dev/null
-kubectl label namespace "$NS" team=analytics >/dev/null
+kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+kubectl label namespace "$NS" team=analytics --overwrite >/dev/null
 KEY="$NS/nightly-$(date +%s).csv"
 kubectl apply -n "$NS" -f - >/dev/null <<YAML
 apiVersion: grants.io/v1alpha1
@@ -132,3 +133,4 @@ kubectl get events -n "$NS" --field-selector involvedObject.kind=UploadGrant \
 
 step "Platform admin: helm uninstall (the operator releases its lease and stops)"
 show helm uninstall "$RELEASE" -n "$SYSTEM" --wait
+say "Lease $RELEASE holder: '$(kubectl get lease "$RELEASE" -n "$SYSTEM" -o jsonpath='{.spec.holderIdentity}')' (released)"
