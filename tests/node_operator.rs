@@ -12,7 +12,7 @@ use std::time::Duration;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding, Subject};
 use kube::api::{DeleteParams, ListParams, LogParams, PostParams};
 use kube::{Api, ResourceExt};
 use support::grants::*;
@@ -227,35 +227,38 @@ async fn helm_install_runs_the_operator_as_a_pod_that_serves_a_consumer_job() ->
         .sum();
     assert_eq!(restarts, 0, "{}", describe_pods(&ctx).await);
 
-    // The ServiceAccount holds the chart's bindings and nothing else.
-    let sa = release.deployment();
-    let subject_is_sa = |subjects: Option<Vec<k8s_openapi::api::rbac::v1::Subject>>| {
-        subjects.unwrap_or_default().iter().any(|s| {
+    // The ServiceAccount holds the chart's two bindings and nothing else.
+    let names_sa = |subjects: &Option<Vec<Subject>>| {
+        subjects.iter().flatten().any(|s| {
             s.kind == "ServiceAccount"
-                && s.name == sa
+                && s.name == release.deployment()
                 && s.namespace.as_deref() == Some(&ctx.namespace)
         })
     };
-    let cluster_bindings: Vec<String> = Api::<ClusterRoleBinding>::all(ctx.client.clone())
+    let mut bindings = BTreeSet::new();
+    for b in Api::<ClusterRoleBinding>::all(ctx.client.clone())
         .list(&ListParams::default())
         .await?
         .into_iter()
-        .filter(|b| subject_is_sa(b.subjects.clone()))
-        .map(|b| b.name_any())
-        .collect();
-    let bindings: Vec<String> = Api::<RoleBinding>::all(ctx.client.clone())
-        .list(&ListParams::default())
-        .await?
-        .into_iter()
-        .filter(|b| subject_is_sa(b.subjects.clone()))
-        .map(|b| b.name_any())
-        .collect();
-    for name in cluster_bindings.iter().chain(&bindings) {
-        assert!(name.starts_with(&release.name), "{name} is not the chart's");
+        .filter(|b| names_sa(&b.subjects))
+    {
+        bindings.insert(format!("ClusterRoleBinding/{}", b.name_any()));
     }
-    assert!(
-        !cluster_bindings.is_empty(),
-        "the chart binds its ClusterRole"
+    for b in Api::<RoleBinding>::all(ctx.client.clone())
+        .list(&ListParams::default())
+        .await?
+        .into_iter()
+        .filter(|b| names_sa(&b.subjects))
+    {
+        bindings.insert(format!("RoleBinding/{}", b.name_any()));
+    }
+    let chart = |kind: &str, suffix: &str| format!("{kind}/{}{suffix}", release.deployment());
+    assert_eq!(
+        bindings,
+        BTreeSet::from([
+            chart("ClusterRoleBinding", ""),
+            chart("RoleBinding", "-leader-election"),
+        ])
     );
 
     // A grant becomes a Secret, signed with credentials from the STS.
