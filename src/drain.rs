@@ -3,12 +3,14 @@
 //! `helm uninstall` deletes the Deployment and the RBAC at once, so pods that
 //! stop afterwards can no longer release their Lease (a standby of the next
 //! install would wait a whole lease duration). Drained first, they stop while
-//! their permissions still exist.
+//! their permissions still exist. Best effort: a drain that runs out of time
+//! says so and lets the uninstall go on.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client};
@@ -21,26 +23,34 @@ pub enum DrainError {
         "Deployment {0} selects pods by labels only through matchExpressions; cannot list them"
     )]
     NoLabels(String),
-    #[error("{pods} pod(s) of Deployment {deployment} still running after {timeout:?}")]
-    Timeout {
-        deployment: String,
-        pods: usize,
-        timeout: Duration,
-    },
 }
 
-/// Scales `deployment` to zero and waits up to `timeout` until none of its
-/// pods is left. A Deployment that does not exist is already drained.
+/// How a drain ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Drained {
+    /// No pod of the Deployment is left.
+    PodsGone,
+    /// Every pod left is terminating and none holds the Lease: the leader
+    /// released it, which is the last thing it does.
+    LeaseReleased,
+    /// Pods were still there at the deadline (named here); uninstalling goes
+    /// on, and a lease they still hold expires on its own.
+    TimedOut(Vec<String>),
+}
+
+/// Scales `deployment` to zero and waits up to `timeout` until its pods are
+/// gone, or are all terminating with `lease` (when given) released. A
+/// Deployment that does not exist is already drained.
 pub async fn drain(
     client: Client,
     namespace: &str,
     deployment: &str,
+    lease: Option<&str>,
     timeout: Duration,
-) -> Result<(), DrainError> {
+) -> Result<Drained, DrainError> {
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
     let Some(found) = deployments.get_opt(deployment).await? else {
-        tracing::info!(deployment, "no Deployment to drain");
-        return Ok(());
+        return Ok(Drained::PodsGone);
     };
     let selector = label_selector(
         found
@@ -54,24 +64,32 @@ pub async fn drain(
         .patch_scale(deployment, &PatchParams::default(), &zero)
         .await?;
     tracing::info!(deployment, "scaled to 0; waiting for its pods to stop");
-    let pods: Api<Pod> = Api::namespaced(client, namespace);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let leases: Api<Lease> = Api::namespaced(client, namespace);
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let left = pods
             .list_metadata(&ListParams::default().labels(&selector))
             .await?
-            .items
-            .len();
-        if left == 0 {
-            tracing::info!(deployment, "drained");
-            return Ok(());
+            .items;
+        if left.is_empty() {
+            return Ok(Drained::PodsGone);
+        }
+        let all_terminating = left.iter().all(|p| p.metadata.deletion_timestamp.is_some());
+        if all_terminating && let Some(name) = lease {
+            let holder = leases
+                .get_opt(name)
+                .await?
+                .and_then(|l| l.spec)
+                .and_then(|s| s.holder_identity)
+                .filter(|h| !h.is_empty());
+            if holder.is_none() {
+                return Ok(Drained::LeaseReleased);
+            }
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(DrainError::Timeout {
-                deployment: deployment.to_owned(),
-                pods: left,
-                timeout,
-            });
+            let names = left.into_iter().filter_map(|p| p.metadata.name).collect();
+            return Ok(Drained::TimedOut(names));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

@@ -106,6 +106,10 @@ enum Command {
         namespace: Option<String>,
         #[arg(long)]
         deployment: String,
+        /// The leader-election Lease its pods hold: drained once every pod is
+        /// terminating and the Lease is released.
+        #[arg(long)]
+        lease: Option<String>,
         /// Seconds to wait for its pods to stop.
         #[arg(long, default_value_t = 90)]
         timeout: u64,
@@ -132,8 +136,12 @@ async fn main() -> std::process::ExitCode {
         Some(Command::Drain {
             namespace,
             deployment,
+            lease,
             timeout,
-        }) => run_drain(namespace, &deployment, Duration::from_secs(timeout)).await,
+        }) => {
+            let timeout = Duration::from_secs(timeout);
+            run_drain(namespace, &deployment, lease.as_deref(), timeout).await
+        }
         None => run(cli).await,
     };
     match outcome {
@@ -145,14 +153,26 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
+/// A drain that times out still succeeds: `helm uninstall` should go on, and
+/// a Lease left held expires on its own.
 async fn run_drain(
     namespace: Option<String>,
     deployment: &str,
+    lease: Option<&str>,
     timeout: Duration,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let client = kube::Client::try_default().await?;
     let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_owned());
-    Ok(drain::drain(client, &namespace, deployment, timeout).await?)
+    match drain::drain(client, &namespace, deployment, lease, timeout).await? {
+        drain::Drained::PodsGone => tracing::info!(deployment, "drained: no pod left"),
+        drain::Drained::LeaseReleased => {
+            tracing::info!(deployment, "drained: the lease is released")
+        }
+        drain::Drained::TimedOut(pods) => {
+            tracing::warn!(deployment, ?pods, ?timeout, "pods still there; going on")
+        }
+    }
+    Ok(())
 }
 
 async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
