@@ -207,7 +207,12 @@ node_network_setup() {
   ! ip link show "$NODE_BRIDGE" >/dev/null 2>&1 || ip link del "$NODE_BRIDGE"
   TESTENV_POD_CIDR=$(node_pick_subnet "${NODE_BRIDGE#ugo}") || die "no free subnet for the pod network"
   TESTENV_POD_GATEWAY="${TESTENV_POD_CIDR%.0/24}.1"
-  ip link add "$NODE_BRIDGE" type bridge
+  # A fixed (locally administered) MAC: a bridge without one takes the
+  # lowest of its ports' and changes it as pods come and go, and pods that
+  # cached the gateway's old MAC then lose their connections until ARP
+  # notices (seen: a pod's apiserver connection stalled when another pod left).
+  local h=${NODE_BRIDGE#ugo}
+  ip link add "$NODE_BRIDGE" address "02:00:${h:0:2}:${h:2:2}:${h:4:2}:${h:6:2}" type bridge
   ip addr add "$TESTENV_POD_GATEWAY/24" dev "$NODE_BRIDGE"
   ip link set "$NODE_BRIDGE" up
   exec 8<&-
