@@ -1,5 +1,6 @@
 //! `upload-grant-operator drain`: scales the operator's Deployment to zero and
-//! waits until its pods are gone. The chart runs it as a pre-delete hook:
+//! waits until its pods are gone, or all terminating with the Lease released.
+//! The chart runs it as a pre-delete hook:
 //! `helm uninstall` deletes the Deployment and the RBAC at once, so pods that
 //! stop afterwards can no longer release their Lease (a standby of the next
 //! install would wait a whole lease duration). Drained first, they stop while

@@ -163,7 +163,15 @@ async fn run_drain(
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let client = kube::Client::try_default().await?;
     let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_owned());
-    match drain::drain(client, &namespace, deployment, lease, timeout).await? {
+    // A little past drain's own deadline: this one covers a request that
+    // never answers.
+    let drained = tokio::time::timeout(
+        timeout + Duration::from_secs(5),
+        drain::drain(client, &namespace, deployment, lease, timeout),
+    )
+    .await
+    .unwrap_or_else(|_| Ok(drain::Drained::TimedOut(Vec::new())))?;
+    match drained {
         drain::Drained::PodsGone => tracing::info!(deployment, "drained: no pod left"),
         drain::Drained::LeaseReleased => {
             tracing::info!(deployment, "drained: the lease is released")
