@@ -19,7 +19,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Resource, ResourceExt};
-use support::node::wait_default_service_account;
+use support::node::{wait_default_service_account, wait_rolled_out};
 use support::{TestContext, TestEnv, TestResult, eventually};
 
 const KUBERNETES_VERSION: &str = "v1.36.3";
@@ -168,22 +168,7 @@ async fn a_deployment_becomes_available() -> TestResult {
     deployments
         .create(&PostParams::default(), &deployment)
         .await?;
-    eventually(
-        "the Deployment to be Available",
-        Duration::from_secs(120),
-        || async {
-            let d = deployments.get("sleeper").await?;
-            let status = d.status.unwrap_or_default();
-            let available = status
-                .conditions
-                .unwrap_or_default()
-                .iter()
-                .any(|c| c.type_ == "Available" && c.status == "True");
-            Ok((available && status.available_replicas == Some(1)).then_some(()))
-        },
-    )
-    .await?;
-    Ok(())
+    wait_rolled_out(&ctx, "sleeper", 1).await
 }
 
 #[tokio::test]
