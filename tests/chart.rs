@@ -97,6 +97,32 @@ fn chart_lints_and_renders_hardened_with_every_option() -> TestResult {
         Some("90s".into())
     );
 
+    // Rollout restarts: the flag, and the RBAC for them, only when enabled.
+    let restarts_rule = |docs: &[serde_json::Value]| {
+        docs.iter()
+            .filter(|d| d["kind"] == "ClusterRole")
+            .flat_map(|d| d["rules"].as_array().cloned().unwrap_or_default())
+            .find(|r| r["apiGroups"] == serde_json::json!(["apps"]))
+    };
+    assert_eq!(restarts_rule(&defaults), None);
+    assert_eq!(env_of(&defaults, "UPLOAD_GRANT_ROLLOUT_RESTARTS"), None);
+    let rule = restarts_rule(&all).ok_or("no RBAC for rollout restarts")?;
+    assert_eq!(
+        (&rule["resources"], &rule["verbs"]),
+        (
+            &serde_json::json!(["deployments", "statefulsets", "daemonsets"]),
+            &serde_json::json!(["get", "patch"])
+        )
+    );
+    assert_eq!(
+        env_of(&all, "UPLOAD_GRANT_ROLLOUT_RESTARTS"),
+        Some("true".into())
+    );
+    assert_eq!(
+        env_of(&all, "UPLOAD_GRANT_ROLLOUT_RESTART_DEBOUNCE"),
+        Some("45s".into())
+    );
+
     // The uninstall hook: a Job of the operator's image that drains its Deployment.
     let drain = defaults
         .iter()
@@ -172,6 +198,7 @@ fn chart_lints_and_renders_hardened_with_every_option() -> TestResult {
         "unknownKey=1",
         "metrics.port=0",
         "operator.kubeApiQps=-1",
+        "rolloutRestarts.debounce=soon",
     ] {
         let out = env
             .command("helm")
