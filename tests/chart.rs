@@ -191,6 +191,99 @@ fn chart_lints_and_renders_hardened_with_every_option() -> TestResult {
         numbers_as_floats(&generated["spec"])
     );
 
+    // Without a watch list the namespaced powers are cluster-wide; with one
+    // they move to a Role and RoleBinding in each listed namespace.
+    let resources_of = |rules: &serde_json::Value| -> Vec<String> {
+        let mut r: Vec<String> = rules
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|rule| rule["resources"].as_array().cloned().unwrap_or_default())
+            .filter_map(|r| r.as_str().map(str::to_owned))
+            .collect();
+        r.sort();
+        r
+    };
+    let cluster_role = |docs: &[serde_json::Value]| -> TestResult<serde_json::Value> {
+        Ok(docs
+            .iter()
+            .find(|d| {
+                d["kind"] == "ClusterRole" && d["metadata"]["name"] == "r-upload-grant-operator"
+            })
+            .ok_or("no ClusterRole")?
+            .clone())
+    };
+    let namespaced = ["events", "secrets", "uploadgrants", "uploadgrants/status"];
+    let cluster_scoped = [
+        "clustergrantissuers",
+        "clustergrantissuers/status",
+        "namespaces",
+    ];
+    let mut everything: Vec<&str> = namespaced.iter().chain(&cluster_scoped).copied().collect();
+    everything.sort();
+    assert_eq!(resources_of(&cluster_role(&defaults)?["rules"]), everything);
+    assert_eq!(env_of(&defaults, "UPLOAD_GRANT_WATCH_NAMESPACE"), None);
+    let listed = documents(&env.helm(&[
+        "template",
+        "r",
+        CHART,
+        "-n",
+        "ugo",
+        "--set",
+        "operator.watchNamespaces={team-b,team-a}",
+        "--set",
+        "operator.watchNamespace=team-c",
+        "--set",
+        "rolloutRestarts.enabled=true",
+    ])?)?;
+    assert_eq!(
+        resources_of(&cluster_role(&listed)?["rules"]),
+        cluster_scoped,
+        "the ClusterRole keeps only what is cluster-scoped"
+    );
+    assert_eq!(
+        env_of(&listed, "UPLOAD_GRANT_WATCH_NAMESPACE"),
+        Some("team-a,team-b,team-c".into())
+    );
+    let in_namespace = |kind: &str, ns: &str| {
+        listed
+            .iter()
+            .find(|d| {
+                d["kind"] == kind
+                    && d["metadata"]["namespace"] == ns
+                    && d["metadata"]["name"] == "r-upload-grant-operator"
+            })
+            .cloned()
+    };
+    let mut with_restarts: Vec<&str> = namespaced.to_vec();
+    with_restarts.extend(["daemonsets", "deployments", "statefulsets"]);
+    with_restarts.sort();
+    for ns in ["team-a", "team-b", "team-c"] {
+        let role = in_namespace("Role", ns).ok_or(format!("no Role in {ns}"))?;
+        assert_eq!(resources_of(&role["rules"]), with_restarts, "Role in {ns}");
+        let secrets = role["rules"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["resources"] == serde_json::json!(["secrets"]))
+            .ok_or("no Secret rule")?;
+        assert_eq!(
+            secrets["verbs"],
+            serde_json::json!(["get", "list", "watch", "create", "patch", "delete"])
+        );
+        let binding = in_namespace("RoleBinding", ns).ok_or(format!("no RoleBinding in {ns}"))?;
+        assert_eq!(binding["roleRef"]["name"], "r-upload-grant-operator");
+        assert_eq!(
+            binding["subjects"],
+            serde_json::json!([{"kind": "ServiceAccount", "name": "r-upload-grant-operator", "namespace": "ugo"}])
+        );
+    }
+    assert_eq!(
+        listed.iter().filter(|d| d["kind"] == "Role").count(),
+        5,
+        "a Role per listed namespace, the leader election's and the drain hook's"
+    );
+
     // values.schema.json refuses wrong values.
     for bad in [
         "replicaCount=-1",
@@ -199,6 +292,8 @@ fn chart_lints_and_renders_hardened_with_every_option() -> TestResult {
         "metrics.port=0",
         "operator.kubeApiQps=-1",
         "rolloutRestarts.debounce=soon",
+        "operator.watchNamespaces={Team_A}",
+        "operator.watchNamespace=-x",
     ] {
         let out = env
             .command("helm")
@@ -319,6 +414,16 @@ async fn chart_installs_and_its_rbac_is_enough_for_the_operator() -> TestResult 
     let data = secret_data(&work.client, &work.namespace, "via-chart").await?;
     assert_eq!(consume(&data, Some(body)).await?.status(), 200);
     wait_event(&work, "via-chart", "Issued").await?;
+    // A renewal rewrites the Secret (server-side apply).
+    let before = secret_data(&work.client, &work.namespace, "via-chart").await?;
+    support::rollout::request_renewal(&work, "via-chart", "chart-r1").await?;
+    support::rollout::wait_answered(&work, "via-chart", "chart-r1").await?;
+    let after = secret_data(&work.client, &work.namespace, "via-chart").await?;
+    assert_ne!(
+        before.get("url"),
+        after.get("url"),
+        "the renewal wrote no new URL"
+    );
     work.api::<upload_grant_operator::api::UploadGrant>()
         .delete("via-chart", &Default::default())
         .await?;
@@ -437,6 +542,166 @@ async fn rollout_restarts_are_refused_without_the_charts_rbac_and_work_with_it()
     wait_event(&work, "env", "RolloutRestarted").await?;
     env.helm(&["uninstall", &release, "-n", &ctx.namespace])?;
     guard.uninstalled = true;
+    Ok(())
+}
+
+/// Installs a release in `ctx`'s namespace with the CRDs left to the test
+/// (`support::install_committed_crds`) and no uninstall hook, plus `extra`
+/// `--set` values; its operator ServiceAccount's name and username.
+fn install_plain<'a>(
+    ctx: &'a TestContext,
+    extra: &[&str],
+) -> TestResult<(Release<'a>, String, String)> {
+    let release = format!("ugo-{}", support::random_suffix());
+    let guard = Release {
+        env: ctx.env,
+        name: release.clone(),
+        namespace: ctx.namespace.clone(),
+        uninstalled: false,
+    };
+    let mut args = vec![
+        "install",
+        &release,
+        CHART,
+        "-n",
+        &ctx.namespace,
+        "--wait=false",
+        "--set",
+        "crds.install=false",
+        "--set",
+        "drainOnUninstall=false",
+    ];
+    for value in extra {
+        args.extend(["--set", value]);
+    }
+    ctx.env.helm(&args)?;
+    let sa = format!("{release}-upload-grant-operator");
+    let user = format!("system:serviceaccount:{}:{sa}", ctx.namespace);
+    Ok((guard, sa, user))
+}
+
+#[tokio::test]
+async fn with_watch_namespaces_the_charts_identity_works_there_and_nowhere_else() -> TestResult {
+    let ctx = TestContext::new("chart-ns").await?;
+    let env = ctx.env;
+    let labels = [("chart-ns", "yes")];
+    let a = TestContext::with_labels("chart-ns-a", &labels).await?;
+    let b = TestContext::with_labels("chart-ns-b", &labels).await?;
+    let c = TestContext::with_labels("chart-ns-c", &labels).await?;
+    let listed = format!(
+        "operator.watchNamespaces={{{},{}}}",
+        a.namespace, b.namespace
+    );
+    let (mut release, sa, user) = install_plain(&ctx, &[&listed, "leaderElection.enabled=false"])?;
+
+    let dir = tempfile::tempdir()?;
+    let hour = std::time::Duration::from_secs(3600);
+    let token = ctx
+        .service_account_token(&sa, env.var("TESTENV_APISERVER_URL"), hour)
+        .await?;
+    let kubeconfig = write_kubeconfig(dir.path(), env, &token)?;
+    let opts = OperatorOptions {
+        env: vec![
+            ("KUBECONFIG".into(), kubeconfig),
+            (
+                "UPLOAD_GRANT_WATCH_NAMESPACE".into(),
+                format!("{},{}", a.namespace, b.namespace),
+            ),
+        ],
+        ..Default::default()
+    };
+    let Scenario {
+        ctx: a,
+        operator: _op,
+        dir: _d,
+    } = Scenario::start_in(a, opts).await?;
+    let issuer = open_issuer(&a).await?;
+    for ns in [&a, &b] {
+        create_grant(
+            ns,
+            "confined",
+            spec(ns, &issuer, "confined.txt", serde_json::json!({})),
+        )
+        .await?;
+    }
+    for ns in [&a, &b] {
+        wait_ready(ns, "confined").await?;
+        let data = secret_data(&ns.client, &ns.namespace, "confined").await?;
+        assert_eq!(
+            consume(&data, Some(b"confined".to_vec())).await?.status(),
+            200
+        );
+        wait_event(ns, "confined", "Issued").await?;
+    }
+
+    let can_i = |verb: &str, resource: &str, namespace: Option<&str>| -> TestResult<bool> {
+        let mut cmd = env.command("kubectl");
+        cmd.args(["auth", "can-i", verb, resource, "--as", &user]);
+        match namespace {
+            Some(ns) => cmd.args(["-n", ns]),
+            None => cmd.arg("--all-namespaces"),
+        };
+        let out = cmd.output()?;
+        match String::from_utf8_lossy(&out.stdout).trim() {
+            "yes" => Ok(true),
+            "no" => Ok(false),
+            other => Err(format!(
+                "kubectl auth can-i {verb} {resource}: {other:?} {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+            .into()),
+        }
+    };
+    for verb in [
+        "get", "list", "watch", "create", "patch", "update", "delete",
+    ] {
+        assert!(
+            !can_i(verb, "secrets", Some(&c.namespace))?,
+            "may {verb} Secrets in {}",
+            c.namespace
+        );
+        assert!(
+            !can_i(verb, "secrets", None)?,
+            "may {verb} Secrets in every namespace"
+        );
+    }
+    for verb in ["get", "list", "watch", "create", "patch", "delete"] {
+        for ns in [&a.namespace, &b.namespace] {
+            assert!(
+                can_i(verb, "secrets", Some(ns))?,
+                "may not {verb} Secrets in {ns}"
+            );
+        }
+    }
+    assert!(!can_i(
+        "list",
+        "uploadgrants.grants.io",
+        Some(&c.namespace)
+    )?);
+    assert!(can_i("list", "namespaces", None)?);
+
+    // C's grant is not the operator's business.
+    create_grant(
+        &c,
+        "confined",
+        spec(&c, &issuer, "confined.txt", serde_json::json!({})),
+    )
+    .await?;
+    create_grant(
+        &a,
+        "later",
+        spec(&a, &issuer, "later.txt", serde_json::json!({})),
+    )
+    .await?;
+    wait_ready(&a, "later").await?;
+    let ignored = c
+        .api::<upload_grant_operator::api::UploadGrant>()
+        .get("confined")
+        .await?;
+    assert_eq!(ignored.status, None);
+
+    env.helm(&["uninstall", &release.name, "-n", &ctx.namespace])?;
+    release.uninstalled = true;
     Ok(())
 }
 
