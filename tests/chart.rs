@@ -6,6 +6,7 @@ mod support;
 
 use std::path::Path;
 
+use kube::Api;
 use serde::Deserialize;
 use support::grants::*;
 use support::operator::OperatorOptions;
@@ -55,7 +56,9 @@ fn chart_lints_and_renders_hardened_with_every_option() -> TestResult {
             "RoleBinding",
             "Service",
             "ServiceAccount",
-            "ServiceAccount"
+            "ServiceAccount",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding"
         ]
     );
     let all = documents(&env.helm(&["template", "r", CHART, "-n", "ugo", "-f", ALL_OPTIONS])?)?;
@@ -284,6 +287,44 @@ fn chart_lints_and_renders_hardened_with_every_option() -> TestResult {
         "a Role per listed namespace, the leader election's and the drain hook's"
     );
 
+    // The Secret write guard matches the operator's ServiceAccount only.
+    let policy = defaults
+        .iter()
+        .find(|d| d["kind"] == "ValidatingAdmissionPolicy")
+        .ok_or("no ValidatingAdmissionPolicy")?;
+    assert_eq!(
+        policy["metadata"]["name"],
+        "r-upload-grant-operator-secret-write-guard"
+    );
+    assert_eq!(policy["spec"]["failurePolicy"], "Fail");
+    assert_eq!(
+        policy["spec"]["matchConditions"][0]["expression"],
+        "request.userInfo.username == 'system:serviceaccount:ugo:r-upload-grant-operator'"
+    );
+    let binding = defaults
+        .iter()
+        .find(|d| d["kind"] == "ValidatingAdmissionPolicyBinding")
+        .ok_or("no ValidatingAdmissionPolicyBinding")?;
+    assert_eq!(binding["spec"]["policyName"], policy["metadata"]["name"]);
+    assert_eq!(
+        binding["spec"]["validationActions"],
+        serde_json::json!(["Deny"])
+    );
+    let unguarded = documents(&env.helm(&[
+        "template",
+        "r",
+        CHART,
+        "-n",
+        "ugo",
+        "--set",
+        "secretWriteGuard.enabled=false",
+    ])?)?;
+    assert!(!unguarded.iter().any(|d| {
+        d["kind"]
+            .as_str()
+            .is_some_and(|k| k.starts_with("ValidatingAdmission"))
+    }));
+
     // values.schema.json refuses wrong values.
     for bad in [
         "replicaCount=-1",
@@ -294,6 +335,7 @@ fn chart_lints_and_renders_hardened_with_every_option() -> TestResult {
         "rolloutRestarts.debounce=soon",
         "operator.watchNamespaces={Team_A}",
         "operator.watchNamespace=-x",
+        "secretWriteGuard.enabled=maybe",
     ] {
         let out = env
             .command("helm")
@@ -381,6 +423,10 @@ async fn chart_installs_and_its_rbac_is_enough_for_the_operator() -> TestResult 
         .service_account_token(&sa, env.var("TESTENV_APISERVER_URL"), hour)
         .await?;
     let kubeconfig = write_kubeconfig(dir.path(), env, &token)?;
+    // The Secret write guard is on (the default): the operator's whole run
+    // below happens under it.
+    let user = format!("system:serviceaccount:{}:{sa}", ctx.namespace);
+    wait_guard_active(env, &user, &ctx.namespace).await?;
     let work = TestContext::new("chart-grants").await?;
     // With leader election on, as the chart runs it: the Lease lives in the release namespace.
     let opts = OperatorOptions {
@@ -414,7 +460,7 @@ async fn chart_installs_and_its_rbac_is_enough_for_the_operator() -> TestResult 
     let data = secret_data(&work.client, &work.namespace, "via-chart").await?;
     assert_eq!(consume(&data, Some(body)).await?.status(), 200);
     wait_event(&work, "via-chart", "Issued").await?;
-    // A renewal rewrites the Secret (server-side apply).
+    // A renewal rewrites the Secret (server-side apply) under the guard too.
     let before = secret_data(&work.client, &work.namespace, "via-chart").await?;
     support::rollout::request_renewal(&work, "via-chart", "chart-r1").await?;
     support::rollout::wait_answered(&work, "via-chart", "chart-r1").await?;
@@ -578,6 +624,198 @@ fn install_plain<'a>(
     let sa = format!("{release}-upload-grant-operator");
     let user = format!("system:serviceaccount:{}:{sa}", ctx.namespace);
     Ok((guard, sa, user))
+}
+
+/// A client of the test environment's admin, acting as `user`.
+async fn impersonating(env: &TestEnv, user: &str) -> TestResult<kube::Client> {
+    let kubeconfig = kube::config::Kubeconfig::read_from(env.kubeconfig())?;
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+    config.auth_info.impersonate = Some(user.to_owned());
+    Ok(kube::Client::try_from(config)?)
+}
+
+/// The status code and message of a refused request; None if it succeeded.
+fn refusal<T>(result: Result<T, kube::Error>) -> TestResult<Option<(u16, String)>> {
+    match result {
+        Ok(_) => Ok(None),
+        Err(kube::Error::Api(status)) => Ok(Some((status.code, status.message))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+const PRESIGNED: &str = "grants.io/presigned-url";
+const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+
+fn secret(name: &str, type_: &str, managed: bool) -> k8s_openapi::api::core::v1::Secret {
+    let labels =
+        managed.then(|| [(MANAGED_BY.to_owned(), "upload-grant-operator".to_owned())].into());
+    k8s_openapi::api::core::v1::Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.to_owned()),
+            labels,
+            ..Default::default()
+        },
+        type_: Some(type_.to_owned()),
+        string_data: Some([("k".to_owned(), "v".to_owned())].into()),
+        ..Default::default()
+    }
+}
+
+/// Policies take a moment to be enforced after they are created: waits
+/// until `user` is refused a plain Opaque Secret in `namespace` by the
+/// guard (removing any that got through before it was active).
+async fn wait_guard_active(env: &TestEnv, user: &str, namespace: &str) -> TestResult {
+    use k8s_openapi::api::core::v1::Secret;
+    let as_user = impersonating(env, user).await?;
+    let admin = env.client().await?;
+    let name = format!("guard-probe-{}", support::random_suffix());
+    let probe = secret(&name, "Opaque", false);
+    support::eventually(
+        "the Secret write guard to refuse a plain Secret",
+        std::time::Duration::from_secs(60),
+        || async {
+            let created = Api::<Secret>::namespaced(as_user.clone(), namespace)
+                .create(&Default::default(), &probe)
+                .await;
+            match refusal(created)? {
+                None => {
+                    Api::<Secret>::namespaced(admin.clone(), namespace)
+                        .delete(&name, &Default::default())
+                        .await?;
+                    Ok(None)
+                }
+                Some((403, message)) if message.contains("may create only") => Ok(Some(())),
+                Some((code, message)) => {
+                    Err(format!("probe refused otherwise: {code} {message}").into())
+                }
+            }
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn the_secret_write_guard_confines_the_operators_identity_to_its_own_secrets() -> TestResult {
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+    let ctx = TestContext::new("chart-guard").await?;
+    let env = ctx.env;
+    // Without a watch list the chart's RBAC lets the identity write every
+    // Secret: only the guard stands in the way below.
+    let (mut release, _sa, user) = install_plain(&ctx, &[])?;
+    let work = TestContext::new("chart-guard-work").await?;
+    wait_guard_active(env, &user, &work.namespace).await?;
+
+    let admin: Api<Secret> = work.api();
+    let operator: Api<Secret> = Api::namespaced(impersonating(env, &user).await?, &work.namespace);
+    let foreign = [
+        secret("plain", "Opaque", false),
+        secret("typed", PRESIGNED, false),
+        secret("labelled", "Opaque", true),
+        secret("relabelled", PRESIGNED, true),
+    ];
+    for s in &foreign {
+        admin.create(&PostParams::default(), s).await?;
+    }
+    // Somebody took "relabelled" out of the operator's hands.
+    let release_it = serde_json::json!({"metadata": {"labels": {MANAGED_BY: "someone-else"}}});
+    admin
+        .patch(
+            "relabelled",
+            &PatchParams::default(),
+            &Patch::Merge(&release_it),
+        )
+        .await?;
+
+    let denied = |what: &str, result: Option<(u16, String)>| -> TestResult {
+        match result {
+            Some((403, message)) if message.contains("upload-grant-operator may") => Ok(()),
+            other => Err(format!("{what}: not refused by the guard: {other:?}").into()),
+        }
+    };
+    // Creating anything but its own kind of Secret.
+    for (name, type_, managed) in [
+        ("new-plain", "Opaque", false),
+        ("new-typed", PRESIGNED, false),
+        ("new-labelled", "Opaque", true),
+    ] {
+        let created = operator
+            .create(&PostParams::default(), &secret(name, type_, managed))
+            .await;
+        denied(&format!("create {name}"), refusal(created)?)?;
+    }
+    // Patching, relabelling into ours, server-side applying or deleting a foreign Secret.
+    let ours_label =
+        serde_json::json!({"metadata": {"labels": {MANAGED_BY: "upload-grant-operator"}}});
+    let data = serde_json::json!({"stringData": {"k": "changed"}});
+    let ssa = PatchParams::apply("upload-grant-operator").force();
+    for name in ["plain", "typed", "labelled", "relabelled"] {
+        for patch in [&data, &ours_label] {
+            let patched = operator
+                .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+                .await;
+            denied(&format!("patch {name} with {patch}"), refusal(patched)?)?;
+        }
+        let applied = serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "labels": {MANAGED_BY: "upload-grant-operator"}}, "stringData": {"url": "x"}});
+        let applied = operator.patch(name, &ssa, &Patch::Apply(&applied)).await;
+        denied(&format!("apply {name}"), refusal(applied)?)?;
+        let deleted = operator.delete(name, &DeleteParams::default()).await;
+        denied(&format!("delete {name}"), refusal(deleted)?)?;
+    }
+    for s in &foreign {
+        let now = admin
+            .get(&s.metadata.name.clone().unwrap_or_default())
+            .await?;
+        assert_eq!(now.type_, s.type_, "{:?} changed type", s.metadata.name);
+        assert_eq!(
+            now.data.unwrap_or_default().get("k").map(|v| v.0.clone()),
+            Some(b"v".to_vec()),
+            "{:?} changed",
+            s.metadata.name
+        );
+    }
+
+    // Its own Secrets, written as the operator writes them, pass: created
+    // by server-side apply, renewed, and deleted with a uid precondition;
+    // but not released from its label.
+    let own = serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret", "type": PRESIGNED,
+        "metadata": {"name": "own", "labels": {MANAGED_BY: "upload-grant-operator", "grants.io/grant": "own"}},
+        "stringData": {"url": "https://example.invalid/1"}});
+    let created = operator
+        .patch(
+            "own",
+            &PatchParams::apply("upload-grant-operator"),
+            &Patch::Apply(&own),
+        )
+        .await?;
+    let mut renewed = own.clone();
+    renewed["metadata"]["uid"] = created.metadata.uid.clone().into();
+    renewed["stringData"]["url"] = "https://example.invalid/2".into();
+    operator.patch("own", &ssa, &Patch::Apply(&renewed)).await?;
+    let unlabelled = operator
+        .patch("own", &PatchParams::default(), &Patch::Merge(&release_it))
+        .await;
+    denied("relabel own", refusal(unlabelled)?)?;
+    let precondition = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: created.metadata.uid.clone(),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    operator.delete("own", &precondition).await?;
+    assert!(admin.get_opt("own").await?.is_none());
+
+    // Nobody else is matched: the admin still edits and deletes foreign Secrets.
+    admin
+        .patch("plain", &PatchParams::default(), &Patch::Merge(&data))
+        .await?;
+    admin.delete("plain", &DeleteParams::default()).await?;
+
+    env.helm(&["uninstall", &release.name, "-n", &ctx.namespace])?;
+    release.uninstalled = true;
+    Ok(())
 }
 
 #[tokio::test]
