@@ -325,6 +325,42 @@ fn chart_lints_and_renders_hardened_with_every_option() -> TestResult {
             .is_some_and(|k| k.starts_with("ValidatingAdmission"))
     }));
 
+    // image.digest pins the operator's and the hook's image; the tag is ignored.
+    let images = |docs: &[serde_json::Value]| -> Vec<String> {
+        docs.iter()
+            .filter(|d| d["kind"] == "Deployment" || d["kind"] == "Job")
+            .map(|d| {
+                d["spec"]["template"]["spec"]["containers"][0]["image"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .collect()
+    };
+    let repository = "ghcr.io/upload-grant-operator/upload-grant-operator";
+    let chart_yaml = std::fs::read_to_string(support::repo_root().join(CHART).join("Chart.yaml"))?;
+    let app_version = chart_yaml
+        .lines()
+        .find_map(|l| l.strip_prefix("appVersion:"))
+        .map(|v| v.trim().trim_matches('"'))
+        .ok_or("no appVersion in Chart.yaml")?;
+    let tagged = format!("{repository}:{app_version}");
+    assert_eq!(images(&defaults), [tagged.as_str(), tagged.as_str()]);
+    let digest = format!("sha256:{}", "0123456789abcdef".repeat(4));
+    let pinned = documents(&env.helm(&[
+        "template",
+        "r",
+        CHART,
+        "-n",
+        "ugo",
+        "--set",
+        "image.tag=moved",
+        "--set",
+        &format!("image.digest={digest}"),
+    ])?)?;
+    let by_digest = format!("{repository}@{digest}");
+    assert_eq!(images(&pinned), [by_digest.as_str(), by_digest.as_str()]);
+
     // values.schema.json refuses wrong values.
     for bad in [
         "replicaCount=-1",
@@ -336,6 +372,8 @@ fn chart_lints_and_renders_hardened_with_every_option() -> TestResult {
         "operator.watchNamespaces={Team_A}",
         "operator.watchNamespace=-x",
         "secretWriteGuard.enabled=maybe",
+        "image.digest=sha256:abc",
+        "image.digest=latest",
     ] {
         let out = env
             .command("helm")

@@ -57,3 +57,10 @@ list, in a Role in each watched namespace with one. */ -}}
   verbs: [get, patch]
 {{- end }}
 {{- end -}}
+
+{{- /* repository@digest when image.digest is set (the tag is then ignored),
+else repository:tag, the tag defaulting to the chart's appVersion. */ -}}
+{{- define "ugo.image" -}}
+{{- if .Values.image.digest -}}{{ .Values.image.repository }}@{{ .Values.image.digest }}
+{{- else -}}{{ .Values.image.repository }}:{{ default .Chart.AppVersion .Values.image.tag }}{{- end -}}
+{{- end -}}
