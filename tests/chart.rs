@@ -17,8 +17,8 @@ const ALL_OPTIONS: &str = "charts/upload-grant-operator/ci/all-options-values.ya
 
 fn documents(yaml: &str) -> TestResult<Vec<serde_json::Value>> {
     let mut docs = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(yaml) {
-        let value = serde_json::to_value(serde_yaml::Value::deserialize(doc)?)?;
+    for doc in serde_norway::Deserializer::from_str(yaml) {
+        let value = serde_json::to_value(serde_norway::Value::deserialize(doc)?)?;
         if !value.is_null() {
             docs.push(value);
         }
@@ -186,7 +186,7 @@ fn chart_lints_and_renders_hardened_with_every_option() -> TestResult {
         crd["metadata"]["annotations"]["helm.sh/resource-policy"],
         "keep"
     );
-    let generated: serde_json::Value = serde_yaml::from_str(&std::fs::read_to_string(
+    let generated: serde_json::Value = serde_norway::from_str(&std::fs::read_to_string(
         support::repo_root().join("crds/uploadgrants.grants.io.yaml"),
     )?)?;
     assert_eq!(
