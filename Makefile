@@ -43,10 +43,12 @@ crds:
 	$(CARGO) run --quiet --bin crdgen -- --out-dir crds
 	$(CARGO) run --quiet --bin crdgen -- --out-dir charts/upload-grant-operator/files/crds
 
+# cargo-deny: licenses, banned crates and sources (deny.toml), offline (no advisory database).
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	tools/hadolint.sh Dockerfile
+	tools/cargo-deny.sh --offline --locked check licenses bans sources
 
 ## testenv-build: build kube-apiserver, etcd, kubectl, helm and the S3/STS server into the cache
 testenv-build: deps

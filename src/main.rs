@@ -49,9 +49,17 @@ struct Cli {
     #[arg(long, env = "UPLOAD_GRANT_LOG_LEVEL", default_value = "info")]
     log_level: String,
 
-    /// Only handle grants in this namespace (default: all namespaces).
-    #[arg(long, env = "UPLOAD_GRANT_WATCH_NAMESPACE")]
-    namespace: Option<String>,
+    /// Only handle grants in these namespaces (default: all namespaces):
+    /// comma-separated, and the flag may be repeated. Then the operator needs
+    /// access to grants and Secrets in these namespaces only.
+    #[arg(
+        long = "namespace",
+        env = "UPLOAD_GRANT_WATCH_NAMESPACE",
+        value_name = "NS[,NS…]",
+        value_delimiter = ',',
+        value_parser = namespace_name
+    )]
+    namespaces: Vec<String>,
 
     /// Elect a leader with a Lease, so only one of several replicas writes.
     #[arg(long, env = "UPLOAD_GRANT_LEADER_ELECT", default_value_t = false)]
@@ -162,6 +170,33 @@ enum PolicyKind {
         #[arg(long)]
         vpce: Option<String>,
     },
+}
+
+/// A namespace name (RFC 1123 label), so a typo fails at start instead of
+/// watching a namespace that cannot exist.
+fn namespace_name(s: &str) -> Result<String, String> {
+    let name = s.trim();
+    let valid = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if valid {
+        Ok(name.to_owned())
+    } else {
+        Err(format!(
+            "{s:?} is not a namespace name (lowercase letters, digits and '-', at most 63)"
+        ))
+    }
+}
+
+/// The namespaces to watch, each once, in order.
+fn watch_namespaces(mut namespaces: Vec<String>) -> Vec<String> {
+    namespaces.sort();
+    namespaces.dedup();
+    namespaces
 }
 
 /// A Go duration up to a day: longer would refuse every ttl under 36h.
@@ -358,11 +393,11 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let settings = Settings {
         default_issuer: cli.default_issuer,
         concurrency: cli.concurrency,
-        namespace: cli.namespace,
+        namespaces: watch_namespaces(cli.namespaces),
         propagation_budget: cli.propagation_budget,
         rollout_restart_debounce: cli.rollout_restarts.then_some(cli.rollout_restart_debounce),
     };
-    tracing::info!(default_issuer = ?settings.default_issuer, namespace = ?settings.namespace, concurrency = settings.concurrency, kube_api_qps = cli.kube_api_qps, propagation_budget = ?settings.propagation_budget, "starting controller");
+    tracing::info!(default_issuer = ?settings.default_issuer, namespaces = ?settings.namespaces, concurrency = settings.concurrency, kube_api_qps = cli.kube_api_qps, propagation_budget = ?settings.propagation_budget, "starting controller");
     let parts = controller::Parts {
         client,
         credentials,
@@ -426,4 +461,36 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn namespaces(args: &[&str]) -> Result<Vec<String>, clap::Error> {
+        let argv = std::iter::once("upload-grant-operator").chain(args.iter().copied());
+        Cli::try_parse_from(argv).map(|cli| watch_namespaces(cli.namespaces))
+    }
+
+    #[test]
+    fn namespace_takes_a_comma_separated_list_and_may_be_repeated() -> Result<(), clap::Error> {
+        assert!(namespaces(&[])?.is_empty(), "no flag: every namespace");
+        assert_eq!(namespaces(&["--namespace", "a"])?, ["a"]);
+        assert_eq!(namespaces(&["--namespace=b,a"])?, ["a", "b"]);
+        assert_eq!(
+            namespaces(&["--namespace", "c", "--namespace", "a, b", "--namespace=c"])?,
+            ["a", "b", "c"]
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn namespace_refuses_what_cannot_be_a_namespace() {
+        for bad in ["", "a,,b", "A", "a_b", "-a", "a-", "a,b/c", &"n".repeat(64)] {
+            assert!(
+                namespaces(&["--namespace", bad]).is_err(),
+                "--namespace {bad:?} was accepted"
+            );
+        }
+    }
 }

@@ -6,6 +6,7 @@ mod support;
 
 use std::path::Path;
 
+use kube::Api;
 use serde::Deserialize;
 use support::grants::*;
 use support::operator::OperatorOptions;
@@ -16,8 +17,8 @@ const ALL_OPTIONS: &str = "charts/upload-grant-operator/ci/all-options-values.ya
 
 fn documents(yaml: &str) -> TestResult<Vec<serde_json::Value>> {
     let mut docs = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(yaml) {
-        let value = serde_json::to_value(serde_yaml::Value::deserialize(doc)?)?;
+    for doc in serde_norway::Deserializer::from_str(yaml) {
+        let value = serde_json::to_value(serde_norway::Value::deserialize(doc)?)?;
         if !value.is_null() {
             docs.push(value);
         }
@@ -207,13 +208,180 @@ fn chart_lints_and_renders_hardened_with_every_option() -> TestResult {
         crd["metadata"]["annotations"]["helm.sh/resource-policy"],
         "keep"
     );
-    let generated: serde_json::Value = serde_yaml::from_str(&std::fs::read_to_string(
+    let generated: serde_json::Value = serde_norway::from_str(&std::fs::read_to_string(
         support::repo_root().join("crds/uploadgrants.grants.io.yaml"),
     )?)?;
     assert_eq!(
         numbers_as_floats(&crd["spec"]),
         numbers_as_floats(&generated["spec"])
     );
+
+    // Without a watch list the namespaced powers are cluster-wide; with one
+    // they move to a Role and RoleBinding in each listed namespace.
+    let resources_of = |rules: &serde_json::Value| -> Vec<String> {
+        let mut r: Vec<String> = rules
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|rule| rule["resources"].as_array().cloned().unwrap_or_default())
+            .filter_map(|r| r.as_str().map(str::to_owned))
+            .collect();
+        r.sort();
+        r
+    };
+    let cluster_role = |docs: &[serde_json::Value]| -> TestResult<serde_json::Value> {
+        Ok(docs
+            .iter()
+            .find(|d| {
+                d["kind"] == "ClusterRole" && d["metadata"]["name"] == "r-upload-grant-operator"
+            })
+            .ok_or("no ClusterRole")?
+            .clone())
+    };
+    let namespaced = ["events", "secrets", "uploadgrants", "uploadgrants/status"];
+    let cluster_scoped = [
+        "clustergrantissuers",
+        "clustergrantissuers/status",
+        "namespaces",
+    ];
+    let mut everything: Vec<&str> = namespaced.iter().chain(&cluster_scoped).copied().collect();
+    everything.sort();
+    assert_eq!(resources_of(&cluster_role(&defaults)?["rules"]), everything);
+    assert_eq!(env_of(&defaults, "UPLOAD_GRANT_WATCH_NAMESPACE"), None);
+    let listed = documents(&env.helm(&[
+        "template",
+        "r",
+        CHART,
+        "-n",
+        "ugo",
+        "--set",
+        "operator.watchNamespaces={team-b,team-a}",
+        "--set",
+        "operator.watchNamespace=team-c",
+        "--set",
+        "rolloutRestarts.enabled=true",
+    ])?)?;
+    assert_eq!(
+        resources_of(&cluster_role(&listed)?["rules"]),
+        cluster_scoped,
+        "the ClusterRole keeps only what is cluster-scoped"
+    );
+    assert_eq!(
+        env_of(&listed, "UPLOAD_GRANT_WATCH_NAMESPACE"),
+        Some("team-a,team-b,team-c".into())
+    );
+    let in_namespace = |kind: &str, ns: &str| {
+        listed
+            .iter()
+            .find(|d| {
+                d["kind"] == kind
+                    && d["metadata"]["namespace"] == ns
+                    && d["metadata"]["name"] == "r-upload-grant-operator"
+            })
+            .cloned()
+    };
+    let mut with_restarts: Vec<&str> = namespaced.to_vec();
+    with_restarts.extend(["daemonsets", "deployments", "statefulsets"]);
+    with_restarts.sort();
+    for ns in ["team-a", "team-b", "team-c"] {
+        let role = in_namespace("Role", ns).ok_or(format!("no Role in {ns}"))?;
+        assert_eq!(resources_of(&role["rules"]), with_restarts, "Role in {ns}");
+        let secrets = role["rules"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["resources"] == serde_json::json!(["secrets"]))
+            .ok_or("no Secret rule")?;
+        assert_eq!(
+            secrets["verbs"],
+            serde_json::json!(["get", "list", "watch", "create", "patch", "delete"])
+        );
+        let binding = in_namespace("RoleBinding", ns).ok_or(format!("no RoleBinding in {ns}"))?;
+        assert_eq!(binding["roleRef"]["name"], "r-upload-grant-operator");
+        assert_eq!(
+            binding["subjects"],
+            serde_json::json!([{"kind": "ServiceAccount", "name": "r-upload-grant-operator", "namespace": "ugo"}])
+        );
+    }
+    assert_eq!(
+        listed.iter().filter(|d| d["kind"] == "Role").count(),
+        5,
+        "a Role per listed namespace, the leader election's and the drain hook's"
+    );
+
+    // The Secret write guard matches the operator's ServiceAccount only.
+    let policy = defaults
+        .iter()
+        .find(|d| d["kind"] == "ValidatingAdmissionPolicy")
+        .ok_or("no ValidatingAdmissionPolicy")?;
+    assert_eq!(
+        policy["metadata"]["name"],
+        "r-upload-grant-operator-secret-write-guard"
+    );
+    assert_eq!(policy["spec"]["failurePolicy"], "Fail");
+    assert_eq!(
+        policy["spec"]["matchConditions"][0]["expression"],
+        "request.userInfo.username == 'system:serviceaccount:ugo:r-upload-grant-operator'"
+    );
+    let binding = defaults
+        .iter()
+        .find(|d| d["kind"] == "ValidatingAdmissionPolicyBinding")
+        .ok_or("no ValidatingAdmissionPolicyBinding")?;
+    assert_eq!(binding["spec"]["policyName"], policy["metadata"]["name"]);
+    assert_eq!(
+        binding["spec"]["validationActions"],
+        serde_json::json!(["Deny"])
+    );
+    let unguarded = documents(&env.helm(&[
+        "template",
+        "r",
+        CHART,
+        "-n",
+        "ugo",
+        "--set",
+        "secretWriteGuard.enabled=false",
+    ])?)?;
+    assert!(!unguarded.iter().any(|d| {
+        d["kind"]
+            .as_str()
+            .is_some_and(|k| k.starts_with("ValidatingAdmission"))
+    }));
+
+    // image.digest pins the operator's and the hook's image; the tag is ignored.
+    let images = |docs: &[serde_json::Value]| -> Vec<String> {
+        docs.iter()
+            .filter(|d| d["kind"] == "Deployment" || d["kind"] == "Job")
+            .map(|d| {
+                d["spec"]["template"]["spec"]["containers"][0]["image"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .collect()
+    };
+    let repository = "ghcr.io/upload-grant-operator/upload-grant-operator";
+    let chart_yaml = std::fs::read_to_string(support::repo_root().join(CHART).join("Chart.yaml"))?;
+    let app_version = chart_yaml
+        .lines()
+        .find_map(|l| l.strip_prefix("appVersion:"))
+        .map(|v| v.trim().trim_matches('"'))
+        .ok_or("no appVersion in Chart.yaml")?;
+    let tagged = format!("{repository}:{app_version}");
+    assert_eq!(images(&defaults), [tagged.as_str(), tagged.as_str()]);
+    let digest = format!("sha256:{}", "0123456789abcdef".repeat(4));
+    let pinned = documents(&env.helm(&[
+        "template",
+        "r",
+        CHART,
+        "-n",
+        "ugo",
+        "--set",
+        "image.tag=moved",
+        "--set",
+        &format!("image.digest={digest}"),
+    ])?)?;
+    let by_digest = format!("{repository}@{digest}");
+    assert_eq!(images(&pinned), [by_digest.as_str(), by_digest.as_str()]);
 
     // values.schema.json refuses wrong values.
     for bad in [
@@ -223,6 +391,11 @@ fn chart_lints_and_renders_hardened_with_every_option() -> TestResult {
         "metrics.port=0",
         "operator.kubeApiQps=-1",
         "rolloutRestarts.debounce=soon",
+        "operator.watchNamespaces={Team_A}",
+        "operator.watchNamespace=-x",
+        "secretWriteGuard.enabled=maybe",
+        "image.digest=sha256:abc",
+        "image.digest=latest",
     ] {
         let out = env
             .command("helm")
@@ -310,6 +483,10 @@ async fn chart_installs_and_its_rbac_is_enough_for_the_operator() -> TestResult 
         .service_account_token(&sa, env.var("TESTENV_APISERVER_URL"), hour)
         .await?;
     let kubeconfig = write_kubeconfig(dir.path(), env, &token)?;
+    // The Secret write guard is on (the default): the operator's whole run
+    // below happens under it.
+    let user = format!("system:serviceaccount:{}:{sa}", ctx.namespace);
+    wait_guard_active(env, &user, &ctx.namespace).await?;
     let work = TestContext::new("chart-grants").await?;
     // With leader election on, as the chart runs it: the Lease lives in the release namespace.
     let opts = OperatorOptions {
@@ -343,6 +520,16 @@ async fn chart_installs_and_its_rbac_is_enough_for_the_operator() -> TestResult 
     let data = secret_data(&work.client, &work.namespace, "via-chart").await?;
     assert_eq!(consume(&data, Some(body)).await?.status(), 200);
     wait_event(&work, "via-chart", "Issued").await?;
+    // A renewal rewrites the Secret (server-side apply) under the guard too.
+    let before = secret_data(&work.client, &work.namespace, "via-chart").await?;
+    support::rollout::request_renewal(&work, "via-chart", "chart-r1").await?;
+    support::rollout::wait_answered(&work, "via-chart", "chart-r1").await?;
+    let after = secret_data(&work.client, &work.namespace, "via-chart").await?;
+    assert_ne!(
+        before.get("url"),
+        after.get("url"),
+        "the renewal wrote no new URL"
+    );
     work.api::<upload_grant_operator::api::UploadGrant>()
         .delete("via-chart", &Default::default())
         .await?;
@@ -461,6 +648,358 @@ async fn rollout_restarts_are_refused_without_the_charts_rbac_and_work_with_it()
     wait_event(&work, "env", "RolloutRestarted").await?;
     env.helm(&["uninstall", &release, "-n", &ctx.namespace])?;
     guard.uninstalled = true;
+    Ok(())
+}
+
+/// Installs a release in `ctx`'s namespace with the CRDs left to the test
+/// (`support::install_committed_crds`) and no uninstall hook, plus `extra`
+/// `--set` values; its operator ServiceAccount's name and username.
+fn install_plain<'a>(
+    ctx: &'a TestContext,
+    extra: &[&str],
+) -> TestResult<(Release<'a>, String, String)> {
+    let release = format!("ugo-{}", support::random_suffix());
+    let guard = Release {
+        env: ctx.env,
+        name: release.clone(),
+        namespace: ctx.namespace.clone(),
+        uninstalled: false,
+    };
+    let mut args = vec![
+        "install",
+        &release,
+        CHART,
+        "-n",
+        &ctx.namespace,
+        "--wait=false",
+        "--set",
+        "crds.install=false",
+        "--set",
+        "drainOnUninstall=false",
+    ];
+    for value in extra {
+        args.extend(["--set", value]);
+    }
+    ctx.env.helm(&args)?;
+    let sa = format!("{release}-upload-grant-operator");
+    let user = format!("system:serviceaccount:{}:{sa}", ctx.namespace);
+    Ok((guard, sa, user))
+}
+
+/// A client of the test environment's admin, acting as `user`.
+async fn impersonating(env: &TestEnv, user: &str) -> TestResult<kube::Client> {
+    let kubeconfig = kube::config::Kubeconfig::read_from(env.kubeconfig())?;
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+    config.auth_info.impersonate = Some(user.to_owned());
+    Ok(kube::Client::try_from(config)?)
+}
+
+/// The status code and message of a refused request; None if it succeeded.
+fn refusal<T>(result: Result<T, kube::Error>) -> TestResult<Option<(u16, String)>> {
+    match result {
+        Ok(_) => Ok(None),
+        Err(kube::Error::Api(status)) => Ok(Some((status.code, status.message))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+const PRESIGNED: &str = "grants.io/presigned-url";
+const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+
+fn secret(name: &str, type_: &str, managed: bool) -> k8s_openapi::api::core::v1::Secret {
+    let labels =
+        managed.then(|| [(MANAGED_BY.to_owned(), "upload-grant-operator".to_owned())].into());
+    k8s_openapi::api::core::v1::Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.to_owned()),
+            labels,
+            ..Default::default()
+        },
+        type_: Some(type_.to_owned()),
+        string_data: Some([("k".to_owned(), "v".to_owned())].into()),
+        ..Default::default()
+    }
+}
+
+/// Policies take a moment to be enforced after they are created: waits
+/// until `user` is refused a plain Opaque Secret in `namespace` by the
+/// guard (removing any that got through before it was active).
+async fn wait_guard_active(env: &TestEnv, user: &str, namespace: &str) -> TestResult {
+    use k8s_openapi::api::core::v1::Secret;
+    let as_user = impersonating(env, user).await?;
+    let admin = env.client().await?;
+    let name = format!("guard-probe-{}", support::random_suffix());
+    let probe = secret(&name, "Opaque", false);
+    support::eventually(
+        "the Secret write guard to refuse a plain Secret",
+        std::time::Duration::from_secs(60),
+        || async {
+            let created = Api::<Secret>::namespaced(as_user.clone(), namespace)
+                .create(&Default::default(), &probe)
+                .await;
+            match refusal(created)? {
+                None => {
+                    Api::<Secret>::namespaced(admin.clone(), namespace)
+                        .delete(&name, &Default::default())
+                        .await?;
+                    Ok(None)
+                }
+                Some((403, message)) if message.contains("may create only") => Ok(Some(())),
+                Some((code, message)) => {
+                    Err(format!("probe refused otherwise: {code} {message}").into())
+                }
+            }
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn the_secret_write_guard_confines_the_operators_identity_to_its_own_secrets() -> TestResult {
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+    let ctx = TestContext::new("chart-guard").await?;
+    let env = ctx.env;
+    // Without a watch list the chart's RBAC lets the identity write every
+    // Secret: only the guard stands in the way below.
+    let (mut release, _sa, user) = install_plain(&ctx, &[])?;
+    let work = TestContext::new("chart-guard-work").await?;
+    wait_guard_active(env, &user, &work.namespace).await?;
+
+    let admin: Api<Secret> = work.api();
+    let operator: Api<Secret> = Api::namespaced(impersonating(env, &user).await?, &work.namespace);
+    let foreign = [
+        secret("plain", "Opaque", false),
+        secret("typed", PRESIGNED, false),
+        secret("labelled", "Opaque", true),
+        secret("relabelled", PRESIGNED, true),
+    ];
+    for s in &foreign {
+        admin.create(&PostParams::default(), s).await?;
+    }
+    // Somebody took "relabelled" out of the operator's hands.
+    let release_it = serde_json::json!({"metadata": {"labels": {MANAGED_BY: "someone-else"}}});
+    admin
+        .patch(
+            "relabelled",
+            &PatchParams::default(),
+            &Patch::Merge(&release_it),
+        )
+        .await?;
+
+    let denied = |what: &str, result: Option<(u16, String)>| -> TestResult {
+        match result {
+            Some((403, message)) if message.contains("upload-grant-operator may") => Ok(()),
+            other => Err(format!("{what}: not refused by the guard: {other:?}").into()),
+        }
+    };
+    // Creating anything but its own kind of Secret.
+    for (name, type_, managed) in [
+        ("new-plain", "Opaque", false),
+        ("new-typed", PRESIGNED, false),
+        ("new-labelled", "Opaque", true),
+    ] {
+        let created = operator
+            .create(&PostParams::default(), &secret(name, type_, managed))
+            .await;
+        denied(&format!("create {name}"), refusal(created)?)?;
+    }
+    // Patching, relabelling into ours, server-side applying or deleting a foreign Secret.
+    let ours_label =
+        serde_json::json!({"metadata": {"labels": {MANAGED_BY: "upload-grant-operator"}}});
+    let data = serde_json::json!({"stringData": {"k": "changed"}});
+    let ssa = PatchParams::apply("upload-grant-operator").force();
+    for name in ["plain", "typed", "labelled", "relabelled"] {
+        for patch in [&data, &ours_label] {
+            let patched = operator
+                .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+                .await;
+            denied(&format!("patch {name} with {patch}"), refusal(patched)?)?;
+        }
+        let applied = serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "labels": {MANAGED_BY: "upload-grant-operator"}}, "stringData": {"url": "x"}});
+        let applied = operator.patch(name, &ssa, &Patch::Apply(&applied)).await;
+        denied(&format!("apply {name}"), refusal(applied)?)?;
+        let deleted = operator.delete(name, &DeleteParams::default()).await;
+        denied(&format!("delete {name}"), refusal(deleted)?)?;
+    }
+    for s in &foreign {
+        let now = admin
+            .get(&s.metadata.name.clone().unwrap_or_default())
+            .await?;
+        assert_eq!(now.type_, s.type_, "{:?} changed type", s.metadata.name);
+        assert_eq!(
+            now.data.unwrap_or_default().get("k").map(|v| v.0.clone()),
+            Some(b"v".to_vec()),
+            "{:?} changed",
+            s.metadata.name
+        );
+    }
+
+    // Its own Secrets, written as the operator writes them, pass: created
+    // by server-side apply, renewed, and deleted with a uid precondition;
+    // but not released from its label.
+    let own = serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret", "type": PRESIGNED,
+        "metadata": {"name": "own", "labels": {MANAGED_BY: "upload-grant-operator", "grants.io/grant": "own"}},
+        "stringData": {"url": "https://example.invalid/1"}});
+    let created = operator
+        .patch(
+            "own",
+            &PatchParams::apply("upload-grant-operator"),
+            &Patch::Apply(&own),
+        )
+        .await?;
+    let mut renewed = own.clone();
+    renewed["metadata"]["uid"] = created.metadata.uid.clone().into();
+    renewed["stringData"]["url"] = "https://example.invalid/2".into();
+    operator.patch("own", &ssa, &Patch::Apply(&renewed)).await?;
+    let unlabelled = operator
+        .patch("own", &PatchParams::default(), &Patch::Merge(&release_it))
+        .await;
+    denied("relabel own", refusal(unlabelled)?)?;
+    let precondition = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: created.metadata.uid.clone(),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    operator.delete("own", &precondition).await?;
+    assert!(admin.get_opt("own").await?.is_none());
+
+    // Nobody else is matched: the admin still edits and deletes foreign Secrets.
+    admin
+        .patch("plain", &PatchParams::default(), &Patch::Merge(&data))
+        .await?;
+    admin.delete("plain", &DeleteParams::default()).await?;
+
+    env.helm(&["uninstall", &release.name, "-n", &ctx.namespace])?;
+    release.uninstalled = true;
+    Ok(())
+}
+
+#[tokio::test]
+async fn with_watch_namespaces_the_charts_identity_works_there_and_nowhere_else() -> TestResult {
+    let ctx = TestContext::new("chart-ns").await?;
+    let env = ctx.env;
+    let labels = [("chart-ns", "yes")];
+    let a = TestContext::with_labels("chart-ns-a", &labels).await?;
+    let b = TestContext::with_labels("chart-ns-b", &labels).await?;
+    let c = TestContext::with_labels("chart-ns-c", &labels).await?;
+    let listed = format!(
+        "operator.watchNamespaces={{{},{}}}",
+        a.namespace, b.namespace
+    );
+    let (mut release, sa, user) = install_plain(&ctx, &[&listed, "leaderElection.enabled=false"])?;
+
+    let dir = tempfile::tempdir()?;
+    let hour = std::time::Duration::from_secs(3600);
+    let token = ctx
+        .service_account_token(&sa, env.var("TESTENV_APISERVER_URL"), hour)
+        .await?;
+    let kubeconfig = write_kubeconfig(dir.path(), env, &token)?;
+    let opts = OperatorOptions {
+        env: vec![
+            ("KUBECONFIG".into(), kubeconfig),
+            (
+                "UPLOAD_GRANT_WATCH_NAMESPACE".into(),
+                format!("{},{}", a.namespace, b.namespace),
+            ),
+        ],
+        ..Default::default()
+    };
+    let Scenario {
+        ctx: a,
+        operator: _op,
+        dir: _d,
+    } = Scenario::start_in(a, opts).await?;
+    let issuer = open_issuer(&a).await?;
+    for ns in [&a, &b] {
+        create_grant(
+            ns,
+            "confined",
+            spec(ns, &issuer, "confined.txt", serde_json::json!({})),
+        )
+        .await?;
+    }
+    for ns in [&a, &b] {
+        wait_ready(ns, "confined").await?;
+        let data = secret_data(&ns.client, &ns.namespace, "confined").await?;
+        assert_eq!(
+            consume(&data, Some(b"confined".to_vec())).await?.status(),
+            200
+        );
+        wait_event(ns, "confined", "Issued").await?;
+    }
+
+    let can_i = |verb: &str, resource: &str, namespace: Option<&str>| -> TestResult<bool> {
+        let mut cmd = env.command("kubectl");
+        cmd.args(["auth", "can-i", verb, resource, "--as", &user]);
+        match namespace {
+            Some(ns) => cmd.args(["-n", ns]),
+            None => cmd.arg("--all-namespaces"),
+        };
+        let out = cmd.output()?;
+        match String::from_utf8_lossy(&out.stdout).trim() {
+            "yes" => Ok(true),
+            "no" => Ok(false),
+            other => Err(format!(
+                "kubectl auth can-i {verb} {resource}: {other:?} {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+            .into()),
+        }
+    };
+    for verb in [
+        "get", "list", "watch", "create", "patch", "update", "delete",
+    ] {
+        assert!(
+            !can_i(verb, "secrets", Some(&c.namespace))?,
+            "may {verb} Secrets in {}",
+            c.namespace
+        );
+        assert!(
+            !can_i(verb, "secrets", None)?,
+            "may {verb} Secrets in every namespace"
+        );
+    }
+    for verb in ["get", "list", "watch", "create", "patch", "delete"] {
+        for ns in [&a.namespace, &b.namespace] {
+            assert!(
+                can_i(verb, "secrets", Some(ns))?,
+                "may not {verb} Secrets in {ns}"
+            );
+        }
+    }
+    assert!(!can_i(
+        "list",
+        "uploadgrants.grants.io",
+        Some(&c.namespace)
+    )?);
+    assert!(can_i("list", "namespaces", None)?);
+
+    // C's grant is not the operator's business.
+    create_grant(
+        &c,
+        "confined",
+        spec(&c, &issuer, "confined.txt", serde_json::json!({})),
+    )
+    .await?;
+    create_grant(
+        &a,
+        "later",
+        spec(&a, &issuer, "later.txt", serde_json::json!({})),
+    )
+    .await?;
+    wait_ready(&a, "later").await?;
+    let ignored = c
+        .api::<upload_grant_operator::api::UploadGrant>()
+        .get("confined")
+        .await?;
+    assert_eq!(ignored.status, None);
+
+    env.helm(&["uninstall", &release.name, "-n", &ctx.namespace])?;
+    release.uninstalled = true;
     Ok(())
 }
 

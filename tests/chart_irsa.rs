@@ -20,8 +20,8 @@ fn rendered_deployment(env: &TestEnv, set: &[&str]) -> TestResult<Value> {
     for s in set {
         args.extend(["--set", s]);
     }
-    for doc in serde_yaml::Deserializer::from_str(&env.helm(&args)?) {
-        let value = serde_json::to_value(serde_yaml::Value::deserialize(doc)?)?;
+    for doc in serde_norway::Deserializer::from_str(&env.helm(&args)?) {
+        let value = serde_json::to_value(serde_norway::Value::deserialize(doc)?)?;
         if value["kind"] == "Deployment" {
             return Ok(value);
         }

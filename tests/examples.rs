@@ -78,7 +78,7 @@ fn curl_script(grant: &Path, tmp: &Path) -> TestResult<String> {
 
 /// The Job's container script (its one argument to `sh -c`).
 fn curl_job_script() -> TestResult<String> {
-    let job: serde_json::Value = serde_yaml::from_str(&std::fs::read_to_string(
+    let job: serde_json::Value = serde_norway::from_str(&std::fs::read_to_string(
         repo_root().join("examples/curl-job.yaml"),
     )?)?;
     let script = job["spec"]["template"]["spec"]["containers"][0]["args"][0]

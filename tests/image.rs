@@ -81,19 +81,56 @@ fn instructions(dockerfile: &str) -> Vec<(String, String)> {
     out
 }
 
+/// `$NAME` and `${NAME}` replaced by the global ARGs' defaults, as a build
+/// without --build-arg does; an ARG without a default, or none, is an error.
+fn substitute(text: &str, args: &BTreeMap<String, String>) -> TestResult<String> {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        let (name, tail) = match after.strip_prefix('{') {
+            Some(braced) => {
+                let end = braced.find('}').ok_or(format!("unclosed ${{ in {text}"))?;
+                (&braced[..end], &braced[end + 1..])
+            }
+            None => {
+                let end = after
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(after.len());
+                (&after[..end], &after[end..])
+            }
+        };
+        let value = args
+            .get(name)
+            .ok_or(format!("{text}: no global ARG {name} with a default"))?;
+        out.push_str(value);
+        rest = tail;
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
 fn runtime_stage(dockerfile: &str) -> TestResult<RuntimeStage> {
     let mut stage = RuntimeStage::default();
     let mut earlier_strip = false;
+    // ARGs before the first FROM, usable in FROM lines.
+    let mut global_args = BTreeMap::new();
+    let mut seen_from = false;
     for (keyword, args) in instructions(dockerfile) {
         match keyword.as_str() {
+            "ARG" if !seen_from => {
+                if let Some((name, default)) = args.split_once('=') {
+                    let default = default.trim_matches('"');
+                    global_args.insert(name.to_owned(), default.to_owned());
+                }
+            }
             "FROM" => {
+                seen_from = true;
                 earlier_strip |= stage.stripped;
+                let image = args.split_whitespace().next().unwrap_or_default();
                 stage = RuntimeStage {
-                    from: args
-                        .split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_owned(),
+                    from: substitute(image, &global_args)?,
                     ..RuntimeStage::default()
                 };
             }
@@ -150,6 +187,18 @@ fn runtime_stage_parsing() -> TestResult {
     assert_eq!(stage.entrypoint, ["/b/y/x"]);
     assert!(stage.stripped);
     assert!(runtime_stage("FROM x\nENTRYPOINT /bin/x\n").is_err());
+
+    // Base images given as global ARGs (to be pinned by digest with --build-arg)
+    // are read with their defaults.
+    let stage = runtime_stage(
+        "ARG RUST_IMAGE=rust:1\nARG RUNTIME_IMAGE=\"gcr.io/distroless/cc-debian12:nonroot\"\n\
+         FROM ${RUST_IMAGE} AS build\nFROM $RUNTIME_IMAGE\nENTRYPOINT [\"/x\"]\n",
+    )?;
+    assert_eq!(stage.from, "gcr.io/distroless/cc-debian12:nonroot");
+    assert!(runtime_stage("ARG BASE\nFROM ${BASE}\n").is_err());
+    // The Dockerfile itself.
+    let ours = runtime_stage(&std::fs::read_to_string(repo_root().join("Dockerfile"))?)?;
+    assert_eq!(ours.from, "gcr.io/distroless/cc-debian12:nonroot");
     Ok(())
 }
 

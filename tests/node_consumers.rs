@@ -127,7 +127,7 @@ async fn the_example_consumers_upload_from_pods_on_the_node() -> TestResult {
 /// plus what this node needs: hostNetwork (the store is on 127.0.0.1) and
 /// never pulling. Its command is the example's own.
 fn curl_job(ctx: &TestContext, secret: &str) -> TestResult<Job> {
-    let mut job: serde_json::Value = serde_yaml::from_str(&std::fs::read_to_string(
+    let mut job: serde_json::Value = serde_norway::from_str(&std::fs::read_to_string(
         repo_root().join("examples/curl-job.yaml"),
     )?)?;
     job["metadata"]["namespace"] = ctx.namespace.clone().into();

@@ -12,6 +12,7 @@ mod issuer_status;
 mod managed;
 mod reconcile;
 pub mod rollout;
+mod scoped;
 pub(crate) mod secrets;
 mod status;
 pub mod validate;
@@ -21,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::channel::mpsc;
+use futures::stream::BoxStream;
 use futures::{FutureExt, Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::PartialObjectMeta;
@@ -42,8 +44,9 @@ pub use build::{FINALIZER, MANAGER};
 pub struct Settings {
     pub default_issuer: Option<String>,
     pub concurrency: u16,
-    /// Only watch grants and Secrets in this namespace (all when None).
-    pub namespace: Option<String>,
+    /// Only watch grants and Secrets in these namespaces (all when empty),
+    /// so the operator needs no cluster-wide access to Secrets.
+    pub namespaces: Vec<String>,
     /// How long a renewed URL may take to reach pods that mount the Secret
     /// (`api::limits::DEFAULT_PROPAGATION_BUDGET`).
     pub propagation_budget: Duration,
@@ -299,22 +302,23 @@ fn compact_secret(
 
 /// Runs a reflector on its own task, so its cache fills whatever the
 /// controller is doing, and turns every change into reconcile requests.
-fn spawn_reflector<K, F, I>(
-    stream: impl Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static,
+/// `watch` gets the cache it fills (a merge of several watches reads it).
+fn spawn_reflector<K, S, F, I>(
+    watch: impl FnOnce(Store<K>) -> S,
     triggers: mpsc::UnboundedSender<ObjectRef<UploadGrant>>,
     map: F,
 ) -> Store<K>
 where
     K: kube::Resource + Clone + Send + Sync + std::fmt::Debug + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+    S: Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static,
     F: Fn(&K) -> I + Send + 'static,
     I: IntoIterator<Item = ObjectRef<UploadGrant>>,
 {
     let (reader, writer) = reflector::store();
     let kind = K::kind(&K::DynamicType::default()).into_owned();
-    let events = reflector::reflector(writer, stream)
-        .default_backoff()
-        .touched_objects();
+    // Each watch backs off on its own errors (see watch_scoped).
+    let events = reflector::reflector(writer, watch(reader.clone())).touched_objects();
     tokio::spawn(events.for_each(move |event| {
         match event {
             Ok(obj) => {
@@ -380,16 +384,23 @@ pub async fn run(
 ) {
     let shutdown = shutdown.shared();
     let client = parts.client.clone();
-    let grants = match &settings.namespace {
-        Some(ns) => Api::<UploadGrant>::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
     let (grant_store, grant_writer) = reflector::store();
-    let grant_stream = watcher(grants, watcher::Config::default().any_semantic())
-        .default_backoff()
-        .modify(slim_grant)
-        .reflect(grant_writer)
-        .applied_objects();
+    let grant_stream = watch_scoped(
+        &settings.namespaces,
+        |ns| {
+            watcher(
+                api_in(&client, ns),
+                watcher::Config::default().any_semantic(),
+            )
+            .default_backoff()
+            .modify(slim_grant)
+            .boxed()
+        },
+        grant_store.clone(),
+        |g: &UploadGrant| g.namespace(),
+    )
+    .reflect(grant_writer)
+    .applied_objects();
     let controller = Controller::for_stream(grant_stream, grant_store.clone());
     let (triggers, requests) = mpsc::unbounded();
     let caches = Caches {
@@ -427,6 +438,46 @@ pub async fn run(
 
 type Triggers = mpsc::UnboundedSender<ObjectRef<UploadGrant>>;
 
+type WatchStream<K> = BoxStream<'static, watcher::Result<watcher::Event<K>>>;
+
+/// A namespaced Api in `ns`, or across all namespaces.
+fn api_in<K>(client: &Client, ns: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// One watch across all namespaces when `namespaces` is empty, else one per
+/// namespace, merged (`scoped::merge`) into one stream for the cache `store`:
+/// the operator then needs no cluster-wide read of grants or Secrets.
+fn watch_scoped<K>(
+    namespaces: &[String],
+    watch: impl Fn(Option<&str>) -> WatchStream<K>,
+    store: Store<K>,
+    scope_of: fn(&K) -> Option<String>,
+) -> WatchStream<K>
+where
+    K: kube::Resource + Clone + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    match namespaces {
+        [] => watch(None),
+        [one] => watch(Some(one)),
+        many => {
+            let scopes = many
+                .iter()
+                .map(|ns| (ns.clone(), watch(Some(ns))))
+                .collect();
+            scoped::merge(scopes, store, scope_of).boxed()
+        }
+    }
+}
+
 /// Secrets this operator manages, metadata only (PartialObjectMeta), so
 /// Secret data never enters the cache; a change wakes the owning grant.
 fn watch_secrets(
@@ -434,13 +485,21 @@ fn watch_secrets(
     settings: &Settings,
     triggers: Triggers,
 ) -> Store<secrets::ManagedSecret> {
-    let api = match &settings.namespace {
-        Some(ns) => Api::<PartialObjectMeta<Secret>>::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
     let config = watcher::Config::default().labels(&build::managed_selector());
     spawn_reflector(
-        watcher(api, config).map_ok(compact_secret),
+        |store| {
+            watch_scoped(
+                &settings.namespaces,
+                |ns| {
+                    watcher(api_in(client, ns), config.clone())
+                        .default_backoff()
+                        .map_ok(compact_secret)
+                        .boxed()
+                },
+                store,
+                |s: &secrets::ManagedSecret| s.namespace(),
+            )
+        },
         triggers,
         |secret: &secrets::ManagedSecret| {
             let namespace = secret.namespace().unwrap_or_default();
@@ -467,7 +526,11 @@ fn watch_issuers(
     let (issuer_changes, changed_issuers) = mpsc::unbounded::<ClusterGrantIssuer>();
     tokio::spawn(issuer_status::run(client.clone(), changed_issuers));
     spawn_reflector(
-        watcher(Api::all(client.clone()), watcher::Config::default()).modify(slim),
+        |_| {
+            watcher(Api::all(client.clone()), watcher::Config::default())
+                .default_backoff()
+                .modify(slim)
+        },
         triggers,
         move |issuer: &ClusterGrantIssuer| {
             let _ = issuer_changes.unbounded_send(issuer.clone());
@@ -486,17 +549,31 @@ fn watch_namespaces(
     grants: &Store<UploadGrant>,
     triggers: Triggers,
 ) -> Store<PartialObjectMeta<Namespace>> {
-    let config = match &settings.namespace {
-        Some(ns) => watcher::Config::default().fields(&format!("metadata.name={ns}")),
-        None => watcher::Config::default(),
-    };
     let grants = grants.clone();
     spawn_reflector(
-        watcher(
-            Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
-            config,
-        )
-        .modify(slim),
+        |store| {
+            // Cluster-scoped: one watch per namespace, by name.
+            watch_scoped(
+                &settings.namespaces,
+                |ns| {
+                    let config = match ns {
+                        Some(ns) => {
+                            watcher::Config::default().fields(&format!("metadata.name={ns}"))
+                        }
+                        None => watcher::Config::default(),
+                    };
+                    watcher(
+                        Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+                        config,
+                    )
+                    .default_backoff()
+                    .modify(slim)
+                    .boxed()
+                },
+                store,
+                |ns: &PartialObjectMeta<Namespace>| Some(ns.name_any()),
+            )
+        },
         triggers,
         move |ns: &PartialObjectMeta<Namespace>| {
             let name = ns.name_any();

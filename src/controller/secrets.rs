@@ -179,7 +179,7 @@ pub(crate) mod tests {
             settings: Settings {
                 default_issuer: None,
                 concurrency: 1,
-                namespace: None,
+                namespaces: Vec::new(),
                 propagation_budget: crate::api::limits::DEFAULT_PROPAGATION_BUDGET,
                 rollout_restart_debounce: None,
             },

@@ -25,7 +25,7 @@ pub enum LoadError {
     #[error("{path}: not ClusterGrantIssuer YAML: {source}")]
     Parse {
         path: String,
-        source: serde_yaml::Error,
+        source: serde_norway::Error,
     },
     #[error("listing ClusterGrantIssuers: {0}")]
     Kube(#[from] kube::Error),
@@ -73,16 +73,16 @@ fn from_file(path: &std::path::Path) -> Result<Vec<ClusterGrantIssuer>, LoadErro
         source,
     })?;
     let mut issuers = Vec::new();
-    for document in serde_yaml::Deserializer::from_str(&text) {
+    for document in serde_norway::Deserializer::from_str(&text) {
         let value =
-            serde_yaml::Value::deserialize(document).map_err(|source| LoadError::Parse {
+            serde_norway::Value::deserialize(document).map_err(|source| LoadError::Parse {
                 path: shown.clone(),
                 source,
             })?;
         if value.get("kind").and_then(|k| k.as_str()) != Some("ClusterGrantIssuer") {
             continue;
         }
-        let issuer = serde_yaml::from_value(value).map_err(|source| LoadError::Parse {
+        let issuer = serde_norway::from_value(value).map_err(|source| LoadError::Parse {
             path: shown.clone(),
             source,
         })?;

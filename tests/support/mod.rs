@@ -441,7 +441,7 @@ pub async fn install_committed_crds(client: &kube::Client) -> TestResult {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for entry in std::fs::read_dir(repo_root().join("crds"))? {
         let crd: CustomResourceDefinition =
-            serde_yaml::from_str(&std::fs::read_to_string(entry?.path())?)?;
+            serde_norway::from_str(&std::fs::read_to_string(entry?.path())?)?;
         let name = crd.metadata.name.clone().ok_or("CRD without a name")?;
         crds.patch(
             &name,

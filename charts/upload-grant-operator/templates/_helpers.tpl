@@ -19,3 +19,48 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- if .Values.serviceAccount.create -}}{{ default (include "ugo.fullname" .) .Values.serviceAccount.name }}
 {{- else -}}{{ required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}{{- end -}}
 {{- end -}}
+
+{{- /* operator.watchNamespaces plus the one-element shorthand
+operator.watchNamespace, sorted, each once, comma-separated; empty: all. */ -}}
+{{- define "ugo.watchNamespaces" -}}
+{{- $ns := concat (.Values.operator.watchNamespaces | default list) (compact (list .Values.operator.watchNamespace)) -}}
+{{- $ns | uniq | sortAlpha | join "," -}}
+{{- end -}}
+
+{{- /* The operator's namespaced powers: in its ClusterRole without a watch
+list, in a Role in each watched namespace with one. */ -}}
+{{- define "ugo.namespacedRules" -}}
+# Watch grants; patch them to add and remove the finalizer that revokes
+# the Secret on deletion.
+- apiGroups: [grants.io]
+  resources: [uploadgrants]
+  verbs: [get, list, watch, patch]
+# Report Ready, expiresAt, refreshAt and the URL fingerprint.
+- apiGroups: [grants.io]
+  resources: [uploadgrants/status]
+  verbs: [get, patch]
+# Write, renew and revoke the Secrets that carry URLs. The watch is
+# metadata-only and label-selected; a GET confirms a name is free before
+# creating; deletes carry the Secret's uid as a precondition.
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get, list, watch, create, patch, delete]
+# Issued, Renewed, Revoked, Denied and Failed events on grants.
+- apiGroups: [events.k8s.io]
+  resources: [events]
+  verbs: [create, patch]
+{{- if .Values.rolloutRestarts.enabled }}
+# Rollout restarts: read a workload's pod template and patch two
+# annotations into it, as `kubectl rollout restart` does.
+- apiGroups: [apps]
+  resources: [deployments, statefulsets, daemonsets]
+  verbs: [get, patch]
+{{- end }}
+{{- end -}}
+
+{{- /* repository@digest when image.digest is set (the tag is then ignored),
+else repository:tag, the tag defaulting to the chart's appVersion. */ -}}
+{{- define "ugo.image" -}}
+{{- if .Values.image.digest -}}{{ .Values.image.repository }}@{{ .Values.image.digest }}
+{{- else -}}{{ .Values.image.repository }}:{{ default .Chart.AppVersion .Values.image.tag }}{{- end -}}
+{{- end -}}
