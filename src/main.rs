@@ -87,6 +87,18 @@ struct Cli {
     #[arg(long, env = "UPLOAD_GRANT_PROPAGATION_BUDGET", default_value = "2m", value_parser = propagation_budget)]
     propagation_budget: Duration,
 
+    /// Restart the workloads a grant lists in spec.secret.rolloutRestartTargets
+    /// when a new URL replaces one (needs get and patch on Deployments,
+    /// StatefulSets and DaemonSets; Helm: rolloutRestarts.enabled).
+    #[arg(long, env = "UPLOAD_GRANT_ROLLOUT_RESTARTS", default_value_t = false)]
+    rollout_restarts: bool,
+
+    /// Restart each workload at most once in this window (Go duration):
+    /// grants renewed close together cost one restart. It delays a restart
+    /// by up to this long, so keep it well under the grants' refreshBefore.
+    #[arg(long, env = "UPLOAD_GRANT_ROLLOUT_RESTART_DEBOUNCE", default_value = "1m", value_parser = debounce)]
+    rollout_restart_debounce: Duration,
+
     #[command(subcommand)]
     command: Option<Command>,
 
@@ -121,6 +133,16 @@ fn propagation_budget(s: &str) -> Result<Duration, String> {
     let d = upload_grant_operator::api::duration::parse_duration(s)?;
     if d > Duration::from_secs(24 * 3600) {
         return Err(format!("{s} is longer than 24h"));
+    }
+    Ok(d)
+}
+
+/// A Go duration up to an hour: a longer window would hold restarts past
+/// most URLs' lifetimes.
+fn debounce(s: &str) -> Result<Duration, String> {
+    let d = upload_grant_operator::api::duration::parse_duration(s)?;
+    if d > Duration::from_secs(3600) {
+        return Err(format!("{s} is longer than 1h"));
     }
     Ok(d)
 }
@@ -259,6 +281,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         concurrency: cli.concurrency,
         namespace: cli.namespace,
         propagation_budget: cli.propagation_budget,
+        rollout_restart_debounce: cli.rollout_restarts.then_some(cli.rollout_restart_debounce),
     };
     tracing::info!(default_issuer = ?settings.default_issuer, namespace = ?settings.namespace, concurrency = settings.concurrency, kube_api_qps = cli.kube_api_qps, propagation_budget = ?settings.propagation_budget, "starting controller");
     let parts = controller::Parts {

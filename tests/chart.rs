@@ -97,6 +97,32 @@ fn chart_lints_and_renders_hardened_with_every_option() -> TestResult {
         Some("90s".into())
     );
 
+    // Rollout restarts: the flag, and the RBAC for them, only when enabled.
+    let restarts_rule = |docs: &[serde_json::Value]| {
+        docs.iter()
+            .filter(|d| d["kind"] == "ClusterRole")
+            .flat_map(|d| d["rules"].as_array().cloned().unwrap_or_default())
+            .find(|r| r["apiGroups"] == serde_json::json!(["apps"]))
+    };
+    assert_eq!(restarts_rule(&defaults), None);
+    assert_eq!(env_of(&defaults, "UPLOAD_GRANT_ROLLOUT_RESTARTS"), None);
+    let rule = restarts_rule(&all).ok_or("no RBAC for rollout restarts")?;
+    assert_eq!(
+        (&rule["resources"], &rule["verbs"]),
+        (
+            &serde_json::json!(["deployments", "statefulsets", "daemonsets"]),
+            &serde_json::json!(["get", "patch"])
+        )
+    );
+    assert_eq!(
+        env_of(&all, "UPLOAD_GRANT_ROLLOUT_RESTARTS"),
+        Some("true".into())
+    );
+    assert_eq!(
+        env_of(&all, "UPLOAD_GRANT_ROLLOUT_RESTART_DEBOUNCE"),
+        Some("45s".into())
+    );
+
     // The uninstall hook: a Job of the operator's image that drains its Deployment.
     let drain = defaults
         .iter()
@@ -172,6 +198,7 @@ fn chart_lints_and_renders_hardened_with_every_option() -> TestResult {
         "unknownKey=1",
         "metrics.port=0",
         "operator.kubeApiQps=-1",
+        "rolloutRestarts.debounce=soon",
     ] {
         let out = env
             .command("helm")
@@ -318,6 +345,98 @@ async fn chart_installs_and_its_rbac_is_enough_for_the_operator() -> TestResult 
             "uninstall must keep the CRDs: {crd} is being deleted since {deleting}"
         );
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn rollout_restarts_are_refused_without_the_charts_rbac_and_work_with_it() -> TestResult {
+    use support::rollout::*;
+    let ctx = TestContext::new("chart-rbac").await?;
+    let env = ctx.env;
+    let release = format!("ugo-{}", support::random_suffix());
+    let mut guard = Release {
+        env,
+        name: release.clone(),
+        namespace: ctx.namespace.clone(),
+        uninstalled: false,
+    };
+    // The CRDs are the test's own (the operator here runs beside the chart).
+    let install = |enabled: &str| -> TestResult {
+        let verb = if enabled == "true" {
+            "upgrade"
+        } else {
+            "install"
+        };
+        let restarts = format!("rolloutRestarts.enabled={enabled}");
+        env.helm(&[
+            verb,
+            &release,
+            CHART,
+            "-n",
+            &ctx.namespace,
+            "--wait=false",
+            "--set",
+            "crds.install=false",
+            "--set",
+            "drainOnUninstall=false",
+            "--set",
+            &restarts,
+        ])?;
+        Ok(())
+    };
+    install("false")?;
+
+    // The operator runs as the chart's ServiceAccount with restarts turned on
+    // by hand: only the chart's RBAC stands between it and the Deployment.
+    let dir = tempfile::tempdir()?;
+    let sa = format!("{release}-upload-grant-operator");
+    let hour = std::time::Duration::from_secs(3600);
+    let token = ctx
+        .service_account_token(&sa, env.var("TESTENV_APISERVER_URL"), hour)
+        .await?;
+    let kubeconfig = write_kubeconfig(dir.path(), env, &token)?;
+    let opts = OperatorOptions {
+        env: vec![
+            ("KUBECONFIG".into(), kubeconfig),
+            ("UPLOAD_GRANT_ROLLOUT_RESTARTS".into(), "true".into()),
+            ("UPLOAD_GRANT_ROLLOUT_RESTART_DEBOUNCE".into(), "0s".into()),
+        ],
+        ..Default::default()
+    };
+    let Scenario {
+        ctx: work,
+        operator,
+        ..
+    } = Scenario::start_in(TestContext::new("chart-restarts").await?, opts).await?;
+    let issuer = open_issuer(&work).await?;
+    create_deployment(&work, "uploader").await?;
+    let targets = serde_json::json!({"secret": {
+        "rolloutRestartTargets": [{"kind": "Deployment", "name": "uploader"}]}});
+    create_grant(&work, "env", spec(&work, &issuer, "env.txt", targets)).await?;
+    wait_ready(&work, "env").await?;
+
+    request_renewal(&work, "env", "r1").await?;
+    wait_answered(&work, "env", "r1").await?;
+    wait_event(&work, "env", "RolloutRestartFailed").await?;
+    settle(&work, &operator, "env", 0).await?;
+    assert_eq!(
+        template(&work, "uploader").await?.0,
+        1,
+        "restarted without RBAC"
+    );
+    // A refused restart leaves the URL Ready.
+    wait_ready(&work, "env").await?;
+
+    install("true")?;
+    request_renewal(&work, "env", "r2").await?;
+    let fingerprint = wait_answered(&work, "env", "r2").await?;
+    let timeout = std::time::Duration::from_secs(30);
+    let (generation, _) =
+        wait_restarted_for(&work, "uploader", "env", &fingerprint, timeout).await?;
+    assert_eq!(generation, 2);
+    wait_event(&work, "env", "RolloutRestarted").await?;
+    env.helm(&["uninstall", &release, "-n", &ctx.namespace])?;
+    guard.uninstalled = true;
     Ok(())
 }
 

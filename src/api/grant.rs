@@ -343,6 +343,50 @@ pub struct SecretTemplate {
         validation = annotations_size_rule()
     )]
     pub annotations: BTreeMap<String, String>,
+    /// Workloads in the grant's namespace to restart, as `kubectl rollout
+    /// restart` does, when a new URL replaces one in the Secret: for pods
+    /// that read the URL from environment variables, which never change in
+    /// a running container. Pods that mount the Secret as a volume need no
+    /// restart. Needs an operator with rollout restarts enabled (Helm:
+    /// rolloutRestarts.enabled). At most 16.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[schemars(extend(
+        "x-kubernetes-list-type" = "map",
+        "x-kubernetes-list-map-keys" = ["kind", "name"]
+    ))]
+    pub rollout_restart_targets: Vec<RolloutTarget>,
+}
+
+/// A workload restarted when the grant's URL is replaced.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub struct RolloutTarget {
+    /// Deployment, StatefulSet or DaemonSet.
+    pub kind: WorkloadKind,
+    /// The workload's name, in the grant's namespace.
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub name: String,
+}
+
+/// The kinds of workload `kubectl rollout restart` restarts.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum WorkloadKind {
+    Deployment,
+    StatefulSet,
+    DaemonSet,
+}
+
+impl WorkloadKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkloadKind::Deployment => "Deployment",
+            WorkloadKind::StatefulSet => "StatefulSet",
+            WorkloadKind::DaemonSet => "DaemonSet",
+        }
+    }
 }
 
 /// What the operator last did for the grant. It never contains the URL.

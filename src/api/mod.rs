@@ -8,8 +8,8 @@ pub mod limits;
 
 pub use condition::Reason;
 pub use grant::{
-    IssuerRef, Method, RefreshPolicy, SecretTemplate, ServerSideEncryption, SseType, UploadGrant,
-    UploadGrantSpec, UploadGrantStatus,
+    IssuerRef, Method, RefreshPolicy, RolloutTarget, SecretTemplate, ServerSideEncryption, SseType,
+    UploadGrant, UploadGrantSpec, UploadGrantStatus, WorkloadKind,
 };
 pub use issuer::{
     AllowRule, ClusterGrantIssuer, ClusterGrantIssuerSpec, ClusterGrantIssuerStatus, S3Target,

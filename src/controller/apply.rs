@@ -35,10 +35,10 @@ pub async fn carry_out(
             secret_name,
             state,
             stale,
-            ..
+            wake_at,
         } => {
             let removed = remove_stale(ctx, grant, stale.as_deref()).await?;
-            Report::ready(&secret_name, state, removed)
+            Report::ready(&secret_name, state, removed).waking_at(wake_at)
         }
         Decision::Sign(plan) => return sign_and_write(ctx, grant, &plan, now).await,
     };
@@ -111,6 +111,8 @@ async fn sign(ctx: &Context, plan: &SignPlan, now: SystemTime) -> Result<Issued,
         expires_at: now + times.lifetime,
         refresh_at: times.refresh_at,
         spec_hash: plan.spec_hash.clone(),
+        renew_request: plan.renew_request.clone(),
+        replaces: plan.current.as_ref().map(|s| s.fingerprint.clone()),
     })
 }
 
@@ -250,6 +252,7 @@ mod tests {
             ours: ours.map(str::to_owned),
             legacy_fields: false,
             stale: None,
+            renew_request: None,
         }
     }
 

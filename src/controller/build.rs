@@ -31,6 +31,13 @@ pub const ISSUED_AT_ANNOTATION: &str = "grants.io/issued-at";
 pub const EXPIRES_AT_ANNOTATION: &str = "grants.io/expires-at";
 pub const REFRESH_AT_ANNOTATION: &str = "grants.io/refresh-at";
 pub const FINGERPRINT_ANNOTATION: &str = "grants.io/url-fingerprint";
+/// On a grant: a request to renew now (`kubectl grant renew` sets it to the
+/// time of asking). On its Secret: the request the URL in it answers, so
+/// each request is acted on once, also across restarts and failovers.
+pub const RENEW_REQUEST_ANNOTATION: &str = "grants.io/renew-requested-at";
+/// The fingerprint of the URL this one replaced; absent on a grant's first
+/// URL. Rollout restarts are owed only to a replaced URL.
+pub const REPLACES_ANNOTATION: &str = "grants.io/replaces";
 /// Keys of the operator's own labels and annotations. Values a user puts
 /// under them are never written, so they are never read back as state.
 fn reserved(key: &str) -> bool {
@@ -60,6 +67,10 @@ pub fn managed_selector() -> String {
 pub fn spec_hash(spec: &UploadGrantSpec, target: &S3Target) -> String {
     let mut spec = spec.clone();
     spec.suspend = false;
+    // Whom to restart does not shape the URL.
+    if let Some(secret) = spec.secret.as_mut() {
+        secret.rollout_restart_targets.clear();
+    }
     let mut hasher = Sha256::new();
     // Serialising these types cannot fail: they hold only strings, numbers and maps.
     hasher.update(serde_json::to_vec(&spec).unwrap_or_default());
@@ -77,6 +88,10 @@ pub struct IssuedState {
     /// None: the URL is not renewed (refreshPolicy Never, or capped by notAfter).
     pub refresh_at: Option<SystemTime>,
     pub fingerprint: String,
+    /// The renew request (`RENEW_REQUEST_ANNOTATION`) this URL answers.
+    pub renew_request: Option<String>,
+    /// The fingerprint of the URL this one replaced.
+    pub replaces: Option<String>,
 }
 
 impl IssuedState {
@@ -93,6 +108,8 @@ impl IssuedState {
                 Some(v) => Some(parse_time(v)?),
             },
             fingerprint: annotations.get(FINGERPRINT_ANNOTATION)?.clone(),
+            renew_request: annotations.get(RENEW_REQUEST_ANNOTATION).cloned(),
+            replaces: annotations.get(REPLACES_ANNOTATION).cloned(),
         })
     }
 }
@@ -140,6 +157,8 @@ pub struct Issued {
     pub expires_at: SystemTime,
     pub refresh_at: Option<SystemTime>,
     pub spec_hash: String,
+    pub renew_request: Option<String>,
+    pub replaces: Option<String>,
 }
 
 impl Issued {
@@ -151,6 +170,8 @@ impl Issued {
             expires_at: self.expires_at,
             refresh_at: self.refresh_at,
             fingerprint: self.presigned.url.fingerprint(),
+            renew_request: self.renew_request.clone(),
+            replaces: self.replaces.clone(),
         }
     }
 }
@@ -185,6 +206,12 @@ pub fn build_secret(grant: &UploadGrant, valid: &ValidGrant, issued: &Issued) ->
         FINGERPRINT_ANNOTATION.into(),
         issued.presigned.url.fingerprint(),
     );
+    if let Some(request) = &issued.renew_request {
+        annotations.insert(RENEW_REQUEST_ANNOTATION.into(), request.clone());
+    }
+    if let Some(replaced) = &issued.replaces {
+        annotations.insert(REPLACES_ANNOTATION.into(), replaced.clone());
+    }
 
     let text = |s: &str| ByteString(s.as_bytes().to_vec());
     let data = BTreeMap::from([
@@ -384,6 +411,8 @@ mod tests {
             expires_at: at(3600),
             refresh_at: Some(at(2400)),
             spec_hash: "h1".into(),
+            renew_request: None,
+            replaces: None,
         }
     }
 
@@ -426,6 +455,43 @@ mod tests {
         assert_eq!(state.refresh_at, Some(at(2400)));
         assert_eq!(state.expires_at, at(3600));
         assert_eq!(state.spec_hash, "h1");
+        assert_eq!((state.renew_request, state.replaces), (None, None));
+    }
+
+    #[test]
+    fn the_secret_records_the_renew_request_and_the_url_it_replaced() {
+        let renewed = Issued {
+            renew_request: Some("2026-12-02T03:00:00.123456789Z".into()),
+            replaces: Some("sha256:0123456789abcdef".into()),
+            ..issued()
+        };
+        let s = build_secret(&grant(), &valid(), &renewed).expect("builds");
+        let annotations = s.metadata.annotations.expect("annotations");
+        let state = IssuedState::from_annotations(&annotations).expect("round trip");
+        assert_eq!(state.renew_request, renewed.renew_request);
+        assert_eq!(state.replaces, renewed.replaces);
+    }
+
+    #[test]
+    fn whom_to_restart_does_not_change_the_spec_hash() {
+        let target = S3Target {
+            region: "eu-west-1".into(),
+            endpoint: None,
+            force_path_style: false,
+        };
+        let g = grant();
+        let mut with_targets = g.spec.clone();
+        if let Some(secret) = with_targets.secret.as_mut() {
+            secret.rollout_restart_targets = vec![crate::api::RolloutTarget {
+                kind: crate::api::WorkloadKind::Deployment,
+                name: "uploader".into(),
+            }];
+        }
+        assert_ne!(with_targets, g.spec);
+        assert_eq!(
+            spec_hash(&with_targets, &target),
+            spec_hash(&g.spec, &target)
+        );
     }
 
     #[test]

@@ -99,9 +99,16 @@ pub struct SignPlan {
     /// That Secret still has fields from a create by an older version.
     pub legacy_fields: bool,
     pub stale: Option<String>,
+    /// The grant's renew request (`build::RENEW_REQUEST_ANNOTATION`).
+    pub renew_request: Option<String>,
 }
 
 impl SignPlan {
+    /// A renew request the current URL does not answer yet.
+    fn renew_requested(&self, state: &IssuedState) -> bool {
+        self.renew_request.is_some() && state.renew_request != self.renew_request
+    }
+
     /// The current URL stays if a renewal fails while it still works; a URL
     /// for an older spec never outlives a failed replacement.
     pub fn keeps_current_on_failure(&self, now: SystemTime) -> Option<&IssuedState> {
@@ -113,7 +120,9 @@ impl SignPlan {
 
 /// A URL for this very spec that is not yet due for renewal.
 pub fn is_current(now: SystemTime, state: &IssuedState, plan: &SignPlan) -> bool {
-    state.spec_hash == plan.spec_hash && now < state.refresh_at.unwrap_or(state.expires_at)
+    state.spec_hash == plan.spec_hash
+        && now < state.refresh_at.unwrap_or(state.expires_at)
+        && !plan.renew_requested(state)
 }
 
 /// The issuer a grant uses: its own issuerRef, else the operator's default.
@@ -238,6 +247,10 @@ pub fn decide(o: &Observed<'_>) -> Decision {
         ours,
         legacy_fields,
         stale,
+        renew_request: grant
+            .annotations()
+            .get(build::RENEW_REQUEST_ANNOTATION)
+            .cloned(),
         valid,
     };
     let expired = o.settled.is_some_and(|s| s.reason == Reason::Expired);
@@ -263,14 +276,21 @@ fn schedule(now: SystemTime, mut plan: SignPlan, already_expired: bool) -> Decis
     if state.spec_hash != plan.spec_hash {
         return Decision::Sign(Box::new(plan));
     }
-    let wake_at = match state.refresh_at {
-        None if now >= state.expires_at => return expired(&plan),
-        None => state.expires_at,
-        Some(at) if now >= at => {
-            plan.renewal = true;
-            return Decision::Sign(Box::new(plan));
-        }
-        Some(at) => at,
+    if state.refresh_at.is_none() && now >= state.expires_at {
+        return expired(&plan);
+    }
+    // A renew request is answered once, even for a URL that is not renewed
+    // on its own: somebody with the right to edit the grant asked for it.
+    // Not within the second the current URL was signed in, though: signed
+    // again then, it would be the very same URL.
+    let asked = plan.renew_requested(&state);
+    if state.refresh_at.is_some_and(|at| now >= at) || (asked && now > state.issued_at) {
+        plan.renewal = true;
+        return Decision::Sign(Box::new(plan));
+    }
+    let wake_at = match asked {
+        true => state.issued_at + Duration::from_secs(1),
+        false => state.refresh_at.unwrap_or(state.expires_at),
     };
     Decision::Keep {
         secret_name: plan.valid.secret_name,
@@ -333,6 +353,18 @@ pub enum Wake {
     At(SystemTime),
     After(Duration),
     OnChange,
+}
+
+impl Wake {
+    /// This wake-up, or one at `at` if that comes first.
+    pub fn or_at(self, at: SystemTime, now: SystemTime) -> Wake {
+        let sooner = match self {
+            Wake::At(t) => at < t,
+            Wake::After(d) => at < now + d,
+            Wake::OnChange => true,
+        };
+        if sooner { Wake::At(at) } else { self }
+    }
 }
 
 /// What the grant's status and events say once a decision is carried out.
@@ -411,6 +443,14 @@ impl Report {
             wake: Wake::At(state.refresh_at.unwrap_or(state.expires_at) + Duration::from_secs(1)),
             issued: Some(state),
             note,
+        }
+    }
+
+    /// Wakes a second after `at`, so the wake-up lands after the planned instant.
+    pub fn waking_at(self, at: SystemTime) -> Self {
+        Report {
+            wake: Wake::At(at + Duration::from_secs(1)),
+            ..self
         }
     }
 
@@ -529,6 +569,8 @@ mod tests {
                 expires_at: at(3600),
                 refresh_at,
                 fingerprint: "sha256:x".into(),
+                renew_request: None,
+                replaces: None,
             }),
         };
         secret.metadata.uid = Some("secret-uid".into());
@@ -587,6 +629,88 @@ mod tests {
             Decision::Sign(p) if p.renewal => ("renew", None),
             Decision::Sign(_) => ("issue", None),
         }
+    }
+
+    /// The grant with a renew request, and a Secret answering `answered`.
+    fn asked(request: &str, answered: Option<&str>, refresh_at: Option<SystemTime>) -> Case {
+        let mut g = grant(serde_json::json!({}));
+        g.annotations_mut()
+            .insert(build::RENEW_REQUEST_ANNOTATION.into(), request.into());
+        let mut secret = ours(&g, None, refresh_at);
+        if let Slot::Ours(s) = &mut secret
+            && let Some(state) = s.state.as_mut()
+        {
+            state.renew_request = answered.map(str::to_owned);
+        }
+        Case {
+            secret,
+            ..Case::new(g)
+        }
+    }
+
+    #[test]
+    fn a_restart_window_can_only_bring_a_wake_up_forward() {
+        let now = at(0);
+        assert_eq!(Wake::OnChange.or_at(at(60), now), Wake::At(at(60)));
+        assert_eq!(Wake::At(at(30)).or_at(at(60), now), Wake::At(at(30)));
+        assert_eq!(Wake::At(at(90)).or_at(at(60), now), Wake::At(at(60)));
+        let soon = Wake::After(Duration::from_secs(10));
+        assert_eq!(soon.or_at(at(60), now), soon);
+        assert_eq!(
+            Wake::After(Duration::from_secs(70)).or_at(at(60), now),
+            Wake::At(at(60))
+        );
+    }
+
+    #[test]
+    fn a_renew_request_is_answered_once() {
+        let h = Some(at(2400));
+        let new = asked("t1", None, h);
+        assert_eq!(reason_of(&new.decide()), ("renew", None));
+        match new.decide() {
+            Decision::Sign(plan) => {
+                assert_eq!(plan.renew_request.as_deref(), Some("t1"));
+                assert!(
+                    plan.keeps_current_on_failure(at(100)).is_some(),
+                    "a failed renew-now keeps the working URL"
+                );
+            }
+            other => panic!("a renewal, not {other:?}"),
+        }
+        assert_eq!(
+            reason_of(&asked("t1", Some("t1"), h).decide()),
+            ("keep", None)
+        );
+        assert_eq!(
+            reason_of(&asked("t2", Some("t1"), h).decide()),
+            ("renew", None)
+        );
+        // A URL that is not renewed on its own is still renewed on request,
+        // but an expired one is not brought back.
+        assert_eq!(
+            reason_of(&asked("t1", None, None).decide()),
+            ("renew", None)
+        );
+        let late = Case {
+            now: at(3600),
+            ..asked("t1", None, None)
+        };
+        assert_eq!(reason_of(&late.decide()), ("revoke", Some(Reason::Expired)));
+        // Asked within the second the URL was signed: the next second.
+        let same_second = Case {
+            now: at(0),
+            ..asked("t1", None, h)
+        };
+        match same_second.decide() {
+            Decision::Keep { wake_at, .. } => assert_eq!(wake_at, at(1)),
+            other => panic!("kept until the next second, not {other:?}"),
+        }
+        // No Secret: the request changes nothing, a first URL is issued.
+        let free = Case {
+            secret: Slot::Free,
+            ..asked("t1", None, h)
+        };
+        assert_eq!(reason_of(&free.decide()), ("issue", None));
     }
 
     #[test]
@@ -880,6 +1004,8 @@ mod tests {
             expires_at: at(3600),
             refresh_at: Some(at(2400)),
             fingerprint: "sha256:x".into(),
+            renew_request: None,
+            replaces: None,
         };
         let renewed = Report::issued("s", state.clone(), true);
         assert_eq!(renewed.wake, Wake::At(at(2401)));

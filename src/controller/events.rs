@@ -1,4 +1,5 @@
-//! Events on a grant (Issued, Renewed, Revoked, Denied, Failed).
+//! Events on a grant (Issued, Renewed, Revoked, Denied, Failed, and
+//! RolloutRestarted / RolloutRestartFailed for its rollout targets).
 //!
 //! kube-runtime's `Recorder` keeps every event it sent for six minutes to
 //! count repeats, and scans that cache on every publish; with thousands of
@@ -23,6 +24,8 @@ pub enum EventReason {
     Revoked,
     Denied,
     Failed,
+    RolloutRestarted,
+    RolloutRestartFailed,
 }
 
 impl EventReason {
@@ -33,11 +36,16 @@ impl EventReason {
             EventReason::Revoked => "Revoked",
             EventReason::Denied => "Denied",
             EventReason::Failed => "Failed",
+            EventReason::RolloutRestarted => "RolloutRestarted",
+            EventReason::RolloutRestartFailed => "RolloutRestartFailed",
         }
     }
 
     pub fn is_warning(self) -> bool {
-        matches!(self, EventReason::Denied | EventReason::Failed)
+        matches!(
+            self,
+            EventReason::Denied | EventReason::Failed | EventReason::RolloutRestartFailed
+        )
     }
 
     fn type_(self) -> &'static str {
@@ -155,10 +163,16 @@ mod tests {
     #[test]
     fn warnings_are_what_a_user_acts_on() {
         use EventReason::*;
-        let warnings: Vec<_> = [Issued, Renewed, Revoked, Denied, Failed]
-            .into_iter()
-            .filter(|r| r.is_warning())
-            .collect();
-        assert_eq!(warnings, [Denied, Failed]);
+        let all = [
+            Issued,
+            Renewed,
+            Revoked,
+            Denied,
+            Failed,
+            RolloutRestarted,
+            RolloutRestartFailed,
+        ];
+        let warnings: Vec<_> = all.into_iter().filter(|r| r.is_warning()).collect();
+        assert_eq!(warnings, [Denied, Failed, RolloutRestartFailed]);
     }
 }

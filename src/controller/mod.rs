@@ -11,6 +11,7 @@ mod finalizer;
 mod issuer_status;
 mod managed;
 mod reconcile;
+pub mod rollout;
 pub(crate) mod secrets;
 mod status;
 pub mod validate;
@@ -46,6 +47,9 @@ pub struct Settings {
     /// How long a renewed URL may take to reach pods that mount the Secret
     /// (`api::limits::DEFAULT_PROPAGATION_BUDGET`).
     pub propagation_budget: Duration,
+    /// Rollout restarts (`rollout`): off when None, else at most one restart
+    /// per workload in this window.
+    pub rollout_restart_debounce: Option<Duration>,
 }
 
 /// Everything a reconcile needs, shared by all of them.
@@ -73,6 +77,9 @@ pub struct Context {
     /// pass that comes sooner (the grant's own finalizer or status event)
     /// reads it instead of taking the name for free and signing again.
     written_secrets: Mutex<HashMap<u64, (Instant, secrets::ManagedSecret)>>,
+    /// The URL fingerprint each grant's rollout targets were last found up
+    /// to date for (or told about): saves a GET per target on every pass.
+    rollouts_done: Mutex<HashMap<u64, String>>,
 }
 
 /// Longest a written Secret stands in for the cache; the watch brings it
@@ -99,7 +106,19 @@ impl Context {
             written: Mutex::default(),
             settled: Mutex::default(),
             written_secrets: Mutex::default(),
+            rollouts_done: Mutex::default(),
         }
+    }
+
+    fn rollouts_done(&self, grant: &UploadGrant, fingerprint: &str) -> bool {
+        let done = self.rollouts_done.lock().unwrap_or_else(|p| p.into_inner());
+        done.get(&grant_key(grant))
+            .is_some_and(|f| f == fingerprint)
+    }
+
+    fn record_rollouts_done(&self, grant: &UploadGrant, fingerprint: &str) {
+        let mut done = self.rollouts_done.lock().unwrap_or_else(|p| p.into_inner());
+        done.insert(grant_key(grant), fingerprint.to_owned());
     }
 
     fn remember_secret(&self, grant: &UploadGrant, secret: secrets::ManagedSecret) {
@@ -193,6 +212,8 @@ impl Context {
         self.forget_secret(grant);
         let mut settled = self.settled.lock().unwrap_or_else(|p| p.into_inner());
         settled.remove(&grant_key(grant));
+        let mut done = self.rollouts_done.lock().unwrap_or_else(|p| p.into_inner());
+        done.remove(&grant_key(grant));
     }
 
     fn forget_status_key(&self, key: u64) {

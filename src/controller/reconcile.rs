@@ -14,11 +14,11 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 
 use super::build::whole_seconds;
-use super::decide::{self, Decision, Observed, Report, Settled, Wake};
+use super::decide::{self, Decision, Observed, Settled, Wake};
 use super::events::{EventReason, Note};
 use super::secrets::Slot;
 use super::validate::secret_name;
-use super::{Context, apply, finalizer, grant_key, status};
+use super::{Context, apply, finalizer, grant_key, rollout, status};
 use crate::api::{ClusterGrantIssuer, Reason, UploadGrant};
 use crate::error::{Error, Result};
 
@@ -69,14 +69,29 @@ async fn pass(grant: &UploadGrant, ctx: &Context) -> Result<Action> {
         Some(report.reason),
         report.issued.as_ref().map(|s| s.expires_at),
     );
-    match error {
-        Some(e) => Err(e),
-        None => Ok(action(&report)),
+    if let Some(e) = error {
+        return Err(e);
     }
+    let restarts = match report
+        .issued
+        .as_ref()
+        .filter(|_| report.reason == Reason::Issued)
+    {
+        Some(state) => rollout::restart_owed(ctx, grant, state, now).await?,
+        None => rollout::Outcome::default(),
+    };
+    for note in restarts.notes {
+        ctx.events.publish(grant, note);
+    }
+    let wake = match restarts.wake_at {
+        Some(at) => report.wake.or_at(at, SystemTime::now()),
+        None => report.wake,
+    };
+    Ok(action(wake))
 }
 
-fn action(report: &Report) -> Action {
-    match report.wake {
+fn action(wake: Wake) -> Action {
+    match wake {
         Wake::At(t) => Action::requeue(t.duration_since(SystemTime::now()).unwrap_or_default()),
         Wake::After(d) => Action::requeue(d),
         Wake::OnChange => Action::await_change(),

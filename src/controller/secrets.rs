@@ -181,6 +181,7 @@ pub(crate) mod tests {
                 concurrency: 1,
                 namespace: None,
                 propagation_budget: crate::api::limits::DEFAULT_PROPAGATION_BUDGET,
+                rollout_restart_debounce: None,
             },
             credentials: CredentialSnapshot::new(
                 aws_credential_types::provider::SharedCredentialsProvider::new(creds),
@@ -194,6 +195,7 @@ pub(crate) mod tests {
             written: Mutex::default(),
             settled: Mutex::default(),
             written_secrets: Mutex::default(),
+            rollouts_done: Mutex::default(),
         }
     }
 
