@@ -2,10 +2,10 @@
 //! until the grant's Secret holds it.
 //!
 //! The contract with the operator: the plugin sets the annotation
-//! [`RENEW_REQUESTED_AT`] on the UploadGrant to the current time (RFC 3339,
-//! nanoseconds); any new value is one request. The operator renews once per
-//! distinct value and, when it writes the new URL, copies the value into the
-//! same annotation on the Secret. The renewal is done when the Secret carries
+//! `grants.io/renew-requested-at` on the UploadGrant to the current time
+//! (RFC 3339, nanoseconds); any new value is one request. The operator
+//! renews once per distinct value and, when it writes the new URL, copies
+//! the value into the same annotation on the Secret. The renewal is done when the Secret carries
 //! that value and a fingerprint other than the one before.
 
 use std::collections::BTreeMap;
@@ -18,10 +18,9 @@ use super::{Conn, Error, Outcome, secret_name};
 use crate::api::UploadGrant;
 use crate::api::condition::ready_condition;
 use crate::api::duration::{format_duration, parse_duration};
-use crate::controller::build::{EXPIRES_AT_ANNOTATION, FINGERPRINT_ANNOTATION};
-
-/// On the grant: a renewal request; on its Secret: the last request served.
-pub const RENEW_REQUESTED_AT: &str = "grants.io/renew-requested-at";
+use crate::controller::build::{
+    EXPIRES_AT_ANNOTATION, FINGERPRINT_ANNOTATION, RENEW_REQUEST_ANNOTATION as RENEW_REQUESTED_AT,
+};
 
 /// How often the Secret is looked at while waiting.
 const POLL: Duration = Duration::from_millis(250);
@@ -164,6 +163,11 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn the_annotation_is_the_contracts() {
+        assert_eq!(RENEW_REQUESTED_AT, "grants.io/renew-requested-at");
     }
 
     #[test]
