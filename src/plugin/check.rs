@@ -180,11 +180,16 @@ pub fn render_text(report: &Report) -> String {
         out += &format!("{note}\n");
     }
     for v in &report.issuers {
+        // With every rule's refusal listed below, the head need not repeat them.
+        let message = match (v.allowed, v.rules.is_empty()) {
+            (false, false) => format!("ClusterGrantIssuer {:?}: no allow rule matches", v.issuer),
+            _ => v.message.clone(),
+        };
         let head = match v.allowed {
             true => "ALLOWED".to_owned(),
             false => format!("DENIED ({})", v.reason),
         };
-        out += &format!("{head}: {}\n", v.message);
+        out += &format!("{head}: {message}\n");
         for r in &v.rules {
             let what = r.refusal.as_deref().unwrap_or("allows it");
             out += &format!("  allow[{}]: {what}\n", r.rule);
