@@ -126,6 +126,30 @@ async fn kubectl_finds_the_plugin_and_its_help_lists_the_commands() -> TestResul
     Ok(())
 }
 
+#[test]
+fn the_krew_manifest_installs_this_binary() -> TestResult {
+    let text = std::fs::read_to_string(support::repo_root().join("plugins/grant.yaml"))?;
+    let manifest: serde_json::Value = serde_yaml::from_str(&text)?;
+    assert_eq!(
+        manifest["apiVersion"],
+        "krew.googlecontainers.k8s.io/v1alpha2"
+    );
+    assert_eq!(manifest["kind"], "Plugin");
+    assert_eq!(manifest["metadata"]["name"], "grant");
+    let version = format!("v{}", env!("CARGO_PKG_VERSION"));
+    assert_eq!(manifest["spec"]["version"], version.as_str());
+    let platforms = manifest["spec"]["platforms"]
+        .as_array()
+        .ok_or("no platforms")?;
+    assert!(!platforms.is_empty());
+    for p in platforms {
+        assert_eq!(p["bin"], "kubectl-grant", "{p}");
+        assert!(p["sha256"].as_str().is_some_and(|s| s.len() == 64), "{p}");
+    }
+    assert!(text.contains("filled in at release time"));
+    Ok(())
+}
+
 #[tokio::test]
 async fn status_shows_ready_and_forbidden_grants() -> TestResult {
     let Scenario {
