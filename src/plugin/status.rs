@@ -235,45 +235,46 @@ async fn events_of(conn: &Conn, grant: &UploadGrant) -> Result<Vec<EventView>, E
     Ok(recent_events(list.items, grant.metadata.uid.as_deref()))
 }
 
+/// The grants to show: the named one with its events, else every grant in
+/// the namespace (or all namespaces), sorted.
+async fn load(conn: &Conn, args: &Args) -> Result<Vec<GrantView>, Error> {
+    if let Some(name) = &args.name {
+        let grant = conn.grant(name).await?;
+        let mut v = view(&grant);
+        v.events = Some(events_of(conn, &grant).await?);
+        return Ok(vec![v]);
+    }
+    let api: Api<UploadGrant> = match args.all_namespaces {
+        true => Api::all(conn.client.clone()),
+        false => conn.api(),
+    };
+    let mut list = api.list(&ListParams::default()).await?.items;
+    list.sort_by_key(|g| (g.namespace(), g.name_any()));
+    Ok(list.iter().map(view).collect())
+}
+
 pub async fn run(conn: &Conn, args: Args) -> Result<Outcome, Error> {
     let now = jiff::Timestamp::now();
-    let grants = match &args.name {
-        Some(name) => {
-            let grant = conn.grant(name).await?;
-            let mut v = view(&grant);
-            v.events = Some(events_of(conn, &grant).await?);
-            vec![v]
-        }
-        None => {
-            let api: Api<UploadGrant> = match args.all_namespaces {
-                true => Api::all(conn.client.clone()),
-                false => conn.api(),
-            };
-            let mut list = api.list(&ListParams::default()).await?.items;
-            list.sort_by_key(|g| (g.namespace(), g.name_any()));
-            list.iter().map(view).collect()
-        }
+    let report = Report {
+        grants: load(conn, &args).await?,
     };
-    let outcome = match grants.iter().all(GrantView::is_ready) {
+    let outcome = match report.grants.iter().all(GrantView::is_ready) {
         true => Outcome::Success,
         false => Outcome::Negative,
     };
-    let report = Report { grants };
     if let Some(text) = render(args.output, &report)? {
         print!("{text}");
-        return Ok(outcome);
-    }
-    if report.grants.is_empty() {
+    } else if report.grants.is_empty() {
         let scope = match args.all_namespaces {
             true => "any namespace".to_owned(),
             false => format!("namespace {:?}", conn.namespace),
         };
         eprintln!("No UploadGrants found in {scope}.");
-        return Ok(outcome);
-    }
-    print!("{}", render_table(&report.grants, args.all_namespaces, now));
-    if let (Some(_), [one]) = (&args.name, report.grants.as_slice()) {
-        print!("{}", render_detail(one, now));
+    } else {
+        print!("{}", render_table(&report.grants, args.all_namespaces, now));
+        if let (Some(_), [one]) = (&args.name, report.grants.as_slice()) {
+            print!("{}", render_detail(one, now));
+        }
     }
     Ok(outcome)
 }
