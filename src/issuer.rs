@@ -231,6 +231,7 @@ mod tests {
             methods: None,
             max_ttl: None,
             max_content_length: None,
+            kms_key_ids: None,
         }
     }
 

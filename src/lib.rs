@@ -10,6 +10,7 @@ pub mod kube_client;
 pub mod leader;
 pub mod metrics;
 pub mod plugin;
+pub mod policy;
 pub mod server;
 pub mod signing;
 pub mod telemetry;

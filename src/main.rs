@@ -109,6 +109,22 @@ struct Cli {
 
 #[derive(Debug, clap::Subcommand)]
 enum Command {
+    /// Print the AWS policies that allow no more than the ClusterGrantIssuers
+    /// do: the IAM policy for the operator's role, or a guardrail bucket
+    /// policy per bucket. Reads the issuers from the cluster, or from files.
+    Policy {
+        #[command(subcommand)]
+        what: PolicyKind,
+        /// Read issuers from these YAML files instead of the cluster.
+        #[arg(short = 'f', long = "file", global = true)]
+        files: Vec<std::path::PathBuf>,
+        /// Only these issuers (default: all).
+        #[arg(long = "issuer", global = true)]
+        issuers: Vec<String>,
+        /// The ARN partition.
+        #[arg(long, default_value = "aws", global = true)]
+        partition: String,
+    },
     /// Scale the operator's Deployment to zero and wait until its pods are
     /// gone, so that they release the Lease while they still may (the chart
     /// runs this as a pre-delete hook of `helm uninstall`).
@@ -125,6 +141,26 @@ enum Command {
         /// Seconds to wait for its pods to stop.
         #[arg(long, default_value_t = 90)]
         timeout: u64,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum PolicyKind {
+    /// The IAM policy for the operator's role: per S3 action, the objects
+    /// some allow rule reaches ({namespace} and {name} become *).
+    Iam,
+    /// Guardrail bucket policies: deny presigned requests older than the
+    /// longest maxTtl allowed on the bucket and requests not signed with
+    /// SigV4. One bucket's policy with --bucket, else a JSON object of all.
+    Bucket {
+        #[arg(long)]
+        bucket: Option<String>,
+        /// Apply the denials only to requests signed by this role.
+        #[arg(long)]
+        role_arn: Option<String>,
+        /// Also deny requests that do not come through this VPC endpoint.
+        #[arg(long)]
+        vpce: Option<String>,
     },
 }
 
@@ -164,6 +200,12 @@ async fn main() -> std::process::ExitCode {
             let timeout = Duration::from_secs(timeout);
             run_drain(namespace, &deployment, lease.as_deref(), timeout).await
         }
+        Some(Command::Policy {
+            what,
+            files,
+            issuers,
+            partition,
+        }) => run_policy(what, &files, &issuers, partition).await,
         None => run(cli).await,
     };
     match outcome {
@@ -173,6 +215,43 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Prints the policy as JSON on stdout, for `aws iam put-role-policy` or
+/// `aws s3api put-bucket-policy`.
+async fn run_policy(
+    what: PolicyKind,
+    files: &[std::path::PathBuf],
+    names: &[String],
+    partition: String,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    use upload_grant_operator::policy::{self, iam};
+    let issuers = policy::load(files, names).await?;
+    let mut options = iam::Options {
+        partition,
+        role_arn: None,
+        vpce: None,
+    };
+    let document = match what {
+        PolicyKind::Iam => iam::iam_policy(&issuers, &options),
+        PolicyKind::Bucket {
+            bucket,
+            role_arn,
+            vpce,
+        } => {
+            options.role_arn = role_arn;
+            options.vpce = vpce;
+            let mut all = iam::bucket_policies(&issuers, &options);
+            match bucket {
+                Some(b) => all
+                    .remove(&b)
+                    .ok_or_else(|| format!("no allow rule names bucket {b:?}"))?,
+                None => serde_json::to_value(all)?,
+            }
+        }
+    };
+    println!("{}", serde_json::to_string_pretty(&document)?);
+    Ok(())
 }
 
 /// A drain that times out still succeeds: `helm uninstall` should go on, and

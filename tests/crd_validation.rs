@@ -110,6 +110,17 @@ async fn invalid_grants_are_rejected_with_a_clear_message() -> TestResult {
             with(serde_json::json!({"secret": {"name": "Not A Name"}})),
             "spec.secret.name",
         ),
+        (
+            with(
+                serde_json::json!({"secret": {"rolloutRestartTargets": [{"kind": "Job", "name": "x"}]}}),
+            ),
+            "spec.secret.rolloutRestartTargets[0].kind",
+        ),
+        (
+            with(serde_json::json!({"secret": {"rolloutRestartTargets": [
+                {"kind": "Deployment", "name": "x"}, {"kind": "Deployment", "name": "x"}]}})),
+            "Duplicate value",
+        ),
     ];
     for (i, (spec, needle)) in cases.into_iter().enumerate() {
         let shown = spec.to_string();
@@ -131,7 +142,8 @@ async fn invalid_grants_are_rejected_with_a_clear_message() -> TestResult {
     // The same grant with good values is accepted, so the refusals above are
     // about the values.
     let good = with(
-        serde_json::json!({"ttl": "2h", "refreshBefore": "30m", "contentLength": 10, "notAfter": "2030-01-01T00:00:00Z"}),
+        serde_json::json!({"ttl": "2h", "refreshBefore": "30m", "contentLength": 10, "notAfter": "2030-01-01T00:00:00Z",
+            "secret": {"rolloutRestartTargets": [{"kind": "Deployment", "name": "db"}, {"kind": "StatefulSet", "name": "db"}]}}),
     );
     api.create(&PostParams::default(), &grant("good", good)?)
         .await?;
@@ -585,6 +597,7 @@ async fn kubectl_explains_every_field_and_prints_the_columns() -> TestResult {
         "uploadgrant.spec.refreshBefore",
         "uploadgrant.status.expiresAt",
         "clustergrantissuer.spec.allow.keyPrefixes",
+        "uploadgrant.spec.secret.rolloutRestartTargets",
     ] {
         let out = ctx
             .env

@@ -18,7 +18,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use support::grants::*;
 use support::operator::OperatorOptions;
-use support::{STS_AUDIENCE, TestContext, TestResult, eventually};
+use support::{TestContext, TestResult, eventually};
 
 /// Seconds the served credentials claim to live: the operator keeps using a
 /// snapshot only while more than two minutes are left, so a failing endpoint
@@ -47,60 +47,12 @@ async fn serve_credentials(State(ep): State<Endpoint>) -> (StatusCode, String) {
     (StatusCode::OK, body.to_string())
 }
 
-/// Real session credentials from the STS, for a ServiceAccount token.
-async fn session_credentials(ctx: &TestContext) -> TestResult<(String, String, String)> {
-    let token = ctx
-        .service_account_token("pod-identity", STS_AUDIENCE, Duration::from_secs(3600))
-        .await?;
-    let form = [
-        ("Action", "AssumeRoleWithWebIdentity"),
-        ("Version", "2011-06-15"),
-        ("RoleArn", ctx.env.role_arn()),
-        ("RoleSessionName", "renewal-failure"),
-        ("WebIdentityToken", token.as_str()),
-    ];
-    let body: String = form
-        .iter()
-        .map(|(k, v)| {
-            format!(
-                "{k}={}",
-                v.replace('+', "%2B")
-                    .replace('/', "%2F")
-                    .replace('=', "%3D")
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("&");
-    let xml = support::http()
-        .post(ctx.env.sts_endpoint())
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(body)
-        .send()
-        .await?
-        .text()
-        .await?;
-    let field = |name: &str| -> TestResult<String> {
-        let open = format!("<{name}>");
-        let start = xml
-            .find(&open)
-            .ok_or_else(|| format!("no {name} in STS answer: {xml}"))?
-            + open.len();
-        let end = xml[start..].find('<').ok_or("unterminated field")? + start;
-        Ok(xml[start..end].replace("&#43;", "+").replace("&amp;", "&"))
-    };
-    Ok((
-        field("AccessKeyId")?,
-        field("SecretAccessKey")?,
-        field("SessionToken")?,
-    ))
-}
-
 #[tokio::test]
 async fn a_failed_renewal_keeps_the_valid_secret_reports_and_recovers() -> TestResult {
     let ctx = TestContext::new("renew-fail").await?;
     let endpoint = Endpoint {
         failing: Arc::default(),
-        credentials: Arc::new(session_credentials(&ctx).await?),
+        credentials: Arc::new(support::session_credentials(&ctx, "renewal-failure", None).await?),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let uri = format!("http://{}/credentials", listener.local_addr()?);

@@ -90,6 +90,11 @@ pub struct AllowRule {
         regex(pattern = r"^[0-9]+(\.[0-9]+)?(k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
     )]
     pub max_content_length: Option<String>,
+    /// KMS keys a grant may name in serverSideEncryption.kmsKeyId (key ids,
+    /// ARNs or aliases, compared as written). Omitted allows any key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub kms_key_ids: Option<Vec<String>>,
 }
 
 /// Whether the issuer is usable.

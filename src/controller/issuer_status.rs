@@ -1,5 +1,6 @@
 //! Status for ClusterGrantIssuers: Ready says whether the issuer's rules can
-//! be evaluated, so an admin sees a broken rule before a grant trips on it.
+//! be evaluated, so an admin sees a broken rule before a grant trips on it;
+//! RiskyRules names each rule that allows more than it names.
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -30,24 +31,57 @@ pub fn desired(issuer: &ClusterGrantIssuer, now: Time) -> ClusterGrantIssuerStat
         Ok(summary) => ("True", "Valid", summary),
         Err(problem) => ("False", "InvalidSpec", problem),
     };
+    let ready = condition(issuer, "Ready", status, reason, message, &now);
+    let risks = risks(issuer, &now);
+    ClusterGrantIssuerStatus {
+        conditions: vec![ready, risks],
+        observed_generation: issuer.metadata.generation,
+    }
+}
+
+/// `RiskyRules`: True, naming each rule that allows more than it names.
+fn risks(issuer: &ClusterGrantIssuer, now: &Time) -> Condition {
+    let found = crate::policy::risks::risks(&issuer.spec);
+    let (status, reason, message) = if found.is_empty() {
+        (
+            "False",
+            "NoRiskyRules",
+            "every rule names the namespaces, keys, methods, sizes and KMS keys it allows"
+                .to_owned(),
+        )
+    } else {
+        let each: Vec<String> = found.iter().map(ToString::to_string).collect();
+        ("True", "RiskyRules", each.join("; "))
+    };
+    condition(issuer, RISKY_RULES, status, reason, message, now)
+}
+
+/// The condition type naming risky rules.
+pub const RISKY_RULES: &str = "RiskyRules";
+
+fn condition(
+    issuer: &ClusterGrantIssuer,
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: String,
+    now: &Time,
+) -> Condition {
     let previous = issuer
         .status
         .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_));
     let transition = previous
         .filter(|c| c.status == status)
         .map(|c| c.last_transition_time.clone())
-        .unwrap_or(now);
-    ClusterGrantIssuerStatus {
-        conditions: vec![Condition {
-            type_: "Ready".into(),
-            status: status.into(),
-            reason: reason.into(),
-            message,
-            observed_generation: issuer.metadata.generation,
-            last_transition_time: transition,
-        }],
+        .unwrap_or_else(|| now.clone());
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message,
         observed_generation: issuer.metadata.generation,
+        last_transition_time: transition,
     }
 }
 
@@ -96,6 +130,42 @@ mod tests {
             first,
             "an unchanged issuer needs no write"
         );
+    }
+
+    #[test]
+    fn risky_rules_are_named_in_their_own_condition() {
+        let i = issuer(serde_json::json!([
+            {"namespaces": {"matchLabels": {"team": "a"}}, "buckets": ["b"], "keyPrefixes": ["{namespace}/"], "methods": ["GET"]},
+            {"buckets": ["b"], "keyPrefixes": ["{namespace}"], "methods": ["GET", "DELETE"]}
+        ]));
+        let s = desired(&i, t(10));
+        let risky = s
+            .conditions
+            .iter()
+            .find(|c| c.type_ == RISKY_RULES)
+            .expect("condition");
+        assert_eq!(
+            (risky.status.as_str(), risky.reason.as_str()),
+            ("True", "RiskyRules")
+        );
+        assert!(!risky.message.contains("allow[0]"), "{}", risky.message);
+        for needle in [
+            "allow[1] applies to every namespace",
+            "allow[1] allows DELETE",
+            "allow[1] has a key prefix with {namespace}",
+        ] {
+            assert!(
+                risky.message.contains(needle),
+                "{needle} in {}",
+                risky.message
+            );
+        }
+        assert_eq!(s.conditions[0].status, "True", "risky rules still work");
+        let tight = issuer(
+            serde_json::json!([{"namespaces": {"matchLabels": {"team": "a"}}, "buckets": ["b"], "keyPrefixes": ["x/"], "methods": ["GET"]}]),
+        );
+        let calm = desired(&tight, t(10));
+        assert_eq!(calm.conditions[1].status, "False");
     }
 
     #[test]

@@ -519,3 +519,54 @@ pub async fn send(
         .send()
         .await?)
 }
+
+/// Real session credentials from the STS for a ServiceAccount token:
+/// (access key id, secret key, session token). A session `policy` narrows
+/// the role's permissions to what both allow.
+pub async fn session_credentials(
+    ctx: &TestContext,
+    session: &str,
+    policy: Option<&str>,
+) -> TestResult<(String, String, String)> {
+    use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+    let token = ctx
+        .service_account_token("pod-identity", STS_AUDIENCE, Duration::from_secs(3600))
+        .await?;
+    let mut form = vec![
+        ("Action", "AssumeRoleWithWebIdentity"),
+        ("Version", "2011-06-15"),
+        ("RoleArn", ctx.env.role_arn()),
+        ("RoleSessionName", session),
+        ("WebIdentityToken", token.as_str()),
+    ];
+    if let Some(policy) = policy {
+        form.push(("Policy", policy));
+    }
+    let body: String = form
+        .iter()
+        .map(|(k, v)| format!("{k}={}", utf8_percent_encode(v, NON_ALPHANUMERIC)))
+        .collect::<Vec<_>>()
+        .join("&");
+    let xml = http()
+        .post(ctx.env.sts_endpoint())
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await?
+        .text()
+        .await?;
+    let field = |name: &str| -> TestResult<String> {
+        let open = format!("<{name}>");
+        let start = xml
+            .find(&open)
+            .ok_or_else(|| format!("no {name} in STS answer: {xml}"))?
+            + open.len();
+        let end = xml[start..].find('<').ok_or("unterminated field")? + start;
+        Ok(xml[start..end].replace("&#43;", "+").replace("&amp;", "&"))
+    };
+    Ok((
+        field("AccessKeyId")?,
+        field("SecretAccessKey")?,
+        field("SessionToken")?,
+    ))
+}
