@@ -55,7 +55,9 @@ fn chart_lints_and_renders_hardened_with_every_option() -> TestResult {
             "RoleBinding",
             "Service",
             "ServiceAccount",
-            "ServiceAccount"
+            "ServiceAccount",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding"
         ]
     );
     let all = documents(&env.helm(&["template", "r", CHART, "-n", "ugo", "-f", ALL_OPTIONS])?)?;
@@ -95,6 +97,28 @@ fn chart_lints_and_renders_hardened_with_every_option() -> TestResult {
     assert_eq!(
         env_of(&all, "UPLOAD_GRANT_PROPAGATION_BUDGET"),
         Some("90s".into())
+    );
+
+    // Issuer warnings: a Warn-only policy, on by default.
+    let binding = defaults
+        .iter()
+        .find(|d| d["kind"] == "ValidatingAdmissionPolicyBinding")
+        .ok_or("no issuer warnings")?;
+    assert_eq!(
+        binding["spec"]["validationActions"],
+        serde_json::json!(["Warn"])
+    );
+    let quiet = documents(&env.helm(&[
+        "template",
+        "r",
+        CHART,
+        "--set",
+        "issuerWarnings.enabled=false",
+    ])?)?;
+    assert!(
+        !quiet
+            .iter()
+            .any(|d| d["kind"] == "ValidatingAdmissionPolicy")
     );
 
     // Rollout restarts: the flag, and the RBAC for them, only when enabled.

@@ -13,15 +13,32 @@ use crate::api::{ClusterGrantIssuer, ClusterGrantIssuerStatus};
 /// Writes the status of every issuer that changes, until the stream ends.
 pub async fn run(client: Client, changes: impl Stream<Item = ClusterGrantIssuer>) {
     changes
-        .for_each_concurrent(4, |issuer| {
-            let client = client.clone();
-            async move {
-                if let Err(e) = write(&client, &issuer).await {
-                    tracing::warn!(issuer = %issuer.name_any(), error = %e, "could not write issuer status");
-                }
-            }
-        })
+        .for_each_concurrent(4, |issuer| write_with_retries(client.clone(), issuer))
         .await;
+}
+
+/// Nothing else wakes an unchanged issuer, so a failed write is tried again
+/// a few times, each on the issuer as the server has it then.
+async fn write_with_retries(client: Client, mut issuer: ClusterGrantIssuer) {
+    const ATTEMPTS: u32 = 5;
+    let api = Api::<ClusterGrantIssuer>::all(client.clone());
+    let mut delay = std::time::Duration::from_secs(1);
+    for attempt in 1..=ATTEMPTS {
+        let Err(e) = write(&client, &issuer).await else {
+            return;
+        };
+        tracing::warn!(issuer = %issuer.name_any(), error = %e, attempt, "could not write issuer status");
+        if attempt == ATTEMPTS {
+            return;
+        }
+        tokio::time::sleep(delay).await;
+        delay *= 2;
+        match api.get_opt(&issuer.name_any()).await {
+            Ok(Some(fresh)) => issuer = fresh,
+            Ok(None) => return,
+            Err(_) => {}
+        }
+    }
 }
 
 /// The status an issuer should have; lastTransitionTime kept when the value
