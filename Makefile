@@ -9,7 +9,9 @@ IMAGE ?= docker.io/library/upload-grant-operator:dev
 # The example consumers' image (`make consumer-image`), run by tests/node_consumers.rs.
 CONSUMER_IMAGE ?= docker.io/library/upload-grant-consumers:dev
 
-.PHONY: all build release image image-check consumer-image crds lint test bench demo testenv testenv-down testenv-build deps
+PREFIX ?= $(HOME)/.local
+
+.PHONY: all build release install-plugin image image-check consumer-image crds lint test bench demo testenv testenv-down testenv-build deps
 
 all: build
 
@@ -22,6 +24,13 @@ build:
 ## release: the release binary exactly as the Dockerfile builds it
 release:
 	$(CARGO) build --release --locked --bin upload-grant-operator
+
+## install-plugin: build `kubectl grant` and install it as $(PREFIX)/bin/kubectl-grant (PREFIX default ~/.local)
+install-plugin:
+	$(CARGO) build --release --locked --bin kubectl-grant
+	install -d "$(PREFIX)/bin"
+	install -m 0755 target/release/kubectl-grant "$(PREFIX)/bin/kubectl-grant"
+	@echo "installed $(PREFIX)/bin/kubectl-grant; with $(PREFIX)/bin on PATH, run: kubectl grant --help"
 
 ## image: the Dockerfile's image without a container engine -> target/image/upload-grant-operator.tar
 ## (an OCI archive); also imported into the test node's containerd when it runs

@@ -32,25 +32,58 @@ impl std::fmt::Display for Denied {
     }
 }
 
-/// Returns the index of the first rule that allows the request, or why each
-/// rule refused it.
-pub fn authorize(issuer: &ClusterGrantIssuerSpec, req: &Request<'_>) -> Result<usize, Denied> {
-    if issuer.allow.is_empty() {
+/// One rule's answer to a request: allowed, or why not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleVerdict {
+    /// The rule's index in `spec.allow`.
+    pub rule: usize,
+    pub refusal: Option<String>,
+}
+
+impl RuleVerdict {
+    pub fn allows(&self) -> bool {
+        self.refusal.is_none()
+    }
+}
+
+/// Every rule's verdict, in order: what `authorize` decides from, and what
+/// `kubectl grant check` shows.
+pub fn evaluate(issuer: &ClusterGrantIssuerSpec, req: &Request<'_>) -> Vec<RuleVerdict> {
+    issuer
+        .allow
+        .iter()
+        .enumerate()
+        .map(|(rule, r)| RuleVerdict {
+            rule,
+            refusal: check_rule(r, req).err(),
+        })
+        .collect()
+}
+
+/// The index of the first rule that allows, or why each rule refused.
+pub fn conclude(verdicts: &[RuleVerdict]) -> Result<usize, Denied> {
+    if verdicts.is_empty() {
         return Err(Denied(
             "the issuer has no allow rules, so it allows nothing".into(),
         ));
     }
-    let mut reasons = Vec::with_capacity(issuer.allow.len());
-    for (i, rule) in issuer.allow.iter().enumerate() {
-        match check_rule(rule, req) {
-            Ok(()) => return Ok(i),
-            Err(reason) => reasons.push(format!("allow[{i}]: {reason}")),
-        }
+    if let Some(v) = verdicts.iter().find(|v| v.allows()) {
+        return Ok(v.rule);
     }
+    let reasons: Vec<String> = verdicts
+        .iter()
+        .filter_map(|v| Some(format!("allow[{}]: {}", v.rule, v.refusal.as_ref()?)))
+        .collect();
     Err(Denied(format!(
         "no allow rule matches: {}",
         reasons.join("; ")
     )))
+}
+
+/// Returns the index of the first rule that allows the request, or why each
+/// rule refused it.
+pub fn authorize(issuer: &ClusterGrantIssuerSpec, req: &Request<'_>) -> Result<usize, Denied> {
+    conclude(&evaluate(issuer, req))
 }
 
 fn check_rule(rule: &AllowRule, req: &Request<'_>) -> Result<(), String> {
@@ -394,6 +427,20 @@ mod tests {
             ..rule()
         };
         assert!(check(&issuer(vec![rule(), bad])).is_err_and(|e| e.starts_with("allow[1].maxTtl")));
+    }
+
+    #[test]
+    fn evaluate_gives_every_rule_a_verdict() {
+        let l = labels(&[]);
+        let a = AllowRule {
+            buckets: vec!["a".into()],
+            ..rule()
+        };
+        let verdicts = evaluate(&issuer(vec![a, rule(), rule()]), &request(&l));
+        assert_eq!(verdicts.len(), 3);
+        assert!(!verdicts[0].allows() && verdicts[1].allows() && verdicts[2].allows());
+        assert_eq!(conclude(&verdicts), Ok(1));
+        assert!(conclude(&[]).is_err_and(|d| d.0.contains("allows nothing")));
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod issuer;
 pub mod kube_client;
 pub mod leader;
 pub mod metrics;
+pub mod plugin;
 pub mod policy;
 pub mod server;
 pub mod signing;

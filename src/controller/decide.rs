@@ -15,7 +15,7 @@ use super::secrets::Slot;
 use super::validate::{ValidGrant, check_propagation, validate};
 use crate::api::condition::ready_condition;
 use crate::api::{ClusterGrantIssuer, Reason, S3Target, UploadGrant};
-use crate::issuer::{Request, authorize};
+use crate::issuer::{Request, RuleVerdict, conclude, evaluate};
 use crate::signing::url_lifetime;
 
 /// How long to wait before looking again at a name held by a Secret that is
@@ -135,33 +135,93 @@ pub fn issuer_name<'a>(grant: &'a UploadGrant, default: Option<&'a str>) -> Opti
         .or(default)
 }
 
+/// What admission looks at: the grant, the issuer it names and the labels
+/// of its namespace. `kubectl grant check` builds one from the cluster.
+pub struct Admission<'a> {
+    pub grant: &'a UploadGrant,
+    /// The grant's issuerRef, else the operator's default; None if neither.
+    pub issuer_name: Option<&'a str>,
+    pub issuer: Option<&'a ClusterGrantIssuer>,
+    pub namespace_labels: &'a BTreeMap<String, String>,
+    /// The operator's propagation budget: it bounds the shortest ttl.
+    pub propagation: Duration,
+}
+
+/// A grant its issuer allows: the checked spec and the rule that allows it.
+#[derive(Debug, Clone)]
+pub struct Admitted<'a> {
+    pub valid: ValidGrant,
+    pub issuer: &'a ClusterGrantIssuer,
+    pub rule: usize,
+    pub verdicts: Vec<RuleVerdict>,
+}
+
+/// Why a grant gets no URL, as its Ready condition says it; `verdicts` holds
+/// each rule's answer when the issuer's rules refused it (Forbidden).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refused {
+    pub reason: Reason,
+    pub message: String,
+    pub verdicts: Vec<RuleVerdict>,
+}
+
+/// The admission part of a decision: a valid spec, an issuer, a rule that
+/// allows it. Pure, and shared with `kubectl grant check` so the plugin's
+/// answer is the operator's.
+pub fn admit<'a>(a: &Admission<'a>) -> Result<Admitted<'a>, Refused> {
+    let refuse = |reason, message: String| Refused {
+        reason,
+        message,
+        verdicts: Vec::new(),
+    };
+    let grant = a.grant;
+    let valid = validate(&grant.spec, &grant.name_any())
+        .and_then(|v| check_propagation(v.ttl, a.propagation).map(|()| v))
+        .map_err(|e| refuse(Reason::InvalidSpec, e.0))?;
+    let issuer = match (a.issuer_name, a.issuer) {
+        (None, _) => {
+            let msg = "spec.issuerRef is not set and the operator has no default issuer";
+            return Err(refuse(Reason::IssuerNotFound, msg.into()));
+        }
+        (Some(name), None) => {
+            let msg = format!("ClusterGrantIssuer {name:?} not found");
+            return Err(refuse(Reason::IssuerNotFound, msg));
+        }
+        (Some(_), Some(issuer)) => issuer,
+    };
+    let verdicts = evaluate(&issuer.spec, &request(a, &valid));
+    match conclude(&verdicts) {
+        Ok(rule) => Ok(Admitted {
+            valid,
+            issuer,
+            rule,
+            verdicts,
+        }),
+        Err(denied) => Err(Refused {
+            reason: Reason::Forbidden,
+            message: format!("ClusterGrantIssuer {:?}: {denied}", issuer.name_any()),
+            verdicts,
+        }),
+    }
+}
+
 pub fn decide(o: &Observed<'_>) -> Decision {
     let revoke = |reason, message: String| Decision::Revoke { reason, message };
     let grant = o.grant;
     if grant.spec.suspend {
         return revoke(Reason::Suspended, "suspended: no URL is issued".into());
     }
-    let valid = match validate(&grant.spec, &grant.name_any())
-        .and_then(|v| check_propagation(v.ttl, o.propagation).map(|()| v))
-    {
-        Ok(v) => v,
-        Err(e) => return revoke(Reason::InvalidSpec, e.0),
+    let admission = Admission {
+        grant,
+        issuer_name: o.issuer_name,
+        issuer: o.issuer,
+        namespace_labels: o.namespace_labels,
+        propagation: o.propagation,
     };
-    let issuer = match (o.issuer_name, o.issuer) {
-        (None, _) => {
-            let msg = "spec.issuerRef is not set and the operator has no default issuer";
-            return revoke(Reason::IssuerNotFound, msg.into());
-        }
-        (Some(name), None) => {
-            let msg = format!("ClusterGrantIssuer {name:?} not found");
-            return revoke(Reason::IssuerNotFound, msg);
-        }
-        (Some(_), Some(issuer)) => issuer,
+    let Admitted { valid, issuer, .. } = match admit(&admission) {
+        Ok(admitted) => admitted,
+        Err(refused) => return revoke(refused.reason, refused.message),
     };
-    if let Err(denied) = authorize(&issuer.spec, &request(o, &valid)) {
-        let msg = format!("ClusterGrantIssuer {:?}: {denied}", issuer.name_any());
-        return revoke(Reason::Forbidden, msg);
-    }
     if let Some(refused) = o.settled.filter(|s| s.reason == Reason::InvalidSpec) {
         return revoke(Reason::InvalidSpec, refused.message.to_owned());
     }
@@ -240,11 +300,11 @@ fn schedule(now: SystemTime, mut plan: SignPlan, already_expired: bool) -> Decis
     }
 }
 
-fn request<'a>(o: &'a Observed<'_>, valid: &'a ValidGrant) -> Request<'a> {
+fn request<'a>(a: &'a Admission<'_>, valid: &'a ValidGrant) -> Request<'a> {
     Request {
-        namespace: o.grant.metadata.namespace.as_deref().unwrap_or_default(),
-        namespace_labels: o.namespace_labels,
-        name: o.grant.metadata.name.as_deref().unwrap_or_default(),
+        namespace: a.grant.metadata.namespace.as_deref().unwrap_or_default(),
+        namespace_labels: a.namespace_labels,
+        name: a.grant.metadata.name.as_deref().unwrap_or_default(),
         bucket: &valid.bucket,
         key: &valid.key,
         method: valid.method,
@@ -810,6 +870,35 @@ mod tests {
         for (name, case, want) in table {
             assert_eq!(reason_of(&case.decide()), want, "{name}");
         }
+    }
+
+    #[test]
+    fn admission_says_which_rule_allows_or_why_each_refuses() {
+        let g = grant(serde_json::json!({}));
+        let two = issuer(serde_json::json!([{"buckets": ["other"]}, {"buckets": ["reports"]}]));
+        let labels = BTreeMap::new();
+        let admission = |issuer| Admission {
+            grant: &g,
+            issuer_name: Some("default"),
+            issuer,
+            namespace_labels: &labels,
+            propagation: DEFAULT_PROPAGATION_BUDGET,
+        };
+        let admitted = admit(&admission(Some(&two))).expect("rule 1 allows");
+        assert_eq!(admitted.rule, 1);
+        assert_eq!(admitted.verdicts.len(), 2);
+        let none = issuer(serde_json::json!([{"buckets": ["other"]}]));
+        let refused = admit(&admission(Some(&none))).expect_err("forbidden");
+        assert_eq!(refused.reason, Reason::Forbidden);
+        assert!(
+            refused.verdicts[0]
+                .refusal
+                .as_ref()
+                .is_some_and(|r| r.contains("bucket"))
+        );
+        let missing = admit(&admission(None)).expect_err("no issuer");
+        assert_eq!(missing.reason, Reason::IssuerNotFound);
+        assert!(missing.verdicts.is_empty());
     }
 
     #[test]
