@@ -129,7 +129,7 @@ async fn kubectl_finds_the_plugin_and_its_help_lists_the_commands() -> TestResul
 #[test]
 fn the_krew_manifest_installs_this_binary() -> TestResult {
     let text = std::fs::read_to_string(support::repo_root().join("plugins/grant.yaml"))?;
-    let manifest: serde_json::Value = serde_yaml::from_str(&text)?;
+    let manifest: serde_json::Value = serde_norway::from_str(&text)?;
     assert_eq!(
         manifest["apiVersion"],
         "krew.googlecontainers.k8s.io/v1alpha2"
@@ -228,7 +228,7 @@ async fn status_shows_ready_and_forbidden_grants() -> TestResult {
 
     let yaml = grant_cmd(&ctx, &["status", "ready", "-o", "yaml"])?;
     assert_eq!(yaml.code, 0, "{yaml:?}");
-    let yaml: serde_json::Value = serde_yaml::from_str(&yaml.stdout)?;
+    let yaml: serde_json::Value = serde_norway::from_str(&yaml.stdout)?;
     let events = yaml["grants"][0]["events"].as_array().ok_or("no events")?;
     assert!(events.iter().any(|e| e["reason"] == "Issued"), "{events:?}");
 

@@ -90,7 +90,7 @@ pub fn render<T: Serialize>(format: Format, value: &T) -> Result<Option<String>,
         Format::Json => serde_json::to_string_pretty(value)
             .map(|s| Some(s + "\n"))
             .map_err(|e| Error::Output(e.to_string())),
-        Format::Yaml => serde_yaml::to_string(value)
+        Format::Yaml => serde_norway::to_string(value)
             .map(Some)
             .map_err(|e| Error::Output(e.to_string())),
     }
