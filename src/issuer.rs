@@ -7,7 +7,7 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use crate::api::duration::{format_duration, parse_duration, parse_quantity};
-use crate::api::{AllowRule, ClusterGrantIssuerSpec, Method};
+use crate::api::{AllowRule, ClusterGrantIssuerSpec, Method, ServerSideEncryption, SseType};
 
 /// What a grant asks for, as far as the allow rules care.
 #[derive(Debug, Clone)]
@@ -20,6 +20,7 @@ pub struct Request<'a> {
     pub method: Method,
     pub ttl: Duration,
     pub content_length: Option<u64>,
+    pub sse: Option<&'a ServerSideEncryption>,
 }
 
 /// Why no rule allowed a grant: one line per rule, for the grant's status.
@@ -38,6 +39,9 @@ pub struct RuleVerdict {
     /// The rule's index in `spec.allow`.
     pub rule: usize,
     pub refusal: Option<String>,
+    /// The rule's namespace selector does not match: the rule is for other
+    /// tenants, and a denial shown to this one does not describe it.
+    pub other_namespaces: bool,
 }
 
 impl RuleVerdict {
@@ -53,14 +57,20 @@ pub fn evaluate(issuer: &ClusterGrantIssuerSpec, req: &Request<'_>) -> Vec<RuleV
         .allow
         .iter()
         .enumerate()
-        .map(|(rule, r)| RuleVerdict {
-            rule,
-            refusal: check_rule(r, req).err(),
+        .map(|(rule, r)| {
+            let other_namespaces = !applies_to(r, req.namespace_labels);
+            RuleVerdict {
+                rule,
+                refusal: check_rule(r, req).err(),
+                other_namespaces,
+            }
         })
         .collect()
 }
 
-/// The index of the first rule that allows, or why each rule refused.
+/// The index of the first rule that allows, or why each rule for the
+/// grant's namespace refused; rules for other namespaces are only counted,
+/// so a tenant does not learn what other tenants may do.
 pub fn conclude(verdicts: &[RuleVerdict]) -> Result<usize, Denied> {
     if verdicts.is_empty() {
         return Err(Denied(
@@ -72,12 +82,28 @@ pub fn conclude(verdicts: &[RuleVerdict]) -> Result<usize, Denied> {
     }
     let reasons: Vec<String> = verdicts
         .iter()
+        .filter(|v| !v.other_namespaces)
         .filter_map(|v| Some(format!("allow[{}]: {}", v.rule, v.refusal.as_ref()?)))
         .collect();
-    Err(Denied(format!(
-        "no allow rule matches: {}",
-        reasons.join("; ")
-    )))
+    let others = verdicts.iter().filter(|v| v.other_namespaces).count();
+    let others = match others {
+        0 => String::new(),
+        n => format!("{n} rule(s) are for other namespaces"),
+    };
+    Err(Denied(match (reasons.is_empty(), others.is_empty()) {
+        (true, _) => format!("no allow rule applies to this namespace ({others})"),
+        (false, true) => format!("no allow rule matches: {}", reasons.join("; ")),
+        (false, false) => format!("no allow rule matches: {}; {others}", reasons.join("; ")),
+    }))
+}
+
+/// Whether a rule's namespace selector selects the grant's namespace. A
+/// selector that cannot be evaluated counts as applying, so its error is
+/// shown.
+fn applies_to(rule: &AllowRule, labels: &BTreeMap<String, String>) -> bool {
+    rule.namespaces
+        .as_ref()
+        .is_none_or(|s| selector_matches(s, labels).unwrap_or(true))
 }
 
 /// Returns the index of the first rule that allows the request, or why each
@@ -147,7 +173,27 @@ fn check_rule(rule: &AllowRule, req: &Request<'_>) -> Result<(), String> {
             }
         }
     }
-    Ok(())
+    check_kms_key(rule, req)
+}
+
+/// With kmsKeyIds, a grant asking for SSE-KMS must name one of them: the
+/// bucket's default key is not on the list.
+fn check_kms_key(rule: &AllowRule, req: &Request<'_>) -> Result<(), String> {
+    let (Some(allowed), Some(sse)) = (&rule.kms_key_ids, req.sse) else {
+        return Ok(());
+    };
+    if sse.type_ != SseType::AwsKms {
+        return Ok(());
+    }
+    match &sse.kms_key_id {
+        Some(key) if allowed.contains(key) => Ok(()),
+        Some(key) => Err(format!(
+            "KMS key {key:?} is not one of kmsKeyIds {allowed:?}"
+        )),
+        None => Err(format!(
+            "aws:kms without a kmsKeyId uses the bucket's default key; name one of kmsKeyIds {allowed:?}"
+        )),
+    }
 }
 
 /// Kubernetes label-selector semantics: every matchLabels entry and every
@@ -252,6 +298,7 @@ mod tests {
             method: Method::Put,
             ttl: Duration::from_secs(3600),
             content_length: Some(1000),
+            sse: None,
         }
     }
 
@@ -302,8 +349,61 @@ mod tests {
         let yes = labels(&[("team", "analytics")]);
         let no = labels(&[("team", "web")]);
         assert!(authorize(&issuer(vec![r.clone()]), &request(&yes)).is_ok());
-        let denied = authorize(&issuer(vec![r]), &request(&no)).unwrap_err();
-        assert!(denied.0.contains("namespace selector"), "{denied}");
+        let denied = authorize(&issuer(vec![r.clone()]), &request(&no)).unwrap_err();
+        assert_eq!(
+            denied.0,
+            "no allow rule applies to this namespace (1 rule(s) are for other namespaces)"
+        );
+        // The tenant reads why the rules for its namespace refused, and
+        // nothing of the others'.
+        let secret = AllowRule {
+            buckets: vec!["finance-ledgers".into()],
+            ..r
+        };
+        let mine = AllowRule {
+            buckets: vec!["mine".into()],
+            ..rule()
+        };
+        let denied = authorize(&issuer(vec![secret, mine]), &request(&no)).unwrap_err();
+        assert_eq!(
+            denied.0,
+            "no allow rule matches: allow[1]: bucket \"reports\" is not one of [\"mine\"]; 1 rule(s) are for other namespaces"
+        );
+    }
+
+    #[test]
+    fn kms_key_ids_limit_the_keys_a_grant_may_name() {
+        use crate::api::{ServerSideEncryption, SseType};
+        let l = labels(&[]);
+        let r = AllowRule {
+            kms_key_ids: Some(vec!["alias/reports".into()]),
+            ..rule()
+        };
+        let sse = |type_, key: Option<&str>| ServerSideEncryption {
+            type_,
+            kms_key_id: key.map(str::to_owned),
+        };
+        let with = |s: &ServerSideEncryption| {
+            let mut req = request(&l);
+            req.sse = Some(s);
+            authorize(&issuer(vec![r.clone()]), &req)
+        };
+        assert!(with(&sse(SseType::AwsKms, Some("alias/reports"))).is_ok());
+        assert!(
+            with(&sse(SseType::Aes256, None)).is_ok(),
+            "S3-managed keys are not KMS keys"
+        );
+        let other = with(&sse(SseType::AwsKms, Some("alias/other"))).unwrap_err();
+        assert!(other.0.contains("is not one of kmsKeyIds"), "{other}");
+        let default_key = with(&sse(SseType::AwsKms, None)).unwrap_err();
+        assert!(
+            default_key.0.contains("bucket's default key"),
+            "{default_key}"
+        );
+        assert!(
+            authorize(&issuer(vec![r]), &request(&l)).is_ok(),
+            "no encryption asked"
+        );
     }
 
     #[test]

@@ -58,6 +58,8 @@ fn chart_lints_and_renders_hardened_with_every_option() -> TestResult {
             "ServiceAccount",
             "ServiceAccount",
             "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding",
             "ValidatingAdmissionPolicyBinding"
         ]
     );
@@ -103,7 +105,10 @@ fn chart_lints_and_renders_hardened_with_every_option() -> TestResult {
     // Issuer warnings: a Warn-only policy, on by default.
     let binding = defaults
         .iter()
-        .find(|d| d["kind"] == "ValidatingAdmissionPolicyBinding")
+        .find(|d| {
+            d["kind"] == "ValidatingAdmissionPolicyBinding"
+                && d["metadata"]["name"] == "r-upload-grant-operator-issuer-warnings"
+        })
         .ok_or("no issuer warnings")?;
     assert_eq!(
         binding["spec"]["validationActions"],
@@ -116,11 +121,13 @@ fn chart_lints_and_renders_hardened_with_every_option() -> TestResult {
         "--set",
         "issuerWarnings.enabled=false",
     ])?)?;
-    assert!(
-        !quiet
-            .iter()
-            .any(|d| d["kind"] == "ValidatingAdmissionPolicy")
-    );
+    let warnings = |d: &&serde_json::Value| {
+        d["metadata"]["name"]
+            .as_str()
+            .is_some_and(|n| n.ends_with("-issuer-warnings"))
+    };
+    assert!(!quiet.iter().any(|d| warnings(&d)));
+    assert_eq!(defaults.iter().filter(warnings).count(), 2);
 
     // Rollout restarts: the flag, and the RBAC for them, only when enabled.
     let restarts_rule = |docs: &[serde_json::Value]| {
@@ -310,14 +317,11 @@ fn chart_lints_and_renders_hardened_with_every_option() -> TestResult {
     );
 
     // The Secret write guard matches the operator's ServiceAccount only.
+    let guard = "r-upload-grant-operator-secret-write-guard";
     let policy = defaults
         .iter()
-        .find(|d| d["kind"] == "ValidatingAdmissionPolicy")
-        .ok_or("no ValidatingAdmissionPolicy")?;
-    assert_eq!(
-        policy["metadata"]["name"],
-        "r-upload-grant-operator-secret-write-guard"
-    );
+        .find(|d| d["kind"] == "ValidatingAdmissionPolicy" && d["metadata"]["name"] == guard)
+        .ok_or("no Secret write guard")?;
     assert_eq!(policy["spec"]["failurePolicy"], "Fail");
     assert_eq!(
         policy["spec"]["matchConditions"][0]["expression"],
@@ -325,8 +329,8 @@ fn chart_lints_and_renders_hardened_with_every_option() -> TestResult {
     );
     let binding = defaults
         .iter()
-        .find(|d| d["kind"] == "ValidatingAdmissionPolicyBinding")
-        .ok_or("no ValidatingAdmissionPolicyBinding")?;
+        .find(|d| d["kind"] == "ValidatingAdmissionPolicyBinding" && d["metadata"]["name"] == guard)
+        .ok_or("no binding for the Secret write guard")?;
     assert_eq!(binding["spec"]["policyName"], policy["metadata"]["name"]);
     assert_eq!(
         binding["spec"]["validationActions"],
@@ -342,9 +346,9 @@ fn chart_lints_and_renders_hardened_with_every_option() -> TestResult {
         "secretWriteGuard.enabled=false",
     ])?)?;
     assert!(!unguarded.iter().any(|d| {
-        d["kind"]
+        d["metadata"]["name"]
             .as_str()
-            .is_some_and(|k| k.starts_with("ValidatingAdmission"))
+            .is_some_and(|n| n.ends_with("-secret-write-guard"))
     }));
 
     // image.digest pins the operator's and the hook's image; the tag is ignored.

@@ -43,6 +43,12 @@ async fn each_kind_of_rule_denies_what_it_does_not_allow() -> TestResult {
             "methods": ["PUT", "GET"],
             "maxTtl": "30m",
             "maxContentLength": "1Ki",
+            "kmsKeyIds": ["alias/analytics"],
+        }, {
+            // Another tenant's rule: a denial here must not describe it.
+            "namespaces": {"matchLabels": {"team": "finance"}},
+            "buckets": ["finance-ledgers"],
+            "keyPrefixes": ["ledgers/"],
         }]),
     )
     .await?;
@@ -103,6 +109,22 @@ async fn each_kind_of_rule_denies_what_it_does_not_allow() -> TestResult {
         ),
     )
     .await?;
+    let kms = |key: &str| {
+        serde_json::json!({"ttl": "30m", "contentLength": 1,
+        "serverSideEncryption": {"type": "aws:kms", "kmsKeyId": key}})
+    };
+    create_grant(
+        &ctx,
+        "kms",
+        spec(&ctx, &issuer, "data.csv", kms("alias/other")),
+    )
+    .await?;
+    create_grant(
+        &ctx,
+        "kms-ok",
+        spec(&ctx, &issuer, "data.csv", kms("alias/analytics")),
+    )
+    .await?;
     create_grant(
         &ctx,
         "unpinned",
@@ -117,6 +139,13 @@ async fn each_kind_of_rule_denies_what_it_does_not_allow() -> TestResult {
     expect_forbidden(&ctx, "ttl", "longer than maxTtl").await?;
     expect_forbidden(&ctx, "size", "larger than maxContentLength").await?;
     expect_forbidden(&ctx, "unpinned", "must set contentLength").await?;
+    expect_forbidden(&ctx, "kms", "is not one of kmsKeyIds").await?;
+    wait_ready(&ctx, "kms-ok").await?;
+    let told = ready_message(&wait_reason(&ctx, "bucket", "Forbidden").await?);
+    assert!(
+        !told.contains("finance") && told.contains("1 rule(s) are for other namespaces"),
+        "another tenant's rule described: {told}"
+    );
 
     // The namespace selector follows label changes: unlabel, and even the
     // allowed grant is revoked.
@@ -128,7 +157,7 @@ async fn each_kind_of_rule_denies_what_it_does_not_allow() -> TestResult {
             &Patch::Merge(&patch),
         )
         .await?;
-    expect_forbidden(&ctx, "allowed", "namespace selector").await?;
+    expect_forbidden(&ctx, "allowed", "no allow rule applies to this namespace").await?;
     Ok(())
 }
 
