@@ -568,43 +568,13 @@ async fn rollout_restarts_are_refused_without_the_charts_rbac_and_work_with_it()
     use support::rollout::*;
     let ctx = TestContext::new("chart-rbac").await?;
     let env = ctx.env;
-    let release = format!("ugo-{}", support::random_suffix());
-    let mut guard = Release {
-        env,
-        name: release.clone(),
-        namespace: ctx.namespace.clone(),
-        uninstalled: false,
-    };
     // The CRDs are the test's own (the operator here runs beside the chart).
-    let install = |enabled: &str| -> TestResult {
-        let verb = if enabled == "true" {
-            "upgrade"
-        } else {
-            "install"
-        };
-        let restarts = format!("rolloutRestarts.enabled={enabled}");
-        env.helm(&[
-            verb,
-            &release,
-            CHART,
-            "-n",
-            &ctx.namespace,
-            "--wait=false",
-            "--set",
-            "crds.install=false",
-            "--set",
-            "drainOnUninstall=false",
-            "--set",
-            &restarts,
-        ])?;
-        Ok(())
-    };
-    install("false")?;
+    let (mut guard, sa, _) = install_plain(&ctx, &["rolloutRestarts.enabled=false"])?;
+    let release = guard.name.clone();
 
     // The operator runs as the chart's ServiceAccount with restarts turned on
     // by hand: only the chart's RBAC stands between it and the Deployment.
     let dir = tempfile::tempdir()?;
-    let sa = format!("{release}-upload-grant-operator");
     let hour = std::time::Duration::from_secs(3600);
     let token = ctx
         .service_account_token(&sa, env.var("TESTENV_APISERVER_URL"), hour)
@@ -642,7 +612,16 @@ async fn rollout_restarts_are_refused_without_the_charts_rbac_and_work_with_it()
     // A refused restart leaves the URL Ready.
     wait_ready(&work, "env").await?;
 
-    install("true")?;
+    env.helm(&[
+        "upgrade",
+        &release,
+        CHART,
+        "-n",
+        &ctx.namespace,
+        "--reuse-values",
+        "--set",
+        "rolloutRestarts.enabled=true",
+    ])?;
     request_renewal(&work, "env", "r2").await?;
     let fingerprint = wait_answered(&work, "env", "r2").await?;
     let timeout = std::time::Duration::from_secs(30);
