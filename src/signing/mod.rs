@@ -5,6 +5,7 @@ pub mod credentials;
 mod endpoint;
 #[cfg(test)]
 mod oracle;
+mod post;
 mod sigv4;
 
 use std::collections::BTreeMap;
@@ -14,6 +15,7 @@ use aws_credential_types::Credentials;
 use sha2::{Digest, Sha256};
 
 pub use credentials::{CredentialSnapshot, CredentialsError};
+pub use post::{PostInput, PresignedPost};
 
 use crate::api::{Method, S3Target, ServerSideEncryption};
 

@@ -25,7 +25,7 @@ const QUERY: &AsciiSet = &NON_ALPHANUMERIC
 /// Smithy's greedy label, used for object keys: slashes stay.
 const KEY: &AsciiSet = &QUERY.remove(b'/');
 
-const ALGORITHM: &str = "AWS4-HMAC-SHA256";
+pub(super) const ALGORITHM: &str = "AWS4-HMAC-SHA256";
 const UNSIGNED_PAYLOAD: &str = "UNSIGNED-PAYLOAD";
 /// Signing keys kept; a few credentials × regions on one day, and the day
 /// before around midnight.
@@ -61,7 +61,10 @@ impl CachedKey {
 }
 
 impl KeyCache {
-    fn key(
+    /// The signing key for `creds` on `date` (the day of `time`) in `region`
+    /// for `service`: cached, derived once otherwise. Query presigning and
+    /// POST policies share it.
+    pub(super) fn key(
         &self,
         creds: &Credentials,
         time: SystemTime,
@@ -329,7 +332,7 @@ fn object_path(route: &Route, key: &str) -> String {
 
 /// The credential scope: what, besides the secret, the signing key is
 /// derived from, and so all a signature is valid for.
-fn scope(day: &[u8; 8], route: &Route) -> String {
+pub(super) fn scope(day: &[u8; 8], route: &Route) -> String {
     format!(
         "{}/{}/{}/aws4_request",
         ascii(day),
@@ -405,7 +408,7 @@ fn request_headers(input: &SignInput<'_>) -> Result<Vec<(String, String)>, Signi
 }
 
 /// RFC 9110 `tchar`: what the http crate accepts in a header name.
-fn is_token_char(b: u8) -> bool {
+pub(super) fn is_token_char(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
@@ -439,7 +442,7 @@ fn encode(s: &str) -> String {
 }
 
 /// `YYYYMMDD` and `YYYYMMDDTHHMMSSZ`, in UTC.
-fn timestamps(t: SystemTime) -> Result<([u8; 8], [u8; 16]), SigningError> {
+pub(super) fn timestamps(t: SystemTime) -> Result<([u8; 8], [u8; 16]), SigningError> {
     let secs = t
         .duration_since(SystemTime::UNIX_EPOCH)
         .as_ref()
@@ -484,7 +487,7 @@ fn digits(out: &mut [u8], mut n: u64) {
     }
 }
 
-fn ascii(bytes: &[u8]) -> &str {
+pub(super) fn ascii(bytes: &[u8]) -> &str {
     // Only ever called on the ASCII digits written above.
     std::str::from_utf8(bytes).unwrap_or_default()
 }
