@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::core::Rule;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -52,8 +53,11 @@ use super::limits::{
 )]
 #[x_kube(
     validation = Rule::new("!has(self.refreshBefore) || duration(self.refreshBefore) < duration(self.ttl)").message("refreshBefore must be shorter than ttl"),
-    validation = Rule::new("!has(self.contentLength) || self.method == 'PUT'").message("contentLength is only allowed when method is PUT"),
-    validation = Rule::new("(!has(self.contentType) && !has(self.metadata) && !has(self.serverSideEncryption)) || self.method == 'PUT'").message("contentType, metadata and serverSideEncryption are only allowed when method is PUT")
+    validation = Rule::new("!has(self.contentLength) || self.method == 'PUT'").message("contentLength is only allowed when method is PUT (a POST grant bounds the size with contentLengthRange)"),
+    validation = Rule::new("(!has(self.contentType) && !has(self.metadata) && !has(self.serverSideEncryption)) || self.method == 'PUT' || self.method == 'POST'").message("contentType, metadata and serverSideEncryption are only allowed when method is PUT or POST"),
+    validation = Rule::new("(!has(self.contentLengthRange) && !has(self.successActionStatus)) || self.method == 'POST'").message("contentLengthRange and successActionStatus are only allowed when method is POST"),
+    validation = Rule::new("!self.key.contains('${filename}') || self.method == 'POST'").message("only a POST grant's key may contain ${filename}: the form supplies the file name"),
+    validation = Rule::new("!self.key.contains('${filename}') || (self.key.endsWith('${filename}') && self.key.indexOf('${filename}') == self.key.lastIndexOf('${filename}'))").message("${filename} may appear only once in key, at its end")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct UploadGrantSpec {
@@ -74,7 +78,9 @@ pub struct UploadGrantSpec {
     pub bucket: String,
 
     /// The object key, 1 to 1024 bytes of UTF-8; the operator encodes it in the
-    /// URL. Any character except control characters (U+0000 to U+001F,
+    /// URL. A POST grant may end the key with `${filename}` (once, at the
+    /// end): the form then chooses the file name, and the object lands under
+    /// the part before it. Any character except control characters (U+0000 to U+001F,
     /// U+007F), and no `.` or `..` path segments (clients normalise those away,
     /// so the signature would no longer match).
     #[schemars(length(min = 1, max = 1024))]
@@ -86,7 +92,8 @@ pub struct UploadGrantSpec {
     pub key: String,
 
     /// The HTTP method the URL is signed for: PUT (upload, the default), GET
-    /// (download), HEAD (read metadata) or DELETE.
+    /// (download), HEAD (read metadata), DELETE, or POST (a browser form
+    /// upload: the Secret holds the form's action URL and its fields).
     #[serde(default)]
     pub method: Method,
 
@@ -118,7 +125,8 @@ pub struct UploadGrantSpec {
     pub not_after: Option<Time>,
 
     /// If set, the URL is signed with this Content-Type and the client must
-    /// send exactly it.
+    /// send exactly it (PUT: as a header; POST: as the Content-Type form
+    /// field, an exact-match condition of the policy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 256))]
     #[x_kube(validation = Rule::new("self.matches('^[\\\\x21-\\\\x7e][\\\\x20-\\\\x7e]*$')").message("contentType must be printable ASCII"))]
@@ -129,7 +137,8 @@ pub struct UploadGrantSpec {
     #[schemars(range(min = 0))]
     pub content_length: Option<i64>,
 
-    /// Object metadata, signed as x-amz-meta-NAME headers the client must send.
+    /// Object metadata, signed as x-amz-meta-NAME headers the client must send
+    /// (POST: x-amz-meta-NAME form fields, exact-match conditions).
     /// Names are letters, digits, '.', '_' and '-'; values are printable ASCII;
     /// names and values together are at most 2048 bytes (S3's 2 KB limit), in
     /// at most 64 entries.
@@ -148,6 +157,18 @@ pub struct UploadGrantSpec {
     /// Server-side encryption the client must request; signed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_side_encryption: Option<ServerSideEncryption>,
+
+    /// POST only: the sizes in bytes the uploaded file may have, both ends
+    /// included; quantities like 10Mi. min must not exceed max, and max is
+    /// at most 5Gi (S3's limit for a single upload).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_length_range: Option<ContentLengthRange>,
+
+    /// POST only: the status S3 answers a successful upload with, 200, 201
+    /// (with an XML body describing the object) or 204 (S3's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self == 200 || self == 201 || self == 204").message("successActionStatus must be 200, 201 or 204"))]
+    pub success_action_status: Option<i32>,
 
     /// The Secret the URL is written to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -224,6 +245,48 @@ fn annotations_size_rule() -> Rule {
     )
 }
 
+/// The largest size contentLengthRange.max may have: S3's limit for a
+/// single upload.
+pub const MAX_POST_CONTENT_LENGTH: u64 = 5 << 30;
+
+/// A size as a quantity: an integer, or a string like `10Mi`, as CEL reads it.
+const QUANTITY_BYTES: &str = "(type(x) == int ? x : quantity(x).asInteger())";
+
+fn quantity_rule(field: &str) -> Rule {
+    Rule::new(format!(
+        "type(self.{field}) == int ? self.{field} >= 0 : (self.{field}.matches('^[0-9]+([.][0-9]+)?(k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$') && isQuantity(self.{field}) && quantity(self.{field}).isInteger())"
+    ))
+    .message(format!("contentLengthRange.{field} must be a whole, non-negative number of bytes, or a quantity like 10Mi").as_str())
+}
+
+fn range_order_rule() -> Rule {
+    let min = QUANTITY_BYTES.replace('x', "self.min");
+    let max = QUANTITY_BYTES.replace('x', "self.max");
+    Rule::new(format!("{min} <= {max}"))
+        .message("contentLengthRange.min must not be larger than max")
+}
+
+fn range_max_rule() -> Rule {
+    let max = QUANTITY_BYTES.replace('x', "self.max");
+    Rule::new(format!("{max} <= {MAX_POST_CONTENT_LENGTH}"))
+        .message("contentLengthRange.max must be at most 5Gi, S3's limit for a single upload")
+}
+
+/// The sizes a POST upload may have, both ends included.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(
+    validation = quantity_rule("min"),
+    validation = quantity_rule("max"),
+    validation = range_order_rule(),
+    validation = range_max_rule()
+)]
+pub struct ContentLengthRange {
+    /// The smallest size in bytes, or a quantity like 1Ki.
+    pub min: IntOrString,
+    /// The largest size in bytes, or a quantity like 10Mi; at most 5Gi.
+    pub max: IntOrString,
+}
+
 /// Names a ClusterGrantIssuer.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 pub struct IssuerRef {
@@ -241,10 +304,24 @@ pub enum Method {
     Get,
     Head,
     Delete,
+    Post,
 }
 
 impl Method {
-    pub const ALL: [Method; 4] = [Method::Put, Method::Get, Method::Head, Method::Delete];
+    pub const ALL: [Method; 5] = [
+        Method::Put,
+        Method::Get,
+        Method::Head,
+        Method::Delete,
+        Method::Post,
+    ];
+    /// The methods signed as a presigned URL; POST is signed as a form policy.
+    pub const URL: [Method; 4] = [Method::Put, Method::Get, Method::Head, Method::Delete];
+
+    /// Whether the method uploads an object.
+    pub fn uploads(self) -> bool {
+        matches!(self, Method::Put | Method::Post)
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -252,6 +329,7 @@ impl Method {
             Method::Get => "GET",
             Method::Head => "HEAD",
             Method::Delete => "DELETE",
+            Method::Post => "POST",
         }
     }
 }

@@ -7,11 +7,11 @@ use std::time::SystemTime;
 use kube::ResourceExt;
 
 use super::Context;
-use super::build::{self, Issued, IssuedState, format_time};
+use super::build::{self, Issued, IssuedState, Signed, format_time};
 use super::decide::{self, Decision, Report, SignPlan};
 use super::secrets::{self, ManagedSecret, Slot, Written};
 use super::validate::secret_name;
-use crate::api::{Reason, UploadGrant};
+use crate::api::{Method, Reason, UploadGrant};
 use crate::error::{Error, Result};
 use crate::metrics::Signing;
 use crate::signing::{CredentialsError, SigningError};
@@ -70,7 +70,7 @@ async fn sign_and_write(
         WriteEnd::Current(state) => return Ok((Report::ready(name, state, false), None)),
         WriteEnd::Conflict => return Ok((Report::conflict(name), None)),
         WriteEnd::Refused(reason) => {
-            let reason = reason.replace(issued.presigned.url.expose(), "<url>");
+            let reason = issued.presigned.redact(&reason);
             let message = format!("the apiserver refused Secret {name:?}: {reason}");
             let removed = revoke_all(ctx, grant).await?;
             return Ok((Report::revoked(Reason::InvalidSpec, message, removed), None));
@@ -78,7 +78,7 @@ async fn sign_and_write(
     }
     tracing::info!(
         grant = %grant.name_any(), namespace = grant.namespace().as_deref().unwrap_or(""),
-        secret = name, renewal = plan.renewal, fingerprint = %issued.presigned.url.fingerprint(),
+        secret = name, renewal = plan.renewal, fingerprint = %issued.presigned.fingerprint(),
         expires_at = %format_time(issued.expires_at), "issued presigned URL"
     );
     Ok((Report::issued(name, issued.state(), plan.renewal), None))
@@ -98,12 +98,23 @@ async fn sign(ctx: &Context, plan: &SignPlan, now: SystemTime) -> Result<Issued,
             "the credentials expire too soon to sign a URL".into(),
         ))
     })?;
-    let input = plan.valid.sign_input(now, times.lifetime);
-    let presigned = ctx
-        .presigner
-        .presign(&plan.target, &credentials, &input)
-        .await
-        .map_err(Failure::Signing)?;
+    let presigned = if plan.valid.method == Method::Post {
+        let input = plan.valid.post_input(now, times.lifetime);
+        let post = ctx
+            .presigner
+            .presign_post(&plan.target, &credentials, &input)
+            .await
+            .map_err(Failure::Signing)?;
+        Signed::Post(post)
+    } else {
+        let input = plan.valid.sign_input(now, times.lifetime);
+        let url = ctx
+            .presigner
+            .presign(&plan.target, &credentials, &input)
+            .await
+            .map_err(Failure::Signing)?;
+        Signed::Url(url)
+    };
     ctx.metrics.signed(Signing::Ok);
     Ok(Issued {
         presigned,

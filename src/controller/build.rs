@@ -12,10 +12,11 @@ use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 
 use super::validate::ValidGrant;
+use crate::api::Method;
 use crate::api::limits::{RESERVED_KEY_PREFIX, RESERVED_MANAGED_BY_KEY};
 use crate::api::{RefreshPolicy, S3Target, UploadGrant, UploadGrantSpec};
 use crate::error::{Error, Result};
-use crate::signing::Presigned;
+use crate::signing::{Presigned, PresignedPost};
 
 /// The name the operator writes under: field manager, event reporter.
 pub const MANAGER: &str = "upload-grant-operator";
@@ -149,10 +150,61 @@ pub fn refresh_at(
     Some(expires_at - before - spread.mul_f64(jitter.clamp(0.0, 1.0)))
 }
 
+/// What was signed: a URL, or a POST form.
+#[derive(Debug, Clone)]
+pub enum Signed {
+    Url(Presigned),
+    Post(PresignedPost),
+}
+
+impl Signed {
+    /// A short hash that tells URLs (or forms) apart without revealing one.
+    pub fn fingerprint(&self) -> String {
+        match self {
+            Signed::Url(p) => p.url.fingerprint(),
+            Signed::Post(p) => p.fingerprint(),
+        }
+    }
+
+    /// `text` with everything that grants access replaced by `<url>` or
+    /// `<field>`, for messages that might quote what was sent.
+    pub fn redact(&self, text: &str) -> String {
+        match self {
+            Signed::Url(p) => text.replace(p.url.expose(), "<url>"),
+            Signed::Post(p) => {
+                let mut text = text.replace(&p.url, "<url>");
+                for (_, value) in &p.fields {
+                    if value.len() >= 16 {
+                        text = text.replace(value.as_str(), "<field>");
+                    }
+                }
+                text
+            }
+        }
+    }
+}
+
+/// Form fields as a JSON object whose keys keep the signer's order.
+struct OrderedFields<'a>(&'a [(String, String)]);
+
+impl serde::Serialize for OrderedFields<'_> {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (name, value) in self.0 {
+            map.serialize_entry(name, value)?;
+        }
+        map.end()
+    }
+}
+
 /// A freshly signed URL and its times.
 #[derive(Debug, Clone)]
 pub struct Issued {
-    pub presigned: Presigned,
+    pub presigned: Signed,
     pub issued_at: SystemTime,
     pub expires_at: SystemTime,
     pub refresh_at: Option<SystemTime>,
@@ -169,7 +221,7 @@ impl Issued {
             issued_at: self.issued_at,
             expires_at: self.expires_at,
             refresh_at: self.refresh_at,
-            fingerprint: self.presigned.url.fingerprint(),
+            fingerprint: self.presigned.fingerprint(),
             renew_request: self.renew_request.clone(),
             replaces: self.replaces.clone(),
         }
@@ -204,7 +256,7 @@ pub fn build_secret(grant: &UploadGrant, valid: &ValidGrant, issued: &Issued) ->
     }
     annotations.insert(
         FINGERPRINT_ANNOTATION.into(),
-        issued.presigned.url.fingerprint(),
+        issued.presigned.fingerprint(),
     );
     if let Some(request) = &issued.renew_request {
         annotations.insert(RENEW_REQUEST_ANNOTATION.into(), request.clone());
@@ -214,13 +266,20 @@ pub fn build_secret(grant: &UploadGrant, valid: &ValidGrant, issued: &Issued) ->
     }
 
     let text = |s: &str| ByteString(s.as_bytes().to_vec());
-    let data = BTreeMap::from([
-        ("url".to_owned(), text(issued.presigned.url.expose())),
-        ("method".to_owned(), text(issued.presigned.method.as_str())),
-        (
-            "headers".to_owned(),
-            ByteString(serde_json::to_vec(&issued.presigned.headers).map_err(Error::Serialize)?),
-        ),
+    let mut data = match &issued.presigned {
+        Signed::Url(p) => BTreeMap::from([
+            ("url".to_owned(), text(p.url.expose())),
+            ("method".to_owned(), text(p.method.as_str())),
+            ("headers".to_owned(), json(&p.headers)?),
+        ]),
+        Signed::Post(p) => BTreeMap::from([
+            ("url".to_owned(), text(&p.url)),
+            ("method".to_owned(), text(Method::Post.as_str())),
+            ("fields".to_owned(), json(&OrderedFields(&p.fields))?),
+            ("headers".to_owned(), text("{}")),
+        ]),
+    };
+    data.extend([
         (
             "expiresAt".to_owned(),
             text(&format_time(issued.expires_at)),
@@ -241,6 +300,12 @@ pub fn build_secret(grant: &UploadGrant, valid: &ValidGrant, issued: &Issued) ->
         data: Some(data),
         ..Secret::default()
     })
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Result<ByteString> {
+    serde_json::to_vec(value)
+        .map(ByteString)
+        .map_err(Error::Serialize)
 }
 
 /// RFC 3339 in UTC, whole seconds, as Kubernetes prints times.
@@ -279,6 +344,8 @@ pub(crate) mod fixtures {
             method: Method::Put,
             content_type: None,
             content_length: None,
+            content_length_range: None,
+            success_action_status: None,
             metadata: BTreeMap::new(),
             sse: None,
             ttl: Duration::from_secs(3600),
@@ -402,11 +469,11 @@ mod tests {
 
     fn issued() -> Issued {
         Issued {
-            presigned: Presigned {
+            presigned: Signed::Url(Presigned {
                 url: SecretUrl::new("https://s3.example/reports/a/b.csv?X-Amz-Signature=00".into()),
                 method: Method::Put,
                 headers: BTreeMap::from([("content-type".into(), "text/csv".into())]),
-            },
+            }),
             issued_at: at(0),
             expires_at: at(3600),
             refresh_at: Some(at(2400)),
@@ -456,6 +523,56 @@ mod tests {
         assert_eq!(state.expires_at, at(3600));
         assert_eq!(state.spec_hash, "h1");
         assert_eq!((state.renew_request, state.replaces), (None, None));
+    }
+
+    #[test]
+    fn a_post_secret_holds_the_form_fields_in_the_signers_order() {
+        let fields: Vec<(String, String)> = [
+            ("key", "uploads/${filename}"),
+            ("Content-Type", "text/csv"),
+            ("success_action_status", "201"),
+            ("x-amz-algorithm", "AWS4-HMAC-SHA256"),
+            ("policy", "eyJleHBpcmF0aW9uIjoi"),
+            ("x-amz-signature", "0123456789abcdef0123"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let post = PresignedPost {
+            url: "https://s3.example/reports".into(),
+            fields,
+        };
+        let form = Issued {
+            presigned: Signed::Post(post.clone()),
+            ..issued()
+        };
+        let v = ValidGrant {
+            method: Method::Post,
+            key: "uploads/${filename}".into(),
+            ..valid()
+        };
+        let s = build_secret(&grant(), &v, &form).expect("builds");
+        let data = s.data.expect("data");
+        let get = |k: &str| String::from_utf8(data[k].0.clone()).expect("utf8");
+        assert_eq!(get("url"), "https://s3.example/reports");
+        assert_eq!(get("method"), "POST");
+        assert_eq!(get("headers"), "{}");
+        assert_eq!(get("key"), "uploads/${filename}");
+        assert_eq!(
+            get("fields"),
+            r#"{"key":"uploads/${filename}","Content-Type":"text/csv","success_action_status":"201","x-amz-algorithm":"AWS4-HMAC-SHA256","policy":"eyJleHBpcmF0aW9uIjoi","x-amz-signature":"0123456789abcdef0123"}"#,
+            "an object whose keys keep the signer's order"
+        );
+        let annotations = s.metadata.annotations.expect("annotations");
+        assert_eq!(annotations[FINGERPRINT_ANNOTATION], post.fingerprint());
+        let redacted = form
+            .presigned
+            .redact("refused: policy=eyJleHBpcmF0aW9uIjoi sig=0123456789abcdef0123");
+        assert!(
+            !redacted.contains("eyJleHBpcmF0aW9uIjoi")
+                && !redacted.contains("0123456789abcdef0123"),
+            "{redacted}"
+        );
     }
 
     #[test]

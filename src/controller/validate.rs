@@ -5,6 +5,10 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::api::MAX_POST_CONTENT_LENGTH;
+use crate::api::duration::parse_quantity;
 use crate::api::duration::{format_duration, parse_duration};
 use crate::api::limits::{
     MAX_ANNOTATIONS_BYTES, MAX_LABEL_VALUE_LEN, MAX_METADATA_BYTES, MAX_QUALIFIED_NAME_LEN,
@@ -12,7 +16,7 @@ use crate::api::limits::{
     RESERVED_MANAGED_BY_KEY, min_ttl,
 };
 use crate::api::{Method, RefreshPolicy, ServerSideEncryption, UploadGrantSpec};
-use crate::signing::SignInput;
+use crate::signing::{PostInput, SignInput};
 
 pub const MAX_TTL: Duration = Duration::from_secs(168 * 3600);
 pub const MAX_KEY_BYTES: usize = 1024;
@@ -26,6 +30,10 @@ pub struct ValidGrant {
     pub method: Method,
     pub content_type: Option<String>,
     pub content_length: Option<u64>,
+    /// POST only: the sizes the upload may have, both ends included.
+    pub content_length_range: Option<(u64, u64)>,
+    /// POST only: the status S3 answers a successful upload with.
+    pub success_action_status: Option<u16>,
     pub metadata: BTreeMap<String, String>,
     pub sse: Option<ServerSideEncryption>,
     pub ttl: Duration,
@@ -52,6 +60,37 @@ impl ValidGrant {
             expires_in,
         }
     }
+
+    /// What the signer needs for a POST policy signed at `signed_at`.
+    pub fn post_input(&self, signed_at: SystemTime, expires_in: Duration) -> PostInput<'_> {
+        PostInput {
+            bucket: &self.bucket,
+            key: &self.key,
+            content_type: self.content_type.as_deref(),
+            content_length_range: self.content_length_range,
+            metadata: (!self.metadata.is_empty()).then_some(&self.metadata),
+            sse: self.sse.as_ref(),
+            success_action_status: self.success_action_status,
+            signed_at,
+            expires_in,
+        }
+    }
+
+    /// The part of the key a `${filename}` key always starts with; the whole
+    /// key otherwise.
+    pub fn fixed_key(&self) -> &str {
+        fixed_key(&self.key)
+    }
+}
+
+/// The placeholder a POST grant's key may end with: the form substitutes
+/// the uploaded file's name.
+pub const FILENAME_PLACEHOLDER: &str = "${filename}";
+
+/// The part of a key before a trailing `${filename}`; the whole key
+/// otherwise.
+pub fn fixed_key(key: &str) -> &str {
+    key.strip_suffix(FILENAME_PLACEHOLDER).unwrap_or(key)
 }
 
 /// Why a spec cannot be used.
@@ -63,6 +102,7 @@ pub fn validate(spec: &UploadGrantSpec, grant_name: &str) -> Result<ValidGrant, 
     check_target(spec)?;
     check_signed_fields(spec)?;
     check_secret_template(spec)?;
+    let content_length_range = content_length_range(spec)?;
     let (ttl, refresh_before) = lifetimes(spec)?;
     let template = spec.secret.clone().unwrap_or_default();
     Ok(ValidGrant {
@@ -71,6 +111,10 @@ pub fn validate(spec: &UploadGrantSpec, grant_name: &str) -> Result<ValidGrant, 
         method: spec.method,
         content_type: spec.content_type.clone(),
         content_length: spec.content_length.and_then(|n| u64::try_from(n).ok()),
+        content_length_range,
+        success_action_status: spec
+            .success_action_status
+            .and_then(|n| u16::try_from(n).ok()),
         metadata: spec.metadata.clone().unwrap_or_default(),
         sse: spec.server_side_encryption.clone(),
         ttl,
@@ -92,20 +136,60 @@ fn check_target(spec: &UploadGrantSpec) -> Result<(), InvalidSpec> {
             spec.key.len()
         )));
     }
-    check_key_path(&spec.key).map_err(|e| InvalidSpec(format!("spec.key: {e}")))
+    check_key_path(&spec.key).map_err(|e| InvalidSpec(format!("spec.key: {e}")))?;
+    check_filename_placeholder(&spec.key, spec.method)
+        .map_err(|e| InvalidSpec(format!("spec.key: {e}")))
 }
 
-/// The headers a PUT is signed with.
+/// `${filename}` only in a POST grant's key, once, at its end.
+pub fn check_filename_placeholder(key: &str, method: Method) -> Result<(), String> {
+    let count = key.matches(FILENAME_PLACEHOLDER).count();
+    if count == 0 {
+        return Ok(());
+    }
+    if method != Method::Post {
+        return Err(format!(
+            "only a POST grant's key may contain {FILENAME_PLACEHOLDER}: the form supplies the file name"
+        ));
+    }
+    if count > 1 || !key.ends_with(FILENAME_PLACEHOLDER) {
+        return Err(format!(
+            "{FILENAME_PLACEHOLDER} may appear only once in key, at its end"
+        ));
+    }
+    Ok(())
+}
+
+/// The headers a PUT, or the conditions a POST, is signed with.
 fn check_signed_fields(spec: &UploadGrantSpec) -> Result<(), InvalidSpec> {
-    if spec.method != Method::Put
-        && (spec.content_length.is_some()
-            || spec.content_type.is_some()
+    if spec.method != Method::Put && spec.content_length.is_some() {
+        return Err(InvalidSpec(
+            "contentLength is only allowed when method is PUT (a POST grant bounds the size with contentLengthRange)".into(),
+        ));
+    }
+    if !matches!(spec.method, Method::Put | Method::Post)
+        && (spec.content_type.is_some()
             || spec.metadata.is_some()
             || spec.server_side_encryption.is_some())
     {
         return Err(InvalidSpec(
-            "contentLength, contentType, metadata and serverSideEncryption are only allowed when method is PUT".into(),
+            "contentType, metadata and serverSideEncryption are only allowed when method is PUT or POST".into(),
         ));
+    }
+    if spec.method != Method::Post
+        && (spec.content_length_range.is_some() || spec.success_action_status.is_some())
+    {
+        return Err(InvalidSpec(
+            "contentLengthRange and successActionStatus are only allowed when method is POST"
+                .into(),
+        ));
+    }
+    if let Some(status) = spec.success_action_status
+        && ![200, 201, 204].contains(&status)
+    {
+        return Err(InvalidSpec(format!(
+            "spec.successActionStatus: {status} is not 200, 201 or 204"
+        )));
     }
     if spec.content_length.is_some_and(|n| n < 0) {
         return Err(InvalidSpec(
@@ -116,6 +200,36 @@ fn check_signed_fields(spec: &UploadGrantSpec) -> Result<(), InvalidSpec> {
         check_metadata(metadata).map_err(|e| InvalidSpec(format!("spec.metadata: {e}")))?;
     }
     Ok(())
+}
+
+/// A POST's size range in bytes: min ≤ max ≤ 5Gi.
+fn content_length_range(spec: &UploadGrantSpec) -> Result<Option<(u64, u64)>, InvalidSpec> {
+    let Some(range) = &spec.content_length_range else {
+        return Ok(None);
+    };
+    let bytes = |field: &str, q: &IntOrString| {
+        quantity_bytes(q).map_err(|e| InvalidSpec(format!("spec.contentLengthRange.{field}: {e}")))
+    };
+    let (min, max) = (bytes("min", &range.min)?, bytes("max", &range.max)?);
+    if min > max {
+        return Err(InvalidSpec(format!(
+            "spec.contentLengthRange: min {min} is larger than max {max}"
+        )));
+    }
+    if max > MAX_POST_CONTENT_LENGTH {
+        return Err(InvalidSpec(format!(
+            "spec.contentLengthRange.max: {max} bytes is more than 5Gi, S3's limit for a single upload"
+        )));
+    }
+    Ok(Some((min, max)))
+}
+
+/// A size given as an integer or a quantity like `10Mi`, in bytes.
+pub fn quantity_bytes(q: &IntOrString) -> Result<u64, String> {
+    match q {
+        IntOrString::Int(n) => u64::try_from(*n).map_err(|_| format!("{n} is negative")),
+        IntOrString::String(s) => parse_quantity(s),
+    }
 }
 
 /// Labels and annotations the apiserver accepts on the Secret.
@@ -451,6 +565,79 @@ mod tests {
         assert!(err.0.contains("only allowed when method is PUT"), "{err}");
         let err = validate(&spec(serde_json::json!({"contentLength": -1})), "g").unwrap_err();
         assert!(err.0.contains("negative"), "{err}");
+    }
+
+    #[test]
+    fn post_grants_take_a_size_range_and_a_success_status() {
+        let v = validate(
+            &spec(serde_json::json!({
+                "method": "POST", "key": "up/${filename}", "contentType": "text/csv",
+                "metadata": {"owner": "a"}, "contentLengthRange": {"min": 1, "max": "10Mi"},
+                "successActionStatus": 201
+            })),
+            "g",
+        )
+        .expect("valid");
+        assert_eq!(v.content_length_range, Some((1, 10 << 20)));
+        assert_eq!(v.success_action_status, Some(201));
+        assert_eq!(v.fixed_key(), "up/");
+        let input = v.post_input(SystemTime::UNIX_EPOCH, Duration::from_secs(60));
+        assert_eq!(input.key, "up/${filename}");
+        assert_eq!(input.content_type, Some("text/csv"));
+        assert_eq!(input.content_length_range, Some((1, 10 << 20)));
+        assert_eq!(input.success_action_status, Some(201));
+        assert!(input.metadata.is_some_and(|m| m["owner"] == "a"));
+    }
+
+    #[test]
+    fn post_fields_are_checked() {
+        let post = |mut extra: serde_json::Value| {
+            extra["method"] = "POST".into();
+            validate(&spec(extra), "g")
+        };
+        let err = |extra| post(extra).unwrap_err().0;
+        assert!(
+            err(serde_json::json!({"contentLengthRange": {"min": 10, "max": 9}}))
+                .contains("min 10 is larger than max 9")
+        );
+        assert!(
+            err(serde_json::json!({"contentLengthRange": {"min": 0, "max": "6Gi"}}))
+                .contains("more than 5Gi")
+        );
+        assert!(
+            err(serde_json::json!({"contentLengthRange": {"min": -1, "max": 9}}))
+                .contains("contentLengthRange.min")
+        );
+        assert!(
+            err(serde_json::json!({"contentLengthRange": {"min": 0, "max": "lots"}}))
+                .contains("contentLengthRange.max")
+        );
+        assert!(err(serde_json::json!({"successActionStatus": 202})).contains("200, 201 or 204"));
+        assert!(
+            err(serde_json::json!({"contentLength": 5}))
+                .contains("only allowed when method is PUT")
+        );
+        assert!(
+            err(serde_json::json!({"key": "a/${filename}/b"}))
+                .contains("only once in key, at its end")
+        );
+        assert!(err(serde_json::json!({"key": "${filename}${filename}"})).contains("only once"));
+        assert!(
+            post(serde_json::json!({"contentLengthRange": {"min": "0", "max": "5Gi"}})).is_ok()
+        );
+        // POST-only fields and ${filename} on other methods.
+        let put = |extra| validate(&spec(extra), "g").unwrap_err().0;
+        assert!(
+            put(serde_json::json!({"contentLengthRange": {"min": 0, "max": 1}}))
+                .contains("only allowed when method is POST")
+        );
+        assert!(
+            put(serde_json::json!({"successActionStatus": 201}))
+                .contains("only allowed when method is POST")
+        );
+        assert!(
+            put(serde_json::json!({"key": "a/${filename}"})).contains("only a POST grant's key")
+        );
     }
 
     #[test]

@@ -67,7 +67,7 @@ fn parse_method(s: &str) -> Result<Method, String> {
     Method::ALL
         .into_iter()
         .find(|m| m.as_str().eq_ignore_ascii_case(s))
-        .ok_or_else(|| format!("{s:?} is not one of PUT, GET, HEAD, DELETE"))
+        .ok_or_else(|| format!("{s:?} is not one of PUT, GET, HEAD, DELETE, POST"))
 }
 
 /// The structure of `-o json|yaml`.

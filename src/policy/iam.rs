@@ -25,7 +25,8 @@ pub struct Options {
 /// The S3 action a presigned URL for `method` needs.
 pub fn action(method: Method) -> &'static str {
     match method {
-        Method::Put => "s3:PutObject",
+        // A browser form upload is authorized as PutObject.
+        Method::Put | Method::Post => "s3:PutObject",
         // S3 authorizes HEAD as GetObject.
         Method::Get | Method::Head => "s3:GetObject",
         Method::Delete => "s3:DeleteObject",
@@ -247,6 +248,20 @@ mod tests {
              "Resource": ["arn:aws:s3:::reports/*.csv*", "arn:aws:s3:::reports/*/*"]},
         ]});
         // reports/team-a/* is inside reports/*/* and left out.
+        assert_eq!(iam_policy(&issuers, &options()), want);
+    }
+
+    #[test]
+    fn a_form_upload_needs_put_object() {
+        assert_eq!(action(Method::Post), "s3:PutObject");
+        let issuers = [issuer(
+            "a",
+            json!([{"buckets": ["reports"], "keyPrefixes": ["in/"], "methods": ["POST"]}]),
+        )];
+        let want = json!({"Version": "2012-10-17", "Statement": [
+            {"Sid": "PutObject", "Effect": "Allow", "Action": "s3:PutObject",
+             "Resource": ["arn:aws:s3:::reports/in/*"]},
+        ]});
         assert_eq!(iam_policy(&issuers, &options()), want);
     }
 

@@ -86,6 +86,7 @@ impl SdkPresigner {
             Method::Get => presign!(client.get_object().bucket(input.bucket).key(input.key)),
             Method::Head => presign!(client.head_object().bucket(input.bucket).key(input.key)),
             Method::Delete => presign!(client.delete_object().bucket(input.bucket).key(input.key)),
+            Method::Post => return Err(SigningError("POST is signed as a form policy".into())),
         }?;
         Ok(into_presigned(input.method, &result))
     }
@@ -233,7 +234,7 @@ async fn urls_match_the_sdk_for_every_method_key_and_addressing_style() {
     for target in &targets {
         for bucket in ["reports", "my.dotted.bucket", "Not_DNS"] {
             for key in KEYS {
-                for method in Method::ALL {
+                for method in Method::URL {
                     for session in [false, true] {
                         oracle
                             .check(target, &creds(session), &input(bucket, key, method))
@@ -258,7 +259,7 @@ async fn other_partitions_and_regions_match_the_sdk() {
     ] {
         for force_path_style in [false, true] {
             let target = target(region, None, force_path_style);
-            for method in Method::ALL {
+            for method in Method::URL {
                 oracle
                     .check(&target, &creds(true), &input("reports", "k/ü", method))
                     .await;
@@ -494,7 +495,7 @@ async fn the_signing_key_is_derived_once_per_day_region_and_secret() {
 async fn cached_keys_sign_like_fresh_ones() {
     let cached = Presigner::new(sdk_config());
     let target = target("eu-west-1", None, false);
-    for method in Method::ALL {
+    for method in Method::URL {
         let req = input("reports", "k", method);
         let warm = cached
             .presign(&target, &creds(true), &req)

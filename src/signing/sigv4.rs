@@ -317,7 +317,7 @@ fn operation(method: Method) -> Option<&'static str> {
         Method::Put => Some("PutObject"),
         Method::Get => Some("GetObject"),
         Method::Delete => Some("DeleteObject"),
-        Method::Head => None,
+        Method::Head | Method::Post => None,
     }
 }
 
