@@ -8,6 +8,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use crate::api::duration::{format_duration, parse_duration, parse_quantity};
 use crate::api::{AllowRule, ClusterGrantIssuerSpec, Method, ServerSideEncryption, SseType};
+use crate::controller::validate::fixed_key;
 
 /// What a grant asks for, as far as the allow rules care.
 #[derive(Debug, Clone)]
@@ -20,6 +21,8 @@ pub struct Request<'a> {
     pub method: Method,
     pub ttl: Duration,
     pub content_length: Option<u64>,
+    /// POST: the sizes the upload may have.
+    pub content_length_range: Option<(u64, u64)>,
     pub sse: Option<&'a ServerSideEncryption>,
 }
 
@@ -135,7 +138,15 @@ fn check_rule(rule: &AllowRule, req: &Request<'_>) -> Result<(), String> {
                     .replace("{name}", req.name)
             })
             .collect();
-        if !expanded.iter().any(|p| req.key.starts_with(p.as_str())) {
+        // A POST key ending in ${filename} may become any key that starts
+        // with its fixed part: that part is what must start with a prefix.
+        let key = fixed_key(req.key);
+        if !expanded.iter().any(|p| key.starts_with(p.as_str())) {
+            if key.len() < req.key.len() {
+                return Err(format!(
+                    "key's fixed part {key:?} (before ${{filename}}) does not start with any of {expanded:?}"
+                ));
+            }
             return Err(format!("key does not start with any of {expanded:?}"));
         }
     }
@@ -167,6 +178,21 @@ fn check_rule(rule: &AllowRule, req: &Request<'_>) -> Result<(), String> {
                 Some(len) if len > max => {
                     return Err(format!(
                         "contentLength {len} is larger than maxContentLength {max_len} ({max} bytes)"
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        if req.method == Method::Post {
+            match req.content_length_range {
+                None => {
+                    return Err(format!(
+                        "a POST must set contentLengthRange (max at most {max} bytes, maxContentLength {max_len})"
+                    ));
+                }
+                Some((_, top)) if top > max => {
+                    return Err(format!(
+                        "contentLengthRange.max {top} is larger than maxContentLength {max_len} ({max} bytes)"
                     ));
                 }
                 Some(_) => {}
@@ -298,6 +324,7 @@ mod tests {
             method: Method::Put,
             ttl: Duration::from_secs(3600),
             content_length: Some(1000),
+            content_length_range: None,
             sse: None,
         }
     }
@@ -516,6 +543,110 @@ mod tests {
         let mut get = unpinned.clone();
         get.method = Method::Get;
         assert!(authorize(&issuer(vec![r]), &get).is_ok());
+    }
+
+    fn post<'a>(labels: &'a BTreeMap<String, String>, key: &'a str) -> Request<'a> {
+        Request {
+            key,
+            method: Method::Post,
+            content_length: None,
+            content_length_range: Some((1, 1000)),
+            ..request(labels)
+        }
+    }
+
+    #[test]
+    fn max_content_length_caps_a_posts_range() {
+        let l = labels(&[]);
+        let r = AllowRule {
+            max_content_length: Some("1Ki".into()),
+            methods: Some(vec![Method::Post]),
+            ..rule()
+        };
+        let ok = post(&l, "analytics/a.csv");
+        assert!(authorize(&issuer(vec![r.clone()]), &ok).is_ok());
+        let mut big = ok.clone();
+        big.content_length_range = Some((0, 1025));
+        let denied = authorize(&issuer(vec![r.clone()]), &big).unwrap_err();
+        assert!(
+            denied
+                .0
+                .contains("contentLengthRange.max 1025 is larger than maxContentLength 1Ki"),
+            "{denied}"
+        );
+        let mut unbounded = ok.clone();
+        unbounded.content_length_range = None;
+        let denied = authorize(&issuer(vec![r.clone()]), &unbounded).unwrap_err();
+        assert!(
+            denied.0.contains("a POST must set contentLengthRange"),
+            "{denied}"
+        );
+        // Without maxContentLength, a POST needs no range.
+        let free = AllowRule {
+            max_content_length: None,
+            ..r
+        };
+        assert!(authorize(&issuer(vec![free]), &unbounded).is_ok());
+    }
+
+    #[test]
+    fn a_filename_key_must_have_its_fixed_part_under_a_prefix() {
+        let l = labels(&[]);
+        let r = AllowRule {
+            key_prefixes: Some(vec!["{namespace}/uploads/".into()]),
+            ..rule()
+        };
+        assert!(
+            authorize(
+                &issuer(vec![r.clone()]),
+                &post(&l, "analytics/uploads/${filename}")
+            )
+            .is_ok()
+        );
+        assert!(
+            authorize(
+                &issuer(vec![r.clone()]),
+                &post(&l, "analytics/uploads/day-1/${filename}")
+            )
+            .is_ok()
+        );
+        // The key as written starts with the prefix, but the file name would not.
+        let tricky = AllowRule {
+            key_prefixes: Some(vec!["analytics/$".into()]),
+            ..rule()
+        };
+        let denied =
+            authorize(&issuer(vec![tricky]), &post(&l, "analytics/${filename}")).unwrap_err();
+        assert!(denied.0.contains("fixed part \"analytics/\""), "{denied}");
+        let denied = authorize(&issuer(vec![r]), &post(&l, "analytics/${filename}")).unwrap_err();
+        assert!(denied.0.contains("does not start with"), "{denied}");
+    }
+
+    #[test]
+    fn methods_may_list_post_and_kms_keys_apply_to_it() {
+        let l = labels(&[]);
+        let put_only = AllowRule {
+            methods: Some(vec![Method::Put]),
+            ..rule()
+        };
+        let denied = authorize(&issuer(vec![put_only]), &post(&l, "a/b")).unwrap_err();
+        assert!(
+            denied.0.contains("method POST is not one of [\"PUT\"]"),
+            "{denied}"
+        );
+        let keys = AllowRule {
+            methods: Some(vec![Method::Put, Method::Post]),
+            kms_key_ids: Some(vec!["alias/reports".into()]),
+            ..rule()
+        };
+        let sse = ServerSideEncryption {
+            type_: SseType::AwsKms,
+            kms_key_id: Some("alias/other".into()),
+        };
+        let mut req = post(&l, "a/b");
+        req.sse = Some(&sse);
+        let denied = authorize(&issuer(vec![keys]), &req).unwrap_err();
+        assert!(denied.0.contains("is not one of kmsKeyIds"), "{denied}");
     }
 
     #[test]

@@ -143,6 +143,8 @@ async fn kubectl_apply_warns_about_exactly_the_rules_the_operator_calls_risky() 
         serde_json::json!([{"namespaces": {"matchExpressions": [{"key": "team", "operator": "Exists"}]}, "buckets": ["b"],
             "keyPrefixes": ["a/{namespace}-x/"], "methods": ["DELETE"]}]),
         serde_json::json!([tight(), {"buckets": ["b"], "methods": ["PUT"], "maxContentLength": "1Mi", "kmsKeyIds": ["k"]}]),
+        // A form upload is an upload too.
+        serde_json::json!([tight(), {"namespaces": {"matchLabels": {"team": "a"}}, "buckets": ["b"], "keyPrefixes": ["x/"], "methods": ["POST"]}]),
     ];
     for allow in cases {
         let want = expected(&allow)?;

@@ -82,8 +82,9 @@ pub struct AllowRule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 32), regex(pattern = DURATION_PATTERN))]
     pub max_ttl: Option<String>,
-    /// When set, a PUT grant must pin contentLength to at most this size
-    /// (bytes, or a quantity like 100Mi).
+    /// When set, a PUT grant must pin contentLength to at most this size,
+    /// and a POST grant must set contentLengthRange with max at most this
+    /// size (bytes, or a quantity like 100Mi).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(min = 1, max = 32),

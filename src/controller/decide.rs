@@ -310,6 +310,7 @@ fn request<'a>(a: &'a Admission<'_>, valid: &'a ValidGrant) -> Request<'a> {
         method: valid.method,
         ttl: valid.ttl,
         content_length: valid.content_length,
+        content_length_range: valid.content_length_range,
         sse: valid.sse.as_ref(),
     }
 }

@@ -85,14 +85,19 @@ fn applies(kind: RiskKind, rule: &AllowRule) -> bool {
         }),
         RiskKind::AnyKey => rule.key_prefixes.is_none(),
         RiskKind::Delete => allows(rule, Method::Delete),
-        RiskKind::UnboundedUpload => allows(rule, Method::Put) && rule.max_content_length.is_none(),
+        RiskKind::UnboundedUpload => uploads(rule) && rule.max_content_length.is_none(),
         RiskKind::NamespaceWithoutSlash => rule
             .key_prefixes
             .iter()
             .flatten()
             .any(|p| namespace_without_slash(p)),
-        RiskKind::AnyKmsKey => allows(rule, Method::Put) && rule.kms_key_ids.is_none(),
+        RiskKind::AnyKmsKey => uploads(rule) && rule.kms_key_ids.is_none(),
     }
+}
+
+/// Whether the rule allows an upload: a PUT or a POST.
+fn uploads(rule: &AllowRule) -> bool {
+    allows(rule, Method::Put) || allows(rule, Method::Post)
 }
 
 fn allows(rule: &AllowRule, method: Method) -> bool {
@@ -188,6 +193,22 @@ mod tests {
                 "{shown}"
             );
         }
+    }
+
+    #[test]
+    fn a_post_is_an_upload() {
+        use RiskKind::*;
+        let post = with("methods", serde_json::json!(["POST"]));
+        assert_eq!(kinds(serde_json::json!([post])), []);
+        let mut open = with("methods", serde_json::json!(["POST", "GET"]));
+        if let Some(o) = open.as_object_mut() {
+            o.remove("maxContentLength");
+            o.remove("kmsKeyIds");
+        }
+        assert_eq!(
+            kinds(serde_json::json!([open])),
+            [(0, UnboundedUpload), (0, AnyKmsKey)]
+        );
     }
 
     #[test]
