@@ -3,7 +3,6 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::core::Rule;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -282,9 +281,32 @@ fn range_max_rule() -> Rule {
 )]
 pub struct ContentLengthRange {
     /// The smallest size in bytes, or a quantity like 1Ki.
-    pub min: IntOrString,
+    pub min: Size,
     /// The largest size in bytes, or a quantity like 10Mi; at most 5Gi.
-    pub max: IntOrString,
+    pub max: Size,
+}
+
+/// A size in bytes: an integer, or a quantity string like `10Mi`. Unlike
+/// IntOrString, the integer may exceed 32 bits, as 5Gi does.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum Size {
+    Bytes(i64),
+    Quantity(String),
+}
+
+impl JsonSchema for Size {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Size".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"x-kubernetes-int-or-string": true})
+    }
 }
 
 /// Names a ClusterGrantIssuer.

@@ -5,9 +5,6 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-
-use crate::api::MAX_POST_CONTENT_LENGTH;
 use crate::api::duration::parse_quantity;
 use crate::api::duration::{format_duration, parse_duration};
 use crate::api::limits::{
@@ -15,6 +12,7 @@ use crate::api::limits::{
     MAX_QUALIFIED_NAME_PREFIX_LEN, MIN_REFRESH_BEFORE, MIN_TTL, RESERVED_KEY_PREFIX,
     RESERVED_MANAGED_BY_KEY, min_ttl,
 };
+use crate::api::{MAX_POST_CONTENT_LENGTH, Size};
 use crate::api::{Method, RefreshPolicy, ServerSideEncryption, UploadGrantSpec};
 use crate::signing::{PostInput, SignInput};
 
@@ -207,7 +205,7 @@ fn content_length_range(spec: &UploadGrantSpec) -> Result<Option<(u64, u64)>, In
     let Some(range) = &spec.content_length_range else {
         return Ok(None);
     };
-    let bytes = |field: &str, q: &IntOrString| {
+    let bytes = |field: &str, q: &Size| {
         quantity_bytes(q).map_err(|e| InvalidSpec(format!("spec.contentLengthRange.{field}: {e}")))
     };
     let (min, max) = (bytes("min", &range.min)?, bytes("max", &range.max)?);
@@ -225,10 +223,10 @@ fn content_length_range(spec: &UploadGrantSpec) -> Result<Option<(u64, u64)>, In
 }
 
 /// A size given as an integer or a quantity like `10Mi`, in bytes.
-pub fn quantity_bytes(q: &IntOrString) -> Result<u64, String> {
+pub fn quantity_bytes(q: &Size) -> Result<u64, String> {
     match q {
-        IntOrString::Int(n) => u64::try_from(*n).map_err(|_| format!("{n} is negative")),
-        IntOrString::String(s) => parse_quantity(s),
+        Size::Bytes(n) => u64::try_from(*n).map_err(|_| format!("{n} is negative")),
+        Size::Quantity(s) => parse_quantity(s),
     }
 }
 
