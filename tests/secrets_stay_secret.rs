@@ -49,7 +49,7 @@ async fn no_secret_material_in_logs_events_status_or_metrics() -> TestResult {
     } = Scenario::start("leak").await?;
     let issuer = create_issuer(
         &ctx,
-        serde_json::json!([{"buckets": [ctx.env.bucket()], "methods": ["PUT", "GET"]}]),
+        serde_json::json!([{"buckets": [ctx.env.bucket()], "methods": ["PUT", "GET", "POST"]}]),
     )
     .await?;
     let key = |k: &str| format!("{}/{k}", ctx.namespace);
@@ -83,8 +83,28 @@ async fn no_secret_material_in_logs_events_status_or_metrics() -> TestResult {
         .delete("reader", &DeleteParams::default())
         .await?;
     wait_secret_gone(&ctx, "reader").await?;
+    // A POST form, signed and revoked: its policy, signature and token are
+    // as secret as a URL.
+    create_grant(&ctx, "form", serde_json::json!({"issuerRef": {"name": issuer}, "bucket": ctx.env.bucket(), "key": key("in/${filename}"), "method": "POST", "contentType": "text/plain"})).await?;
+    wait_ready(&ctx, "form").await?;
+    let form: serde_json::Value =
+        serde_json::from_str(&secret_data(&ctx.client, &ctx.namespace, "form").await?["fields"])?;
+    ctx.api::<UploadGrant>()
+        .delete("form", &DeleteParams::default())
+        .await?;
+    wait_secret_gone(&ctx, "form").await?;
 
     let mut needles: Vec<(String, String)> = Vec::new();
+    for (what, field) in [
+        ("a POST policy", "policy"),
+        ("a POST signature", "x-amz-signature"),
+        ("a POST session token", "x-amz-security-token"),
+    ] {
+        let value = form[field]
+            .as_str()
+            .ok_or_else(|| format!("no {field} field"))?;
+        needles.push((what.into(), value.to_owned()));
+    }
     for url in &urls {
         needles.push(("a presigned URL".into(), url.clone()));
         let signature = query_value(url, "X-Amz-Signature").ok_or("URL without signature")?;
