@@ -594,6 +594,70 @@ async fn curl_uploads_through_a_put_grant_and_reads_back_through_a_get_grant() -
     Ok(())
 }
 
+/// A POST grant's form goes out with `-f`: the file lands under the
+/// `${filename}` prefix with the file's name. The operator signs with the
+/// store's static keys: the store verifies POST policies only for those.
+#[tokio::test]
+async fn curl_sends_a_post_grants_form_with_the_file() -> TestResult {
+    let ctx = TestContext::new("plugin-post").await?;
+    let root = ctx.env.root_credentials();
+    let opts = OperatorOptions {
+        without_irsa: true,
+        env: vec![
+            ("AWS_ACCESS_KEY_ID".into(), root.access_key_id().into()),
+            (
+                "AWS_SECRET_ACCESS_KEY".into(),
+                root.secret_access_key().into(),
+            ),
+        ],
+        ..OperatorOptions::default()
+    };
+    let Scenario {
+        ctx,
+        dir,
+        operator: _operator,
+    } = Scenario::start_in(ctx, opts).await?;
+    let issuer = open_issuer(&ctx).await?;
+    let form = json!({"method": "POST", "contentLengthRange": {"min": 1, "max": "1Mi"}});
+    create_grant(&ctx, "form", spec(&ctx, &issuer, "in/${filename}", form)).await?;
+    wait_ready(&ctx, "form").await?;
+    let fields: BTreeMap<String, String> =
+        serde_json::from_str(&secret_data(&ctx.client, &ctx.namespace, "form").await?["fields"])?;
+
+    let file = dir.path().join("report.csv");
+    std::fs::write(&file, b"day,total\n")?;
+    let file = file.to_str().ok_or("a UTF-8 path")?;
+    let upload = grant_cmd(&ctx, &["curl", "form", "-f", file])?;
+    assert_eq!(upload.code, 0, "{upload:?}");
+    assert_eq!(upload.stderr.trim(), "HTTP 204 No Content");
+    let root = support::s3_client(ctx.env, ctx.env.root_credentials());
+    let object = root
+        .get_object()
+        .bucket(ctx.env.bucket())
+        .key(format!("{}/in/report.csv", ctx.namespace))
+        .send()
+        .await?;
+    assert_eq!(
+        object.body.collect().await?.into_bytes().as_ref(),
+        b"day,total\n"
+    );
+    let no_file = grant_cmd(&ctx, &["curl", "form"])?;
+    assert_eq!(no_file.code, 1, "{no_file:?}");
+    assert!(
+        no_file.stderr.contains("a POST grant needs the body"),
+        "{no_file:?}"
+    );
+    for run in [&upload, &no_file] {
+        for field in ["policy", "x-amz-signature"] {
+            assert!(
+                !run.all().contains(&fields[field]),
+                "the {field} field was printed:\n{run:?}"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The Secret's fingerprint annotation.
 async fn secret_fingerprint(ctx: &TestContext, name: &str) -> TestResult<Option<String>> {
     let meta = ctx.api::<Secret>().get_metadata(name).await?;

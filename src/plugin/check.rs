@@ -50,6 +50,10 @@ pub struct Args {
     /// spec.contentLength in bytes (PUT only).
     #[arg(long)]
     pub content_length: Option<i64>,
+    /// spec.contentLengthRange as MIN:MAX, in bytes or quantities like
+    /// 10Mi (POST only).
+    #[arg(long, value_name = "MIN:MAX")]
+    pub content_length_range: Option<String>,
     /// The grant's name, for `{name}` in key prefixes.
     #[arg(long, default_value = "check")]
     pub name: String,
@@ -129,6 +133,16 @@ pub fn grant(namespace: &str, args: &Args) -> Result<UploadGrant, Error> {
     }
     if let Some(n) = args.content_length {
         spec["contentLength"] = serde_json::json!(n);
+    }
+    if let Some(range) = &args.content_length_range {
+        let (min, max) = range.split_once(':').ok_or_else(|| {
+            Error::Invalid(format!("--content-length-range {range:?} is not MIN:MAX"))
+        })?;
+        let size = |s: &str| match s.parse::<i64>() {
+            Ok(n) => serde_json::json!(n),
+            Err(_) => serde_json::json!(s),
+        };
+        spec["contentLengthRange"] = serde_json::json!({"min": size(min), "max": size(max)});
     }
     serde_json::from_value(serde_json::json!({
         "apiVersion": "grants.io/v1alpha1", "kind": "UploadGrant",
@@ -296,6 +310,29 @@ mod tests {
         );
         assert_eq!(a.propagation_budget, DEFAULT_PROPAGATION_BUDGET);
         assert_eq!(args(&["--method", "get"]).method, Method::Get);
+    }
+
+    #[test]
+    fn a_post_check_takes_its_size_range() {
+        let rules = serde_json::json!([{"buckets": ["reports"], "maxContentLength": "1Mi"}]);
+        let unbounded = check(&["--method", "POST"], rules.clone());
+        assert!(!unbounded.allowed, "{unbounded:?}");
+        assert!(
+            unbounded.message.contains("contentLengthRange"),
+            "{unbounded:?}"
+        );
+        let bounded = check(
+            &["--method", "post", "--content-length-range", "1:1Mi"],
+            rules.clone(),
+        );
+        assert!(bounded.allowed, "{bounded:?}");
+        let big = check(
+            &["--method", "POST", "--content-length-range", "0:2Mi"],
+            rules,
+        );
+        assert!(!big.allowed, "{big:?}");
+        let a = args(&["--method", "POST", "--content-length-range", "nope"]);
+        assert!(grant("team", &a).is_err());
     }
 
     #[test]

@@ -12,14 +12,16 @@ use super::{Conn, Error, Outcome, secret_name};
 
 /// Send the grant's request (its Secret's method, URL and headers) to the store.
 ///
-/// PUT sends --file as the body ("-" for stdin); GET writes the body to
-/// --output, else stdout. The HTTP status goes to stderr. Exits 3 if the
+/// PUT sends --file as the body ("-" for stdin); POST sends it as a form
+/// upload, after the Secret's form fields; GET writes the body to --output,
+/// else stdout. The HTTP status goes to stderr. Exits 3 if the
 /// store answers non-2xx.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The grant.
     pub name: String,
-    /// The body to upload (PUT); "-" reads stdin.
+    /// The body to upload (PUT), or the file to send in the form (POST; its
+    /// name fills in ${filename}); "-" reads stdin.
     #[arg(short = 'f', long)]
     pub file: Option<PathBuf>,
     /// Where to write the downloaded body (GET); default stdout.
@@ -32,6 +34,8 @@ pub struct Request {
     pub method: reqwest::Method,
     pub url: String,
     pub headers: BTreeMap<String, String>,
+    /// POST: the form fields to send before the file, in order.
+    pub fields: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for Request {
@@ -40,6 +44,10 @@ impl std::fmt::Debug for Request {
         f.debug_struct("Request")
             .field("method", &self.method)
             .field("headers", &self.headers)
+            .field(
+                "fields",
+                &self.fields.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -62,11 +70,77 @@ pub fn request(secret: &str, data: &BTreeMap<String, Vec<u8>>) -> Result<Request
             "Secret {secret:?}: \"headers\" is not a JSON object of strings"
         ))
     })?;
+    let fields = match method {
+        reqwest::Method::POST => {
+            let Fields(fields) = serde_json::from_str(&text("fields")?).map_err(|_| {
+                Error::Invalid(format!(
+                    "Secret {secret:?}: \"fields\" is not a JSON object of strings"
+                ))
+            })?;
+            fields
+        }
+        _ => Vec::new(),
+    };
     Ok(Request {
         method,
         url: text("url")?,
         headers,
+        fields,
     })
+}
+
+/// A JSON object of strings, in the order written: S3 reads form fields in
+/// the order sent, and the Secret keeps the signer's.
+struct Fields(Vec<(String, String)>);
+
+impl<'de> serde::Deserialize<'de> for Fields {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Fields;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object of strings")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Fields, A::Error> {
+                let mut out = Vec::new();
+                while let Some(entry) = map.next_entry::<String, String>()? {
+                    out.push(entry);
+                }
+                Ok(Fields(out))
+            }
+        }
+        d.deserialize_map(Visitor)
+    }
+}
+
+/// A multipart/form-data body: the fields in order, then the file, as a
+/// browser sends a form. Returns the body and its Content-Type.
+pub fn form_body(fields: &[(String, String)], file_name: &str, file: &[u8]) -> (Vec<u8>, String) {
+    let boundary = format!("------------------------{:016x}", rand::random::<u64>());
+    let quote = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
+    let mut body = Vec::with_capacity(file.len() + 1024);
+    for (name, value) in fields {
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"{}\"\r\n\r\n{value}\r\n",
+                quote(name)
+            )
+            .as_bytes(),
+        );
+    }
+    body.extend_from_slice(
+        format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{}\"\r\nContent-Type: application/octet-stream\r\n\r\n",
+            quote(file_name)
+        )
+        .as_bytes(),
+    );
+    body.extend_from_slice(file);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    (body, format!("multipart/form-data; boundary={boundary}"))
 }
 
 /// The `<Code>` and `<Message>` of an S3 error body, if it is one.
@@ -119,12 +193,24 @@ fn write_body(output: Option<&PathBuf>, body: &[u8]) -> Result<(), Error> {
     }
 }
 
-async fn send(req: &Request, body: Option<Vec<u8>>) -> Result<reqwest::Response, Error> {
+async fn send(
+    req: &Request,
+    body: Option<Vec<u8>>,
+    file_name: &str,
+) -> Result<reqwest::Response, Error> {
     let client = reqwest::Client::builder().build().map_err(Error::http)?;
     let mut builder = client.request(req.method.clone(), &req.url);
     for (k, v) in &req.headers {
         builder = builder.header(k, v);
     }
+    let body = match (&req.method, body) {
+        (&reqwest::Method::POST, Some(file)) => {
+            let (body, content_type) = form_body(&req.fields, file_name, &file);
+            builder = builder.header(reqwest::header::CONTENT_TYPE, content_type);
+            Some(body)
+        }
+        (_, body) => body,
+    };
     if let Some(body) = body {
         builder = builder.body(body);
     }
@@ -148,11 +234,12 @@ pub async fn run(conn: &Conn, args: Args) -> Result<Outcome, Error> {
         .collect();
     let req = request(&name, &data)?;
     let body = match (&req.method, &args.file) {
-        (&reqwest::Method::PUT, Some(file)) => Some(read_body(file)?),
-        (&reqwest::Method::PUT, None) => {
-            return Err(Error::Invalid(
-                "a PUT grant needs the body to upload: -f FILE (or -f - for stdin)".into(),
-            ));
+        (&reqwest::Method::PUT | &reqwest::Method::POST, Some(file)) => Some(read_body(file)?),
+        (&reqwest::Method::PUT | &reqwest::Method::POST, None) => {
+            return Err(Error::Invalid(format!(
+                "a {} grant needs the body to upload: -f FILE (or -f - for stdin)",
+                req.method
+            )));
         }
         (_, Some(_)) => {
             return Err(Error::Invalid(format!(
@@ -162,7 +249,14 @@ pub async fn run(conn: &Conn, args: Args) -> Result<Outcome, Error> {
         }
         (_, None) => None,
     };
-    let response = send(&req, body).await?;
+    // The name a form upload gives the file, for a key ending in ${filename}.
+    let file_name = args
+        .file
+        .as_ref()
+        .filter(|f| f.as_os_str() != "-")
+        .and_then(|f| f.file_name())
+        .map_or_else(|| "stdin".to_owned(), |n| n.to_string_lossy().into_owned());
+    let response = send(&req, body, &file_name).await?;
     let status = response.status();
     let bytes = response.bytes().await.map_err(Error::http)?;
     eprintln!("{}", status_line(status, &bytes));
@@ -200,6 +294,46 @@ mod tests {
         assert_eq!(req.method, reqwest::Method::PUT);
         assert_eq!(req.headers.len(), 2);
         assert!(!format!("{req:?}").contains("X-Amz-Signature"), "{req:?}");
+    }
+
+    #[test]
+    fn a_post_secret_gives_its_fields_in_order() {
+        let secret = data(&[
+            ("url", "https://s3.example/b"),
+            ("method", "POST"),
+            ("headers", "{}"),
+            (
+                "fields",
+                r#"{"key":"in/${filename}","x-amz-date":"20261202T000000Z","policy":"eyJAB","x-amz-signature":"abc"}"#,
+            ),
+        ]);
+        let req = request("s", &secret).expect("a request");
+        let names: Vec<&str> = req.fields.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["key", "x-amz-date", "policy", "x-amz-signature"]);
+        assert!(
+            !format!("{req:?}").contains("eyJAB") && !format!("{req:?}").contains("abc"),
+            "{req:?}"
+        );
+        let (body, content_type) = form_body(&req.fields, "a \"b\".txt", b"DATA");
+        let boundary = content_type
+            .strip_prefix("multipart/form-data; boundary=")
+            .expect("a boundary");
+        let body = String::from_utf8(body).expect("text");
+        let key = body
+            .find("name=\"key\"\r\n\r\nin/${filename}\r\n")
+            .expect("key");
+        let signature = body.find("name=\"x-amz-signature\"").expect("signature");
+        let file = body
+            .find("name=\"file\"; filename=\"a \\\"b\\\".txt\"")
+            .expect("file");
+        assert!(key < signature && signature < file, "{body}");
+        assert!(
+            body.ends_with(&format!("DATA\r\n--{boundary}--\r\n")),
+            "{body}"
+        );
+        let no_fields = data(&[("url", "u"), ("method", "POST"), ("headers", "{}")]);
+        let e = request("s", &no_fields).expect_err("no fields").to_string();
+        assert_eq!(e, "Secret \"s\" has no \"fields\" key");
     }
 
     #[test]
