@@ -292,6 +292,38 @@ async fn a_post_form_uploads_what_its_policy_allows_and_nothing_else() -> TestRe
         Some(&b"a file chosen in a browser"[..]),
         "the file name replaces ${{filename}}"
     );
+    // The README's curl snippet sends the same form from the mounted files.
+    let readme = std::fs::read_to_string(support::repo_root().join("README.md"))?;
+    let snippet = readme
+        .split("```sh\nform=()")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .map(|rest| format!("form=(){rest}"))
+        .ok_or("the README's POST snippet")?;
+    let mount = tempfile::tempdir()?;
+    let secret = secret_data(&ctx.client, &ctx.namespace, "inbox").await?;
+    for (name, value) in &secret {
+        std::fs::write(mount.path().join(name), value)?;
+    }
+    std::fs::write(mount.path().join("report.csv"), b"sent by curl")?;
+    let grant_dir = mount.path().to_str().ok_or("a UTF-8 path")?;
+    let script = snippet.replace("/grant/", &format!("{grant_dir}/"));
+    let run = std::process::Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .current_dir(mount.path())
+        .output()?;
+    assert!(
+        run.status.success(),
+        "the README's snippet failed: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(
+        read_back(&ctx, &format!("{}/inbox/report.csv", ctx.namespace))
+            .await?
+            .as_deref(),
+        Some(&b"sent by curl"[..])
+    );
+
     let outside = format!("{}/other/${{filename}}", ctx.namespace);
     let (status, body) = inbox
         .with("key", &outside)
