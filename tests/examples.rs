@@ -268,6 +268,7 @@ fn example_manifests_are_accepted_by_the_apiserver() -> TestResult {
         "examples/issuer.yaml",
         "examples/grant-put.yaml",
         "examples/grant-get.yaml",
+        "examples/grant-post.yaml",
         "examples/curl-job.yaml",
     ] {
         kubectl(&["apply", "--dry-run=server", "-f", file])?;
