@@ -254,7 +254,12 @@ async fn the_bucket_answers_cors_preflights_for_allowed_origins_only() -> TestRe
         header("access-control-allow-methods")
     );
     let refused = preflight("https://elsewhere.example").await?;
-    assert_eq!(refused.status(), 403);
+    assert_eq!(
+        refused.status(),
+        403,
+        "a preflight from an origin the rules do not name; an environment started before \
+         tools/testenv/s3_cors.py existed has no rules: make testenv-down, then make testenv"
+    );
     assert!(
         refused
             .headers()
