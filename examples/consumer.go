@@ -3,6 +3,9 @@
 //
 //	go run consumer.go [/grant] < file   # a PUT grant: uploads stdin
 //	go run consumer.go [/grant] > file   # a GET grant: writes the object
+//	go run consumer.go [/grant] [NAME] < file
+//	                                     # a POST grant: uploads stdin as the
+//	                                     # form's file NAME (upload.bin)
 //
 // Reads the files at the moment of use, so a renewed URL is picked up
 // without a restart.
@@ -13,13 +16,23 @@
 // set by NewRequest for a bytes.Reader) and ignores it in Request.Header, so
 // it is not set by hand; the body must have exactly that many bytes (a grant
 // that pins contentLength signed it), checked before anything is sent.
+//
+// A POST grant (a form, as a browser would send it) has no headers to send:
+// `url` is the form's action and `fields` a JSON object of form fields. They
+// are sent as multipart/form-data, every field in the order given (read with
+// a json.Decoder: a Go map would lose the order), then the file last as
+// `file` (S3 ignores anything after it). S3 puts NAME in place of
+// `${filename}` in the key field. S3 answers 204, or the grant's
+// successActionStatus; anything else is an error, reported with S3's code.
 package main
 
 import (
 	"bytes"
 	"encoding/json"
+	"encoding/xml"
 	"fmt"
 	"io"
+	"mime/multipart"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -43,6 +56,19 @@ func main() {
 			fail("%v", err)
 		}
 		return strings.TrimSpace(string(b))
+	}
+	if read("method") == http.MethodPost {
+		name := "upload.bin"
+		if len(os.Args) > 2 {
+			name = os.Args[2]
+		}
+		body, err := io.ReadAll(os.Stdin)
+		if err != nil {
+			fail("reading stdin: %v", err)
+		}
+		post(read, name, body)
+		fmt.Fprintln(os.Stderr, "uploaded")
+		return
 	}
 	var body []byte
 	if read("method") == http.MethodPut {
@@ -91,4 +117,70 @@ func main() {
 	if _, err := io.Copy(os.Stdout, resp.Body); err != nil {
 		fail("%v", err)
 	}
+}
+
+// post sends the form: every field of `fields` in order, then the file.
+func post(read func(string) string, name string, body []byte) {
+	url := read("url")
+	fields, err := orderedFields(read("fields"))
+	if err != nil {
+		fail("fields: %v", err)
+	}
+	var form bytes.Buffer
+	w := multipart.NewWriter(&form)
+	expected := http.StatusNoContent
+	for _, f := range fields {
+		if err := w.WriteField(f[0], f[1]); err != nil {
+			fail("%v", err)
+		}
+		if f[0] == "success_action_status" {
+			if expected, err = strconv.Atoi(f[1]); err != nil {
+				fail("success_action_status %q: %v", f[1], err)
+			}
+		}
+	}
+	file, err := w.CreateFormFile("file", name)
+	if err != nil {
+		fail("%v", err)
+	}
+	if _, err := file.Write(body); err != nil {
+		fail("%v", err)
+	}
+	if err := w.Close(); err != nil {
+		fail("%v", err)
+	}
+	resp, err := http.Post(url, w.FormDataContentType(), &form)
+	if err != nil {
+		fail("%v", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != expected {
+		answer, _ := io.ReadAll(resp.Body)
+		var s3 struct{ Code, Message string }
+		if xml.Unmarshal(answer, &s3) != nil || s3.Code == "" {
+			fail("%s: %s", resp.Status, answer)
+		}
+		fail("%d %s: %s", resp.StatusCode, s3.Code, s3.Message)
+	}
+}
+
+// orderedFields reads a JSON object of strings keeping its order.
+func orderedFields(text string) ([][2]string, error) {
+	dec := json.NewDecoder(strings.NewReader(text))
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return nil, fmt.Errorf("not a JSON object")
+	}
+	var fields [][2]string
+	for dec.More() {
+		t, err := dec.Token()
+		if err != nil {
+			return nil, err
+		}
+		var value string
+		if err := dec.Decode(&value); err != nil {
+			return nil, fmt.Errorf("%v: %v", t, err)
+		}
+		fields = append(fields, [2]string{t.(string), value})
+	}
+	return fields, nil
 }

@@ -1,7 +1,9 @@
 """Uploads (or downloads) through an UploadGrant's Secret mounted at /grant.
 
-    python3 consumer.py [/grant] < file      # a PUT grant: uploads stdin
-    python3 consumer.py [/grant] > file      # a GET grant: writes the object
+    python3 consumer.py [/grant] < file           # a PUT grant: uploads stdin
+    python3 consumer.py [/grant] > file           # a GET grant: writes the object
+    python3 consumer.py [/grant] [NAME] < file    # a POST grant: uploads stdin as
+                                                  # the form's file NAME (upload.bin)
 
 Standard library only. Reads the files on every call, so a renewed URL is
 picked up without a restart.
@@ -12,10 +14,19 @@ exactly, except the one the HTTP client derives from the body itself,
 the bytes it is given), and the body must have exactly that many bytes: a
 grant that pins contentLength signed it, so any other size would be refused
 by S3. The length is checked before anything is sent.
+
+A POST grant (a form, as a browser would send it) has no headers to send:
+`url` is the form's action and `fields` a JSON object of form fields. They
+are sent as multipart/form-data, every field in the order given, then the
+file last as `file` (S3 ignores anything after it). S3 puts NAME in place of
+`${filename}` in the key field. S3 answers 204, or the grant's
+successActionStatus; anything else is an error, reported with S3's code.
 """
 import json
 import pathlib
+import secrets
 import sys
+import xml.etree.ElementTree
 import urllib.error
 import urllib.request
 
@@ -43,8 +54,50 @@ def send(body: bytes = b"") -> bytes:
         fail(f"{e.code} {e.reason}: {e.read().decode(errors='replace')}")
 
 
+def s3_error(status: int, body: bytes) -> str:
+    """S3's <Error><Code>…</Code><Message>…</Message></Error> as one line."""
+    try:
+        error = xml.etree.ElementTree.fromstring(body)
+        return f"{status} {error.findtext('Code')}: {error.findtext('Message')}"
+    except xml.etree.ElementTree.ParseError:
+        return f"{status}: {body.decode(errors='replace')}"
+
+
+def post(body: bytes, name: str) -> None:
+    url = (GRANT / "url").read_text().strip()
+    # json keeps the object's order, which is the order to send.
+    fields = json.loads((GRANT / "fields").read_text())
+    boundary = f"upload-grant-{secrets.token_hex(16)}"
+    # The file name is quoted as browsers do (WHATWG): ", CR and LF escaped.
+    quoted = name.replace('"', "%22").replace("\r", "%0D").replace("\n", "%0A")
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+        for k, v in fields.items()
+    ]
+    parts.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{quoted}"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n".encode()
+    )
+    form = b"".join(parts) + body + f"\r\n--{boundary}--\r\n".encode()
+    request = urllib.request.Request(
+        url, data=form, method="POST", headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    )
+    expected = int(fields.get("success_action_status", 204))
+    try:
+        with urllib.request.urlopen(request) as response:
+            status, answer = response.status, response.read()
+    except urllib.error.HTTPError as e:
+        status, answer = e.code, e.read()
+    if status != expected:
+        fail(s3_error(status, answer))
+
+
 if __name__ == "__main__":
-    if (GRANT / "method").read_text().strip() == "PUT":
+    method = (GRANT / "method").read_text().strip()
+    if method == "POST":
+        post(sys.stdin.buffer.read(), sys.argv[2] if len(sys.argv) > 2 else "upload.bin")
+        print("uploaded", file=sys.stderr)
+    elif method == "PUT":
         send(sys.stdin.buffer.read())
         print("uploaded", file=sys.stderr)
     else:

@@ -13,6 +13,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use support::grants::*;
+use support::post::{PostPolicy, botocore_post};
 use support::{TestResult, repo_root};
 
 /// The consumers as run from the repository root, each given the mounted
@@ -236,6 +237,128 @@ async fn every_consumer_refuses_a_body_of_the_wrong_length_before_sending() -> T
             other => panic!("{lang} consumer connected before checking the length: {other:?}"),
         }
     }
+    Ok(())
+}
+
+/// POST grants (forms): the Python and Go consumers and the curl Job's
+/// script send every field of the mounted `fields` in order, then the file,
+/// to a form botocore's `generate_presigned_post` signed with the store's
+/// root keys (SeaweedFS checks POST policies for static keys only), in the
+/// shape of the operator's Secret. The key ends in `${filename}`: S3 names
+/// the object after the file name each one sends. The signed Content-Type
+/// and success_action_status (204, 201 and 200) are honoured.
+#[tokio::test]
+async fn consumers_upload_through_a_post_form() -> TestResult {
+    let env = support::TestEnv::get();
+    let prefix = format!(
+        "post-{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos()
+    );
+    let tmp = tempfile::tempdir()?;
+    let s3 = support::s3_client(env, env.root_credentials());
+    for (lang, status) in [("python", Some(201)), ("go", None), ("curl", Some(200))] {
+        let key = format!("{prefix}/{lang}/${{filename}}");
+        let form = botocore_post(
+            env,
+            &PostPolicy {
+                key: &key,
+                min: 1,
+                max: 1024,
+                content_type: Some("text/csv"),
+                success_action_status: status,
+            },
+        )?;
+        let grant = tmp.path().join(lang);
+        mount(&grant, &form.secret_data(env, &key))?;
+        let (name, body) = if lang == "curl" {
+            ("report.csv".to_owned(), CURL_JOB_BODY.to_vec())
+        } else {
+            (
+                format!("{lang} data; v=1,2.csv"),
+                format!("lang\n{lang}\n").into_bytes(),
+            )
+        };
+        if lang == "curl" {
+            let mut sh = Command::new("sh");
+            sh.arg("-c")
+                .arg(curl_script(&grant, &tmp.path().join("curl-tmp"))?);
+            std::fs::create_dir_all(tmp.path().join("curl-tmp"))?;
+            run_consumer(sh, b"")?;
+        } else {
+            let mut cmd = consumer(lang, &grant)?;
+            cmd.arg(&name);
+            run_consumer(cmd, &body)?;
+        }
+        let object = s3
+            .get_object()
+            .bucket(env.bucket())
+            .key(format!("{prefix}/{lang}/{name}"))
+            .send()
+            .await?;
+        assert_eq!(object.content_type(), Some("text/csv"), "{lang}");
+        let stored = object.body.collect().await?.into_bytes();
+        assert_eq!(
+            stored.as_ref(),
+            body.as_slice(),
+            "{lang} stored other bytes"
+        );
+    }
+    Ok(())
+}
+
+/// A body over the policy's content-length-range: S3 refuses the form, and
+/// each consumer fails and shows S3's error code.
+#[tokio::test]
+async fn consumers_report_a_refused_post_form() -> TestResult {
+    let env = support::TestEnv::get();
+    let key = format!(
+        "post-refused-{}.csv",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos()
+    );
+    // The curl Job's body is 24 bytes; the policy allows at most 8.
+    let form = botocore_post(
+        env,
+        &PostPolicy {
+            key: &key,
+            min: 1,
+            max: 8,
+            ..Default::default()
+        },
+    )?;
+    let tmp = tempfile::tempdir()?;
+    let grant = tmp.path().join("post");
+    mount(&grant, &form.secret_data(env, &key))?;
+    let mut runs: Vec<(&str, Command)> = Vec::new();
+    for lang in ["python", "go"] {
+        runs.push((lang, consumer(lang, &grant)?));
+    }
+    let mut sh = Command::new("sh");
+    sh.arg("-c").arg(curl_script(&grant, tmp.path())?);
+    runs.push(("curl", sh));
+    for (lang, cmd) in runs {
+        let out = spawn_consumer(cmd, CURL_JOB_BODY)?;
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.status.success(), "{lang} consumer reported success");
+        assert!(
+            said.contains("EntityTooLarge"),
+            "{lang} consumer should show S3's error code; it said: {said}"
+        );
+    }
+    let head = support::s3_client(env, env.root_credentials())
+        .head_object()
+        .bucket(env.bucket())
+        .key(&key)
+        .send()
+        .await;
+    assert!(head.is_err(), "the refused body was stored");
     Ok(())
 }
 

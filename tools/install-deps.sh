@@ -10,7 +10,9 @@ declare -A pkg_for=([openssl]=openssl [curl]=curl [python3]=python3 [flock]=util
   # the test node's pod network (tools/testenv/node.sh)
   [ip]=iproute2 [socat]=socat
   # make consumer-image (tools/image/consumers.sh): the root file system from Debian 12 packages
-  [debootstrap]=debootstrap)
+  [debootstrap]=debootstrap
+  # tests/browser_post.rs: examples/post-form.html in a headless browser (about a minute to install)
+  [chromium]=chromium)
 missing=()
 for cmd in "${!pkg_for[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${pkg_for[$cmd]}")

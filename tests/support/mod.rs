@@ -20,6 +20,7 @@ use upload_grant_operator::api::{ClusterGrantIssuer, UploadGrant};
 pub mod grants;
 pub mod node;
 pub mod operator;
+pub mod post;
 pub mod rollout;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

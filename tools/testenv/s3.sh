@@ -80,4 +80,24 @@ JSON
   # SeaweedFS answers STS form posts on the S3 port.
   TESTENV_STS_ENDPOINT="$TESTENV_S3_ENDPOINT"
   wait_for s3 120 curl -sS -o /dev/null "$TESTENV_S3_ENDPOINT/"
+  s3_set_cors
+}
+
+# The bucket accepts browser uploads (POST forms, PUT, GET) from pages served
+# over http, as tests/browser_post.rs needs: rules set with the root keys by
+# botocore (a SigV4 PutBucketCors is no job for curl). weed creates the
+# bucket just after S3 answers, so the first tries may find no bucket.
+s3_set_cors() {
+  local venv tries=0
+  venv=$(bash "$TESTENV_TOOLS_DIR/../pyvenv.sh" "botocore-$BOTOCORE_VERSION" "botocore==$BOTOCORE_VERSION")
+  until TESTENV_ROOT_ACCESS_KEY_ID="$TESTENV_ROOT_ACCESS_KEY_ID" \
+    TESTENV_ROOT_SECRET_ACCESS_KEY="$TESTENV_ROOT_SECRET_ACCESS_KEY" \
+    "$venv/bin/python" "$TESTENV_TOOLS_DIR/s3_cors.py" "$TESTENV_S3_ENDPOINT" "$TESTENV_REGION" "$TESTENV_BUCKET" \
+    2>"$LOGS/s3-cors.log"; do
+    tries=$((tries + 1))
+    if [ $tries -ge 50 ]; then
+      tail -n 5 "$LOGS/s3-cors.log" >&2; die "could not set the bucket's CORS rules (log: $LOGS/s3-cors.log)"
+    fi
+    sleep 0.2
+  done
 }

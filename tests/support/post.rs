@@ -1,0 +1,118 @@
+//! POST grants without the operator: botocore's `generate_presigned_post`
+//! (tests/fixtures/botocore_post.py) signs a form policy with the test store's
+//! root keys (SeaweedFS checks POST policies for static keys only), in the
+//! shape of a POST grant's Secret, for the consumers and the browser page.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+use serde_json::{Value, json};
+
+use super::{TestEnv, TestResult, repo_root};
+
+/// tools/testenv/versions.env's BOTOCORE_VERSION: up.sh made this venv.
+const BOTOCORE: &str = "1.44.8";
+
+/// A signed form: its action URL and its fields, as JSON text in the order
+/// they must be sent (a serde_json map would sort them).
+pub struct PostForm {
+    pub url: String,
+    pub fields: String,
+}
+
+impl PostForm {
+    /// `{"url": ..., "fields": {...}}`, what an app's backend serves the
+    /// page (examples/post-form.html).
+    pub fn grant_json(&self) -> String {
+        format!(r#"{{"url":{},"fields":{}}}"#, json!(self.url), self.fields)
+    }
+
+    /// The data of a POST grant's Secret for this form.
+    pub fn secret_data(&self, env: &TestEnv, key: &str) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("url".into(), self.url.clone()),
+            ("method".into(), "POST".into()),
+            ("fields".into(), self.fields.clone()),
+            ("headers".into(), "{}".into()),
+            ("expiresAt".into(), "2099-01-01T00:00:00Z".into()),
+            ("bucket".into(), env.bucket().into()),
+            ("key".into(), key.into()),
+        ])
+    }
+}
+
+/// What to sign: the key (exact, or a prefix ending in `${filename}`), the
+/// size range, and optionally a Content-Type and success_action_status.
+#[derive(Default)]
+pub struct PostPolicy<'a> {
+    pub key: &'a str,
+    pub min: u64,
+    pub max: u64,
+    pub content_type: Option<&'a str>,
+    pub success_action_status: Option<u16>,
+}
+
+fn botocore_python() -> &'static Path {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON.get_or_init(|| {
+        let out = Command::new(repo_root().join("tools/pyvenv.sh"))
+            .args([
+                format!("botocore-{BOTOCORE}"),
+                format!("botocore=={BOTOCORE}"),
+            ])
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("runs tools/pyvenv.sh");
+        assert!(out.status.success(), "tools/pyvenv.sh failed");
+        let venv = String::from_utf8(out.stdout).expect("a UTF-8 path");
+        Path::new(venv.trim()).join("bin/python")
+    })
+}
+
+/// botocore's form for `policy`, valid for an hour, signed with the root keys.
+pub fn botocore_post(env: &TestEnv, policy: &PostPolicy<'_>) -> TestResult<PostForm> {
+    let creds = env.root_credentials();
+    let request = json!({
+        "endpoint": env.s3_endpoint(),
+        "region": env.region(),
+        "bucket": env.bucket(),
+        "key": policy.key,
+        "access_key_id": creds.access_key_id(),
+        "secret_access_key": creds.secret_access_key(),
+        "expires_in": 3600,
+        "min": policy.min,
+        "max": policy.max,
+        "content_type": policy.content_type,
+        "success_action_status": policy.success_action_status,
+    });
+    let mut child = Command::new(botocore_python())
+        .arg(repo_root().join("tests/fixtures/botocore_post.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .ok_or("no stdin")?
+        .write_all(request.to_string().as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        return Err(format!(
+            "botocore_post.py failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    let answer: Value = serde_json::from_slice(&out.stdout)?;
+    Ok(PostForm {
+        url: answer["url"].as_str().ok_or("no url")?.to_owned(),
+        fields: answer["fields_json"]
+            .as_str()
+            .ok_or("no fields_json")?
+            .to_owned(),
+    })
+}
