@@ -295,10 +295,10 @@ async fn a_post_form_uploads_what_its_policy_allows_and_nothing_else() -> TestRe
     // The README's curl snippet sends the same form from the mounted files.
     let readme = std::fs::read_to_string(support::repo_root().join("README.md"))?;
     let snippet = readme
-        .split("```sh\nform=()")
+        .split("```sh\nargs=(); while")
         .nth(1)
         .and_then(|rest| rest.split("```").next())
-        .map(|rest| format!("form=(){rest}"))
+        .map(|rest| format!("args=(); while{rest}"))
         .ok_or("the README's POST snippet")?;
     let mount = tempfile::tempdir()?;
     let secret = secret_data(&ctx.client, &ctx.namespace, "inbox").await?;
