@@ -1,8 +1,10 @@
 //! Browser uploads: examples/post-form.html, in a real headless Chromium,
-//! POSTs a file to the test store through a form signed by botocore's
-//! `generate_presigned_post` with the store's root keys (the shape of a POST
-//! grant's Secret), across origins, which the bucket's CORS rules allow
-//! (tools/testenv/s3_cors.py). The page, its grant endpoint and the test
+//! POSTs a file to the test store through the form in a POST grant's Secret
+//! (the operator signing with the store's static keys, the only kind the
+//! test store accepts in a form), across origins, which the bucket's CORS
+//! rules allow (tools/testenv/s3_cors.py). The refusal case uses a form
+//! signed by botocore's `generate_presigned_post`, a signer that shares no
+//! code with the operator. The page, its grant endpoint and the test
 //! file come from a loopback server of the test's own, as an app's would.
 //!
 //! Chromium is Debian's `chromium`, installed by tools/install-deps.sh.
@@ -16,7 +18,8 @@ use axum::Router;
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::response::IntoResponse;
 use axum::routing::{MethodRouter, get};
-use support::post::{PostForm, PostPolicy, botocore_post};
+use support::grants::{Scenario, create_grant, create_issuer, secret_data, spec, wait_ready};
+use support::post::{PostForm, PostPolicy, botocore_post, static_key_scenario};
 use support::{TestEnv, TestResult, repo_root};
 
 /// Serves the page, `/grant.json` and `/payload.bin` on a loopback port:
@@ -152,20 +155,28 @@ async fn upload_in_browser(origin: &str, name: &str) -> TestResult<(String, Stri
 }
 
 #[tokio::test]
-async fn a_browser_uploads_a_file_through_the_form() -> TestResult {
-    let env = TestEnv::get();
-    let prefix = unique("browser");
-    let key = format!("{prefix}/${{filename}}");
-    let form = botocore_post(
-        env,
-        &PostPolicy {
-            key: &key,
-            min: 1,
-            max: 1 << 20,
-            content_type: Some("application/octet-stream"),
-            ..Default::default()
-        },
-    )?;
+async fn a_browser_uploads_a_file_through_a_post_grants_secret() -> TestResult {
+    let Scenario { ctx, operator, .. } = static_key_scenario("browser").await?;
+    let env = ctx.env;
+    let issuer = create_issuer(
+        &ctx,
+        serde_json::json!([{"buckets": [env.bucket()], "keyPrefixes": ["{namespace}/"],
+            "methods": ["POST"], "maxContentLength": "1Mi"}]),
+    )
+    .await?;
+    let prefix = format!("{}/{}", ctx.namespace, unique("web"));
+    let grant = serde_json::json!({"method": "POST", "key": format!("{prefix}/${{filename}}"),
+        "contentLengthRange": {"min": 1, "max": "1Mi"}, "contentType": "application/octet-stream"});
+    create_grant(&ctx, "upload", spec(&ctx, &issuer, "unused", grant)).await?;
+    if let Err(e) = wait_ready(&ctx, "upload").await {
+        return Err(format!("{e}\n{}", operator.logs()).into());
+    }
+    // What an app's backend would read from the mounted Secret.
+    let data = secret_data(&ctx.client, &ctx.namespace, "upload").await?;
+    let form = PostForm {
+        url: data["url"].clone(),
+        fields: data["fields"].clone(),
+    };
     let body = payload(200 * 1024 + 7);
     let origin = serve(&form, body.clone()).await?;
     let (outcome, text) = upload_in_browser(&origin, "report.bin").await?;

@@ -268,11 +268,24 @@ fn chart_lints_and_renders_hardened_with_every_option() -> TestResult {
         "--set",
         "rolloutRestarts.enabled=true",
     ])?)?;
+    let mut kept = cluster_scoped.to_vec();
+    kept.push("uploadgrants");
+    kept.sort();
     assert_eq!(
         resources_of(&cluster_role(&listed)?["rules"]),
-        cluster_scoped,
-        "the ClusterRole keeps only what is cluster-scoped"
+        kept,
+        "the ClusterRole keeps what is cluster-scoped, and get/patch on grants for their finalizers"
     );
+    let grants_rule = cluster_role(&listed)?["rules"]
+        .as_array()
+        .and_then(|rules| {
+            rules
+                .iter()
+                .find(|r| r["resources"] == serde_json::json!(["uploadgrants"]))
+                .cloned()
+        })
+        .ok_or("no rule for grants")?;
+    assert_eq!(grants_rule["verbs"], serde_json::json!(["get", "patch"]));
     assert_eq!(
         env_of(&listed, "UPLOAD_GRANT_WATCH_NAMESPACE"),
         Some("team-a,team-b,team-c".into())
@@ -980,6 +993,23 @@ async fn with_watch_namespaces_the_charts_identity_works_there_and_nowhere_else(
         .get("confined")
         .await?;
     assert_eq!(ignored.status, None);
+
+    // Deleting a watched namespace deletes the operator's Role there too;
+    // its grants' finalizers still go, so the namespace does.
+    let namespaces = kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(ctx.client.clone());
+    namespaces.delete(&b.namespace, &Default::default()).await?;
+    support::eventually(
+        "the watched namespace to be deleted",
+        std::time::Duration::from_secs(90),
+        || async {
+            Ok(namespaces
+                .get_opt(&b.namespace)
+                .await?
+                .is_none()
+                .then_some(()))
+        },
+    )
+    .await?;
 
     env.helm(&["uninstall", &release.name, "-n", &ctx.namespace])?;
     release.uninstalled = true;

@@ -17,27 +17,9 @@ use support::grants::{
     Scenario, create_grant, create_issuer, fingerprint, patch_spec, secret_data, spec, wait_ready,
     wait_reason, wait_secret_gone,
 };
-use support::operator::OperatorOptions;
+use support::post::static_key_scenario as start;
 use support::rollout::{request_renewal, wait_answered};
 use support::{TestContext, TestResult, eventually};
-
-/// An operator that signs with the store's static root keys.
-async fn start(prefix: &str) -> TestResult<Scenario> {
-    let ctx = TestContext::new(prefix).await?;
-    let root = ctx.env.root_credentials();
-    let opts = OperatorOptions {
-        without_irsa: true,
-        env: vec![
-            ("AWS_ACCESS_KEY_ID".into(), root.access_key_id().into()),
-            (
-                "AWS_SECRET_ACCESS_KEY".into(),
-                root.secret_access_key().into(),
-            ),
-        ],
-        ..OperatorOptions::default()
-    };
-    Scenario::start_in(ctx, opts).await
-}
 
 /// The Secret's `fields`, in the order they are written.
 struct Fields(Vec<(String, String)>);

@@ -4,7 +4,9 @@
 # image `make image` built, with IRSA-style credentials from the local STS)
 # and says who may have what; a user asks for an upload grant; a Job mounts
 # the grant's Secret and uploads through it; the object is read back; the
-# grant is revoked; the operator is uninstalled.
+# grant is revoked; a second release signs browser-form (POST) grants for
+# another namespace and curl posts a form through one; the operators are
+# uninstalled.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
@@ -24,13 +26,16 @@ set +u; . .testenv/env; set -u
 export PATH="$TESTENV_BIN:$PATH"
 SYSTEM=upload-grant-system
 NS=analytics
+WEB=web
 ISSUER=demo
 RELEASE=upload-grant-operator
+FORMS=upload-grant-forms
 WORK="$(mktemp -d)"
 cleanup() {
   step "Cleaning up"
-  kubectl delete namespace "$NS" --ignore-not-found --wait=true >/dev/null 2>&1 || true
+  kubectl delete namespace "$NS" "$WEB" --ignore-not-found --wait=true >/dev/null 2>&1 || true
   kubectl delete clustergrantissuer "$ISSUER" --ignore-not-found >/dev/null 2>&1 || true
+  helm uninstall "$FORMS" -n "$SYSTEM" >/dev/null 2>&1 || true
   helm uninstall "$RELEASE" -n "$SYSTEM" >/dev/null 2>&1 || true
   kubectl delete namespace "$SYSTEM" --ignore-not-found --wait=false >/dev/null 2>&1 || true
   rm -rf "$WORK"
@@ -50,8 +55,15 @@ ctr --address "$TESTENV_CONTAINERD_ADDRESS" -n k8s.io images ls -q 2>/dev/null |
 
 step "Platform admin: helm install, with the values that differ from EKS on this node"
 grep -v '^#' "$TESTENV_DIR/node-values.yaml" | sed 's/^/    | /'
+# The release serves namespace $NS (its Secret RBAC is a Role there, so the
+# namespace comes first); $WEB gets a release of its own below.
+for ns in "$NS" "$WEB"; do
+  kubectl create namespace "$ns" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+  kubectl label namespace "$ns" team=analytics --overwrite >/dev/null
+done
 show helm install "$RELEASE" charts/upload-grant-operator -n "$SYSTEM" --create-namespace \
-  --take-ownership -f "$TESTENV_DIR/node-values.yaml" --wait --timeout 3m
+  --take-ownership -f "$TESTENV_DIR/node-values.yaml" --set "operator.watchNamespaces={$NS}" \
+  --wait --timeout 3m
 show kubectl get pods -n "$SYSTEM" -o wide
 
 step "Platform admin: namespaces labelled team=analytics may upload under their own prefix"
@@ -65,14 +77,12 @@ spec:
   - namespaces: {matchLabels: {team: analytics}}
     buckets: [$TESTENV_BUCKET]
     keyPrefixes: ["{namespace}/"]
-    methods: [PUT, GET]
+    methods: [PUT, GET, POST]
     maxTtl: 6h
 YAML
 show kubectl get clustergrantissuer "$ISSUER"
 
 step "User: an upload grant in namespace $NS"
-kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
-kubectl label namespace "$NS" team=analytics --overwrite >/dev/null
 KEY="$NS/nightly-$(date +%s).csv"
 kubectl apply -n "$NS" -f - >/dev/null <<YAML
 apiVersion: grants.io/v1alpha1
@@ -131,6 +141,65 @@ say "Secret nightly-report-upload is gone"
 kubectl get events -n "$NS" --field-selector involvedObject.kind=UploadGrant \
   -o custom-columns=REASON:.reason,OBJECT:.involvedObject.name,MESSAGE:.message --sort-by=.metadata.creationTimestamp | sed 's/^/    /'
 
-step "Platform admin: helm uninstall (the operator releases its lease and stops)"
+step "Browser uploads: a POST grant in namespace $WEB, sent as a form by curl"
+say "The test store accepts forms signed with static keys only (not with a session token), so a"
+say "second release, for namespace $WEB only, signs with the store's keys instead of IRSA."
+apiserver_port="${TESTENV_APISERVER_URL##*:}"
+cat >"$WORK/forms-values.yaml" <<YAML
+irsa: {projectedToken: {enabled: false}, roleArn: "", region: "", stsEndpoint: ""}
+crds: {install: false}
+operator:
+  watchNamespaces: [$WEB]
+  env:
+    - {name: KUBERNETES_SERVICE_HOST, value: "$TESTENV_POD_GATEWAY"}
+    - {name: KUBERNETES_SERVICE_PORT, value: "$apiserver_port"}
+    - {name: AWS_REGION, value: "$TESTENV_REGION"}
+    - {name: AWS_ACCESS_KEY_ID, value: "$TESTENV_ROOT_ACCESS_KEY_ID"}
+    - {name: AWS_SECRET_ACCESS_KEY, value: "$TESTENV_ROOT_SECRET_ACCESS_KEY"}
+YAML
+show helm install "$FORMS" charts/upload-grant-operator -n "$SYSTEM" \
+  -f "$TESTENV_DIR/node-values.yaml" -f "$WORK/forms-values.yaml" --wait --timeout 3m
+kubectl apply -n "$WEB" -f - >/dev/null <<YAML
+apiVersion: grants.io/v1alpha1
+kind: UploadGrant
+metadata: {name: report-form}
+spec:
+  issuerRef: {name: $ISSUER}
+  bucket: $TESTENV_BUCKET
+  key: $WEB/forms/\${filename}
+  method: POST
+  ttl: 15m
+  contentLengthRange: {min: 1, max: 1Mi}
+  contentType: text/csv
+YAML
+show kubectl wait -n "$WEB" --for=condition=Ready ug/report-form --timeout=60s
+websecret() { kubectl get secret "$1" -n "$WEB" -o jsonpath="{.data.$2}" | base64 -d; }
+say "fields: $(websecret report-form fields | jq -r 'keys_unsorted | join(" ")') (values not printed: a credential until expiresAt)"
+printf 'day,total\n2026-12-02,7\n' >"$WORK/daily.csv"
+# Every field in order as a literal string, then the file (README: POST grants).
+mapfile -t form < <(websecret report-form fields | jq -r 'to_entries[] | "--form-string", "\(.key)=\(.value)"')
+say '$ curl --form-string "NAME=VALUE" (each field, in order) -F file=@daily.csv FORM-URL'
+curl --fail-with-body -sS -o /dev/null -w '    HTTP %{http_code}\n' "${form[@]}" \
+  -F "file=@$WORK/daily.csv;type=text/csv" "$(websecret report-form url)"
+kubectl apply -n "$WEB" -f - >/dev/null <<YAML
+apiVersion: grants.io/v1alpha1
+kind: UploadGrant
+metadata: {name: daily-download}
+spec:
+  issuerRef: {name: $ISSUER}
+  bucket: $TESTENV_BUCKET
+  key: $WEB/forms/daily.csv
+  method: GET
+  ttl: 15m
+YAML
+kubectl wait -n "$WEB" --for=condition=Ready ug/daily-download --timeout=60s >/dev/null
+say "read back as $WEB/forms/daily.csv (the form filled in \${filename}):"
+curl --fail-with-body -sS "$(websecret daily-download url)" | sed 's/^/    | /'
+
+step "Deleting the tenants' namespaces while the operators run: they revoke every grant left"
+show kubectl delete namespace "$NS" "$WEB" --wait=true --timeout=2m
+
+step "Platform admin: helm uninstall (the operators release their leases and stop)"
+show helm uninstall "$FORMS" -n "$SYSTEM" --wait
 show helm uninstall "$RELEASE" -n "$SYSTEM" --wait
 say "Lease $RELEASE holder: '$(kubectl get lease "$RELEASE" -n "$SYSTEM" -o jsonpath='{.spec.holderIdentity}')' (released)"

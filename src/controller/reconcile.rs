@@ -150,13 +150,24 @@ impl<'a> Loaded<'a> {
     }
 }
 
-/// Deletion: revoke, then let the finalizer go.
+/// Deletion: revoke, then let the finalizer go. In a namespace being
+/// deleted the namespace's own deletion removes the Secrets, and may already
+/// have removed this operator's Role there (`operator.watchNamespaces`).
 async fn cleanup(grant: &UploadGrant, ctx: &Context) -> Result<()> {
-    if apply::revoke_all(ctx, grant).await? {
+    if namespace_terminating(grant, ctx) {
+        tracing::debug!(grant = %grant.name_any(), "namespace terminating; its deletion removes the Secret");
+    } else if apply::revoke_all(ctx, grant).await? {
         let note = Note::new(EventReason::Revoked, "grant deleted; Secret removed");
         ctx.events.publish(grant, note);
     }
     ctx.metrics.grant_state(grant_key(grant), None, None);
     ctx.forget(grant);
     Ok(())
+}
+
+fn namespace_terminating(grant: &UploadGrant, ctx: &Context) -> bool {
+    let namespace = grant.namespace().unwrap_or_default();
+    ctx.namespaces
+        .get(&ObjectRef::new(&namespace))
+        .is_some_and(|n| n.metadata.deletion_timestamp.is_some())
 }

@@ -116,3 +116,23 @@ pub fn botocore_post(env: &TestEnv, policy: &PostPolicy<'_>) -> TestResult<PostF
             .to_owned(),
     })
 }
+
+/// A test namespace with an operator that signs with the store's static
+/// root keys: the test store verifies POST policies only for static keys (it
+/// does not accept a session token in a form).
+pub async fn static_key_scenario(prefix: &str) -> TestResult<super::grants::Scenario> {
+    let ctx = super::TestContext::new(prefix).await?;
+    let root = ctx.env.root_credentials();
+    let opts = super::operator::OperatorOptions {
+        without_irsa: true,
+        env: vec![
+            ("AWS_ACCESS_KEY_ID".into(), root.access_key_id().into()),
+            (
+                "AWS_SECRET_ACCESS_KEY".into(),
+                root.secret_access_key().into(),
+            ),
+        ],
+        ..Default::default()
+    };
+    super::grants::Scenario::start_in(ctx, opts).await
+}
