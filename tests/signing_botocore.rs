@@ -8,11 +8,9 @@
 //!
 //! botocore is installed once, pinned, by tools/pyvenv.sh into the cache.
 
+mod support;
+
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
 use aws_credential_types::Credentials;
@@ -20,7 +18,7 @@ use serde_json::{Value, json};
 use upload_grant_operator::api::{Method, S3Target, ServerSideEncryption, SseType};
 use upload_grant_operator::signing::{Presigner, SignInput};
 
-const BOTOCORE: &str = "1.44.8";
+const BOTOCORE: &str = support::botocore::VERSION;
 
 /// Keys that test the path's encoding: reserved and unreserved characters,
 /// `+`, `%`, `~`, spaces, repeated, leading and trailing slashes, dot
@@ -135,50 +133,12 @@ fn input<'a>(bucket: &'a str, key: &'a str, method: Method, n: usize) -> SignInp
     }
 }
 
-/// The botocore venv's Python, made by tools/pyvenv.sh on first use (once
-/// per process: pyvenv.sh is not safe to run twice at once).
-fn botocore_python() -> &'static Path {
-    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
-    PYTHON.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let out = Command::new(root.join("tools/pyvenv.sh"))
-            .args([
-                format!("botocore-{BOTOCORE}"),
-                format!("botocore=={BOTOCORE}"),
-            ])
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("runs tools/pyvenv.sh");
-        assert!(
-            out.status.success(),
-            "tools/pyvenv.sh failed: {}",
-            out.status
-        );
-        let venv = String::from_utf8(out.stdout).expect("a UTF-8 path");
-        Path::new(venv.trim()).join("bin/python")
-    })
-}
-
 /// botocore's URL for each case, or why it refused.
 fn botocore_urls(cases: &[Case<'_>]) -> Vec<Result<String, String>> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut child = Command::new(botocore_python())
-        .arg(root.join("tests/fixtures/botocore_presign.py"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("starts botocore_presign.py");
     let requests = Value::Array(cases.iter().map(Case::to_json).collect());
-    child
-        .stdin
-        .take()
-        .expect("stdin is piped")
-        .write_all(requests.to_string().as_bytes())
-        .expect("writes the requests");
-    let out = child.wait_with_output().expect("botocore_presign.py runs");
-    assert!(out.status.success(), "botocore_presign.py: {}", out.status);
-    let results: Vec<Value> = serde_json::from_slice(&out.stdout).expect("a JSON array");
+    let out = support::botocore::run("botocore_presign.py", &requests.to_string())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let results: Vec<Value> = serde_json::from_slice(&out).expect("a JSON array");
     assert_eq!(results.len(), cases.len(), "one result per request");
     results
         .into_iter()

@@ -27,11 +27,9 @@
 //!
 //! botocore is installed once, pinned, by tools/pyvenv.sh into the cache.
 
+mod support;
+
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
 use aws_credential_types::Credentials;
@@ -39,7 +37,7 @@ use serde_json::{Value, json};
 use upload_grant_operator::api::{S3Target, ServerSideEncryption, SseType};
 use upload_grant_operator::signing::{PostInput, PresignedPost, Presigner};
 
-const BOTOCORE: &str = "1.44.8";
+const BOTOCORE: &str = support::botocore::VERSION;
 
 /// Exact keys and `${filename}` prefixes, with characters JSON escapes.
 const KEYS: &[&str] = &[
@@ -203,54 +201,11 @@ struct Theirs {
     signature_of_ours: String,
 }
 
-/// The botocore venv's Python, made by tools/pyvenv.sh on first use.
-fn botocore_python() -> &'static Path {
-    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
-    PYTHON.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let out = Command::new(root.join("tools/pyvenv.sh"))
-            .args([
-                format!("botocore-{BOTOCORE}"),
-                format!("botocore=={BOTOCORE}"),
-            ])
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("runs tools/pyvenv.sh");
-        assert!(
-            out.status.success(),
-            "tools/pyvenv.sh failed: {}",
-            out.status
-        );
-        let venv = String::from_utf8(out.stdout).expect("a UTF-8 path");
-        Path::new(venv.trim()).join("bin/python")
-    })
-}
-
 fn botocore_posts(cases: &[Case<'_>]) -> Vec<Result<Theirs, String>> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut child = Command::new(botocore_python())
-        .arg(root.join("tests/fixtures/botocore_presign_post.py"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("starts botocore_presign_post.py");
     let requests = Value::Array(cases.iter().map(Case::to_json).collect());
-    child
-        .stdin
-        .take()
-        .expect("stdin is piped")
-        .write_all(requests.to_string().as_bytes())
-        .expect("writes the requests");
-    let out = child
-        .wait_with_output()
-        .expect("botocore_presign_post.py runs");
-    assert!(
-        out.status.success(),
-        "botocore_presign_post.py: {}",
-        out.status
-    );
-    let results: Vec<Value> = serde_json::from_slice(&out.stdout).expect("a JSON array");
+    let out = support::botocore::run("botocore_presign_post.py", &requests.to_string())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let results: Vec<Value> = serde_json::from_slice(&out).expect("a JSON array");
     assert_eq!(results.len(), cases.len(), "one result per request");
     results
         .into_iter()

@@ -17,6 +17,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config, ResourceExt};
 use upload_grant_operator::api::{ClusterGrantIssuer, UploadGrant};
 
+pub mod botocore;
 pub mod grants;
 pub mod node;
 pub mod operator;

@@ -3,18 +3,10 @@
 //! root keys (SeaweedFS checks POST policies for static keys only), in the
 //! shape of a POST grant's Secret, for the consumers and the browser page.
 
-use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::OnceLock;
-
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
 
-use super::{TestEnv, TestResult, repo_root};
-
-/// tools/testenv/versions.env's BOTOCORE_VERSION: up.sh made this venv.
-const BOTOCORE: &str = "1.44.8";
+use super::{TestEnv, TestResult};
 
 /// A signed form: its action URL and its fields, as JSON text in the order
 /// they must be sent (a serde_json map would sort them).
@@ -55,23 +47,6 @@ pub struct PostPolicy<'a> {
     pub success_action_status: Option<u16>,
 }
 
-fn botocore_python() -> &'static Path {
-    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
-    PYTHON.get_or_init(|| {
-        let out = Command::new(repo_root().join("tools/pyvenv.sh"))
-            .args([
-                format!("botocore-{BOTOCORE}"),
-                format!("botocore=={BOTOCORE}"),
-            ])
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("runs tools/pyvenv.sh");
-        assert!(out.status.success(), "tools/pyvenv.sh failed");
-        let venv = String::from_utf8(out.stdout).expect("a UTF-8 path");
-        Path::new(venv.trim()).join("bin/python")
-    })
-}
-
 /// botocore's form for `policy`, valid for an hour, signed with the root keys.
 pub fn botocore_post(env: &TestEnv, policy: &PostPolicy<'_>) -> TestResult<PostForm> {
     let creds = env.root_credentials();
@@ -88,26 +63,8 @@ pub fn botocore_post(env: &TestEnv, policy: &PostPolicy<'_>) -> TestResult<PostF
         "content_type": policy.content_type,
         "success_action_status": policy.success_action_status,
     });
-    let mut child = Command::new(botocore_python())
-        .arg(repo_root().join("tests/fixtures/botocore_post.py"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    child
-        .stdin
-        .take()
-        .ok_or("no stdin")?
-        .write_all(request.to_string().as_bytes())?;
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        return Err(format!(
-            "botocore_post.py failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-        .into());
-    }
-    let answer: Value = serde_json::from_slice(&out.stdout)?;
+    let out = super::botocore::run("botocore_post.py", &request.to_string())?;
+    let answer: Value = serde_json::from_slice(&out)?;
     Ok(PostForm {
         url: answer["url"].as_str().ok_or("no url")?.to_owned(),
         fields: answer["fields_json"]
