@@ -20,32 +20,7 @@ use support::grants::{
 use support::post::static_key_scenario as start;
 use support::rollout::{request_renewal, wait_answered};
 use support::{TestContext, TestResult, eventually};
-
-/// The Secret's `fields`, in the order they are written.
-struct Fields(Vec<(String, String)>);
-
-impl<'de> serde::Deserialize<'de> for Fields {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl<'de> serde::de::Visitor<'de> for Visitor {
-            type Value = Fields;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a JSON object of string fields")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> Result<Fields, A::Error> {
-                let mut out = Vec::new();
-                while let Some(entry) = map.next_entry::<String, String>()? {
-                    out.push(entry);
-                }
-                Ok(Fields(out))
-            }
-        }
-        d.deserialize_map(Visitor)
-    }
-}
+use upload_grant_operator::signing::FormFields;
 
 /// The form a POST grant's Secret describes.
 #[derive(Clone)]
@@ -58,7 +33,7 @@ impl Form {
     fn from_secret(data: &BTreeMap<String, String>) -> TestResult<Form> {
         assert_eq!(data["method"], "POST");
         assert_eq!(data["headers"], "{}", "a form sends no extra headers");
-        let Fields(fields) = serde_json::from_str(&data["fields"])?;
+        let FormFields(fields) = serde_json::from_str(&data["fields"])?;
         Ok(Form {
             url: data["url"].clone(),
             fields,

@@ -16,7 +16,7 @@ use crate::api::Method;
 use crate::api::limits::{RESERVED_KEY_PREFIX, RESERVED_MANAGED_BY_KEY};
 use crate::api::{RefreshPolicy, S3Target, UploadGrant, UploadGrantSpec};
 use crate::error::{Error, Result};
-use crate::signing::{Presigned, PresignedPost};
+use crate::signing::{FormFields, Presigned, PresignedPost};
 
 /// The name the operator writes under: field manager, event reporter.
 pub const MANAGER: &str = "upload-grant-operator";
@@ -184,23 +184,6 @@ impl Signed {
     }
 }
 
-/// Form fields as a JSON object whose keys keep the signer's order.
-struct OrderedFields<'a>(&'a [(String, String)]);
-
-impl serde::Serialize for OrderedFields<'_> {
-    fn serialize<S: serde::Serializer>(
-        &self,
-        serializer: S,
-    ) -> std::result::Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let mut map = serializer.serialize_map(Some(self.0.len()))?;
-        for (name, value) in self.0 {
-            map.serialize_entry(name, value)?;
-        }
-        map.end()
-    }
-}
-
 /// A freshly signed URL and its times.
 #[derive(Debug, Clone)]
 pub struct Issued {
@@ -275,7 +258,7 @@ pub fn build_secret(grant: &UploadGrant, valid: &ValidGrant, issued: &Issued) ->
         Signed::Post(p) => BTreeMap::from([
             ("url".to_owned(), text(&p.url)),
             ("method".to_owned(), text(Method::Post.as_str())),
-            ("fields".to_owned(), json(&OrderedFields(&p.fields))?),
+            ("fields".to_owned(), json(&FormFields(p.fields.clone()))?),
             ("headers".to_owned(), text("{}")),
         ]),
     };

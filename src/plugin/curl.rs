@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use k8s_openapi::api::core::v1::Secret;
 
 use super::{Conn, Error, Outcome, secret_name};
+use crate::signing::FormFields;
 
 /// Send the grant's request (its Secret's method, URL and headers) to the store.
 ///
@@ -72,7 +73,7 @@ pub fn request(secret: &str, data: &BTreeMap<String, Vec<u8>>) -> Result<Request
     })?;
     let fields = match method {
         reqwest::Method::POST => {
-            let Fields(fields) = serde_json::from_str(&text("fields")?).map_err(|_| {
+            let FormFields(fields) = serde_json::from_str(&text("fields")?).map_err(|_| {
                 Error::Invalid(format!(
                     "Secret {secret:?}: \"fields\" is not a JSON object of strings"
                 ))
@@ -87,33 +88,6 @@ pub fn request(secret: &str, data: &BTreeMap<String, Vec<u8>>) -> Result<Request
         headers,
         fields,
     })
-}
-
-/// A JSON object of strings, in the order written: S3 reads form fields in
-/// the order sent, and the Secret keeps the signer's.
-struct Fields(Vec<(String, String)>);
-
-impl<'de> serde::Deserialize<'de> for Fields {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl<'de> serde::de::Visitor<'de> for Visitor {
-            type Value = Fields;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a JSON object of strings")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> Result<Fields, A::Error> {
-                let mut out = Vec::new();
-                while let Some(entry) = map.next_entry::<String, String>()? {
-                    out.push(entry);
-                }
-                Ok(Fields(out))
-            }
-        }
-        d.deserialize_map(Visitor)
-    }
 }
 
 /// A multipart/form-data body: the fields in order, then the file, as a

@@ -15,7 +15,7 @@ use aws_credential_types::Credentials;
 use sha2::{Digest, Sha256};
 
 pub use credentials::{CredentialSnapshot, CredentialsError};
-pub use post::{PostInput, PresignedPost};
+pub use post::{FormFields, PostInput, PresignedPost};
 
 use crate::api::{Method, S3Target, ServerSideEncryption};
 

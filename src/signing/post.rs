@@ -22,6 +22,45 @@ const FILENAME: &str = "${filename}";
 /// The statuses S3 answers a successful form with; anything else means 204.
 const SUCCESS_STATUSES: [u16; 3] = [200, 201, 204];
 
+/// A form's fields as the Secret's `fields`: a JSON object whose keys keep
+/// their order, since S3 reads form fields in the order sent (a serde_json
+/// map would sort them). Written by the operator, read by its consumers.
+pub struct FormFields(pub Vec<(String, String)>);
+
+impl serde::Serialize for FormFields {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (name, value) in &self.0 {
+            map.serialize_entry(name, value)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for FormFields {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = FormFields;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object of strings")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<FormFields, A::Error> {
+                let mut out = Vec::new();
+                while let Some(entry) = map.next_entry::<String, String>()? {
+                    out.push(entry);
+                }
+                Ok(FormFields(out))
+            }
+        }
+        d.deserialize_map(Visitor)
+    }
+}
+
 /// What a POST policy allows.
 #[derive(Debug, Clone)]
 pub struct PostInput<'a> {
@@ -332,6 +371,24 @@ fn action(route: &Route) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn form_fields_keep_their_order_through_json() {
+        let fields = FormFields(vec![
+            ("key".into(), "k".into()),
+            ("Content-Type".into(), "text/csv".into()),
+            ("policy".into(), "p".into()),
+        ]);
+        let text = serde_json::to_string(&fields).expect("serialises");
+        assert_eq!(
+            text,
+            r#"{"key":"k","Content-Type":"text/csv","policy":"p"}"#
+        );
+        let FormFields(back) = serde_json::from_str(&text).expect("parses");
+        assert_eq!(back, fields.0);
+        assert!(serde_json::from_str::<FormFields>(r#"{"key": 1}"#).is_err());
+    }
+
     use super::*;
     use crate::api::{Method, SseType};
     use crate::signing::SignInput;
