@@ -419,9 +419,13 @@ pub async fn run(
     tracing::info!("caches synced");
 
     let concurrency = settings.concurrency;
+    // Grants that could not be signed retry as soon as credentials load
+    // again, not at the end of their backoff.
+    let recovered = parts.credentials.recoveries();
     let ctx = Arc::new(Context::new(parts, settings, caches));
     controller
         .reconcile_on(requests)
+        .reconcile_all_on(recovered)
         .with_config(controller::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(shutdown)
         .run(reconcile::reconcile, error_policy, ctx)

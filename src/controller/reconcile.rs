@@ -54,7 +54,15 @@ async fn run(mut grant: Arc<UploadGrant>, ctx: &Context) -> Result<Action> {
 /// One pass of the pipeline for a grant that is not being deleted.
 async fn pass(grant: &UploadGrant, ctx: &Context) -> Result<Action> {
     let now = whole_seconds(SystemTime::now());
-    let decision = Loaded::load(grant, ctx).decide(grant, now);
+    let loaded = Loaded::load(grant, ctx);
+    if loaded.namespace.is_none() {
+        // The namespace cache has not seen the grant's namespace (yet, or
+        // after a relist): judging it as unlabelled could revoke a grant
+        // its labels allow. Its arrival wakes the grant; so does this.
+        tracing::debug!(grant = %grant.name_any(), "namespace not in the cache yet; waiting");
+        return Ok(Action::requeue(NAMESPACE_RETRY));
+    }
+    let decision = loaded.decide(grant, now);
     let (report, error) = apply::carry_out(ctx, grant, decision, now).await?;
     ctx.remember_settled(grant, &report);
     let wrote = status::write(grant, ctx, &report).await?;
@@ -110,6 +118,9 @@ struct Loaded<'a> {
 }
 
 static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
+
+/// How soon a grant whose namespace the cache lacks is looked at again.
+const NAMESPACE_RETRY: Duration = Duration::from_secs(5);
 
 impl<'a> Loaded<'a> {
     fn load(grant: &'a UploadGrant, ctx: &'a Context) -> Self {
