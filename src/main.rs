@@ -408,6 +408,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let settings = Settings {
         default_issuer: cli.default_issuer,
         concurrency: cli.concurrency,
+        kube_api_qps: cli.kube_api_qps,
         namespaces: watch_namespaces(cli.namespaces),
         propagation_budget: cli.propagation_budget,
         rollout_restart_debounce: cli.rollout_restarts.then_some(cli.rollout_restart_debounce),

@@ -18,7 +18,7 @@ use super::decide::{self, Decision, Observed, Settled, Wake};
 use super::events::{EventReason, Note};
 use super::secrets::Slot;
 use super::validate::secret_name;
-use super::{Context, apply, finalizer, grant_key, rollout, status};
+use super::{Context, apply, finalizer, grant_key, priority, rollout, status};
 use crate::api::{ClusterGrantIssuer, Reason, UploadGrant};
 use crate::error::{Error, Result};
 
@@ -63,6 +63,10 @@ async fn pass(grant: &UploadGrant, ctx: &Context) -> Result<Action> {
         return Ok(Action::requeue(NAMESPACE_RETRY));
     }
     let decision = loaded.decide(grant, now);
+    if let Some(wait) = priority::step_aside(ctx, &decision, now) {
+        tracing::debug!(grant = %grant.name_any(), wait_ms = wait.as_millis(), "renewals that expire sooner go first");
+        return Ok(Action::requeue(wait));
+    }
     let (report, error) = apply::carry_out(ctx, grant, decision, now).await?;
     ctx.remember_settled(grant, &report);
     let wrote = status::write(grant, ctx, &report).await?;
