@@ -1,0 +1,351 @@
+//! The S3 calls of multipart grants, made with the operator's own
+//! credentials: create the upload, see whether it is still open or was
+//! assembled, and abort it when the grant is revoked. What to do when is
+//! decided in `decide`; this module only talks to S3.
+
+use std::time::{Duration, SystemTime};
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::error::ProvideErrorMetadata;
+use aws_sdk_s3::types::ServerSideEncryption as S3Sse;
+use kube::ResourceExt;
+use kube::runtime::reflector::ObjectRef;
+
+use super::Context;
+use super::decide::{self, SignPlan};
+use super::secrets::Slot;
+use super::validate::{ValidGrant, secret_name};
+use crate::api::{S3Target, SseType, UploadGrant};
+use crate::signing::CredentialsError;
+
+/// How often, by default, an open upload is looked at to notice that the
+/// client completed it: S3 sends no notification here.
+pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(300);
+/// Aborts tried before giving up on an upload that keeps gaining parts (a
+/// part in flight during an abort can land after it).
+const ABORT_ROUNDS: usize = 3;
+
+/// What S3 said, by its error code and message: no URL or credential.
+#[derive(Debug, thiserror::Error)]
+pub enum MultipartError {
+    #[error("S3: {0}")]
+    S3(String),
+    #[error("the upload still has parts after {ABORT_ROUNDS} aborts")]
+    StillOpen,
+    #[error("{0}")]
+    Credentials(#[from] CredentialsError),
+}
+
+type Result<T> = std::result::Result<T, MultipartError>;
+
+/// Where an upload stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UploadState {
+    /// Open: parts may still be uploaded.
+    Open,
+    /// No such upload, and the object exists: the client completed it.
+    Completed,
+    /// No such upload and no object: aborted by someone else, or by a
+    /// bucket lifecycle rule.
+    Gone,
+}
+
+fn s3_error<E: ProvideErrorMetadata>(e: &E) -> MultipartError {
+    MultipartError::S3(format!(
+        "{}: {}",
+        e.code().unwrap_or("unknown error"),
+        e.message().unwrap_or("no message")
+    ))
+}
+
+fn no_such_upload<E: ProvideErrorMetadata>(e: &E) -> bool {
+    e.code() == Some("NoSuchUpload")
+}
+
+/// An S3 client for `target` with the operator's current credentials.
+pub async fn client(ctx: &Context, target: &S3Target) -> Result<Client> {
+    let credentials = ctx.credentials.get().await?;
+    Ok(ctx.presigner.s3_client(target, credentials))
+}
+
+/// Creates the upload with what the grant signs for a single PUT: content
+/// type, metadata and server-side encryption belong to the upload.
+pub async fn create(client: &Client, valid: &ValidGrant) -> Result<String> {
+    let mut req = client
+        .create_multipart_upload()
+        .bucket(&valid.bucket)
+        .key(&valid.key)
+        .set_content_type(valid.content_type.clone());
+    for (name, value) in &valid.metadata {
+        req = req.metadata(name, value);
+    }
+    if let Some(sse) = &valid.sse {
+        req = req.server_side_encryption(match sse.type_ {
+            SseType::Aes256 => S3Sse::Aes256,
+            SseType::AwsKms => S3Sse::AwsKms,
+        });
+        req = req.set_ssekms_key_id(sse.kms_key_id.clone());
+    }
+    let out = req
+        .send()
+        .await
+        .map_err(|e| s3_error(&e.into_service_error()))?;
+    out.upload_id
+        .filter(|id| !id.is_empty())
+        .ok_or_else(|| MultipartError::S3("CreateMultipartUpload returned no upload id".into()))
+}
+
+/// Open uploads of exactly this key started at or after `since`, newest
+/// first. After a crash between creating an upload and recording its id,
+/// the grant's own upload is among them (see the README's crash window).
+pub async fn open_since(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    since: SystemTime,
+) -> Result<Vec<String>> {
+    let out = client
+        .list_multipart_uploads()
+        .bucket(bucket)
+        .prefix(key)
+        .send()
+        .await
+        .map_err(|e| s3_error(&e.into_service_error()))?;
+    let mut found: Vec<(SystemTime, String)> = out
+        .uploads
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|u| u.key.as_deref() == Some(key))
+        .filter_map(|u| {
+            let initiated = SystemTime::try_from(u.initiated?).ok()?;
+            (initiated >= since).then_some((initiated, u.upload_id?))
+        })
+        .collect();
+    found.sort_by(|a, b| b.0.cmp(&a.0));
+    Ok(found.into_iter().map(|(_, id)| id).collect())
+}
+
+/// Whether the upload is open, completed into the object, or gone.
+pub async fn state(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    upload_id: &str,
+) -> Result<UploadState> {
+    match client
+        .list_parts()
+        .bucket(bucket)
+        .key(key)
+        .upload_id(upload_id)
+        .max_parts(1)
+        .send()
+        .await
+    {
+        Ok(_) => return Ok(UploadState::Open),
+        Err(e) => {
+            let e = e.into_service_error();
+            if !no_such_upload(&e) {
+                return Err(s3_error(&e));
+            }
+        }
+    }
+    match client.head_object().bucket(bucket).key(key).send().await {
+        Ok(_) => Ok(UploadState::Completed),
+        Err(e) => {
+            let e = e.into_service_error();
+            if e.is_not_found() {
+                Ok(UploadState::Gone)
+            } else {
+                Err(s3_error(&e))
+            }
+        }
+    }
+}
+
+/// Aborts the upload, then checks with ListParts that nothing is left: a
+/// part uploaded while the abort ran can land after it, and S3 asks for
+/// another abort then. An upload that is already gone is fine.
+pub async fn abort(client: &Client, bucket: &str, key: &str, upload_id: &str) -> Result<()> {
+    for _ in 0..ABORT_ROUNDS {
+        if let Err(e) = client
+            .abort_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .send()
+            .await
+        {
+            let e = e.into_service_error();
+            if !no_such_upload(&e) {
+                return Err(s3_error(&e));
+            }
+        }
+        match client
+            .list_parts()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .max_parts(1)
+            .send()
+            .await
+        {
+            Err(e) => {
+                let e = e.into_service_error();
+                return if no_such_upload(&e) {
+                    Ok(())
+                } else {
+                    Err(s3_error(&e))
+                };
+            }
+            // Still listed: a part landed meanwhile. Abort again.
+            Ok(_) => continue,
+        }
+    }
+    Err(MultipartError::StillOpen)
+}
+
+/// The upload ids a grant may have left in S3: the one its status records
+/// and the one its Secret records.
+pub fn recorded_ids(grant: &UploadGrant, secret_id: Option<&str>) -> Vec<String> {
+    let mut ids: Vec<String> = grant
+        .status
+        .as_ref()
+        .and_then(|s| s.upload_id.clone())
+        .into_iter()
+        .collect();
+    if let Some(id) = secret_id
+        && !ids.iter().any(|i| i == id)
+    {
+        ids.push(id.to_owned());
+    }
+    ids
+}
+
+/// The upload id the grant's Secret records, as the cache (or this
+/// operator's own last write) shows it.
+pub fn secret_upload_id(ctx: &Context, grant: &UploadGrant) -> Option<String> {
+    let namespace = grant.namespace().unwrap_or_default();
+    let name = secret_name(&grant.spec, &grant.name_any());
+    match ctx.secret_slot(grant, &namespace, &name) {
+        Slot::Ours(s) => s.state.as_ref()?.upload_id.clone(),
+        _ => None,
+    }
+}
+
+/// The issuer's S3 target for a grant, from the cache.
+fn target(ctx: &Context, grant: &UploadGrant) -> Option<S3Target> {
+    let name = decide::issuer_name(grant, ctx.settings.default_issuer.as_deref())?;
+    let issuer = ctx.issuers.get(&ObjectRef::new(name))?;
+    Some(issuer.spec.s3.clone())
+}
+
+/// What became of a grant's uploads when it was revoked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Aborted {
+    /// None was recorded or found.
+    Nothing,
+    /// This many were aborted (or were already gone).
+    Uploads(usize),
+    /// The issuer is gone, so there is no endpoint to reach: the bucket's
+    /// lifecycle rule is the backstop.
+    NoIssuer,
+}
+
+/// Aborts every upload of a revoked multipart grant: the recorded ones, or
+/// (only when none is recorded: the crash window between creating an
+/// upload and recording it) the open uploads of its key started since the
+/// grant was created.
+pub async fn abort_grant_uploads(ctx: &Context, grant: &UploadGrant) -> Result<Aborted> {
+    let recorded = recorded_ids(grant, secret_upload_id(ctx, grant).as_deref());
+    if grant.spec.multipart.is_none() && recorded.is_empty() {
+        return Ok(Aborted::Nothing);
+    }
+    let Some(target) = target(ctx, grant) else {
+        return Ok(Aborted::NoIssuer);
+    };
+    let client = client(ctx, &target).await?;
+    let (bucket, key) = (&grant.spec.bucket, &grant.spec.key);
+    let ids = match (recorded.is_empty(), created_at(grant)) {
+        (true, Some(since)) => open_since(&client, bucket, key, since).await?,
+        _ => recorded,
+    };
+    for id in &ids {
+        abort(&client, bucket, key, id).await?;
+    }
+    ctx.forget_upload_check(grant);
+    Ok(match ids.len() {
+        0 => Aborted::Nothing,
+        n => Aborted::Uploads(n),
+    })
+}
+
+/// When the grant was created, as the apiserver says.
+pub fn created_at(grant: &UploadGrant) -> Option<SystemTime> {
+    grant
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| SystemTime::from(t.0))
+}
+
+/// The upload a multipart grant signs for: the plan's recorded one, else
+/// one left open by a crash before it was recorded (see `open_since`; any
+/// others of them are aborted), else a new one. An upload recorded for an
+/// older spec is aborted first.
+pub async fn ensure_upload(
+    ctx: &Context,
+    grant: &UploadGrant,
+    plan: &SignPlan,
+    client: &Client,
+) -> Result<String> {
+    let (bucket, key) = (&plan.valid.bucket, &plan.valid.key);
+    if let Some(old) = &plan.abandoned {
+        abort(client, bucket, key, old).await?;
+    }
+    if let Some(id) = &plan.upload_id {
+        return Ok(id.clone());
+    }
+    if let Some(since) = created_at(grant) {
+        let mut open = open_since(client, bucket, key, since)
+            .await?
+            .into_iter()
+            .filter(|id| Some(id) != plan.abandoned.as_ref());
+        if let Some(newest) = open.next() {
+            for older in open {
+                abort(client, bucket, key, &older).await?;
+            }
+            tracing::info!(grant = %grant.name_any(), upload_id = %newest, "adopted an upload created before a restart");
+            return Ok(newest);
+        }
+    }
+    let id = create(client, &plan.valid).await?;
+    ctx.record_upload_check(grant);
+    tracing::info!(grant = %grant.name_any(), upload_id = %id, "created multipart upload");
+    Ok(id)
+}
+
+/// Looks at a multipart grant's recorded upload when a look is due (at
+/// most once per `--multipart-check-interval`), to notice that it was
+/// completed or aborted. None when not due, not multipart, nothing is
+/// recorded, or S3 did not answer (logged; the next look will tell).
+pub async fn probe(ctx: &Context, grant: &UploadGrant) -> Option<UploadState> {
+    grant.spec.multipart.as_ref()?;
+    if grant.spec.suspend || !ctx.upload_check_due(grant) {
+        return None;
+    }
+    let secret_id = secret_upload_id(ctx, grant);
+    let id = secret_id.or_else(|| grant.status.as_ref()?.upload_id.clone())?;
+    let target = target(ctx, grant)?;
+    ctx.record_upload_check(grant);
+    let result = match client(ctx, &target).await {
+        Ok(client) => state(&client, &grant.spec.bucket, &grant.spec.key, &id).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(state) => Some(state),
+        Err(e) => {
+            tracing::warn!(grant = %grant.name_any(), namespace = grant.namespace().as_deref().unwrap_or(""), error = %e, "could not look at the multipart upload");
+            None
+        }
+    }
+}
