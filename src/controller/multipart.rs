@@ -261,7 +261,10 @@ pub async fn abort_grant_uploads(ctx: &Context, grant: &UploadGrant) -> Result<A
         return Ok(Aborted::Nothing);
     }
     let Some(target) = target(ctx, grant) else {
-        return Ok(Aborted::NoIssuer);
+        return Ok(match recorded.is_empty() {
+            true => Aborted::Nothing,
+            false => Aborted::NoIssuer,
+        });
     };
     let client = client(ctx, &target).await?;
     let (bucket, key) = (&grant.spec.bucket, &grant.spec.key);
