@@ -404,3 +404,57 @@ async fn an_issuer_without_multipart_denies_and_creates_no_upload() -> TestResul
     assert!(open_uploads(&ctx, &key).await?.is_empty());
     Ok(())
 }
+
+#[tokio::test]
+async fn suspending_or_losing_the_issuers_permission_aborts_the_upload() -> TestResult {
+    let Scenario {
+        ctx,
+        dir: _dir,
+        operator: _operator,
+    } = start("mp-revoke").await?;
+    let issuer = multipart_issuer(&ctx).await?;
+    let key = format!("{}/revoked.bin", ctx.namespace);
+    create_grant(&ctx, "revoked", grant_spec(&ctx, &issuer, "revoked.bin")).await?;
+    wait_ready(&ctx, "revoked").await?;
+    let first = secret_data(&ctx.client, &ctx.namespace, "revoked").await?;
+    upload_part(&Parts::of(&first)?, 1, &file(5 * MIB)).await?;
+
+    support::grants::patch_spec(&ctx, "revoked", serde_json::json!({"suspend": true})).await?;
+    let suspended = wait_reason(&ctx, "revoked", "Suspended").await?;
+    assert!(
+        support::grants::ready_message(&suspended).contains("the multipart upload was aborted"),
+        "{}",
+        support::grants::ready_message(&suspended)
+    );
+    assert_eq!(status_upload_id(&suspended), None);
+    wait_secret_gone(&ctx, "revoked").await?;
+    assert!(open_uploads(&ctx, &key).await?.is_empty());
+
+    // Resumed: a new upload, since the old one is gone.
+    support::grants::patch_spec(&ctx, "revoked", serde_json::json!({"suspend": false})).await?;
+    wait_ready(&ctx, "revoked").await?;
+    let second = secret_data(&ctx.client, &ctx.namespace, "revoked").await?;
+    assert_ne!(second["uploadId"], first["uploadId"]);
+    assert_eq!(
+        open_uploads(&ctx, &key).await?,
+        [second["uploadId"].clone()]
+    );
+
+    // The issuer stops allowing multipart: Forbidden, and aborted.
+    let patch = serde_json::json!({"spec": {"allow": [{"buckets": [ctx.env.bucket()], "methods": ["PUT"]}]}});
+    kube::Api::<upload_grant_operator::api::ClusterGrantIssuer>::all(ctx.client.clone())
+        .patch(
+            &issuer,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await?;
+    wait_reason(&ctx, "revoked", "Forbidden").await?;
+    eventually(
+        "the upload to be aborted",
+        Duration::from_secs(30),
+        || async { Ok(open_uploads(&ctx, &key).await?.is_empty().then_some(())) },
+    )
+    .await?;
+    Ok(())
+}
