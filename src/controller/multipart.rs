@@ -6,7 +6,7 @@
 use std::time::{Duration, SystemTime};
 
 use aws_sdk_s3::Client;
-use aws_sdk_s3::error::ProvideErrorMetadata;
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::types::ServerSideEncryption as S3Sse;
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
@@ -15,7 +15,7 @@ use super::Context;
 use super::decide::{self, SignPlan};
 use super::secrets::Slot;
 use super::validate::{ValidGrant, secret_name};
-use crate::api::{S3Target, SseType, UploadGrant};
+use crate::api::{Reason, S3Target, SseType, UploadGrant};
 use crate::signing::CredentialsError;
 
 /// How often, by default, an open upload is looked at to notice that the
@@ -50,16 +50,25 @@ pub enum UploadState {
     Gone,
 }
 
-fn s3_error<E: ProvideErrorMetadata>(e: &E) -> MultipartError {
-    MultipartError::S3(format!(
-        "{}: {}",
-        e.code().unwrap_or("unknown error"),
-        e.message().unwrap_or("no message")
-    ))
+/// S3's error code and message, or what kept the request from an answer.
+fn s3_error<E, R>(e: &SdkError<E, R>) -> MultipartError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    MultipartError::S3(match e.as_service_error() {
+        Some(s) => format!(
+            "{}: {}",
+            s.code().unwrap_or("unknown error"),
+            s.message().unwrap_or("no message")
+        ),
+        None => DisplayErrorContext(e).to_string(),
+    })
 }
 
-fn no_such_upload<E: ProvideErrorMetadata>(e: &E) -> bool {
-    e.code() == Some("NoSuchUpload")
+fn no_such_upload<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> bool {
+    e.as_service_error()
+        .is_some_and(|s| s.code() == Some("NoSuchUpload"))
 }
 
 /// An S3 client for `target` with the operator's current credentials.
@@ -86,10 +95,7 @@ pub async fn create(client: &Client, valid: &ValidGrant) -> Result<String> {
         });
         req = req.set_ssekms_key_id(sse.kms_key_id.clone());
     }
-    let out = req
-        .send()
-        .await
-        .map_err(|e| s3_error(&e.into_service_error()))?;
+    let out = req.send().await.map_err(|e| s3_error(&e))?;
     out.upload_id
         .filter(|id| !id.is_empty())
         .ok_or_else(|| MultipartError::S3("CreateMultipartUpload returned no upload id".into()))
@@ -110,7 +116,7 @@ pub async fn open_since(
         .prefix(key)
         .send()
         .await
-        .map_err(|e| s3_error(&e.into_service_error()))?;
+        .map_err(|e| s3_error(&e))?;
     let mut found: Vec<(SystemTime, String)> = out
         .uploads
         .unwrap_or_default()
@@ -142,23 +148,13 @@ pub async fn state(
         .await
     {
         Ok(_) => return Ok(UploadState::Open),
-        Err(e) => {
-            let e = e.into_service_error();
-            if !no_such_upload(&e) {
-                return Err(s3_error(&e));
-            }
-        }
+        Err(e) if no_such_upload(&e) => {}
+        Err(e) => return Err(s3_error(&e)),
     }
     match client.head_object().bucket(bucket).key(key).send().await {
         Ok(_) => Ok(UploadState::Completed),
-        Err(e) => {
-            let e = e.into_service_error();
-            if e.is_not_found() {
-                Ok(UploadState::Gone)
-            } else {
-                Err(s3_error(&e))
-            }
-        }
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(UploadState::Gone),
+        Err(e) => Err(s3_error(&e)),
     }
 }
 
@@ -174,11 +170,9 @@ pub async fn abort(client: &Client, bucket: &str, key: &str, upload_id: &str) ->
             .upload_id(upload_id)
             .send()
             .await
+            && !no_such_upload(&e)
         {
-            let e = e.into_service_error();
-            if !no_such_upload(&e) {
-                return Err(s3_error(&e));
-            }
+            return Err(s3_error(&e));
         }
         match client
             .list_parts()
@@ -189,14 +183,8 @@ pub async fn abort(client: &Client, bucket: &str, key: &str, upload_id: &str) ->
             .send()
             .await
         {
-            Err(e) => {
-                let e = e.into_service_error();
-                return if no_such_upload(&e) {
-                    Ok(())
-                } else {
-                    Err(s3_error(&e))
-                };
-            }
+            Err(e) if no_such_upload(&e) => return Ok(()),
+            Err(e) => return Err(s3_error(&e)),
             // Still listed: a part landed meanwhile. Abort again.
             Ok(_) => continue,
         }
@@ -282,6 +270,12 @@ pub async fn abort_grant_uploads(ctx: &Context, grant: &UploadGrant) -> Result<A
     })
 }
 
+/// Whether the grant's status says its upload was completed, for this
+/// generation: there is nothing left to look at or abort.
+pub fn completed(grant: &UploadGrant) -> bool {
+    decide::Settled::from_status(grant).is_some_and(|s| s.reason == Reason::Completed)
+}
+
 /// When the grant was created, as the apiserver says.
 pub fn created_at(grant: &UploadGrant) -> Option<SystemTime> {
     grant
@@ -333,7 +327,7 @@ pub async fn ensure_upload(
 /// recorded, or S3 did not answer (logged; the next look will tell).
 pub async fn probe(ctx: &Context, grant: &UploadGrant) -> Option<UploadState> {
     grant.spec.multipart.as_ref()?;
-    if grant.spec.suspend || !ctx.upload_check_due(grant) {
+    if grant.spec.suspend || completed(grant) || !ctx.upload_check_due(grant) {
         return None;
     }
     let secret_id = secret_upload_id(ctx, grant);

@@ -176,7 +176,7 @@ async fn cleanup(grant: &UploadGrant, ctx: &Context) -> Result<()> {
     // goes, also in a terminating namespace. A failure keeps the finalizer
     // and is retried with backoff.
     let has_upload = grant.status.as_ref().is_some_and(|s| s.upload_id.is_some());
-    let aborted = match finalizer::wanted(grant) || has_upload {
+    let aborted = match (finalizer::wanted(grant) || has_upload) && !multipart::completed(grant) {
         true => multipart::abort_grant_uploads(ctx, grant).await?,
         false => multipart::Aborted::Nothing,
     };
