@@ -400,8 +400,8 @@ fn example_manifests_are_accepted_by_the_apiserver() -> TestResult {
     Ok(())
 }
 
-/// The multipart consumers (Python, Go, and the curl recipe of
-/// examples/multipart-curl.sh) upload a file of three parts through a
+/// The multipart consumers (Python, Go, the curl recipe of
+/// examples/multipart-curl.sh and the README's shorter one) upload a file of three parts through a
 /// multipart grant's Secret and complete it; the object is the file. A
 /// file with more parts than the grant has is refused before completing.
 #[tokio::test]
@@ -417,7 +417,7 @@ async fn consumers_upload_a_file_in_parts() -> TestResult {
         serde_json::json!([{"buckets": [ctx.env.bucket()], "methods": ["PUT"], "multipart": true}]),
     )
     .await?;
-    let langs = ["python", "go", "curl"];
+    let langs = ["python", "go", "curl", "readme"];
     for lang in langs {
         let multipart = serde_json::json!({"multipart": {"parts": 3, "partSize": "5Mi"}});
         create_grant(
@@ -444,6 +444,25 @@ async fn consumers_upload_a_file_in_parts() -> TestResult {
             let mut sh = Command::new("sh");
             sh.arg("examples/multipart-curl.sh").arg(&file).arg(&grant);
             run_consumer(sh, b"")?;
+        } else if lang == "readme" {
+            let readme = std::fs::read_to_string(repo_root().join("README.md"))?;
+            let snippet = readme
+                .split("```sh\nsize=$(jq")
+                .nth(1)
+                .and_then(|rest| rest.split("```").next())
+                .map(|rest| format!("size=$(jq{rest}"))
+                .ok_or("the README's multipart snippet")?;
+            let tmp = tempfile::tempdir()?;
+            std::fs::write(tmp.path().join("big.bin"), &body)?;
+            // /tmp first: the grant's directory is under /tmp too. The
+            // consumer runs from the repository root: big.bin by its path.
+            let script = snippet
+                .replace("/tmp/", &format!("{}/", tmp.path().display()))
+                .replace("/grant/", &format!("{}/", grant.display()))
+                .replace(" big.bin ", &format!(" {}/big.bin ", tmp.path().display()));
+            let mut bash = Command::new("bash");
+            bash.args(["-euo", "pipefail", "-c", &script]);
+            run_consumer(bash, b"")?;
         } else {
             run_consumer(consumer(lang, &grant)?, &body)?;
         }
