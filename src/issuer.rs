@@ -375,6 +375,8 @@ mod tests {
         let denied = authorize(&issuer(vec![small]), &req).expect_err("15Mi > 14Mi");
         assert!(denied.0.contains("parts × partSize"), "{denied}");
     }
+
+    #[test]
     fn no_rules_allow_nothing() {
         let l = labels(&[]);
         assert!(authorize(&issuer(vec![]), &request(&l)).is_err());

@@ -195,7 +195,7 @@ async fn three_parts_with_a_renewal_between_them_complete_into_the_file() -> Tes
         status_upload_id(&grant).as_deref(),
         Some(upload_id.as_str())
     );
-    assert_eq!(open_uploads(&ctx, &key).await?, [upload_id.clone()]);
+    assert_eq!(open_uploads(&ctx, &key).await?, [upload_id.as_str()]);
     let parts = Parts::of(&data)?;
     assert_eq!((parts.count, parts.part_size), (3, 5 * MIB as u64));
     assert!(
@@ -365,7 +365,7 @@ async fn an_upload_created_but_never_recorded_is_adopted_not_doubled() -> TestRe
     ctx.delete_issuer_on_drop(&issuer);
     let grant = wait_ready(&ctx, "adopted").await?;
     assert_eq!(status_upload_id(&grant).as_deref(), Some(orphan.as_str()));
-    assert_eq!(open_uploads(&ctx, &key).await?, [orphan.clone()]);
+    assert_eq!(open_uploads(&ctx, &key).await?, [orphan.as_str()]);
     ctx.api::<UploadGrant>()
         .delete("adopted", &DeleteParams::default())
         .await?;

@@ -58,7 +58,7 @@ pub async fn carry_out(
             wake_at,
         } => {
             let removed = remove_stale(ctx, grant, stale.as_deref()).await?;
-            Report::ready(&secret_name, state, removed).waking_at(wake_at)
+            Report::ready(&secret_name, *state, removed).waking_at(wake_at)
         }
         Decision::Sign(plan) => return sign_and_write(ctx, grant, &plan, now).await,
     };

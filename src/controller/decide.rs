@@ -82,7 +82,7 @@ pub enum Decision {
     /// The Secret holds a current URL; look again at `wake_at`.
     Keep {
         secret_name: String,
-        state: IssuedState,
+        state: Box<IssuedState>,
         wake_at: SystemTime,
         /// A Secret under the grant's former name, to remove.
         stale: Option<String>,
@@ -355,7 +355,7 @@ fn schedule(
     };
     Decision::Keep {
         secret_name: plan.valid.secret_name,
-        state,
+        state: Box::new(state),
         wake_at,
         stale: plan.stale,
     }

@@ -127,7 +127,7 @@ pub async fn open_since(
             (initiated >= since).then_some((initiated, u.upload_id?))
         })
         .collect();
-    found.sort_by(|a, b| b.0.cmp(&a.0));
+    found.sort_by_key(|u| std::cmp::Reverse(u.0));
     Ok(found.into_iter().map(|(_, id)| id).collect())
 }
 
