@@ -170,7 +170,7 @@ async fn three_parts_with_a_renewal_between_them_complete_into_the_file() -> Tes
     let Scenario {
         ctx,
         dir: _dir,
-        operator: _operator,
+        operator,
     } = start("mp-complete").await?;
     let issuer = multipart_issuer(&ctx).await?;
     let key = format!("{}/big.bin", ctx.namespace);
@@ -247,6 +247,22 @@ async fn three_parts_with_a_renewal_between_them_complete_into_the_file() -> Tes
     assert_eq!(status_upload_id(&done).as_deref(), Some(upload_id.as_str()));
     wait_secret_gone(&ctx, "big").await?;
     assert!(open_uploads(&ctx, &key).await?.is_empty());
+
+    // Nothing that grants access reached the operator's logs.
+    let logs = operator.logs();
+    assert!(logs.contains(&upload_id), "the upload id is logged");
+    for secret in [
+        &data["completeUrl"],
+        &data["abortUrl"],
+        &parts.signatures[0],
+        &renewed_parts.signatures[2],
+    ] {
+        assert!(
+            !logs.contains(secret.as_str()),
+            "a URL or signature in the logs"
+        );
+    }
+    assert!(!logs.contains("X-Amz-Signature"), "a signature in the logs");
     Ok(())
 }
 
