@@ -15,6 +15,7 @@ use super::Context;
 use super::decide::{self, SignPlan};
 use super::secrets::Slot;
 use super::validate::{ValidGrant, secret_name};
+use crate::api::condition::ready_condition;
 use crate::api::{Reason, S3Target, SseType, UploadGrant};
 use crate::signing::CredentialsError;
 
@@ -257,7 +258,9 @@ pub async fn abort_grant_uploads(ctx: &Context, grant: &UploadGrant) -> Result<A
     let client = client(ctx, &target).await?;
     let (bucket, key) = (&grant.spec.bucket, &grant.spec.key);
     let ids = match (recorded.is_empty(), created_at(grant)) {
-        (true, Some(since)) => open_since(&client, bucket, key, since).await?,
+        (true, Some(since)) if may_hold_unrecorded(grant) => {
+            open_since(&client, bucket, key, since).await?
+        }
         _ => recorded,
     };
     for id in &ids {
@@ -268,6 +271,19 @@ pub async fn abort_grant_uploads(ctx: &Context, grant: &UploadGrant) -> Result<A
         0 => Aborted::Nothing,
         n => Aborted::Uploads(n),
     })
+}
+
+/// Whether an upload may exist that the grant has not recorded: only after
+/// a pass that may have created one and not got as far as recording it
+/// (no status yet, Issued, or a failure after the create). A grant already
+/// revoked for another reason recorded nothing, so its key is not listed
+/// again on every pass.
+fn may_hold_unrecorded(grant: &UploadGrant) -> bool {
+    let reason = ready_condition(grant.status.as_ref()).and_then(|c| Reason::parse(&c.reason));
+    matches!(
+        reason,
+        None | Some(Reason::Issued | Reason::SigningFailed | Reason::CredentialsUnavailable)
+    )
 }
 
 /// Whether the grant's status says its upload was completed, for this
@@ -344,5 +360,170 @@ pub async fn probe(ctx: &Context, grant: &UploadGrant) -> Option<UploadState> {
             tracing::warn!(grant = %grant.name_any(), namespace = grant.namespace().as_deref().unwrap_or(""), error = %e, "could not look at the multipart upload");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The S3 calls against a scripted loopback server: what is sent, and
+    //! what each answer leads to.
+    use std::sync::{Arc, Mutex};
+
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+    use super::*;
+    use crate::signing::Presigner;
+
+    const NO_SUCH_UPLOAD: (u16, &str) = (
+        404,
+        "<Error><Code>NoSuchUpload</Code><Message>The specified upload does not exist.</Message></Error>",
+    );
+    const ONE_PART: (u16, &str) = (
+        200,
+        "<ListPartsResult><Bucket>b</Bucket><Key>k</Key><UploadId>u1</UploadId><Part><PartNumber>1</PartNumber><ETag>\"e\"</ETag><Size>5</Size></Part></ListPartsResult>",
+    );
+    const ABORTED: (u16, &str) = (204, "");
+
+    /// Serves `answers` in order, one per request, and records each
+    /// request's method and query.
+    async fn server(answers: Vec<(u16, &'static str)>) -> (String, Arc<Mutex<Vec<String>>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a loopback port");
+        let addr = listener.local_addr().expect("an address");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let answers = Arc::new(Mutex::new(answers.into_iter()));
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (log, answers) = (log.clone(), answers.clone());
+                tokio::spawn(async move {
+                    let mut stream = BufReader::new(stream);
+                    loop {
+                        let mut line = String::new();
+                        if stream.read_line(&mut line).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let mut length = 0usize;
+                        loop {
+                            let mut header = String::new();
+                            stream.read_line(&mut header).await.unwrap_or(0);
+                            let header = header.trim_end();
+                            if header.is_empty() {
+                                break;
+                            }
+                            if let Some(v) =
+                                header.to_ascii_lowercase().strip_prefix("content-length:")
+                            {
+                                length = v.trim().parse().unwrap_or(0);
+                            }
+                        }
+                        let mut body = vec![0; length];
+                        let _ = stream.read_exact(&mut body).await;
+                        let request: Vec<&str> = line.split_whitespace().take(2).collect();
+                        log.lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push(request.join(" "));
+                        let next = answers.lock().unwrap_or_else(|p| p.into_inner()).next();
+                        let (status, body) = next.unwrap_or((500, "no answer scripted"));
+                        let response = format!(
+                            "HTTP/1.1 {status} X\r\ncontent-type: application/xml\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if stream
+                            .get_mut()
+                            .write_all(response.as_bytes())
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (format!("http://{addr}"), seen)
+    }
+
+    fn client(endpoint: String) -> Client {
+        let base = aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .build();
+        let target = S3Target {
+            region: "eu-west-1".into(),
+            endpoint: Some(endpoint),
+            force_path_style: true,
+        };
+        let creds = aws_credential_types::Credentials::new("AKID", "secret", None, None, "t");
+        Presigner::new(base).s3_client(&target, creds)
+    }
+
+    fn requests(seen: &Mutex<Vec<String>>) -> Vec<String> {
+        let seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.iter()
+            .map(|r| {
+                let (method, target) = r.split_once(' ').unwrap_or_default();
+                let op = if target.contains("x-id=AbortMultipartUpload") || method == "DELETE" {
+                    "abort"
+                } else {
+                    "list-parts"
+                };
+                format!("{method} {op}")
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_part_that_lands_after_the_abort_is_aborted_again() {
+        let (endpoint, seen) = server(vec![ABORTED, ONE_PART, ABORTED, NO_SUCH_UPLOAD]).await;
+        abort(&client(endpoint), "b", "k", "u1")
+            .await
+            .expect("aborted");
+        assert_eq!(
+            requests(&seen),
+            [
+                "DELETE abort",
+                "GET list-parts",
+                "DELETE abort",
+                "GET list-parts"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_upload_already_gone_is_aborted_and_one_that_keeps_parts_is_reported() {
+        let (endpoint, seen) = server(vec![NO_SUCH_UPLOAD, NO_SUCH_UPLOAD]).await;
+        abort(&client(endpoint), "b", "k", "u1")
+            .await
+            .expect("gone is fine");
+        assert_eq!(requests(&seen).len(), 2);
+        let stubborn = [ABORTED, ONE_PART].repeat(ABORT_ROUNDS);
+        let (endpoint, _) = server(stubborn).await;
+        let err = abort(&client(endpoint), "b", "k", "u1")
+            .await
+            .expect_err("still open");
+        assert!(matches!(err, MultipartError::StillOpen), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_upload_is_open_completed_or_gone() {
+        let (endpoint, _) = server(vec![ONE_PART]).await;
+        let open = state(&client(endpoint), "b", "k", "u1").await;
+        assert_eq!(open.expect("answer"), UploadState::Open);
+        let (endpoint, _) = server(vec![NO_SUCH_UPLOAD, (200, "")]).await;
+        let done = state(&client(endpoint), "b", "k", "u1").await;
+        assert_eq!(done.expect("answer"), UploadState::Completed);
+        let (endpoint, _) = server(vec![NO_SUCH_UPLOAD, (404, "")]).await;
+        let gone = state(&client(endpoint), "b", "k", "u1").await;
+        assert_eq!(gone.expect("answer"), UploadState::Gone);
+        let denied = (
+            403,
+            "<Error><Code>AccessDenied</Code><Message>no</Message></Error>",
+        );
+        let (endpoint, _) = server(vec![denied]).await;
+        let err = state(&client(endpoint), "b", "k", "u1")
+            .await
+            .expect_err("denied");
+        assert_eq!(err.to_string(), "S3: AccessDenied: no");
     }
 }
