@@ -474,3 +474,32 @@ async fn suspending_or_losing_the_issuers_permission_aborts_the_upload() -> Test
     .await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn not_after_ends_the_grant_and_aborts_its_upload() -> TestResult {
+    let Scenario {
+        ctx,
+        dir: _dir,
+        operator: _operator,
+    } = start("mp-expire").await?;
+    let issuer = multipart_issuer(&ctx).await?;
+    let key = format!("{}/until.bin", ctx.namespace);
+    let not_after = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(15);
+    let mut until = grant_spec(&ctx, &issuer, "until.bin");
+    until["notAfter"] = not_after.strftime("%Y-%m-%dT%H:%M:%SZ").to_string().into();
+    create_grant(&ctx, "until", until).await?;
+    wait_ready(&ctx, "until").await?;
+    let data = secret_data(&ctx.client, &ctx.namespace, "until").await?;
+    upload_part(&Parts::of(&data)?, 1, &file(5 * MIB)).await?;
+    assert_eq!(open_uploads(&ctx, &key).await?, [data["uploadId"].as_str()]);
+
+    let expired = wait_reason(&ctx, "until", "Expired").await?;
+    let message = support::grants::ready_message(&expired);
+    assert!(
+        message.contains("notAfter") && message.contains("the multipart upload was aborted"),
+        "{message}"
+    );
+    wait_secret_gone(&ctx, "until").await?;
+    assert!(open_uploads(&ctx, &key).await?.is_empty());
+    Ok(())
+}
