@@ -503,3 +503,42 @@ async fn not_after_ends_the_grant_and_aborts_its_upload() -> TestResult {
     assert!(open_uploads(&ctx, &key).await?.is_empty());
     Ok(())
 }
+
+#[tokio::test]
+async fn a_new_key_starts_a_new_upload_and_aborts_the_old_one_where_it_is() -> TestResult {
+    let Scenario {
+        ctx,
+        dir: _dir,
+        operator: _operator,
+    } = start("mp-rekey").await?;
+    let issuer = multipart_issuer(&ctx).await?;
+    let (old_key, new_key) = (
+        format!("{}/old.bin", ctx.namespace),
+        format!("{}/new.bin", ctx.namespace),
+    );
+    create_grant(&ctx, "rekey", grant_spec(&ctx, &issuer, "old.bin")).await?;
+    wait_ready(&ctx, "rekey").await?;
+    let old = secret_data(&ctx.client, &ctx.namespace, "rekey").await?;
+    upload_part(&Parts::of(&old)?, 1, &file(5 * MIB)).await?;
+
+    support::grants::patch_spec(&ctx, "rekey", serde_json::json!({"key": new_key})).await?;
+    let new = eventually(
+        "a Secret for the new key",
+        Duration::from_secs(30),
+        || async {
+            let data = secret_data(&ctx.client, &ctx.namespace, "rekey").await?;
+            Ok((data["key"] == new_key).then_some(data))
+        },
+    )
+    .await?;
+    assert_ne!(new["uploadId"], old["uploadId"]);
+    assert!(
+        open_uploads(&ctx, &old_key).await?.is_empty(),
+        "the old upload is aborted"
+    );
+    assert_eq!(
+        open_uploads(&ctx, &new_key).await?,
+        [new["uploadId"].as_str()]
+    );
+    Ok(())
+}

@@ -29,7 +29,8 @@ pub async fn carry_out(
     let report = match decision {
         Decision::Revoke { reason, message } => {
             // Read before the Secret that records it goes.
-            let recorded = multipart::secret_upload_id(ctx, grant)
+            let recorded = multipart::secret_upload(ctx, grant)
+                .map(|u| u.id)
                 .or_else(|| grant.status.as_ref()?.upload_id.clone());
             let removed = revoke_all(ctx, grant).await?;
             if reason == Reason::Completed {

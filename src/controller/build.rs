@@ -42,6 +42,9 @@ pub const REPLACES_ANNOTATION: &str = "grants.io/replaces";
 /// On a multipart grant's Secret: the upload its part URLs belong to, so
 /// that a restart finds it in the (metadata-only) cache.
 pub const UPLOAD_ID_ANNOTATION: &str = "grants.io/upload-id";
+/// With it: the upload's `BUCKET/KEY`, so that an upload for an older spec
+/// is aborted where it is.
+pub const UPLOAD_OBJECT_ANNOTATION: &str = "grants.io/upload-object";
 /// Keys of the operator's own labels and annotations. Values a user puts
 /// under them are never written, so they are never read back as state.
 fn reserved(key: &str) -> bool {
@@ -97,7 +100,28 @@ pub struct IssuedState {
     /// The fingerprint of the URL this one replaced.
     pub replaces: Option<String>,
     /// Multipart grants: the upload the part URLs belong to.
-    pub upload_id: Option<String>,
+    pub upload: Option<Upload>,
+}
+
+/// A multipart upload in S3: its id and the object it assembles.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upload {
+    pub id: String,
+    pub bucket: String,
+    pub key: String,
+}
+
+impl Upload {
+    /// From the Secret's annotations; None unless both are there.
+    fn from_annotations(annotations: &BTreeMap<String, String>) -> Option<Self> {
+        let id = annotations.get(UPLOAD_ID_ANNOTATION)?;
+        let (bucket, key) = annotations.get(UPLOAD_OBJECT_ANNOTATION)?.split_once('/')?;
+        Some(Upload {
+            id: id.clone(),
+            bucket: bucket.to_owned(),
+            key: key.to_owned(),
+        })
+    }
 }
 
 impl IssuedState {
@@ -116,7 +140,7 @@ impl IssuedState {
             fingerprint: annotations.get(FINGERPRINT_ANNOTATION)?.clone(),
             renew_request: annotations.get(RENEW_REQUEST_ANNOTATION).cloned(),
             replaces: annotations.get(REPLACES_ANNOTATION).cloned(),
-            upload_id: annotations.get(UPLOAD_ID_ANNOTATION).cloned(),
+            upload: Upload::from_annotations(annotations),
         })
     }
 }
@@ -216,8 +240,12 @@ impl Issued {
             fingerprint: self.presigned.fingerprint(),
             renew_request: self.renew_request.clone(),
             replaces: self.replaces.clone(),
-            upload_id: match &self.presigned {
-                Signed::Multipart(m) => Some(m.upload_id.clone()),
+            upload: match &self.presigned {
+                Signed::Multipart(m) => Some(Upload {
+                    id: m.upload_id.clone(),
+                    bucket: m.bucket.clone(),
+                    key: m.key.clone(),
+                }),
                 _ => None,
             },
         }
@@ -262,6 +290,10 @@ pub fn build_secret(grant: &UploadGrant, valid: &ValidGrant, issued: &Issued) ->
     }
     if let Signed::Multipart(m) = &issued.presigned {
         annotations.insert(UPLOAD_ID_ANNOTATION.into(), m.upload_id.clone());
+        annotations.insert(
+            UPLOAD_OBJECT_ANNOTATION.into(),
+            format!("{}/{}", m.bucket, m.key),
+        );
     }
 
     let text = |s: &str| ByteString(s.as_bytes().to_vec());
@@ -585,7 +617,7 @@ mod tests {
     /// with session credentials whose token is as long as AWS's (~1,100
     /// characters for an assumed role), and its total size as the
     /// apiserver counts it (keys and values).
-    async fn multipart_secret(parts: u32) -> (BTreeMap<String, ByteString>, usize) {
+    async fn multipart_secret(parts: u32) -> (BTreeMap<String, ByteString>, usize, IssuedState) {
         use crate::signing::{MultipartInput, Presigner};
         let token = "IQoJb3JpZ2luX2VjE".repeat(70);
         assert!(token.len() >= 1100);
@@ -623,15 +655,16 @@ mod tests {
         };
         let v = ValidGrant {
             multipart: Some((parts, 64 << 20)),
+            bucket: input.bucket.into(),
             key: input.key.into(),
             ..valid()
         };
-        let data = build_secret(&grant(), &v, &multipart)
-            .expect("builds")
-            .data
-            .expect("data");
+        let secret = build_secret(&grant(), &v, &multipart).expect("builds");
+        let annotations = secret.metadata.annotations.expect("annotations");
+        let state = IssuedState::from_annotations(&annotations).expect("state");
+        let data = secret.data.expect("data");
         let size = data.iter().map(|(k, v)| k.len() + v.0.len()).sum();
-        (data, size)
+        (data, size, state)
     }
 
     #[tokio::test]
@@ -639,7 +672,13 @@ mod tests {
         const MIB: usize = 1 << 20;
         let mut sizes = Vec::new();
         for parts in [10, 1_000, 10_000] {
-            let (data, size) = multipart_secret(parts).await;
+            let (data, size, state) = multipart_secret(parts).await;
+            let upload = state.upload.expect("the annotations record the upload");
+            assert_eq!(upload.id.as_bytes(), &data["uploadId"].0[..]);
+            assert_eq!(
+                (upload.bucket.as_bytes(), upload.key.as_bytes()),
+                (&data["bucket"].0[..], &data["key"].0[..])
+            );
             let keys: Vec<&str> = data.keys().map(String::as_str).collect();
             assert_eq!(
                 keys,

@@ -112,7 +112,7 @@ pub struct SignPlan {
     /// already uploaded are kept; None creates (or finds) one.
     pub upload_id: Option<String>,
     /// Multipart grants: a recorded upload for an older spec, to abort.
-    pub abandoned: Option<String>,
+    pub abandoned: Option<build::Upload>,
 }
 
 impl SignPlan {
@@ -295,20 +295,27 @@ fn recorded_upload(
     current: Option<&IssuedState>,
     spec_hash: &str,
     probe: Option<UploadState>,
-) -> (Option<String>, Option<String>) {
-    let from_secret = current.and_then(|s| Some((s.upload_id.clone()?, s.spec_hash == spec_hash)));
+) -> (Option<String>, Option<build::Upload>) {
+    let from_secret = current.and_then(|s| Some((s.upload.clone()?, s.spec_hash == spec_hash)));
     let from_status = || {
         let id = grant.status.as_ref()?.upload_id.clone()?;
         let condition = ready_condition(grant.status.as_ref());
         let same_generation =
             condition.is_some_and(|c| c.observed_generation == grant.metadata.generation);
-        Some((id, same_generation))
+        // The status has no object: the spec's, which is the same for
+        // this generation and the best guess for an older one.
+        let upload = build::Upload {
+            id,
+            bucket: grant.spec.bucket.clone(),
+            key: grant.spec.key.clone(),
+        };
+        Some((upload, same_generation))
     };
     match from_secret.or_else(from_status) {
         None => (None, None),
         Some(_) if probe == Some(UploadState::Gone) => (None, None),
-        Some((id, true)) => (Some(id), None),
-        Some((id, false)) => (None, Some(id)),
+        Some((upload, true)) => (Some(upload.id), None),
+        Some((upload, false)) => (None, Some(upload)),
     }
 }
 
@@ -642,7 +649,7 @@ mod tests {
                 fingerprint: "sha256:x".into(),
                 renew_request: None,
                 replaces: None,
-                upload_id: None,
+                upload: None,
             }),
         };
         secret.metadata.uid = Some("secret-uid".into());
@@ -731,7 +738,11 @@ mod tests {
         if let Slot::Ours(s) = &mut secret
             && let Some(state) = s.state.as_mut()
         {
-            state.upload_id = Some("u1".into());
+            state.upload = Some(build::Upload {
+                id: "u1".into(),
+                bucket: "reports".into(),
+                key: "team/old.bin".into(),
+            });
         }
         Case {
             secret,
@@ -770,7 +781,12 @@ mod tests {
     fn a_changed_multipart_spec_abandons_the_old_upload() {
         let plan = sign_plan(multipart(Some("older"), Some(at(2400))).decide());
         assert_eq!(plan.upload_id, None, "a new upload");
-        assert_eq!(plan.abandoned.as_deref(), Some("u1"));
+        let abandoned = plan.abandoned.expect("the old upload");
+        assert_eq!(
+            (abandoned.id.as_str(), abandoned.key.as_str()),
+            ("u1", "team/old.bin"),
+            "aborted where it is, not under the new key"
+        );
     }
 
     #[test]
@@ -1182,7 +1198,7 @@ mod tests {
             fingerprint: "sha256:x".into(),
             renew_request: None,
             replaces: None,
-            upload_id: None,
+            upload: None,
         };
         let renewed = Report::issued("s", state.clone(), true);
         assert_eq!(renewed.wake, Wake::At(at(2401)));

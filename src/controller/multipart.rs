@@ -12,6 +12,7 @@ use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 
 use super::Context;
+use super::build::Upload;
 use super::decide::{self, SignPlan};
 use super::secrets::Slot;
 use super::validate::{ValidGrant, secret_name};
@@ -193,30 +194,30 @@ pub async fn abort(client: &Client, bucket: &str, key: &str, upload_id: &str) ->
     Err(MultipartError::StillOpen)
 }
 
-/// The upload ids a grant may have left in S3: the one its status records
-/// and the one its Secret records.
-pub fn recorded_ids(grant: &UploadGrant, secret_id: Option<&str>) -> Vec<String> {
-    let mut ids: Vec<String> = grant
-        .status
-        .as_ref()
-        .and_then(|s| s.upload_id.clone())
-        .into_iter()
-        .collect();
-    if let Some(id) = secret_id
-        && !ids.iter().any(|i| i == id)
+/// The uploads a grant may have left in S3: the one its Secret records
+/// (where it is), and the one its status records (at the spec's object:
+/// the status names no object).
+pub fn recorded(grant: &UploadGrant, in_secret: Option<Upload>) -> Vec<Upload> {
+    let mut uploads: Vec<Upload> = in_secret.into_iter().collect();
+    if let Some(id) = grant.status.as_ref().and_then(|s| s.upload_id.clone())
+        && !uploads.iter().any(|u| u.id == id)
     {
-        ids.push(id.to_owned());
+        uploads.push(Upload {
+            id,
+            bucket: grant.spec.bucket.clone(),
+            key: grant.spec.key.clone(),
+        });
     }
-    ids
+    uploads
 }
 
-/// The upload id the grant's Secret records, as the cache (or this
+/// The upload the grant's Secret records, as the cache (or this
 /// operator's own last write) shows it.
-pub fn secret_upload_id(ctx: &Context, grant: &UploadGrant) -> Option<String> {
+pub fn secret_upload(ctx: &Context, grant: &UploadGrant) -> Option<Upload> {
     let namespace = grant.namespace().unwrap_or_default();
     let name = secret_name(&grant.spec, &grant.name_any());
     match ctx.secret_slot(grant, &namespace, &name) {
-        Slot::Ours(s) => s.state.as_ref()?.upload_id.clone(),
+        Slot::Ours(s) => s.state.as_ref()?.upload.clone(),
         _ => None,
     }
 }
@@ -245,7 +246,7 @@ pub enum Aborted {
 /// upload and recording it) the open uploads of its key started since the
 /// grant was created.
 pub async fn abort_grant_uploads(ctx: &Context, grant: &UploadGrant) -> Result<Aborted> {
-    let recorded = recorded_ids(grant, secret_upload_id(ctx, grant).as_deref());
+    let recorded = recorded(grant, secret_upload(ctx, grant));
     if grant.spec.multipart.is_none() && recorded.is_empty() {
         return Ok(Aborted::Nothing);
     }
@@ -257,17 +258,25 @@ pub async fn abort_grant_uploads(ctx: &Context, grant: &UploadGrant) -> Result<A
     };
     let client = client(ctx, &target).await?;
     let (bucket, key) = (&grant.spec.bucket, &grant.spec.key);
-    let ids = match (recorded.is_empty(), created_at(grant)) {
+    let uploads = match (recorded.is_empty(), created_at(grant)) {
         (true, Some(since)) if may_hold_unrecorded(grant) => {
-            open_since(&client, bucket, key, since).await?
+            open_since(&client, bucket, key, since)
+                .await?
+                .into_iter()
+                .map(|id| Upload {
+                    id,
+                    bucket: bucket.clone(),
+                    key: key.clone(),
+                })
+                .collect()
         }
         _ => recorded,
     };
-    for id in &ids {
-        abort(&client, bucket, key, id).await?;
+    for u in &uploads {
+        abort(&client, &u.bucket, &u.key, &u.id).await?;
     }
     ctx.forget_upload_check(grant);
-    Ok(match ids.len() {
+    Ok(match uploads.len() {
         0 => Aborted::Nothing,
         n => Aborted::Uploads(n),
     })
@@ -311,10 +320,10 @@ pub async fn ensure_upload(
     plan: &SignPlan,
     client: &Client,
 ) -> Result<String> {
-    let (bucket, key) = (&plan.valid.bucket, &plan.valid.key);
     if let Some(old) = &plan.abandoned {
-        abort(client, bucket, key, old).await?;
+        abort(client, &old.bucket, &old.key, &old.id).await?;
     }
+    let (bucket, key) = (&plan.valid.bucket, &plan.valid.key);
     if let Some(id) = &plan.upload_id {
         return Ok(id.clone());
     }
@@ -322,7 +331,7 @@ pub async fn ensure_upload(
         let mut open = open_since(client, bucket, key, since)
             .await?
             .into_iter()
-            .filter(|id| Some(id) != plan.abandoned.as_ref());
+            .filter(|id| plan.abandoned.as_ref().is_none_or(|old| old.id != *id));
         if let Some(newest) = open.next() {
             for older in open {
                 abort(client, bucket, key, &older).await?;
@@ -346,12 +355,13 @@ pub async fn probe(ctx: &Context, grant: &UploadGrant) -> Option<UploadState> {
     if grant.spec.suspend || completed(grant) || !ctx.upload_check_due(grant) {
         return None;
     }
-    let secret_id = secret_upload_id(ctx, grant);
-    let id = secret_id.or_else(|| grant.status.as_ref()?.upload_id.clone())?;
+    let upload = recorded(grant, secret_upload(ctx, grant))
+        .into_iter()
+        .next()?;
     let target = target(ctx, grant)?;
     ctx.record_upload_check(grant);
     let result = match client(ctx, &target).await {
-        Ok(client) => state(&client, &grant.spec.bucket, &grant.spec.key, &id).await,
+        Ok(client) => state(&client, &upload.bucket, &upload.key, &upload.id).await,
         Err(e) => Err(e),
     };
     match result {

@@ -63,6 +63,9 @@ impl PartUrls {
 #[derive(Clone, PartialEq, Eq)]
 pub struct PresignedMultipart {
     pub upload_id: String,
+    /// Where the upload is: the bucket and key it assembles.
+    pub bucket: String,
+    pub key: String,
     pub parts: PartUrls,
     /// CompleteMultipartUpload: POST with the XML list of parts.
     pub complete: SecretUrl,
@@ -150,6 +153,8 @@ impl Presigner {
         };
         Ok(PresignedMultipart {
             upload_id: input.upload_id.to_owned(),
+            bucket: input.bucket.to_owned(),
+            key: input.key.to_owned(),
             parts: PartUrls {
                 count: input.parts,
                 part_size: input.part_size,
