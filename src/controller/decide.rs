@@ -44,9 +44,10 @@ pub struct Observed<'a> {
 }
 
 /// An outcome that holds for the rest of a generation: the URL ran out
-/// (Expired), or the apiserver refused the Secret (InvalidSpec). Signing
-/// again would only hand out an expired grant or be refused again; a spec
-/// change is a new generation and starts afresh.
+/// (Expired), the apiserver refused the Secret (InvalidSpec), or a multipart
+/// upload was assembled (Completed). Signing again would only hand out an
+/// expired grant, be refused again or start a second upload; a spec change
+/// is a new generation and starts afresh.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Settled<'a> {
     pub reason: Reason,

@@ -197,7 +197,7 @@ pub async fn abort(client: &Client, bucket: &str, key: &str, upload_id: &str) ->
 /// The uploads a grant may have left in S3: the one its Secret records
 /// (where it is), and the one its status records (at the spec's object:
 /// the status names no object).
-pub fn recorded(grant: &UploadGrant, in_secret: Option<Upload>) -> Vec<Upload> {
+fn recorded(grant: &UploadGrant, in_secret: Option<Upload>) -> Vec<Upload> {
     let mut uploads: Vec<Upload> = in_secret.into_iter().collect();
     if let Some(id) = grant.status.as_ref().and_then(|s| s.upload_id.clone())
         && !uploads.iter().any(|u| u.id == id)
@@ -302,7 +302,7 @@ pub fn completed(grant: &UploadGrant) -> bool {
 }
 
 /// When the grant was created, as the apiserver says.
-pub fn created_at(grant: &UploadGrant) -> Option<SystemTime> {
+fn created_at(grant: &UploadGrant) -> Option<SystemTime> {
     grant
         .metadata
         .creation_timestamp

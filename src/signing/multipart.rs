@@ -11,7 +11,7 @@ use aws_credential_types::Credentials;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::sigv4::{QuerySigner, encode_query};
+use super::sigv4::{QuerySigner, encode};
 use super::{Presigner, SecretUrl, SigningError};
 use crate::api::S3Target;
 
@@ -136,7 +136,7 @@ impl Presigner {
             input.expires_in,
             &self.keys,
         )?;
-        let upload_id = encode_query(input.upload_id);
+        let upload_id = encode(input.upload_id);
         let upload = ("uploadId", upload_id.as_str());
         let mut signatures = Vec::with_capacity(input.parts as usize);
         for n in 1..=input.parts {

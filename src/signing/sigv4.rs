@@ -364,11 +364,6 @@ impl<'r> QuerySigner<'r> {
     }
 }
 
-/// A query parameter value, encoded as SigV4 and S3 expect.
-pub(crate) fn encode_query(s: &str) -> String {
-    encode(s)
-}
-
 /// `X-Amz-Expires`: whole seconds, and no more than S3 accepts.
 fn expires(expires_in: Duration) -> Result<String, SigningError> {
     if expires_in > MAX_PRESIGN {
@@ -529,7 +524,8 @@ fn push_trimmed(out: &mut String, value: &str) {
     }
 }
 
-fn encode(s: &str) -> String {
+/// A query parameter value, encoded as SigV4 and S3 expect.
+pub(crate) fn encode(s: &str) -> String {
     utf8_percent_encode(s, QUERY).to_string()
 }
 
