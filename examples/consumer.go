@@ -6,6 +6,8 @@
 //	go run consumer.go [/grant] [NAME] < file
 //	                                     # a POST grant: uploads stdin as the
 //	                                     # form's file NAME (upload.bin)
+//	go run consumer.go [/grant] < file   # a multipart grant: uploads stdin in
+//	                                     # parts, then completes the upload
 //
 // Reads the files at the moment of use, so a renewed URL is picked up
 // without a restart.
@@ -24,6 +26,15 @@
 // `file` (S3 ignores anything after it). S3 puts NAME in place of
 // `${filename}` in the key field. S3 answers 204, or the grant's
 // successActionStatus; anything else is an error, reported with S3's code.
+//
+// A multipart grant (its Secret has `uploadId`) has no `url`: `parts` is JSON
+// {"count", "partSize", "url", "signatures"}, and part N's URL is `url` with
+// {partNumber} replaced by N and {signature} by signatures[N-1]. Each part is
+// a plain PUT of partSize bytes (the last may be smaller) with no extra
+// headers; S3 answers with the part's ETag. completeUrl takes a POST of the
+// XML list of part numbers and ETags; S3 can answer it 200 with an <Error>
+// in the body, so the body is checked too. `parts` is read again for every
+// part, so a renewal during a long upload is picked up.
 package main
 
 import (
@@ -56,6 +67,11 @@ func main() {
 			fail("%v", err)
 		}
 		return strings.TrimSpace(string(b))
+	}
+	if _, err := os.Stat(filepath.Join(dir, "uploadId")); err == nil {
+		uploadParts(read, os.Stdin)
+		fmt.Fprintln(os.Stderr, "uploaded")
+		return
 	}
 	if read("method") == http.MethodPost {
 		name := "upload.bin"
@@ -161,6 +177,72 @@ func post(read func(string) string, name string, body []byte) {
 			fail("%s: %s", resp.Status, answer)
 		}
 		fail("%d %s: %s", resp.StatusCode, s3.Code, s3.Message)
+	}
+}
+
+// partURLs is the Secret's `parts` key.
+type partURLs struct {
+	Count      int      `json:"count"`
+	PartSize   int64    `json:"partSize"`
+	URL        string   `json:"url"`
+	Signatures []string `json:"signatures"`
+}
+
+// uploadParts sends stdin in parts of partSize bytes, then completes the
+// upload with the parts' ETags.
+func uploadParts(read func(string) string, in io.Reader) {
+	var etags []string
+	for {
+		var parts partURLs
+		if err := json.Unmarshal([]byte(read("parts")), &parts); err != nil {
+			fail("parts: %v", err)
+		}
+		chunk, err := io.ReadAll(io.LimitReader(in, parts.PartSize))
+		if err != nil {
+			fail("reading stdin: %v", err)
+		}
+		if len(chunk) == 0 && len(etags) > 0 {
+			break
+		}
+		n := len(etags) + 1
+		if n > parts.Count || n > len(parts.Signatures) {
+			fail("the file has more than %d parts of %d bytes; the upload was not completed", parts.Count, parts.PartSize)
+		}
+		url := strings.NewReplacer("{partNumber}", strconv.Itoa(n), "{signature}", parts.Signatures[n-1]).Replace(parts.URL)
+		req, err := http.NewRequest(http.MethodPut, url, bytes.NewReader(chunk))
+		if err != nil {
+			fail("%v", err)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			fail("part %d: %v", n, err)
+		}
+		answer, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			fail("part %d: %s: %s", n, resp.Status, answer)
+		}
+		etags = append(etags, resp.Header.Get("ETag"))
+	}
+	var body strings.Builder
+	body.WriteString("<CompleteMultipartUpload>")
+	for i, etag := range etags {
+		var escaped bytes.Buffer
+		if err := xml.EscapeText(&escaped, []byte(etag)); err != nil {
+			fail("%v", err)
+		}
+		fmt.Fprintf(&body, "<Part><PartNumber>%d</PartNumber><ETag>%s</ETag></Part>", i+1, escaped.String())
+	}
+	body.WriteString("</CompleteMultipartUpload>")
+	resp, err := http.Post(read("completeUrl"), "application/xml", strings.NewReader(body.String()))
+	if err != nil {
+		fail("complete: %v", err)
+	}
+	defer resp.Body.Close()
+	answer, _ := io.ReadAll(resp.Body)
+	// A 200 can still carry an error: S3 reports some failures in the body.
+	if resp.StatusCode != http.StatusOK || bytes.Contains(answer, []byte("<Error>")) {
+		fail("complete: %s: %s", resp.Status, answer)
 	}
 }
 

@@ -4,6 +4,8 @@
     python3 consumer.py [/grant] > file           # a GET grant: writes the object
     python3 consumer.py [/grant] [NAME] < file    # a POST grant: uploads stdin as
                                                   # the form's file NAME (upload.bin)
+    python3 consumer.py [/grant] < file           # a multipart grant: uploads stdin
+                                                  # in parts, then completes it
 
 Standard library only. Reads the files on every call, so a renewed URL is
 picked up without a restart.
@@ -21,6 +23,15 @@ are sent as multipart/form-data, every field in the order given, then the
 file last as `file` (S3 ignores anything after it). S3 puts NAME in place of
 `${filename}` in the key field. S3 answers 204, or the grant's
 successActionStatus; anything else is an error, reported with S3's code.
+
+A multipart grant (its Secret has `uploadId`) has no `url`: `parts` is JSON
+{"count", "partSize", "url", "signatures"}, and part N's URL is `url` with
+{partNumber} replaced by N and {signature} by signatures[N-1]. Each part is a
+plain PUT of partSize bytes (the last may be smaller) with no extra headers;
+S3 answers with the part's ETag. completeUrl takes a POST of the XML list of
+part numbers and ETags; S3 can answer it 200 with an <Error> in the body, so
+the body is checked too. `parts` is read again for every part, so a renewal
+during a long upload is picked up (the upload id stays the same).
 """
 import json
 import pathlib
@@ -92,7 +103,45 @@ def post(body: bytes, name: str) -> None:
         fail(s3_error(status, answer))
 
 
+def multipart(stream) -> None:
+    etags = []
+    while True:
+        parts = json.loads((GRANT / "parts").read_text())
+        chunk = stream.read(parts["partSize"])
+        if not chunk and etags:
+            break
+        n = len(etags) + 1
+        if n > parts["count"]:
+            fail(f"the file has more than {parts['count']} parts of {parts['partSize']} bytes; the upload was not completed")
+        url = parts["url"].replace("{partNumber}", str(n)).replace("{signature}", parts["signatures"][n - 1])
+        request = urllib.request.Request(url, data=chunk, method="PUT")
+        try:
+            with urllib.request.urlopen(request) as response:
+                etags.append(response.headers["ETag"])
+        except urllib.error.HTTPError as e:
+            fail(f"part {n}: {s3_error(e.code, e.read())}")
+    body = "<CompleteMultipartUpload>" + "".join(
+        f"<Part><PartNumber>{n}</PartNumber><ETag>{etag}</ETag></Part>" for n, etag in enumerate(etags, 1)
+    ) + "</CompleteMultipartUpload>"
+    request = urllib.request.Request(
+        (GRANT / "completeUrl").read_text().strip(), data=body.encode(), method="POST",
+        headers={"Content-Type": "application/xml"},
+    )
+    try:
+        with urllib.request.urlopen(request) as response:
+            status, answer = response.status, response.read()
+    except urllib.error.HTTPError as e:
+        status, answer = e.code, e.read()
+    # A 200 can still carry an error: S3 reports some failures in the body.
+    if status != 200 or b"<Error>" in answer:
+        fail(f"complete: {s3_error(status, answer)}")
+
+
 if __name__ == "__main__":
+    if (GRANT / "uploadId").exists():
+        multipart(sys.stdin.buffer)
+        print("uploaded", file=sys.stderr)
+        sys.exit(0)
     method = (GRANT / "method").read_text().strip()
     if method == "POST":
         post(sys.stdin.buffer.read(), sys.argv[2] if len(sys.argv) > 2 else "upload.bin")

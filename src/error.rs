@@ -17,6 +17,8 @@ pub enum Error {
     Serialize(#[source] serde_json::Error),
     #[error("updating the finalizer: {0}")]
     Finalizer(#[source] kube::Error),
+    #[error("multipart upload: {0}")]
+    Multipart(#[from] crate::controller::multipart::MultipartError),
 }
 
 impl Error {
@@ -30,6 +32,7 @@ impl Error {
         "invalid_object",
         "finalizer",
         "fenced",
+        "multipart",
     ];
 
     /// A short, fixed label for metrics; one of `CATEGORIES`.
@@ -43,6 +46,7 @@ impl Error {
             Error::IncompleteObject => "invalid_object",
             Error::Serialize(_) => "build",
             Error::Finalizer(_) => "finalizer",
+            Error::Multipart(_) => "multipart",
         }
     }
 }
@@ -64,6 +68,9 @@ mod tests {
             Error::IncompleteObject,
             Error::Serialize(serde_json::Error::io(std::io::Error::other("broken pipe"))),
             Error::Finalizer(kube::Error::LinesCodecMaxLineLengthExceeded),
+            Error::Multipart(crate::controller::multipart::MultipartError::S3(
+                "AccessDenied".into(),
+            )),
         ];
         // A new variant stops this match compiling: add one of it above.
         for e in &every {
@@ -73,7 +80,8 @@ mod tests {
                 | Error::Signing(_)
                 | Error::IncompleteObject
                 | Error::Serialize(_)
-                | Error::Finalizer(_) => {}
+                | Error::Finalizer(_)
+                | Error::Multipart(_) => {}
             }
         }
         every

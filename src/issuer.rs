@@ -24,6 +24,8 @@ pub struct Request<'a> {
     /// POST: the sizes the upload may have.
     pub content_length_range: Option<(u64, u64)>,
     pub sse: Option<&'a ServerSideEncryption>,
+    /// A multipart upload: (parts, partSize in bytes).
+    pub multipart: Option<(u32, u64)>,
 }
 
 /// Why no rule allowed a grant: one line per rule, for the grant's status.
@@ -166,9 +168,21 @@ fn check_rule(rule: &AllowRule, req: &Request<'_>) -> Result<(), String> {
             ));
         }
     }
+    if req.multipart.is_some() && !rule.multipart {
+        return Err(
+            "multipart uploads are not allowed (the rule does not set multipart: true)".into(),
+        );
+    }
     if let Some(max_len) = &rule.max_content_length {
         let max = parse_quantity(max_len).map_err(|e| format!("maxContentLength: {e}"))?;
-        if req.method == Method::Put {
+        if let Some((parts, part_size)) = req.multipart {
+            let total = u64::from(parts).saturating_mul(part_size);
+            if total > max {
+                return Err(format!(
+                    "multipart parts × partSize ({parts} × {part_size} = {total} bytes) is larger than maxContentLength {max_len} ({max} bytes)"
+                ));
+            }
+        } else if req.method == Method::Put {
             match req.content_length {
                 None => {
                     return Err(format!(
@@ -303,6 +317,7 @@ mod tests {
             methods: None,
             max_ttl: None,
             max_content_length: None,
+            multipart: false,
             kms_key_ids: None,
         }
     }
@@ -326,7 +341,39 @@ mod tests {
             content_length: Some(1000),
             content_length_range: None,
             sse: None,
+            multipart: None,
         }
+    }
+
+    #[test]
+    fn multipart_needs_a_rule_that_allows_it_and_fits_max_content_length() {
+        let l = labels(&[]);
+        let req = Request {
+            content_length: None,
+            multipart: Some((3, 5 << 20)),
+            ..request(&l)
+        };
+        let denied = authorize(&issuer(vec![rule()]), &req).expect_err("no multipart: true");
+        assert!(
+            denied.0.contains("multipart uploads are not allowed"),
+            "{denied}"
+        );
+        let allowing = AllowRule {
+            multipart: true,
+            ..rule()
+        };
+        assert_eq!(authorize(&issuer(vec![allowing.clone()]), &req), Ok(0));
+        let capped = AllowRule {
+            max_content_length: Some("15Mi".into()),
+            ..allowing.clone()
+        };
+        assert_eq!(authorize(&issuer(vec![capped]), &req), Ok(0));
+        let small = AllowRule {
+            max_content_length: Some("14Mi".into()),
+            ..allowing
+        };
+        let denied = authorize(&issuer(vec![small]), &req).expect_err("15Mi > 14Mi");
+        assert!(denied.0.contains("parts × partSize"), "{denied}");
     }
 
     #[test]

@@ -108,6 +108,13 @@ struct Cli {
     #[arg(long, env = "UPLOAD_GRANT_ROLLOUT_RESTART_DEBOUNCE", default_value = "1m", value_parser = debounce)]
     rollout_restart_debounce: Duration,
 
+    /// How often an open multipart upload is looked at (ListParts, then
+    /// HeadObject) to notice that the client completed it (Go duration,
+    /// 1s..24h). Only multipart grants are looked at; S3 sends no
+    /// notification here.
+    #[arg(long, env = "UPLOAD_GRANT_MULTIPART_CHECK_INTERVAL", default_value = "5m", value_parser = multipart_check_interval)]
+    multipart_check_interval: Duration,
+
     #[command(subcommand)]
     command: Option<Command>,
 
@@ -205,6 +212,15 @@ fn propagation_budget(s: &str) -> Result<Duration, String> {
     let d = upload_grant_operator::api::duration::parse_duration(s)?;
     if d > Duration::from_secs(24 * 3600) {
         return Err(format!("{s} is longer than 24h"));
+    }
+    Ok(d)
+}
+
+/// A Go duration from a second to a day: never a tight poll.
+fn multipart_check_interval(s: &str) -> Result<Duration, String> {
+    let d = upload_grant_operator::api::duration::parse_duration(s)?;
+    if d < Duration::from_secs(1) || d > Duration::from_secs(24 * 3600) {
+        return Err(format!("{s} is not between 1s and 24h"));
     }
     Ok(d)
 }
@@ -412,6 +428,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         namespaces: watch_namespaces(cli.namespaces),
         propagation_budget: cli.propagation_budget,
         rollout_restart_debounce: cli.rollout_restarts.then_some(cli.rollout_restart_debounce),
+        multipart_check_interval: cli.multipart_check_interval,
     };
     tracing::info!(default_issuer = ?settings.default_issuer, namespaces = ?settings.namespaces, concurrency = settings.concurrency, kube_api_qps = cli.kube_api_qps, propagation_budget = ?settings.propagation_budget, "starting controller");
     let parts = controller::Parts {

@@ -101,6 +101,14 @@ fn chart_lints_and_renders_hardened_with_every_option() -> TestResult {
         env_of(&all, "UPLOAD_GRANT_PROPAGATION_BUDGET"),
         Some("90s".into())
     );
+    assert_eq!(
+        env_of(&defaults, "UPLOAD_GRANT_MULTIPART_CHECK_INTERVAL"),
+        Some("5m".into())
+    );
+    assert_eq!(
+        env_of(&all, "UPLOAD_GRANT_MULTIPART_CHECK_INTERVAL"),
+        Some("1m".into())
+    );
 
     // Issuer warnings: a Warn-only policy, on by default.
     let binding = defaults

@@ -21,6 +21,10 @@ fn help_lists_every_flag_and_its_environment_variable() {
         ("--namespace", "UPLOAD_GRANT_WATCH_NAMESPACE"),
         ("--kube-api-qps", "UPLOAD_GRANT_KUBE_API_QPS"),
         ("--propagation-budget", "UPLOAD_GRANT_PROPAGATION_BUDGET"),
+        (
+            "--multipart-check-interval",
+            "UPLOAD_GRANT_MULTIPART_CHECK_INTERVAL",
+        ),
     ] {
         assert!(
             help.contains(flag) && help.contains(env),
@@ -45,6 +49,11 @@ fn invalid_settings_are_refused_with_a_message() {
             "propagation-budget",
         ),
         (vec!["--propagation-budget", "25h"], None, "longer than 24h"),
+        (
+            vec!["--multipart-check-interval", "0s"],
+            None,
+            "is not between 1s and 24h",
+        ),
         (
             vec!["--log-level", "operator=loud"],
             None,

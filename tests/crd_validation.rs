@@ -584,6 +584,103 @@ async fn post_grants_are_checked_at_apply_time() -> TestResult {
     Ok(())
 }
 
+/// Multipart on another method or with contentLength, and parts or part
+/// sizes outside S3's bounds, are refused at apply time and by the
+/// operator's validate step; the edges of the bounds pass both.
+#[tokio::test]
+async fn multipart_grants_are_checked_at_apply_time() -> TestResult {
+    let ctx = TestContext::new("crd-mp").await?;
+    support::install_committed_crds(&ctx.client).await?;
+    let api = dynamic::<UploadGrant>(&ctx, true);
+    let mp = |parts: serde_json::Value, size: serde_json::Value| {
+        with(serde_json::json!({"multipart": {"parts": parts, "partSize": size}}))
+    };
+    let part_size = "multipart.partSize must be a whole number of bytes, or a quantity like 64Mi, between 5Mi and 5Gi";
+    let cases = [
+        (
+            with(
+                serde_json::json!({"method": "GET", "multipart": {"parts": 2, "partSize": "5Mi"}}),
+            ),
+            "multipart is only allowed when method is PUT",
+        ),
+        (
+            with(
+                serde_json::json!({"contentLength": 10, "multipart": {"parts": 2, "partSize": "5Mi"}}),
+            ),
+            "multipart and contentLength exclude each other",
+        ),
+        (
+            mp(serde_json::json!(0), serde_json::json!("5Mi")),
+            "spec.multipart.parts",
+        ),
+        (
+            mp(serde_json::json!(10_001), serde_json::json!("5Mi")),
+            "spec.multipart.parts",
+        ),
+        (
+            mp(serde_json::json!(2), serde_json::json!("4Mi")),
+            part_size,
+        ),
+        (
+            mp(serde_json::json!(2), serde_json::json!(5_242_879)),
+            part_size,
+        ),
+        (
+            mp(serde_json::json!(2), serde_json::json!("6Gi")),
+            part_size,
+        ),
+        (
+            mp(serde_json::json!(2), serde_json::json!("ten")),
+            part_size,
+        ),
+    ];
+    for (i, (spec, needle)) in cases.into_iter().enumerate() {
+        let shown = spec.to_string();
+        if let Ok(typed) = serde_json::from_value::<UploadGrantSpec>(spec.clone()) {
+            assert!(
+                validate(&typed, "g").is_err(),
+                "{shown}: validate() accepted it"
+            );
+        }
+        match api
+            .create(&PostParams::default(), &grant(&format!("mp-{i}"), spec)?)
+            .await
+        {
+            Err(kube::Error::Api(status)) => {
+                assert_eq!(status.code, 422, "{shown}: {status:?}");
+                assert!(
+                    status.message.contains(needle),
+                    "{shown}: expected {needle:?} in {:?}",
+                    status.message
+                );
+            }
+            other => panic!("{shown} was not rejected: {other:?}"),
+        }
+    }
+    let good = [
+        mp(serde_json::json!(1), serde_json::json!("5Mi")),
+        mp(serde_json::json!(10_000), serde_json::json!("5Gi")),
+        mp(serde_json::json!(3), serde_json::json!(5_242_880)),
+    ];
+    for (i, spec) in good.into_iter().enumerate() {
+        let shown = spec.to_string();
+        let typed: UploadGrantSpec = serde_json::from_value(spec.clone())?;
+        if let Err(e) = validate(&typed, "g") {
+            panic!("{shown}: validate() refused it: {e}");
+        }
+        if let Err(e) = api
+            .create(
+                &PostParams::default(),
+                &grant(&format!("mp-good-{i}"), spec)?,
+            )
+            .await
+        {
+            panic!("{shown} was refused: {e}");
+        }
+    }
+    Ok(())
+}
+
 /// The edges of each limit are still accepted, by the apiserver and by the
 /// operator's validate step, so the refusals above are exactly at the limits.
 #[tokio::test]
@@ -727,6 +824,9 @@ async fn kubectl_explains_every_field_and_prints_the_columns() -> TestResult {
         "uploadgrant.status.expiresAt",
         "clustergrantissuer.spec.allow.keyPrefixes",
         "uploadgrant.spec.secret.rolloutRestartTargets",
+        "uploadgrant.spec.multipart.partSize",
+        "uploadgrant.status.uploadId",
+        "clustergrantissuer.spec.allow.multipart",
     ] {
         let out = ctx
             .env

@@ -392,9 +392,104 @@ fn example_manifests_are_accepted_by_the_apiserver() -> TestResult {
         "examples/grant-put.yaml",
         "examples/grant-get.yaml",
         "examples/grant-post.yaml",
+        "examples/grant-multipart.yaml",
         "examples/curl-job.yaml",
     ] {
         kubectl(&["apply", "--dry-run=server", "-f", file])?;
     }
+    Ok(())
+}
+
+/// The multipart consumers (Python, Go, the curl recipe of
+/// examples/multipart-curl.sh and the README's shorter one) upload a file of three parts through a
+/// multipart grant's Secret and complete it; the object is the file. A
+/// file with more parts than the grant has is refused before completing.
+#[tokio::test]
+async fn consumers_upload_a_file_in_parts() -> TestResult {
+    const MIB: usize = 1 << 20;
+    let Scenario {
+        ctx,
+        dir,
+        operator: _operator,
+    } = Scenario::start("examples-mp").await?;
+    let issuer = create_issuer(
+        &ctx,
+        serde_json::json!([{"buckets": [ctx.env.bucket()], "methods": ["PUT"], "multipart": true}]),
+    )
+    .await?;
+    let langs = ["python", "go", "curl", "readme"];
+    for lang in langs {
+        let multipart = serde_json::json!({"multipart": {"parts": 3, "partSize": "5Mi"}});
+        create_grant(
+            &ctx,
+            lang,
+            spec(&ctx, &issuer, &format!("{lang}.bin"), multipart),
+        )
+        .await?;
+    }
+    let s3 = support::s3_client(ctx.env, ctx.env.root_credentials());
+    for (i, lang) in langs.into_iter().enumerate() {
+        wait_ready(&ctx, lang).await?;
+        let grant = dir.path().join(lang);
+        mount(
+            &grant,
+            &secret_data(&ctx.client, &ctx.namespace, lang).await?,
+        )?;
+        let body: Vec<u8> = (0..2 * 5 * MIB + 1000 + i)
+            .map(|n| ((n * 7 + i) % 253) as u8)
+            .collect();
+        if lang == "curl" {
+            let file = dir.path().join("curl-file.bin");
+            std::fs::write(&file, &body)?;
+            let mut sh = Command::new("sh");
+            sh.arg("examples/multipart-curl.sh").arg(&file).arg(&grant);
+            run_consumer(sh, b"")?;
+        } else if lang == "readme" {
+            let readme = std::fs::read_to_string(repo_root().join("README.md"))?;
+            let snippet = readme
+                .split("```sh\nsize=$(jq")
+                .nth(1)
+                .and_then(|rest| rest.split("```").next())
+                .map(|rest| format!("size=$(jq{rest}"))
+                .ok_or("the README's multipart snippet")?;
+            let tmp = tempfile::tempdir()?;
+            std::fs::write(tmp.path().join("big.bin"), &body)?;
+            // /tmp first: the grant's directory is under /tmp too. The
+            // consumer runs from the repository root: big.bin by its path.
+            let script = snippet
+                .replace("/tmp/", &format!("{}/", tmp.path().display()))
+                .replace("/grant/", &format!("{}/", grant.display()))
+                .replace(" big.bin ", &format!(" {}/big.bin ", tmp.path().display()));
+            let mut bash = Command::new("bash");
+            bash.args(["-euo", "pipefail", "-c", &script]);
+            run_consumer(bash, b"")?;
+        } else {
+            run_consumer(consumer(lang, &grant)?, &body)?;
+        }
+        let object = s3
+            .get_object()
+            .bucket(ctx.env.bucket())
+            .key(format!("{}/{lang}.bin", ctx.namespace))
+            .send()
+            .await?;
+        let read = object.body.collect().await?.into_bytes();
+        assert!(
+            read.as_ref() == body.as_slice(),
+            "{lang} uploaded different bytes"
+        );
+    }
+
+    let multipart = serde_json::json!({"multipart": {"parts": 1, "partSize": "5Mi"}});
+    create_grant(&ctx, "one-part", spec(&ctx, &issuer, "one.bin", multipart)).await?;
+    wait_ready(&ctx, "one-part").await?;
+    let grant = dir.path().join("one-part");
+    mount(
+        &grant,
+        &secret_data(&ctx.client, &ctx.namespace, "one-part").await?,
+    )?;
+    let out = spawn_consumer(consumer("python", &grant)?, &vec![1u8; 5 * MIB + 1])?;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("more than 1 parts"), "{stderr}");
     Ok(())
 }

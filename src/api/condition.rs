@@ -17,10 +17,12 @@ pub enum Reason {
     SecretConflict,
     Suspended,
     Expired,
+    /// A multipart upload was assembled; its Secret is removed.
+    Completed,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 9] = [
+    pub const ALL: [Reason; 10] = [
         Reason::Issued,
         Reason::InvalidSpec,
         Reason::IssuerNotFound,
@@ -30,6 +32,7 @@ impl Reason {
         Reason::SecretConflict,
         Reason::Suspended,
         Reason::Expired,
+        Reason::Completed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -43,6 +46,7 @@ impl Reason {
             Reason::SecretConflict => "SecretConflict",
             Reason::Suspended => "Suspended",
             Reason::Expired => "Expired",
+            Reason::Completed => "Completed",
         }
     }
 

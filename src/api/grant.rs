@@ -56,7 +56,9 @@ use super::limits::{
     validation = Rule::new("(!has(self.contentType) && !has(self.metadata) && !has(self.serverSideEncryption)) || self.method == 'PUT' || self.method == 'POST'").message("contentType, metadata and serverSideEncryption are only allowed when method is PUT or POST"),
     validation = Rule::new("(!has(self.contentLengthRange) && !has(self.successActionStatus)) || self.method == 'POST'").message("contentLengthRange and successActionStatus are only allowed when method is POST"),
     validation = Rule::new("!self.key.contains('${filename}') || self.method == 'POST'").message("only a POST grant's key may contain ${filename}: the form supplies the file name"),
-    validation = Rule::new("!self.key.contains('${filename}') || (self.key.endsWith('${filename}') && self.key.indexOf('${filename}') == self.key.lastIndexOf('${filename}'))").message("${filename} may appear only once in key, at its end")
+    validation = Rule::new("!self.key.contains('${filename}') || (self.key.endsWith('${filename}') && self.key.indexOf('${filename}') == self.key.lastIndexOf('${filename}'))").message("${filename} may appear only once in key, at its end"),
+    validation = Rule::new("!has(self.multipart) || self.method == 'PUT'").message("multipart is only allowed when method is PUT"),
+    validation = Rule::new("!has(self.multipart) || !has(self.contentLength)").message("multipart and contentLength exclude each other: a multipart upload's size is parts × partSize at most")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct UploadGrantSpec {
@@ -168,6 +170,14 @@ pub struct UploadGrantSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self == 200 || self == 201 || self == 204").message("successActionStatus must be 200, 201 or 204"))]
     pub success_action_status: Option<i32>,
+
+    /// PUT only: a multipart upload. The operator creates the upload with
+    /// its own credentials (with contentType, metadata and
+    /// serverSideEncryption) and the Secret holds one URL per part, plus
+    /// the URLs that complete and abort it. Renewals re-sign for the same
+    /// upload; revoking the grant aborts it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multipart: Option<Multipart>,
 
     /// The Secret the URL is written to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -307,6 +317,34 @@ impl JsonSchema for Size {
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         schemars::json_schema!({"x-kubernetes-int-or-string": true})
     }
+}
+
+/// S3's bounds on a multipart upload: parts, and the size of every part
+/// but the last.
+pub const MAX_MULTIPART_PARTS: u32 = 10_000;
+pub const MIN_PART_SIZE: u64 = 5 << 20;
+pub const MAX_PART_SIZE: u64 = 5 << 30;
+
+fn part_size_rule() -> Rule {
+    let bytes = QUANTITY_BYTES.replace('x', "self.partSize");
+    Rule::new(format!(
+        "(type(self.partSize) == int || (self.partSize.matches('^[0-9]+([.][0-9]+)?(k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$') && isQuantity(self.partSize) && quantity(self.partSize).isInteger())) && {bytes} >= {MIN_PART_SIZE} && {bytes} <= {MAX_PART_SIZE}"
+    ))
+    .message("multipart.partSize must be a whole number of bytes, or a quantity like 64Mi, between 5Mi and 5Gi (S3's part sizes)")
+}
+
+/// A multipart upload: how many parts, and how large each is.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = part_size_rule())]
+pub struct Multipart {
+    /// How many part URLs the Secret holds, 1 to 10000.
+    #[schemars(range(min = 1, max = 10000))]
+    pub parts: u32,
+    /// The size of every part but the last (which may be smaller), in bytes
+    /// or as a quantity like 64Mi; 5Mi to 5Gi. The issuer's
+    /// maxContentLength caps parts × partSize.
+    pub part_size: Size,
 }
 
 /// Names a ClusterGrantIssuer.
@@ -495,8 +533,8 @@ impl WorkloadKind {
 pub struct UploadGrantStatus {
     /// Ready is True while the Secret holds a working URL; when False, the
     /// reason is one of InvalidSpec, IssuerNotFound, Forbidden,
-    /// CredentialsUnavailable, SigningFailed, SecretConflict, Suspended or
-    /// Expired.
+    /// CredentialsUnavailable, SigningFailed, SecretConflict, Suspended,
+    /// Expired or Completed (a multipart upload was assembled).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// The Secret holding the current URL.
@@ -516,6 +554,9 @@ pub struct UploadGrantStatus {
     /// one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url_fingerprint: Option<String>,
+    /// Multipart grants: the upload the part URLs belong to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload_id: Option<String>,
     /// The generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

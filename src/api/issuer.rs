@@ -91,6 +91,10 @@ pub struct AllowRule {
         regex(pattern = r"^[0-9]+(\.[0-9]+)?(k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
     )]
     pub max_content_length: Option<String>,
+    /// Multipart grants (spec.multipart) are allowed only where true;
+    /// maxContentLength then caps parts × partSize.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub multipart: bool,
     /// KMS keys a grant may name in serverSideEncryption.kmsKeyId (key ids,
     /// ARNs or aliases, compared as written). Omitted allows any key.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -8,9 +8,9 @@ pub mod limits;
 
 pub use condition::Reason;
 pub use grant::{
-    ContentLengthRange, IssuerRef, MAX_POST_CONTENT_LENGTH, Method, RefreshPolicy, RolloutTarget,
-    SecretTemplate, ServerSideEncryption, Size, SseType, UploadGrant, UploadGrantSpec,
-    UploadGrantStatus, WorkloadKind,
+    ContentLengthRange, IssuerRef, MAX_POST_CONTENT_LENGTH, Method, Multipart, RefreshPolicy,
+    RolloutTarget, SecretTemplate, ServerSideEncryption, Size, SseType, UploadGrant,
+    UploadGrantSpec, UploadGrantStatus, WorkloadKind,
 };
 pub use issuer::{
     AllowRule, ClusterGrantIssuer, ClusterGrantIssuerSpec, ClusterGrantIssuerStatus, S3Target,

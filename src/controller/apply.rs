@@ -9,12 +9,13 @@ use kube::ResourceExt;
 use super::Context;
 use super::build::{self, Issued, IssuedState, Signed, format_time};
 use super::decide::{self, Decision, Report, SignPlan};
+use super::multipart;
 use super::secrets::{self, ManagedSecret, Slot, Written};
 use super::validate::secret_name;
 use crate::api::{Method, Reason, UploadGrant};
 use crate::error::{Error, Result};
 use crate::metrics::Signing;
-use crate::signing::{CredentialsError, SigningError};
+use crate::signing::{CredentialsError, MultipartInput, SigningError};
 
 /// A report, and the error to back off with when the pass failed.
 pub type Applied = (Report, Option<Error>);
@@ -27,8 +28,28 @@ pub async fn carry_out(
 ) -> Result<Applied> {
     let report = match decision {
         Decision::Revoke { reason, message } => {
+            // Read before the Secret that records it goes.
+            let recorded = multipart::secret_upload(ctx, grant)
+                .map(|u| u.id)
+                .or_else(|| grant.status.as_ref()?.upload_id.clone());
             let removed = revoke_all(ctx, grant).await?;
-            Report::revoked(reason, message, removed)
+            if reason == Reason::Completed {
+                let mut report = Report::revoked(reason, message, removed);
+                report.upload_id = recorded;
+                return Ok((report, None));
+            }
+            return Ok(match multipart::abort_grant_uploads(ctx, grant).await {
+                Ok(aborted) => {
+                    let message = aborted_message(message, aborted);
+                    (Report::revoked(reason, message, removed), None)
+                }
+                Err(e) => {
+                    let message = format!("{message}; aborting the multipart upload failed: {e}");
+                    let mut report = Report::revoked(reason, message, removed);
+                    report.upload_id = recorded;
+                    (report, Some(e.into()))
+                }
+            });
         }
         Decision::Conflict { secret_name } => Report::conflict(&secret_name),
         Decision::Keep {
@@ -38,17 +59,29 @@ pub async fn carry_out(
             wake_at,
         } => {
             let removed = remove_stale(ctx, grant, stale.as_deref()).await?;
-            Report::ready(&secret_name, state, removed).waking_at(wake_at)
+            Report::ready(&secret_name, *state, removed).waking_at(wake_at)
         }
         Decision::Sign(plan) => return sign_and_write(ctx, grant, &plan, now).await,
     };
     Ok((report, None))
 }
 
+/// What a revocation says about the grant's multipart upload.
+pub fn aborted_message(message: String, aborted: multipart::Aborted) -> String {
+    match aborted {
+        multipart::Aborted::Nothing => message,
+        multipart::Aborted::Uploads(_) => format!("{message}; the multipart upload was aborted"),
+        multipart::Aborted::NoIssuer => format!(
+            "{message}; the multipart upload could not be aborted (the issuer is gone): the bucket's AbortIncompleteMultipartUpload lifecycle rule is the backstop"
+        ),
+    }
+}
+
 /// Why no URL could be signed.
 enum Failure {
     Credentials(CredentialsError),
     Signing(SigningError),
+    Multipart(multipart::MultipartError),
 }
 
 async fn sign_and_write(
@@ -59,7 +92,7 @@ async fn sign_and_write(
 ) -> Result<Applied> {
     // A changed name revokes the old Secret at once, whatever follows.
     remove_stale(ctx, grant, plan.stale.as_deref()).await?;
-    let issued = match sign(ctx, plan, now).await {
+    let issued = match sign(ctx, grant, plan, now).await {
         Ok(issued) => issued,
         Err(failure) => return fail(ctx, grant, plan, now, failure).await,
     };
@@ -84,7 +117,12 @@ async fn sign_and_write(
     Ok((Report::issued(name, issued.state(), plan.renewal), None))
 }
 
-async fn sign(ctx: &Context, plan: &SignPlan, now: SystemTime) -> Result<Issued, Failure> {
+async fn sign(
+    ctx: &Context,
+    grant: &UploadGrant,
+    plan: &SignPlan,
+    now: SystemTime,
+) -> Result<Issued, Failure> {
     let credentials = ctx.credentials.get().await.map_err(Failure::Credentials)?;
     let times = decide::times(
         now,
@@ -98,7 +136,27 @@ async fn sign(ctx: &Context, plan: &SignPlan, now: SystemTime) -> Result<Issued,
             "the credentials expire too soon to sign a URL".into(),
         ))
     })?;
-    let presigned = if plan.valid.method == Method::Post {
+    let presigned = if let Some((parts, part_size)) = plan.valid.multipart {
+        let client = ctx.presigner.s3_client(&plan.target, credentials.clone());
+        let upload_id = multipart::ensure_upload(ctx, grant, plan, &client)
+            .await
+            .map_err(Failure::Multipart)?;
+        let input = MultipartInput {
+            bucket: &plan.valid.bucket,
+            key: &plan.valid.key,
+            upload_id: &upload_id,
+            parts,
+            part_size,
+            signed_at: now,
+            expires_in: times.lifetime,
+        };
+        let signed = ctx
+            .presigner
+            .presign_multipart(&plan.target, &credentials, &input)
+            .await
+            .map_err(Failure::Signing)?;
+        Signed::Multipart(signed)
+    } else if plan.valid.method == Method::Post {
         let input = plan.valid.post_input(now, times.lifetime);
         let post = ctx
             .presigner
@@ -152,6 +210,12 @@ async fn fail(
             Reason::SigningFailed,
             format!("signing failed: {e}"),
             Error::Signing(e),
+            Signing::PresignFailed,
+        ),
+        Failure::Multipart(e) => (
+            Reason::SigningFailed,
+            format!("multipart upload: {e}"),
+            Error::Multipart(e),
             Signing::PresignFailed,
         ),
     };
@@ -264,6 +328,8 @@ mod tests {
             legacy_fields: false,
             stale: None,
             renew_request: None,
+            upload_id: None,
+            abandoned: None,
         }
     }
 

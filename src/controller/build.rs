@@ -16,7 +16,7 @@ use crate::api::Method;
 use crate::api::limits::{RESERVED_KEY_PREFIX, RESERVED_MANAGED_BY_KEY};
 use crate::api::{RefreshPolicy, S3Target, UploadGrant, UploadGrantSpec};
 use crate::error::{Error, Result};
-use crate::signing::{FormFields, Presigned, PresignedPost};
+use crate::signing::{FormFields, Presigned, PresignedMultipart, PresignedPost};
 
 /// The name the operator writes under: field manager, event reporter.
 pub const MANAGER: &str = "upload-grant-operator";
@@ -39,6 +39,12 @@ pub const RENEW_REQUEST_ANNOTATION: &str = "grants.io/renew-requested-at";
 /// The fingerprint of the URL this one replaced; absent on a grant's first
 /// URL. Rollout restarts are owed only to a replaced URL.
 pub const REPLACES_ANNOTATION: &str = "grants.io/replaces";
+/// On a multipart grant's Secret: the upload its part URLs belong to, so
+/// that a restart finds it in the (metadata-only) cache.
+pub const UPLOAD_ID_ANNOTATION: &str = "grants.io/upload-id";
+/// With it: the upload's `BUCKET/KEY`, so that an upload for an older spec
+/// is aborted where it is.
+pub const UPLOAD_OBJECT_ANNOTATION: &str = "grants.io/upload-object";
 /// Keys of the operator's own labels and annotations. Values a user puts
 /// under them are never written, so they are never read back as state.
 fn reserved(key: &str) -> bool {
@@ -93,6 +99,29 @@ pub struct IssuedState {
     pub renew_request: Option<String>,
     /// The fingerprint of the URL this one replaced.
     pub replaces: Option<String>,
+    /// Multipart grants: the upload the part URLs belong to.
+    pub upload: Option<Upload>,
+}
+
+/// A multipart upload in S3: its id and the object it assembles.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upload {
+    pub id: String,
+    pub bucket: String,
+    pub key: String,
+}
+
+impl Upload {
+    /// From the Secret's annotations; None unless both are there.
+    fn from_annotations(annotations: &BTreeMap<String, String>) -> Option<Self> {
+        let id = annotations.get(UPLOAD_ID_ANNOTATION)?;
+        let (bucket, key) = annotations.get(UPLOAD_OBJECT_ANNOTATION)?.split_once('/')?;
+        Some(Upload {
+            id: id.clone(),
+            bucket: bucket.to_owned(),
+            key: key.to_owned(),
+        })
+    }
 }
 
 impl IssuedState {
@@ -111,6 +140,7 @@ impl IssuedState {
             fingerprint: annotations.get(FINGERPRINT_ANNOTATION)?.clone(),
             renew_request: annotations.get(RENEW_REQUEST_ANNOTATION).cloned(),
             replaces: annotations.get(REPLACES_ANNOTATION).cloned(),
+            upload: Upload::from_annotations(annotations),
         })
     }
 }
@@ -150,11 +180,12 @@ pub fn refresh_at(
     Some(expires_at - before - spread.mul_f64(jitter.clamp(0.0, 1.0)))
 }
 
-/// What was signed: a URL, or a POST form.
+/// What was signed: a URL, a POST form, or a multipart upload's URLs.
 #[derive(Debug, Clone)]
 pub enum Signed {
     Url(Presigned),
     Post(PresignedPost),
+    Multipart(PresignedMultipart),
 }
 
 impl Signed {
@@ -163,6 +194,7 @@ impl Signed {
         match self {
             Signed::Url(p) => p.url.fingerprint(),
             Signed::Post(p) => p.fingerprint(),
+            Signed::Multipart(m) => m.fingerprint(),
         }
     }
 
@@ -180,6 +212,7 @@ impl Signed {
                 }
                 text
             }
+            Signed::Multipart(m) => m.redact(text),
         }
     }
 }
@@ -207,6 +240,14 @@ impl Issued {
             fingerprint: self.presigned.fingerprint(),
             renew_request: self.renew_request.clone(),
             replaces: self.replaces.clone(),
+            upload: match &self.presigned {
+                Signed::Multipart(m) => Some(Upload {
+                    id: m.upload_id.clone(),
+                    bucket: m.bucket.clone(),
+                    key: m.key.clone(),
+                }),
+                _ => None,
+            },
         }
     }
 }
@@ -247,6 +288,13 @@ pub fn build_secret(grant: &UploadGrant, valid: &ValidGrant, issued: &Issued) ->
     if let Some(replaced) = &issued.replaces {
         annotations.insert(REPLACES_ANNOTATION.into(), replaced.clone());
     }
+    if let Signed::Multipart(m) = &issued.presigned {
+        annotations.insert(UPLOAD_ID_ANNOTATION.into(), m.upload_id.clone());
+        annotations.insert(
+            UPLOAD_OBJECT_ANNOTATION.into(),
+            format!("{}/{}", m.bucket, m.key),
+        );
+    }
 
     let text = |s: &str| ByteString(s.as_bytes().to_vec());
     let mut data = match &issued.presigned {
@@ -260,6 +308,12 @@ pub fn build_secret(grant: &UploadGrant, valid: &ValidGrant, issued: &Issued) ->
             ("method".to_owned(), text(Method::Post.as_str())),
             ("fields".to_owned(), json(&FormFields(p.fields.clone()))?),
             ("headers".to_owned(), text("{}")),
+        ]),
+        Signed::Multipart(m) => BTreeMap::from([
+            ("uploadId".to_owned(), text(&m.upload_id)),
+            ("parts".to_owned(), json(&m.parts)?),
+            ("completeUrl".to_owned(), text(m.complete.expose())),
+            ("abortUrl".to_owned(), text(m.abort.expose())),
         ]),
     };
     data.extend([
@@ -331,6 +385,7 @@ pub(crate) mod fixtures {
             success_action_status: None,
             metadata: BTreeMap::new(),
             sse: None,
+            multipart: None,
             ttl: Duration::from_secs(3600),
             refresh_before: None,
             refresh_policy: RefreshPolicy::Always,
@@ -556,6 +611,104 @@ mod tests {
                 && !redacted.contains("0123456789abcdef0123"),
             "{redacted}"
         );
+    }
+
+    /// The data of a multipart grant's Secret for `parts` parts, signed
+    /// with session credentials whose token is as long as AWS's (~1,100
+    /// characters for an assumed role), and its total size as the
+    /// apiserver counts it (keys and values).
+    async fn multipart_secret(parts: u32) -> (BTreeMap<String, ByteString>, usize, IssuedState) {
+        use crate::signing::{MultipartInput, Presigner};
+        let token = "IQoJb3JpZ2luX2VjE".repeat(70);
+        assert!(token.len() >= 1100);
+        let creds = aws_credential_types::Credentials::new(
+            "ASIAXAMPLEXAMPLEXAMP",
+            "secret",
+            Some(token),
+            None,
+            "test",
+        );
+        let base = aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .build();
+        let target = S3Target {
+            region: "eu-west-1".into(),
+            endpoint: None,
+            force_path_style: false,
+        };
+        let input = MultipartInput {
+            bucket: "acme-reports",
+            key: "analytics/2026/12/a-rather-long-object-key-for-a-nightly-export.parquet",
+            upload_id: &"VXBsb2FkIElEIGZvciA2OWQ".repeat(8),
+            parts,
+            part_size: 64 << 20,
+            signed_at: at(0),
+            expires_in: HOUR,
+        };
+        let signed = Presigner::new(base)
+            .presign_multipart(&target, &creds, &input)
+            .await
+            .expect("signs");
+        let multipart = Issued {
+            presigned: Signed::Multipart(signed),
+            ..issued()
+        };
+        let v = ValidGrant {
+            multipart: Some((parts, 64 << 20)),
+            bucket: input.bucket.into(),
+            key: input.key.into(),
+            ..valid()
+        };
+        let secret = build_secret(&grant(), &v, &multipart).expect("builds");
+        let annotations = secret.metadata.annotations.expect("annotations");
+        let state = IssuedState::from_annotations(&annotations).expect("state");
+        let data = secret.data.expect("data");
+        let size = data.iter().map(|(k, v)| k.len() + v.0.len()).sum();
+        (data, size, state)
+    }
+
+    #[tokio::test]
+    async fn ten_thousand_part_urls_fit_a_secret() {
+        const MIB: usize = 1 << 20;
+        let mut sizes = Vec::new();
+        for parts in [10, 1_000, 10_000] {
+            let (data, size, state) = multipart_secret(parts).await;
+            let upload = state.upload.expect("the annotations record the upload");
+            assert_eq!(upload.id.as_bytes(), &data["uploadId"].0[..]);
+            assert_eq!(
+                (upload.bucket.as_bytes(), upload.key.as_bytes()),
+                (&data["bucket"].0[..], &data["key"].0[..])
+            );
+            let keys: Vec<&str> = data.keys().map(String::as_str).collect();
+            assert_eq!(
+                keys,
+                [
+                    "abortUrl",
+                    "bucket",
+                    "completeUrl",
+                    "expiresAt",
+                    "key",
+                    "parts",
+                    "uploadId"
+                ]
+            );
+            let parts_json: serde_json::Value =
+                serde_json::from_slice(&data["parts"].0).expect("parts is JSON");
+            assert_eq!(parts_json["count"], parts);
+            assert_eq!(
+                parts_json["signatures"].as_array().map(Vec::len),
+                Some(parts as usize)
+            );
+            sizes.push((parts, size));
+        }
+        // Recorded in the README ("Multipart grants").
+        eprintln!("multipart Secret data sizes (parts, bytes): {sizes:?}");
+        let (_, largest) = sizes[2];
+        assert!(largest < MIB, "10,000 parts: {largest} bytes");
+        // The template costs once, a part costs its signature: 64 hex
+        // digits, quotes and a comma.
+        let per_part = (sizes[2].1 - sizes[1].1) / 9_000;
+        assert_eq!(per_part, 67, "{sizes:?}");
     }
 
     #[test]

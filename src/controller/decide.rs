@@ -11,6 +11,7 @@ use kube::ResourceExt;
 
 use super::build::{self, IssuedState, format_time};
 use super::events::{EventReason, Note};
+use super::multipart::UploadState;
 use super::secrets::Slot;
 use super::validate::{ValidGrant, check_propagation, validate};
 use crate::api::condition::ready_condition;
@@ -36,13 +37,17 @@ pub struct Observed<'a> {
     pub settled: Option<Settled<'a>>,
     /// How long a renewed URL may take to reach pods (the operator's setting).
     pub propagation: Duration,
+    /// Multipart grants: where the recorded upload stands, when it was
+    /// looked at in this pass (`multipart::state`).
+    pub upload: Option<UploadState>,
     pub now: SystemTime,
 }
 
 /// An outcome that holds for the rest of a generation: the URL ran out
-/// (Expired), or the apiserver refused the Secret (InvalidSpec). Signing
-/// again would only hand out an expired grant or be refused again; a spec
-/// change is a new generation and starts afresh.
+/// (Expired), the apiserver refused the Secret (InvalidSpec), or a multipart
+/// upload was assembled (Completed). Signing again would only hand out an
+/// expired grant, be refused again or start a second upload; a spec change
+/// is a new generation and starts afresh.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Settled<'a> {
     pub reason: Reason,
@@ -61,7 +66,10 @@ impl<'a> Settled<'a> {
     }
 
     pub fn holds(reason: Reason) -> bool {
-        matches!(reason, Reason::Expired | Reason::InvalidSpec)
+        matches!(
+            reason,
+            Reason::Expired | Reason::InvalidSpec | Reason::Completed
+        )
     }
 }
 
@@ -75,7 +83,7 @@ pub enum Decision {
     /// The Secret holds a current URL; look again at `wake_at`.
     Keep {
         secret_name: String,
-        state: IssuedState,
+        state: Box<IssuedState>,
         wake_at: SystemTime,
         /// A Secret under the grant's former name, to remove.
         stale: Option<String>,
@@ -101,6 +109,11 @@ pub struct SignPlan {
     pub stale: Option<String>,
     /// The grant's renew request (`build::RENEW_REQUEST_ANNOTATION`).
     pub renew_request: Option<String>,
+    /// Multipart grants: the recorded upload to sign for again, so parts
+    /// already uploaded are kept; None creates (or finds) one.
+    pub upload_id: Option<String>,
+    /// Multipart grants: a recorded upload for an older spec, to abort.
+    pub abandoned: Option<build::Upload>,
 }
 
 impl SignPlan {
@@ -225,6 +238,12 @@ pub fn decide(o: &Observed<'_>) -> Decision {
     if let Some(refused) = o.settled.filter(|s| s.reason == Reason::InvalidSpec) {
         return revoke(Reason::InvalidSpec, refused.message.to_owned());
     }
+    if let Some(done) = o.settled.filter(|s| s.reason == Reason::Completed) {
+        return revoke(Reason::Completed, done.message.to_owned());
+    }
+    if o.upload == Some(UploadState::Completed) {
+        return revoke(Reason::Completed, COMPLETED.into());
+    }
     let (current, ours, legacy_fields) = match o.secret {
         Slot::Foreign => {
             return Decision::Conflict {
@@ -239,8 +258,13 @@ pub fn decide(o: &Observed<'_>) -> Decision {
         .as_ref()
         .and_then(|s| s.secret_name.clone())
         .filter(|old| *old != valid.secret_name);
+    let spec_hash = build::spec_hash(&grant.spec, &issuer.spec.s3);
+    let (upload_id, abandoned) = match valid.multipart {
+        Some(_) => recorded_upload(grant, current.as_ref(), &spec_hash, o.upload),
+        None => (None, None),
+    };
     let plan = SignPlan {
-        spec_hash: build::spec_hash(&grant.spec, &issuer.spec.s3),
+        spec_hash,
         target: issuer.spec.s3.clone(),
         renewal: false,
         current,
@@ -251,14 +275,58 @@ pub fn decide(o: &Observed<'_>) -> Decision {
             .annotations()
             .get(build::RENEW_REQUEST_ANNOTATION)
             .cloned(),
+        upload_id,
+        abandoned,
         valid,
     };
     let expired = o.settled.is_some_and(|s| s.reason == Reason::Expired);
-    schedule(o.now, plan, expired)
+    schedule(o.now, plan, expired, o.upload == Some(UploadState::Gone))
+}
+
+/// The status message of a completed multipart grant.
+pub const COMPLETED: &str =
+    "the multipart upload was completed: the object exists; the Secret was removed";
+
+/// The upload a multipart grant signs for: the one its Secret records for
+/// this spec (else its status, for this generation), unless S3 says it is
+/// gone. A recorded upload for an older spec is abandoned: a changed spec
+/// starts a new upload.
+fn recorded_upload(
+    grant: &UploadGrant,
+    current: Option<&IssuedState>,
+    spec_hash: &str,
+    probe: Option<UploadState>,
+) -> (Option<String>, Option<build::Upload>) {
+    let from_secret = current.and_then(|s| Some((s.upload.clone()?, s.spec_hash == spec_hash)));
+    let from_status = || {
+        let id = grant.status.as_ref()?.upload_id.clone()?;
+        let condition = ready_condition(grant.status.as_ref());
+        let same_generation =
+            condition.is_some_and(|c| c.observed_generation == grant.metadata.generation);
+        // The status has no object: the spec's, which is the same for
+        // this generation and the best guess for an older one.
+        let upload = build::Upload {
+            id,
+            bucket: grant.spec.bucket.clone(),
+            key: grant.spec.key.clone(),
+        };
+        Some((upload, same_generation))
+    };
+    match from_secret.or_else(from_status) {
+        None => (None, None),
+        Some(_) if probe == Some(UploadState::Gone) => (None, None),
+        Some((upload, true)) => (Some(upload.id), None),
+        Some((upload, false)) => (None, Some(upload)),
+    }
 }
 
 /// Keep, renew, replace or let expire the URL in the grant's Secret.
-fn schedule(now: SystemTime, mut plan: SignPlan, already_expired: bool) -> Decision {
+fn schedule(
+    now: SystemTime,
+    mut plan: SignPlan,
+    already_expired: bool,
+    upload_gone: bool,
+) -> Decision {
     let expired = |plan: &SignPlan| Decision::Revoke {
         reason: Reason::Expired,
         message: expiry_message(now, &plan.valid),
@@ -273,7 +341,8 @@ fn schedule(now: SystemTime, mut plan: SignPlan, already_expired: bool) -> Decis
             Decision::Sign(Box::new(plan))
         };
     };
-    if state.spec_hash != plan.spec_hash {
+    // A multipart upload aborted behind the operator's back: a new one.
+    if state.spec_hash != plan.spec_hash || upload_gone {
         return Decision::Sign(Box::new(plan));
     }
     if state.refresh_at.is_none() && now >= state.expires_at {
@@ -294,7 +363,7 @@ fn schedule(now: SystemTime, mut plan: SignPlan, already_expired: bool) -> Decis
     };
     Decision::Keep {
         secret_name: plan.valid.secret_name,
-        state,
+        state: Box::new(state),
         wake_at,
         stale: plan.stale,
     }
@@ -312,6 +381,7 @@ fn request<'a>(a: &'a Admission<'_>, valid: &'a ValidGrant) -> Request<'a> {
         content_length: valid.content_length,
         content_length_range: valid.content_length_range,
         sse: valid.sse.as_ref(),
+        multipart: valid.multipart,
     }
 }
 
@@ -378,6 +448,9 @@ pub struct Report {
     pub secret_name: Option<String>,
     pub wake: Wake,
     pub note: Option<Note>,
+    /// Multipart grants without a current Secret: an upload the status
+    /// still names (a completed one, or one an abort has yet to reach).
+    pub upload_id: Option<String>,
 }
 
 impl Report {
@@ -389,6 +462,7 @@ impl Report {
             secret_name: None,
             wake,
             note,
+            upload_id: None,
         }
     }
 
@@ -398,7 +472,9 @@ impl Report {
             Reason::Suspended => {
                 removed.then(|| Note::new(EventReason::Revoked, "grant suspended; Secret removed"))
             }
-            Reason::Expired => removed.then(|| Note::new(EventReason::Revoked, message.clone())),
+            Reason::Expired | Reason::Completed => {
+                removed.then(|| Note::new(EventReason::Revoked, message.clone()))
+            }
             Reason::InvalidSpec => Some(Note::new(EventReason::Failed, removal(&message, removed))),
             _ => Some(Note::new(EventReason::Denied, removal(&message, removed))),
         };
@@ -445,6 +521,7 @@ impl Report {
             wake: Wake::At(state.refresh_at.unwrap_or(state.expires_at) + Duration::from_secs(1)),
             issued: Some(state),
             note,
+            upload_id: None,
         }
     }
 
@@ -573,6 +650,7 @@ mod tests {
                 fingerprint: "sha256:x".into(),
                 renew_request: None,
                 replaces: None,
+                upload: None,
             }),
         };
         secret.metadata.uid = Some("secret-uid".into());
@@ -587,6 +665,7 @@ mod tests {
         secret: Slot,
         remembered: Option<Settled<'static>>,
         propagation: Duration,
+        upload: Option<UploadState>,
         now: SystemTime,
     }
 
@@ -600,6 +679,7 @@ mod tests {
                 secret: Slot::Free,
                 remembered: None,
                 propagation: DEFAULT_PROPAGATION_BUDGET,
+                upload: None,
                 now: at(100),
             }
         }
@@ -615,6 +695,7 @@ mod tests {
                     .remembered
                     .or_else(|| Settled::from_status(&self.grant)),
                 propagation: self.propagation,
+                upload: self.upload,
                 now: self.now,
             })
         }
@@ -647,6 +728,116 @@ mod tests {
         Case {
             secret,
             ..Case::new(g)
+        }
+    }
+
+    /// A multipart grant, an issuer that allows multipart, and a Secret of
+    /// ours recording upload "u1" for the spec hash `hash` (its own when None).
+    fn multipart(hash: Option<&str>, refresh_at: Option<SystemTime>) -> Case {
+        let g = grant(serde_json::json!({"multipart": {"parts": 3, "partSize": "5Mi"}}));
+        let mut secret = ours(&g, hash, refresh_at);
+        if let Slot::Ours(s) = &mut secret
+            && let Some(state) = s.state.as_mut()
+        {
+            state.upload = Some(build::Upload {
+                id: "u1".into(),
+                bucket: "reports".into(),
+                key: "team/old.bin".into(),
+            });
+        }
+        Case {
+            secret,
+            issuer: Some(issuer(
+                serde_json::json!([{"buckets": ["reports"], "multipart": true}]),
+            )),
+            ..Case::new(g)
+        }
+    }
+
+    fn sign_plan(d: Decision) -> SignPlan {
+        match d {
+            Decision::Sign(plan) => *plan,
+            other => panic!("signed, not {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_multipart_grant_renews_for_the_same_upload() {
+        let h = Some(at(2400));
+        assert_eq!(reason_of(&multipart(None, h).decide()), ("keep", None));
+        let renewal = sign_plan(
+            Case {
+                now: at(2400),
+                ..multipart(None, h)
+            }
+            .decide(),
+        );
+        assert!(renewal.renewal);
+        assert_eq!(renewal.upload_id.as_deref(), Some("u1"));
+        assert_eq!(renewal.abandoned, None);
+        assert_eq!(renewal.valid.multipart, Some((3, 5 << 20)));
+    }
+
+    #[test]
+    fn a_changed_multipart_spec_abandons_the_old_upload() {
+        let plan = sign_plan(multipart(Some("older"), Some(at(2400))).decide());
+        assert_eq!(plan.upload_id, None, "a new upload");
+        let abandoned = plan.abandoned.expect("the old upload");
+        assert_eq!(
+            (abandoned.id.as_str(), abandoned.key.as_str()),
+            ("u1", "team/old.bin"),
+            "aborted where it is, not under the new key"
+        );
+    }
+
+    #[test]
+    fn what_s3_says_of_the_upload_decides_completed_or_a_new_upload() {
+        let h = Some(at(2400));
+        let completed = Case {
+            upload: Some(UploadState::Completed),
+            ..multipart(None, h)
+        };
+        assert_eq!(
+            reason_of(&completed.decide()),
+            ("revoke", Some(Reason::Completed))
+        );
+        let gone = Case {
+            upload: Some(UploadState::Gone),
+            ..multipart(None, h)
+        };
+        let plan = sign_plan(gone.decide());
+        assert_eq!((plan.upload_id, plan.abandoned), (None, None));
+        let open = Case {
+            upload: Some(UploadState::Open),
+            ..multipart(None, h)
+        };
+        assert_eq!(reason_of(&open.decide()), ("keep", None));
+        // Completed holds for the generation, whatever the Secret says.
+        let settled = Case {
+            remembered: Some(Settled {
+                reason: Reason::Completed,
+                message: COMPLETED,
+            }),
+            ..multipart(None, h)
+        };
+        assert_eq!(
+            reason_of(&settled.decide()),
+            ("revoke", Some(Reason::Completed))
+        );
+    }
+
+    #[test]
+    fn multipart_needs_an_issuer_rule_that_allows_it() {
+        let case = Case {
+            issuer: Some(open()),
+            ..multipart(None, Some(at(2400)))
+        };
+        match case.decide() {
+            Decision::Revoke { reason, message } => {
+                assert_eq!(reason, Reason::Forbidden);
+                assert!(message.contains("multipart: true"), "{message}");
+            }
+            other => panic!("forbidden, not {other:?}"),
         }
     }
 
@@ -1008,6 +1199,7 @@ mod tests {
             fingerprint: "sha256:x".into(),
             renew_request: None,
             replaces: None,
+            upload: None,
         };
         let renewed = Report::issued("s", state.clone(), true);
         assert_eq!(renewed.wake, Wake::At(at(2401)));

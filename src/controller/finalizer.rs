@@ -12,6 +12,14 @@ use super::build::FINALIZER;
 use crate::api::UploadGrant;
 use crate::error::{Error, Result};
 
+/// Whether a grant needs the finalizer. Multipart grants always do: their
+/// upload must be aborted before the grant goes, and S3 has no garbage
+/// collection. (Every grant gets it for now; this is the predicate for
+/// dropping it from the others.)
+pub fn wanted(grant: &UploadGrant) -> bool {
+    grant.spec.multipart.is_some()
+}
+
 pub fn has_finalizer(grant: &UploadGrant) -> bool {
     grant.finalizers().iter().any(|f| f == FINALIZER)
 }

@@ -10,6 +10,7 @@ pub(crate) mod events;
 mod finalizer;
 mod issuer_status;
 mod managed;
+pub mod multipart;
 mod priority;
 mod reconcile;
 pub mod rollout;
@@ -57,6 +58,9 @@ pub struct Settings {
     /// Rollout restarts (`rollout`): off when None, else at most one restart
     /// per workload in this window.
     pub rollout_restart_debounce: Option<Duration>,
+    /// How often an open multipart upload is looked at, to notice that it
+    /// was completed (`multipart::DEFAULT_CHECK_INTERVAL`).
+    pub multipart_check_interval: Duration,
 }
 
 /// Everything a reconcile needs, shared by all of them.
@@ -87,6 +91,8 @@ pub struct Context {
     /// The URL fingerprint each grant's rollout targets were last found up
     /// to date for (or told about): saves a GET per target on every pass.
     rollouts_done: Mutex<HashMap<u64, String>>,
+    /// When each multipart grant's upload was last looked at (`multipart::probe`).
+    upload_checks: Mutex<HashMap<u64, Instant>>,
 }
 
 /// Longest a written Secret stands in for the cache; the watch brings it
@@ -114,7 +120,25 @@ impl Context {
             settled: Mutex::default(),
             written_secrets: Mutex::default(),
             rollouts_done: Mutex::default(),
+            upload_checks: Mutex::default(),
         }
+    }
+
+    fn upload_check_due(&self, grant: &UploadGrant) -> bool {
+        let checks = self.upload_checks.lock().unwrap_or_else(|p| p.into_inner());
+        checks
+            .get(&grant_key(grant))
+            .is_none_or(|at| at.elapsed() >= self.settings.multipart_check_interval)
+    }
+
+    fn record_upload_check(&self, grant: &UploadGrant) {
+        let mut checks = self.upload_checks.lock().unwrap_or_else(|p| p.into_inner());
+        checks.insert(grant_key(grant), Instant::now());
+    }
+
+    fn forget_upload_check(&self, grant: &UploadGrant) {
+        let mut checks = self.upload_checks.lock().unwrap_or_else(|p| p.into_inner());
+        checks.remove(&grant_key(grant));
     }
 
     fn rollouts_done(&self, grant: &UploadGrant, fingerprint: &str) -> bool {
@@ -221,6 +245,8 @@ impl Context {
         settled.remove(&grant_key(grant));
         let mut done = self.rollouts_done.lock().unwrap_or_else(|p| p.into_inner());
         done.remove(&grant_key(grant));
+        drop(done);
+        self.forget_upload_check(grant);
     }
 
     fn forget_status_key(&self, key: u64) {

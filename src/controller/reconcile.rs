@@ -18,7 +18,7 @@ use super::decide::{self, Decision, Observed, Settled, Wake};
 use super::events::{EventReason, Note};
 use super::secrets::Slot;
 use super::validate::secret_name;
-use super::{Context, apply, finalizer, grant_key, priority, rollout, status};
+use super::{Context, apply, finalizer, grant_key, multipart, priority, rollout, status};
 use crate::api::{ClusterGrantIssuer, Reason, UploadGrant};
 use crate::error::{Error, Result};
 
@@ -53,7 +53,6 @@ async fn run(mut grant: Arc<UploadGrant>, ctx: &Context) -> Result<Action> {
 
 /// One pass of the pipeline for a grant that is not being deleted.
 async fn pass(grant: &UploadGrant, ctx: &Context) -> Result<Action> {
-    let now = whole_seconds(SystemTime::now());
     let loaded = Loaded::load(grant, ctx);
     if loaded.namespace.is_none() {
         // The namespace cache has not seen the grant's namespace (yet, or
@@ -62,7 +61,9 @@ async fn pass(grant: &UploadGrant, ctx: &Context) -> Result<Action> {
         tracing::debug!(grant = %grant.name_any(), "namespace not in the cache yet; waiting");
         return Ok(Action::requeue(NAMESPACE_RETRY));
     }
-    let decision = loaded.decide(grant, now);
+    let upload = multipart::probe(ctx, grant).await;
+    let now = whole_seconds(SystemTime::now());
+    let decision = loaded.decide(grant, upload, now);
     if let Some(wait) = priority::step_aside(ctx, &decision, now) {
         tracing::debug!(grant = %grant.name_any(), wait_ms = wait.as_millis(), "renewals that expire sooner go first");
         return Ok(Action::requeue(wait));
@@ -95,10 +96,15 @@ async fn pass(grant: &UploadGrant, ctx: &Context) -> Result<Action> {
     for note in restarts.notes {
         ctx.events.publish(grant, note);
     }
-    let wake = match restarts.wake_at {
+    let mut wake = match restarts.wake_at {
         Some(at) => report.wake.or_at(at, SystemTime::now()),
         None => report.wake,
     };
+    // An open multipart upload is looked at again within the interval.
+    if grant.spec.multipart.is_some() && report.reason == Reason::Issued {
+        let at = SystemTime::now() + ctx.settings.multipart_check_interval;
+        wake = wake.or_at(at, SystemTime::now());
+    }
     Ok(action(wake))
 }
 
@@ -141,7 +147,12 @@ impl<'a> Loaded<'a> {
         }
     }
 
-    fn decide(&self, grant: &UploadGrant, now: SystemTime) -> Decision {
+    fn decide(
+        &self,
+        grant: &UploadGrant,
+        upload: Option<multipart::UploadState>,
+        now: SystemTime,
+    ) -> Decision {
         decide::decide(&Observed {
             grant,
             issuer_name: self.issuer_name,
@@ -160,6 +171,7 @@ impl<'a> Loaded<'a> {
                 None => Settled::from_status(grant),
             },
             propagation: self.propagation,
+            upload,
             now,
         })
     }
@@ -174,6 +186,22 @@ async fn cleanup(grant: &UploadGrant, ctx: &Context) -> Result<()> {
     } else if apply::revoke_all(ctx, grant).await? {
         let note = Note::new(EventReason::Revoked, "grant deleted; Secret removed");
         ctx.events.publish(grant, note);
+    }
+    // S3 has no garbage collection: the upload is aborted before the grant
+    // goes, also in a terminating namespace. A failure keeps the finalizer
+    // and is retried with backoff.
+    let has_upload = grant.status.as_ref().is_some_and(|s| s.upload_id.is_some());
+    let aborted = match (finalizer::wanted(grant) || has_upload) && !multipart::completed(grant) {
+        true => multipart::abort_grant_uploads(ctx, grant).await?,
+        false => multipart::Aborted::Nothing,
+    };
+    if aborted != multipart::Aborted::Nothing {
+        let message = apply::aborted_message("grant deleted".into(), aborted);
+        let reason = match aborted {
+            multipart::Aborted::NoIssuer => EventReason::Failed,
+            _ => EventReason::Revoked,
+        };
+        ctx.events.publish(grant, Note::new(reason, message));
     }
     ctx.metrics.grant_state(grant_key(grant), None, None);
     ctx.forget(grant);

@@ -183,6 +183,7 @@ pub(crate) mod tests {
                 namespaces: Vec::new(),
                 propagation_budget: crate::api::limits::DEFAULT_PROPAGATION_BUDGET,
                 rollout_restart_debounce: None,
+                multipart_check_interval: crate::controller::multipart::DEFAULT_CHECK_INTERVAL,
             },
             credentials: CredentialSnapshot::new(
                 aws_credential_types::provider::SharedCredentialsProvider::new(creds),
@@ -197,6 +198,7 @@ pub(crate) mod tests {
             settled: Mutex::default(),
             written_secrets: Mutex::default(),
             rollouts_done: Mutex::default(),
+            upload_checks: Mutex::default(),
         }
     }
 

@@ -25,6 +25,9 @@ pub fn status_of(grant: &UploadGrant, report: &Report, now: Time) -> UploadGrant
         expires_at: issued.map(|s| time(s.expires_at)),
         refresh_at: issued.and_then(|s| s.refresh_at.map(time)),
         url_fingerprint: issued.map(|s| s.fingerprint.clone()),
+        upload_id: issued
+            .and_then(|s| s.upload.as_ref().map(|u| u.id.clone()))
+            .or_else(|| report.upload_id.clone()),
         observed_generation: old.observed_generation,
     };
     set_ready(

@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::api::duration::parse_quantity;
 use crate::api::duration::{format_duration, parse_duration};
+use crate::api::grant::{MAX_MULTIPART_PARTS, MAX_PART_SIZE, MIN_PART_SIZE};
 use crate::api::limits::{
     MAX_ANNOTATIONS_BYTES, MAX_LABEL_VALUE_LEN, MAX_METADATA_BYTES, MAX_QUALIFIED_NAME_LEN,
     MAX_QUALIFIED_NAME_PREFIX_LEN, MIN_REFRESH_BEFORE, MIN_TTL, RESERVED_KEY_PREFIX,
@@ -34,6 +35,8 @@ pub struct ValidGrant {
     pub success_action_status: Option<u16>,
     pub metadata: BTreeMap<String, String>,
     pub sse: Option<ServerSideEncryption>,
+    /// PUT only: a multipart upload of (parts, partSize in bytes).
+    pub multipart: Option<(u32, u64)>,
     pub ttl: Duration,
     pub refresh_before: Option<Duration>,
     pub refresh_policy: RefreshPolicy,
@@ -101,6 +104,7 @@ pub fn validate(spec: &UploadGrantSpec, grant_name: &str) -> Result<ValidGrant, 
     check_signed_fields(spec)?;
     check_secret_template(spec)?;
     let content_length_range = content_length_range(spec)?;
+    let multipart = multipart(spec)?;
     let (ttl, refresh_before) = lifetimes(spec)?;
     let template = spec.secret.clone().unwrap_or_default();
     Ok(ValidGrant {
@@ -115,6 +119,7 @@ pub fn validate(spec: &UploadGrantSpec, grant_name: &str) -> Result<ValidGrant, 
             .and_then(|n| u16::try_from(n).ok()),
         metadata: spec.metadata.clone().unwrap_or_default(),
         sse: spec.server_side_encryption.clone(),
+        multipart,
         ttl,
         refresh_before,
         refresh_policy: spec.refresh_policy,
@@ -220,6 +225,37 @@ fn content_length_range(spec: &UploadGrantSpec) -> Result<Option<(u64, u64)>, In
         )));
     }
     Ok(Some((min, max)))
+}
+
+/// A multipart upload's (parts, partSize): PUT only, within S3's bounds.
+fn multipart(spec: &UploadGrantSpec) -> Result<Option<(u32, u64)>, InvalidSpec> {
+    let Some(m) = &spec.multipart else {
+        return Ok(None);
+    };
+    if spec.method != Method::Put {
+        return Err(InvalidSpec(
+            "multipart is only allowed when method is PUT".into(),
+        ));
+    }
+    if spec.content_length.is_some() {
+        return Err(InvalidSpec(
+            "multipart and contentLength exclude each other".into(),
+        ));
+    }
+    if !(1..=MAX_MULTIPART_PARTS).contains(&m.parts) {
+        return Err(InvalidSpec(format!(
+            "spec.multipart.parts: {} is not between 1 and {MAX_MULTIPART_PARTS}",
+            m.parts
+        )));
+    }
+    let size = quantity_bytes(&m.part_size)
+        .map_err(|e| InvalidSpec(format!("spec.multipart.partSize: {e}")))?;
+    if !(MIN_PART_SIZE..=MAX_PART_SIZE).contains(&size) {
+        return Err(InvalidSpec(format!(
+            "spec.multipart.partSize: {size} bytes is not between 5Mi and 5Gi (S3's part sizes)"
+        )));
+    }
+    Ok(Some((m.parts, size)))
 }
 
 /// A size given as an integer or a quantity like `10Mi`, in bytes.

@@ -33,6 +33,20 @@ pub fn action(method: Method) -> &'static str {
     }
 }
 
+/// What the operator itself calls for a multipart grant, on its objects:
+/// CreateMultipartUpload (and the parts and completion it signs) is
+/// authorized as PutObject; ListParts, then HeadObject (GetObject) to tell
+/// a completed upload from an aborted one; AbortMultipartUpload on revoke.
+pub const MULTIPART_OBJECT_ACTIONS: [&str; 4] = [
+    "s3:PutObject",
+    "s3:AbortMultipartUpload",
+    "s3:ListMultipartUploadParts",
+    "s3:GetObject",
+];
+/// On the bucket: ListMultipartUploads, to find an upload created just
+/// before a crash and not yet recorded.
+pub const MULTIPART_BUCKET_ACTION: &str = "s3:ListBucketMultipartUploads";
+
 /// The IAM policy the operator's role needs: per action, the objects some
 /// rule lets a grant reach. `{namespace}` and `{name}` become `*`, which
 /// also matches '/': the role may sign for a little more than the rules,
@@ -46,6 +60,18 @@ pub fn iam_policy(issuers: &[ClusterGrantIssuer], options: &Options) -> Value {
                 .entry(action(method))
                 .or_default()
                 .extend(resources.iter().cloned());
+        }
+        if rule.multipart {
+            for action in MULTIPART_OBJECT_ACTIONS {
+                by_action
+                    .entry(action)
+                    .or_default()
+                    .extend(resources.iter().cloned());
+            }
+            by_action
+                .entry(MULTIPART_BUCKET_ACTION)
+                .or_default()
+                .extend(bucket_resources(rule, &options.partition));
         }
     }
     let statements: Vec<Value> = by_action
@@ -149,6 +175,21 @@ fn object_resources(rule: &AllowRule, partition: &str) -> Vec<String> {
         .collect()
 }
 
+/// The bucket ARNs a rule names.
+fn bucket_resources(rule: &AllowRule, partition: &str) -> Vec<String> {
+    rule.buckets
+        .iter()
+        .map(|bucket| {
+            let bucket = if bucket == "*" {
+                "*".to_owned()
+            } else {
+                escape(bucket)
+            };
+            format!("arn:{partition}:s3:::{bucket}")
+        })
+        .collect()
+}
+
 /// A key prefix as an ARN pattern: its own `*`, `?` and `$` taken literally,
 /// its `{namespace}` and `{name}` as any text.
 fn wildcard_prefix(prefix: &str) -> String {
@@ -248,6 +289,28 @@ mod tests {
              "Resource": ["arn:aws:s3:::reports/*.csv*", "arn:aws:s3:::reports/*/*"]},
         ]});
         // reports/team-a/* is inside reports/*/* and left out.
+        assert_eq!(iam_policy(&issuers, &options()), want);
+    }
+
+    #[test]
+    fn a_multipart_rule_adds_what_the_operator_calls_itself() {
+        let issuers = [issuer(
+            "a",
+            json!([{"buckets": ["reports"], "keyPrefixes": ["in/"], "methods": ["PUT"], "multipart": true},
+                   {"buckets": ["other"], "methods": ["PUT"]}]),
+        )];
+        let objects = json!(["arn:aws:s3:::reports/in/*"]);
+        let want = json!({"Version": "2012-10-17", "Statement": [
+            {"Sid": "AbortMultipartUpload", "Effect": "Allow", "Action": "s3:AbortMultipartUpload",
+             "Resource": objects},
+            {"Sid": "GetObject", "Effect": "Allow", "Action": "s3:GetObject", "Resource": objects},
+            {"Sid": "ListBucketMultipartUploads", "Effect": "Allow",
+             "Action": "s3:ListBucketMultipartUploads", "Resource": ["arn:aws:s3:::reports"]},
+            {"Sid": "ListMultipartUploadParts", "Effect": "Allow",
+             "Action": "s3:ListMultipartUploadParts", "Resource": objects},
+            {"Sid": "PutObject", "Effect": "Allow", "Action": "s3:PutObject",
+             "Resource": ["arn:aws:s3:::other/*", "arn:aws:s3:::reports/in/*"]},
+        ]});
         assert_eq!(iam_policy(&issuers, &options()), want);
     }
 

@@ -3,6 +3,7 @@
 
 pub mod credentials;
 mod endpoint;
+mod multipart;
 #[cfg(test)]
 mod oracle;
 mod post;
@@ -15,6 +16,7 @@ use aws_credential_types::Credentials;
 use sha2::{Digest, Sha256};
 
 pub use credentials::{CredentialSnapshot, CredentialsError};
+pub use multipart::{MultipartInput, PartUrls, PresignedMultipart};
 pub use post::{FormFields, PostInput, PresignedPost};
 
 use crate::api::{Method, S3Target, ServerSideEncryption};
@@ -112,6 +114,8 @@ pub fn url_lifetime(
 pub struct Presigner {
     endpoints: endpoint::Endpoints,
     keys: sigv4::KeyCache,
+    /// For the S3 client of multipart grants (`s3_client`).
+    base: aws_config::SdkConfig,
 }
 
 impl Presigner {
@@ -121,6 +125,7 @@ impl Presigner {
         Presigner {
             endpoints: endpoint::Endpoints::new(&base),
             keys: sigv4::KeyCache::default(),
+            base,
         }
     }
 
