@@ -6,6 +6,7 @@
 mod apply;
 pub mod build;
 pub mod decide;
+mod deletions;
 pub(crate) mod events;
 mod finalizer;
 mod issuer_status;
@@ -53,6 +54,8 @@ pub struct Settings {
     /// Rollout restarts (`rollout`): off when None, else at most one restart
     /// per workload in this window.
     pub rollout_restart_debounce: Option<Duration>,
+    /// Publish Normal Issued/Renewed Events too (`--lifecycle-events`).
+    pub lifecycle_events: bool,
 }
 
 /// Everything a reconcile needs, shared by all of them.
@@ -83,7 +86,13 @@ pub struct Context {
     /// The URL fingerprint each grant's rollout targets were last found up
     /// to date for (or told about): saves a GET per target on every pass.
     rollouts_done: Mutex<HashMap<u64, String>>,
+    /// Grants the watch reported deleted, and when: a pass that was running
+    /// then revokes what it wrote (`reconcile::run`).
+    deleted: Mutex<HashMap<u64, Instant>>,
 }
+
+/// How long a deletion is remembered: longer than any pass takes.
+const DELETED_TTL: Duration = Duration::from_secs(300);
 
 /// Longest a written Secret stands in for the cache; the watch brings it
 /// back within milliseconds.
@@ -110,7 +119,20 @@ impl Context {
             settled: Mutex::default(),
             written_secrets: Mutex::default(),
             rollouts_done: Mutex::default(),
+            deleted: Mutex::default(),
         }
+    }
+
+    fn mark_deleted(&self, grant: &UploadGrant) {
+        let mut deleted = self.deleted.lock().unwrap_or_else(|p| p.into_inner());
+        deleted.retain(|_, at| at.elapsed() < DELETED_TTL);
+        deleted.insert(grant_key(grant), Instant::now());
+    }
+
+    /// Whether the watch reported this grant deleted.
+    fn deleted(&self, grant: &UploadGrant) -> bool {
+        let deleted = self.deleted.lock().unwrap_or_else(|p| p.into_inner());
+        deleted.contains_key(&grant_key(grant))
     }
 
     fn rollouts_done(&self, grant: &UploadGrant, fingerprint: &str) -> bool {
@@ -217,6 +239,7 @@ impl Context {
         settled.remove(&grant_key(grant));
         let mut done = self.rollouts_done.lock().unwrap_or_else(|p| p.into_inner());
         done.remove(&grant_key(grant));
+        self.clear_failures(&ObjectRef::from_obj(grant));
     }
 
     fn forget_status_key(&self, key: u64) {
@@ -385,7 +408,10 @@ pub async fn run(
     let shutdown = shutdown.shared();
     let client = parts.client.clone();
     let (grant_store, grant_writer) = reflector::store();
-    let grant_stream = watch_scoped(
+    // Grants that leave the cache, also those a relist finds gone: the
+    // controller never reconciles them again, so they are revoked from here.
+    let (gone, deleted_grants) = mpsc::unbounded::<UploadGrant>();
+    let grant_stream = watch_grants(
         &settings.namespaces,
         |ns| {
             watcher(
@@ -397,8 +423,13 @@ pub async fn run(
             .boxed()
         },
         grant_store.clone(),
-        |g: &UploadGrant| g.namespace(),
     )
+    .inspect_ok(move |event| {
+        if let watcher::Event::Delete(grant) = event {
+            // The receiver lives as long as the controller.
+            let _ = gone.unbounded_send(grant.clone());
+        }
+    })
     .reflect(grant_writer)
     .applied_objects();
     let controller = Controller::for_stream(grant_stream, grant_store.clone());
@@ -420,6 +451,7 @@ pub async fn run(
 
     let concurrency = settings.concurrency;
     let ctx = Arc::new(Context::new(parts, settings, caches));
+    tokio::spawn(deletions::run(ctx.clone(), deleted_grants));
     controller
         .reconcile_on(requests)
         .with_config(controller::Config::default().concurrency(concurrency))
@@ -476,6 +508,26 @@ where
             scoped::merge(scopes, store, scope_of).boxed()
         }
     }
+}
+
+/// Grants, always through `scoped::merge`, also for one watch across all
+/// namespaces: a relist after a watch gap then reports the grants deleted
+/// meanwhile as deletions, where a reflector alone would drop them silently.
+fn watch_grants(
+    namespaces: &[String],
+    watch: impl Fn(Option<&str>) -> WatchStream<UploadGrant>,
+    store: Store<UploadGrant>,
+) -> WatchStream<UploadGrant> {
+    if namespaces.is_empty() {
+        // One scope holding every grant.
+        let all: fn(&UploadGrant) -> Option<String> = |_| Some(String::new());
+        return scoped::merge(vec![(String::new(), watch(None))], store, all).boxed();
+    }
+    let scopes = namespaces
+        .iter()
+        .map(|ns| (ns.clone(), watch(Some(ns))))
+        .collect();
+    scoped::merge(scopes, store, |g: &UploadGrant| g.namespace()).boxed()
 }
 
 /// Secrets this operator manages, metadata only (PartialObjectMeta), so

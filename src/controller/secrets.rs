@@ -182,6 +182,7 @@ pub(crate) mod tests {
                 namespaces: Vec::new(),
                 propagation_budget: crate::api::limits::DEFAULT_PROPAGATION_BUDGET,
                 rollout_restart_debounce: None,
+                lifecycle_events: false,
             },
             credentials: CredentialSnapshot::new(
                 aws_credential_types::provider::SharedCredentialsProvider::new(creds),
@@ -196,6 +197,7 @@ pub(crate) mod tests {
             settled: Mutex::default(),
             written_secrets: Mutex::default(),
             rollouts_done: Mutex::default(),
+            deleted: Mutex::default(),
         }
     }
 
