@@ -638,6 +638,63 @@ fn watch_namespaces(
 mod tests {
     use super::*;
 
+    fn grant(ns: &str, name: &str) -> UploadGrant {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "grants.io/v1alpha1", "kind": "UploadGrant",
+            "metadata": {"name": name, "namespace": ns, "uid": format!("{ns}-{name}")},
+            "spec": {"bucket": "reports", "key": "k"}
+        }))
+        .expect("fixture")
+    }
+
+    /// The deletions the grant stream reports after `events`, for a watch
+    /// of all namespaces, as they reach the reflector.
+    fn deletions_after(events: Vec<watcher::Event<UploadGrant>>) -> Vec<String> {
+        use futures::FutureExt;
+        let (tx, rx) = mpsc::unbounded();
+        let rx = Mutex::new(Some(rx));
+        let (store, writer) = reflector::store();
+        let mut stream = watch_grants(
+            &[],
+            |_| rx.lock().expect("lock").take().expect("one watch").boxed(),
+            store,
+        )
+        .reflect(writer);
+        for e in events {
+            assert!(tx.unbounded_send(Ok(e)).is_ok());
+        }
+        let mut deleted = Vec::new();
+        while let Some(Some(event)) = stream.next().now_or_never() {
+            if let Ok(watcher::Event::Delete(g)) = event {
+                deleted.push(g.name_any());
+            }
+        }
+        deleted
+    }
+
+    #[test]
+    fn a_relist_reports_grants_deleted_during_a_watch_gap() {
+        use watcher::Event::*;
+        let listed = vec![
+            Init,
+            InitApply(grant("a", "kept")),
+            InitApply(grant("b", "gone")),
+            InitDone,
+        ];
+        assert!(deletions_after(listed.clone()).is_empty());
+        let mut relisted = listed;
+        relisted.extend([Init, InitApply(grant("a", "kept")), InitDone]);
+        assert_eq!(deletions_after(relisted), ["gone"]);
+        // A deletion the watch sees is passed on as it is.
+        let watched = vec![
+            Init,
+            InitApply(grant("a", "kept")),
+            InitDone,
+            Delete(grant("a", "kept")),
+        ];
+        assert_eq!(deletions_after(watched), ["kept"]);
+    }
+
     #[test]
     fn backoff_doubles_up_to_five_minutes() {
         assert_eq!(backoff(1), Duration::from_secs(5));
