@@ -1009,7 +1009,7 @@ async fn with_watch_namespaces_the_charts_identity_works_there_and_nowhere_else(
     assert_eq!(ignored.status, None);
 
     // Deleting a watched namespace deletes the operator's Role there too;
-    // its grants' finalizers still go, so the namespace does.
+    // nothing of the operator's holds its grants, so the namespace goes.
     let namespaces = kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(ctx.client.clone());
     namespaces.delete(&b.namespace, &Default::default()).await?;
     support::eventually(
