@@ -114,6 +114,12 @@ struct Cli {
     /// notification here.
     #[arg(long, env = "UPLOAD_GRANT_MULTIPART_CHECK_INTERVAL", default_value = "5m", value_parser = multipart_check_interval)]
     multipart_check_interval: Duration,
+    /// Also publish a Normal Event for every URL issued or renewed. Off by
+    /// default: they are counted in upload_grant_issued_total, and each
+    /// Event is one more apiserver write per issuance and per renewal.
+    /// Events users act on (Revoked, Denied, Failed …) are always published.
+    #[arg(long, env = "UPLOAD_GRANT_LIFECYCLE_EVENTS", default_value_t = false)]
+    lifecycle_events: bool,
 
     #[command(subcommand)]
     command: Option<Command>,
@@ -429,8 +435,9 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         propagation_budget: cli.propagation_budget,
         rollout_restart_debounce: cli.rollout_restarts.then_some(cli.rollout_restart_debounce),
         multipart_check_interval: cli.multipart_check_interval,
+        lifecycle_events: cli.lifecycle_events,
     };
-    tracing::info!(default_issuer = ?settings.default_issuer, namespaces = ?settings.namespaces, concurrency = settings.concurrency, kube_api_qps = cli.kube_api_qps, propagation_budget = ?settings.propagation_budget, "starting controller");
+    tracing::info!(default_issuer = ?settings.default_issuer, namespaces = ?settings.namespaces, concurrency = settings.concurrency, kube_api_qps = cli.kube_api_qps, propagation_budget = ?settings.propagation_budget, lifecycle_events = settings.lifecycle_events, "starting controller");
     let parts = controller::Parts {
         client,
         credentials,

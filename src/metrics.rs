@@ -21,6 +21,10 @@ type Labels2 = [(&'static str, &'static str); 2];
 /// A grant's last Ready reason and URL expiry.
 type GrantState = (Reason, Option<SystemTime>);
 
+/// The `kind` labels of `upload_grant_issued_total`, as the Normal Events
+/// `--lifecycle-events` publishes are named, lower case.
+const ISSUED_KINDS: [&str; 2] = ["issued", "renewed"];
+
 /// How a presigning attempt ended: the `result` and `reason` labels of
 /// `upload_grant_signings_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +60,7 @@ pub struct Metrics {
     reconcile_duration: Histogram,
     reconcile_failures: Family<Labels, Counter>,
     signings: Family<Labels2, Counter>,
+    issued: Family<Labels, Counter>,
     grants: Family<Labels, Gauge>,
     earliest_expiry: Gauge<f64, AtomicU64>,
     credentials_expiry: Gauge<f64, AtomicU64>,
@@ -93,6 +98,15 @@ impl Default for Metrics {
             "Presigning attempts, by result and reason",
             signings.clone(),
         );
+        let issued = Family::<Labels, Counter>::default();
+        for kind in ISSUED_KINDS {
+            let _ = issued.get_or_create(&[("kind", kind)]);
+        }
+        registry.register(
+            "issued",
+            "URLs written into Secrets: kind=\"issued\" for a grant's first URL or one replacing a changed spec, kind=\"renewed\" for a renewal",
+            issued.clone(),
+        );
         let grants = Family::<Labels, Gauge>::default();
         registry.register(
             "grants",
@@ -129,6 +143,7 @@ impl Default for Metrics {
             reconcile_duration,
             reconcile_failures,
             signings,
+            issued,
             grants,
             earliest_expiry,
             credentials_expiry,
@@ -156,6 +171,12 @@ impl Metrics {
     /// Counts a presigning attempt; `(ok, reason)` is one of `SIGNING_OUTCOMES`.
     pub fn signed(&self, outcome: Signing) {
         self.signings.get_or_create(&outcome.labels()).inc();
+    }
+
+    /// Counts a URL written into a Secret: a renewal, or a new URL.
+    pub fn issued(&self, renewal: bool) {
+        let kind = if renewal { "renewed" } else { "issued" };
+        self.issued.get_or_create(&[("kind", kind)]).inc();
     }
 
     /// Records a grant's state; `None` forgets a deleted grant.
@@ -219,6 +240,7 @@ mod tests {
             Some(SystemTime::UNIX_EPOCH + Duration::from_secs(2_000_000_000)),
         );
         m.signed(Signing::Ok);
+        m.issued(true);
         m.reconcile_failure("kube_api");
         m.reconciled(Duration::from_millis(3));
         let snapshot = CredentialSnapshot::new(SharedCredentialsProvider::new(Credentials::new(
@@ -243,6 +265,11 @@ mod tests {
         );
         assert!(
             text.contains(r#"upload_grant_reconcile_failures_total{category="kube_api"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"upload_grant_issued_total{kind="renewed"} 1"#)
+                && text.contains(r#"upload_grant_issued_total{kind="issued"} 0"#),
             "{text}"
         );
         assert!(
@@ -275,6 +302,13 @@ mod tests {
             let [(_, result), (_, reason)] = outcome.labels();
             let sample =
                 format!(r#"upload_grant_signings_total{{result="{result}",reason="{reason}"}} 0"#);
+            assert!(
+                text.lines().any(|l| l == sample),
+                "{sample} missing:\n{text}"
+            );
+        }
+        for kind in ISSUED_KINDS {
+            let sample = format!(r#"upload_grant_issued_total{{kind="{kind}"}} 0"#);
             assert!(
                 text.lines().any(|l| l == sample),
                 "{sample} missing:\n{text}"

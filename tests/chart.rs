@@ -94,6 +94,15 @@ fn chart_lints_and_renders_hardened_with_every_option() -> TestResult {
     );
     assert_eq!(env_of(&all, "UPLOAD_GRANT_KUBE_API_QPS"), Some("50".into()));
     assert_eq!(
+        env_of(&defaults, "UPLOAD_GRANT_LIFECYCLE_EVENTS"),
+        Some("false".into()),
+        "Issued and Renewed Events are off by default"
+    );
+    assert_eq!(
+        env_of(&all, "UPLOAD_GRANT_LIFECYCLE_EVENTS"),
+        Some("true".into())
+    );
+    assert_eq!(
         env_of(&defaults, "UPLOAD_GRANT_PROPAGATION_BUDGET"),
         Some("2m".into())
     );
@@ -419,6 +428,7 @@ fn chart_lints_and_renders_hardened_with_every_option() -> TestResult {
         "operator.watchNamespaces={Team_A}",
         "operator.watchNamespace=-x",
         "secretWriteGuard.enabled=maybe",
+        "events.lifecycle=sometimes",
         "image.digest=sha256:abc",
         "image.digest=latest",
     ] {
@@ -518,6 +528,8 @@ async fn chart_installs_and_its_rbac_is_enough_for_the_operator() -> TestResult 
         env: vec![
             ("KUBECONFIG".into(), kubeconfig),
             ("UPLOAD_GRANT_LEADER_ELECT".into(), "true".into()),
+            // The Issued Event below exercises the chart's Event RBAC.
+            ("UPLOAD_GRANT_LIFECYCLE_EVENTS".into(), "true".into()),
             ("UPLOAD_GRANT_LEASE_NAMESPACE".into(), ctx.namespace.clone()),
             (
                 "UPLOAD_GRANT_LEASE_NAME".into(),
@@ -909,6 +921,8 @@ async fn with_watch_namespaces_the_charts_identity_works_there_and_nowhere_else(
                 "UPLOAD_GRANT_WATCH_NAMESPACE".into(),
                 format!("{},{}", a.namespace, b.namespace),
             ),
+            // The Issued Events below exercise the namespaced Event RBAC.
+            ("UPLOAD_GRANT_LIFECYCLE_EVENTS".into(), "true".into()),
         ],
         ..Default::default()
     };
@@ -1003,7 +1017,7 @@ async fn with_watch_namespaces_the_charts_identity_works_there_and_nowhere_else(
     assert_eq!(ignored.status, None);
 
     // Deleting a watched namespace deletes the operator's Role there too;
-    // its grants' finalizers still go, so the namespace does.
+    // nothing of the operator's holds its grants, so the namespace goes.
     let namespaces = kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(ctx.client.clone());
     namespaces.delete(&b.namespace, &Default::default()).await?;
     support::eventually(

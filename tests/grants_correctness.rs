@@ -464,7 +464,11 @@ async fn grants_with_long_names_are_issued_with_valid_labels_and_events() -> Tes
         ctx,
         dir: _dir,
         operator: _operator,
-    } = Scenario::start("fix-longname").await?;
+    } = Scenario::start_in(
+        TestContext::new("fix-longname").await?,
+        OperatorOptions::lifecycle_events(),
+    )
+    .await?;
     let issuer = open_issuer(&ctx).await?;
     let name100 = long_name(100, "hundred");
     let name253 = long_name(253, "max");

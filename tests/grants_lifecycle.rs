@@ -11,6 +11,7 @@ use support::TestResult;
 use support::grants::*;
 use support::operator::{Operator, OperatorOptions};
 use upload_grant_operator::api::UploadGrant;
+use upload_grant_operator::controller::FINALIZER;
 
 #[tokio::test]
 async fn renewal_replaces_the_url_and_a_restart_re_signs_nothing_fresh() -> TestResult {
@@ -61,7 +62,18 @@ async fn renewal_replaces_the_url_and_a_restart_re_signs_nothing_fresh() -> Test
             .map(|t| t.0.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
             .unwrap_or_default()
     );
-    wait_event(&ctx, "short", "Renewed").await?;
+    // Counted, not published: no Normal Event without --lifecycle-events.
+    assert!(
+        operator
+            .metric(r#"upload_grant_issued_total{kind="renewed"}"#)
+            .await?
+            >= 1.0
+    );
+    let reasons = event_reasons(&ctx, "short").await?;
+    assert!(
+        !reasons.iter().any(|r| r == "Issued" || r == "Renewed"),
+        "{reasons:?}"
+    );
     let response = consume(&data, Some(b"renewed".to_vec())).await?;
     assert_eq!(response.status(), 200);
 
@@ -323,5 +335,81 @@ async fn a_secret_the_grant_does_not_own_is_never_touched() -> TestResult {
         secret_data(&ctx.client, &ctx.namespace, "taken").await?["password"],
         "hunter2"
     );
+    Ok(())
+}
+
+/// Ordinary grants carry no finalizer: deleting one removes its Secret at
+/// once while the operator runs, and garbage collection of the Secret's
+/// ownerReference removes it while the operator is stopped. A grant that
+/// still carries the finalizer from an older version is released on delete.
+#[tokio::test]
+async fn a_deleted_grant_loses_its_secret_with_or_without_the_operator() -> TestResult {
+    let Scenario {
+        ctx,
+        dir: _dir,
+        mut operator,
+    } = Scenario::start("gone").await?;
+    let issuer = open_issuer(&ctx).await?;
+    let grants = ctx.api::<UploadGrant>();
+    for name in ["running", "stopped"] {
+        let spec = spec(&ctx, &issuer, &format!("{name}.txt"), serde_json::json!({}));
+        create_grant(&ctx, name, spec).await?;
+    }
+    // As an older version left it: the finalizer set before any Secret.
+    let legacy: UploadGrant = serde_json::from_value(serde_json::json!({
+        "apiVersion": "grants.io/v1alpha1", "kind": "UploadGrant",
+        "metadata": {"name": "legacy", "namespace": ctx.namespace, "finalizers": [FINALIZER]},
+        "spec": spec(&ctx, &issuer, "legacy.txt", serde_json::json!({})),
+    }))?;
+    grants.create(&PostParams::default(), &legacy).await?;
+    for name in ["running", "stopped", "legacy"] {
+        let grant = wait_ready(&ctx, name).await?;
+        let owner = ctx
+            .api::<Secret>()
+            .get_metadata(name)
+            .await?
+            .metadata
+            .owner_references
+            .unwrap_or_default();
+        assert!(
+            owner
+                .iter()
+                .any(|o| o.controller == Some(true) && Some(&o.uid) == grant.uid().as_ref()),
+            "{name}: the Secret's controller is its grant: {owner:?}"
+        );
+        let expected: &[&str] = if name == "legacy" { &[FINALIZER] } else { &[] };
+        assert_eq!(grant.finalizers(), expected, "{name}");
+    }
+
+    grants.delete("running", &DeleteParams::default()).await?;
+    wait_secret_gone_within(&ctx, "running", Duration::from_secs(10)).await?;
+    wait_event(&ctx, "running", "Revoked").await?;
+
+    grants.delete("legacy", &DeleteParams::default()).await?;
+    wait_secret_gone_within(&ctx, "legacy", Duration::from_secs(10)).await?;
+    support::eventually(
+        "the legacy grant to be released",
+        Duration::from_secs(30),
+        || async { Ok(grants.get_opt("legacy").await?.is_none().then_some(())) },
+    )
+    .await?;
+    // Both deleted grants are forgotten: one grant left to count.
+    support::eventually(
+        "the gauge to forget the deleted grants",
+        Duration::from_secs(10),
+        || async {
+            let issued = operator
+                .metric(r#"upload_grant_grants{reason="Issued"}"#)
+                .await?;
+            Ok((issued == 1.0).then_some(()))
+        },
+    )
+    .await?;
+
+    // With the operator stopped, kube-controller-manager's garbage
+    // collector removes the Secret of the deleted grant.
+    operator.stop().await?;
+    grants.delete("stopped", &DeleteParams::default()).await?;
+    wait_secret_gone_within(&ctx, "stopped", Duration::from_secs(30)).await?;
     Ok(())
 }

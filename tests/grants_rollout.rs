@@ -35,7 +35,7 @@ async fn renew_now_renews_once_and_each_new_url_restarts_env_consumers_once() ->
         ctx,
         dir,
         mut operator,
-    } = Scenario::start_in(ctx, restarts_on()).await?;
+    } = Scenario::start_in(ctx, restarts_on().with_lifecycle_events()).await?;
     let issuer = open_issuer(&ctx).await?;
     create_deployment(&ctx, "uploader").await?;
     let targets = serde_json::json!({"ttl": "1h", "secret": {
@@ -98,7 +98,7 @@ async fn renew_now_renews_once_and_each_new_url_restarts_env_consumers_once() ->
 
     // An operator restart re-signs nothing and restarts nothing.
     operator.stop().await?;
-    let operator = Operator::start(&ctx, dir.path(), restarts_on()).await?;
+    let operator = Operator::start(&ctx, dir.path(), restarts_on().with_lifecycle_events()).await?;
     settle(&ctx, &operator, "env", 3).await?;
     assert_eq!(operator.metric(SIGNED).await?, 0.0);
     assert_eq!(template(&ctx, "uploader").await?.0, 3);

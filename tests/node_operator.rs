@@ -312,8 +312,8 @@ async fn helm_install_runs_the_operator_as_a_pod_that_serves_a_consumer_job() ->
     wait_job_succeeded(&ctx, "upload").await?;
     assert_eq!(object_bytes(&ctx, &key).await?, body);
 
-    // Deleting the grant revokes the Secret (the finalizer, with the garbage
-    // collector running too).
+    // Deleting the grant revokes the Secret (the operator's grant watch,
+    // with the garbage collector running too).
     ctx.api::<UploadGrant>()
         .delete("report", &DeleteParams::default())
         .await?;

@@ -8,8 +8,9 @@ mod support;
 use std::time::Duration;
 
 use kube::api::{DeleteParams, ListParams};
-use support::TestResult;
 use support::grants::*;
+use support::operator::OperatorOptions;
+use support::{TestContext, TestResult};
 use upload_grant_operator::api::UploadGrant;
 
 fn query_value<'a>(url: &'a str, name: &str) -> Option<&'a str> {
@@ -46,7 +47,12 @@ async fn no_secret_material_in_logs_events_status_or_metrics() -> TestResult {
         ctx,
         dir: _dir,
         operator,
-    } = Scenario::start("leak").await?;
+    } = Scenario::start_in(
+        TestContext::new("leak").await?,
+        // Renewed Events too: their notes must not carry a URL either.
+        OperatorOptions::lifecycle_events(),
+    )
+    .await?;
     let issuer = create_issuer(
         &ctx,
         serde_json::json!([{"buckets": [ctx.env.bucket()], "methods": ["PUT", "GET", "POST"]}]),

@@ -109,6 +109,7 @@ async fn sign_and_write(
             return Ok((Report::revoked(Reason::InvalidSpec, message, removed), None));
         }
     }
+    ctx.metrics.issued(plan.renewal);
     tracing::info!(
         grant = %grant.name_any(), namespace = grant.namespace().as_deref().unwrap_or(""),
         secret = name, renewal = plan.renewal, fingerprint = %issued.presigned.fingerprint(),
@@ -292,17 +293,34 @@ async fn remove_stale(ctx: &Context, grant: &UploadGrant, stale: Option<&str>) -
 /// its status names. Returns whether anything was removed.
 pub async fn revoke_all(ctx: &Context, grant: &UploadGrant) -> Result<bool> {
     let namespace = grant.namespace().unwrap_or_default();
+    let mut any = false;
+    for name in owned_names(grant) {
+        any |= secrets::remove(ctx, grant, &namespace, &name).await?;
+    }
+    Ok(any)
+}
+
+/// Whether the cache shows a Secret this grant owns under either name.
+pub fn holds_secret(ctx: &Context, grant: &UploadGrant) -> bool {
+    let namespace = grant.namespace().unwrap_or_default();
+    owned_names(grant).iter().any(|name| {
+        matches!(
+            secrets::cached_slot(ctx, grant, &namespace, name),
+            Slot::Ours(_)
+        )
+    })
+}
+
+/// The names a grant's Secret may have: the one its spec names and the one
+/// its status names.
+fn owned_names(grant: &UploadGrant) -> Vec<String> {
     let mut names = vec![secret_name(&grant.spec, &grant.name_any())];
     if let Some(status_name) = grant.status.as_ref().and_then(|s| s.secret_name.clone())
         && !names.contains(&status_name)
     {
         names.push(status_name);
     }
-    let mut any = false;
-    for name in names {
-        any |= secrets::remove(ctx, grant, &namespace, &name).await?;
-    }
-    Ok(any)
+    names
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
-//! Events on a grant (Issued, Renewed, Revoked, Denied, Failed, and
-//! RolloutRestarted / RolloutRestartFailed for its rollout targets).
+//! Events on a grant (Revoked, Denied, Failed, RolloutRestarted /
+//! RolloutRestartFailed for its rollout targets, and Issued and Renewed
+//! with `--lifecycle-events`).
 //!
 //! kube-runtime's `Recorder` keeps every event it sent for six minutes to
 //! count repeats, and scans that cache on every publish; with thousands of
@@ -46,6 +47,12 @@ impl EventReason {
             self,
             EventReason::Denied | EventReason::Failed | EventReason::RolloutRestartFailed
         )
+    }
+
+    /// A URL issued or renewed: routine, counted in
+    /// `upload_grant_issued_total`, published only with `--lifecycle-events`.
+    pub fn is_lifecycle(self) -> bool {
+        matches!(self, EventReason::Issued | EventReason::Renewed)
     }
 
     fn type_(self) -> &'static str {

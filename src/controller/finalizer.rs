@@ -1,5 +1,12 @@
 //! The finalizer that holds a grant until its Secret is revoked.
 //!
+//! Only grants that need work before they go carry it (`wanted`). An
+//! ordinary grant's Secret has a controller ownerReference to it: the
+//! operator deletes it when its watch reports the grant gone
+//! (`controller::deletions`), and garbage collection does when the operator
+//! is not running. Grants that carry the finalizer from an older version are
+//! still released through it when they are deleted.
+//!
 //! kube-runtime's `finalizer` helper adds the finalizer and then waits for the
 //! watch to bring the object back before doing any work; a new grant pays a
 //! full watch round trip for that. Here the patched object is used at once.
@@ -12,10 +19,10 @@ use super::build::FINALIZER;
 use crate::api::UploadGrant;
 use crate::error::{Error, Result};
 
-/// Whether a grant needs the finalizer. Multipart grants always do: their
+/// Whether a grant needs the finalizer. Only multipart grants do: their
 /// upload must be aborted before the grant goes, and S3 has no garbage
-/// collection. (Every grant gets it for now; this is the predicate for
-/// dropping it from the others.)
+/// collection. Every other grant's Secret goes with it (the watch, or
+/// garbage collection), which saves the patch a new grant used to cost.
 pub fn wanted(grant: &UploadGrant) -> bool {
     grant.spec.multipart.is_some()
 }

@@ -6,6 +6,7 @@
 mod apply;
 pub mod build;
 pub mod decide;
+mod deletions;
 pub(crate) mod events;
 mod finalizer;
 mod issuer_status;
@@ -61,6 +62,8 @@ pub struct Settings {
     /// How often an open multipart upload is looked at, to notice that it
     /// was completed (`multipart::DEFAULT_CHECK_INTERVAL`).
     pub multipart_check_interval: Duration,
+    /// Publish Normal Issued/Renewed Events too (`--lifecycle-events`).
+    pub lifecycle_events: bool,
 }
 
 /// Everything a reconcile needs, shared by all of them.
@@ -93,7 +96,13 @@ pub struct Context {
     rollouts_done: Mutex<HashMap<u64, String>>,
     /// When each multipart grant's upload was last looked at (`multipart::probe`).
     upload_checks: Mutex<HashMap<u64, Instant>>,
+    /// Grants the watch reported deleted, and when: a pass that was running
+    /// then revokes what it wrote (`reconcile::run`).
+    deleted: Mutex<HashMap<u64, Instant>>,
 }
+
+/// How long a deletion is remembered: longer than any pass takes.
+const DELETED_TTL: Duration = Duration::from_secs(300);
 
 /// Longest a written Secret stands in for the cache; the watch brings it
 /// back within milliseconds.
@@ -121,6 +130,7 @@ impl Context {
             written_secrets: Mutex::default(),
             rollouts_done: Mutex::default(),
             upload_checks: Mutex::default(),
+            deleted: Mutex::default(),
         }
     }
 
@@ -139,6 +149,18 @@ impl Context {
     fn forget_upload_check(&self, grant: &UploadGrant) {
         let mut checks = self.upload_checks.lock().unwrap_or_else(|p| p.into_inner());
         checks.remove(&grant_key(grant));
+    }
+
+    fn mark_deleted(&self, grant: &UploadGrant) {
+        let mut deleted = self.deleted.lock().unwrap_or_else(|p| p.into_inner());
+        deleted.retain(|_, at| at.elapsed() < DELETED_TTL);
+        deleted.insert(grant_key(grant), Instant::now());
+    }
+
+    /// Whether the watch reported this grant deleted.
+    fn deleted(&self, grant: &UploadGrant) -> bool {
+        let deleted = self.deleted.lock().unwrap_or_else(|p| p.into_inner());
+        deleted.contains_key(&grant_key(grant))
     }
 
     fn rollouts_done(&self, grant: &UploadGrant, fingerprint: &str) -> bool {
@@ -247,6 +269,7 @@ impl Context {
         done.remove(&grant_key(grant));
         drop(done);
         self.forget_upload_check(grant);
+        self.clear_failures(&ObjectRef::from_obj(grant));
     }
 
     fn forget_status_key(&self, key: u64) {
@@ -415,7 +438,10 @@ pub async fn run(
     let shutdown = shutdown.shared();
     let client = parts.client.clone();
     let (grant_store, grant_writer) = reflector::store();
-    let grant_stream = watch_scoped(
+    // Grants that leave the cache, also those a relist finds gone: the
+    // controller never reconciles them again, so they are revoked from here.
+    let (gone, deleted_grants) = mpsc::unbounded::<UploadGrant>();
+    let grant_stream = watch_grants(
         &settings.namespaces,
         |ns| {
             watcher(
@@ -427,8 +453,13 @@ pub async fn run(
             .boxed()
         },
         grant_store.clone(),
-        |g: &UploadGrant| g.namespace(),
     )
+    .inspect_ok(move |event| {
+        if let watcher::Event::Delete(grant) = event {
+            // The receiver lives as long as the controller.
+            let _ = gone.unbounded_send(grant.clone());
+        }
+    })
     .reflect(grant_writer)
     .applied_objects();
     let controller = Controller::for_stream(grant_stream, grant_store.clone());
@@ -453,6 +484,7 @@ pub async fn run(
     // again, not at the end of their backoff.
     let recovered = parts.credentials.recoveries();
     let ctx = Arc::new(Context::new(parts, settings, caches));
+    tokio::spawn(deletions::run(ctx.clone(), deleted_grants));
     controller
         .reconcile_on(requests)
         .reconcile_all_on(recovered)
@@ -510,6 +542,26 @@ where
             scoped::merge(scopes, store, scope_of).boxed()
         }
     }
+}
+
+/// Grants, always through `scoped::merge`, also for one watch across all
+/// namespaces: a relist after a watch gap then reports the grants deleted
+/// meanwhile as deletions, where a reflector alone would drop them silently.
+fn watch_grants(
+    namespaces: &[String],
+    watch: impl Fn(Option<&str>) -> WatchStream<UploadGrant>,
+    store: Store<UploadGrant>,
+) -> WatchStream<UploadGrant> {
+    if namespaces.is_empty() {
+        // One scope holding every grant.
+        let all: fn(&UploadGrant) -> Option<String> = |_| Some(String::new());
+        return scoped::merge(vec![(String::new(), watch(None))], store, all).boxed();
+    }
+    let scopes = namespaces
+        .iter()
+        .map(|ns| (ns.clone(), watch(Some(ns))))
+        .collect();
+    scoped::merge(scopes, store, |g: &UploadGrant| g.namespace()).boxed()
 }
 
 /// Secrets this operator manages, metadata only (PartialObjectMeta), so
@@ -619,6 +671,63 @@ fn watch_namespaces(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn grant(ns: &str, name: &str) -> UploadGrant {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "grants.io/v1alpha1", "kind": "UploadGrant",
+            "metadata": {"name": name, "namespace": ns, "uid": format!("{ns}-{name}")},
+            "spec": {"bucket": "reports", "key": "k"}
+        }))
+        .expect("fixture")
+    }
+
+    /// The deletions the grant stream reports after `events`, for a watch
+    /// of all namespaces, as they reach the reflector.
+    fn deletions_after(events: Vec<watcher::Event<UploadGrant>>) -> Vec<String> {
+        use futures::FutureExt;
+        let (tx, rx) = mpsc::unbounded();
+        let rx = Mutex::new(Some(rx));
+        let (store, writer) = reflector::store();
+        let mut stream = watch_grants(
+            &[],
+            |_| rx.lock().expect("lock").take().expect("one watch").boxed(),
+            store,
+        )
+        .reflect(writer);
+        for e in events {
+            assert!(tx.unbounded_send(Ok(e)).is_ok());
+        }
+        let mut deleted = Vec::new();
+        while let Some(Some(event)) = stream.next().now_or_never() {
+            if let Ok(watcher::Event::Delete(g)) = event {
+                deleted.push(g.name_any());
+            }
+        }
+        deleted
+    }
+
+    #[test]
+    fn a_relist_reports_grants_deleted_during_a_watch_gap() {
+        use watcher::Event::*;
+        let listed = vec![
+            Init,
+            InitApply(grant("a", "kept")),
+            InitApply(grant("b", "gone")),
+            InitDone,
+        ];
+        assert!(deletions_after(listed.clone()).is_empty());
+        let mut relisted = listed;
+        relisted.extend([Init, InitApply(grant("a", "kept")), InitDone]);
+        assert_eq!(deletions_after(relisted), ["gone"]);
+        // A deletion the watch sees is passed on as it is.
+        let watched = vec![
+            Init,
+            InitApply(grant("a", "kept")),
+            InitDone,
+            Delete(grant("a", "kept")),
+        ];
+        assert_eq!(deletions_after(watched), ["kept"]);
+    }
 
     #[test]
     fn backoff_doubles_up_to_five_minutes() {

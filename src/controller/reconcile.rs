@@ -1,7 +1,8 @@
 //! The reconcile pipeline for one grant, each stage once and in order:
 //! load (from the caches) → decide (pure: validate, authorize, schedule) →
-//! apply (sign, write, remove) → status (and events). A deleted grant takes
-//! the finalizer's path instead: revoke, then let it go.
+//! apply (sign, write, remove) → status (and events). A grant being deleted
+//! is revoked instead, and let go if it holds the finalizer; one already
+//! gone is revoked from the watch (`super::deletions`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -36,16 +37,26 @@ async fn run(mut grant: Arc<UploadGrant>, ctx: &Context) -> Result<Action> {
     let namespace = grant.namespace().ok_or(Error::IncompleteObject)?;
     let api: Api<UploadGrant> = Api::namespaced(ctx.client.clone(), &namespace);
     let deleting = |g: &UploadGrant| g.meta().deletion_timestamp.is_some();
-    if !deleting(&grant) && !finalizer::has_finalizer(&grant) {
+    if !deleting(&grant) && finalizer::wanted(&grant) && !finalizer::has_finalizer(&grant) {
         // The finalizer is in place before any Secret exists. The grant as
         // the server returns it may be deleting by now.
         grant = Arc::new(finalizer::add(&api, &grant).await?);
     }
     if !deleting(&grant) {
-        return pass(&grant, ctx).await;
+        let action = pass(&grant, ctx).await;
+        // A deletion the watch reported while this pass ran: what the pass
+        // wrote must not outlive the grant (its status write failed, too).
+        if ctx.deleted(&grant) {
+            cleanup(&grant, ctx).await?;
+            return Ok(Action::await_change());
+        }
+        return action;
     }
+    // Deleting, held by our finalizer (a grant that wants it, or one an
+    // older version gave it) or by somebody else's: revoke now. A grant
+    // without finalizers is revoked when the watch reports it gone.
+    cleanup(&grant, ctx).await?;
     if finalizer::has_finalizer(&grant) {
-        cleanup(&grant, ctx).await?;
         finalizer::remove(&api, &grant).await?;
     }
     Ok(Action::await_change())
@@ -73,7 +84,9 @@ async fn pass(grant: &UploadGrant, ctx: &Context) -> Result<Action> {
     let wrote = status::write(grant, ctx, &report).await?;
     if let Some(note) = &report.note {
         // A warning is said once, when the status changes, not on every retry.
-        if wrote || !note.reason.is_warning() {
+        // Issued and Renewed are counted in metrics; as Events only if asked.
+        let lifecycle = note.reason.is_lifecycle();
+        if (wrote || !note.reason.is_warning()) && (!lifecycle || ctx.settings.lifecycle_events) {
             ctx.events.publish(grant, note.clone());
         }
     }
@@ -177,15 +190,31 @@ impl<'a> Loaded<'a> {
     }
 }
 
-/// Deletion: revoke, then let the finalizer go. In a namespace being
+/// Deletion: revoke, publish it, and forget the grant. In a namespace being
 /// deleted the namespace's own deletion removes the Secrets, and may already
 /// have removed this operator's Role there (`operator.watchNamespaces`).
-async fn cleanup(grant: &UploadGrant, ctx: &Context) -> Result<()> {
+pub(super) async fn cleanup(grant: &UploadGrant, ctx: &Context) -> Result<()> {
+    revoke_deleted(grant, ctx, false).await
+}
+
+/// `cleanup` for a grant the watch reported gone. With `announce_held`, the
+/// Revoked Event is published also when the Secret the cache showed was
+/// removed by somebody else first (garbage collection races the operator
+/// for it); without, only for a Secret this call removed, so a grant whose
+/// finalizer path already revoked it is not announced twice.
+pub(super) async fn revoke_deleted(
+    grant: &UploadGrant,
+    ctx: &Context,
+    announce_held: bool,
+) -> Result<()> {
     if namespace_terminating(grant, ctx) {
         tracing::debug!(grant = %grant.name_any(), "namespace terminating; its deletion removes the Secret");
-    } else if apply::revoke_all(ctx, grant).await? {
-        let note = Note::new(EventReason::Revoked, "grant deleted; Secret removed");
-        ctx.events.publish(grant, note);
+    } else {
+        let held = announce_held && apply::holds_secret(ctx, grant);
+        if apply::revoke_all(ctx, grant).await? || held {
+            let note = Note::new(EventReason::Revoked, "grant deleted; Secret removed");
+            ctx.events.publish(grant, note);
+        }
     }
     // S3 has no garbage collection: the upload is aborted before the grant
     // goes, also in a terminating namespace. A failure keeps the finalizer

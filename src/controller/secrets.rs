@@ -184,6 +184,7 @@ pub(crate) mod tests {
                 propagation_budget: crate::api::limits::DEFAULT_PROPAGATION_BUDGET,
                 rollout_restart_debounce: None,
                 multipart_check_interval: crate::controller::multipart::DEFAULT_CHECK_INTERVAL,
+                lifecycle_events: false,
             },
             credentials: CredentialSnapshot::new(
                 aws_credential_types::provider::SharedCredentialsProvider::new(creds),
@@ -199,6 +200,7 @@ pub(crate) mod tests {
             written_secrets: Mutex::default(),
             rollouts_done: Mutex::default(),
             upload_checks: Mutex::default(),
+            deleted: Mutex::default(),
         }
     }
 

@@ -146,9 +146,18 @@ pub async fn secret_data(
 
 /// Waits until a Secret is gone.
 pub async fn wait_secret_gone(ctx: &TestContext, name: &str) -> TestResult {
+    wait_secret_gone_within(ctx, name, Duration::from_secs(60)).await
+}
+
+/// Waits until a Secret is gone, at most `timeout`.
+pub async fn wait_secret_gone_within(
+    ctx: &TestContext,
+    name: &str,
+    timeout: Duration,
+) -> TestResult {
     let api = ctx.api::<Secret>();
     match tokio::time::timeout(
-        Duration::from_secs(60),
+        timeout,
         kube::runtime::wait::await_condition(
             api,
             name,
@@ -159,7 +168,7 @@ pub async fn wait_secret_gone(ctx: &TestContext, name: &str) -> TestResult {
     {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(e.into()),
-        Err(_) => Err(format!("Secret {name} still exists after 60s").into()),
+        Err(_) => Err(format!("Secret {name} still exists after {timeout:?}").into()),
     }
 }
 

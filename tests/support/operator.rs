@@ -26,6 +26,20 @@ pub struct OperatorOptions {
     pub without_irsa: bool,
 }
 
+impl OperatorOptions {
+    /// With the Normal Issued and Renewed Events, which are off by default
+    /// (`--lifecycle-events`).
+    pub fn lifecycle_events() -> Self {
+        OperatorOptions::default().with_lifecycle_events()
+    }
+
+    pub fn with_lifecycle_events(mut self) -> Self {
+        self.env
+            .push(("UPLOAD_GRANT_LIFECYCLE_EVENTS".into(), "true".into()));
+        self
+    }
+}
+
 impl Operator {
     pub async fn start(
         ctx: &TestContext,
@@ -136,6 +150,24 @@ impl Operator {
                 .unwrap_or(0)
         };
         Ok((field("VmHWM:"), field("VmRSS:")))
+    }
+
+    /// CPU time the process has used (user and system), in seconds.
+    pub fn cpu_seconds(&self) -> TestResult<f64> {
+        let pid = self.child.as_ref().ok_or("operator stopped")?.id();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        // The fields after the command name, which is in parentheses.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let ticks = |i: usize| -> TestResult<f64> {
+            Ok(fields.get(i).ok_or("short /proc stat")?.parse::<f64>()?)
+        };
+        // utime and stime: fields 14 and 15 of stat(5), 11 and 12 here.
+        let out = Command::new("getconf").arg("CLK_TCK").output()?;
+        let per_second: f64 = String::from_utf8_lossy(&out.stdout).trim().parse()?;
+        Ok((ticks(11)? + ticks(12)?) / per_second)
     }
 
     pub fn logs(&self) -> String {
