@@ -29,11 +29,14 @@ impl Error {
         "build",
         "invalid_object",
         "finalizer",
+        "fenced",
     ];
 
     /// A short, fixed label for metrics; one of `CATEGORIES`.
     pub fn category(&self) -> &'static str {
         match self {
+            // A write this replica did not send: it may have lost the lease.
+            Error::Kube(e) if crate::fence::is_fenced(e) => "fenced",
             Error::Kube(_) => "kube_api",
             Error::Credentials(_) => "credentials",
             Error::Signing(_) => "signing",
@@ -55,6 +58,7 @@ mod tests {
     fn one_of_each() -> Vec<Error> {
         let every = vec![
             Error::Kube(kube::Error::LinesCodecMaxLineLengthExceeded),
+            Error::Kube(kube::Error::Service(Box::new(crate::fence::Fenced))),
             Error::Credentials(CredentialsError("expired".into())),
             Error::Signing(SigningError("no region".into())),
             Error::IncompleteObject,

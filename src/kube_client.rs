@@ -7,13 +7,18 @@ use kube::client::ClientBuilder;
 use kube::{Client, Config};
 use tower::limit::RateLimitLayer;
 
+use crate::fence::{Fence, FenceLayer};
+
 /// A client for the controller that starts at most `qps` requests a second
-/// (0 lifts the bound). Requests over the bound wait in order.
+/// (0 lifts the bound). Requests over the bound wait in order, and a write
+/// is sent only if `fence` allows it when its turn comes.
 ///
 /// Leader election must use its own unbounded client: a lease renewal stuck
 /// behind a queue of Secret writes would cost the lease.
-pub fn bounded(config: Config, qps: u32) -> Result<Client, kube::Error> {
-    let builder = ClientBuilder::try_from(config)?;
+pub fn bounded(config: Config, qps: u32, fence: Fence) -> Result<Client, kube::Error> {
+    // The layer added last sees a request first: the fence sits below the
+    // limiter, so a write that waited for its turn is checked when it goes.
+    let builder = ClientBuilder::try_from(config)?.with_layer(&FenceLayer(fence));
     Ok(match qps {
         0 => builder.build(),
         qps => {

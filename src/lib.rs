@@ -5,6 +5,7 @@ pub mod api;
 pub mod controller;
 pub mod drain;
 pub mod error;
+pub mod fence;
 pub mod issuer;
 pub mod kube_client;
 pub mod leader;

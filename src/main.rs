@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 use upload_grant_operator::controller::{self, Settings};
 use upload_grant_operator::drain;
+use upload_grant_operator::fence::Fence;
 use upload_grant_operator::kube_client;
 use upload_grant_operator::leader::{self, LeaseSettings};
 use upload_grant_operator::metrics::Metrics;
@@ -323,7 +324,21 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let config = kube::Config::infer().await?;
     // Leader election keeps an unbounded client of its own (see kube_client).
     let lease_client = kube::Client::try_from(config.clone())?;
-    let client = kube_client::bounded(config, cli.kube_api_qps)?;
+    let lease = cli.leader_elect.then(|| LeaseSettings {
+        name: cli.lease_name.clone(),
+        namespace: cli
+            .lease_namespace
+            .clone()
+            .unwrap_or_else(|| lease_client.default_namespace().to_owned()),
+        identity: identity(),
+        duration: cli.lease_duration,
+    });
+    // Every write of the controller is fenced on holding the lease.
+    let fence = match &lease {
+        Some(lease) => Fence::for_identity(&lease.identity),
+        None => Fence::open(),
+    };
+    let client = kube_client::bounded(config, cli.kube_api_qps, fence.clone())?;
     let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .load()
         .await;
@@ -348,25 +363,25 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let _ = stop_tx.send(true);
     });
 
-    tokio::spawn(warm_up_credentials(credentials.clone()));
+    tokio::spawn(credentials.clone().keep_fresh());
     let router = server::router(metrics.clone(), credentials.clone(), readiness.clone());
     let server = tokio::spawn(server::serve(cli.listen_address, router, stopped()));
 
     // With leader election, wait as a ready standby until this replica leads;
     // the controller then stops when the lease is lost.
-    let leadership = if cli.leader_elect {
+    let leadership = if let Some(lease) = &lease {
         readiness.set_standby(true);
-        let lease = LeaseSettings {
-            name: cli.lease_name.clone(),
-            namespace: cli
-                .lease_namespace
-                .clone()
-                .unwrap_or_else(|| client.default_namespace().to_owned()),
-            identity: identity(),
-            duration: cli.lease_duration,
-        };
-        match leader::acquire(lease_client.clone(), &lease, stopped()).await? {
-            Some(leadership) => Some(leadership),
+        tokio::spawn(fence.follow(lease_client.clone(), &lease.namespace, &lease.name));
+        match leader::acquire(lease_client.clone(), lease, stopped()).await? {
+            Some(leadership) => {
+                let wait = Duration::from_secs(lease.duration);
+                if !fence.opened(wait).await {
+                    tracing::warn!(
+                        "leading, but the lease watch does not show it yet; writes stay fenced until it does"
+                    );
+                }
+                Some(leadership)
+            }
             None => return Ok(server.await??),
         }
     } else {
@@ -393,6 +408,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let settings = Settings {
         default_issuer: cli.default_issuer,
         concurrency: cli.concurrency,
+        kube_api_qps: cli.kube_api_qps,
         namespaces: watch_namespaces(cli.namespaces),
         propagation_budget: cli.propagation_budget,
         rollout_restart_debounce: cli.rollout_restarts.then_some(cli.rollout_restart_debounce),
@@ -431,20 +447,6 @@ fn identity() -> String {
 
 /// Loads credentials once at start so /readyz reflects them before the first
 /// grant arrives; retries until it works.
-async fn warm_up_credentials(credentials: CredentialSnapshot) {
-    let mut delay = Duration::from_secs(1);
-    loop {
-        match credentials.get().await {
-            Ok(_) => return,
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in_s = delay.as_secs(), "cannot load AWS credentials yet");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(60));
-            }
-        }
-    }
-}
-
 async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;

@@ -10,6 +10,7 @@ pub(crate) mod events;
 mod finalizer;
 mod issuer_status;
 mod managed;
+mod priority;
 mod reconcile;
 pub mod rollout;
 mod scoped;
@@ -44,6 +45,9 @@ pub use build::{FINALIZER, MANAGER};
 pub struct Settings {
     pub default_issuer: Option<String>,
     pub concurrency: u16,
+    /// The client's request bound (0: none); renewals are paced to it
+    /// (`priority`).
+    pub kube_api_qps: u32,
     /// Only watch grants and Secrets in these namespaces (all when empty),
     /// so the operator needs no cluster-wide access to Secrets.
     pub namespaces: Vec<String>,
@@ -419,9 +423,13 @@ pub async fn run(
     tracing::info!("caches synced");
 
     let concurrency = settings.concurrency;
+    // Grants that could not be signed retry as soon as credentials load
+    // again, not at the end of their backoff.
+    let recovered = parts.credentials.recoveries();
     let ctx = Arc::new(Context::new(parts, settings, caches));
     controller
         .reconcile_on(requests)
+        .reconcile_all_on(recovered)
         .with_config(controller::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(shutdown)
         .run(reconcile::reconcile, error_policy, ctx)

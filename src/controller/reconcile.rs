@@ -18,7 +18,7 @@ use super::decide::{self, Decision, Observed, Settled, Wake};
 use super::events::{EventReason, Note};
 use super::secrets::Slot;
 use super::validate::secret_name;
-use super::{Context, apply, finalizer, grant_key, rollout, status};
+use super::{Context, apply, finalizer, grant_key, priority, rollout, status};
 use crate::api::{ClusterGrantIssuer, Reason, UploadGrant};
 use crate::error::{Error, Result};
 
@@ -54,7 +54,19 @@ async fn run(mut grant: Arc<UploadGrant>, ctx: &Context) -> Result<Action> {
 /// One pass of the pipeline for a grant that is not being deleted.
 async fn pass(grant: &UploadGrant, ctx: &Context) -> Result<Action> {
     let now = whole_seconds(SystemTime::now());
-    let decision = Loaded::load(grant, ctx).decide(grant, now);
+    let loaded = Loaded::load(grant, ctx);
+    if loaded.namespace.is_none() {
+        // The namespace cache has not seen the grant's namespace (yet, or
+        // after a relist): judging it as unlabelled could revoke a grant
+        // its labels allow. Its arrival wakes the grant; so does this.
+        tracing::debug!(grant = %grant.name_any(), "namespace not in the cache yet; waiting");
+        return Ok(Action::requeue(NAMESPACE_RETRY));
+    }
+    let decision = loaded.decide(grant, now);
+    if let Some(wait) = priority::step_aside(ctx, &decision, now) {
+        tracing::debug!(grant = %grant.name_any(), wait_ms = wait.as_millis(), "renewals that expire sooner go first");
+        return Ok(Action::requeue(wait));
+    }
     let (report, error) = apply::carry_out(ctx, grant, decision, now).await?;
     ctx.remember_settled(grant, &report);
     let wrote = status::write(grant, ctx, &report).await?;
@@ -110,6 +122,9 @@ struct Loaded<'a> {
 }
 
 static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
+
+/// How soon a grant whose namespace the cache lacks is looked at again.
+const NAMESPACE_RETRY: Duration = Duration::from_secs(5);
 
 impl<'a> Loaded<'a> {
     fn load(grant: &'a UploadGrant, ctx: &'a Context) -> Self {

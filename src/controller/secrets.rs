@@ -179,6 +179,7 @@ pub(crate) mod tests {
             settings: Settings {
                 default_issuer: None,
                 concurrency: 1,
+                kube_api_qps: 0,
                 namespaces: Vec::new(),
                 propagation_budget: crate::api::limits::DEFAULT_PROPAGATION_BUDGET,
                 rollout_restart_debounce: None,
