@@ -290,7 +290,7 @@ pub fn audited(env: &TestEnv, user: &str) -> TestResult<Vec<Audited>> {
         )
     })?;
     let mut out = Vec::new();
-    for line in text.lines() {
+    for line in text.lines().filter(|l| l.contains(user)) {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
         };
@@ -589,48 +589,31 @@ pub async fn check(ctx: &TestContext, expected: &Expected, sample: usize) -> Tes
     }
     let mut problems = Vec::new();
     for name in &expected.ready {
-        let Some(g) = by_name.get(name) else {
+        let (Some(g), s) = (by_name.get(name), secret_by_name.get(name)) else {
             problems.push(format!("{name}: grant missing"));
             continue;
         };
-        let state = grant_state(g, false);
-        let current = super::grants::ready(g).is_some_and(|(s, r)| s == "True" && r == "Issued");
-        if !current {
-            problems.push(format!("{name}: not Ready ({:?} {})", state.ready, state.reason));
-            continue;
-        }
-        let Some(s) = secret_by_name.get(name) else {
-            problems.push(format!("{name}: Ready without a Secret"));
-            continue;
-        };
-        let status_fp = super::grants::fingerprint(g);
-        let data = s.data.clone().unwrap_or_default();
-        let text = |k: &str| data.get(k).and_then(|v| String::from_utf8(v.0.clone()).ok());
-        let url = text("url").unwrap_or_default();
-        let fp = SecretUrl::new(url.clone()).fingerprint();
-        if status_fp.as_deref() != Some(fp.as_str())
-            || s.annotations().get("grants.io/url-fingerprint") != Some(&fp)
-        {
-            problems.push(format!("{name}: Secret's URL is not the one the status names"));
-            continue;
-        }
-        let data_expiry: Option<jiff::Timestamp> = text("expiresAt").and_then(|t| t.parse().ok());
-        if data_expiry.is_none() || data_expiry != state.expires_at {
-            problems.push(format!("{name}: Secret's expiresAt differs from the status"));
-            continue;
-        }
-        let Some(expiry) = state.expires_at.filter(|e| *e > now) else {
-            problems.push(format!("{name}: Ready with an expired URL"));
-            continue;
-        };
-        match url_expiry(&url) {
-            Some(u) if u >= expiry => {}
-            _ => {
-                problems.push(format!("{name}: the URL itself expires before its expiresAt"));
+        // The grant and the Secret were listed at different instants, and
+        // renewals go on: a mismatch is looked at again, both read afresh
+        // (the Secret between two reads of an unchanged grant).
+        let mut verdict = ready_problem(name, g, s.copied(), now);
+        let mut tries = 0;
+        while verdict.is_err() && tries < 5 {
+            tries += 1;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let grants = ctx.api::<UploadGrant>();
+            let before = grants.get(name).await?;
+            let secret = ctx.api::<Secret>().get_opt(name).await?;
+            let after = grants.get(name).await?;
+            if before.resource_version() != after.resource_version() {
                 continue;
             }
+            verdict = ready_problem(name, &after, secret.as_ref(), jiff::Timestamp::now());
         }
-        found.ready += 1;
+        match verdict {
+            Ok(()) => found.ready += 1,
+            Err(p) => problems.push(p),
+        }
     }
     for (name, reason) in &expected.revoked {
         match by_name.get(name).map(|g| grant_state(g, false)) {
@@ -672,6 +655,44 @@ pub async fn check(ctx: &TestContext, expected: &Expected, sample: usize) -> Tes
         }
     }
     Ok(found)
+}
+
+/// Why grant `g` with Secret `s` is not Ready with a current URL, if so.
+fn ready_problem(
+    name: &str,
+    g: &UploadGrant,
+    s: Option<&Secret>,
+    now: jiff::Timestamp,
+) -> Result<(), String> {
+    let state = grant_state(g, false);
+    let current = super::grants::ready(g).is_some_and(|(s, r)| s == "True" && r == "Issued");
+    if !current {
+        return Err(format!("{name}: not Ready ({:?} {})", state.ready, state.reason));
+    }
+    let Some(s) = s else {
+        return Err(format!("{name}: Ready without a Secret"));
+    };
+    let status_fp = super::grants::fingerprint(g);
+    let data = s.data.clone().unwrap_or_default();
+    let text = |k: &str| data.get(k).and_then(|v| String::from_utf8(v.0.clone()).ok());
+    let url = text("url").unwrap_or_default();
+    let fp = SecretUrl::new(url.clone()).fingerprint();
+    if status_fp.as_deref() != Some(fp.as_str())
+        || s.annotations().get("grants.io/url-fingerprint") != Some(&fp)
+    {
+        return Err(format!("{name}: Secret's URL is not the one the status names"));
+    }
+    let data_expiry: Option<jiff::Timestamp> = text("expiresAt").and_then(|t| t.parse().ok());
+    if data_expiry.is_none() || data_expiry != state.expires_at {
+        return Err(format!("{name}: Secret's expiresAt differs from the status"));
+    }
+    let Some(expiry) = state.expires_at.filter(|e| *e > now) else {
+        return Err(format!("{name}: Ready with an expired URL"));
+    };
+    match url_expiry(&url) {
+        Some(u) if u >= expiry => Ok(()),
+        _ => Err(format!("{name}: the URL itself expires before its expiresAt")),
+    }
 }
 
 /// X-Amz-Date + X-Amz-Expires of a presigned URL.

@@ -38,8 +38,10 @@ case "$cmd" in
     if [ -f "$pidfile" ] && alive "$(cat "$pidfile")"; then die "$name is still running"; fi
     LOGS="$STATE_DIR/logs"
     printf '\n--- restarted by proc.sh at %s ---\n' "$(date -u +%FT%TZ)" >>"$LOGS/$name.log"
-    # The same as up.sh's start: its own session, the log appended.
-    eval "setsid $(cat "$STATE_DIR/cmd/$name")" >>"$LOGS/$name.log" 2>&1 </dev/null &
+    # The same as up.sh's start: its own session, the log appended. A plain
+    # command in the background, so that $! is the server itself.
+    eval "args=( $(cat "$STATE_DIR/cmd/$name") )"
+    setsid "${args[@]}" >>"$LOGS/$name.log" 2>&1 </dev/null &
     echo $! >"$pidfile" ;;
   user)
     PKI="$STATE_DIR/pki" dir="$STATE_DIR/users"
