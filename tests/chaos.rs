@@ -440,7 +440,7 @@ impl Suite {
                 found.uploads,
                 if found.settled_late > 0 {
                     format!(
-                        "; {} grants' status named the previous, still valid URL at first (a status write retried with backoff)",
+                        "; {} grants' status named the previous, still valid URL at first look (a renewal between its Secret write and its status write, or a status write retried with backoff)",
                         found.settled_late
                     )
                 } else {

@@ -673,7 +673,8 @@ pub async fn check(ctx: &TestContext, expected: &Expected, sample: usize) -> Tes
     let names: Vec<&String> = expected.ready.iter().collect();
     let step = (names.len() / sample.max(1)).max(1);
     for name in names.iter().step_by(step).take(sample) {
-        let Some(s) = secret_by_name.get(*name) else {
+        // Read afresh: the listing may be minutes old by now.
+        let Some(s) = ctx.api::<Secret>().get_opt(name).await? else {
             continue;
         };
         found.uploads += 1;
