@@ -335,13 +335,30 @@ impl Suite {
                     })
                     .map(|g| g.name_any())
                     .collect();
-                let missing = self.expected.ready.difference(&ready).count();
+                // Deleted grants gone (their finalizers released), revoked
+                // ones reported.
+                let names: BTreeSet<String> = list.items.iter().map(|g| g.name_any()).collect();
+                let lingering = self.expected.gone.intersection(&names).count()
+                    + list
+                        .items
+                        .iter()
+                        .filter(|g| {
+                            self.expected
+                                .revoked
+                                .get(&g.name_any())
+                                .is_some_and(|want| {
+                                    support::grants::ready(g)
+                                        .is_none_or(|(s, r)| s != "False" || r != *want)
+                                })
+                        })
+                        .count();
+                let missing = self.expected.ready.difference(&ready).count() + lingering;
                 if missing == 0 {
                     return Ok(t.elapsed());
                 }
                 if t.elapsed() > timeout {
                     return Err(format!(
-                        "{missing} of {} grants not Ready after {timeout:?}",
+                        "{missing} of {} grants not Ready (or not yet revoked) after {timeout:?}",
                         self.expected.ready.len()
                     )
                     .into());
@@ -1220,7 +1237,9 @@ async fn chaos_suite() -> TestResult {
             .and_then(|s| s.parse().ok())
             .unwrap_or(600),
     );
-    let results = support::repo_root().join("bench/results/chaos.md");
+    let results = std::env::var("CHAOS_RESULTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| support::repo_root().join("bench/results/chaos.md"));
     let mut suite = Suite::new("chaos", FULL, Some(results)).await?;
     suite.setup().await?;
     scenario!(

@@ -633,7 +633,10 @@ mod tests {
         assert_eq!(retry_delay(5, Some(at(40)), now), Duration::from_secs(30));
         // Within the last 10 s, or already expired: soon, not in a loop.
         assert_eq!(retry_delay(5, Some(at(5)), now), MIN_RETRY);
-        assert_eq!(retry_delay(5, Some(now - Duration::from_secs(5)), now), MIN_RETRY);
+        assert_eq!(
+            retry_delay(5, Some(now - Duration::from_secs(5)), now),
+            MIN_RETRY
+        );
         // A short backoff stays short; no URL: the plain backoff.
         assert_eq!(retry_delay(1, Some(at(40)), now), backoff(1));
         assert_eq!(retry_delay(7, None, now), backoff(7));

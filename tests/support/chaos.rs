@@ -324,6 +324,10 @@ pub fn audited(env: &TestEnv, user: &str) -> TestResult<Vec<Audited>> {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct GrantState {
+    /// When the apiserver last stored a change of the status (its
+    /// managedFields, whole seconds): the watch may see a write late, when
+    /// the harness's own watch is reconnecting after a fault.
+    pub written: Option<jiff::Timestamp>,
     pub ready: Option<bool>,
     pub reason: String,
     pub expires_at: Option<jiff::Timestamp>,
@@ -358,7 +362,16 @@ fn push<S: PartialEq>(t: &Mutex<Timeline<S>>, name: String, state: S) {
 fn grant_state(g: &UploadGrant, deleted: bool) -> GrantState {
     let status = g.status.as_ref();
     let ready = status.and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
+    let written = g
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|m| m.subresource.as_deref() == Some("status"))
+        .filter_map(|m| m.time.as_ref().map(|t| t.0))
+        .max();
     GrantState {
+        written,
         ready: ready.map(|c| c.status == "True"),
         reason: ready.map(|c| c.reason.clone()).unwrap_or_default(),
         expires_at: status.and_then(|s| s.expires_at.as_ref()).map(|t| t.0),
@@ -438,7 +451,16 @@ impl Recorder {
                 else {
                     continue;
                 };
-                let until = list.get(i + 1).map(|(at, _)| *at).unwrap_or(now);
+                // When the next state was stored: the watch's sighting, or
+                // the server's write time (rounded up) if that came first.
+                let until = match list.get(i + 1) {
+                    Some((seen, next)) if !next.deleted => next
+                        .written
+                        .map(|w| (w + jiff::SignedDuration::from_secs(1)).min(*seen))
+                        .unwrap_or(*seen),
+                    Some((seen, _)) => *seen,
+                    None => now,
+                };
                 if until > end + grace {
                     out.push((name.clone(), end, until));
                 }
