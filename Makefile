@@ -82,8 +82,8 @@ test: deps testenv-build lint image consumer-image
 bench: deps testenv-build
 	@bench/run.sh
 
-## chaos: the fault-injection suite against a local environment of its own (no node, about
-## 35 minutes) -> bench/results/chaos.md (not part of test; its smoke subset is)
+## chaos: the fault-injection suite against a local environment of its own (no node, 40 to 50
+## minutes) -> bench/results/chaos.md (not part of test; its smoke subset is)
 chaos: deps testenv-build
 	@bench/chaos.sh
 
