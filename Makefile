@@ -11,7 +11,7 @@ CONSUMER_IMAGE ?= docker.io/library/upload-grant-consumers:dev
 
 PREFIX ?= $(HOME)/.local
 
-.PHONY: all build release install-plugin image image-check consumer-image crds lint test bench demo testenv testenv-down testenv-build deps
+.PHONY: all build release install-plugin image image-check consumer-image crds lint test bench chaos demo testenv testenv-down testenv-build deps
 
 all: build
 
@@ -81,6 +81,11 @@ test: deps testenv-build lint image consumer-image
 ## bench: benchmarks against the local environment -> bench/results/latest.md (not part of test)
 bench: deps testenv-build
 	@bench/run.sh
+
+## chaos: the fault-injection suite against a local environment of its own (no node, 40 to 50
+## minutes) -> bench/results/chaos.md (not part of test; its smoke subset is)
+chaos: deps testenv-build
+	@bench/chaos.sh
 
 ## demo: helm install the operator onto the local node, issue a grant, upload through it from a Job, read it back
 demo: deps testenv-build image consumer-image

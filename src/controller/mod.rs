@@ -22,7 +22,7 @@ pub mod validate;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures::channel::mpsc;
 use futures::stream::BoxStream;
@@ -304,9 +304,38 @@ pub fn backoff(failures: u32) -> Duration {
     Duration::from_secs(5 * (1u64 << exp)).min(Duration::from_secs(300))
 }
 
+/// How long before its URL expires a failing grant is tried once more.
+const RETRY_BEFORE_EXPIRY: Duration = Duration::from_secs(10);
+/// The shortest retry, also for a grant whose URL has already expired.
+const MIN_RETRY: Duration = Duration::from_secs(2);
+
+/// The backoff, but never past the current URL's expiry: the retry that
+/// renews it, or reports that it cannot, must come before the grant would
+/// show Ready=True with a URL that no longer works. (After a minute-long
+/// apiserver or etcd outage the backoff of a due renewal reaches 80 s and
+/// more, longer than what was left of its URL.)
+pub fn retry_delay(failures: u32, expires_at: Option<SystemTime>, now: SystemTime) -> Duration {
+    let delay = backoff(failures);
+    match expires_at {
+        Some(end) => {
+            let left = end
+                .checked_sub(RETRY_BEFORE_EXPIRY)
+                .and_then(|at| at.duration_since(now).ok())
+                .unwrap_or_default();
+            delay.min(left.max(MIN_RETRY))
+        }
+        None => delay,
+    }
+}
+
 fn error_policy(grant: Arc<UploadGrant>, error: &Error, ctx: Arc<Context>) -> Action {
     let n = ctx.record_failure(&ObjectRef::from_obj(grant.as_ref()));
-    let delay = backoff(n);
+    let expires_at = grant
+        .status
+        .as_ref()
+        .and_then(|s| s.expires_at.as_ref())
+        .map(|t| SystemTime::from(t.0));
+    let delay = retry_delay(n, expires_at, SystemTime::now());
     tracing::warn!(
         grant = %grant.name_any(),
         namespace = grant.namespace().as_deref().unwrap_or(""),
@@ -727,6 +756,25 @@ mod tests {
             Delete(grant("a", "kept")),
         ];
         assert_eq!(deletions_after(watched), ["kept"]);
+    }
+
+    #[test]
+    fn a_retry_never_waits_past_the_urls_expiry() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let at = |s: u64| now + Duration::from_secs(s);
+        // Far from expiry: the plain backoff.
+        assert_eq!(retry_delay(5, Some(at(3600)), now), backoff(5));
+        // Backoff 80 s, URL valid 40 s more: tried 10 s before it expires.
+        assert_eq!(retry_delay(5, Some(at(40)), now), Duration::from_secs(30));
+        // Within the last 10 s, or already expired: soon, not in a loop.
+        assert_eq!(retry_delay(5, Some(at(5)), now), MIN_RETRY);
+        assert_eq!(
+            retry_delay(5, Some(now - Duration::from_secs(5)), now),
+            MIN_RETRY
+        );
+        // A short backoff stays short; no URL: the plain backoff.
+        assert_eq!(retry_delay(1, Some(at(40)), now), backoff(1));
+        assert_eq!(retry_delay(7, None, now), backoff(7));
     }
 
     #[test]

@@ -18,6 +18,7 @@ use kube::{Api, Client, Config, ResourceExt};
 use upload_grant_operator::api::{ClusterGrantIssuer, UploadGrant};
 
 pub mod botocore;
+pub mod chaos;
 pub mod grants;
 pub mod node;
 pub mod operator;

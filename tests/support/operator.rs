@@ -180,6 +180,19 @@ impl Operator {
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// True once the process has exited (it is reaped then).
+    pub fn exited(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => !matches!(child.try_wait(), Ok(None)),
+            None => true,
+        }
+    }
+
     /// SIGKILL: the process dies without releasing anything.
     pub fn kill(&mut self) -> TestResult {
         let mut child = self.child.take().ok_or("operator already stopped")?;

@@ -22,7 +22,7 @@ bash "$TESTENV_TOOLS_DIR/build.sh"
 
 BIN="$STATE_DIR/bin" LOGS="$STATE_DIR/logs" PKI="$STATE_DIR/pki" RUN="$STATE_DIR/run"
 # --one-file-system: never into a mount down.sh could not remove.
-rm -rf --one-file-system "$BIN" "$LOGS" "$PKI" "$RUN" "$STATE_DIR/pids"
+rm -rf --one-file-system "$BIN" "$LOGS" "$PKI" "$RUN" "$STATE_DIR/pids" "$STATE_DIR/cmd" "$STATE_DIR/users"
 rm -f "$STATE_DIR/node-values.yaml"
 mkdir -p "$BIN" "$LOGS" "$PKI" "$RUN" "$STATE_DIR/pids"
 ln -s "$CACHE_DIR/bin/kubernetes-$KUBERNETES_VERSION/kube-apiserver" "$BIN/kube-apiserver"
@@ -40,9 +40,12 @@ free_port() {
 }
 
 # start NAME CMD...: runs a server in its own session so it outlives this
-# script, logs to $LOGS/NAME.log and records its pid for down.sh.
+# script, logs to $LOGS/NAME.log and records its pid for down.sh, and its
+# command line in $STATE_DIR/cmd/NAME for proc.sh, which restarts it.
 start() {
   local name=$1; shift
+  mkdir -p "$STATE_DIR/cmd"
+  printf '%q ' "$@" >"$STATE_DIR/cmd/$name"
   # 9>&-: the servers must not inherit (and so hold) the lock.
   setsid "$@" >"$LOGS/$name.log" 2>&1 </dev/null 9>&- &
   echo $! >"$STATE_DIR/pids/$name"
@@ -104,6 +107,19 @@ API_URL="https://127.0.0.1:$API_PORT"
 # Without a node there is no controller-manager to create the `default`
 # ServiceAccounts the ServiceAccount admission plugin requires of every pod.
 NODE_APISERVER_FLAGS=(--authorization-mode RBAC --disable-admission-plugins ServiceAccount)
+# An audit log of what clients in the group testenv:audited do (not reads
+# of single objects): the chaos suite gives each operator replica such an
+# identity and counts, from the server's side, the writes each one made.
+cat >"$RUN/audit-policy.yaml" <<'AUDIT'
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived, ResponseStarted]
+rules:
+- level: Metadata
+  userGroups: [testenv:audited]
+  verbs: [list, create, update, patch, delete, deletecollection]
+- level: None
+AUDIT
 [ "$TESTENV_NODE" = 0 ] || node_apiserver_flags
 start kube-apiserver "$BIN/kube-apiserver" \
   --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
@@ -118,6 +134,7 @@ start kube-apiserver "$BIN/kube-apiserver" \
   --service-account-key-file "$PKI/sa.pub" \
   --service-account-signing-key-file "$PKI/sa.key" \
   --allow-privileged=true \
+  --audit-policy-file "$RUN/audit-policy.yaml" --audit-log-path "$LOGS/audit.log" \
   "${NODE_APISERVER_FLAGS[@]}"
 wait_for kube-apiserver 120 curl -fsS --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key" "$API_URL/readyz"
 
