@@ -137,6 +137,13 @@ async fn sign(
             "the credentials expire too soon to sign a URL".into(),
         ))
     })?;
+    if let Some(why) = no_gain(
+        plan,
+        now + times.lifetime,
+        ctx.credentials.refresh_failure(),
+    ) {
+        return Err(Failure::Credentials(CredentialsError(why)));
+    }
     let presigned = if let Some((parts, part_size)) = plan.valid.multipart {
         let client = ctx.presigner.s3_client(&plan.target, credentials.clone());
         let upload_id = multipart::ensure_upload(ctx, grant, plan, &client)
@@ -183,6 +190,21 @@ async fn sign(
         spec_hash: plan.spec_hash.clone(),
         renew_request: plan.renew_request.clone(),
         replaces: plan.current.as_ref().map(|s| s.fingerprint.clone()),
+    })
+}
+
+/// Why a renewal would be pointless: the credentials could not be refreshed
+/// and a URL signed with them would end no later than the current one (both
+/// capped at the session's end). Re-signing then only churns writes right
+/// before every such URL expires at once; reporting it now, while the URL
+/// still works, leaves time to mark the grants not Ready before it ends.
+fn no_gain(plan: &SignPlan, new_expiry: SystemTime, failure: Option<String>) -> Option<String> {
+    let current = plan.current.as_ref().filter(|_| plan.renewal)?;
+    if new_expiry > current.expires_at {
+        return None;
+    }
+    failure.map(|why| {
+        format!("the AWS credentials could not be refreshed ({why}), and a URL signed now would end no later than the current one")
     })
 }
 
@@ -430,5 +452,32 @@ mod tests {
         }
         drop(ctx);
         server.await.expect("mock server");
+    }
+
+    #[test]
+    fn a_renewal_that_cannot_outlive_the_current_url_reports_a_failed_refresh() {
+        let at = |s: u64| SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000 + s);
+        let mut renewal = plan(Some("uid"));
+        renewal.current = Some(IssuedState {
+            spec_hash: "h".into(),
+            issued_at: at(0),
+            expires_at: at(600),
+            refresh_at: Some(at(400)),
+            fingerprint: "f".into(),
+            renew_request: None,
+            replaces: None,
+            upload: None,
+        });
+        let refused = Some("connection refused".to_owned());
+        // Capped at the same session end: nothing gained, and STS failed.
+        let why = no_gain(&renewal, at(600), refused.clone()).expect("reported");
+        assert!(why.contains("connection refused"), "{why}");
+        // STS failing, but the new URL still ends later: renew.
+        assert_eq!(no_gain(&renewal, at(601), refused.clone()), None);
+        // Nothing gained but no failure (a refresh under way): renew anyway.
+        assert_eq!(no_gain(&renewal, at(600), None), None);
+        // A first URL or a replacement is never held back.
+        renewal.renewal = false;
+        assert_eq!(no_gain(&renewal, at(500), refused), None);
     }
 }

@@ -177,6 +177,11 @@ impl CredentialSnapshot {
         self.read().is_some()
     }
 
+    /// Why the last load failed, while no load has succeeded since.
+    pub fn refresh_failure(&self) -> Option<String> {
+        self.failed_within(Duration::MAX)
+    }
+
     /// How many times the provider has been asked (STS calls for IRSA).
     pub fn loads(&self) -> u64 {
         self.inner.loads.load(Ordering::Relaxed)
