@@ -15,7 +15,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource, ResourceExt};
 use support::grants::*;
 use support::operator::{Operator, OperatorOptions};
-use support::{TestContext, TestResult, eventually};
+use support::{TestContext, TestResult, apiserver_requests, eventually};
 use upload_grant_operator::api::{Method, S3Target, UploadGrant};
 use upload_grant_operator::signing::{Presigner, SignInput};
 
@@ -184,26 +184,6 @@ async fn quiesce(client: &kube::Client) -> TestResult {
         },
     )
     .await
-}
-
-/// Requests the apiserver has served for grants, Secrets and Events (watches
-/// aside), from its own metrics: what the operator asked of it, counted by
-/// the server rather than by the operator.
-async fn apiserver_requests(client: &kube::Client) -> TestResult<f64> {
-    let text = client
-        .request_text(http::Request::get("/metrics").body(Vec::new())?)
-        .await?;
-    Ok(text
-        .lines()
-        .filter(|l| l.starts_with("apiserver_request_total{"))
-        .filter(|l| {
-            ["secrets", "uploadgrants", "events"]
-                .iter()
-                .any(|r| l.contains(&format!("resource=\"{r}\"")))
-                && !l.contains("verb=\"WATCH\"")
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum())
 }
 
 /// The same requests as `apiserver_requests`, by resource, subresource,

@@ -26,7 +26,7 @@ use kube::{Api, ResourceExt};
 use support::chaos::*;
 use support::grants::*;
 use support::operator::{Operator, OperatorOptions};
-use support::{TestContext, TestResult};
+use support::{TestContext, TestResult, apiserver_requests};
 use upload_grant_operator::api::{ClusterGrantIssuer, UploadGrant};
 
 /// A scenario's outcome: one row of bench/results/chaos.md.
@@ -967,25 +967,6 @@ fn render(rows: &[Row], elapsed: Duration) -> String {
         out.push('\n');
     }
     out
-}
-
-/// Requests the apiserver has served for grants, Secrets and Events
-/// (watches aside), from its own metrics (as tests/bench.rs counts them).
-async fn apiserver_requests(client: &kube::Client) -> TestResult<f64> {
-    let text = client
-        .request_text(http::Request::get("/metrics").body(Vec::new())?)
-        .await?;
-    Ok(text
-        .lines()
-        .filter(|l| l.starts_with("apiserver_request_total{"))
-        .filter(|l| {
-            ["secrets", "uploadgrants", "events"]
-                .iter()
-                .any(|r| l.contains(&format!("resource=\"{r}\"")))
-                && !l.contains("verb=\"WATCH\"")
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum())
 }
 
 /// 10,000 grants come due together under the default request bound: 30%

@@ -73,6 +73,27 @@ fn no_such_upload<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> bool {
         .is_some_and(|s| s.code() == Some("NoSuchUpload"))
 }
 
+/// ListParts for at most one part: enough to tell whether the upload is
+/// still open.
+async fn list_one_part(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    upload_id: &str,
+) -> std::result::Result<
+    aws_sdk_s3::operation::list_parts::ListPartsOutput,
+    SdkError<aws_sdk_s3::operation::list_parts::ListPartsError>,
+> {
+    client
+        .list_parts()
+        .bucket(bucket)
+        .key(key)
+        .upload_id(upload_id)
+        .max_parts(1)
+        .send()
+        .await
+}
+
 /// An S3 client for `target` with the operator's current credentials.
 pub async fn client(ctx: &Context, target: &S3Target) -> Result<Client> {
     let credentials = ctx.credentials.get().await?;
@@ -140,15 +161,7 @@ pub async fn state(
     key: &str,
     upload_id: &str,
 ) -> Result<UploadState> {
-    match client
-        .list_parts()
-        .bucket(bucket)
-        .key(key)
-        .upload_id(upload_id)
-        .max_parts(1)
-        .send()
-        .await
-    {
+    match list_one_part(client, bucket, key, upload_id).await {
         Ok(_) => return Ok(UploadState::Open),
         Err(e) if no_such_upload(&e) => {}
         Err(e) => return Err(s3_error(&e)),
@@ -176,15 +189,7 @@ pub async fn abort(client: &Client, bucket: &str, key: &str, upload_id: &str) ->
         {
             return Err(s3_error(&e));
         }
-        match client
-            .list_parts()
-            .bucket(bucket)
-            .key(key)
-            .upload_id(upload_id)
-            .max_parts(1)
-            .send()
-            .await
-        {
+        match list_one_part(client, bucket, key, upload_id).await {
             Err(e) if no_such_upload(&e) => return Ok(()),
             Err(e) => return Err(s3_error(&e)),
             // Still listed: a part landed meanwhile. Abort again.

@@ -153,7 +153,7 @@ impl Presigner {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::api::SseType;
 
@@ -212,14 +212,14 @@ mod tests {
         assert_eq!(url.fingerprint().len(), "sha256:".len() + 16);
     }
 
-    fn presigner() -> Presigner {
+    pub(crate) fn presigner() -> Presigner {
         let base = aws_config::SdkConfig::builder()
             .behavior_version(aws_config::BehaviorVersion::latest())
             .build();
         Presigner::new(base)
     }
 
-    fn target() -> S3Target {
+    pub(crate) fn target() -> S3Target {
         S3Target {
             region: "eu-west-1".into(),
             endpoint: Some("http://127.0.0.1:9000".into()),

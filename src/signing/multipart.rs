@@ -188,21 +188,7 @@ impl Presigner {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn presigner() -> Presigner {
-        let base = aws_config::SdkConfig::builder()
-            .behavior_version(aws_config::BehaviorVersion::latest())
-            .build();
-        Presigner::new(base)
-    }
-
-    fn target() -> S3Target {
-        S3Target {
-            region: "eu-west-1".into(),
-            endpoint: Some("http://127.0.0.1:9000".into()),
-            force_path_style: true,
-        }
-    }
+    use crate::signing::tests::{presigner, target};
 
     fn input(parts: u32) -> MultipartInput<'static> {
         MultipartInput {

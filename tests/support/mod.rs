@@ -573,3 +573,23 @@ pub async fn session_credentials(
         field("SessionToken")?,
     ))
 }
+
+/// Requests the apiserver has served for grants, Secrets and Events (watches
+/// aside), from its own metrics: what the operator asked of it, counted by
+/// the server rather than by the operator.
+pub async fn apiserver_requests(client: &kube::Client) -> TestResult<f64> {
+    let text = client
+        .request_text(http::Request::get("/metrics").body(Vec::new())?)
+        .await?;
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+        .filter(|l| {
+            ["secrets", "uploadgrants", "events"]
+                .iter()
+                .any(|r| l.contains(&format!("resource=\"{r}\"")))
+                && !l.contains("verb=\"WATCH\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
