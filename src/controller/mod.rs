@@ -99,6 +99,8 @@ pub struct Context {
     /// Grants the watch reported deleted, and when: a pass that was running
     /// then revokes what it wrote (`reconcile::run`).
     deleted: Mutex<HashMap<u64, Instant>>,
+    /// The due renewals, by expiry (`priority`).
+    due_index: priority::DueIndex,
 }
 
 /// How long a deletion is remembered: longer than any pass takes.
@@ -131,6 +133,7 @@ impl Context {
             rollouts_done: Mutex::default(),
             upload_checks: Mutex::default(),
             deleted: Mutex::default(),
+            due_index: priority::DueIndex::default(),
         }
     }
 

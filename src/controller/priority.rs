@@ -5,22 +5,32 @@
 //! to reconciles in no particular order: they wait in a hash set. A URL with
 //! a minute left could then wait behind thousands with an hour left. So a due
 //! renewal first counts the due renewals, known to the Secret cache, whose
-//! URLs expire before its own; with more of them than there are reconcile
-//! slots, it steps aside for about as long as the bound needs to serve them
-//! and is looked at again. Renewals then go out roughly in order of expiry,
+//! URLs expire before its own (a binary search in an index rebuilt every
+//! quarter second); with more of them than twice the reconcile slots, it
+//! steps aside for about as long as the bound needs to serve them and is
+//! looked at again. Renewals then go out roughly in order of expiry,
 //! and nothing changes while the operator keeps up.
 
-use std::time::{Duration, SystemTime};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+use kube::runtime::reflector::Store;
 
 use super::Context;
 use super::decide::Decision;
+use super::secrets::ManagedSecret;
 
 /// A renewal costs two requests (its Secret and its status; bench/README.md):
 /// the bound's renewals per second is its rate over this.
 const REQUESTS_PER_RENEWAL: f64 = 2.0;
 /// A renewal that steps aside is looked at again within these bounds.
-const SHORTEST_WAIT: Duration = Duration::from_secs(1);
+const SHORTEST_WAIT: Duration = Duration::from_millis(250);
 const LONGEST_WAIT: Duration = Duration::from_secs(30);
+/// How old the index of due renewals may be. In a storm of thousands of
+/// renewals, each deferral then costs a binary search, not a scan of every
+/// Secret; and within this time the bound serves fewer renewals than there
+/// are reconcile slots, so the staleness holds nobody back for long.
+const REBUILD: Duration = Duration::from_millis(250);
 
 /// How the operator serves renewals.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -46,11 +56,8 @@ pub(super) fn step_aside(ctx: &Context, decision: &Decision, now: SystemTime) ->
         qps: Some(ctx.settings.kube_api_qps).filter(|&q| q > 0),
     };
     pace.qps?;
-    let due = ctx.secrets.state();
-    let times = due
-        .iter()
-        .filter_map(|s| s.state.as_ref().map(|st| (st.refresh_at, st.expires_at)));
-    let wait = wait(ahead(times, now, current.expires_at), pace)?;
+    let ahead = ctx.due_index.ahead(&ctx.secrets, now, current.expires_at);
+    let wait = wait(ahead, pace)?;
     // Renewals that keep failing stay due; they must not hold this one back
     // until its URL no longer reaches pods in time.
     let last_call = current
@@ -63,26 +70,67 @@ pub(super) fn step_aside(ctx: &Context, decision: &Decision, now: SystemTime) ->
 /// before it; None: it goes now.
 pub fn wait(ahead: usize, pace: Pace) -> Option<Duration> {
     let qps = f64::from(pace.qps?);
-    if ahead < pace.slots.max(1) || qps <= 0.0 {
+    // Twice the slots: the next renewals already wait their turn at the
+    // bound, so no slot idles while the ones ahead finish.
+    let queue = 2 * pace.slots.max(1);
+    if ahead < queue || qps <= 0.0 {
         return None;
     }
     let per_second = qps / REQUESTS_PER_RENEWAL;
-    let seconds = (ahead - pace.slots) as f64 / per_second;
+    let seconds = (ahead - queue) as f64 / per_second;
     Some(Duration::from_secs_f64(seconds).clamp(SHORTEST_WAIT, LONGEST_WAIT))
 }
 
-/// How many of `due` (each a URL's refresh and expiry time) are due at `now`
-/// and expire before `expires_at` (but after `now`: an expired URL is not
-/// renewed).
-pub fn ahead<I>(due: I, now: SystemTime, expires_at: SystemTime) -> usize
+/// The expiry times of the due renewals the Secret cache shows, sorted, as
+/// of a moment no older than REBUILD.
+#[derive(Default)]
+pub(super) struct DueIndex {
+    built: Mutex<Option<(Instant, Vec<SystemTime>)>>,
+}
+
+impl DueIndex {
+    /// How many due renewals expire before `expires_at` (and after `now`).
+    fn ahead(
+        &self,
+        secrets: &Store<ManagedSecret>,
+        now: SystemTime,
+        expires_at: SystemTime,
+    ) -> usize {
+        let mut built = self.built.lock().unwrap_or_else(|p| p.into_inner());
+        if built.as_ref().is_none_or(|(at, _)| at.elapsed() >= REBUILD) {
+            let all = secrets.state();
+            let times = all
+                .iter()
+                .filter_map(|s| s.state.as_ref().map(|st| (st.refresh_at, st.expires_at)));
+            *built = Some((Instant::now(), due_expiries(times, now)));
+        }
+        built
+            .as_ref()
+            .map_or(0, |(_, due)| rank(due, now, expires_at))
+    }
+}
+
+/// The expiry times of those of `urls` (each a refresh and an expiry time)
+/// that are due at `now` and not expired, sorted.
+pub fn due_expiries<I>(urls: I, now: SystemTime) -> Vec<SystemTime>
 where
     I: IntoIterator<Item = (Option<SystemTime>, SystemTime)>,
 {
-    due.into_iter()
-        .filter(|(refresh_at, expiry)| {
-            refresh_at.is_some_and(|at| at <= now) && now < *expiry && *expiry < expires_at
-        })
-        .count()
+    let mut due: Vec<SystemTime> = urls
+        .into_iter()
+        .filter(|(refresh_at, expiry)| refresh_at.is_some_and(|at| at <= now) && now < *expiry)
+        .map(|(_, expiry)| expiry)
+        .collect();
+    due.sort_unstable();
+    due
+}
+
+/// How many of the sorted `due` expire before `expires_at` and after `now`
+/// (the index may be a moment old: URLs that expired since do not count).
+pub fn rank(due: &[SystemTime], now: SystemTime, expires_at: SystemTime) -> usize {
+    let expired = due.partition_point(|e| *e <= now);
+    let sooner = due.partition_point(|e| *e < expires_at);
+    sooner.saturating_sub(expired)
 }
 
 #[cfg(test)]
@@ -95,17 +143,17 @@ mod tests {
     };
 
     #[test]
-    fn with_fewer_ahead_than_slots_a_renewal_goes_now() {
+    fn with_fewer_ahead_than_twice_the_slots_a_renewal_goes_now() {
         assert_eq!(wait(0, PACE), None);
-        assert_eq!(wait(15, PACE), None);
+        assert_eq!(wait(31, PACE), None);
     }
 
     #[test]
     fn a_renewal_behind_a_backlog_waits_about_as_long_as_the_bound_needs() {
         // 100 requests/s, 2 per renewal: 50 renewals a second.
-        let w = wait(16 + 500, PACE).expect("waits");
+        let w = wait(32 + 500, PACE).expect("waits");
         assert!((w.as_secs_f64() - 10.0).abs() < 0.01, "{w:?}");
-        assert_eq!(wait(17, PACE), Some(SHORTEST_WAIT));
+        assert_eq!(wait(33, PACE), Some(SHORTEST_WAIT));
         assert_eq!(wait(100_000, PACE), Some(LONGEST_WAIT));
     }
 
@@ -122,7 +170,7 @@ mod tests {
     fn only_due_renewals_that_expire_sooner_count() {
         let t = |s| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
         let now = t(1000);
-        let due = vec![
+        let urls = vec![
             (Some(t(900)), t(1100)),  // due, expires sooner: ahead
             (Some(t(1000)), t(1199)), // due now, sooner: ahead
             (Some(t(900)), t(1200)),  // same expiry: not ahead
@@ -131,6 +179,12 @@ mod tests {
             (None, t(1010)),          // never renewed
             (Some(t(500)), t(999)),   // expired already
         ];
-        assert_eq!(ahead(due, now, t(1200)), 2);
+        let due = due_expiries(urls, now);
+        assert_eq!(due, vec![t(1100), t(1199), t(1200), t(1300)]);
+        assert_eq!(rank(&due, now, t(1200)), 2);
+        // A moment later the index is not rebuilt yet: what expired since
+        // no longer counts.
+        assert_eq!(rank(&due, t(1150), t(1200)), 1);
+        assert_eq!(rank(&due, now, t(1000)), 0);
     }
 }

@@ -201,6 +201,7 @@ pub(crate) mod tests {
             rollouts_done: Mutex::default(),
             upload_checks: Mutex::default(),
             deleted: Mutex::default(),
+            due_index: crate::controller::priority::DueIndex::default(),
         }
     }
 
