@@ -11,7 +11,7 @@ CONSUMER_IMAGE ?= docker.io/library/upload-grant-consumers:dev
 
 PREFIX ?= $(HOME)/.local
 
-.PHONY: all build release install-plugin image image-check consumer-image crds lint test bench chaos demo testenv testenv-down testenv-build deps
+.PHONY: all build release install-plugin image image-check consumer-image crds lint deny test bench chaos demo testenv testenv-down testenv-build deps
 
 all: build
 
@@ -52,11 +52,16 @@ crds:
 	$(CARGO) run --quiet --bin crdgen -- --out-dir crds
 	$(CARGO) run --quiet --bin crdgen -- --out-dir charts/upload-grant-operator/files/crds
 
-# cargo-deny: licenses, banned crates and sources (deny.toml), offline (no advisory database).
-lint:
+lint: deny
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	tools/hadolint.sh Dockerfile
+
+## deny: cargo-deny's licenses, bans and sources checks (deny.toml). It reads `cargo metadata`, which
+## needs every crate in Cargo.lock for every target platform, not just those this one builds: they
+## are fetched first (--locked), then the check runs offline (no advisory database).
+deny:
+	$(CARGO) fetch --locked
 	tools/cargo-deny.sh --offline --locked check licenses bans sources
 
 ## testenv-build: build kube-apiserver, etcd, kubectl, helm and the S3/STS server into the cache
