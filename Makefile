@@ -11,7 +11,7 @@ CONSUMER_IMAGE ?= docker.io/library/upload-grant-consumers:dev
 
 PREFIX ?= $(HOME)/.local
 
-.PHONY: all build release install-plugin image image-check consumer-image crds lint deny test bench chaos demo testenv testenv-down testenv-build deps
+.PHONY: all build release install-plugin image image-check consumer-image crds lint deny fresh-check test bench chaos demo testenv testenv-down testenv-build deps
 
 all: build
 
@@ -76,10 +76,15 @@ testenv: deps
 testenv-down:
 	@$(TESTENV)/down.sh
 
+## fresh-check: deps, deny and hadolint from an empty CARGO_HOME and component cache, as on a new
+## machine (tools/fresh-check.sh)
+fresh-check:
+	@tools/fresh-check.sh
+
 ## test: everything CI runs. The images come first: the node tests install
 ## the chart, which runs the operator's image, and run consumer pods (the
 ## tests import both archives into the node).
-test: deps testenv-build lint image consumer-image
+test: deps testenv-build lint fresh-check image consumer-image
 	$(TESTENV)/with-env.sh $(CARGO) test --all-targets --no-fail-fast
 	IMAGE=$(IMAGE) $(CARGO) test --test image -- --include-ignored
 
