@@ -2,13 +2,14 @@
 //! and says what happened as a `Report`. The only stage with side effects
 //! on Secrets; what to do was settled by `decide`.
 
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use kube::ResourceExt;
 
 use super::Context;
 use super::build::{self, Issued, IssuedState, Signed, format_time};
 use super::decide::{self, Decision, Report, SignPlan};
+use super::memo::GrantMemo;
 use super::multipart;
 use super::secrets::{self, ManagedSecret, Slot, Written};
 use super::validate::secret_name;
@@ -23,33 +24,37 @@ pub type Applied = (Report, Option<Error>);
 pub async fn carry_out(
     ctx: &Context,
     grant: &UploadGrant,
+    memo: &mut GrantMemo,
     decision: Decision,
     now: SystemTime,
 ) -> Result<Applied> {
     let report = match decision {
         Decision::Revoke { reason, message } => {
             // Read before the Secret that records it goes.
-            let recorded = multipart::secret_upload(ctx, grant)
+            let recorded = multipart::secret_upload(ctx, grant, memo)
                 .map(|u| u.id)
                 .or_else(|| grant.status.as_ref()?.upload_id.clone());
-            let removed = revoke_all(ctx, grant).await?;
+            let removed = revoke_all(ctx, grant, memo).await?;
             if reason == Reason::Completed {
                 let mut report = Report::revoked(reason, message, removed);
                 report.upload_id = recorded;
                 return Ok((report, None));
             }
-            return Ok(match multipart::abort_grant_uploads(ctx, grant).await {
-                Ok(aborted) => {
-                    let message = aborted_message(message, aborted);
-                    (Report::revoked(reason, message, removed), None)
-                }
-                Err(e) => {
-                    let message = format!("{message}; aborting the multipart upload failed: {e}");
-                    let mut report = Report::revoked(reason, message, removed);
-                    report.upload_id = recorded;
-                    (report, Some(e.into()))
-                }
-            });
+            return Ok(
+                match multipart::abort_grant_uploads(ctx, grant, memo).await {
+                    Ok(aborted) => {
+                        let message = aborted_message(message, aborted);
+                        (Report::revoked(reason, message, removed), None)
+                    }
+                    Err(e) => {
+                        let message =
+                            format!("{message}; aborting the multipart upload failed: {e}");
+                        let mut report = Report::revoked(reason, message, removed);
+                        report.upload_id = recorded;
+                        (report, Some(e.into()))
+                    }
+                },
+            );
         }
         Decision::Conflict { secret_name } => Report::conflict(&secret_name),
         Decision::Keep {
@@ -58,10 +63,10 @@ pub async fn carry_out(
             stale,
             wake_at,
         } => {
-            let removed = remove_stale(ctx, grant, stale.as_deref()).await?;
+            let removed = remove_stale(ctx, grant, memo, stale.as_deref()).await?;
             Report::ready(&secret_name, *state, removed).waking_at(wake_at)
         }
-        Decision::Sign(plan) => return sign_and_write(ctx, grant, &plan, now).await,
+        Decision::Sign(plan) => return sign_and_write(ctx, grant, memo, &plan, now).await,
     };
     Ok((report, None))
 }
@@ -87,25 +92,28 @@ enum Failure {
 async fn sign_and_write(
     ctx: &Context,
     grant: &UploadGrant,
+    memo: &mut GrantMemo,
     plan: &SignPlan,
     now: SystemTime,
 ) -> Result<Applied> {
     // A changed name revokes the old Secret at once, whatever follows.
-    remove_stale(ctx, grant, plan.stale.as_deref()).await?;
-    let issued = match sign(ctx, grant, plan, now).await {
+    remove_stale(ctx, grant, memo, plan.stale.as_deref()).await?;
+    let issued = match sign(ctx, grant, memo, plan, now).await {
         Ok(issued) => issued,
-        Err(failure) => return fail(ctx, grant, plan, now, failure).await,
+        Err(failure) => return fail(ctx, grant, memo, plan, now, failure).await,
     };
     let name = plan.valid.secret_name.as_str();
     let secret = build::build_secret(grant, &plan.valid, &issued)?;
     match write(ctx, grant, plan, &secret, now).await? {
-        WriteEnd::Written => ctx.remember_secret(grant, ManagedSecret::written(&secret)),
+        WriteEnd::Written => {
+            memo.secret = Some((Instant::now(), Box::new(ManagedSecret::written(&secret))));
+        }
         WriteEnd::Current(state) => return Ok((Report::ready(name, state, false), None)),
         WriteEnd::Conflict => return Ok((Report::conflict(name), None)),
         WriteEnd::Refused(reason) => {
             let reason = issued.presigned.redact(&reason);
             let message = format!("the apiserver refused Secret {name:?}: {reason}");
-            let removed = revoke_all(ctx, grant).await?;
+            let removed = revoke_all(ctx, grant, memo).await?;
             return Ok((Report::revoked(Reason::InvalidSpec, message, removed), None));
         }
     }
@@ -121,6 +129,7 @@ async fn sign_and_write(
 async fn sign(
     ctx: &Context,
     grant: &UploadGrant,
+    memo: &mut GrantMemo,
     plan: &SignPlan,
     now: SystemTime,
 ) -> Result<Issued, Failure> {
@@ -146,7 +155,7 @@ async fn sign(
     }
     let presigned = if let Some((parts, part_size)) = plan.valid.multipart {
         let client = ctx.presigner.s3_client(&plan.target, credentials.clone());
-        let upload_id = multipart::ensure_upload(ctx, grant, plan, &client)
+        let upload_id = multipart::ensure_upload(grant, memo, plan, &client)
             .await
             .map_err(Failure::Multipart)?;
         let input = MultipartInput {
@@ -213,14 +222,14 @@ fn no_gain(plan: &SignPlan, new_expiry: SystemTime, failure: Option<String>) -> 
 async fn fail(
     ctx: &Context,
     grant: &UploadGrant,
+    memo: &mut GrantMemo,
     plan: &SignPlan,
     now: SystemTime,
     failure: Failure,
 ) -> Result<Applied> {
     let kept = plan.keeps_current_on_failure(now);
     if kept.is_none() {
-        let namespace = grant.namespace().unwrap_or_default();
-        secrets::remove(ctx, grant, &namespace, &plan.valid.secret_name).await?;
+        remove(ctx, grant, memo, &plan.valid.secret_name).await?;
     }
     let (reason, detail, error, metric) = match failure {
         Failure::Credentials(e) => (
@@ -304,20 +313,37 @@ async fn write(
     )
 }
 
-/// Removes a Secret the grant wrote under a name it no longer uses.
-async fn remove_stale(ctx: &Context, grant: &UploadGrant, stale: Option<&str>) -> Result<bool> {
-    let Some(name) = stale else { return Ok(false) };
+/// Removes the grant's Secret by this name, if it is the grant's own. The
+/// Secret the record remembers writing is forgotten first: the removal
+/// looks it up afresh (the cache, else the server).
+async fn remove(
+    ctx: &Context,
+    grant: &UploadGrant,
+    memo: &mut GrantMemo,
+    name: &str,
+) -> Result<bool> {
+    memo.secret = None;
     let namespace = grant.namespace().unwrap_or_default();
     secrets::remove(ctx, grant, &namespace, name).await
 }
 
+/// Removes a Secret the grant wrote under a name it no longer uses.
+async fn remove_stale(
+    ctx: &Context,
+    grant: &UploadGrant,
+    memo: &mut GrantMemo,
+    stale: Option<&str>,
+) -> Result<bool> {
+    let Some(name) = stale else { return Ok(false) };
+    remove(ctx, grant, memo, name).await
+}
+
 /// Removes every Secret this grant owns: the one its spec names and the one
 /// its status names. Returns whether anything was removed.
-pub async fn revoke_all(ctx: &Context, grant: &UploadGrant) -> Result<bool> {
-    let namespace = grant.namespace().unwrap_or_default();
+pub async fn revoke_all(ctx: &Context, grant: &UploadGrant, memo: &mut GrantMemo) -> Result<bool> {
     let mut any = false;
     for name in owned_names(grant) {
-        any |= secrets::remove(ctx, grant, &namespace, &name).await?;
+        any |= remove(ctx, grant, memo, &name).await?;
     }
     Ok(any)
 }

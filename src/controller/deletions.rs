@@ -10,7 +10,7 @@ use futures::StreamExt;
 use futures::channel::mpsc;
 use kube::ResourceExt;
 
-use super::{Context, backoff, finalizer, reconcile};
+use super::{Context, backoff, finalizer, grant_key, reconcile};
 use crate::api::UploadGrant;
 
 /// Attempts per deleted grant; garbage collection removes what they miss.
@@ -28,19 +28,23 @@ pub async fn run(ctx: Arc<Context>, deleted: mpsc::UnboundedReceiver<UploadGrant
 }
 
 async fn revoke(ctx: &Context, grant: &UploadGrant) {
-    ctx.mark_deleted(grant);
+    let key = grant_key(grant);
+    ctx.tombstones.insert(key);
     if finalizer::wanted(grant) {
         // Its finalizer held it until the reconcile had revoked it.
-        ctx.metrics.grant_state(super::grant_key(grant), None, None);
-        ctx.forget(grant);
+        ctx.metrics.grant_state(key, None, None);
+        ctx.memos.forget(key);
         return;
     }
+    // The record, if no pass holds it: the Secret a pass wrote a moment ago
+    // is removed even before the cache shows it.
+    let mut memo = ctx.memos.take(key);
     for attempt in 1..=ATTEMPTS {
         // A grant deleted without a finalizer goes at once; one with a
         // deletion timestamp waited on a finalizer, and the reconcile of its
         // deleting state revoked and announced it.
         let announce = grant.metadata.deletion_timestamp.is_none();
-        match reconcile::revoke_deleted(grant, ctx, announce).await {
+        match reconcile::revoke_deleted(grant, ctx, &mut memo, announce).await {
             Ok(()) => return,
             Err(e) => {
                 tracing::warn!(
@@ -58,6 +62,6 @@ async fn revoke(ctx: &Context, grant: &UploadGrant) {
         }
     }
     // Garbage collection removes the Secret; the operator forgets the grant.
-    ctx.metrics.grant_state(super::grant_key(grant), None, None);
-    ctx.forget(grant);
+    ctx.metrics.grant_state(key, None, None);
+    ctx.memos.forget(key);
 }

@@ -11,6 +11,7 @@ pub(crate) mod events;
 mod finalizer;
 mod issuer_status;
 mod managed;
+mod memo;
 pub mod multipart;
 mod priority;
 mod reconcile;
@@ -20,9 +21,8 @@ pub(crate) mod secrets;
 mod status;
 pub mod validate;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use futures::channel::mpsc;
 use futures::stream::BoxStream;
@@ -34,7 +34,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 
-use crate::api::{ClusterGrantIssuer, Reason, UploadGrant};
+use crate::api::{ClusterGrantIssuer, UploadGrant};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::server::Readiness;
@@ -77,38 +77,14 @@ pub struct Context {
     pub secrets: Store<secrets::ManagedSecret>,
     pub events: events::Events,
     pub metrics: Arc<Metrics>,
-    failures: Mutex<HashMap<ObjectRef<UploadGrant>, u32>>,
-    /// The last status written for each grant. Our own writes wake the grant
-    /// again, often before the cache holds the new status; without this, each
-    /// such wake-up would write the same status once more.
-    written: Mutex<HashMap<u64, (u64, u64)>>,
-    /// Grants whose generation settled (`decide::Settled`): generation,
-    /// reason and message. The status says so too, but the cache may not
-    /// show it yet when the pass's own side effects (the Secret it removed)
-    /// wake the grant again.
-    settled: Mutex<HashMap<u64, (i64, Reason, String)>>,
-    /// The Secret each grant's last pass wrote, until the cache shows it: a
-    /// pass that comes sooner (the grant's own finalizer or status event)
-    /// reads it instead of taking the name for free and signing again.
-    written_secrets: Mutex<HashMap<u64, (Instant, secrets::ManagedSecret)>>,
-    /// The URL fingerprint each grant's rollout targets were last found up
-    /// to date for (or told about): saves a GET per target on every pass.
-    rollouts_done: Mutex<HashMap<u64, String>>,
-    /// When each multipart grant's upload was last looked at (`multipart::probe`).
-    upload_checks: Mutex<HashMap<u64, Instant>>,
-    /// Grants the watch reported deleted, and when: a pass that was running
-    /// then revokes what it wrote (`reconcile::run`).
-    deleted: Mutex<HashMap<u64, Instant>>,
+    /// What is remembered about each grant between passes (`memo`).
+    memos: memo::Memos,
+    /// Grants the watch reported deleted: a pass that was running then
+    /// revokes what it wrote (`reconcile::run`) and commits nothing.
+    tombstones: memo::Tombstones,
     /// The due renewals, by expiry (`priority`).
     due_index: priority::DueIndex,
 }
-
-/// How long a deletion is remembered: longer than any pass takes.
-const DELETED_TTL: Duration = Duration::from_secs(300);
-
-/// Longest a written Secret stands in for the cache; the watch brings it
-/// back within milliseconds.
-const WRITTEN_SECRET_TTL: Duration = Duration::from_secs(60);
 
 impl Context {
     fn new(parts: Parts, settings: Settings, caches: Caches) -> Self {
@@ -126,165 +102,10 @@ impl Context {
             namespaces: caches.namespaces,
             secrets: caches.secrets,
             metrics: parts.metrics,
-            failures: Mutex::default(),
-            written: Mutex::default(),
-            settled: Mutex::default(),
-            written_secrets: Mutex::default(),
-            rollouts_done: Mutex::default(),
-            upload_checks: Mutex::default(),
-            deleted: Mutex::default(),
+            memos: memo::Memos::default(),
+            tombstones: memo::Tombstones::default(),
             due_index: priority::DueIndex::default(),
         }
-    }
-
-    fn upload_check_due(&self, grant: &UploadGrant) -> bool {
-        let checks = self.upload_checks.lock().unwrap_or_else(|p| p.into_inner());
-        checks
-            .get(&grant_key(grant))
-            .is_none_or(|at| at.elapsed() >= self.settings.multipart_check_interval)
-    }
-
-    fn record_upload_check(&self, grant: &UploadGrant) {
-        let mut checks = self.upload_checks.lock().unwrap_or_else(|p| p.into_inner());
-        checks.insert(grant_key(grant), Instant::now());
-    }
-
-    fn forget_upload_check(&self, grant: &UploadGrant) {
-        let mut checks = self.upload_checks.lock().unwrap_or_else(|p| p.into_inner());
-        checks.remove(&grant_key(grant));
-    }
-
-    fn mark_deleted(&self, grant: &UploadGrant) {
-        let mut deleted = self.deleted.lock().unwrap_or_else(|p| p.into_inner());
-        deleted.retain(|_, at| at.elapsed() < DELETED_TTL);
-        deleted.insert(grant_key(grant), Instant::now());
-    }
-
-    /// Whether the watch reported this grant deleted.
-    fn deleted(&self, grant: &UploadGrant) -> bool {
-        let deleted = self.deleted.lock().unwrap_or_else(|p| p.into_inner());
-        deleted.contains_key(&grant_key(grant))
-    }
-
-    fn rollouts_done(&self, grant: &UploadGrant, fingerprint: &str) -> bool {
-        let done = self.rollouts_done.lock().unwrap_or_else(|p| p.into_inner());
-        done.get(&grant_key(grant))
-            .is_some_and(|f| f == fingerprint)
-    }
-
-    fn record_rollouts_done(&self, grant: &UploadGrant, fingerprint: &str) {
-        let mut done = self.rollouts_done.lock().unwrap_or_else(|p| p.into_inner());
-        done.insert(grant_key(grant), fingerprint.to_owned());
-    }
-
-    fn remember_secret(&self, grant: &UploadGrant, secret: secrets::ManagedSecret) {
-        let mut written = self
-            .written_secrets
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        written.insert(grant_key(grant), (Instant::now(), secret));
-    }
-
-    fn forget_secret(&self, grant: &UploadGrant) {
-        let mut written = self
-            .written_secrets
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        written.remove(&grant_key(grant));
-    }
-
-    /// Who holds the name: the cache, unless it has not caught up with a
-    /// Secret this operator wrote for the grant a moment ago.
-    fn secret_slot(&self, grant: &UploadGrant, namespace: &str, name: &str) -> secrets::Slot {
-        use secrets::Slot;
-        let cached = secrets::cached_slot(self, grant, namespace, name);
-        let mut written = self
-            .written_secrets
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let key = grant_key(grant);
-        let Some((at, mine)) = written.get(&key) else {
-            return cached;
-        };
-        let fingerprint =
-            |s: &secrets::ManagedSecret| s.state.as_ref().map(|x| x.fingerprint.clone());
-        let behind = match &cached {
-            Slot::Free => true,
-            Slot::Ours(seen) => fingerprint(seen) != fingerprint(mine),
-            Slot::Foreign => false,
-        };
-        if behind && at.elapsed() < WRITTEN_SECRET_TTL && mine.name_any() == name {
-            return Slot::Ours(Box::new(mine.clone()));
-        }
-        written.remove(&key);
-        cached
-    }
-
-    fn record_failure(&self, grant: &ObjectRef<UploadGrant>) -> u32 {
-        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        let n = failures.entry(grant.clone()).or_insert(0);
-        *n = n.saturating_add(1);
-        *n
-    }
-
-    fn remember_settled(&self, grant: &UploadGrant, report: &decide::Report) {
-        let mut settled = self.settled.lock().unwrap_or_else(|p| p.into_inner());
-        match grant.metadata.generation {
-            Some(generation) if decide::Settled::holds(report.reason) => {
-                let entry = (generation, report.reason, report.message.clone());
-                settled.insert(grant_key(grant), entry);
-            }
-            _ => {
-                settled.remove(&grant_key(grant));
-            }
-        }
-    }
-
-    fn settled(&self, grant: &UploadGrant) -> Option<(Reason, String)> {
-        let settled = self.settled.lock().unwrap_or_else(|p| p.into_inner());
-        settled
-            .get(&grant_key(grant))
-            .filter(|(generation, ..)| Some(*generation) == grant.metadata.generation)
-            .map(|(_, reason, message)| (*reason, message.clone()))
-    }
-
-    fn status_written(&self, w: status::WrittenStatus) -> bool {
-        let written = self.written.lock().unwrap_or_else(|p| p.into_inner());
-        written.get(&w.grant) == Some(&(w.before, w.status))
-    }
-
-    fn record_status(&self, w: status::WrittenStatus) {
-        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
-        written.insert(w.grant, (w.before, w.status));
-    }
-
-    fn forget_status(&self, grant: &UploadGrant) {
-        self.forget_status_key(grant_key(grant));
-    }
-
-    /// Drops everything kept about a deleted grant.
-    fn forget(&self, grant: &UploadGrant) {
-        self.forget_status(grant);
-        self.forget_secret(grant);
-        let mut settled = self.settled.lock().unwrap_or_else(|p| p.into_inner());
-        settled.remove(&grant_key(grant));
-        let mut done = self.rollouts_done.lock().unwrap_or_else(|p| p.into_inner());
-        done.remove(&grant_key(grant));
-        drop(done);
-        self.forget_upload_check(grant);
-        self.clear_failures(&ObjectRef::from_obj(grant));
-    }
-
-    fn forget_status_key(&self, key: u64) {
-        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
-        written.remove(&key);
-    }
-
-    fn clear_failures(&self, grant: &ObjectRef<UploadGrant>) {
-        self.failures
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(grant);
     }
 }
 
@@ -332,7 +153,8 @@ pub fn retry_delay(failures: u32, expires_at: Option<SystemTime>, now: SystemTim
 }
 
 fn error_policy(grant: Arc<UploadGrant>, error: &Error, ctx: Arc<Context>) -> Action {
-    let n = ctx.record_failure(&ObjectRef::from_obj(grant.as_ref()));
+    // The failed pass counted itself in the grant's record.
+    let n = ctx.memos.failures(grant_key(&grant)).max(1);
     let expires_at = grant
         .status
         .as_ref()
@@ -702,6 +524,8 @@ fn watch_namespaces(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
     use super::*;
 
     fn grant(ns: &str, name: &str) -> UploadGrant {

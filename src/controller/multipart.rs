@@ -3,7 +3,7 @@
 //! assembled, and abort it when the grant is revoked. What to do when is
 //! decided in `decide`; this module only talks to S3.
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use aws_sdk_s3::Client;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
@@ -14,7 +14,8 @@ use kube::runtime::reflector::ObjectRef;
 use super::Context;
 use super::build::Upload;
 use super::decide::{self, SignPlan};
-use super::secrets::Slot;
+use super::memo::GrantMemo;
+use super::secrets::{self, Slot};
 use super::validate::{ValidGrant, secret_name};
 use crate::api::condition::ready_condition;
 use crate::api::{Reason, S3Target, SseType, UploadGrant};
@@ -218,10 +219,10 @@ fn recorded(grant: &UploadGrant, in_secret: Option<Upload>) -> Vec<Upload> {
 
 /// The upload the grant's Secret records, as the cache (or this
 /// operator's own last write) shows it.
-pub fn secret_upload(ctx: &Context, grant: &UploadGrant) -> Option<Upload> {
+pub fn secret_upload(ctx: &Context, grant: &UploadGrant, memo: &mut GrantMemo) -> Option<Upload> {
     let namespace = grant.namespace().unwrap_or_default();
     let name = secret_name(&grant.spec, &grant.name_any());
-    match ctx.secret_slot(grant, &namespace, &name) {
+    match memo.slot(secrets::cached_slot(ctx, grant, &namespace, &name), &name) {
         Slot::Ours(s) => s.state.as_ref()?.upload.clone(),
         _ => None,
     }
@@ -250,8 +251,12 @@ pub enum Aborted {
 /// (only when none is recorded: the crash window between creating an
 /// upload and recording it) the open uploads of its key started since the
 /// grant was created.
-pub async fn abort_grant_uploads(ctx: &Context, grant: &UploadGrant) -> Result<Aborted> {
-    let recorded = recorded(grant, secret_upload(ctx, grant));
+pub async fn abort_grant_uploads(
+    ctx: &Context,
+    grant: &UploadGrant,
+    memo: &mut GrantMemo,
+) -> Result<Aborted> {
+    let recorded = recorded(grant, secret_upload(ctx, grant, memo));
     if grant.spec.multipart.is_none() && recorded.is_empty() {
         return Ok(Aborted::Nothing);
     }
@@ -280,7 +285,7 @@ pub async fn abort_grant_uploads(ctx: &Context, grant: &UploadGrant) -> Result<A
     for u in &uploads {
         abort(&client, &u.bucket, &u.key, &u.id).await?;
     }
-    ctx.forget_upload_check(grant);
+    memo.upload_checked = None;
     Ok(match uploads.len() {
         0 => Aborted::Nothing,
         n => Aborted::Uploads(n),
@@ -320,8 +325,8 @@ fn created_at(grant: &UploadGrant) -> Option<SystemTime> {
 /// others of them are aborted), else a new one. An upload recorded for an
 /// older spec is aborted first.
 pub async fn ensure_upload(
-    ctx: &Context,
     grant: &UploadGrant,
+    memo: &mut GrantMemo,
     plan: &SignPlan,
     client: &Client,
 ) -> Result<String> {
@@ -346,7 +351,7 @@ pub async fn ensure_upload(
         }
     }
     let id = create(client, &plan.valid).await?;
-    ctx.record_upload_check(grant);
+    memo.upload_checked = Some(Instant::now());
     tracing::info!(grant = %grant.name_any(), upload_id = %id, "created multipart upload");
     Ok(id)
 }
@@ -355,16 +360,21 @@ pub async fn ensure_upload(
 /// most once per `--multipart-check-interval`), to notice that it was
 /// completed or aborted. None when not due, not multipart, nothing is
 /// recorded, or S3 did not answer (logged; the next look will tell).
-pub async fn probe(ctx: &Context, grant: &UploadGrant) -> Option<UploadState> {
+pub async fn probe(
+    ctx: &Context,
+    grant: &UploadGrant,
+    memo: &mut GrantMemo,
+) -> Option<UploadState> {
     grant.spec.multipart.as_ref()?;
-    if grant.spec.suspend || completed(grant) || !ctx.upload_check_due(grant) {
+    let interval = ctx.settings.multipart_check_interval;
+    if grant.spec.suspend || completed(grant) || !memo.upload_check_due(interval) {
         return None;
     }
-    let upload = recorded(grant, secret_upload(ctx, grant))
+    let upload = recorded(grant, secret_upload(ctx, grant, memo))
         .into_iter()
         .next()?;
     let target = target(ctx, grant)?;
-    ctx.record_upload_check(grant);
+    memo.upload_checked = Some(Instant::now());
     let result = match client(ctx, &target).await {
         Ok(client) => state(&client, &upload.bucket, &upload.key, &upload.id).await,
         Err(e) => Err(e),

@@ -17,23 +17,30 @@ use kube::{Api, Resource, ResourceExt};
 use super::build::whole_seconds;
 use super::decide::{self, Decision, Observed, Settled, Wake};
 use super::events::{EventReason, Note};
-use super::secrets::Slot;
+use super::memo::{GrantMemo, SettledAt};
+use super::secrets::{self, Slot};
 use super::validate::secret_name;
 use super::{Context, apply, finalizer, grant_key, multipart, priority, rollout, status};
 use crate::api::{ClusterGrantIssuer, Reason, UploadGrant};
 use crate::error::{Error, Result};
 
+/// One pass over the grant's record: taken when the pass starts, committed
+/// when it ends, also when it fails (the failure counts in it).
 pub async fn reconcile(grant: Arc<UploadGrant>, ctx: Arc<Context>) -> Result<Action> {
     let started = std::time::Instant::now();
-    let result = run(grant.clone(), &ctx).await;
+    let key = grant_key(&grant);
+    let mut memo = ctx.memos.take(key);
+    let result = run(grant, &ctx, &mut memo).await;
+    memo.failures = match result {
+        Ok(_) => 0,
+        Err(_) => memo.failures.saturating_add(1),
+    };
+    ctx.memos.commit(key, memo, &ctx.tombstones);
     ctx.metrics.reconciled(started.elapsed());
-    if result.is_ok() {
-        ctx.clear_failures(&ObjectRef::from_obj(grant.as_ref()));
-    }
     result
 }
 
-async fn run(mut grant: Arc<UploadGrant>, ctx: &Context) -> Result<Action> {
+async fn run(mut grant: Arc<UploadGrant>, ctx: &Context, memo: &mut GrantMemo) -> Result<Action> {
     let namespace = grant.namespace().ok_or(Error::IncompleteObject)?;
     let api: Api<UploadGrant> = Api::namespaced(ctx.client.clone(), &namespace);
     let deleting = |g: &UploadGrant| g.meta().deletion_timestamp.is_some();
@@ -43,11 +50,11 @@ async fn run(mut grant: Arc<UploadGrant>, ctx: &Context) -> Result<Action> {
         grant = Arc::new(finalizer::add(&api, &grant).await?);
     }
     if !deleting(&grant) {
-        let action = pass(&grant, ctx).await;
+        let action = pass(&grant, ctx, memo).await;
         // A deletion the watch reported while this pass ran: what the pass
         // wrote must not outlive the grant (its status write failed, too).
-        if ctx.deleted(&grant) {
-            cleanup(&grant, ctx).await?;
+        if ctx.tombstones.contains(grant_key(&grant)) {
+            cleanup(&grant, ctx, memo).await?;
             return Ok(Action::await_change());
         }
         return action;
@@ -55,7 +62,7 @@ async fn run(mut grant: Arc<UploadGrant>, ctx: &Context) -> Result<Action> {
     // Deleting, held by our finalizer (a grant that wants it, or one an
     // older version gave it) or by somebody else's: revoke now. A grant
     // without finalizers is revoked when the watch reports it gone.
-    cleanup(&grant, ctx).await?;
+    cleanup(&grant, ctx, memo).await?;
     if finalizer::has_finalizer(&grant) {
         finalizer::remove(&api, &grant).await?;
     }
@@ -63,8 +70,8 @@ async fn run(mut grant: Arc<UploadGrant>, ctx: &Context) -> Result<Action> {
 }
 
 /// One pass of the pipeline for a grant that is not being deleted.
-async fn pass(grant: &UploadGrant, ctx: &Context) -> Result<Action> {
-    let loaded = Loaded::load(grant, ctx);
+async fn pass(grant: &UploadGrant, ctx: &Context, memo: &mut GrantMemo) -> Result<Action> {
+    let loaded = Loaded::load(grant, ctx, memo);
     if loaded.namespace.is_none() {
         // The namespace cache has not seen the grant's namespace (yet, or
         // after a relist): judging it as unlabelled could revoke a grant
@@ -72,16 +79,16 @@ async fn pass(grant: &UploadGrant, ctx: &Context) -> Result<Action> {
         tracing::debug!(grant = %grant.name_any(), "namespace not in the cache yet; waiting");
         return Ok(Action::requeue(NAMESPACE_RETRY));
     }
-    let upload = multipart::probe(ctx, grant).await;
+    let upload = multipart::probe(ctx, grant, memo).await;
     let now = whole_seconds(SystemTime::now());
     let decision = loaded.decide(grant, upload, now);
     if let Some(wait) = priority::step_aside(ctx, &decision, now) {
         tracing::debug!(grant = %grant.name_any(), wait_ms = wait.as_millis(), "renewals that expire sooner go first");
         return Ok(Action::requeue(wait));
     }
-    let (report, error) = apply::carry_out(ctx, grant, decision, now).await?;
-    ctx.remember_settled(grant, &report);
-    let wrote = status::write(grant, ctx, &report).await?;
+    let (report, error) = apply::carry_out(ctx, grant, memo, decision, now).await?;
+    remember_settled(memo, grant, &report);
+    let wrote = status::write(grant, ctx, memo, &report).await?;
     if let Some(note) = &report.note {
         // A warning is said once, when the status changes, not on every retry.
         // Issued and Renewed are counted in metrics; as Events only if asked.
@@ -103,7 +110,7 @@ async fn pass(grant: &UploadGrant, ctx: &Context) -> Result<Action> {
         .as_ref()
         .filter(|_| report.reason == Reason::Issued)
     {
-        Some(state) => rollout::restart_owed(ctx, grant, state, now).await?,
+        Some(state) => rollout::restart_owed(ctx, grant, memo, state, now).await?,
         None => rollout::Outcome::default(),
     };
     for note in restarts.notes {
@@ -119,6 +126,20 @@ async fn pass(grant: &UploadGrant, ctx: &Context) -> Result<Action> {
         wake = wake.or_at(at, SystemTime::now());
     }
     Ok(action(wake))
+}
+
+/// Keeps a settled outcome for its generation, and forgets one that no
+/// longer holds.
+fn remember_settled(memo: &mut GrantMemo, grant: &UploadGrant, report: &decide::Report) {
+    memo.settled = grant
+        .metadata
+        .generation
+        .filter(|_| Settled::holds(report.reason))
+        .map(|generation| SettledAt {
+            generation,
+            reason: report.reason,
+            message: report.message.clone(),
+        });
 }
 
 fn action(wake: Wake) -> Action {
@@ -146,7 +167,7 @@ static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
 const NAMESPACE_RETRY: Duration = Duration::from_secs(5);
 
 impl<'a> Loaded<'a> {
-    fn load(grant: &'a UploadGrant, ctx: &'a Context) -> Self {
+    fn load(grant: &'a UploadGrant, ctx: &'a Context, memo: &mut GrantMemo) -> Self {
         let namespace = grant.namespace().unwrap_or_default();
         let issuer_name = decide::issuer_name(grant, ctx.settings.default_issuer.as_deref());
         let name = secret_name(&grant.spec, &grant.name_any());
@@ -154,8 +175,10 @@ impl<'a> Loaded<'a> {
             issuer_name,
             issuer: issuer_name.and_then(|n| ctx.issuers.get(&ObjectRef::new(n))),
             namespace: ctx.namespaces.get(&ObjectRef::new(&namespace)),
-            secret: ctx.secret_slot(grant, &namespace, &name),
-            remembered: ctx.settled(grant),
+            secret: memo.slot(secrets::cached_slot(ctx, grant, &namespace, &name), &name),
+            remembered: memo
+                .settled(grant.metadata.generation)
+                .map(|(reason, message)| (reason, message.to_owned())),
             propagation: ctx.settings.propagation_budget,
         }
     }
@@ -193,8 +216,12 @@ impl<'a> Loaded<'a> {
 /// Deletion: revoke, publish it, and forget the grant. In a namespace being
 /// deleted the namespace's own deletion removes the Secrets, and may already
 /// have removed this operator's Role there (`operator.watchNamespaces`).
-pub(super) async fn cleanup(grant: &UploadGrant, ctx: &Context) -> Result<()> {
-    revoke_deleted(grant, ctx, false).await
+pub(super) async fn cleanup(
+    grant: &UploadGrant,
+    ctx: &Context,
+    memo: &mut GrantMemo,
+) -> Result<()> {
+    revoke_deleted(grant, ctx, memo, false).await
 }
 
 /// `cleanup` for a grant the watch reported gone. With `announce_held`, the
@@ -205,13 +232,14 @@ pub(super) async fn cleanup(grant: &UploadGrant, ctx: &Context) -> Result<()> {
 pub(super) async fn revoke_deleted(
     grant: &UploadGrant,
     ctx: &Context,
+    memo: &mut GrantMemo,
     announce_held: bool,
 ) -> Result<()> {
     if namespace_terminating(grant, ctx) {
         tracing::debug!(grant = %grant.name_any(), "namespace terminating; its deletion removes the Secret");
     } else {
         let held = announce_held && apply::holds_secret(ctx, grant);
-        if apply::revoke_all(ctx, grant).await? || held {
+        if apply::revoke_all(ctx, grant, memo).await? || held {
             let note = Note::new(EventReason::Revoked, "grant deleted; Secret removed");
             ctx.events.publish(grant, note);
         }
@@ -221,7 +249,7 @@ pub(super) async fn revoke_deleted(
     // and is retried with backoff.
     let has_upload = grant.status.as_ref().is_some_and(|s| s.upload_id.is_some());
     let aborted = match (finalizer::wanted(grant) || has_upload) && !multipart::completed(grant) {
-        true => multipart::abort_grant_uploads(ctx, grant).await?,
+        true => multipart::abort_grant_uploads(ctx, grant, memo).await?,
         false => multipart::Aborted::Nothing,
     };
     if aborted != multipart::Aborted::Nothing {
@@ -233,7 +261,10 @@ pub(super) async fn revoke_deleted(
         ctx.events.publish(grant, Note::new(reason, message));
     }
     ctx.metrics.grant_state(grant_key(grant), None, None);
-    ctx.forget(grant);
+    // Nothing is kept about a grant that is gone: the record committed at
+    // the end of this pass is empty.
+    *memo = GrantMemo::default();
+    ctx.memos.forget(grant_key(grant));
     Ok(())
 }
 

@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 use super::Context;
 use super::build::{IssuedState, MANAGER, format_time, parse_time};
 use super::events::{EventReason, Note};
+use super::memo::GrantMemo;
 use crate::api::{RolloutTarget, UploadGrant};
 use crate::error::Result;
 
@@ -106,12 +107,13 @@ pub struct Outcome {
 pub async fn restart_owed(
     ctx: &Context,
     grant: &UploadGrant,
+    memo: &mut GrantMemo,
     state: &IssuedState,
     now: SystemTime,
 ) -> Result<Outcome> {
     let mut outcome = Outcome::default();
     let targets = targets(grant);
-    if targets.is_empty() || ctx.rollouts_done(grant, &state.fingerprint) {
+    if targets.is_empty() || memo.rollouts_done.as_ref() == Some(&state.fingerprint) {
         return Ok(outcome);
     }
     let Some(debounce) = ctx.settings.rollout_restart_debounce else {
@@ -121,7 +123,7 @@ pub async fn restart_owed(
                 "spec.secret.rolloutRestartTargets is set, but this operator runs without rollout restarts (--rollout-restarts; Helm: rolloutRestarts.enabled=true); nothing was restarted",
             ));
         }
-        ctx.record_rollouts_done(grant, &state.fingerprint);
+        memo.rollouts_done = Some(state.fingerprint.clone());
         return Ok(outcome);
     };
     let namespace = grant.namespace().unwrap_or_default();
@@ -174,7 +176,7 @@ pub async fn restart_owed(
         }
     }
     if outcome.wake_at.is_none() {
-        ctx.record_rollouts_done(grant, &state.fingerprint);
+        memo.rollouts_done = Some(state.fingerprint.clone());
     }
     Ok(outcome)
 }
@@ -419,14 +421,15 @@ mod tests {
                 );
             });
             let s = state("sha256:2", 1000, Some("sha256:1"));
-            let out = restart_owed(&ctx, &grant(), &s, at(1000))
+            let mut memo = GrantMemo::default();
+            let out = restart_owed(&ctx, &grant(), &mut memo, &s, at(1000))
                 .await
                 .expect("restarted");
             let reasons: Vec<_> = out.notes.iter().map(|n| n.reason).collect();
             assert_eq!(reasons, [EventReason::RolloutRestarted]);
             assert_eq!(out.wake_at, None);
             // The same URL again (the Secret's own watch event): no request.
-            let again = restart_owed(&ctx, &grant(), &s, at(1001))
+            let again = restart_owed(&ctx, &grant(), &mut memo, &s, at(1001))
                 .await
                 .expect("nothing to do");
             assert!(again.notes.is_empty());
@@ -447,7 +450,8 @@ mod tests {
                 );
             });
             let s = state("sha256:2", 1000, Some("sha256:1"));
-            let out = restart_owed(&ctx, &grant(), &s, at(1000))
+            let mut memo = GrantMemo::default();
+            let out = restart_owed(&ctx, &grant(), &mut memo, &s, at(1000))
                 .await
                 .expect("reported, not an error");
             assert_eq!(out.notes.len(), 1);
@@ -458,7 +462,7 @@ mod tests {
                 out.notes[0].text
             );
             assert!(
-                restart_owed(&ctx, &grant(), &s, at(1001))
+                restart_owed(&ctx, &grant(), &mut memo, &s, at(1001))
                     .await
                     .expect("quiet")
                     .notes
@@ -476,7 +480,8 @@ mod tests {
                 assert!(handle.next_request().await.is_none(), "no request");
             });
             let s = state("sha256:2", 1000, Some("sha256:1"));
-            let out = restart_owed(&ctx, &grant(), &s, at(1000))
+            let mut memo = GrantMemo::default();
+            let out = restart_owed(&ctx, &grant(), &mut memo, &s, at(1000))
                 .await
                 .expect("reported");
             assert_eq!(out.notes.len(), 1);

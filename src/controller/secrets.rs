@@ -130,7 +130,6 @@ pub async fn remove(
     namespace: &str,
     name: &str,
 ) -> Result<bool> {
-    ctx.forget_secret(grant);
     let Slot::Ours(meta) = slot(ctx, grant, namespace, name).await? else {
         return Ok(false);
     };
@@ -156,7 +155,7 @@ fn api(ctx: &Context, namespace: &str) -> Api<Secret> {
 pub(crate) mod tests {
     //! Edge cases of ownership against a mocked API server: what requests are
     //! sent, and which are never sent.
-    use std::sync::{Arc, Mutex};
+    use std::sync::Arc;
 
     use http::{Request, Response};
     use kube::client::Body;
@@ -194,37 +193,10 @@ pub(crate) mod tests {
             namespaces: reflector::store().0,
             secrets: reflector::store().0,
             metrics: Arc::new(Metrics::default()),
-            failures: Mutex::default(),
-            written: Mutex::default(),
-            settled: Mutex::default(),
-            written_secrets: Mutex::default(),
-            rollouts_done: Mutex::default(),
-            upload_checks: Mutex::default(),
-            deleted: Mutex::default(),
+            memos: Default::default(),
+            tombstones: Default::default(),
             due_index: crate::controller::priority::DueIndex::default(),
         }
-    }
-
-    #[tokio::test]
-    async fn a_status_write_is_skipped_only_while_the_cache_shows_the_status_before_it() {
-        use crate::controller::status::WrittenStatus;
-        let (service, _handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let ctx = context(kube::Client::new(service, "ns"));
-        let wrote = WrittenStatus {
-            grant: 1,
-            before: 10,
-            status: 20,
-        };
-        assert!(!ctx.status_written(wrote), "nothing written yet");
-        ctx.record_status(wrote);
-        assert!(ctx.status_written(wrote), "the cache is behind our write");
-        let changed_meanwhile = WrittenStatus {
-            before: 30,
-            ..wrote
-        };
-        assert!(!ctx.status_written(changed_meanwhile), "someone else wrote");
-        ctx.forget_status_key(1);
-        assert!(!ctx.status_written(wrote), "forgotten after a failed write");
     }
 
     #[test]
@@ -375,43 +347,5 @@ pub(crate) mod tests {
             other => panic!("refused, not {other:?}"),
         }
         server.await.expect("mock server");
-    }
-
-    #[tokio::test]
-    async fn a_secret_just_written_stands_in_for_the_cache_until_removed() {
-        let (service, _handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let ctx = context(kube::Client::new(service, "ns"));
-        let g = grant();
-        assert!(matches!(ctx.secret_slot(&g, "ns", "g"), Slot::Free));
-        let meta: kube::api::PartialObjectMeta<Secret> =
-            serde_json::from_value(secret_meta("grant-uid")).expect("fixture");
-        let mut written = Secret {
-            metadata: meta.metadata,
-            ..Secret::default()
-        };
-        written.metadata.annotations = Some(
-            [
-                ("grants.io/spec-hash", "abc"),
-                ("grants.io/issued-at", "2026-11-29T10:00:00Z"),
-                ("grants.io/expires-at", "2026-11-29T11:00:00Z"),
-                ("grants.io/url-fingerprint", "sha256:0123"),
-            ]
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .into(),
-        );
-        ctx.remember_secret(&g, ManagedSecret::written(&written));
-        match ctx.secret_slot(&g, "ns", "g") {
-            Slot::Ours(s) => assert_eq!(
-                s.state.map(|s| s.fingerprint).as_deref(),
-                Some("sha256:0123")
-            ),
-            other => panic!("the written Secret, not {other:?}"),
-        }
-        assert!(
-            matches!(ctx.secret_slot(&g, "ns", "other-name"), Slot::Free),
-            "only for the name written"
-        );
-        ctx.forget_secret(&g);
-        assert!(matches!(ctx.secret_slot(&g, "ns", "g"), Slot::Free));
     }
 }

@@ -8,6 +8,7 @@ use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
 
 use super::decide::Report;
+use super::memo::{GrantMemo, StatusWrite};
 use super::{Context, MANAGER};
 use crate::api::condition::set_ready;
 use crate::api::{UploadGrant, UploadGrantStatus};
@@ -42,17 +43,23 @@ pub fn status_of(grant: &UploadGrant, report: &Report, now: Time) -> UploadGrant
 
 /// Writes the status the report gives; returns whether it changed, which
 /// it does not when the cache already shows it or it was just written.
-pub async fn write(grant: &UploadGrant, ctx: &Context, report: &Report) -> Result<bool> {
+pub async fn write(
+    grant: &UploadGrant,
+    ctx: &Context,
+    memo: &mut GrantMemo,
+    report: &Report,
+) -> Result<bool> {
     let old = grant.status.clone().unwrap_or_default();
     let new = status_of(grant, report, Time(jiff::Timestamp::now()));
     if new == old {
         return Ok(false);
     }
-    let written = WrittenStatus::of(grant, &old, &new);
-    if ctx.status_written(written) {
+    let written = status_write(&old, &new);
+    if memo.status == Some(written) {
         return Ok(false);
     }
-    ctx.forget_status(grant);
+    // Forgotten until the write is known to have landed.
+    memo.status = None;
     let patch = serde_json::json!({
         "apiVersion": "grants.io/v1alpha1",
         "kind": "UploadGrant",
@@ -66,35 +73,59 @@ pub async fn write(grant: &UploadGrant, ctx: &Context, report: &Report) -> Resul
             &Patch::Apply(&patch),
         )
         .await?;
-    ctx.record_status(written);
+    memo.status = Some(written);
     Ok(true)
 }
 
-/// A status write as hashes: which grant (its uid), the status the cache
-/// showed before it, and the status written, both without transition times
-/// (which a reconcile working from a stale cache would set afresh). A write
-/// is skipped only while the cache still shows the older status and the
-/// same status would be written again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WrittenStatus {
-    pub grant: u64,
-    pub before: u64,
-    pub status: u64,
+/// The write from `before` to `status` as hashes, without transition times
+/// (`memo::StatusWrite`).
+fn status_write(before: &UploadGrantStatus, status: &UploadGrantStatus) -> StatusWrite {
+    let timeless = |s: &UploadGrantStatus| {
+        let mut s = s.clone();
+        for c in &mut s.conditions {
+            c.last_transition_time = Time(jiff::Timestamp::UNIX_EPOCH);
+        }
+        super::hash(&serde_json::to_vec(&s).unwrap_or_default())
+    };
+    StatusWrite {
+        before: timeless(before),
+        status: timeless(status),
+    }
 }
 
-impl WrittenStatus {
-    fn of(grant: &UploadGrant, before: &UploadGrantStatus, status: &UploadGrantStatus) -> Self {
-        let timeless = |s: &UploadGrantStatus| {
-            let mut s = s.clone();
-            for c in &mut s.conditions {
-                c.last_transition_time = Time(jiff::Timestamp::UNIX_EPOCH);
-            }
-            super::hash(&serde_json::to_vec(&s).unwrap_or_default())
-        };
-        WrittenStatus {
-            grant: super::grant_key(grant),
-            before: timeless(before),
-            status: timeless(status),
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+
+    use super::*;
+
+    fn status(reason: &str, at: i64) -> UploadGrantStatus {
+        UploadGrantStatus {
+            conditions: vec![Condition {
+                type_: "Ready".into(),
+                status: "True".into(),
+                reason: reason.into(),
+                message: "m".into(),
+                observed_generation: Some(1),
+                last_transition_time: Time(
+                    jiff::Timestamp::from_second(at).unwrap_or(jiff::Timestamp::UNIX_EPOCH),
+                ),
+            }],
+            ..UploadGrantStatus::default()
         }
+    }
+
+    #[test]
+    fn a_status_write_is_the_same_whatever_its_transition_times() {
+        let (before, after) = (status("Issued", 10), status("Expired", 20));
+        let wrote = status_write(&before, &after);
+        // Computed afresh from a stale cache, a second later: the same write.
+        assert_eq!(
+            status_write(&status("Issued", 11), &status("Expired", 21)),
+            wrote
+        );
+        // The cache changed meanwhile (somebody else wrote): another write.
+        assert_ne!(status_write(&status("Denied", 10), &after), wrote);
+        assert_ne!(status_write(&before, &status("Suspended", 20)), wrote);
     }
 }
