@@ -18,7 +18,7 @@ pub enum Error {
     #[error("updating the finalizer: {0}")]
     Finalizer(#[source] kube::Error),
     #[error("multipart upload: {0}")]
-    Multipart(#[from] crate::controller::multipart::MultipartError),
+    Multipart(#[from] crate::uploads::MultipartError),
 }
 
 impl Error {
@@ -68,9 +68,7 @@ mod tests {
             Error::IncompleteObject,
             Error::Serialize(serde_json::Error::io(std::io::Error::other("broken pipe"))),
             Error::Finalizer(kube::Error::LinesCodecMaxLineLengthExceeded),
-            Error::Multipart(crate::controller::multipart::MultipartError::S3(
-                "AccessDenied".into(),
-            )),
+            Error::Multipart(crate::uploads::MultipartError::S3("AccessDenied".into())),
         ];
         // A new variant stops this match compiling: add one of it above.
         for e in &every {

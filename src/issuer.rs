@@ -7,8 +7,8 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use crate::api::duration::{format_duration, parse_duration, parse_quantity};
+use crate::api::grant::fixed_key;
 use crate::api::{AllowRule, ClusterGrantIssuerSpec, Method, ServerSideEncryption, SseType};
-use crate::controller::validate::fixed_key;
 
 /// What a grant asks for, as far as the allow rules care.
 #[derive(Debug, Clone)]

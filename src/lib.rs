@@ -15,3 +15,4 @@ pub mod policy;
 pub mod server;
 pub mod signing;
 pub mod telemetry;
+pub mod uploads;

@@ -11,7 +11,7 @@ use support::TestResult;
 use support::grants::*;
 use support::operator::{Operator, OperatorOptions};
 use upload_grant_operator::api::UploadGrant;
-use upload_grant_operator::controller::FINALIZER;
+use upload_grant_operator::api::secret::FINALIZER;
 
 #[tokio::test]
 async fn renewal_replaces_the_url_and_a_restart_re_signs_nothing_fresh() -> TestResult {

@@ -561,3 +561,13 @@ pub struct UploadGrantStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 }
+
+/// The placeholder a POST grant's key may end with: the form substitutes
+/// the uploaded file's name.
+pub const FILENAME_PLACEHOLDER: &str = "${filename}";
+
+/// The part of a key before a trailing `${filename}`; the whole key
+/// otherwise: what an issuer's prefixes are matched against.
+pub fn fixed_key(key: &str) -> &str {
+    key.strip_suffix(FILENAME_PLACEHOLDER).unwrap_or(key)
+}

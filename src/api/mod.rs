@@ -5,6 +5,7 @@ pub mod duration;
 pub mod grant;
 pub mod issuer;
 pub mod limits;
+pub mod secret;
 
 pub use condition::Reason;
 pub use grant::{

@@ -6,12 +6,13 @@ use std::time::{Instant, SystemTime};
 
 use kube::ResourceExt;
 
-use super::Context;
 use super::build::{self, Issued, IssuedState, Signed, format_time};
+use super::context::Context;
 use super::decide::{self, Decision, Report, SignPlan};
+use super::managed::{ManagedSecret, Slot};
 use super::memo::GrantMemo;
 use super::multipart;
-use super::secrets::{self, ManagedSecret, Slot, Written};
+use super::secrets::{self, Written};
 use super::validate::secret_name;
 use crate::api::{Method, Reason, UploadGrant};
 use crate::error::{Error, Result};
@@ -86,7 +87,7 @@ pub fn aborted_message(message: String, aborted: multipart::Aborted) -> String {
 enum Failure {
     Credentials(CredentialsError),
     Signing(SigningError),
-    Multipart(multipart::MultipartError),
+    Multipart(crate::uploads::MultipartError),
 }
 
 async fn sign_and_write(

@@ -14,37 +14,15 @@ use sha2::{Digest, Sha256};
 use super::validate::ValidGrant;
 use crate::api::Method;
 use crate::api::limits::{RESERVED_KEY_PREFIX, RESERVED_MANAGED_BY_KEY};
+use crate::api::secret::{
+    EXPIRES_AT_ANNOTATION, FINGERPRINT_ANNOTATION, GRANT_LABEL, ISSUED_AT_ANNOTATION, MANAGED_BY,
+    MANAGED_BY_LABEL, REFRESH_AT_ANNOTATION, RENEW_REQUEST_ANNOTATION, REPLACES_ANNOTATION,
+    SECRET_TYPE, SPEC_HASH_ANNOTATION, UPLOAD_ID_ANNOTATION, UPLOAD_OBJECT_ANNOTATION,
+};
 use crate::api::{RefreshPolicy, S3Target, UploadGrant, UploadGrantSpec};
 use crate::error::{Error, Result};
 use crate::signing::{FormFields, Presigned, PresignedMultipart, PresignedPost};
 
-/// The name the operator writes under: field manager, event reporter.
-pub const MANAGER: &str = "upload-grant-operator";
-/// Holds a grant until its Secret is gone: deletion must revoke even where
-/// ownerReference garbage collection is slow or absent.
-pub const FINALIZER: &str = "grants.io/revoke-secret";
-pub const SECRET_TYPE: &str = "grants.io/presigned-url";
-pub const MANAGED_BY_LABEL: &str = RESERVED_MANAGED_BY_KEY;
-pub const MANAGED_BY: &str = "upload-grant-operator";
-pub const GRANT_LABEL: &str = "grants.io/grant";
-pub const SPEC_HASH_ANNOTATION: &str = "grants.io/spec-hash";
-pub const ISSUED_AT_ANNOTATION: &str = "grants.io/issued-at";
-pub const EXPIRES_AT_ANNOTATION: &str = "grants.io/expires-at";
-pub const REFRESH_AT_ANNOTATION: &str = "grants.io/refresh-at";
-pub const FINGERPRINT_ANNOTATION: &str = "grants.io/url-fingerprint";
-/// On a grant: a request to renew now (`kubectl grant renew` sets it to the
-/// time of asking). On its Secret: the request the URL in it answers, so
-/// each request is acted on once, also across restarts and failovers.
-pub const RENEW_REQUEST_ANNOTATION: &str = "grants.io/renew-requested-at";
-/// The fingerprint of the URL this one replaced; absent on a grant's first
-/// URL. Rollout restarts are owed only to a replaced URL.
-pub const REPLACES_ANNOTATION: &str = "grants.io/replaces";
-/// On a multipart grant's Secret: the upload its part URLs belong to, so
-/// that a restart finds it in the (metadata-only) cache.
-pub const UPLOAD_ID_ANNOTATION: &str = "grants.io/upload-id";
-/// With it: the upload's `BUCKET/KEY`, so that an upload for an older spec
-/// is aborted where it is.
-pub const UPLOAD_OBJECT_ANNOTATION: &str = "grants.io/upload-object";
 /// Keys of the operator's own labels and annotations. Values a user puts
 /// under them are never written, so they are never read back as state.
 fn reserved(key: &str) -> bool {

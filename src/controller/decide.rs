@@ -11,13 +11,14 @@ use kube::ResourceExt;
 
 use super::build::{self, IssuedState, format_time};
 use super::events::{EventReason, Note};
-use super::multipart::UploadState;
-use super::secrets::Slot;
+use super::managed::Slot;
 use super::validate::{ValidGrant, check_propagation, validate};
 use crate::api::condition::ready_condition;
+use crate::api::secret::RENEW_REQUEST_ANNOTATION;
 use crate::api::{ClusterGrantIssuer, Reason, S3Target, UploadGrant};
 use crate::issuer::{Request, RuleVerdict, conclude, evaluate};
 use crate::signing::url_lifetime;
+use crate::uploads::UploadState;
 
 /// How long to wait before looking again at a name held by a Secret that is
 /// not ours: such Secrets are not watched.
@@ -38,7 +39,7 @@ pub struct Observed<'a> {
     /// How long a renewed URL may take to reach pods (the operator's setting).
     pub propagation: Duration,
     /// Multipart grants: where the recorded upload stands, when it was
-    /// looked at in this pass (`multipart::state`).
+    /// looked at in this pass (`uploads::state`).
     pub upload: Option<UploadState>,
     pub now: SystemTime,
 }
@@ -107,7 +108,7 @@ pub struct SignPlan {
     /// That Secret still has fields from a create by an older version.
     pub legacy_fields: bool,
     pub stale: Option<String>,
-    /// The grant's renew request (`build::RENEW_REQUEST_ANNOTATION`).
+    /// The grant's renew request (`api::secret::RENEW_REQUEST_ANNOTATION`).
     pub renew_request: Option<String>,
     /// Multipart grants: the recorded upload to sign for again, so parts
     /// already uploaded are kept; None creates (or finds) one.
@@ -271,10 +272,7 @@ pub fn decide(o: &Observed<'_>) -> Decision {
         ours,
         legacy_fields,
         stale,
-        renew_request: grant
-            .annotations()
-            .get(build::RENEW_REQUEST_ANNOTATION)
-            .cloned(),
+        renew_request: grant.annotations().get(RENEW_REQUEST_ANNOTATION).cloned(),
         upload_id,
         abandoned,
         valid,
@@ -587,7 +585,7 @@ mod tests {
     use super::*;
     use crate::api::UploadGrantStatus;
     use crate::api::limits::DEFAULT_PROPAGATION_BUDGET;
-    use crate::controller::secrets::ManagedSecret;
+    use crate::controller::managed::ManagedSecret;
 
     fn at(secs: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + secs)
@@ -718,7 +716,7 @@ mod tests {
     fn asked(request: &str, answered: Option<&str>, refresh_at: Option<SystemTime>) -> Case {
         let mut g = grant(serde_json::json!({}));
         g.annotations_mut()
-            .insert(build::RENEW_REQUEST_ANNOTATION.into(), request.into());
+            .insert(RENEW_REQUEST_ANNOTATION.into(), request.into());
         let mut secret = ours(&g, None, refresh_at);
         if let Slot::Ours(s) = &mut secret
             && let Some(state) = s.state.as_mut()

@@ -10,7 +10,9 @@ use futures::StreamExt;
 use futures::channel::mpsc;
 use kube::ResourceExt;
 
-use super::{Context, backoff, finalizer, grant_key, reconcile};
+use super::context::{Context, grant_key};
+use super::memo::backoff;
+use super::{finalizer, reconcile};
 use crate::api::UploadGrant;
 
 /// Attempts per deleted grant; garbage collection removes what they miss.

@@ -15,8 +15,8 @@ use kube::api::{Patch, PatchParams};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
-use super::build::FINALIZER;
 use crate::api::UploadGrant;
+use crate::api::secret::FINALIZER;
 use crate::error::{Error, Result};
 
 /// Whether a grant needs the finalizer. Only multipart grants do: their

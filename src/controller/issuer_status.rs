@@ -7,7 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 
-use super::build::MANAGER;
+use crate::api::secret::MANAGER;
 use crate::api::{ClusterGrantIssuer, ClusterGrantIssuerStatus};
 
 /// Writes the status of every issuer that changes, until the stream ends.

@@ -10,8 +10,8 @@ use kube::ResourceExt;
 use kube::api::PartialObjectMeta;
 
 use super::build::IssuedState;
-use super::build::MANAGER;
 use crate::api::UploadGrant;
+use crate::api::secret::MANAGER;
 
 /// What the operator keeps of a Secret it manages: who it is, its controller
 /// owner, and the URL state parsed from its annotations. The annotations

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use kube::ResourceExt;
 
@@ -114,7 +114,7 @@ impl GrantMemo {
     }
 }
 
-/// Every grant's record, by grant key (`super::grant_key`).
+/// Every grant's record, by grant key (`context::grant_key`).
 #[derive(Default)]
 pub struct Memos {
     records: Mutex<HashMap<u64, GrantMemo>>,
@@ -170,10 +170,40 @@ impl Tombstones {
     }
 }
 
+/// Per-grant exponential backoff after failures: 5s, 10s, 20s … 5 minutes.
+pub fn backoff(failures: u32) -> Duration {
+    let exp = failures.saturating_sub(1).min(6);
+    Duration::from_secs(5 * (1u64 << exp)).min(Duration::from_secs(300))
+}
+
+/// How long before its URL expires a failing grant is tried once more.
+const RETRY_BEFORE_EXPIRY: Duration = Duration::from_secs(10);
+/// The shortest retry, also for a grant whose URL has already expired.
+const MIN_RETRY: Duration = Duration::from_secs(2);
+
+/// The backoff, but never past the current URL's expiry: the retry that
+/// renews it, or reports that it cannot, must come before the grant would
+/// show Ready=True with a URL that no longer works. (After a minute-long
+/// apiserver or etcd outage the backoff of a due renewal reaches 80 s and
+/// more, longer than what was left of its URL.)
+pub fn retry_delay(failures: u32, expires_at: Option<SystemTime>, now: SystemTime) -> Duration {
+    let delay = backoff(failures);
+    match expires_at {
+        Some(end) => {
+            let left = end
+                .checked_sub(RETRY_BEFORE_EXPIRY)
+                .and_then(|at| at.duration_since(now).ok())
+                .unwrap_or_default();
+            delay.min(left.max(MIN_RETRY))
+        }
+        None => delay,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::managed::tests::{grant, secret_meta};
+    use crate::controller::managed::tests::secret_meta;
 
     fn written(fingerprint: &str) -> Box<ManagedSecret> {
         let meta: kube::api::PartialObjectMeta<k8s_openapi::api::core::v1::Secret> =
@@ -239,7 +269,7 @@ mod tests {
     #[test]
     fn a_record_is_taken_for_a_pass_and_committed_once() {
         let (memos, tombstones) = (Memos::default(), Tombstones::default());
-        let key = super::super::grant_key(&grant());
+        let key = 7;
         let mut memo = memos.take(key);
         memo.failures = 2;
         memo.rollouts_done = Some("f".into());
@@ -270,5 +300,32 @@ mod tests {
         assert_eq!(memo.settled(Some(3)), Some((Reason::Expired, "gone")));
         assert_eq!(memo.settled(Some(4)), None);
         assert_eq!(memo.settled(None), None);
+    }
+
+    #[test]
+    fn a_retry_never_waits_past_the_urls_expiry() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let at = |s: u64| now + Duration::from_secs(s);
+        // Far from expiry: the plain backoff.
+        assert_eq!(retry_delay(5, Some(at(3600)), now), backoff(5));
+        // Backoff 80 s, URL valid 40 s more: tried 10 s before it expires.
+        assert_eq!(retry_delay(5, Some(at(40)), now), Duration::from_secs(30));
+        // Within the last 10 s, or already expired: soon, not in a loop.
+        assert_eq!(retry_delay(5, Some(at(5)), now), MIN_RETRY);
+        assert_eq!(
+            retry_delay(5, Some(now - Duration::from_secs(5)), now),
+            MIN_RETRY
+        );
+        // A short backoff stays short; no URL: the plain backoff.
+        assert_eq!(retry_delay(1, Some(at(40)), now), backoff(1));
+        assert_eq!(retry_delay(7, None, now), backoff(7));
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_five_minutes() {
+        assert_eq!(backoff(1), Duration::from_secs(5));
+        assert_eq!(backoff(2), Duration::from_secs(10));
+        assert_eq!(backoff(4), Duration::from_secs(40));
+        assert_eq!(backoff(20), Duration::from_secs(300));
     }
 }

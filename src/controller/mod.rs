@@ -5,6 +5,7 @@
 
 mod apply;
 pub mod build;
+mod context;
 pub mod decide;
 mod deletions;
 pub(crate) mod events;
@@ -22,7 +23,7 @@ mod status;
 pub mod validate;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use futures::channel::mpsc;
 use futures::stream::BoxStream;
@@ -40,115 +41,34 @@ use crate::metrics::Metrics;
 use crate::server::Readiness;
 use crate::signing::{CredentialSnapshot, Presigner};
 
-pub use build::{FINALIZER, MANAGER};
+use crate::api::secret::MANAGER;
+pub use context::Settings;
+use context::{Context, grant_key};
 
-/// Settings from the command line.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub default_issuer: Option<String>,
-    pub concurrency: u16,
-    /// The client's request bound (0: none); renewals are paced to it
-    /// (`priority`).
-    pub kube_api_qps: u32,
-    /// Only watch grants and Secrets in these namespaces (all when empty),
-    /// so the operator needs no cluster-wide access to Secrets.
-    pub namespaces: Vec<String>,
-    /// How long a renewed URL may take to reach pods that mount the Secret
-    /// (`api::limits::DEFAULT_PROPAGATION_BUDGET`).
-    pub propagation_budget: Duration,
-    /// Rollout restarts (`rollout`): off when None, else at most one restart
-    /// per workload in this window.
-    pub rollout_restart_debounce: Option<Duration>,
-    /// How often an open multipart upload is looked at, to notice that it
-    /// was completed (`multipart::DEFAULT_CHECK_INTERVAL`).
-    pub multipart_check_interval: Duration,
-    /// Publish Normal Issued/Renewed Events too (`--lifecycle-events`).
-    pub lifecycle_events: bool,
-}
-
-/// Everything a reconcile needs, shared by all of them.
-pub struct Context {
-    pub client: Client,
-    pub settings: Settings,
-    pub credentials: CredentialSnapshot,
-    pub presigner: Presigner,
-    pub issuers: Store<ClusterGrantIssuer>,
-    pub namespaces: Store<PartialObjectMeta<Namespace>>,
-    pub secrets: Store<secrets::ManagedSecret>,
-    pub events: events::Events,
-    pub metrics: Arc<Metrics>,
-    /// What is remembered about each grant between passes (`memo`).
-    memos: memo::Memos,
-    /// Grants the watch reported deleted: a pass that was running then
-    /// revokes what it wrote (`reconcile::run`) and commits nothing.
-    tombstones: memo::Tombstones,
-    /// The due renewals, by expiry (`priority`).
-    due_index: priority::DueIndex,
-}
-
-impl Context {
-    fn new(parts: Parts, settings: Settings, caches: Caches) -> Self {
-        Context {
-            events: events::Events::new(
-                parts.client.clone(),
-                MANAGER,
-                std::env::var("POD_NAME").ok(),
-            ),
-            client: parts.client,
-            settings,
-            credentials: parts.credentials,
-            presigner: parts.presigner,
-            issuers: caches.issuers,
-            namespaces: caches.namespaces,
-            secrets: caches.secrets,
-            metrics: parts.metrics,
-            memos: memo::Memos::default(),
-            tombstones: memo::Tombstones::default(),
-            due_index: priority::DueIndex::default(),
-        }
-    }
-}
-
-/// A grant's key in the operator's per-grant tables: a hash of its uid, a
-/// fraction of the size of its name and namespace.
-pub fn grant_key(grant: &UploadGrant) -> u64 {
-    hash(grant.uid().unwrap_or_default().as_bytes())
-}
-
-fn hash(bytes: &[u8]) -> u64 {
-    use std::hash::Hasher;
-    let mut h = std::hash::DefaultHasher::new();
-    h.write(bytes);
-    h.finish()
-}
-
-/// Per-grant exponential backoff after failures: 5s, 10s, 20s … 5 minutes.
-pub fn backoff(failures: u32) -> Duration {
-    let exp = failures.saturating_sub(1).min(6);
-    Duration::from_secs(5 * (1u64 << exp)).min(Duration::from_secs(300))
-}
-
-/// How long before its URL expires a failing grant is tried once more.
-const RETRY_BEFORE_EXPIRY: Duration = Duration::from_secs(10);
-/// The shortest retry, also for a grant whose URL has already expired.
-const MIN_RETRY: Duration = Duration::from_secs(2);
-
-/// The backoff, but never past the current URL's expiry: the retry that
-/// renews it, or reports that it cannot, must come before the grant would
-/// show Ready=True with a URL that no longer works. (After a minute-long
-/// apiserver or etcd outage the backoff of a due renewal reaches 80 s and
-/// more, longer than what was left of its URL.)
-pub fn retry_delay(failures: u32, expires_at: Option<SystemTime>, now: SystemTime) -> Duration {
-    let delay = backoff(failures);
-    match expires_at {
-        Some(end) => {
-            let left = end
-                .checked_sub(RETRY_BEFORE_EXPIRY)
-                .and_then(|at| at.duration_since(now).ok())
-                .unwrap_or_default();
-            delay.min(left.max(MIN_RETRY))
-        }
-        None => delay,
+/// The shared handles, from what the controller runs with and its caches.
+fn context(parts: Parts, settings: Settings, caches: Caches) -> Context {
+    let pace = priority::Pace {
+        slots: usize::from(settings.concurrency),
+        qps: Some(settings.kube_api_qps).filter(|&q| q > 0),
+    };
+    let propagation = settings.propagation_budget;
+    Context {
+        events: events::Events::new(
+            parts.client.clone(),
+            MANAGER,
+            std::env::var("POD_NAME").ok(),
+        ),
+        client: parts.client,
+        settings,
+        credentials: parts.credentials,
+        presigner: parts.presigner,
+        issuers: caches.issuers,
+        namespaces: caches.namespaces,
+        secrets: caches.secrets,
+        metrics: parts.metrics,
+        memos: memo::Memos::default(),
+        tombstones: memo::Tombstones::default(),
+        due_index: priority::DueIndex::new(pace, propagation),
     }
 }
 
@@ -160,7 +80,7 @@ fn error_policy(grant: Arc<UploadGrant>, error: &Error, ctx: Arc<Context>) -> Ac
         .as_ref()
         .and_then(|s| s.expires_at.as_ref())
         .map(|t| SystemTime::from(t.0));
-    let delay = retry_delay(n, expires_at, SystemTime::now());
+    let delay = memo::retry_delay(n, expires_at, SystemTime::now());
     tracing::warn!(
         grant = %grant.name_any(),
         namespace = grant.namespace().as_deref().unwrap_or(""),
@@ -196,7 +116,7 @@ fn slim_grant(grant: &mut UploadGrant) {
 /// Only what `ManagedSecret` keeps of a Secret enters the cache.
 fn compact_secret(
     event: watcher::Event<PartialObjectMeta<Secret>>,
-) -> watcher::Event<secrets::ManagedSecret> {
+) -> watcher::Event<managed::ManagedSecret> {
     use watcher::Event;
     match event {
         Event::Apply(s) => Event::Apply(s.into()),
@@ -267,7 +187,7 @@ pub struct Parts {
 struct Caches {
     issuers: Store<ClusterGrantIssuer>,
     namespaces: Store<PartialObjectMeta<Namespace>>,
-    secrets: Store<secrets::ManagedSecret>,
+    secrets: Store<managed::ManagedSecret>,
 }
 
 impl Caches {
@@ -337,7 +257,7 @@ pub async fn run(
     // Grants that could not be signed retry as soon as credentials load
     // again, not at the end of their backoff.
     let recovered = parts.credentials.recoveries();
-    let ctx = Arc::new(Context::new(parts, settings, caches));
+    let ctx = Arc::new(context(parts, settings, caches));
     tokio::spawn(deletions::run(ctx.clone(), deleted_grants));
     controller
         .reconcile_on(requests)
@@ -424,7 +344,7 @@ fn watch_secrets(
     client: &Client,
     settings: &Settings,
     triggers: Triggers,
-) -> Store<secrets::ManagedSecret> {
+) -> Store<managed::ManagedSecret> {
     let config = watcher::Config::default().labels(&build::managed_selector());
     spawn_reflector(
         |store| {
@@ -437,11 +357,11 @@ fn watch_secrets(
                         .boxed()
                 },
                 store,
-                |s: &secrets::ManagedSecret| s.namespace(),
+                |s: &managed::ManagedSecret| s.namespace(),
             )
         },
         triggers,
-        |secret: &secrets::ManagedSecret| {
+        |secret: &managed::ManagedSecret| {
             let namespace = secret.namespace().unwrap_or_default();
             secret
                 .owner_references()
@@ -583,32 +503,5 @@ mod tests {
             Delete(grant("a", "kept")),
         ];
         assert_eq!(deletions_after(watched), ["kept"]);
-    }
-
-    #[test]
-    fn a_retry_never_waits_past_the_urls_expiry() {
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
-        let at = |s: u64| now + Duration::from_secs(s);
-        // Far from expiry: the plain backoff.
-        assert_eq!(retry_delay(5, Some(at(3600)), now), backoff(5));
-        // Backoff 80 s, URL valid 40 s more: tried 10 s before it expires.
-        assert_eq!(retry_delay(5, Some(at(40)), now), Duration::from_secs(30));
-        // Within the last 10 s, or already expired: soon, not in a loop.
-        assert_eq!(retry_delay(5, Some(at(5)), now), MIN_RETRY);
-        assert_eq!(
-            retry_delay(5, Some(now - Duration::from_secs(5)), now),
-            MIN_RETRY
-        );
-        // A short backoff stays short; no URL: the plain backoff.
-        assert_eq!(retry_delay(1, Some(at(40)), now), backoff(1));
-        assert_eq!(retry_delay(7, None, now), backoff(7));
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_five_minutes() {
-        assert_eq!(backoff(1), Duration::from_secs(5));
-        assert_eq!(backoff(2), Duration::from_secs(10));
-        assert_eq!(backoff(4), Duration::from_secs(40));
-        assert_eq!(backoff(20), Duration::from_secs(300));
     }
 }

@@ -16,9 +16,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use kube::runtime::reflector::Store;
 
-use super::Context;
 use super::decide::Decision;
-use super::secrets::ManagedSecret;
+use super::managed::ManagedSecret;
 
 /// A renewal costs two requests (its Secret and its status; bench/README.md):
 /// the bound's renewals per second is its rate over this.
@@ -43,7 +42,12 @@ pub struct Pace {
 
 /// How long this pass's renewal, if it is one that fell due (not a first
 /// URL, a changed spec or a renew request), steps aside for more urgent ones.
-pub(super) fn step_aside(ctx: &Context, decision: &Decision, now: SystemTime) -> Option<Duration> {
+pub(super) fn step_aside(
+    index: &DueIndex,
+    secrets: &Store<ManagedSecret>,
+    decision: &Decision,
+    now: SystemTime,
+) -> Option<Duration> {
     let Decision::Sign(plan) = decision else {
         return None;
     };
@@ -51,18 +55,12 @@ pub(super) fn step_aside(ctx: &Context, decision: &Decision, now: SystemTime) ->
     if current.refresh_at.is_none_or(|at| at > now) {
         return None;
     }
-    let pace = Pace {
-        slots: usize::from(ctx.settings.concurrency),
-        qps: Some(ctx.settings.kube_api_qps).filter(|&q| q > 0),
-    };
-    pace.qps?;
-    let ahead = ctx.due_index.ahead(&ctx.secrets, now, current.expires_at);
-    let wait = wait(ahead, pace)?;
+    index.pace.qps?;
+    let ahead = index.ahead(secrets, now, current.expires_at);
+    let wait = wait(ahead, index.pace)?;
     // Renewals that keep failing stay due; they must not hold this one back
     // until its URL no longer reaches pods in time.
-    let last_call = current
-        .expires_at
-        .checked_sub(ctx.settings.propagation_budget + wait)?;
+    let last_call = current.expires_at.checked_sub(index.propagation + wait)?;
     (now < last_call).then_some(wait)
 }
 
@@ -82,13 +80,23 @@ pub fn wait(ahead: usize, pace: Pace) -> Option<Duration> {
 }
 
 /// The expiry times of the due renewals the Secret cache shows, sorted, as
-/// of a moment no older than REBUILD.
-#[derive(Default)]
+/// of a moment no older than REBUILD; and how the operator serves them.
 pub(super) struct DueIndex {
     built: Mutex<Option<(Instant, Vec<SystemTime>)>>,
+    pace: Pace,
+    /// How long a renewed URL may take to reach pods (`Settings`).
+    propagation: Duration,
 }
 
 impl DueIndex {
+    pub(super) fn new(pace: Pace, propagation: Duration) -> Self {
+        DueIndex {
+            built: Mutex::default(),
+            pace,
+            propagation,
+        }
+    }
+
     /// How many due renewals expire before `expires_at` (and after `now`).
     fn ahead(
         &self,

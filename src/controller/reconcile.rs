@@ -15,12 +15,14 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 
 use super::build::whole_seconds;
+use super::context::{Context, grant_key};
 use super::decide::{self, Decision, Observed, Settled, Wake};
 use super::events::{EventReason, Note};
+use super::managed::Slot;
 use super::memo::{GrantMemo, SettledAt};
-use super::secrets::{self, Slot};
+use super::secrets;
 use super::validate::secret_name;
-use super::{Context, apply, finalizer, grant_key, multipart, priority, rollout, status};
+use super::{apply, finalizer, multipart, priority, rollout, status};
 use crate::api::{ClusterGrantIssuer, Reason, UploadGrant};
 use crate::error::{Error, Result};
 
@@ -82,7 +84,7 @@ async fn pass(grant: &UploadGrant, ctx: &Context, memo: &mut GrantMemo) -> Resul
     let upload = multipart::probe(ctx, grant, memo).await;
     let now = whole_seconds(SystemTime::now());
     let decision = loaded.decide(grant, upload, now);
-    if let Some(wait) = priority::step_aside(ctx, &decision, now) {
+    if let Some(wait) = priority::step_aside(&ctx.due_index, &ctx.secrets, &decision, now) {
         tracing::debug!(grant = %grant.name_any(), wait_ms = wait.as_millis(), "renewals that expire sooner go first");
         return Ok(Action::requeue(wait));
     }
@@ -186,7 +188,7 @@ impl<'a> Loaded<'a> {
     fn decide(
         &self,
         grant: &UploadGrant,
-        upload: Option<multipart::UploadState>,
+        upload: Option<crate::uploads::UploadState>,
         now: SystemTime,
     ) -> Decision {
         decide::decide(&Observed {

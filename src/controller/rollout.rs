@@ -17,10 +17,11 @@ use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams
 use kube::{Api, ResourceExt};
 use sha2::{Digest, Sha256};
 
-use super::Context;
-use super::build::{IssuedState, MANAGER, format_time, parse_time};
+use super::build::{IssuedState, format_time, parse_time};
+use super::context::Context;
 use super::events::{EventReason, Note};
 use super::memo::GrantMemo;
+use crate::api::secret::MANAGER;
 use crate::api::{RolloutTarget, UploadGrant};
 use crate::error::Result;
 

@@ -6,9 +6,10 @@ use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 
-pub use super::managed::{ManagedSecret, Slot, adoption_patch, classify};
-use super::{Context, MANAGER};
+use super::context::Context;
+use super::managed::{ManagedSecret, Slot, adoption_patch, classify};
 use crate::api::UploadGrant;
+use crate::api::secret::MANAGER;
 use crate::error::{Error, Result};
 
 /// Hands the fields of a legacy Secret to the applier, once, before the
@@ -162,7 +163,7 @@ pub(crate) mod tests {
     use kube::runtime::reflector;
 
     use super::*;
-    use crate::controller::Settings;
+    use crate::controller::context::Settings;
     use crate::controller::managed::tests::{grant, secret_meta};
     use crate::metrics::Metrics;
     use crate::signing::{CredentialSnapshot, Presigner};
@@ -195,7 +196,13 @@ pub(crate) mod tests {
             metrics: Arc::new(Metrics::default()),
             memos: Default::default(),
             tombstones: Default::default(),
-            due_index: crate::controller::priority::DueIndex::default(),
+            due_index: crate::controller::priority::DueIndex::new(
+                crate::controller::priority::Pace {
+                    slots: 1,
+                    qps: None,
+                },
+                crate::api::limits::DEFAULT_PROPAGATION_BUDGET,
+            ),
         }
     }
 

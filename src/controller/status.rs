@@ -7,10 +7,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
 
+use super::context::{Context, hash};
 use super::decide::Report;
 use super::memo::{GrantMemo, StatusWrite};
-use super::{Context, MANAGER};
 use crate::api::condition::set_ready;
+use crate::api::secret::MANAGER;
 use crate::api::{UploadGrant, UploadGrantStatus};
 use crate::error::Result;
 
@@ -85,7 +86,7 @@ fn status_write(before: &UploadGrantStatus, status: &UploadGrantStatus) -> Statu
         for c in &mut s.conditions {
             c.last_transition_time = Time(jiff::Timestamp::UNIX_EPOCH);
         }
-        super::hash(&serde_json::to_vec(&s).unwrap_or_default())
+        hash(&serde_json::to_vec(&s).unwrap_or_default())
     };
     StatusWrite {
         before: timeless(before),

@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::api::duration::parse_quantity;
 use crate::api::duration::{format_duration, parse_duration};
+use crate::api::grant::{FILENAME_PLACEHOLDER, fixed_key};
 use crate::api::grant::{MAX_MULTIPART_PARTS, MAX_PART_SIZE, MIN_PART_SIZE};
 use crate::api::limits::{
     MAX_ANNOTATIONS_BYTES, MAX_LABEL_VALUE_LEN, MAX_METADATA_BYTES, MAX_QUALIFIED_NAME_LEN,
@@ -82,16 +83,6 @@ impl ValidGrant {
     pub fn fixed_key(&self) -> &str {
         fixed_key(&self.key)
     }
-}
-
-/// The placeholder a POST grant's key may end with: the form substitutes
-/// the uploaded file's name.
-pub const FILENAME_PLACEHOLDER: &str = "${filename}";
-
-/// The part of a key before a trailing `${filename}`; the whole key
-/// otherwise.
-pub fn fixed_key(key: &str) -> &str {
-    key.strip_suffix(FILENAME_PLACEHOLDER).unwrap_or(key)
 }
 
 /// Why a spec cannot be used.

@@ -18,7 +18,7 @@ use super::{Conn, Error, Outcome, secret_name};
 use crate::api::UploadGrant;
 use crate::api::condition::ready_condition;
 use crate::api::duration::{format_duration, parse_duration};
-use crate::controller::build::{
+use crate::api::secret::{
     EXPIRES_AT_ANNOTATION, FINGERPRINT_ANNOTATION, RENEW_REQUEST_ANNOTATION as RENEW_REQUESTED_AT,
 };
 

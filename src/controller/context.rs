@@ -1,0 +1,76 @@
+//! The handles every pass shares: the client, the settings, the signer,
+//! the caches, the event publisher, the metrics, the per-grant records and
+//! the renewal index. Nothing here decides or does anything.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::PartialObjectMeta;
+use kube::runtime::reflector::Store;
+use kube::{Client, ResourceExt};
+
+use super::events::Events;
+use super::managed::ManagedSecret;
+use super::memo::{Memos, Tombstones};
+use super::priority::DueIndex;
+use crate::api::{ClusterGrantIssuer, UploadGrant};
+use crate::metrics::Metrics;
+use crate::signing::{CredentialSnapshot, Presigner};
+
+/// Settings from the command line.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub default_issuer: Option<String>,
+    pub concurrency: u16,
+    /// The client's request bound (0: none); renewals are paced to it
+    /// (`priority`).
+    pub kube_api_qps: u32,
+    /// Only watch grants and Secrets in these namespaces (all when empty),
+    /// so the operator needs no cluster-wide access to Secrets.
+    pub namespaces: Vec<String>,
+    /// How long a renewed URL may take to reach pods that mount the Secret
+    /// (`api::limits::DEFAULT_PROPAGATION_BUDGET`).
+    pub propagation_budget: Duration,
+    /// Rollout restarts (`rollout`): off when None, else at most one restart
+    /// per workload in this window.
+    pub rollout_restart_debounce: Option<Duration>,
+    /// How often an open multipart upload is looked at, to notice that it
+    /// was completed (`multipart::DEFAULT_CHECK_INTERVAL`).
+    pub multipart_check_interval: Duration,
+    /// Publish Normal Issued/Renewed Events too (`--lifecycle-events`).
+    pub lifecycle_events: bool,
+}
+
+/// Everything a reconcile needs, shared by all of them.
+pub struct Context {
+    pub client: Client,
+    pub settings: Settings,
+    pub credentials: CredentialSnapshot,
+    pub presigner: Presigner,
+    pub issuers: Store<ClusterGrantIssuer>,
+    pub namespaces: Store<PartialObjectMeta<Namespace>>,
+    pub secrets: Store<ManagedSecret>,
+    pub events: Events,
+    pub metrics: Arc<Metrics>,
+    /// What is remembered about each grant between passes (`memo`).
+    pub(super) memos: Memos,
+    /// Grants the watch reported deleted: a pass that was running then
+    /// revokes what it wrote (`reconcile::run`) and commits nothing.
+    pub(super) tombstones: Tombstones,
+    /// The due renewals, by expiry (`priority`).
+    pub(super) due_index: DueIndex,
+}
+
+/// A grant's key in the operator's per-grant tables: a hash of its uid, a
+/// fraction of the size of its name and namespace.
+pub fn grant_key(grant: &UploadGrant) -> u64 {
+    hash(grant.uid().unwrap_or_default().as_bytes())
+}
+
+pub(super) fn hash(bytes: &[u8]) -> u64 {
+    use std::hash::Hasher;
+    let mut h = std::hash::DefaultHasher::new();
+    h.write(bytes);
+    h.finish()
+}
