@@ -66,8 +66,22 @@ pub fn ready_condition(status: Option<&UploadGrantStatus>) -> Option<&Condition>
     status?.conditions.iter().find(|c| c.type_ == READY)
 }
 
+/// The Ready condition's reason, if it is one of ours.
+pub fn ready_reason(status: Option<&UploadGrantStatus>) -> Option<Reason> {
+    ready_condition(status).and_then(|c| Reason::parse(&c.reason))
+}
+
+/// When a condition that is now `value` last changed: the previous
+/// condition's time when its value is the same, else `now`, as Kubernetes
+/// conventions ask. Grants and issuers alike.
+pub fn transition_time(previous: Option<&Condition>, value: &str, now: Time) -> Time {
+    previous
+        .filter(|c| c.status == value)
+        .map_or(now, |c| c.last_transition_time.clone())
+}
+
 /// Sets the Ready condition, keeping lastTransitionTime when the status value
-/// does not change, as Kubernetes conventions ask.
+/// does not change.
 pub fn set_ready(
     status: &mut UploadGrantStatus,
     reason: Reason,
@@ -76,10 +90,7 @@ pub fn set_ready(
     now: Time,
 ) {
     let value = if reason.is_ready() { "True" } else { "False" };
-    let transition = ready_condition(Some(status))
-        .filter(|c| c.status == value)
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or(now);
+    let transition = transition_time(ready_condition(Some(status)), value, now);
     status.conditions.retain(|c| c.type_ != READY);
     status.conditions.push(Condition {
         type_: READY.into(),

@@ -74,3 +74,21 @@ pub const MIN_TTL: Duration = Duration::from_secs(60);
 pub fn min_ttl(propagation_budget: Duration) -> Duration {
     MIN_TTL.max(propagation_budget + propagation_budget / 2)
 }
+/// `name` cut to at most `max` characters for a label value or an
+/// annotation name: a longer one keeps its start and gains `hash_len` hex
+/// digits of a SHA-256 of the whole, so it stays readable and two long names
+/// do not share a value. (The hash lengths in use differ and are part of what
+/// is already written in clusters.)
+pub fn shorten(name: &str, max: usize, hash_len: usize) -> String {
+    use sha2::{Digest, Sha256};
+    if name.len() <= max {
+        return name.to_owned();
+    }
+    let hash = hex::encode(Sha256::digest(name.as_bytes()));
+    let start: String = name.chars().take(max - hash_len - 1).collect();
+    format!(
+        "{}-{}",
+        start.trim_end_matches(['.', '-']),
+        &hash[..hash_len]
+    )
+}

@@ -13,7 +13,9 @@ use sha2::{Digest, Sha256};
 
 use super::validate::ValidGrant;
 use crate::api::Method;
-use crate::api::limits::{RESERVED_KEY_PREFIX, RESERVED_MANAGED_BY_KEY};
+use crate::api::limits::{
+    MAX_LABEL_VALUE_LEN, RESERVED_KEY_PREFIX, RESERVED_MANAGED_BY_KEY, shorten,
+};
 use crate::api::secret::{
     EXPIRES_AT_ANNOTATION, FINGERPRINT_ANNOTATION, GRANT_LABEL, ISSUED_AT_ANNOTATION, MANAGED_BY,
     MANAGED_BY_LABEL, REFRESH_AT_ANNOTATION, RENEW_REQUEST_ANNOTATION, REPLACES_ANNOTATION,
@@ -33,13 +35,7 @@ fn reserved(key: &str) -> bool {
 /// name keeps its start and gains a hash of the whole, so it stays readable
 /// and two long names do not share a value.
 pub fn grant_label_value(name: &str) -> String {
-    const MAX: usize = 63;
-    if name.len() <= MAX {
-        return name.to_owned();
-    }
-    let hash = hex::encode(Sha256::digest(name.as_bytes()));
-    let start: String = name.chars().take(MAX - 11).collect();
-    format!("{}-{}", start.trim_end_matches(['.', '-']), &hash[..10])
+    shorten(name, MAX_LABEL_VALUE_LEN, 10)
 }
 
 /// The label selector that finds every Secret this operator manages.
@@ -90,6 +86,17 @@ pub struct Upload {
 }
 
 impl Upload {
+    /// The upload the grant's status records. The status names no object:
+    /// the spec's, which is the same for this generation and the best guess
+    /// for an older one.
+    pub fn from_status(grant: &UploadGrant) -> Option<Self> {
+        Some(Upload {
+            id: grant.status.as_ref()?.upload_id.clone()?,
+            bucket: grant.spec.bucket.clone(),
+            key: grant.spec.key.clone(),
+        })
+    }
+
     /// From the Secret's annotations; None unless both are there.
     fn from_annotations(annotations: &BTreeMap<String, String>) -> Option<Self> {
         let id = annotations.get(UPLOAD_ID_ANNOTATION)?;

@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::PartialObjectMeta;
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 
+use super::decide::issuer_name;
 use super::events::Events;
 use super::managed::ManagedSecret;
 use super::memo::{Memos, Tombstones};
@@ -73,4 +74,19 @@ pub(super) fn hash(bytes: &[u8]) -> u64 {
     let mut h = std::hash::DefaultHasher::new();
     h.write(bytes);
     h.finish()
+}
+
+impl Context {
+    /// The issuer a grant uses (its issuerRef, else the default) and the
+    /// cache's copy of it, if any.
+    pub fn issuer_of<'a>(
+        &'a self,
+        grant: &'a UploadGrant,
+    ) -> (Option<&'a str>, Option<Arc<ClusterGrantIssuer>>) {
+        let name = issuer_name(grant, self.settings.default_issuer.as_deref());
+        (
+            name,
+            name.and_then(|n| self.issuers.get(&ObjectRef::new(n))),
+        )
+    }
 }

@@ -297,17 +297,10 @@ fn recorded_upload(
 ) -> (Option<String>, Option<build::Upload>) {
     let from_secret = current.and_then(|s| Some((s.upload.clone()?, s.spec_hash == spec_hash)));
     let from_status = || {
-        let id = grant.status.as_ref()?.upload_id.clone()?;
+        let upload = build::Upload::from_status(grant)?;
         let condition = ready_condition(grant.status.as_ref());
         let same_generation =
             condition.is_some_and(|c| c.observed_generation == grant.metadata.generation);
-        // The status has no object: the spec's, which is the same for
-        // this generation and the best guess for an older one.
-        let upload = build::Upload {
-            id,
-            bucket: grant.spec.bucket.clone(),
-            key: grant.spec.key.clone(),
-        };
         Some((upload, same_generation))
     };
     match from_secret.or_else(from_status) {

@@ -7,6 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 
+use crate::api::condition::transition_time;
 use crate::api::secret::MANAGER;
 use crate::api::{ClusterGrantIssuer, ClusterGrantIssuerStatus};
 
@@ -88,10 +89,7 @@ fn condition(
         .status
         .as_ref()
         .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_));
-    let transition = previous
-        .filter(|c| c.status == status)
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or_else(|| now.clone());
+    let transition = transition_time(previous, status, now.clone());
     Condition {
         type_: type_.into(),
         status: status.into(),

@@ -7,7 +7,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use aws_sdk_s3::Client;
 use kube::ResourceExt;
-use kube::runtime::reflector::ObjectRef;
 
 use super::build::Upload;
 use super::context::Context;
@@ -16,7 +15,7 @@ use super::managed::Slot;
 use super::memo::GrantMemo;
 use super::secrets;
 use super::validate::secret_name;
-use crate::api::condition::ready_condition;
+use crate::api::condition::ready_reason;
 use crate::api::{Reason, S3Target, UploadGrant};
 use crate::uploads::{self, MultipartError, NewUpload, UploadState, abort, open_since, state};
 
@@ -37,14 +36,10 @@ pub async fn client(ctx: &Context, target: &S3Target) -> Result<Client> {
 /// the status names no object).
 fn recorded(grant: &UploadGrant, in_secret: Option<Upload>) -> Vec<Upload> {
     let mut uploads: Vec<Upload> = in_secret.into_iter().collect();
-    if let Some(id) = grant.status.as_ref().and_then(|s| s.upload_id.clone())
-        && !uploads.iter().any(|u| u.id == id)
+    if let Some(upload) = Upload::from_status(grant)
+        && !uploads.iter().any(|u| u.id == upload.id)
     {
-        uploads.push(Upload {
-            id,
-            bucket: grant.spec.bucket.clone(),
-            key: grant.spec.key.clone(),
-        });
+        uploads.push(upload);
     }
     uploads
 }
@@ -62,9 +57,7 @@ pub fn secret_upload(ctx: &Context, grant: &UploadGrant, memo: &mut GrantMemo) -
 
 /// The issuer's S3 target for a grant, from the cache.
 fn target(ctx: &Context, grant: &UploadGrant) -> Option<S3Target> {
-    let name = decide::issuer_name(grant, ctx.settings.default_issuer.as_deref())?;
-    let issuer = ctx.issuers.get(&ObjectRef::new(name))?;
-    Some(issuer.spec.s3.clone())
+    Some(ctx.issuer_of(grant).1?.spec.s3.clone())
 }
 
 /// What became of a grant's uploads when it was revoked.
@@ -130,7 +123,7 @@ pub async fn abort_grant_uploads(
 /// revoked for another reason recorded nothing, so its key is not listed
 /// again on every pass.
 fn may_hold_unrecorded(grant: &UploadGrant) -> bool {
-    let reason = ready_condition(grant.status.as_ref()).and_then(|c| Reason::parse(&c.reason));
+    let reason = ready_reason(grant.status.as_ref());
     matches!(
         reason,
         None | Some(Reason::Issued | Reason::SigningFailed | Reason::CredentialsUnavailable)

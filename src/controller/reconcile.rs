@@ -171,11 +171,11 @@ const NAMESPACE_RETRY: Duration = Duration::from_secs(5);
 impl<'a> Loaded<'a> {
     fn load(grant: &'a UploadGrant, ctx: &'a Context, memo: &mut GrantMemo) -> Self {
         let namespace = grant.namespace().unwrap_or_default();
-        let issuer_name = decide::issuer_name(grant, ctx.settings.default_issuer.as_deref());
+        let (issuer_name, issuer) = ctx.issuer_of(grant);
         let name = secret_name(&grant.spec, &grant.name_any());
         Loaded {
             issuer_name,
-            issuer: issuer_name.and_then(|n| ctx.issuers.get(&ObjectRef::new(n))),
+            issuer,
             namespace: ctx.namespaces.get(&ObjectRef::new(&namespace)),
             secret: memo.slot(secrets::cached_slot(ctx, grant, &namespace, &name), &name),
             remembered: memo

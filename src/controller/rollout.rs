@@ -15,12 +15,12 @@ use std::time::{Duration, SystemTime};
 
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::{Api, ResourceExt};
-use sha2::{Digest, Sha256};
 
 use super::build::{IssuedState, format_time, parse_time};
 use super::context::Context;
 use super::events::{EventReason, Note};
 use super::memo::GrantMemo;
+use crate::api::limits::{MAX_QUALIFIED_NAME_LEN, shorten};
 use crate::api::secret::MANAGER;
 use crate::api::{RolloutTarget, UploadGrant};
 use crate::error::Result;
@@ -46,14 +46,7 @@ pub enum Step {
 /// names hold at most 63 characters; longer grant names keep their start and
 /// gain a hash of the whole.
 pub fn url_annotation(grant: &str) -> String {
-    const MAX: usize = 63;
-    let name = if grant.len() <= MAX {
-        grant.to_owned()
-    } else {
-        let hash = hex::encode(Sha256::digest(grant.as_bytes()));
-        let start: String = grant.chars().take(MAX - 13).collect();
-        format!("{}-{}", start.trim_end_matches(['.', '-']), &hash[..12])
-    };
+    let name = shorten(grant, MAX_QUALIFIED_NAME_LEN, 12);
     format!("{URL_ANNOTATION_PREFIX}{name}")
 }
 
