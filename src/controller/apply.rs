@@ -2,7 +2,9 @@
 //! and says what happened as a `Report`. The only stage with side effects
 //! on Secrets; what to do was settled by `decide`.
 
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
+
+use aws_credential_types::Credentials;
 
 use kube::ResourceExt;
 
@@ -154,43 +156,7 @@ async fn sign(
     ) {
         return Err(Failure::Credentials(CredentialsError(why)));
     }
-    let presigned = if let Some((parts, part_size)) = plan.valid.multipart {
-        let client = ctx.presigner.s3_client(&plan.target, credentials.clone());
-        let upload_id = multipart::ensure_upload(grant, memo, plan, &client)
-            .await
-            .map_err(Failure::Multipart)?;
-        let input = MultipartInput {
-            bucket: &plan.valid.bucket,
-            key: &plan.valid.key,
-            upload_id: &upload_id,
-            parts,
-            part_size,
-            signed_at: now,
-            expires_in: times.lifetime,
-        };
-        let signed = ctx
-            .presigner
-            .presign_multipart(&plan.target, &credentials, &input)
-            .await
-            .map_err(Failure::Signing)?;
-        Signed::Multipart(signed)
-    } else if plan.valid.method == Method::Post {
-        let input = plan.valid.post_input(now, times.lifetime);
-        let post = ctx
-            .presigner
-            .presign_post(&plan.target, &credentials, &input)
-            .await
-            .map_err(Failure::Signing)?;
-        Signed::Post(post)
-    } else {
-        let input = plan.valid.sign_input(now, times.lifetime);
-        let url = ctx
-            .presigner
-            .presign(&plan.target, &credentials, &input)
-            .await
-            .map_err(Failure::Signing)?;
-        Signed::Url(url)
-    };
+    let presigned = presign(ctx, grant, memo, plan, &credentials, now, times.lifetime).await?;
     ctx.metrics.signed(Signing::Ok);
     Ok(Issued {
         presigned,
@@ -201,6 +167,47 @@ async fn sign(
         renew_request: plan.renew_request.clone(),
         replaces: plan.current.as_ref().map(|s| s.fingerprint.clone()),
     })
+}
+
+/// Signs what the grant's method asks for: a URL, a POST form, or the part
+/// URLs of a multipart upload (created, or found, first).
+async fn presign(
+    ctx: &Context,
+    grant: &UploadGrant,
+    memo: &mut GrantMemo,
+    plan: &SignPlan,
+    credentials: &Credentials,
+    now: SystemTime,
+    lifetime: Duration,
+) -> Result<Signed, Failure> {
+    let (presigner, target, valid) = (&ctx.presigner, &plan.target, &plan.valid);
+    if let Some((parts, part_size)) = valid.multipart {
+        let client = presigner.s3_client(target, credentials.clone());
+        let upload_id = multipart::ensure_upload(grant, memo, plan, &client)
+            .await
+            .map_err(Failure::Multipart)?;
+        let input = MultipartInput {
+            bucket: &valid.bucket,
+            key: &valid.key,
+            upload_id: &upload_id,
+            parts,
+            part_size,
+            signed_at: now,
+            expires_in: lifetime,
+        };
+        let signed = presigner
+            .presign_multipart(target, credentials, &input)
+            .await;
+        return signed.map(Signed::Multipart).map_err(Failure::Signing);
+    }
+    if valid.method == Method::Post {
+        let input = valid.post_input(now, lifetime);
+        let post = presigner.presign_post(target, credentials, &input).await;
+        return post.map(Signed::Post).map_err(Failure::Signing);
+    }
+    let input = valid.sign_input(now, lifetime);
+    let url = presigner.presign(target, credentials, &input).await;
+    url.map(Signed::Url).map_err(Failure::Signing)
 }
 
 /// Why a renewal would be pointless: the credentials could not be refreshed

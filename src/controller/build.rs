@@ -245,33 +245,55 @@ pub fn build_secret(grant: &UploadGrant, valid: &ValidGrant, issued: &Issued) ->
         .controller_owner_ref(&())
         .ok_or(Error::IncompleteObject)?;
     let namespace = grant.namespace().ok_or(Error::IncompleteObject)?;
-    let user = |m: &BTreeMap<String, String>| -> BTreeMap<String, String> {
-        m.iter()
-            .filter(|(k, _)| !reserved(k))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
-    };
-
-    let mut labels = user(&valid.secret_labels);
+    let mut labels = user_keys(&valid.secret_labels);
     labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY.into());
     labels.insert(GRANT_LABEL.into(), grant_label_value(&grant.name_any()));
+    let mut annotations = user_keys(&valid.secret_annotations);
+    annotations.extend(state_annotations(issued));
+    Ok(Secret {
+        metadata: ObjectMeta {
+            name: Some(valid.secret_name.clone()),
+            namespace: Some(namespace),
+            labels: Some(labels),
+            annotations: Some(annotations),
+            owner_references: Some(vec![owner]),
+            ..ObjectMeta::default()
+        },
+        type_: Some(SECRET_TYPE.to_owned()),
+        data: Some(secret_data(valid, issued)?),
+        ..Secret::default()
+    })
+}
 
-    let mut annotations = user(&valid.secret_annotations);
-    annotations.insert(SPEC_HASH_ANNOTATION.into(), issued.spec_hash.clone());
-    annotations.insert(ISSUED_AT_ANNOTATION.into(), format_time(issued.issued_at));
-    annotations.insert(EXPIRES_AT_ANNOTATION.into(), format_time(issued.expires_at));
-    if let Some(at) = issued.refresh_at {
-        annotations.insert(REFRESH_AT_ANNOTATION.into(), format_time(at));
-    }
-    annotations.insert(
-        FINGERPRINT_ANNOTATION.into(),
-        issued.presigned.fingerprint(),
-    );
-    if let Some(request) = &issued.renew_request {
-        annotations.insert(RENEW_REQUEST_ANNOTATION.into(), request.clone());
-    }
-    if let Some(replaced) = &issued.replaces {
-        annotations.insert(REPLACES_ANNOTATION.into(), replaced.clone());
+/// The user's labels or annotations, less any under the operator's own keys.
+fn user_keys(m: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    m.iter()
+        .filter(|(k, _)| !reserved(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// The URL's state as the Secret's annotations record it
+/// (`IssuedState::from_annotations` reads it back).
+fn state_annotations(issued: &Issued) -> BTreeMap<String, String> {
+    let mut annotations = BTreeMap::from([
+        (SPEC_HASH_ANNOTATION.into(), issued.spec_hash.clone()),
+        (ISSUED_AT_ANNOTATION.into(), format_time(issued.issued_at)),
+        (EXPIRES_AT_ANNOTATION.into(), format_time(issued.expires_at)),
+        (
+            FINGERPRINT_ANNOTATION.into(),
+            issued.presigned.fingerprint(),
+        ),
+    ]);
+    let optional = [
+        (REFRESH_AT_ANNOTATION, issued.refresh_at.map(format_time)),
+        (RENEW_REQUEST_ANNOTATION, issued.renew_request.clone()),
+        (REPLACES_ANNOTATION, issued.replaces.clone()),
+    ];
+    for (key, value) in optional {
+        if let Some(value) = value {
+            annotations.insert(key.into(), value);
+        }
     }
     if let Signed::Multipart(m) = &issued.presigned {
         annotations.insert(UPLOAD_ID_ANNOTATION.into(), m.upload_id.clone());
@@ -280,7 +302,11 @@ pub fn build_secret(grant: &UploadGrant, valid: &ValidGrant, issued: &Issued) ->
             format!("{}/{}", m.bucket, m.key),
         );
     }
+    annotations
+}
 
+/// The Secret's keys: what a pod reads (DESIGN.md).
+fn secret_data(valid: &ValidGrant, issued: &Issued) -> Result<BTreeMap<String, ByteString>> {
     let text = |s: &str| ByteString(s.as_bytes().to_vec());
     let mut data = match &issued.presigned {
         Signed::Url(p) => BTreeMap::from([
@@ -309,19 +335,7 @@ pub fn build_secret(grant: &UploadGrant, valid: &ValidGrant, issued: &Issued) ->
         ("bucket".to_owned(), text(&valid.bucket)),
         ("key".to_owned(), text(&valid.key)),
     ]);
-    Ok(Secret {
-        metadata: ObjectMeta {
-            name: Some(valid.secret_name.clone()),
-            namespace: Some(namespace),
-            labels: Some(labels),
-            annotations: Some(annotations),
-            owner_references: Some(vec![owner]),
-            ..ObjectMeta::default()
-        },
-        type_: Some(SECRET_TYPE.to_owned()),
-        data: Some(data),
-        ..Secret::default()
-    })
+    Ok(data)
 }
 
 fn json<T: serde::Serialize>(value: &T) -> Result<ByteString> {

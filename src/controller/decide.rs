@@ -219,41 +219,96 @@ pub fn admit<'a>(a: &Admission<'a>) -> Result<Admitted<'a>, Refused> {
     }
 }
 
+/// The decision, as an ordered chain of named checks: the first that has a
+/// verdict decides (suspended, admitted, settled, conflict, upload), and a
+/// grant that passes them all is scheduled.
 pub fn decide(o: &Observed<'_>) -> Decision {
-    let revoke = |reason, message: String| Decision::Revoke { reason, message };
-    let grant = o.grant;
-    if grant.spec.suspend {
-        return revoke(Reason::Suspended, "suspended: no URL is issued".into());
+    let verdict = suspended(o)
+        .and_then(|()| admitted(o))
+        .and_then(|admitted| settled(o).map(|()| admitted))
+        .and_then(|admitted| conflict(o, admitted));
+    let (admitted, held) = match verdict {
+        Ok(passed) => passed,
+        Err(decision) => return decision,
+    };
+    let plan = sign_plan(o, admitted, held);
+    let expired = o.settled.is_some_and(|s| s.reason == Reason::Expired);
+    schedule(o.now, plan, expired, o.upload == Some(UploadState::Gone))
+}
+
+/// A check's answer: pass on what the next one needs, or decide.
+type Check<T> = Result<T, Decision>;
+
+fn revoke(reason: Reason, message: impl Into<String>) -> Decision {
+    Decision::Revoke {
+        reason,
+        message: message.into(),
     }
-    let admission = Admission {
-        grant,
+}
+
+/// A suspended grant holds no URL.
+fn suspended(o: &Observed<'_>) -> Check<()> {
+    match o.grant.spec.suspend {
+        true => Err(revoke(Reason::Suspended, "suspended: no URL is issued")),
+        false => Ok(()),
+    }
+}
+
+/// A valid spec, an issuer, and a rule of it that allows the grant.
+fn admitted<'a>(o: &Observed<'a>) -> Check<Admitted<'a>> {
+    admit(&Admission {
+        grant: o.grant,
         issuer_name: o.issuer_name,
         issuer: o.issuer,
         namespace_labels: o.namespace_labels,
         propagation: o.propagation,
-    };
-    let Admitted { valid, issuer, .. } = match admit(&admission) {
-        Ok(admitted) => admitted,
-        Err(refused) => return revoke(refused.reason, refused.message),
-    };
-    if let Some(refused) = o.settled.filter(|s| s.reason == Reason::InvalidSpec) {
-        return revoke(Reason::InvalidSpec, refused.message.to_owned());
-    }
-    if let Some(done) = o.settled.filter(|s| s.reason == Reason::Completed) {
-        return revoke(Reason::Completed, done.message.to_owned());
-    }
-    if o.upload == Some(UploadState::Completed) {
-        return revoke(Reason::Completed, COMPLETED.into());
-    }
-    let (current, ours, legacy_fields) = match o.secret {
-        Slot::Foreign => {
-            return Decision::Conflict {
-                secret_name: valid.secret_name,
-            };
+    })
+    .map_err(|refused| revoke(refused.reason, refused.message))
+}
+
+/// An outcome that holds for the rest of the generation (`Settled`), or an
+/// upload S3 says was completed just now.
+fn settled(o: &Observed<'_>) -> Check<()> {
+    match o.settled {
+        Some(s) if matches!(s.reason, Reason::InvalidSpec | Reason::Completed) => {
+            Err(revoke(s.reason, s.message))
         }
-        Slot::Ours(secret) => (secret.state.clone(), secret.uid(), secret.legacy_fields),
-        Slot::Free => (None, None, false),
+        _ if o.upload == Some(UploadState::Completed) => Err(revoke(Reason::Completed, COMPLETED)),
+        _ => Ok(()),
+    }
+}
+
+/// Somebody else's Secret holds the name: touch nothing. Otherwise what the
+/// grant's own Secret (if any) holds.
+fn conflict<'a>(o: &Observed<'_>, admitted: Admitted<'a>) -> Check<(Admitted<'a>, Held)> {
+    let held = match o.secret {
+        Slot::Foreign => {
+            return Err(Decision::Conflict {
+                secret_name: admitted.valid.secret_name,
+            });
+        }
+        Slot::Ours(secret) => Held {
+            current: secret.state.clone(),
+            ours: secret.uid(),
+            legacy_fields: secret.legacy_fields,
+        },
+        Slot::Free => Held::default(),
     };
+    Ok((admitted, held))
+}
+
+/// What the grant's own Secret holds.
+#[derive(Default)]
+struct Held {
+    current: Option<IssuedState>,
+    ours: Option<String>,
+    legacy_fields: bool,
+}
+
+/// Everything signing needs, including the upload a multipart grant signs
+/// for (`recorded_upload`).
+fn sign_plan(o: &Observed<'_>, admitted: Admitted<'_>, held: Held) -> SignPlan {
+    let (grant, valid, issuer) = (o.grant, admitted.valid, admitted.issuer);
     let stale = grant
         .status
         .as_ref()
@@ -261,24 +316,22 @@ pub fn decide(o: &Observed<'_>) -> Decision {
         .filter(|old| *old != valid.secret_name);
     let spec_hash = build::spec_hash(&grant.spec, &issuer.spec.s3);
     let (upload_id, abandoned) = match valid.multipart {
-        Some(_) => recorded_upload(grant, current.as_ref(), &spec_hash, o.upload),
+        Some(_) => recorded_upload(grant, held.current.as_ref(), &spec_hash, o.upload),
         None => (None, None),
     };
-    let plan = SignPlan {
+    SignPlan {
         spec_hash,
         target: issuer.spec.s3.clone(),
         renewal: false,
-        current,
-        ours,
-        legacy_fields,
+        current: held.current,
+        ours: held.ours,
+        legacy_fields: held.legacy_fields,
         stale,
         renew_request: grant.annotations().get(RENEW_REQUEST_ANNOTATION).cloned(),
         upload_id,
         abandoned,
         valid,
-    };
-    let expired = o.settled.is_some_and(|s| s.reason == Reason::Expired);
-    schedule(o.now, plan, expired, o.upload == Some(UploadState::Gone))
+    }
 }
 
 /// The status message of a completed multipart grant.

@@ -215,27 +215,9 @@ pub async fn run(
     // Grants that leave the cache, also those a relist finds gone: the
     // controller never reconciles them again, so they are revoked from here.
     let (gone, deleted_grants) = mpsc::unbounded::<UploadGrant>();
-    let grant_stream = watch_grants(
-        &settings.namespaces,
-        |ns| {
-            watcher(
-                api_in(&client, ns),
-                watcher::Config::default().any_semantic(),
-            )
-            .default_backoff()
-            .modify(slim_grant)
-            .boxed()
-        },
-        grant_store.clone(),
-    )
-    .inspect_ok(move |event| {
-        if let watcher::Event::Delete(grant) = event {
-            // The receiver lives as long as the controller.
-            let _ = gone.unbounded_send(grant.clone());
-        }
-    })
-    .reflect(grant_writer)
-    .applied_objects();
+    let grant_stream = grant_events(&client, &settings, grant_store.clone(), gone)
+        .reflect(grant_writer)
+        .applied_objects();
     let controller = Controller::for_stream(grant_stream, grant_store.clone());
     let (triggers, requests) = mpsc::unbounded();
     let caches = Caches {
@@ -274,6 +256,30 @@ pub async fn run(
             futures::future::ready(())
         })
         .await;
+}
+
+/// The grant watch, slimmed, with each deletion also sent to `gone`.
+fn grant_events(
+    client: &Client,
+    settings: &Settings,
+    store: Store<UploadGrant>,
+    gone: mpsc::UnboundedSender<UploadGrant>,
+) -> impl Stream<Item = watcher::Result<watcher::Event<UploadGrant>>> + use<> {
+    let watch = |ns: Option<&str>| {
+        watcher(
+            api_in(client, ns),
+            watcher::Config::default().any_semantic(),
+        )
+        .default_backoff()
+        .modify(slim_grant)
+        .boxed()
+    };
+    watch_grants(&settings.namespaces, watch, store).inspect_ok(move |event| {
+        if let watcher::Event::Delete(grant) = event {
+            // The receiver lives as long as the controller.
+            let _ = gone.unbounded_send(grant.clone());
+        }
+    })
 }
 
 type Triggers = mpsc::UnboundedSender<ObjectRef<UploadGrant>>;

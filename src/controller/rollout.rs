@@ -124,55 +124,81 @@ pub async fn restart_owed(
     let name = grant.name_any();
     for target in targets {
         let api = workloads(ctx, &namespace, target);
-        let what = format!("{} {:?}", target.kind.as_str(), target.name);
-        let workload = match api.get_opt(&target.name).await {
-            Ok(Some(w)) => w,
-            Ok(None) => {
-                outcome.notes.push(failed(&what, "it does not exist"));
-                continue;
-            }
-            Err(e) if refused(&e) => {
-                outcome.notes.push(failed(&what, &e.to_string()));
-                continue;
-            }
-            Err(e) => return Err(e.into()),
-        };
-        match step(
-            &name,
+        let restart = Restart {
+            api: &api,
+            grant: &name,
+            namespace: &namespace,
+            target,
             state,
-            &template_annotations(&workload),
             now,
-            debounce,
-        ) {
-            Step::UpToDate => {}
-            Step::After(t) => {
-                outcome.wake_at = Some(outcome.wake_at.map_or(t, |w| w.min(t)));
-            }
-            Step::Restart => {
-                let patch = Patch::Merge(restart_patch(&name, state, now));
-                let params = PatchParams {
-                    field_manager: Some(MANAGER.to_owned()),
-                    ..PatchParams::default()
-                };
-                match api.patch(&target.name, &params, &patch).await {
-                    Ok(_) => {
-                        tracing::info!(grant = %name, namespace = %namespace, kind = target.kind.as_str(),
-                            workload = %target.name, fingerprint = %state.fingerprint, "rollout restart");
-                        outcome.notes.push(Note::new(
-                            EventReason::RolloutRestarted,
-                            format!("restarted {what}: a new URL replaced the one its pods read"),
-                        ))
-                    }
-                    Err(e) if refused(&e) => outcome.notes.push(failed(&what, &e.to_string())),
-                    Err(e) => return Err(e.into()),
-                }
-            }
-        }
+        };
+        restart.owed(debounce, &mut outcome).await?;
     }
     if outcome.wake_at.is_none() {
         memo.rollouts_done = Some(state.fingerprint.clone());
     }
     Ok(outcome)
+}
+
+/// One target's restart, if it is owed one.
+struct Restart<'a> {
+    api: &'a Api<DynamicObject>,
+    grant: &'a str,
+    namespace: &'a str,
+    target: &'a RolloutTarget,
+    state: &'a IssuedState,
+    now: SystemTime,
+}
+
+impl Restart<'_> {
+    /// Looks at the target and restarts it when `step` says so; what was
+    /// done, or why not, goes into `outcome`.
+    async fn owed(&self, debounce: Duration, outcome: &mut Outcome) -> Result<()> {
+        let (target, state) = (self.target, self.state);
+        let what = format!("{} {:?}", target.kind.as_str(), target.name);
+        let workload = match self.api.get_opt(&target.name).await {
+            Ok(Some(w)) => w,
+            Ok(None) => {
+                outcome.notes.push(failed(&what, "it does not exist"));
+                return Ok(());
+            }
+            Err(e) if refused(&e) => {
+                outcome.notes.push(failed(&what, &e.to_string()));
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let annotations = template_annotations(&workload);
+        match step(self.grant, state, &annotations, self.now, debounce) {
+            Step::UpToDate => {}
+            Step::After(t) => {
+                outcome.wake_at = Some(outcome.wake_at.map_or(t, |w| w.min(t)));
+            }
+            Step::Restart => outcome.notes.push(self.restart(&what).await?),
+        }
+        Ok(())
+    }
+
+    async fn restart(&self, what: &str) -> Result<Note> {
+        let (target, state) = (self.target, self.state);
+        let patch = Patch::Merge(restart_patch(self.grant, state, self.now));
+        let params = PatchParams {
+            field_manager: Some(MANAGER.to_owned()),
+            ..PatchParams::default()
+        };
+        match self.api.patch(&target.name, &params, &patch).await {
+            Ok(_) => {
+                tracing::info!(grant = %self.grant, namespace = %self.namespace, kind = target.kind.as_str(),
+                    workload = %target.name, fingerprint = %state.fingerprint, "rollout restart");
+                Ok(Note::new(
+                    EventReason::RolloutRestarted,
+                    format!("restarted {what}: a new URL replaced the one its pods read"),
+                ))
+            }
+            Err(e) if refused(&e) => Ok(failed(what, &e.to_string())),
+            Err(e) => Err(e.into()),
+        }
+    }
 }
 
 fn targets(grant: &UploadGrant) -> &[RolloutTarget] {
