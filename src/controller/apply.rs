@@ -2,7 +2,7 @@
 //! and says what happened as a `Report`. The only stage with side effects
 //! on Secrets; what to do was settled by `decide`.
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use aws_credential_types::Credentials;
 
@@ -109,7 +109,7 @@ async fn sign_and_write(
     let secret = build::build_secret(grant, &plan.valid, &issued)?;
     match write(ctx, grant, plan, &secret, now).await? {
         WriteEnd::Written => {
-            memo.secret = Some((Instant::now(), Box::new(ManagedSecret::written(&secret))));
+            memo.remember_secret(ManagedSecret::written(&secret));
         }
         WriteEnd::Current(state) => return Ok((Report::ready(name, state, false), None)),
         WriteEnd::Conflict => return Ok((Report::conflict(name), None)),

@@ -37,14 +37,14 @@ pub struct GrantMemo {
     /// Where this generation settled (`decide::Settled`). The status says so
     /// too, but the cache may not show it yet when the pass's own side
     /// effects (the Secret it removed) wake the grant again.
-    pub settled: Option<SettledAt>,
+    pub settled: Option<Box<SettledAt>>,
     /// The Secret the last pass wrote, until the cache shows it: a pass that
     /// comes sooner reads it instead of taking the name for free and signing
     /// again.
-    pub secret: Option<(Instant, Box<ManagedSecret>)>,
+    pub secret: Option<Box<WrittenSecret>>,
     /// The URL fingerprint the rollout targets were last found up to date
     /// for (or told about): saves a GET per target on every pass.
-    pub rollouts_done: Option<String>,
+    pub rollouts_done: Option<Box<str>>,
     /// When the multipart upload was last looked at in S3.
     pub upload_checked: Option<Instant>,
 }
@@ -58,6 +58,13 @@ pub struct GrantMemo {
 pub struct StatusWrite {
     pub before: u64,
     pub status: u64,
+}
+
+/// A Secret this operator wrote, and when.
+#[derive(Debug, Clone)]
+pub struct WrittenSecret {
+    pub at: Instant,
+    pub secret: ManagedSecret,
 }
 
 /// A settled outcome and the generation it holds for.
@@ -83,7 +90,7 @@ impl GrantMemo {
     /// up with a Secret this operator wrote for the grant a moment ago. A
     /// remembered Secret the cache has caught up with is let go.
     pub fn slot(&mut self, cached: Slot, name: &str) -> Slot {
-        let Some((at, mine)) = &self.secret else {
+        let Some(WrittenSecret { at, secret: mine }) = self.secret.as_deref() else {
             return cached;
         };
         let fingerprint = |s: &ManagedSecret| s.state.as_ref().map(|x| x.fingerprint.clone());
@@ -93,10 +100,16 @@ impl GrantMemo {
             Slot::Foreign => false,
         };
         if behind && at.elapsed() < WRITTEN_SECRET_TTL && mine.name_any() == name {
-            return Slot::Ours(mine.clone());
+            return Slot::Ours(Box::new(mine.clone()));
         }
         self.secret = None;
         cached
+    }
+
+    /// Remembers the Secret just written, until the cache shows it.
+    pub fn remember_secret(&mut self, secret: ManagedSecret) {
+        let at = Instant::now();
+        self.secret = Some(Box::new(WrittenSecret { at, secret }));
     }
 
     /// What this operator last reported, if it settled this generation.
@@ -205,7 +218,7 @@ mod tests {
     use super::*;
     use crate::controller::managed::tests::secret_meta;
 
-    fn written(fingerprint: &str) -> Box<ManagedSecret> {
+    fn written(fingerprint: &str) -> ManagedSecret {
         let meta: kube::api::PartialObjectMeta<k8s_openapi::api::core::v1::Secret> =
             serde_json::from_value(secret_meta("grant-uid")).expect("fixture");
         let mut secret = k8s_openapi::api::core::v1::Secret {
@@ -222,7 +235,7 @@ mod tests {
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .into(),
         );
-        Box::new(ManagedSecret::written(&secret))
+        ManagedSecret::written(&secret)
     }
 
     fn fingerprint(slot: &Slot) -> Option<String> {
@@ -236,7 +249,7 @@ mod tests {
     fn a_secret_just_written_stands_in_for_the_cache_until_it_catches_up() {
         let mut memo = GrantMemo::default();
         assert!(matches!(memo.slot(Slot::Free, "g"), Slot::Free));
-        memo.secret = Some((Instant::now(), written("sha256:new")));
+        memo.remember_secret(written("sha256:new"));
         let slot = memo.slot(Slot::Free, "g");
         assert_eq!(fingerprint(&slot).as_deref(), Some("sha256:new"));
         assert!(
@@ -245,23 +258,26 @@ mod tests {
         );
         // Let go once the name was asked for under another name.
         assert!(memo.secret.is_none());
-        memo.secret = Some((Instant::now(), written("sha256:new")));
-        let older = Slot::Ours(written("sha256:old"));
+        memo.remember_secret(written("sha256:new"));
+        let older = Slot::Ours(Box::new(written("sha256:old")));
         assert_eq!(
             fingerprint(&memo.slot(older, "g")).as_deref(),
             Some("sha256:new"),
             "the cache is behind"
         );
-        let caught_up = Slot::Ours(written("sha256:new"));
+        let caught_up = Slot::Ours(Box::new(written("sha256:new")));
         assert!(matches!(memo.slot(caught_up, "g"), Slot::Ours(_)));
         assert!(memo.secret.is_none(), "let go once the cache shows it");
         // Somebody else's Secret is never hidden by our memory.
-        memo.secret = Some((Instant::now(), written("sha256:new")));
+        memo.remember_secret(written("sha256:new"));
         assert!(matches!(memo.slot(Slot::Foreign, "g"), Slot::Foreign));
         // A memory older than the cache's worst lag is not trusted.
         let long_ago = Instant::now().checked_sub(WRITTEN_SECRET_TTL + Duration::from_secs(1));
         if let Some(at) = long_ago {
-            memo.secret = Some((at, written("sha256:new")));
+            memo.secret = Some(Box::new(WrittenSecret {
+                at,
+                secret: written("sha256:new"),
+            }));
             assert!(matches!(memo.slot(Slot::Free, "g"), Slot::Free));
         }
     }
@@ -277,6 +293,8 @@ mod tests {
         assert_eq!(memos.failures(key), 2);
         let memo = memos.take(key);
         assert_eq!(memo.rollouts_done.as_deref(), Some("f"));
+        // The record is small: the steady state of every grant holds one.
+        assert!(std::mem::size_of::<GrantMemo>() <= 96);
         assert_eq!(memos.failures(key), 0, "taken out while the pass runs");
         // An empty record is not kept.
         memos.commit(key, GrantMemo::default(), &tombstones);
@@ -290,11 +308,11 @@ mod tests {
     #[test]
     fn settled_holds_for_its_generation_only() {
         let memo = GrantMemo {
-            settled: Some(SettledAt {
+            settled: Some(Box::new(SettledAt {
                 generation: 3,
                 reason: Reason::Expired,
                 message: "gone".into(),
-            }),
+            })),
             ..GrantMemo::default()
         };
         assert_eq!(memo.settled(Some(3)), Some((Reason::Expired, "gone")));

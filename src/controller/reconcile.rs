@@ -137,10 +137,12 @@ fn remember_settled(memo: &mut GrantMemo, grant: &UploadGrant, report: &decide::
         .metadata
         .generation
         .filter(|_| Settled::holds(report.reason))
-        .map(|generation| SettledAt {
-            generation,
-            reason: report.reason,
-            message: report.message.clone(),
+        .map(|generation| {
+            Box::new(SettledAt {
+                generation,
+                reason: report.reason,
+                message: report.message.clone(),
+            })
         });
 }
 

@@ -107,7 +107,7 @@ pub async fn restart_owed(
 ) -> Result<Outcome> {
     let mut outcome = Outcome::default();
     let targets = targets(grant);
-    if targets.is_empty() || memo.rollouts_done.as_ref() == Some(&state.fingerprint) {
+    if targets.is_empty() || memo.rollouts_done.as_deref() == Some(state.fingerprint.as_str()) {
         return Ok(outcome);
     }
     let Some(debounce) = ctx.settings.rollout_restart_debounce else {
@@ -117,7 +117,7 @@ pub async fn restart_owed(
                 "spec.secret.rolloutRestartTargets is set, but this operator runs without rollout restarts (--rollout-restarts; Helm: rolloutRestarts.enabled=true); nothing was restarted",
             ));
         }
-        memo.rollouts_done = Some(state.fingerprint.clone());
+        memo.rollouts_done = Some(state.fingerprint.as_str().into());
         return Ok(outcome);
     };
     let namespace = grant.namespace().unwrap_or_default();
@@ -135,7 +135,7 @@ pub async fn restart_owed(
         restart.owed(debounce, &mut outcome).await?;
     }
     if outcome.wake_at.is_none() {
-        memo.rollouts_done = Some(state.fingerprint.clone());
+        memo.rollouts_done = Some(state.fingerprint.as_str().into());
     }
     Ok(outcome)
 }
