@@ -33,7 +33,7 @@ seed "cargo-deny-$deny_version" bin/cargo-deny "$deny_version"
 
 cd "$REPO_ROOT"
 started=$(date +%s)
-export CARGO_HOME="$tmp/cargo-home" UGO_CACHE_DIR="$fresh_cache"
+export CARGO_HOME="$tmp/cargo-home" UGO_CACHE_DIR="$fresh_cache" CARGO_TERM_QUIET=true
 # rustup's proxies find the toolchain through RUSTUP_HOME, not CARGO_HOME.
 export RUSTUP_HOME="${RUSTUP_HOME:-$HOME/.rustup}"
 make --no-print-directory deps deny
