@@ -38,8 +38,8 @@ async fn revoke(ctx: &Context, grant: &UploadGrant) {
         ctx.memos.forget(key);
         return;
     }
-    // The record, if no pass holds it: the Secret a pass wrote a moment ago
-    // is removed even before the cache shows it.
+    // The record, if no pass holds it: what it remembers of the upload the
+    // grant's Secret records, for a namespace whose deletion takes the Secret.
     let mut memo = ctx.memos.take(key);
     for attempt in 1..=ATTEMPTS {
         // A grant deleted without a finalizer goes at once; one with a

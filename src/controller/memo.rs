@@ -134,8 +134,9 @@ pub struct Memos {
 }
 
 impl Memos {
-    /// Takes the grant's record out for a pass; kube-runtime never runs two
-    /// passes of one grant at once.
+    /// Takes the grant's record out for a pass (kube-runtime never runs two
+    /// passes of one grant at once), or for the revocation of a deleted
+    /// grant, which may run beside a pass and then gets an empty record.
     pub fn take(&self, key: u64) -> GrantMemo {
         self.lock().remove(&key).unwrap_or_default()
     }
@@ -143,10 +144,14 @@ impl Memos {
     /// Puts the record back at the end of a pass, unless the grant was
     /// deleted meanwhile or nothing is left worth keeping.
     pub fn commit(&self, key: u64, memo: GrantMemo, tombstones: &Tombstones) {
+        // The tombstone is looked at under the records' lock: a deletion
+        // lays its tombstone before it forgets the record, so its `forget`
+        // either finds this record or this commit finds the tombstone.
+        let mut records = self.lock();
         if memo.is_empty() || tombstones.contains(key) {
             return;
         }
-        self.lock().insert(key, memo);
+        records.insert(key, memo);
     }
 
     /// Failed passes in a row, for the backoff after this one.

@@ -265,9 +265,12 @@ pub(super) async fn revoke_deleted(
         ctx.events.publish(grant, Note::new(reason, message));
     }
     ctx.metrics.grant_state(grant_key(grant), None, None);
-    // Nothing is kept about a grant that is gone: the record committed at
-    // the end of this pass is empty.
-    *memo = GrantMemo::default();
+    // Nothing is kept about a grant that is gone but its failures, so that
+    // the backoff still grows while its finalizer cannot be removed.
+    *memo = GrantMemo {
+        failures: memo.failures,
+        ..GrantMemo::default()
+    };
     ctx.memos.forget(grant_key(grant));
     Ok(())
 }
