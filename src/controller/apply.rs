@@ -10,10 +10,11 @@ use kube::ResourceExt;
 
 use super::build::{self, Issued, IssuedState, Signed, format_time};
 use super::context::Context;
-use super::decide::{self, Decision, Report, SignPlan};
+use super::decide::{self, Decision, SignPlan};
 use super::managed::{ManagedSecret, Slot};
 use super::memo::GrantMemo;
 use super::multipart;
+use super::report::Report;
 use super::secrets::{self, Written};
 use super::validate::secret_name;
 use crate::api::{Method, Reason, UploadGrant};

@@ -1,8 +1,8 @@
 //! Decide: the pure middle of a reconcile. From what was loaded (the grant,
 //! its issuer, the namespace's labels, who holds the Secret's name, the
-//! time) it says what to do — issue, keep, renew, revoke or stand aside —
-//! and, once that is done, what the status and the event say. No cluster
-//! access and no clock of its own, so every transition is a table test.
+//! time) it says what to do — issue, keep, renew, revoke or stand aside;
+//! what the status and the events then say is `report`'s. No cluster access
+//! and no clock of its own, so every transition is a table test.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
@@ -10,7 +10,6 @@ use std::time::{Duration, SystemTime};
 use kube::ResourceExt;
 
 use super::build::{self, IssuedState, format_time};
-use super::events::{EventReason, Note};
 use super::managed::Slot;
 use super::validate::{ValidGrant, check_propagation, validate};
 use crate::api::condition::ready_condition;
@@ -19,10 +18,6 @@ use crate::api::{ClusterGrantIssuer, Reason, S3Target, UploadGrant};
 use crate::issuer::{Request, RuleVerdict, conclude, evaluate};
 use crate::signing::url_lifetime;
 use crate::uploads::UploadState;
-
-/// How long to wait before looking again at a name held by a Secret that is
-/// not ours: such Secrets are not watched.
-pub const CONFLICT_RECHECK: Duration = Duration::from_secs(60);
 
 /// Everything a decision depends on.
 pub struct Observed<'a> {
@@ -463,167 +458,6 @@ pub fn times(
     })
 }
 
-/// When to run the next reconcile of a grant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Wake {
-    At(SystemTime),
-    After(Duration),
-    OnChange,
-}
-
-impl Wake {
-    /// This wake-up, or one at `at` if that comes first.
-    pub fn or_at(self, at: SystemTime, now: SystemTime) -> Wake {
-        let sooner = match self {
-            Wake::At(t) => at < t,
-            Wake::After(d) => at < now + d,
-            Wake::OnChange => true,
-        };
-        if sooner { Wake::At(at) } else { self }
-    }
-}
-
-/// What the grant's status and events say once a decision is carried out.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Report {
-    pub reason: Reason,
-    pub message: String,
-    pub issued: Option<IssuedState>,
-    pub secret_name: Option<String>,
-    pub wake: Wake,
-    pub note: Option<Note>,
-    /// Multipart grants without a current Secret: an upload the status
-    /// still names (a completed one, or one an abort has yet to reach).
-    pub upload_id: Option<String>,
-}
-
-impl Report {
-    fn not_ready(reason: Reason, message: String, wake: Wake, note: Option<Note>) -> Self {
-        Report {
-            reason,
-            message,
-            issued: None,
-            secret_name: None,
-            wake,
-            note,
-            upload_id: None,
-        }
-    }
-
-    /// Secrets were revoked (`removed` says whether any existed).
-    pub fn revoked(reason: Reason, message: String, removed: bool) -> Self {
-        let note = match reason {
-            Reason::Suspended => {
-                removed.then(|| Note::new(EventReason::Revoked, "grant suspended; Secret removed"))
-            }
-            Reason::Expired | Reason::Completed => {
-                removed.then(|| Note::new(EventReason::Revoked, message.clone()))
-            }
-            Reason::InvalidSpec => Some(Note::new(EventReason::Failed, removal(&message, removed))),
-            _ => Some(Note::new(EventReason::Denied, removal(&message, removed))),
-        };
-        Report::not_ready(reason, message, Wake::OnChange, note)
-    }
-
-    pub fn conflict(secret_name: &str) -> Self {
-        let msg = format!(
-            "Secret {secret_name:?} exists and is not owned by this grant; it is left untouched. Delete it or set spec.secret.name"
-        );
-        let note = Note::new(EventReason::Failed, msg.clone());
-        Report::not_ready(
-            Reason::SecretConflict,
-            msg,
-            Wake::After(CONFLICT_RECHECK),
-            Some(note),
-        )
-    }
-
-    /// The Secret holds a current URL.
-    pub fn ready(secret_name: &str, state: IssuedState, stale_removed: bool) -> Self {
-        let message = match state.refresh_at {
-            Some(at) => format!(
-                "URL valid until {}; renews at {}",
-                format_time(state.expires_at),
-                format_time(at)
-            ),
-            None => format!(
-                "URL valid until {}; it is not renewed",
-                format_time(state.expires_at)
-            ),
-        };
-        let note = stale_removed.then(|| {
-            Note::new(
-                EventReason::Revoked,
-                "the Secret was renamed; the old one was removed",
-            )
-        });
-        Report {
-            reason: Reason::Issued,
-            message,
-            secret_name: Some(secret_name.to_owned()),
-            // One second more, so the wake-up lands after the planned instant.
-            wake: Wake::At(state.refresh_at.unwrap_or(state.expires_at) + Duration::from_secs(1)),
-            issued: Some(state),
-            note,
-            upload_id: None,
-        }
-    }
-
-    /// Wakes a second after `at`, so the wake-up lands after the planned instant.
-    pub fn waking_at(self, at: SystemTime) -> Self {
-        Report {
-            wake: Wake::At(at + Duration::from_secs(1)),
-            ..self
-        }
-    }
-
-    /// A URL was just written.
-    pub fn issued(secret_name: &str, state: IssuedState, renewal: bool) -> Self {
-        let expires = format_time(state.expires_at);
-        let note = if renewal {
-            Note::new(
-                EventReason::Renewed,
-                format!("URL renewed; expires at {expires}"),
-            )
-        } else {
-            Note::new(
-                EventReason::Issued,
-                format!("URL issued into Secret {secret_name:?}; expires at {expires}"),
-            )
-        };
-        Report {
-            note: Some(note),
-            ..Report::ready(secret_name, state, false)
-        }
-    }
-
-    /// Signing failed; the current URL is reported while it is kept.
-    pub fn failed(reason: Reason, detail: String, kept: Option<(&str, &IssuedState)>) -> Self {
-        let message = match kept {
-            Some((_, s)) => format!(
-                "{detail}; the current URL stays valid until {}",
-                format_time(s.expires_at)
-            ),
-            None => detail,
-        };
-        let note = Some(Note::new(EventReason::Failed, message.clone()));
-        let mut report = Report::not_ready(reason, message, Wake::OnChange, note);
-        if let Some((name, state)) = kept {
-            report.issued = Some(state.clone());
-            report.secret_name = Some(name.to_owned());
-        }
-        report
-    }
-}
-
-fn removal(message: &str, removed: bool) -> String {
-    if removed {
-        format!("{message}; the Secret was removed")
-    } else {
-        message.to_owned()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -883,20 +717,6 @@ mod tests {
             }
             other => panic!("forbidden, not {other:?}"),
         }
-    }
-
-    #[test]
-    fn a_restart_window_can_only_bring_a_wake_up_forward() {
-        let now = at(0);
-        assert_eq!(Wake::OnChange.or_at(at(60), now), Wake::At(at(60)));
-        assert_eq!(Wake::At(at(30)).or_at(at(60), now), Wake::At(at(30)));
-        assert_eq!(Wake::At(at(90)).or_at(at(60), now), Wake::At(at(60)));
-        let soon = Wake::After(Duration::from_secs(10));
-        assert_eq!(soon.or_at(at(60), now), soon);
-        assert_eq!(
-            Wake::After(Duration::from_secs(70)).or_at(at(60), now),
-            Wake::At(at(60))
-        );
     }
 
     #[test]
@@ -1215,45 +1035,6 @@ mod tests {
             message,
             "spec.ttl: 1m0s is shorter than 3m0s, the shortest ttl this operator signs: a renewed \
              URL can take up to 2m0s (its propagation budget) to reach pods that mount the Secret"
-        );
-    }
-
-    #[test]
-    fn reports_say_what_happened() {
-        let removed = Report::revoked(Reason::Forbidden, "no rule".into(), true);
-        assert_eq!(
-            removed.note,
-            Some(Note::new(
-                EventReason::Denied,
-                "no rule; the Secret was removed"
-            ))
-        );
-        assert_eq!(removed.wake, Wake::OnChange);
-        let quiet = Report::revoked(Reason::Suspended, "suspended".into(), false);
-        assert_eq!(quiet.note, None, "nothing was revoked, nothing to say");
-        let invalid = Report::revoked(Reason::InvalidSpec, "bad".into(), false);
-        assert_eq!(invalid.note.map(|n| n.reason), Some(EventReason::Failed));
-        let conflict = Report::conflict("s");
-        assert_eq!(conflict.wake, Wake::After(CONFLICT_RECHECK));
-        let state = IssuedState {
-            spec_hash: "h".into(),
-            issued_at: at(0),
-            expires_at: at(3600),
-            refresh_at: Some(at(2400)),
-            fingerprint: "sha256:x".into(),
-            renew_request: None,
-            replaces: None,
-            upload: None,
-        };
-        let renewed = Report::issued("s", state.clone(), true);
-        assert_eq!(renewed.wake, Wake::At(at(2401)));
-        assert_eq!(renewed.note.map(|n| n.reason), Some(EventReason::Renewed));
-        let failed = Report::failed(Reason::SigningFailed, "boom".into(), Some(("s", &state)));
-        assert_eq!(failed.issued, Some(state));
-        assert!(
-            failed
-                .message
-                .starts_with("boom; the current URL stays valid")
         );
     }
 }

@@ -16,6 +16,7 @@ mod memo;
 pub mod multipart;
 mod priority;
 mod reconcile;
+mod report;
 pub mod rollout;
 mod scoped;
 pub(crate) mod secrets;

@@ -16,10 +16,11 @@ use kube::{Api, Resource, ResourceExt};
 
 use super::build::whole_seconds;
 use super::context::{Context, grant_key};
-use super::decide::{self, Decision, Observed, Settled, Wake};
+use super::decide::{self, Decision, Observed, Settled};
 use super::events::{EventReason, Note};
 use super::managed::Slot;
 use super::memo::{GrantMemo, SettledAt};
+use super::report::{Report, Wake};
 use super::secrets;
 use super::validate::secret_name;
 use super::{apply, finalizer, multipart, priority, rollout, status};
@@ -132,7 +133,7 @@ async fn pass(grant: &UploadGrant, ctx: &Context, memo: &mut GrantMemo) -> Resul
 
 /// Keeps a settled outcome for its generation, and forgets one that no
 /// longer holds.
-fn remember_settled(memo: &mut GrantMemo, grant: &UploadGrant, report: &decide::Report) {
+fn remember_settled(memo: &mut GrantMemo, grant: &UploadGrant, report: &Report) {
     memo.settled = grant
         .metadata
         .generation

@@ -1,46 +1,16 @@
 //! Status: the last stage. Writes what a report says into the grant's status,
 //! and only when it changes.
 
-use std::time::SystemTime;
-
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
 
 use super::context::{Context, hash};
-use super::decide::Report;
 use super::memo::{GrantMemo, StatusWrite};
-use crate::api::condition::set_ready;
+use super::report::{Report, status_of};
 use crate::api::secret::MANAGER;
 use crate::api::{UploadGrant, UploadGrantStatus};
 use crate::error::Result;
-
-/// The status a report gives a grant whose status is `old`.
-pub fn status_of(grant: &UploadGrant, report: &Report, now: Time) -> UploadGrantStatus {
-    let old = grant.status.clone().unwrap_or_default();
-    let time = |t: SystemTime| Time(jiff::Timestamp::try_from(t).unwrap_or_default());
-    let issued = report.issued.as_ref();
-    let mut new = UploadGrantStatus {
-        conditions: old.conditions,
-        secret_name: report.secret_name.clone(),
-        issued_at: issued.map(|s| time(s.issued_at)),
-        expires_at: issued.map(|s| time(s.expires_at)),
-        refresh_at: issued.and_then(|s| s.refresh_at.map(time)),
-        url_fingerprint: issued.map(|s| s.fingerprint.clone()),
-        upload_id: issued
-            .and_then(|s| s.upload.as_ref().map(|u| u.id.clone()))
-            .or_else(|| report.upload_id.clone()),
-        observed_generation: old.observed_generation,
-    };
-    set_ready(
-        &mut new,
-        report.reason,
-        report.message.clone(),
-        grant.metadata.generation,
-        now,
-    );
-    new
-}
 
 /// Writes the status the report gives; returns whether it changed, which
 /// it does not when the cache already shows it or it was just written.
