@@ -63,7 +63,7 @@ pub struct Context {
     pub(super) due_index: DueIndex,
 }
 
-/// A grant's key in the operator's per-grant tables: a hash of its uid, a
+/// A grant's key in the map of per-grant records: a hash of its uid, a
 /// fraction of the size of its name and namespace.
 pub fn grant_key(grant: &UploadGrant) -> u64 {
     hash(grant.uid().unwrap_or_default().as_bytes())

@@ -28,7 +28,7 @@ const TOMBSTONE_TTL: Duration = Duration::from_secs(300);
 /// Everything kept about one grant between passes.
 #[derive(Debug, Clone, Default)]
 pub struct GrantMemo {
-    /// Passes that failed in a row: the backoff (`super::retry_delay`).
+    /// Passes that failed in a row: the backoff (`retry_delay`).
     pub failures: u32,
     /// The last status written. Our own writes wake the grant again, often
     /// before the cache holds the new status; without this, each such
