@@ -1,6 +1,7 @@
-//! Apply: carries a decision out — signing, the Secret write, removals —
-//! and says what happened as a `Report`. The only stage with side effects
-//! on Secrets; what to do was settled by `decide`.
+//! Apply: carries a decision out — signing, the S3 upload calls, the
+//! Secret write or removal, rollout restarts — and returns what was done
+//! (`report::Done`), for `report` to say. The only stage with side effects;
+//! what to do was settled by `decide`.
 
 use std::time::{Duration, SystemTime};
 
@@ -11,79 +12,156 @@ use kube::ResourceExt;
 use super::build::{self, Issued, IssuedState, Signed, format_time};
 use super::context::Context;
 use super::decide::{self, Decision, SignPlan};
+use super::load::Loaded;
 use super::managed::{ManagedSecret, Slot};
 use super::memo::GrantMemo;
-use super::multipart;
-use super::report::Report;
+use super::report::{Aborted, After, Done};
 use super::secrets::{self, Written};
-use super::validate::secret_name;
+use super::{multipart, rollout};
 use crate::api::{Method, Reason, UploadGrant};
 use crate::error::{Error, Result};
 use crate::metrics::Signing;
 use crate::signing::{CredentialsError, MultipartInput, SigningError};
 
-/// A report, and the error to back off with when the pass failed.
-pub type Applied = (Report, Option<Error>);
+/// What was done, and the error to back off with when the pass failed.
+pub type Applied = (Done, Option<Error>);
 
+/// Carries the decision out. What the loaded grant recorded (its Secret's
+/// upload, its issuer's endpoint) is what a revocation aborts.
 pub async fn carry_out(
     ctx: &Context,
     grant: &UploadGrant,
     memo: &mut GrantMemo,
+    loaded: &Loaded<'_>,
     decision: Decision,
     now: SystemTime,
 ) -> Result<Applied> {
-    let report = match decision {
+    let done = match decision {
         Decision::Revoke { reason, message } => {
-            // Read before the Secret that records it goes.
-            let recorded = multipart::secret_upload(ctx, grant, memo)
-                .map(|u| u.id)
-                .or_else(|| grant.status.as_ref()?.upload_id.clone());
-            let removed = revoke_all(ctx, grant, memo).await?;
-            if reason == Reason::Completed {
-                let mut report = Report::revoked(reason, message, removed);
-                report.upload_id = recorded;
-                return Ok((report, None));
-            }
-            return Ok(
-                match multipart::abort_grant_uploads(ctx, grant, memo).await {
-                    Ok(aborted) => {
-                        let message = aborted_message(message, aborted);
-                        (Report::revoked(reason, message, removed), None)
-                    }
-                    Err(e) => {
-                        let message =
-                            format!("{message}; aborting the multipart upload failed: {e}");
-                        let mut report = Report::revoked(reason, message, removed);
-                        report.upload_id = recorded;
-                        (report, Some(e.into()))
-                    }
-                },
-            );
+            return revoke(ctx, grant, memo, loaded, reason, message).await;
         }
-        Decision::Conflict { secret_name } => Report::conflict(&secret_name),
+        Decision::RevokeDeleted {
+            remove,
+            announce_held,
+            abort,
+        } => return revoke_deleted(ctx, grant, memo, loaded, (remove, announce_held, abort)).await,
+        Decision::Conflict { secret_name } => Done::Conflict { secret_name },
         Decision::Keep {
             secret_name,
             state,
             stale,
             wake_at,
-        } => {
-            let removed = remove_stale(ctx, grant, memo, stale.as_deref()).await?;
-            Report::ready(&secret_name, *state, removed).waking_at(wake_at)
-        }
+        } => Done::Kept {
+            stale_removed: remove_stale(ctx, grant, memo, stale.as_deref()).await?,
+            secret_name,
+            state: *state,
+            wake_at,
+        },
         Decision::Sign(plan) => return sign_and_write(ctx, grant, memo, &plan, now).await,
     };
-    Ok((report, None))
+    Ok((done, None))
 }
 
-/// What a revocation says about the grant's multipart upload.
-pub fn aborted_message(message: String, aborted: multipart::Aborted) -> String {
-    match aborted {
-        multipart::Aborted::Nothing => message,
-        multipart::Aborted::Uploads(_) => format!("{message}; the multipart upload was aborted"),
-        multipart::Aborted::NoIssuer => format!(
-            "{message}; the multipart upload could not be aborted (the issuer is gone): the bucket's AbortIncompleteMultipartUpload lifecycle rule is the backstop"
-        ),
+/// Removes every Secret the grant owns, then aborts its upload, unless S3
+/// says it was completed.
+async fn revoke(
+    ctx: &Context,
+    grant: &UploadGrant,
+    memo: &mut GrantMemo,
+    loaded: &Loaded<'_>,
+    reason: Reason,
+    message: String,
+) -> Result<Applied> {
+    let in_secret = loaded.in_secret().cloned();
+    let recorded = in_secret
+        .as_ref()
+        .map(|u| u.id.clone())
+        .or_else(|| grant.status.as_ref()?.upload_id.clone());
+    let removed = revoke_all(ctx, grant, memo).await?;
+    let (aborted, error) = match reason {
+        Reason::Completed => (Ok(Aborted::Nothing), None),
+        _ => match abort(ctx, grant, memo, loaded, true).await {
+            Ok(aborted) => (Ok(aborted), None),
+            Err(e) => (Err(e.to_string()), Some(e.into())),
+        },
+    };
+    let done = Done::Revoked {
+        reason,
+        message,
+        removed,
+        aborted,
+        recorded,
+    };
+    Ok((done, error))
+}
+
+/// A deleted grant: its Secrets go (unless the namespace's deletion takes
+/// them) and its upload is aborted. A failed abort keeps the finalizer and
+/// is retried with backoff; the revocation is said first.
+async fn revoke_deleted(
+    ctx: &Context,
+    grant: &UploadGrant,
+    memo: &mut GrantMemo,
+    loaded: &Loaded<'_>,
+    (remove, announce_held, abort_upload): (bool, bool, bool),
+) -> Result<Applied> {
+    let removed = match remove {
+        true => revoke_all(ctx, grant, memo).await?,
+        false => {
+            tracing::debug!(grant = %grant.name_any(), "namespace terminating; its deletion removes the Secret");
+            false
+        }
+    };
+    let (aborted, error) = match abort(ctx, grant, memo, loaded, abort_upload).await {
+        Ok(aborted) => (aborted, None),
+        Err(e) => (Aborted::Nothing, Some(e.into())),
+    };
+    let done = Done::Deleted {
+        announce: remove && (removed || announce_held),
+        aborted,
+    };
+    Ok((done, error))
+}
+
+/// Aborts the grant's uploads, when asked to.
+async fn abort(
+    ctx: &Context,
+    grant: &UploadGrant,
+    memo: &mut GrantMemo,
+    loaded: &Loaded<'_>,
+    asked: bool,
+) -> std::result::Result<Aborted, crate::uploads::MultipartError> {
+    if !asked {
+        return Ok(Aborted::Nothing);
     }
+    let in_secret = loaded.in_secret().cloned();
+    multipart::abort_grant_uploads(ctx, grant, memo, loaded.target(), in_secret).await
+}
+
+/// What follows a current URL: the rollout restarts it owes (not after a
+/// failed pass), and when an open multipart upload is looked at next.
+pub async fn follow_up(
+    ctx: &Context,
+    grant: &UploadGrant,
+    memo: &mut GrantMemo,
+    applied: &Applied,
+    now: SystemTime,
+) -> Result<After> {
+    let Some(state) = applied.0.current_url().filter(|_| applied.1.is_none()) else {
+        return Ok(After::default());
+    };
+    let restarts = rollout::restart_owed(ctx, grant, memo, state, now).await?;
+    // S3 sends no notification when the client completes the upload.
+    let upload_check = grant
+        .spec
+        .multipart
+        .as_ref()
+        .map(|_| SystemTime::now() + ctx.settings.multipart_check_interval);
+    Ok(After {
+        restart_notes: restarts.notes,
+        restart_wake: restarts.wake_at,
+        upload_check,
+    })
 }
 
 /// Why no URL could be signed.
@@ -108,18 +186,22 @@ async fn sign_and_write(
     };
     let name = plan.valid.secret_name.as_str();
     let secret = build::build_secret(grant, &plan.valid, &issued)?;
-    match write(ctx, grant, plan, &secret, now).await? {
+    let secret_name = name.to_owned();
+    let done = match write(ctx, grant, plan, &secret, now).await? {
         WriteEnd::Written => {
             memo.remember_secret(ManagedSecret::written(&secret));
+            None
         }
-        WriteEnd::Current(state) => return Ok((Report::ready(name, state, false), None)),
-        WriteEnd::Conflict => return Ok((Report::conflict(name), None)),
-        WriteEnd::Refused(reason) => {
-            let reason = issued.presigned.redact(&reason);
-            let message = format!("the apiserver refused Secret {name:?}: {reason}");
-            let removed = revoke_all(ctx, grant, memo).await?;
-            return Ok((Report::revoked(Reason::InvalidSpec, message, removed), None));
-        }
+        WriteEnd::Current(state) => Some(Done::Current { secret_name, state }),
+        WriteEnd::Conflict => Some(Done::Conflict { secret_name }),
+        WriteEnd::Refused(reason) => Some(Done::Refused {
+            secret_name,
+            why: issued.presigned.redact(&reason),
+            removed: revoke_all(ctx, grant, memo).await?,
+        }),
+    };
+    if let Some(done) = done {
+        return Ok((done, None));
     }
     ctx.metrics.issued(plan.renewal);
     tracing::info!(
@@ -127,7 +209,12 @@ async fn sign_and_write(
         secret = name, renewal = plan.renewal, fingerprint = %issued.presigned.fingerprint(),
         expires_at = %format_time(issued.expires_at), "issued presigned URL"
     );
-    Ok((Report::issued(name, issued.state(), plan.renewal), None))
+    let done = Done::Issued {
+        secret_name: name.to_owned(),
+        state: issued.state(),
+        renewal: plan.renewal,
+    };
+    Ok((done, None))
 }
 
 async fn sign(
@@ -261,8 +348,13 @@ async fn fail(
         ),
     };
     ctx.metrics.signed(metric);
-    let kept = kept.map(|state| (plan.valid.secret_name.as_str(), state));
-    Ok((Report::failed(reason, detail, kept), Some(error)))
+    let kept = kept.map(|state| (plan.valid.secret_name.clone(), state.clone()));
+    let done = Done::Failed {
+        reason,
+        detail,
+        kept,
+    };
+    Ok((done, Some(error)))
 }
 
 /// How a Secret write ended, once the server was asked about a refusal.
@@ -351,33 +443,10 @@ async fn remove_stale(
 /// its status names. Returns whether anything was removed.
 pub async fn revoke_all(ctx: &Context, grant: &UploadGrant, memo: &mut GrantMemo) -> Result<bool> {
     let mut any = false;
-    for name in owned_names(grant) {
+    for name in secrets::owned_names(grant) {
         any |= remove(ctx, grant, memo, &name).await?;
     }
     Ok(any)
-}
-
-/// Whether the cache shows a Secret this grant owns under either name.
-pub fn holds_secret(ctx: &Context, grant: &UploadGrant) -> bool {
-    let namespace = grant.namespace().unwrap_or_default();
-    owned_names(grant).iter().any(|name| {
-        matches!(
-            secrets::cached_slot(ctx, grant, &namespace, name),
-            Slot::Ours(_)
-        )
-    })
-}
-
-/// The names a grant's Secret may have: the one its spec names and the one
-/// its status names.
-fn owned_names(grant: &UploadGrant) -> Vec<String> {
-    let mut names = vec![secret_name(&grant.spec, &grant.name_any())];
-    if let Some(status_name) = grant.status.as_ref().and_then(|s| s.secret_name.clone())
-        && !names.contains(&status_name)
-    {
-        names.push(status_name);
-    }
-    names
 }
 
 #[cfg(test)]

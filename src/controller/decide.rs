@@ -36,7 +36,19 @@ pub struct Observed<'a> {
     /// Multipart grants: where the recorded upload stands, when it was
     /// looked at in this pass (`uploads::state`).
     pub upload: Option<UploadState>,
+    /// Set when the grant is deleted (or deleting): then it is revoked.
+    pub deletion: Option<Deletion>,
     pub now: SystemTime,
+}
+
+/// What the revocation of a deleted grant depends on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deletion {
+    /// The namespace is being deleted: its deletion removes the Secrets.
+    pub namespace_terminating: bool,
+    /// The cache showed a Secret of the grant's before the revocation, so
+    /// it is announced even if somebody else removes the Secret first.
+    pub held: bool,
 }
 
 /// An outcome that holds for the rest of a generation: the URL ran out
@@ -86,6 +98,16 @@ pub enum Decision {
     },
     /// Sign a URL and write it.
     Sign(Box<SignPlan>),
+    /// The grant is deleted: remove its Secrets and abort its upload. Its
+    /// status is not written; it is going.
+    RevokeDeleted {
+        /// Remove the Secrets (not when the namespace's deletion does).
+        remove: bool,
+        /// Announce the revocation even if nothing is left to remove.
+        announce_held: bool,
+        /// Abort the multipart upload the grant may have left in S3.
+        abort: bool,
+    },
 }
 
 /// Everything needed to sign and write a URL.
@@ -215,10 +237,11 @@ pub fn admit<'a>(a: &Admission<'a>) -> Result<Admitted<'a>, Refused> {
 }
 
 /// The decision, as an ordered chain of named checks: the first that has a
-/// verdict decides (suspended, admitted, settled, conflict, upload), and a
-/// grant that passes them all is scheduled.
+/// verdict decides (deleted, suspended, admitted, settled, conflict,
+/// upload), and a grant that passes them all is scheduled.
 pub fn decide(o: &Observed<'_>) -> Decision {
-    let verdict = suspended(o)
+    let verdict = deleted(o)
+        .and_then(|()| suspended(o))
         .and_then(|()| admitted(o))
         .and_then(|admitted| settled(o).map(|()| admitted))
         .and_then(|admitted| conflict(o, admitted));
@@ -239,6 +262,22 @@ fn revoke(reason: Reason, message: impl Into<String>) -> Decision {
         reason,
         message: message.into(),
     }
+}
+
+/// A deleted grant is revoked. S3 has no garbage collection, so its upload
+/// is aborted before it goes (also in a terminating namespace), unless the
+/// status says it was completed.
+fn deleted(o: &Observed<'_>) -> Check<()> {
+    let Some(d) = o.deletion else { return Ok(()) };
+    let grant = o.grant;
+    let has_upload = grant.status.as_ref().is_some_and(|s| s.upload_id.is_some());
+    let completed = Settled::from_status(grant).is_some_and(|s| s.reason == Reason::Completed);
+    Err(Decision::RevokeDeleted {
+        remove: !d.namespace_terminating,
+        announce_held: d.held,
+        // Multipart grants are the ones that carry the finalizer.
+        abort: (grant.spec.multipart.is_some() || has_upload) && !completed,
+    })
 }
 
 /// A suspended grant holds no URL.
@@ -544,6 +583,7 @@ mod tests {
         remembered: Option<Settled<'static>>,
         propagation: Duration,
         upload: Option<UploadState>,
+        deletion: Option<Deletion>,
         now: SystemTime,
     }
 
@@ -558,6 +598,7 @@ mod tests {
                 remembered: None,
                 propagation: DEFAULT_PROPAGATION_BUDGET,
                 upload: None,
+                deletion: None,
                 now: at(100),
             }
         }
@@ -574,6 +615,7 @@ mod tests {
                     .or_else(|| Settled::from_status(&self.grant)),
                 propagation: self.propagation,
                 upload: self.upload,
+                deletion: self.deletion,
                 now: self.now,
             })
         }
@@ -589,7 +631,96 @@ mod tests {
             Decision::Keep { .. } => ("keep", None),
             Decision::Sign(p) if p.renewal => ("renew", None),
             Decision::Sign(_) => ("issue", None),
+            Decision::RevokeDeleted { .. } => ("deleted", None),
         }
+    }
+
+    #[test]
+    fn a_deleted_grant_is_revoked_whatever_else_holds() {
+        let deleted = |held| {
+            Some(Deletion {
+                namespace_terminating: false,
+                held,
+            })
+        };
+        let suspended = grant(serde_json::json!({"suspend": true}));
+        let completed = {
+            let c = multipart(None, None);
+            let grant = with_ready(c.grant.clone(), Reason::Completed, 2);
+            Case { grant, ..c }
+        };
+        let recorded = {
+            let mut g = grant(serde_json::json!({}));
+            g.status = Some(UploadGrantStatus {
+                upload_id: Some("u0".into()),
+                ..UploadGrantStatus::default()
+            });
+            g
+        };
+        // (case, remove, announce_held, abort)
+        let cases: Vec<(&str, Case, (bool, bool, bool))> = vec![
+            (
+                "ordinary",
+                Case::new(grant(serde_json::json!({}))),
+                (true, false, false),
+            ),
+            ("suspended", Case::new(suspended), (true, false, false)),
+            (
+                "no issuer",
+                Case {
+                    issuer: None,
+                    ..Case::new(grant(serde_json::json!({})))
+                },
+                (true, false, false),
+            ),
+            (
+                "name held by another",
+                Case {
+                    secret: Slot::Foreign,
+                    ..Case::new(grant(serde_json::json!({})))
+                },
+                (true, false, false),
+            ),
+            ("multipart", multipart(None, None), (true, false, true)),
+            ("multipart, completed", completed, (true, false, false)),
+            (
+                "no longer multipart, status records an upload",
+                Case::new(recorded),
+                (true, false, true),
+            ),
+        ];
+        for (name, case, (remove, announce_held, abort)) in cases {
+            let d = Case {
+                deletion: deleted(false),
+                ..case
+            }
+            .decide();
+            assert_eq!(
+                d,
+                Decision::RevokeDeleted {
+                    remove,
+                    announce_held,
+                    abort
+                },
+                "{name}"
+            );
+        }
+        let terminating = Case {
+            deletion: Some(Deletion {
+                namespace_terminating: true,
+                held: true,
+            }),
+            ..multipart(None, None)
+        };
+        assert_eq!(
+            terminating.decide(),
+            Decision::RevokeDeleted {
+                remove: false,
+                announce_held: true,
+                abort: true
+            },
+            "the namespace's deletion removes the Secret; the upload is still aborted"
+        );
     }
 
     /// The grant with a renew request, and a Secret answering `answered`.

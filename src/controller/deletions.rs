@@ -46,7 +46,7 @@ async fn revoke(ctx: &Context, grant: &UploadGrant) {
         // deletion timestamp waited on a finalizer, and the reconcile of its
         // deleting state revoked and announced it.
         let announce = grant.metadata.deletion_timestamp.is_none();
-        match reconcile::revoke_deleted(grant, ctx, &mut memo, announce).await {
+        match reconcile::revoke_gone(grant, ctx, &mut memo, announce).await {
             Ok(()) => return,
             Err(e) => {
                 tracing::warn!(

@@ -11,6 +11,7 @@ mod deletions;
 pub(crate) mod events;
 mod finalizer;
 mod issuer_status;
+mod load;
 mod managed;
 mod memo;
 pub mod multipart;

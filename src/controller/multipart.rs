@@ -11,10 +11,8 @@ use kube::ResourceExt;
 use super::build::Upload;
 use super::context::Context;
 use super::decide::{self, SignPlan};
-use super::managed::Slot;
 use super::memo::GrantMemo;
-use super::secrets;
-use super::validate::secret_name;
+use super::report::Aborted;
 use crate::api::condition::ready_reason;
 use crate::api::{Reason, S3Target, UploadGrant};
 use crate::uploads::{self, MultipartError, NewUpload, UploadState, abort, open_since, state};
@@ -44,35 +42,9 @@ fn recorded(grant: &UploadGrant, in_secret: Option<Upload>) -> Vec<Upload> {
     uploads
 }
 
-/// The upload the grant's Secret records, as the cache (or this
-/// operator's own last write) shows it.
-pub fn secret_upload(ctx: &Context, grant: &UploadGrant, memo: &mut GrantMemo) -> Option<Upload> {
-    let namespace = grant.namespace().unwrap_or_default();
-    let name = secret_name(&grant.spec, &grant.name_any());
-    match memo.slot(secrets::cached_slot(ctx, grant, &namespace, &name), &name) {
-        Slot::Ours(s) => s.state.as_ref()?.upload.clone(),
-        _ => None,
-    }
-}
-
-/// The issuer's S3 target for a grant, from the cache.
-fn target(ctx: &Context, grant: &UploadGrant) -> Option<S3Target> {
-    Some(ctx.issuer_of(grant).1?.spec.s3.clone())
-}
-
-/// What became of a grant's uploads when it was revoked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Aborted {
-    /// None was recorded or found.
-    Nothing,
-    /// This many were aborted (or were already gone).
-    Uploads(usize),
-    /// The issuer is gone, so there is no endpoint to reach: the bucket's
-    /// lifecycle rule is the backstop.
-    NoIssuer,
-}
-
-/// Aborts every upload of a revoked multipart grant: the recorded ones, or
+/// Aborts every upload of a revoked multipart grant: the recorded ones (in
+/// its Secret, `in_secret`, and its status; `target` is None when the
+/// issuer is gone), or
 /// (only when none is recorded: the crash window between creating an
 /// upload and recording it) the open uploads of its key started since the
 /// grant was created.
@@ -80,18 +52,20 @@ pub async fn abort_grant_uploads(
     ctx: &Context,
     grant: &UploadGrant,
     memo: &mut GrantMemo,
+    target: Option<&S3Target>,
+    in_secret: Option<Upload>,
 ) -> Result<Aborted> {
-    let recorded = recorded(grant, secret_upload(ctx, grant, memo));
+    let recorded = recorded(grant, in_secret);
     if grant.spec.multipart.is_none() && recorded.is_empty() {
         return Ok(Aborted::Nothing);
     }
-    let Some(target) = target(ctx, grant) else {
+    let Some(target) = target else {
         return Ok(match recorded.is_empty() {
             true => Aborted::Nothing,
             false => Aborted::NoIssuer,
         });
     };
-    let client = client(ctx, &target).await?;
+    let client = client(ctx, target).await?;
     let (bucket, key) = (&grant.spec.bucket, &grant.spec.key);
     let uploads = match (recorded.is_empty(), created_at(grant)) {
         (true, Some(since)) if may_hold_unrecorded(grant) => {
@@ -197,18 +171,18 @@ pub async fn probe(
     ctx: &Context,
     grant: &UploadGrant,
     memo: &mut GrantMemo,
+    target: Option<&S3Target>,
+    in_secret: Option<Upload>,
 ) -> Option<UploadState> {
     grant.spec.multipart.as_ref()?;
     let interval = ctx.settings.multipart_check_interval;
     if grant.spec.suspend || completed(grant) || !memo.upload_check_due(interval) {
         return None;
     }
-    let upload = recorded(grant, secret_upload(ctx, grant, memo))
-        .into_iter()
-        .next()?;
-    let target = target(ctx, grant)?;
+    let upload = recorded(grant, in_secret).into_iter().next()?;
+    let target = target?;
     memo.upload_checked = Some(Instant::now());
-    let result = match client(ctx, &target).await {
+    let result = match client(ctx, target).await {
         Ok(client) => state(&client, &upload.bucket, &upload.key, &upload.id).await,
         Err(e) => Err(e),
     };

@@ -1,36 +1,34 @@
 //! The reconcile pipeline for one grant, each stage once and in order:
-//! load (from the caches) → decide (pure: validate, authorize, schedule) →
-//! apply (sign, write, remove) → status (and events). A grant being deleted
-//! is revoked instead, and let go if it holds the finalizer; one already
-//! gone is revoked from the watch (`super::deletions`).
+//! load (every read) → decide (pure) → apply (every write, including the
+//! rollout restarts) → report (pure: what to say of what was done) →
+//! status → events → the record's commit. A deleted grant takes the same
+//! path: load sees its deletion, decide revokes it, and nothing is written
+//! to its status; a grant already gone comes here from the watch
+//! (`super::deletions`).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::PartialObjectMeta;
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 
 use super::build::whole_seconds;
 use super::context::{Context, grant_key};
-use super::decide::{self, Decision, Observed, Settled};
-use super::events::{EventReason, Note};
-use super::managed::Slot;
+use super::decide::Settled;
+use super::load::{self, Phase};
 use super::memo::{GrantMemo, SettledAt};
-use super::report::{Report, Wake};
-use super::secrets;
-use super::validate::secret_name;
-use super::{apply, finalizer, multipart, priority, rollout, status};
-use crate::api::{ClusterGrantIssuer, Reason, UploadGrant};
+use super::report::{self, Report, Said, Wake};
+use super::{apply, finalizer, priority, status};
+use crate::api::UploadGrant;
 use crate::error::{Error, Result};
+
+/// How soon a grant whose namespace the cache lacks is looked at again.
+const NAMESPACE_RETRY: Duration = Duration::from_secs(5);
 
 /// One pass over the grant's record: taken when the pass starts, committed
 /// when it ends, also when it fails (the failure counts in it).
 pub async fn reconcile(grant: Arc<UploadGrant>, ctx: Arc<Context>) -> Result<Action> {
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let key = grant_key(&grant);
     let mut memo = ctx.memos.take(key);
     let result = run(grant, &ctx, &mut memo).await;
@@ -52,83 +50,108 @@ async fn run(mut grant: Arc<UploadGrant>, ctx: &Context, memo: &mut GrantMemo) -
         // the server returns it may be deleting by now.
         grant = Arc::new(finalizer::add(&api, &grant).await?);
     }
-    if !deleting(&grant) {
-        let action = pass(&grant, ctx, memo).await;
-        // A deletion the watch reported while this pass ran: what the pass
-        // wrote must not outlive the grant (its status write failed, too).
-        if ctx.tombstones.contains(grant_key(&grant)) {
-            cleanup(&grant, ctx, memo).await?;
-            return Ok(Action::await_change());
-        }
-        return action;
-    }
     // Deleting, held by our finalizer (a grant that wants it, or one an
-    // older version gave it) or by somebody else's: revoke now. A grant
+    // older version gave it) or by somebody else's: revoked now. A grant
     // without finalizers is revoked when the watch reports it gone.
-    cleanup(&grant, ctx, memo).await?;
-    if finalizer::has_finalizer(&grant) {
+    let phase = match deleting(&grant) {
+        true => Phase::Deleting,
+        false => Phase::Live,
+    };
+    let action = pass(&grant, ctx, memo, phase).await;
+    if phase == Phase::Live && ctx.tombstones.contains(grant_key(&grant)) {
+        // Deleted while this pass ran: what it wrote must not outlive the
+        // grant (its status write failed, too).
+        return pass(&grant, ctx, memo, Phase::Deleting).await;
+    }
+    let action = action?;
+    if phase == Phase::Deleting && finalizer::has_finalizer(&grant) {
         finalizer::remove(&api, &grant).await?;
     }
-    Ok(Action::await_change())
+    Ok(action)
 }
 
-/// One pass of the pipeline for a grant that is not being deleted.
-async fn pass(grant: &UploadGrant, ctx: &Context, memo: &mut GrantMemo) -> Result<Action> {
-    let loaded = Loaded::load(grant, ctx, memo);
-    if loaded.namespace.is_none() {
-        // The namespace cache has not seen the grant's namespace (yet, or
-        // after a relist): judging it as unlabelled could revoke a grant
-        // its labels allow. Its arrival wakes the grant; so does this.
+/// Revokes a grant the watch reported gone (`super::deletions`).
+pub(super) async fn revoke_gone(
+    grant: &UploadGrant,
+    ctx: &Context,
+    memo: &mut GrantMemo,
+    announce_held: bool,
+) -> Result<()> {
+    pass(grant, ctx, memo, Phase::Gone { announce_held })
+        .await
+        .map(drop)
+}
+
+/// One pass of the pipeline.
+async fn pass(
+    grant: &UploadGrant,
+    ctx: &Context,
+    memo: &mut GrantMemo,
+    phase: Phase,
+) -> Result<Action> {
+    let Some(loaded) = load::load(grant, ctx, memo, phase).await else {
         tracing::debug!(grant = %grant.name_any(), "namespace not in the cache yet; waiting");
         return Ok(Action::requeue(NAMESPACE_RETRY));
-    }
-    let upload = multipart::probe(ctx, grant, memo).await;
+    };
     let now = whole_seconds(SystemTime::now());
-    let decision = loaded.decide(grant, upload, now);
+    let decision = loaded.decide(now);
     if let Some(wait) = priority::step_aside(&ctx.due_index, &ctx.secrets, &decision, now) {
         tracing::debug!(grant = %grant.name_any(), wait_ms = wait.as_millis(), "renewals that expire sooner go first");
         return Ok(Action::requeue(wait));
     }
-    let (report, error) = apply::carry_out(ctx, grant, memo, decision, now).await?;
-    remember_settled(memo, grant, &report);
-    let wrote = status::write(grant, ctx, memo, &report).await?;
-    if let Some(note) = &report.note {
-        // A warning is said once, when the status changes, not on every retry.
-        // Issued and Renewed are counted in metrics; as Events only if asked.
-        let lifecycle = note.reason.is_lifecycle();
-        if (wrote || !note.reason.is_warning()) && (!lifecycle || ctx.settings.lifecycle_events) {
-            ctx.events.publish(grant, note.clone());
+    let applied = apply::carry_out(ctx, grant, memo, &loaded, decision, now).await?;
+    let (after, follow_error) = match apply::follow_up(ctx, grant, memo, &applied, now).await {
+        Ok(after) => (after, None),
+        Err(e) => (Default::default(), Some(e)),
+    };
+    let (done, error) = applied;
+    let error = error.or(follow_error);
+    match report::say(done, after, now) {
+        Said::Status(report) => live(grant, ctx, memo, *report, error).await,
+        Said::Deleted(notes) => {
+            for note in notes {
+                ctx.events.publish(grant, note);
+            }
+            error.map_or(Ok(()), Err)?;
+            forget(grant, ctx, memo);
+            Ok(Action::await_change())
         }
+    }
+}
+
+/// The end of a live grant's pass: its status, its events, its record.
+async fn live(
+    grant: &UploadGrant,
+    ctx: &Context,
+    memo: &mut GrantMemo,
+    report: Report,
+    error: Option<Error>,
+) -> Result<Action> {
+    remember_settled(memo, grant, &report);
+    let change = status::change(grant, memo, &report);
+    let events = report.events(change.is_some(), ctx.settings.lifecycle_events);
+    status::write(grant, ctx, memo, change).await?;
+    for note in events {
+        ctx.events.publish(grant, note);
     }
     ctx.metrics.grant_state(
         grant_key(grant),
         Some(report.reason),
         report.issued.as_ref().map(|s| s.expires_at),
     );
-    if let Some(e) = error {
-        return Err(e);
-    }
-    let restarts = match report
-        .issued
-        .as_ref()
-        .filter(|_| report.reason == Reason::Issued)
-    {
-        Some(state) => rollout::restart_owed(ctx, grant, memo, state, now).await?,
-        None => rollout::Outcome::default(),
+    error.map_or(Ok(()), Err)?;
+    Ok(action(report.wake))
+}
+
+/// Nothing is kept about a grant that is gone but its failures, so that the
+/// backoff still grows while its finalizer cannot be removed.
+fn forget(grant: &UploadGrant, ctx: &Context, memo: &mut GrantMemo) {
+    ctx.metrics.grant_state(grant_key(grant), None, None);
+    *memo = GrantMemo {
+        failures: memo.failures,
+        ..GrantMemo::default()
     };
-    for note in restarts.notes {
-        ctx.events.publish(grant, note);
-    }
-    let mut wake = match restarts.wake_at {
-        Some(at) => report.wake.or_at(at, SystemTime::now()),
-        None => report.wake,
-    };
-    // An open multipart upload is looked at again within the interval.
-    if grant.spec.multipart.is_some() && report.reason == Reason::Issued {
-        let at = SystemTime::now() + ctx.settings.multipart_check_interval;
-        wake = wake.or_at(at, SystemTime::now());
-    }
-    Ok(action(wake))
+    ctx.memos.forget(grant_key(grant));
 }
 
 /// Keeps a settled outcome for its generation, and forgets one that no
@@ -153,132 +176,4 @@ fn action(wake: Wake) -> Action {
         Wake::After(d) => Action::requeue(d),
         Wake::OnChange => Action::await_change(),
     }
-}
-
-/// What a decision needs from the caches, looked up once.
-struct Loaded<'a> {
-    issuer_name: Option<&'a str>,
-    issuer: Option<Arc<ClusterGrantIssuer>>,
-    namespace: Option<Arc<PartialObjectMeta<Namespace>>>,
-    secret: Slot,
-    /// What this operator last reported, if it settled this generation.
-    remembered: Option<(Reason, String)>,
-    propagation: Duration,
-}
-
-static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
-
-/// How soon a grant whose namespace the cache lacks is looked at again.
-const NAMESPACE_RETRY: Duration = Duration::from_secs(5);
-
-impl<'a> Loaded<'a> {
-    fn load(grant: &'a UploadGrant, ctx: &'a Context, memo: &mut GrantMemo) -> Self {
-        let namespace = grant.namespace().unwrap_or_default();
-        let (issuer_name, issuer) = ctx.issuer_of(grant);
-        let name = secret_name(&grant.spec, &grant.name_any());
-        Loaded {
-            issuer_name,
-            issuer,
-            namespace: ctx.namespaces.get(&ObjectRef::new(&namespace)),
-            secret: memo.slot(secrets::cached_slot(ctx, grant, &namespace, &name), &name),
-            remembered: memo
-                .settled(grant.metadata.generation)
-                .map(|(reason, message)| (reason, message.to_owned())),
-            propagation: ctx.settings.propagation_budget,
-        }
-    }
-
-    fn decide(
-        &self,
-        grant: &UploadGrant,
-        upload: Option<crate::uploads::UploadState>,
-        now: SystemTime,
-    ) -> Decision {
-        decide::decide(&Observed {
-            grant,
-            issuer_name: self.issuer_name,
-            issuer: self.issuer.as_deref(),
-            namespace_labels: self
-                .namespace
-                .as_ref()
-                .and_then(|n| n.metadata.labels.as_ref())
-                .unwrap_or(&NO_LABELS),
-            secret: &self.secret,
-            settled: match &self.remembered {
-                Some((reason, message)) => Some(Settled {
-                    reason: *reason,
-                    message,
-                }),
-                None => Settled::from_status(grant),
-            },
-            propagation: self.propagation,
-            upload,
-            now,
-        })
-    }
-}
-
-/// Deletion: revoke, publish it, and forget the grant. In a namespace being
-/// deleted the namespace's own deletion removes the Secrets, and may already
-/// have removed this operator's Role there (`operator.watchNamespaces`).
-pub(super) async fn cleanup(
-    grant: &UploadGrant,
-    ctx: &Context,
-    memo: &mut GrantMemo,
-) -> Result<()> {
-    revoke_deleted(grant, ctx, memo, false).await
-}
-
-/// `cleanup` for a grant the watch reported gone. With `announce_held`, the
-/// Revoked Event is published also when the Secret the cache showed was
-/// removed by somebody else first (garbage collection races the operator
-/// for it); without, only for a Secret this call removed, so a grant whose
-/// finalizer path already revoked it is not announced twice.
-pub(super) async fn revoke_deleted(
-    grant: &UploadGrant,
-    ctx: &Context,
-    memo: &mut GrantMemo,
-    announce_held: bool,
-) -> Result<()> {
-    if namespace_terminating(grant, ctx) {
-        tracing::debug!(grant = %grant.name_any(), "namespace terminating; its deletion removes the Secret");
-    } else {
-        let held = announce_held && apply::holds_secret(ctx, grant);
-        if apply::revoke_all(ctx, grant, memo).await? || held {
-            let note = Note::new(EventReason::Revoked, "grant deleted; Secret removed");
-            ctx.events.publish(grant, note);
-        }
-    }
-    // S3 has no garbage collection: the upload is aborted before the grant
-    // goes, also in a terminating namespace. A failure keeps the finalizer
-    // and is retried with backoff.
-    let has_upload = grant.status.as_ref().is_some_and(|s| s.upload_id.is_some());
-    let aborted = match (finalizer::wanted(grant) || has_upload) && !multipart::completed(grant) {
-        true => multipart::abort_grant_uploads(ctx, grant, memo).await?,
-        false => multipart::Aborted::Nothing,
-    };
-    if aborted != multipart::Aborted::Nothing {
-        let message = apply::aborted_message("grant deleted".into(), aborted);
-        let reason = match aborted {
-            multipart::Aborted::NoIssuer => EventReason::Failed,
-            _ => EventReason::Revoked,
-        };
-        ctx.events.publish(grant, Note::new(reason, message));
-    }
-    ctx.metrics.grant_state(grant_key(grant), None, None);
-    // Nothing is kept about a grant that is gone but its failures, so that
-    // the backoff still grows while its finalizer cannot be removed.
-    *memo = GrantMemo {
-        failures: memo.failures,
-        ..GrantMemo::default()
-    };
-    ctx.memos.forget(grant_key(grant));
-    Ok(())
-}
-
-fn namespace_terminating(grant: &UploadGrant, ctx: &Context) -> bool {
-    let namespace = grant.namespace().unwrap_or_default();
-    ctx.namespaces
-        .get(&ObjectRef::new(&namespace))
-        .is_some_and(|n| n.metadata.deletion_timestamp.is_some())
 }

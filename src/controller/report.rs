@@ -35,6 +35,142 @@ impl Wake {
     }
 }
 
+/// What became of a grant's uploads when it was revoked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Aborted {
+    /// None was recorded or found.
+    Nothing,
+    /// This many were aborted (or were already gone).
+    Uploads(usize),
+    /// The issuer is gone, so there is no endpoint to reach: the bucket's
+    /// lifecycle rule is the backstop.
+    NoIssuer,
+}
+
+/// What apply carried out: everything the report says comes from here.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Done {
+    /// The grant's Secrets were removed (`removed`: any existed) and its
+    /// upload aborted (`Err`: the abort failed, and why). `recorded` is the
+    /// upload the grant recorded, which the status keeps naming when it was
+    /// completed or could not be aborted.
+    Revoked {
+        reason: Reason,
+        message: String,
+        removed: bool,
+        aborted: Result<Aborted, String>,
+        recorded: Option<String>,
+    },
+    /// Somebody else's Secret holds the name; nothing was touched.
+    Conflict { secret_name: String },
+    /// The Secret's URL is current; a Secret under a former name was
+    /// removed (`stale_removed`). Looked at again at `wake_at`.
+    Kept {
+        secret_name: String,
+        state: IssuedState,
+        stale_removed: bool,
+        wake_at: SystemTime,
+    },
+    /// An earlier write of ours, which the cache had not shown, is current.
+    Current {
+        secret_name: String,
+        state: IssuedState,
+    },
+    /// A URL was just written.
+    Issued {
+        secret_name: String,
+        state: IssuedState,
+        renewal: bool,
+    },
+    /// The apiserver refused the Secret (`why`, with no URL in it); the
+    /// grant's Secrets were removed.
+    Refused {
+        secret_name: String,
+        why: String,
+        removed: bool,
+    },
+    /// Signing failed; the current URL is kept while it works.
+    Failed {
+        reason: Reason,
+        detail: String,
+        kept: Option<(String, IssuedState)>,
+    },
+    /// The grant is deleted: its revocation is announced (`announce`), and
+    /// what became of its upload. Its status is not written.
+    Deleted { announce: bool, aborted: Aborted },
+}
+
+/// What is said once a decision was carried out: a live grant's status
+/// and events, or only the events of a deleted one.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Said {
+    Status(Box<Report>),
+    Deleted(Vec<Note>),
+}
+
+/// What to say of what was done, and of what followed it.
+pub fn say(done: Done, after: After, now: SystemTime) -> Said {
+    let report = match done {
+        Done::Deleted { announce, aborted } => return Said::Deleted(deleted(announce, aborted)),
+        Done::Revoked {
+            reason,
+            message,
+            removed,
+            aborted,
+            recorded,
+        } => Report::revoked_and_aborted(reason, message, removed, aborted, recorded),
+        Done::Conflict { secret_name } => Report::conflict(&secret_name),
+        Done::Kept {
+            secret_name,
+            state,
+            stale_removed,
+            wake_at,
+        } => Report::ready(&secret_name, state, stale_removed).waking_at(wake_at),
+        Done::Current { secret_name, state } => Report::ready(&secret_name, state, false),
+        Done::Issued {
+            secret_name,
+            state,
+            renewal,
+        } => Report::issued(&secret_name, state, renewal),
+        Done::Refused {
+            secret_name,
+            why,
+            removed,
+        } => {
+            let message = format!("the apiserver refused Secret {secret_name:?}: {why}");
+            Report::revoked(Reason::InvalidSpec, message, removed)
+        }
+        Done::Failed {
+            reason,
+            detail,
+            kept,
+        } => Report::failed(reason, detail, kept.as_ref().map(|(n, s)| (n.as_str(), s))),
+    };
+    Said::Status(Box::new(report.followed_by(after, now)))
+}
+
+impl Done {
+    /// The URL the grant's Secret holds now, if it is current.
+    pub fn current_url(&self) -> Option<&IssuedState> {
+        match self {
+            Done::Kept { state, .. } | Done::Current { state, .. } | Done::Issued { state, .. } => {
+                Some(state)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// What followed a current URL, for the report's events and wake-up: the
+/// rollout restarts' notes, when a restart window ends, and when an open
+/// multipart upload is looked at next.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct After {
+    pub restart_notes: Vec<Note>,
+    pub restart_wake: Option<SystemTime>,
+    pub upload_check: Option<SystemTime>,
+}
+
 /// What the grant's status and events say once a decision is carried out.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Report {
@@ -47,9 +183,60 @@ pub struct Report {
     /// Multipart grants without a current Secret: an upload the status
     /// still names (a completed one, or one an abort has yet to reach).
     pub upload_id: Option<String>,
+    /// Said whatever the status: the rollout restarts' notes.
+    pub restart_notes: Vec<Note>,
 }
 
 impl Report {
+    /// A revocation, and what became of the grant's upload: the status
+    /// keeps naming the upload when it was completed or the abort failed.
+    fn revoked_and_aborted(
+        reason: Reason,
+        message: String,
+        removed: bool,
+        aborted: Result<Aborted, String>,
+        recorded: Option<String>,
+    ) -> Self {
+        let (message, upload_id) = match aborted {
+            Ok(aborted) => (
+                aborted_message(message, aborted),
+                recorded.filter(|_| reason == Reason::Completed),
+            ),
+            Err(e) => (
+                format!("{message}; aborting the multipart upload failed: {e}"),
+                recorded,
+            ),
+        };
+        Report {
+            upload_id,
+            ..Report::revoked(reason, message, removed)
+        }
+    }
+
+    /// Restart notes are said; a restart window or an upload look due
+    /// sooner brings the wake-up forward (the look only while a URL is out).
+    fn followed_by(mut self, after: After, now: SystemTime) -> Self {
+        if let Some(at) = after.restart_wake {
+            self.wake = self.wake.or_at(at, now);
+        }
+        if let Some(at) = after.upload_check.filter(|_| self.reason == Reason::Issued) {
+            self.wake = self.wake.or_at(at, now);
+        }
+        self.restart_notes = after.restart_notes;
+        self
+    }
+
+    /// The events to publish once the status is written: a warning only
+    /// when the status changes, not on every retry; Issued and Renewed
+    /// (counted in metrics) only with `lifecycle_events`.
+    pub fn events(&self, status_changes: bool, lifecycle_events: bool) -> Vec<Note> {
+        let said = self.note.iter().filter(|note| {
+            let lifecycle = note.reason.is_lifecycle();
+            (status_changes || !note.reason.is_warning()) && (!lifecycle || lifecycle_events)
+        });
+        said.chain(&self.restart_notes).cloned().collect()
+    }
+
     fn not_ready(reason: Reason, message: String, wake: Wake, note: Option<Note>) -> Self {
         Report {
             reason,
@@ -59,6 +246,7 @@ impl Report {
             wake,
             note,
             upload_id: None,
+            restart_notes: Vec::new(),
         }
     }
 
@@ -118,6 +306,7 @@ impl Report {
             issued: Some(state),
             note,
             upload_id: None,
+            restart_notes: Vec::new(),
         }
     }
 
@@ -166,6 +355,32 @@ impl Report {
         }
         report
     }
+}
+
+/// What a revocation says about the grant's multipart upload.
+fn aborted_message(message: String, aborted: Aborted) -> String {
+    match aborted {
+        Aborted::Nothing => message,
+        Aborted::Uploads(_) => format!("{message}; the multipart upload was aborted"),
+        Aborted::NoIssuer => format!(
+            "{message}; the multipart upload could not be aborted (the issuer is gone): the bucket's AbortIncompleteMultipartUpload lifecycle rule is the backstop"
+        ),
+    }
+}
+
+/// What is said of a deleted grant: its Secret's revocation (`announce`),
+/// and what became of its upload.
+fn deleted(announce: bool, aborted: Aborted) -> Vec<Note> {
+    let revoked =
+        announce.then(|| Note::new(EventReason::Revoked, "grant deleted; Secret removed"));
+    let upload = (aborted != Aborted::Nothing).then(|| {
+        let reason = match aborted {
+            Aborted::NoIssuer => EventReason::Failed,
+            _ => EventReason::Revoked,
+        };
+        Note::new(reason, aborted_message("grant deleted".into(), aborted))
+    });
+    revoked.into_iter().chain(upload).collect()
 }
 
 fn removal(message: &str, removed: bool) -> String {

@@ -8,6 +8,7 @@ use kube::{Api, ResourceExt};
 
 use super::context::Context;
 use super::managed::{ManagedSecret, Slot, adoption_patch, classify};
+use super::validate::secret_name;
 use crate::api::UploadGrant;
 use crate::api::secret::MANAGER;
 use crate::error::{Error, Result};
@@ -47,6 +48,27 @@ pub async fn adopt_legacy_fields(
 /// the create that follows gets a 409 then.
 pub fn cached_slot(ctx: &Context, grant: &UploadGrant, namespace: &str, name: &str) -> Slot {
     classify(cached(ctx, namespace, name), grant)
+}
+
+/// Whether the cache shows a Secret this grant owns under either of its
+/// names (`owned_names`).
+pub fn holds_any(ctx: &Context, grant: &UploadGrant) -> bool {
+    let namespace = grant.namespace().unwrap_or_default();
+    owned_names(grant)
+        .iter()
+        .any(|name| matches!(cached_slot(ctx, grant, &namespace, name), Slot::Ours(_)))
+}
+
+/// The names a grant's Secret may have: the one its spec names and the one
+/// its status names.
+pub fn owned_names(grant: &UploadGrant) -> Vec<String> {
+    let mut names = vec![secret_name(&grant.spec, &grant.name_any())];
+    if let Some(status_name) = grant.status.as_ref().and_then(|s| s.secret_name.clone())
+        && !names.contains(&status_name)
+    {
+        names.push(status_name);
+    }
+    names
 }
 
 /// Looks the name up in the metadata cache first; a miss is confirmed with

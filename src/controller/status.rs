@@ -1,5 +1,5 @@
-//! Status: the last stage. Writes what a report says into the grant's status,
-//! and only when it changes.
+//! Status: writes what a report says into the grant's status, and only when
+//! it changes.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
@@ -12,29 +12,44 @@ use crate::api::secret::MANAGER;
 use crate::api::{UploadGrant, UploadGrantStatus};
 use crate::error::Result;
 
-/// Writes the status the report gives; returns whether it changed, which
-/// it does not when the cache already shows it or it was just written.
+/// A status write a report asks for.
+pub struct Change {
+    status: UploadGrantStatus,
+    written: StatusWrite,
+}
+
+/// The status write the report asks for; None when the cache already shows
+/// that status or this operator just wrote it. Known before the write, so
+/// what is said of it can be chosen first.
+pub fn change(grant: &UploadGrant, memo: &GrantMemo, report: &Report) -> Option<Change> {
+    let old = grant.status.clone().unwrap_or_default();
+    let new = status_of(grant, report, Time(jiff::Timestamp::now()));
+    if new == old {
+        return None;
+    }
+    let written = status_write(&old, &new);
+    (memo.status != Some(written)).then_some(Change {
+        status: new,
+        written,
+    })
+}
+
+/// Writes the status, if it changes.
 pub async fn write(
     grant: &UploadGrant,
     ctx: &Context,
     memo: &mut GrantMemo,
-    report: &Report,
-) -> Result<bool> {
-    let old = grant.status.clone().unwrap_or_default();
-    let new = status_of(grant, report, Time(jiff::Timestamp::now()));
-    if new == old {
-        return Ok(false);
-    }
-    let written = status_write(&old, &new);
-    if memo.status == Some(written) {
-        return Ok(false);
-    }
+    change: Option<Change>,
+) -> Result<()> {
+    let Some(Change { status, written }) = change else {
+        return Ok(());
+    };
     // Forgotten until the write is known to have landed.
     memo.status = None;
     let patch = serde_json::json!({
         "apiVersion": "grants.io/v1alpha1",
         "kind": "UploadGrant",
-        "status": new,
+        "status": status,
     });
     let namespace = grant.namespace().unwrap_or_default();
     Api::<UploadGrant>::namespaced(ctx.client.clone(), &namespace)
@@ -45,7 +60,7 @@ pub async fn write(
         )
         .await?;
     memo.status = Some(written);
-    Ok(true)
+    Ok(())
 }
 
 /// The write from `before` to `status` as hashes, without transition times

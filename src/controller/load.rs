@@ -1,0 +1,174 @@
+//! Load: the first stage of a pass, and the only one that reads. Every fact
+//! a decision needs is looked up here once — the caches (issuer, namespace,
+//! who holds the Secret's name), the grant's record, and, for a multipart
+//! grant due a look, what S3 says of its upload — so `decide` can be pure
+//! and `apply` acts only on what was loaded.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::ResourceExt;
+use kube::api::PartialObjectMeta;
+use kube::runtime::reflector::ObjectRef;
+
+use super::build::Upload;
+use super::context::Context;
+use super::decide::{Decision, Deletion, Observed, Settled};
+use super::managed::Slot;
+use super::memo::GrantMemo;
+use super::validate::secret_name;
+use super::{decide, multipart, secrets};
+use crate::api::{ClusterGrantIssuer, Reason, S3Target, UploadGrant};
+use crate::uploads::UploadState;
+
+/// Where the grant is in its life, as the pass found it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Not being deleted.
+    Live,
+    /// Deleting, held by a finalizer, or deleted while a pass ran.
+    Deleting,
+    /// The watch reported it gone. With `announce_held`, the revocation is
+    /// announced also when somebody else (garbage collection) removed the
+    /// Secret first, so a grant without a finalizer is announced once.
+    Gone { announce_held: bool },
+}
+
+/// What a decision needs, looked up once.
+pub struct Loaded<'a> {
+    grant: &'a UploadGrant,
+    issuer_name: Option<&'a str>,
+    issuer: Option<Arc<ClusterGrantIssuer>>,
+    namespace: Option<Arc<PartialObjectMeta<Namespace>>>,
+    secret: Slot,
+    /// What this operator last reported, if it settled this generation.
+    remembered: Option<(Reason, String)>,
+    propagation: Duration,
+    /// Multipart grants: where the recorded upload stands, when S3 was
+    /// asked in this pass.
+    upload: Option<UploadState>,
+    /// Multipart grants: the upload the grant's Secret records.
+    in_secret: Option<Upload>,
+    deletion: Option<Deletion>,
+}
+
+static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
+
+/// Reads everything the pass needs. A live grant whose namespace the
+/// cache has not seen yet (or lost in a relist) gives None: judged as
+/// unlabelled, it could be revoked although its labels allow it.
+pub async fn load<'a>(
+    grant: &'a UploadGrant,
+    ctx: &'a Context,
+    memo: &mut GrantMemo,
+    phase: Phase,
+) -> Option<Loaded<'a>> {
+    let namespace = grant.namespace().unwrap_or_default();
+    let namespace = ctx.namespaces.get(&ObjectRef::new(&namespace));
+    if namespace.is_none() && phase == Phase::Live {
+        return None;
+    }
+    let (issuer_name, issuer) = ctx.issuer_of(grant);
+    let secret = slot(ctx, grant, memo);
+    let in_secret = in_secret_upload(&secret);
+    let (deletion, upload) = match phase {
+        Phase::Live => {
+            let target = issuer.as_ref().map(|i| &i.spec.s3);
+            let probe = multipart::probe(ctx, grant, memo, target, in_secret.clone());
+            (None, probe.await)
+        }
+        Phase::Deleting => (Some(deletion(ctx, grant, &namespace, false)), None),
+        Phase::Gone { announce_held } => {
+            (Some(deletion(ctx, grant, &namespace, announce_held)), None)
+        }
+    };
+    Some(Loaded {
+        grant,
+        issuer_name,
+        issuer,
+        namespace,
+        remembered: memo
+            .settled(grant.metadata.generation)
+            .map(|(reason, message)| (reason, message.to_owned())),
+        secret,
+        propagation: ctx.settings.propagation_budget,
+        upload,
+        in_secret,
+        deletion,
+    })
+}
+
+/// Who holds the Secret's name: the cache, or this operator's own write
+/// the cache has not caught up with.
+fn slot(ctx: &Context, grant: &UploadGrant, memo: &mut GrantMemo) -> Slot {
+    let namespace = grant.namespace().unwrap_or_default();
+    let name = secret_name(&grant.spec, &grant.name_any());
+    memo.slot(secrets::cached_slot(ctx, grant, &namespace, &name), &name)
+}
+
+fn in_secret_upload(secret: &Slot) -> Option<Upload> {
+    match secret {
+        Slot::Ours(s) => s.state.as_ref()?.upload.clone(),
+        _ => None,
+    }
+}
+
+/// What a deleted grant's revocation needs to know.
+fn deletion(
+    ctx: &Context,
+    grant: &UploadGrant,
+    namespace: &Option<Arc<PartialObjectMeta<Namespace>>>,
+    announce_held: bool,
+) -> Deletion {
+    // In a namespace being deleted the namespace's own deletion removes the
+    // Secrets, and may already have removed this operator's Role there
+    // (`operator.watchNamespaces`).
+    let namespace_terminating = namespace
+        .as_ref()
+        .is_some_and(|n| n.metadata.deletion_timestamp.is_some());
+    Deletion {
+        namespace_terminating,
+        held: announce_held && secrets::holds_any(ctx, grant),
+    }
+}
+
+impl Loaded<'_> {
+    /// The decision on what was loaded, at `now`.
+    pub fn decide(&self, now: SystemTime) -> Decision {
+        decide::decide(&Observed {
+            grant: self.grant,
+            issuer_name: self.issuer_name,
+            issuer: self.issuer.as_deref(),
+            namespace_labels: self
+                .namespace
+                .as_ref()
+                .and_then(|n| n.metadata.labels.as_ref())
+                .unwrap_or(&NO_LABELS),
+            secret: &self.secret,
+            settled: match &self.remembered {
+                Some((reason, message)) => Some(Settled {
+                    reason: *reason,
+                    message,
+                }),
+                None => Settled::from_status(self.grant),
+            },
+            propagation: self.propagation,
+            upload: self.upload,
+            deletion: self.deletion,
+            now,
+        })
+    }
+
+    /// The upload the grant's Secret records, which its revocation aborts
+    /// also after the Secret is gone.
+    pub fn in_secret(&self) -> Option<&Upload> {
+        self.in_secret.as_ref()
+    }
+
+    /// The issuer's S3 endpoint; None when the issuer is gone.
+    pub fn target(&self) -> Option<&S3Target> {
+        self.issuer.as_ref().map(|i| &i.spec.s3)
+    }
+}
