@@ -26,7 +26,7 @@ use kube::{Api, ResourceExt};
 use support::chaos::*;
 use support::grants::*;
 use support::operator::{Operator, OperatorOptions};
-use support::{TestContext, TestResult, apiserver_requests};
+use support::{RequestSampler, TestContext, TestResult};
 use upload_grant_operator::api::{ClusterGrantIssuer, UploadGrant};
 
 /// A scenario's outcome: one row of bench/results/chaos.md.
@@ -1031,24 +1031,7 @@ async fn storm_10k(dir: &std::path::Path) -> TestResult<Row> {
     let spread = last_due.duration_since(*first_due).as_secs_f64();
     let mut bounded = Operator::start(&ctx, dir, info(None)).await?;
     let after = jiff::Timestamp::now();
-    let (stop_sampling, stopped) = tokio::sync::oneshot::channel::<()>();
-    let sampler = {
-        let client = ctx.client.clone();
-        tokio::spawn(async move {
-            let mut samples = Vec::new();
-            let mut every = tokio::time::interval(Duration::from_secs(1));
-            tokio::pin!(stopped);
-            loop {
-                tokio::select! {
-                    _ = every.tick() => {}
-                    _ = &mut stopped => return samples,
-                }
-                if let Ok(n) = apiserver_requests(&client).await {
-                    samples.push((Instant::now(), n));
-                }
-            }
-        })
-    };
+    let sampler = RequestSampler::start(&ctx.client);
     let start = jiff::Timestamp::now();
     // Until every grant is renewed, or the last old URL has expired.
     let old_expiry = |name: &str| {
@@ -1072,8 +1055,7 @@ async fn storm_10k(dir: &std::path::Path) -> TestResult<Row> {
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    let _ = stop_sampling.send(());
-    let samples = sampler.await?;
+    let samples = sampler.stop().await?;
     let end = jiff::Timestamp::now();
     let renewed = rec.first_renewals(&names, after);
     bounded.stop().await?;
@@ -1103,16 +1085,7 @@ async fn storm_10k(dir: &std::path::Path) -> TestResult<Row> {
     long_times.sort();
     let long_median = long_times.get(long_times.len() / 2).copied();
     let rho = spearman(&pairs);
-    let rate = |w: usize| {
-        samples
-            .windows(w + 1)
-            .map(|s| {
-                let (a, b) = (&s[0], &s[w]);
-                (b.1 - a.1) / b.0.duration_since(a.0).as_secs_f64()
-            })
-            .fold(0.0, f64::max)
-    };
-    let (peak10, peak1) = (rate(10), rate(1));
+    let (peak10, peak1) = (samples.peak_rate(10), samples.peak_rate(1));
     let expired = rec.ready_with_expired_url(WATCH_GRACE).len();
     let lost = rec.lost_secrets(&BTreeSet::new()).len();
     let held = peak10 <= 110.0;
