@@ -295,19 +295,8 @@ pub fn check(issuer: &ClusterGrantIssuerSpec) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::S3Target;
+    use crate::fixtures::issuer_spec;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
-
-    fn issuer(rules: Vec<AllowRule>) -> ClusterGrantIssuerSpec {
-        ClusterGrantIssuerSpec {
-            s3: S3Target {
-                region: "eu-west-1".into(),
-                endpoint: None,
-                force_path_style: false,
-            },
-            allow: rules,
-        }
-    }
 
     fn rule() -> AllowRule {
         AllowRule {
@@ -353,7 +342,7 @@ mod tests {
             multipart: Some((3, 5 << 20)),
             ..request(&l)
         };
-        let denied = authorize(&issuer(vec![rule()]), &req).expect_err("no multipart: true");
+        let denied = authorize(&issuer_spec(vec![rule()]), &req).expect_err("no multipart: true");
         assert!(
             denied.0.contains("multipart uploads are not allowed"),
             "{denied}"
@@ -362,24 +351,24 @@ mod tests {
             multipart: true,
             ..rule()
         };
-        assert_eq!(authorize(&issuer(vec![allowing.clone()]), &req), Ok(0));
+        assert_eq!(authorize(&issuer_spec(vec![allowing.clone()]), &req), Ok(0));
         let capped = AllowRule {
             max_content_length: Some("15Mi".into()),
             ..allowing.clone()
         };
-        assert_eq!(authorize(&issuer(vec![capped]), &req), Ok(0));
+        assert_eq!(authorize(&issuer_spec(vec![capped]), &req), Ok(0));
         let small = AllowRule {
             max_content_length: Some("14Mi".into()),
             ..allowing
         };
-        let denied = authorize(&issuer(vec![small]), &req).expect_err("15Mi > 14Mi");
+        let denied = authorize(&issuer_spec(vec![small]), &req).expect_err("15Mi > 14Mi");
         assert!(denied.0.contains("parts × partSize"), "{denied}");
     }
 
     #[test]
     fn no_rules_allow_nothing() {
         let l = labels(&[]);
-        assert!(authorize(&issuer(vec![]), &request(&l)).is_err());
+        assert!(authorize(&issuer_spec(Vec::<AllowRule>::new()), &request(&l)).is_err());
     }
 
     #[test]
@@ -389,14 +378,17 @@ mod tests {
             buckets: vec!["other".into()],
             ..rule()
         };
-        assert_eq!(authorize(&issuer(vec![other, rule()]), &request(&l)), Ok(1));
+        assert_eq!(
+            authorize(&issuer_spec(vec![other, rule()]), &request(&l)),
+            Ok(1)
+        );
     }
 
     #[test]
     fn bucket_must_be_listed_or_wildcard() {
         let l = labels(&[]);
         let denied = authorize(
-            &issuer(vec![AllowRule {
+            &issuer_spec(vec![AllowRule {
                 buckets: vec!["x".into()],
                 ..rule()
             }]),
@@ -407,7 +399,7 @@ mod tests {
             buckets: vec!["*".into()],
             ..rule()
         };
-        assert!(authorize(&issuer(vec![any]), &request(&l)).is_ok());
+        assert!(authorize(&issuer_spec(vec![any]), &request(&l)).is_ok());
     }
 
     #[test]
@@ -422,8 +414,8 @@ mod tests {
         };
         let yes = labels(&[("team", "analytics")]);
         let no = labels(&[("team", "web")]);
-        assert!(authorize(&issuer(vec![r.clone()]), &request(&yes)).is_ok());
-        let denied = authorize(&issuer(vec![r.clone()]), &request(&no)).unwrap_err();
+        assert!(authorize(&issuer_spec(vec![r.clone()]), &request(&yes)).is_ok());
+        let denied = authorize(&issuer_spec(vec![r.clone()]), &request(&no)).unwrap_err();
         assert_eq!(
             denied.0,
             "no allow rule applies to this namespace (1 rule(s) are for other namespaces)"
@@ -438,7 +430,7 @@ mod tests {
             buckets: vec!["mine".into()],
             ..rule()
         };
-        let denied = authorize(&issuer(vec![secret, mine]), &request(&no)).unwrap_err();
+        let denied = authorize(&issuer_spec(vec![secret, mine]), &request(&no)).unwrap_err();
         assert_eq!(
             denied.0,
             "no allow rule matches: allow[1]: bucket \"reports\" is not one of [\"mine\"]; 1 rule(s) are for other namespaces"
@@ -460,7 +452,7 @@ mod tests {
         let with = |s: &ServerSideEncryption| {
             let mut req = request(&l);
             req.sse = Some(s);
-            authorize(&issuer(vec![r.clone()]), &req)
+            authorize(&issuer_spec(vec![r.clone()]), &req)
         };
         assert!(with(&sse(SseType::AwsKms, Some("alias/reports"))).is_ok());
         assert!(
@@ -475,7 +467,7 @@ mod tests {
             "{default_key}"
         );
         assert!(
-            authorize(&issuer(vec![r]), &request(&l)).is_ok(),
+            authorize(&issuer_spec(vec![r]), &request(&l)).is_ok(),
             "no encryption asked"
         );
     }
@@ -487,7 +479,7 @@ mod tests {
             ..rule()
         };
         let l = labels(&[]);
-        assert!(authorize(&issuer(vec![r]), &request(&l)).is_ok());
+        assert!(authorize(&issuer_spec(vec![r]), &request(&l)).is_ok());
     }
 
     #[test]
@@ -524,10 +516,10 @@ mod tests {
             key_prefixes: Some(vec!["{namespace}/".into()]),
             ..rule()
         };
-        assert!(authorize(&issuer(vec![r.clone()]), &request(&l)).is_ok());
+        assert!(authorize(&issuer_spec(vec![r.clone()]), &request(&l)).is_ok());
         let mut other = request(&l);
         other.key = "web/report.csv";
-        let denied = authorize(&issuer(vec![r]), &other).unwrap_err();
+        let denied = authorize(&issuer_spec(vec![r]), &other).unwrap_err();
         assert!(denied.0.contains("[\"analytics/\"]"), "{denied}");
         let by_name = AllowRule {
             key_prefixes: Some(vec!["{namespace}/{name}-".into()]),
@@ -535,7 +527,7 @@ mod tests {
         };
         let mut named = request(&l);
         named.key = "analytics/nightly-1.csv";
-        assert!(authorize(&issuer(vec![by_name]), &named).is_ok());
+        assert!(authorize(&issuer_spec(vec![by_name]), &named).is_ok());
     }
 
     #[test]
@@ -545,7 +537,7 @@ mod tests {
             methods: Some(vec![Method::Get]),
             ..rule()
         };
-        let denied = authorize(&issuer(vec![r]), &request(&l)).unwrap_err();
+        let denied = authorize(&issuer_spec(vec![r]), &request(&l)).unwrap_err();
         assert!(denied.0.contains("method PUT"), "{denied}");
     }
 
@@ -556,11 +548,11 @@ mod tests {
             max_ttl: Some("30m".into()),
             ..rule()
         };
-        let denied = authorize(&issuer(vec![r.clone()]), &request(&l)).unwrap_err();
+        let denied = authorize(&issuer_spec(vec![r.clone()]), &request(&l)).unwrap_err();
         assert!(denied.0.contains("longer than maxTtl 30m0s"), "{denied}");
         let mut short = request(&l);
         short.ttl = Duration::from_secs(1800);
-        assert!(authorize(&issuer(vec![r]), &short).is_ok());
+        assert!(authorize(&issuer_spec(vec![r]), &short).is_ok());
     }
 
     #[test]
@@ -570,11 +562,11 @@ mod tests {
             max_content_length: Some("1Ki".into()),
             ..rule()
         };
-        assert!(authorize(&issuer(vec![r.clone()]), &request(&l)).is_ok());
+        assert!(authorize(&issuer_spec(vec![r.clone()]), &request(&l)).is_ok());
         let mut big = request(&l);
         big.content_length = Some(1025);
         assert!(
-            authorize(&issuer(vec![r.clone()]), &big)
+            authorize(&issuer_spec(vec![r.clone()]), &big)
                 .unwrap_err()
                 .0
                 .contains("larger than maxContentLength")
@@ -582,14 +574,14 @@ mod tests {
         let mut unpinned = request(&l);
         unpinned.content_length = None;
         assert!(
-            authorize(&issuer(vec![r.clone()]), &unpinned)
+            authorize(&issuer_spec(vec![r.clone()]), &unpinned)
                 .unwrap_err()
                 .0
                 .contains("must set contentLength")
         );
         let mut get = unpinned.clone();
         get.method = Method::Get;
-        assert!(authorize(&issuer(vec![r]), &get).is_ok());
+        assert!(authorize(&issuer_spec(vec![r]), &get).is_ok());
     }
 
     fn post<'a>(labels: &'a BTreeMap<String, String>, key: &'a str) -> Request<'a> {
@@ -611,10 +603,10 @@ mod tests {
             ..rule()
         };
         let ok = post(&l, "analytics/a.csv");
-        assert!(authorize(&issuer(vec![r.clone()]), &ok).is_ok());
+        assert!(authorize(&issuer_spec(vec![r.clone()]), &ok).is_ok());
         let mut big = ok.clone();
         big.content_length_range = Some((0, 1025));
-        let denied = authorize(&issuer(vec![r.clone()]), &big).unwrap_err();
+        let denied = authorize(&issuer_spec(vec![r.clone()]), &big).unwrap_err();
         assert!(
             denied
                 .0
@@ -623,7 +615,7 @@ mod tests {
         );
         let mut unbounded = ok.clone();
         unbounded.content_length_range = None;
-        let denied = authorize(&issuer(vec![r.clone()]), &unbounded).unwrap_err();
+        let denied = authorize(&issuer_spec(vec![r.clone()]), &unbounded).unwrap_err();
         assert!(
             denied.0.contains("a POST must set contentLengthRange"),
             "{denied}"
@@ -633,7 +625,7 @@ mod tests {
             max_content_length: None,
             ..r
         };
-        assert!(authorize(&issuer(vec![free]), &unbounded).is_ok());
+        assert!(authorize(&issuer_spec(vec![free]), &unbounded).is_ok());
     }
 
     #[test]
@@ -645,14 +637,14 @@ mod tests {
         };
         assert!(
             authorize(
-                &issuer(vec![r.clone()]),
+                &issuer_spec(vec![r.clone()]),
                 &post(&l, "analytics/uploads/${filename}")
             )
             .is_ok()
         );
         assert!(
             authorize(
-                &issuer(vec![r.clone()]),
+                &issuer_spec(vec![r.clone()]),
                 &post(&l, "analytics/uploads/day-1/${filename}")
             )
             .is_ok()
@@ -662,10 +654,14 @@ mod tests {
             key_prefixes: Some(vec!["analytics/$".into()]),
             ..rule()
         };
-        let denied =
-            authorize(&issuer(vec![tricky]), &post(&l, "analytics/${filename}")).unwrap_err();
+        let denied = authorize(
+            &issuer_spec(vec![tricky]),
+            &post(&l, "analytics/${filename}"),
+        )
+        .unwrap_err();
         assert!(denied.0.contains("fixed part \"analytics/\""), "{denied}");
-        let denied = authorize(&issuer(vec![r]), &post(&l, "analytics/${filename}")).unwrap_err();
+        let denied =
+            authorize(&issuer_spec(vec![r]), &post(&l, "analytics/${filename}")).unwrap_err();
         assert!(denied.0.contains("does not start with"), "{denied}");
     }
 
@@ -676,7 +672,7 @@ mod tests {
             methods: Some(vec![Method::Put]),
             ..rule()
         };
-        let denied = authorize(&issuer(vec![put_only]), &post(&l, "a/b")).unwrap_err();
+        let denied = authorize(&issuer_spec(vec![put_only]), &post(&l, "a/b")).unwrap_err();
         assert!(
             denied.0.contains("method POST is not one of [\"PUT\"]"),
             "{denied}"
@@ -692,19 +688,24 @@ mod tests {
         };
         let mut req = post(&l, "a/b");
         req.sse = Some(&sse);
-        let denied = authorize(&issuer(vec![keys]), &req).unwrap_err();
+        let denied = authorize(&issuer_spec(vec![keys]), &req).unwrap_err();
         assert!(denied.0.contains("is not one of kmsKeyIds"), "{denied}");
     }
 
     #[test]
     fn check_reports_rules_that_cannot_be_evaluated() {
-        assert!(check(&issuer(vec![rule()])).is_ok_and(|m| m.contains("1 allow rule")));
-        assert!(check(&issuer(vec![])).is_ok_and(|m| m.contains("allows nothing")));
+        assert!(check(&issuer_spec(vec![rule()])).is_ok_and(|m| m.contains("1 allow rule")));
+        assert!(
+            check(&issuer_spec(Vec::<AllowRule>::new()))
+                .is_ok_and(|m| m.contains("allows nothing"))
+        );
         let bad = AllowRule {
             max_ttl: Some("1d".into()),
             ..rule()
         };
-        assert!(check(&issuer(vec![rule(), bad])).is_err_and(|e| e.starts_with("allow[1].maxTtl")));
+        assert!(
+            check(&issuer_spec(vec![rule(), bad])).is_err_and(|e| e.starts_with("allow[1].maxTtl"))
+        );
     }
 
     #[test]
@@ -714,7 +715,7 @@ mod tests {
             buckets: vec!["a".into()],
             ..rule()
         };
-        let verdicts = evaluate(&issuer(vec![a, rule(), rule()]), &request(&l));
+        let verdicts = evaluate(&issuer_spec(vec![a, rule(), rule()]), &request(&l));
         assert_eq!(verdicts.len(), 3);
         assert!(!verdicts[0].allows() && verdicts[1].allows() && verdicts[2].allows());
         assert_eq!(conclude(&verdicts), Ok(1));
@@ -732,7 +733,7 @@ mod tests {
             methods: Some(vec![Method::Delete]),
             ..rule()
         };
-        let denied = authorize(&issuer(vec![a, b]), &request(&l)).unwrap_err();
+        let denied = authorize(&issuer_spec(vec![a, b]), &request(&l)).unwrap_err();
         assert!(
             denied.0.contains("allow[0]: bucket") && denied.0.contains("allow[1]: method"),
             "{denied}"

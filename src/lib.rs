@@ -6,6 +6,8 @@ pub mod controller;
 pub mod drain;
 pub mod error;
 pub mod fence;
+#[cfg(test)]
+pub(crate) mod fixtures;
 pub mod issuer;
 pub mod kube_client;
 pub mod leader;

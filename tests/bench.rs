@@ -15,7 +15,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource, ResourceExt};
 use support::grants::*;
 use support::operator::{Operator, OperatorOptions};
-use support::{TestContext, TestResult, apiserver_requests, eventually};
+use support::{RequestSampler, TestContext, TestResult, apiserver_requests, eventually};
 use upload_grant_operator::api::{Method, S3Target, UploadGrant};
 use upload_grant_operator::signing::{Presigner, SignInput};
 
@@ -789,8 +789,6 @@ where
         .max()
         .ok_or("no expiry")?;
 
-    // Sample the apiserver's own request counters once a second while the
-    // renewals run.
     // Its first pass over every grant in the cache is no part of the
     // renewals' CPU.
     eventually(
@@ -807,29 +805,9 @@ where
     .await?;
     let parts_before = apiserver_breakdown(&ctx.client).await?;
     let cpu = bounded.cpu_seconds()?;
-    let (stop_sampling, stopped) = tokio::sync::oneshot::channel::<()>();
-    let sampler = {
-        let client = ctx.client.clone();
-        tokio::spawn(async move {
-            let mut samples = Vec::new();
-            let mut every = tokio::time::interval(Duration::from_secs(1));
-            tokio::pin!(stopped);
-            loop {
-                tokio::select! {
-                    _ = every.tick() => {}
-                    _ = &mut stopped => return samples,
-                }
-                // The server read its counter somewhere between sending and
-                // receiving: stamp the sample half way, so one slow answer
-                // does not shift the next second's count into this one.
-                let sent = Instant::now();
-                match apiserver_requests(&client).await {
-                    Ok(n) => samples.push((sent + sent.elapsed() / 2, n)),
-                    Err(e) => eprintln!("apiserver metrics: {e}"),
-                }
-            }
-        })
-    };
+    // Sample the apiserver's own request counters once a second while the
+    // renewals run.
+    let sampler = RequestSampler::start(&ctx.client);
     let wait = last_expiry
         .duration_since(jiff::Timestamp::now())
         .try_into()
@@ -843,8 +821,7 @@ where
                 .then_some(())
         })
         .await;
-    let _ = stop_sampling.send(());
-    let samples = sampler.await?;
+    let samples = sampler.stop().await?;
     let cpu = bounded.cpu_seconds()? - cpu;
     let parts = per_unit(
         &parts_before,
@@ -873,18 +850,8 @@ where
     }
     // Rate over any 10 s (the bound counts per second; a 1 s sample can
     // straddle two of the limiter's windows).
-    let rate = |w: usize| {
-        samples
-            .windows(w + 1)
-            .map(|s| {
-                let (a, b) = (&s[0], &s[w]);
-                (b.1 - a.1) / b.0.duration_since(a.0).as_secs_f64()
-            })
-            .fold(0.0, f64::max)
-    };
-    let (peak10, peak1) = (rate(10), rate(1));
-    let total =
-        samples.last().map(|s| s.1).unwrap_or(0.0) - samples.first().map(|s| s.1).unwrap_or(0.0);
+    let (peak10, peak1) = (samples.peak_rate(10), samples.peak_rate(1));
+    let total = samples.total();
     // The bound only shows if the storm asks for more than it allows: the
     // requests all renewals need, spread over the time their refreshes span.
     let offered = total / spread.max(1.0);

@@ -26,7 +26,7 @@ use kube::{Api, ResourceExt};
 use support::chaos::*;
 use support::grants::*;
 use support::operator::{Operator, OperatorOptions};
-use support::{TestContext, TestResult, apiserver_requests};
+use support::{RequestSampler, TestContext, TestResult};
 use upload_grant_operator::api::{ClusterGrantIssuer, UploadGrant};
 
 /// A scenario's outcome: one row of bench/results/chaos.md.
@@ -40,6 +40,26 @@ struct Row {
     expired: usize,
     fenced: Option<usize>,
     notes: Vec<String>,
+    pass: bool,
+}
+
+/// What a fault scenario hands to `Suite::finish`, which adds the recovery
+/// and the full check and makes the row.
+struct FaultReport {
+    /// The fault, as the row names it.
+    fault: &'static str,
+    /// How long the fault lasted, as the row says it.
+    duration: String,
+    /// When the fault began: renewals are counted from here.
+    start: jiff::Timestamp,
+    /// When the fault ended: renewals are counted until here, and recovery
+    /// is timed from here.
+    end: jiff::Timestamp,
+    /// Writes by a leader that lost its lease, for scenarios that count them.
+    fenced: Option<usize>,
+    /// The scenario's own figures.
+    notes: Vec<String>,
+    /// Whether the scenario's own checks passed.
     pass: bool,
 }
 
@@ -390,17 +410,16 @@ impl Suite {
     }
 
     /// The end of a scenario: recovery, the full check, and the row.
-    #[allow(clippy::too_many_arguments)]
-    async fn finish(
-        &mut self,
-        fault: &str,
-        duration: String,
-        fault_start: jiff::Timestamp,
-        fault_end: jiff::Timestamp,
-        fenced: Option<usize>,
-        mut notes: Vec<String>,
-        mut pass: bool,
-    ) -> TestResult {
+    async fn finish(&mut self, report: FaultReport) -> TestResult {
+        let FaultReport {
+            fault,
+            duration,
+            start: fault_start,
+            end: fault_end,
+            fenced,
+            mut notes,
+            mut pass,
+        } = report;
         let recovery = match self.wait_all_ready(Duration::from_secs(300)).await {
             Ok(_) => {
                 let d = jiff::Timestamp::now().duration_since(fault_end);
@@ -549,18 +568,18 @@ impl Suite {
         self.start_operator().await?;
         let ready_in = t.elapsed();
         let end = jiff::Timestamp::now();
-        self.finish(
-            "Operator SIGKILLed mid-storm, restarted",
-            format!(
+        self.finish(FaultReport {
+            fault: "Operator SIGKILLed mid-storm, restarted",
+            duration: format!(
                 "restarted at once; /readyz after {:.1} s",
                 ready_in.as_secs_f64()
             ),
             start,
             end,
-            None,
-            vec![],
-            true,
-        )
+            fenced: None,
+            notes: vec![],
+            pass: true,
+        })
         .await
     }
 
@@ -573,15 +592,15 @@ impl Suite {
         proc(self.ctx.env, &["start", "kube-apiserver"])?;
         let up = wait_apiserver(&self.ctx.client, Duration::from_secs(180)).await?;
         let end = jiff::Timestamp::now();
-        self.finish(
-            "kube-apiserver SIGKILLed mid-storm",
-            format!("60 s down + {:.0} s to /readyz", up.as_secs_f64()),
+        self.finish(FaultReport {
+            fault: "kube-apiserver SIGKILLed mid-storm",
+            duration: format!("60 s down + {:.0} s to /readyz", up.as_secs_f64()),
             start,
             end,
-            None,
-            vec![],
-            true,
-        )
+            fenced: None,
+            notes: vec![],
+            pass: true,
+        })
         .await
     }
 
@@ -594,18 +613,18 @@ impl Suite {
         proc(self.ctx.env, &["start", "etcd"])?;
         let up = wait_apiserver(&self.ctx.client, Duration::from_secs(180)).await?;
         let end = jiff::Timestamp::now();
-        self.finish(
-            "etcd SIGKILLed mid-storm, restarted with its data",
-            format!(
+        self.finish(FaultReport {
+            fault: "etcd SIGKILLed mid-storm, restarted with its data",
+            duration: format!(
                 "20 s down + {:.0} s to the apiserver's /readyz",
                 up.as_secs_f64()
             ),
             start,
             end,
-            None,
-            vec![],
-            true,
-        )
+            fenced: None,
+            notes: vec![],
+            pass: true,
+        })
         .await
     }
 
@@ -649,15 +668,7 @@ impl Suite {
         let notes = vec![format!(
             "etcd compacted at revision {rev}; 10 grants deleted and 10 created while the operator was cut off; {relists} LISTs by the operator after it reconnected (a relist)"
         )];
-        self.finish(
-            "Watch out of etcd's history (410 Gone): operator cut off, etcd compacted, apiserver restarted",
-            format!("operator cut off {secs:.0} s"),
-            start,
-            end,
-            None,
-            notes,
-            relists > 0,
-        )
+        self.finish(FaultReport {fault: "Watch out of etcd's history (410 Gone): operator cut off, etcd compacted, apiserver restarted", duration: format!("operator cut off {secs:.0} s"), start, end, fenced: None, notes, pass: relists > 0})
         .await
     }
 
@@ -670,17 +681,17 @@ impl Suite {
         self.s3_proxy.set(Mode::Pass);
         let end = jiff::Timestamp::now();
         let renewed = self.rec.renewals_between(start, end);
-        self.finish(
-            "S3 store unreachable (connections refused)",
-            "60 s".into(),
+        self.finish(FaultReport {
+            fault: "S3 store unreachable (connections refused)",
+            duration: "60 s".into(),
             start,
             end,
-            None,
-            vec![format!(
+            fenced: None,
+            notes: vec![format!(
                 "{renewed} URLs renewed while the store was unreachable"
             )],
-            renewed > 0,
-        )
+            pass: renewed > 0,
+        })
         .await
     }
 
@@ -713,26 +724,18 @@ impl Suite {
         let end = jiff::Timestamp::now();
         let calls = self.sts_proxy.delayed_calls() - before;
         let renewed = self.rec.renewals_between(called, end);
-        self.finish(
-            "STS answering 10 s late per call, a credential refresh due",
-            format!(
+        self.finish(FaultReport {fault: "STS answering 10 s late per call, a credential refresh due", duration: format!(
                 "{:.0} s (waited {:.0} s for the refresh to come due)",
                 end.duration_since(start).as_secs_f64(),
                 called.duration_since(start).as_secs_f64()
-            ),
-            start,
-            end,
-            None,
-            vec![
+            ), start, end, fenced: None, notes: vec![
                 format!(
                     "15 revocations (5 deletes, 5 suspends, 5 by issuer narrowing) while the refresh hung: the slowest Secret removed after {:.1} s (limit {} s)",
                     slowest.as_secs_f64(),
                     REVOKE_WITHIN.as_secs()
                 ),
                 format!("{calls} requests to the STS held 10 s each; {renewed} URLs renewed meanwhile"),
-            ],
-            slowest <= REVOKE_WITHIN && renewed > 0,
-        )
+            ], pass: slowest <= REVOKE_WITHIN && renewed > 0})
         .await
     }
 
@@ -758,13 +761,7 @@ impl Suite {
         let unavailable = self.rec.grants_that_reported("CredentialsUnavailable");
         let same = self.operator.as_ref().and_then(|o| o.pid()) == pid
             && self.operator.as_mut().is_some_and(|o| !o.exited());
-        self.finish(
-            "STS refusing connections",
-            format!("{:.0} min", outage.as_secs_f64() / 60.0),
-            start,
-            end,
-            None,
-            vec![
+        self.finish(FaultReport {fault: "STS refusing connections", duration: format!("{:.0} min", outage.as_secs_f64() / 60.0), start, end, fenced: None, notes: vec![
                 format!(
                     "15 revocations during the outage: the slowest Secret removed after {:.1} s (limit {} s)",
                     slowest.as_secs_f64(),
@@ -775,9 +772,7 @@ impl Suite {
                     "recovered by the same operator process, not restarted: {}",
                     if same { "yes" } else { "no" }
                 ),
-            ],
-            slowest <= REVOKE_WITHIN && unavailable > 0 && same,
-        )
+            ], pass: slowest <= REVOKE_WITHIN && unavailable > 0 && same})
         .await
     }
 
@@ -909,15 +904,15 @@ impl Suite {
         if !attempts.is_empty() {
             notes.push(format!("old leader's writes: {}", attempts.join(", ")));
         }
-        self.finish(
-            "Split brain: leader SIGSTOPped past its lease, SIGCONT after the takeover",
-            format!("frozen {:.0} s", frozen.as_secs_f64()),
+        self.finish(FaultReport {
+            fault: "Split brain: leader SIGSTOPped past its lease, SIGCONT after the takeover",
+            duration: format!("frozen {:.0} s", frozen.as_secs_f64()),
             start,
             end,
-            Some(fenced),
+            fenced: Some(fenced),
             notes,
-            true,
-        )
+            pass: true,
+        })
         .await
     }
 }
@@ -1036,24 +1031,7 @@ async fn storm_10k(dir: &std::path::Path) -> TestResult<Row> {
     let spread = last_due.duration_since(*first_due).as_secs_f64();
     let mut bounded = Operator::start(&ctx, dir, info(None)).await?;
     let after = jiff::Timestamp::now();
-    let (stop_sampling, stopped) = tokio::sync::oneshot::channel::<()>();
-    let sampler = {
-        let client = ctx.client.clone();
-        tokio::spawn(async move {
-            let mut samples = Vec::new();
-            let mut every = tokio::time::interval(Duration::from_secs(1));
-            tokio::pin!(stopped);
-            loop {
-                tokio::select! {
-                    _ = every.tick() => {}
-                    _ = &mut stopped => return samples,
-                }
-                if let Ok(n) = apiserver_requests(&client).await {
-                    samples.push((Instant::now(), n));
-                }
-            }
-        })
-    };
+    let sampler = RequestSampler::start(&ctx.client);
     let start = jiff::Timestamp::now();
     // Until every grant is renewed, or the last old URL has expired.
     let old_expiry = |name: &str| {
@@ -1077,8 +1055,7 @@ async fn storm_10k(dir: &std::path::Path) -> TestResult<Row> {
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    let _ = stop_sampling.send(());
-    let samples = sampler.await?;
+    let samples = sampler.stop().await?;
     let end = jiff::Timestamp::now();
     let renewed = rec.first_renewals(&names, after);
     bounded.stop().await?;
@@ -1108,16 +1085,7 @@ async fn storm_10k(dir: &std::path::Path) -> TestResult<Row> {
     long_times.sort();
     let long_median = long_times.get(long_times.len() / 2).copied();
     let rho = spearman(&pairs);
-    let rate = |w: usize| {
-        samples
-            .windows(w + 1)
-            .map(|s| {
-                let (a, b) = (&s[0], &s[w]);
-                (b.1 - a.1) / b.0.duration_since(a.0).as_secs_f64()
-            })
-            .fold(0.0, f64::max)
-    };
-    let (peak10, peak1) = (rate(10), rate(1));
+    let (peak10, peak1) = (samples.peak_rate(10), samples.peak_rate(1));
     let expired = rec.ready_with_expired_url(WATCH_GRACE).len();
     let lost = rec.lost_secrets(&BTreeSet::new()).len();
     let held = peak10 <= 110.0;

@@ -15,6 +15,14 @@ use support::{TestContext, TestEnv, TestResult};
 const CHART: &str = "charts/upload-grant-operator";
 const ALL_OPTIONS: &str = "charts/upload-grant-operator/ci/all-options-values.yaml";
 
+/// The chart rendered as release "r" in namespace "ugo", with `extra`
+/// arguments to `helm template` (`--set`, `-f`).
+fn template(env: &TestEnv, extra: &[&str]) -> TestResult<Vec<serde_json::Value>> {
+    let mut args = vec!["template", "r", CHART, "-n", "ugo"];
+    args.extend(extra);
+    documents(&env.helm(&args)?)
+}
+
 fn documents(yaml: &str) -> TestResult<Vec<serde_json::Value>> {
     let mut docs = Vec::new();
     for doc in serde_norway::Deserializer::from_str(yaml) {
@@ -32,7 +40,7 @@ fn chart_lints_and_renders_hardened_with_every_option() -> TestResult {
     env.helm(&["lint", "--strict", CHART])?;
     env.helm(&["lint", "--strict", CHART, "-f", ALL_OPTIONS])?;
 
-    let defaults = documents(&env.helm(&["template", "r", CHART, "-n", "ugo"])?)?;
+    let defaults = template(env, &[])?;
     let kinds = |docs: &[serde_json::Value]| {
         let mut k: Vec<String> = docs
             .iter()
@@ -63,7 +71,7 @@ fn chart_lints_and_renders_hardened_with_every_option() -> TestResult {
             "ValidatingAdmissionPolicyBinding"
         ]
     );
-    let all = documents(&env.helm(&["template", "r", CHART, "-n", "ugo", "-f", ALL_OPTIONS])?)?;
+    let all = template(env, &["-f", ALL_OPTIONS])?;
     for kind in [
         "ServiceMonitor",
         "PodDisruptionBudget",
@@ -88,36 +96,25 @@ fn chart_lints_and_renders_hardened_with_every_option() -> TestResult {
             .find(|e| e["name"] == name)
             .map(|e| e["value"].clone())
     };
-    assert_eq!(
-        env_of(&defaults, "UPLOAD_GRANT_KUBE_API_QPS"),
-        Some("100".into())
-    );
-    assert_eq!(env_of(&all, "UPLOAD_GRANT_KUBE_API_QPS"), Some("50".into()));
-    assert_eq!(
-        env_of(&defaults, "UPLOAD_GRANT_LIFECYCLE_EVENTS"),
-        Some("false".into()),
-        "Issued and Renewed Events are off by default"
-    );
-    assert_eq!(
-        env_of(&all, "UPLOAD_GRANT_LIFECYCLE_EVENTS"),
-        Some("true".into())
-    );
-    assert_eq!(
-        env_of(&defaults, "UPLOAD_GRANT_PROPAGATION_BUDGET"),
-        Some("2m".into())
-    );
-    assert_eq!(
-        env_of(&all, "UPLOAD_GRANT_PROPAGATION_BUDGET"),
-        Some("90s".into())
-    );
-    assert_eq!(
-        env_of(&defaults, "UPLOAD_GRANT_MULTIPART_CHECK_INTERVAL"),
-        Some("5m".into())
-    );
-    assert_eq!(
-        env_of(&all, "UPLOAD_GRANT_MULTIPART_CHECK_INTERVAL"),
-        Some("1m".into())
-    );
+    // The operator's settings: (variable, by default, with every option on).
+    for (var, default, all_options) in [
+        ("UPLOAD_GRANT_KUBE_API_QPS", "100", "50"),
+        // Issued and Renewed Events are off by default.
+        ("UPLOAD_GRANT_LIFECYCLE_EVENTS", "false", "true"),
+        ("UPLOAD_GRANT_PROPAGATION_BUDGET", "2m", "90s"),
+        ("UPLOAD_GRANT_MULTIPART_CHECK_INTERVAL", "5m", "1m"),
+    ] {
+        assert_eq!(
+            env_of(&defaults, var),
+            Some(default.into()),
+            "{var} by default"
+        );
+        assert_eq!(
+            env_of(&all, var),
+            Some(all_options.into()),
+            "{var} with every option on"
+        );
+    }
 
     // Issuer warnings: a Warn-only policy, on by default.
     let binding = defaults
@@ -131,13 +128,7 @@ fn chart_lints_and_renders_hardened_with_every_option() -> TestResult {
         binding["spec"]["validationActions"],
         serde_json::json!(["Warn"])
     );
-    let quiet = documents(&env.helm(&[
-        "template",
-        "r",
-        CHART,
-        "--set",
-        "issuerWarnings.enabled=false",
-    ])?)?;
+    let quiet = template(env, &["--set", "issuerWarnings.enabled=false"])?;
     let warnings = |d: &&serde_json::Value| {
         d["metadata"]["name"]
             .as_str()
@@ -185,15 +176,7 @@ fn chart_lints_and_renders_hardened_with_every_option() -> TestResult {
         drain["spec"]["template"]["spec"]["containers"][0]["args"][1],
         "--deployment=r-upload-grant-operator"
     );
-    let no_drain = documents(&env.helm(&[
-        "template",
-        "r",
-        CHART,
-        "-n",
-        "ugo",
-        "--set",
-        "drainOnUninstall=false",
-    ])?)?;
+    let no_drain = template(env, &["--set", "drainOnUninstall=false"])?;
     assert!(!no_drain.iter().any(|d| d["kind"] == "Job"));
 
     let deployment = defaults
@@ -202,26 +185,50 @@ fn chart_lints_and_renders_hardened_with_every_option() -> TestResult {
         .ok_or("no Deployment")?;
     let pod = &deployment["spec"]["template"]["spec"];
     let container = &pod["containers"][0];
-    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
-    assert_eq!(
-        pod["securityContext"]["seccompProfile"]["type"],
-        "RuntimeDefault"
-    );
-    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
-    assert_eq!(
-        container["securityContext"]["allowPrivilegeEscalation"],
-        false
-    );
-    assert_eq!(
-        container["securityContext"]["capabilities"]["drop"],
-        serde_json::json!(["ALL"])
-    );
+    // Hardened: each field of the pod or its container, and what it must be.
+    for (name, value, want) in [
+        (
+            "runAsNonRoot",
+            &pod["securityContext"]["runAsNonRoot"],
+            serde_json::json!(true),
+        ),
+        (
+            "seccompProfile",
+            &pod["securityContext"]["seccompProfile"]["type"],
+            serde_json::json!("RuntimeDefault"),
+        ),
+        (
+            "readOnlyRootFilesystem",
+            &container["securityContext"]["readOnlyRootFilesystem"],
+            serde_json::json!(true),
+        ),
+        (
+            "allowPrivilegeEscalation",
+            &container["securityContext"]["allowPrivilegeEscalation"],
+            serde_json::json!(false),
+        ),
+        (
+            "dropped capabilities",
+            &container["securityContext"]["capabilities"]["drop"],
+            serde_json::json!(["ALL"]),
+        ),
+        (
+            "liveness probe",
+            &container["livenessProbe"]["httpGet"]["path"],
+            serde_json::json!("/healthz"),
+        ),
+        (
+            "readiness probe",
+            &container["readinessProbe"]["httpGet"]["path"],
+            serde_json::json!("/readyz"),
+        ),
+    ] {
+        assert_eq!(*value, want, "{name}");
+    }
     assert!(
         container["resources"]["requests"]["memory"].is_string()
             && container["resources"]["limits"]["memory"].is_string()
     );
-    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
-    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
 
     // The CRDs the chart installs are the generated ones, kept on uninstall.
     let crd = defaults
@@ -272,19 +279,17 @@ fn chart_lints_and_renders_hardened_with_every_option() -> TestResult {
     everything.sort();
     assert_eq!(resources_of(&cluster_role(&defaults)?["rules"]), everything);
     assert_eq!(env_of(&defaults, "UPLOAD_GRANT_WATCH_NAMESPACE"), None);
-    let listed = documents(&env.helm(&[
-        "template",
-        "r",
-        CHART,
-        "-n",
-        "ugo",
-        "--set",
-        "operator.watchNamespaces={team-b,team-a}",
-        "--set",
-        "operator.watchNamespace=team-c",
-        "--set",
-        "rolloutRestarts.enabled=true",
-    ])?)?;
+    let listed = template(
+        env,
+        &[
+            "--set",
+            "operator.watchNamespaces={team-b,team-a}",
+            "--set",
+            "operator.watchNamespace=team-c",
+            "--set",
+            "rolloutRestarts.enabled=true",
+        ],
+    )?;
     let mut kept = cluster_scoped.to_vec();
     kept.push("uploadgrants");
     kept.sort();
@@ -366,15 +371,7 @@ fn chart_lints_and_renders_hardened_with_every_option() -> TestResult {
         binding["spec"]["validationActions"],
         serde_json::json!(["Deny"])
     );
-    let unguarded = documents(&env.helm(&[
-        "template",
-        "r",
-        CHART,
-        "-n",
-        "ugo",
-        "--set",
-        "secretWriteGuard.enabled=false",
-    ])?)?;
+    let unguarded = template(env, &["--set", "secretWriteGuard.enabled=false"])?;
     assert!(!unguarded.iter().any(|d| {
         d["metadata"]["name"]
             .as_str()
@@ -403,17 +400,15 @@ fn chart_lints_and_renders_hardened_with_every_option() -> TestResult {
     let tagged = format!("{repository}:{app_version}");
     assert_eq!(images(&defaults), [tagged.as_str(), tagged.as_str()]);
     let digest = format!("sha256:{}", "0123456789abcdef".repeat(4));
-    let pinned = documents(&env.helm(&[
-        "template",
-        "r",
-        CHART,
-        "-n",
-        "ugo",
-        "--set",
-        "image.tag=moved",
-        "--set",
-        &format!("image.digest={digest}"),
-    ])?)?;
+    let pinned = template(
+        env,
+        &[
+            "--set",
+            "image.tag=moved",
+            "--set",
+            &format!("image.digest={digest}"),
+        ],
+    )?;
     let by_digest = format!("{repository}@{digest}");
     assert_eq!(images(&pinned), [by_digest.as_str(), by_digest.as_str()]);
 

@@ -33,6 +33,61 @@ fn dynamic<K: kube::Resource<DynamicType = ()>>(
     }
 }
 
+/// `spec` as a failure message shows it: its JSON, cut at 300 bytes.
+fn shown(spec: &serde_json::Value) -> String {
+    let shown = spec.to_string();
+    if shown.len() <= 300 {
+        return shown;
+    }
+    format!(
+        "{}… ({} bytes)",
+        &shown[..shown.floor_char_boundary(300)],
+        shown.len()
+    )
+}
+
+/// Creating `object` is refused as invalid (422) with `needle` in the
+/// message; `case` names it when it is not.
+async fn assert_refused(
+    api: &Api<DynamicObject>,
+    object: &DynamicObject,
+    needle: &str,
+    case: &str,
+) {
+    match api.create(&PostParams::default(), object).await {
+        Err(kube::Error::Api(status)) => {
+            assert_eq!(status.code, 422, "{case}: {status:?}");
+            assert!(
+                status.message.contains(needle),
+                "{case}: expected {needle:?} in {:?}",
+                status.message
+            );
+        }
+        other => panic!("{case} was not rejected: {other:?}"),
+    }
+}
+
+/// The grant `name` with `spec` passes the operator's validate step and is
+/// created by the apiserver.
+async fn assert_accepted(
+    api: &Api<DynamicObject>,
+    name: &str,
+    spec: serde_json::Value,
+) -> TestResult {
+    let shown = shown(&spec);
+    let typed: UploadGrantSpec = serde_json::from_value(spec.clone())?;
+    if let Err(e) = validate(&typed, "g") {
+        panic!("{shown}: validate() refused it: {e}");
+    }
+    if let Err(e) = api
+        .create(&PostParams::default(), &grant(name, spec)?)
+        .await
+    {
+        panic!("{shown} was refused: {e}");
+    }
+    Ok(())
+}
+
 fn with(extra: serde_json::Value) -> serde_json::Value {
     let mut spec = serde_json::json!({"bucket": "reports", "key": "a/b.csv"});
     if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
@@ -123,21 +178,8 @@ async fn invalid_grants_are_rejected_with_a_clear_message() -> TestResult {
         ),
     ];
     for (i, (spec, needle)) in cases.into_iter().enumerate() {
-        let shown = spec.to_string();
-        match api
-            .create(&PostParams::default(), &grant(&format!("bad-{i}"), spec)?)
-            .await
-        {
-            Err(kube::Error::Api(status)) => {
-                assert_eq!(status.code, 422, "{shown}: {status:?}");
-                assert!(
-                    status.message.contains(needle),
-                    "{shown}: expected {needle:?} in {:?}",
-                    status.message
-                );
-            }
-            other => panic!("{shown} was not rejected: {other:?}"),
-        }
+        let shown = shown(&spec);
+        assert_refused(&api, &grant(&format!("bad-{i}"), spec)?, needle, &shown).await;
     }
     // The same grant with good values is accepted, so the refusals above are
     // about the values.
@@ -416,14 +458,7 @@ async fn what_would_fail_later_is_refused_at_apply_time() -> TestResult {
         ),
     ];
     for (i, (spec, needle, mirrored)) in cases.into_iter().enumerate() {
-        let mut shown = spec.to_string();
-        if shown.len() > 300 {
-            shown = format!(
-                "{}… ({} bytes)",
-                &shown[..shown.floor_char_boundary(300)],
-                shown.len()
-            );
-        }
+        let shown = shown(&spec);
         let typed: UploadGrantSpec = serde_json::from_value(spec.clone())?;
         let second_line = validate(&typed, "g");
         if mirrored {
@@ -434,23 +469,7 @@ async fn what_would_fail_later_is_refused_at_apply_time() -> TestResult {
                 "{shown}: validate() refused a schema-only bound"
             );
         }
-        match api
-            .create(
-                &PostParams::default(),
-                &grant(&format!("refused-{i}"), spec)?,
-            )
-            .await
-        {
-            Err(kube::Error::Api(status)) => {
-                assert_eq!(status.code, 422, "{shown}: {status:?}");
-                assert!(
-                    status.message.contains(needle),
-                    "{shown}: expected {needle:?} in {:?}",
-                    status.message
-                );
-            }
-            other => panic!("{shown} was not rejected: {other:?}"),
-        }
+        assert_refused(&api, &grant(&format!("refused-{i}"), spec)?, needle, &shown).await;
     }
     Ok(())
 }
@@ -529,26 +548,13 @@ async fn post_grants_are_checked_at_apply_time() -> TestResult {
         ),
     ];
     for (i, (spec, needle)) in cases.into_iter().enumerate() {
-        let shown = spec.to_string();
+        let shown = shown(&spec);
         let typed: UploadGrantSpec = serde_json::from_value(spec.clone())?;
         assert!(
             validate(&typed, "g").is_err(),
             "{shown}: validate() accepted it"
         );
-        match api
-            .create(&PostParams::default(), &grant(&format!("post-{i}"), spec)?)
-            .await
-        {
-            Err(kube::Error::Api(status)) => {
-                assert_eq!(status.code, 422, "{shown}: {status:?}");
-                assert!(
-                    status.message.contains(needle),
-                    "{shown}: expected {needle:?} in {:?}",
-                    status.message
-                );
-            }
-            other => panic!("{shown} was not rejected: {other:?}"),
-        }
+        assert_refused(&api, &grant(&format!("post-{i}"), spec)?, needle, &shown).await;
     }
     let good = [
         post(
@@ -566,20 +572,7 @@ async fn post_grants_are_checked_at_apply_time() -> TestResult {
         post(serde_json::json!({})),
     ];
     for (i, spec) in good.into_iter().enumerate() {
-        let shown = spec.to_string();
-        let typed: UploadGrantSpec = serde_json::from_value(spec.clone())?;
-        if let Err(e) = validate(&typed, "g") {
-            panic!("{shown}: validate() refused it: {e}");
-        }
-        if let Err(e) = api
-            .create(
-                &PostParams::default(),
-                &grant(&format!("post-good-{i}"), spec)?,
-            )
-            .await
-        {
-            panic!("{shown} was refused: {e}");
-        }
+        assert_accepted(&api, &format!("post-good-{i}"), spec).await?;
     }
     Ok(())
 }
@@ -635,27 +628,14 @@ async fn multipart_grants_are_checked_at_apply_time() -> TestResult {
         ),
     ];
     for (i, (spec, needle)) in cases.into_iter().enumerate() {
-        let shown = spec.to_string();
+        let shown = shown(&spec);
         if let Ok(typed) = serde_json::from_value::<UploadGrantSpec>(spec.clone()) {
             assert!(
                 validate(&typed, "g").is_err(),
                 "{shown}: validate() accepted it"
             );
         }
-        match api
-            .create(&PostParams::default(), &grant(&format!("mp-{i}"), spec)?)
-            .await
-        {
-            Err(kube::Error::Api(status)) => {
-                assert_eq!(status.code, 422, "{shown}: {status:?}");
-                assert!(
-                    status.message.contains(needle),
-                    "{shown}: expected {needle:?} in {:?}",
-                    status.message
-                );
-            }
-            other => panic!("{shown} was not rejected: {other:?}"),
-        }
+        assert_refused(&api, &grant(&format!("mp-{i}"), spec)?, needle, &shown).await;
     }
     let good = [
         mp(serde_json::json!(1), serde_json::json!("5Mi")),
@@ -663,20 +643,7 @@ async fn multipart_grants_are_checked_at_apply_time() -> TestResult {
         mp(serde_json::json!(3), serde_json::json!(5_242_880)),
     ];
     for (i, spec) in good.into_iter().enumerate() {
-        let shown = spec.to_string();
-        let typed: UploadGrantSpec = serde_json::from_value(spec.clone())?;
-        if let Err(e) = validate(&typed, "g") {
-            panic!("{shown}: validate() refused it: {e}");
-        }
-        if let Err(e) = api
-            .create(
-                &PostParams::default(),
-                &grant(&format!("mp-good-{i}"), spec)?,
-            )
-            .await
-        {
-            panic!("{shown} was refused: {e}");
-        }
+        assert_accepted(&api, &format!("mp-good-{i}"), spec).await?;
     }
     Ok(())
 }
@@ -722,24 +689,7 @@ async fn edges_of_the_limits_are_accepted() -> TestResult {
         with(serde_json::json!({"ttl": "1m", "refreshBefore": "10000ms"})),
     ];
     for (i, spec) in cases.into_iter().enumerate() {
-        let mut shown = spec.to_string();
-        if shown.len() > 300 {
-            shown = format!(
-                "{}… ({} bytes)",
-                &shown[..shown.floor_char_boundary(300)],
-                shown.len()
-            );
-        }
-        let typed: UploadGrantSpec = serde_json::from_value(spec.clone())?;
-        if let Err(e) = validate(&typed, "g") {
-            panic!("{shown}: validate() refused it: {e}");
-        }
-        if let Err(e) = api
-            .create(&PostParams::default(), &grant(&format!("edge-{i}"), spec)?)
-            .await
-        {
-            panic!("{shown} was refused: {e}");
-        }
+        assert_accepted(&api, &format!("edge-{i}"), spec).await?;
     }
     Ok(())
 }
@@ -787,23 +737,8 @@ async fn invalid_issuers_are_rejected() -> TestResult {
         ),
     ];
     for (i, (s3, allow, needle)) in cases.into_iter().enumerate() {
-        match api
-            .create(
-                &PostParams::default(),
-                &issuer(&format!("bad-{suffix}-{i}"), s3, allow)?,
-            )
-            .await
-        {
-            Err(kube::Error::Api(status)) => {
-                assert_eq!(status.code, 422, "{needle}: {status:?}");
-                assert!(
-                    status.message.contains(needle),
-                    "expected {needle:?} in {:?}",
-                    status.message
-                );
-            }
-            other => panic!("issuer case {i} was not rejected: {other:?}"),
-        }
+        let bad = issuer(&format!("bad-{suffix}-{i}"), s3, allow)?;
+        assert_refused(&api, &bad, needle, &format!("issuer case {i}")).await;
     }
     let good = issuer(
         &format!("good-{suffix}"),

@@ -456,15 +456,13 @@ mod tests {
     use kube::client::Body;
 
     use super::*;
-    use crate::controller::build::fixtures;
-    use crate::controller::managed::tests::grant;
-    use crate::controller::secrets::tests::{context, new_secret, one_apply};
+    use crate::controller::secrets::tests::{context, one_apply};
+    use crate::fixtures::{grant, s3_target, secret, valid};
 
     fn plan(ours: Option<&str>) -> SignPlan {
         SignPlan {
-            valid: fixtures::valid(),
-            target: serde_json::from_value(serde_json::json!({"region": "eu-west-1"}))
-                .expect("target"),
+            valid: valid(),
+            target: s3_target(),
             spec_hash: "h".into(),
             renewal: true,
             current: None,
@@ -517,9 +515,9 @@ mod tests {
         });
         let end = write(
             &ctx,
-            &grant(),
+            &grant(serde_json::json!({})),
             &plan(Some("cached-uid")),
-            &new_secret(),
+            &secret(),
             SystemTime::now(),
         )
         .await
@@ -543,9 +541,9 @@ mod tests {
         });
         let end = write(
             &ctx,
-            &grant(),
+            &grant(serde_json::json!({})),
             &plan(None),
-            &new_secret(),
+            &secret(),
             SystemTime::now(),
         )
         .await

@@ -365,44 +365,11 @@ pub fn whole_seconds(t: SystemTime) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
 }
 
-/// Checked grants for tests of the pure stages.
-#[cfg(test)]
-pub(crate) mod fixtures {
-    use super::*;
-    use crate::api::Method;
-
-    /// A PUT of reports/a/b.csv for an hour, renewed by default; its Secret
-    /// template carries a user label and annotation, and a reserved label.
-    pub fn valid() -> ValidGrant {
-        ValidGrant {
-            bucket: "reports".into(),
-            key: "a/b.csv".into(),
-            method: Method::Put,
-            content_type: None,
-            content_length: None,
-            content_length_range: None,
-            success_action_status: None,
-            metadata: BTreeMap::new(),
-            sse: None,
-            multipart: None,
-            ttl: Duration::from_secs(3600),
-            refresh_before: None,
-            refresh_policy: RefreshPolicy::Always,
-            not_after: None,
-            secret_name: "nightly".into(),
-            secret_labels: BTreeMap::from([
-                ("team".into(), "a".into()),
-                (MANAGED_BY_LABEL.into(), "someone".into()),
-            ]),
-            secret_annotations: BTreeMap::from([("note".into(), "x".into())]),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::api::Method;
+    use crate::fixtures::{nightly, s3_target, valid};
     use crate::signing::SecretUrl;
 
     const HOUR: Duration = Duration::from_secs(3600);
@@ -412,10 +379,6 @@ mod tests {
 
     fn at(secs: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + secs)
-    }
-
-    fn valid() -> ValidGrant {
-        fixtures::valid()
     }
 
     #[test]
@@ -492,18 +455,6 @@ mod tests {
         assert_eq!(refresh_at(at(0), HOUR, &g, NONE, 0.0), None);
     }
 
-    fn grant() -> UploadGrant {
-        let mut g: UploadGrant = serde_json::from_value(serde_json::json!({
-            "apiVersion": "grants.io/v1alpha1", "kind": "UploadGrant",
-            "metadata": {"name": "nightly", "namespace": "analytics", "uid": "uid-1"},
-            "spec": {"bucket": "reports", "key": "a/b.csv",
-                     "secret": {"labels": {"team": "a", "app.kubernetes.io/managed-by": "someone"}, "annotations": {"note": "x"}}}
-        }))
-        .expect("fixture grant");
-        g.metadata.generation = Some(1);
-        g
-    }
-
     fn issued() -> Issued {
         Issued {
             presigned: Signed::Url(Presigned {
@@ -526,7 +477,7 @@ mod tests {
             secret_name: "nightly-upload".into(),
             ..valid()
         };
-        let s = build_secret(&grant(), &v, &issued()).expect("builds");
+        let s = build_secret(&nightly(), &v, &issued()).expect("builds");
         assert_eq!(s.type_.as_deref(), Some(SECRET_TYPE));
         assert_eq!(s.metadata.name.as_deref(), Some("nightly-upload"));
         assert_eq!(s.metadata.namespace.as_deref(), Some("analytics"));
@@ -588,7 +539,7 @@ mod tests {
             key: "uploads/${filename}".into(),
             ..valid()
         };
-        let s = build_secret(&grant(), &v, &form).expect("builds");
+        let s = build_secret(&nightly(), &v, &form).expect("builds");
         let data = s.data.expect("data");
         let get = |k: &str| String::from_utf8(data[k].0.clone()).expect("utf8");
         assert_eq!(get("url"), "https://s3.example/reports");
@@ -630,11 +581,7 @@ mod tests {
         let base = aws_config::SdkConfig::builder()
             .behavior_version(aws_config::BehaviorVersion::latest())
             .build();
-        let target = S3Target {
-            region: "eu-west-1".into(),
-            endpoint: None,
-            force_path_style: false,
-        };
+        let target = s3_target();
         let input = MultipartInput {
             bucket: "acme-reports",
             key: "analytics/2026/12/a-rather-long-object-key-for-a-nightly-export.parquet",
@@ -658,7 +605,7 @@ mod tests {
             key: input.key.into(),
             ..valid()
         };
-        let secret = build_secret(&grant(), &v, &multipart).expect("builds");
+        let secret = build_secret(&nightly(), &v, &multipart).expect("builds");
         let annotations = secret.metadata.annotations.expect("annotations");
         let state = IssuedState::from_annotations(&annotations).expect("state");
         let data = secret.data.expect("data");
@@ -717,7 +664,7 @@ mod tests {
             replaces: Some("sha256:0123456789abcdef".into()),
             ..issued()
         };
-        let s = build_secret(&grant(), &valid(), &renewed).expect("builds");
+        let s = build_secret(&nightly(), &valid(), &renewed).expect("builds");
         let annotations = s.metadata.annotations.expect("annotations");
         let state = IssuedState::from_annotations(&annotations).expect("round trip");
         assert_eq!(state.renew_request, renewed.renew_request);
@@ -726,12 +673,8 @@ mod tests {
 
     #[test]
     fn whom_to_restart_does_not_change_the_spec_hash() {
-        let target = S3Target {
-            region: "eu-west-1".into(),
-            endpoint: None,
-            force_path_style: false,
-        };
-        let g = grant();
+        let target = s3_target();
+        let g = nightly();
         let mut with_targets = g.spec.clone();
         if let Some(secret) = with_targets.secret.as_mut() {
             secret.rollout_restart_targets = vec![crate::api::RolloutTarget {
@@ -756,7 +699,7 @@ mod tests {
             refresh_at: None,
             ..issued()
         };
-        let s = build_secret(&grant(), &v, &never).expect("builds");
+        let s = build_secret(&nightly(), &v, &never).expect("builds");
         let annotations = s.metadata.annotations.expect("annotations");
         assert!(!annotations.contains_key(REFRESH_AT_ANNOTATION));
         let state = IssuedState::from_annotations(&annotations).expect("parses");
@@ -791,12 +734,8 @@ mod tests {
 
     #[test]
     fn spec_hash_ignores_suspend_but_not_the_key_or_target() {
-        let g = grant();
-        let target = S3Target {
-            region: "eu-west-1".into(),
-            endpoint: None,
-            force_path_style: false,
-        };
+        let g = nightly();
+        let target = s3_target();
         let base = spec_hash(&g.spec, &target);
         let mut suspended = g.spec.clone();
         suspended.suspend = true;

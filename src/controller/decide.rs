@@ -505,24 +505,10 @@ mod tests {
     use crate::api::UploadGrantStatus;
     use crate::api::limits::DEFAULT_PROPAGATION_BUDGET;
     use crate::controller::managed::ManagedSecret;
+    use crate::fixtures::{grant, issuer};
 
     fn at(secs: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + secs)
-    }
-
-    fn grant(spec: serde_json::Value) -> UploadGrant {
-        let mut base = serde_json::json!({"bucket": "reports", "key": "team/a.csv"});
-        if let (Some(b), Some(e)) = (base.as_object_mut(), spec.as_object()) {
-            b.extend(e.clone());
-        }
-        let mut g: UploadGrant = serde_json::from_value(serde_json::json!({
-            "apiVersion": "grants.io/v1alpha1", "kind": "UploadGrant",
-            "metadata": {"name": "g", "namespace": "team", "uid": "grant-uid"},
-            "spec": base,
-        }))
-        .expect("fixture grant");
-        g.metadata.generation = Some(2);
-        g
     }
 
     fn with_ready(mut g: UploadGrant, reason: Reason, generation: i64) -> UploadGrant {
@@ -540,17 +526,9 @@ mod tests {
         g
     }
 
-    fn issuer(rules: serde_json::Value) -> ClusterGrantIssuer {
-        serde_json::from_value(serde_json::json!({
-            "apiVersion": "grants.io/v1alpha1", "kind": "ClusterGrantIssuer",
-            "metadata": {"name": "default"},
-            "spec": {"s3": {"region": "eu-west-1"}, "allow": rules},
-        }))
-        .expect("fixture issuer")
-    }
-
+    /// The issuer "default", allowing the base grant's bucket.
     fn open() -> ClusterGrantIssuer {
-        issuer(serde_json::json!([{"buckets": ["reports"]}]))
+        issuer("default", serde_json::json!([{"buckets": ["reports"]}]))
     }
 
     /// The Secret of ours, holding a URL for `g`'s spec (or another hash).
@@ -757,6 +735,7 @@ mod tests {
         Case {
             secret,
             issuer: Some(issuer(
+                "default",
                 serde_json::json!([{"buckets": ["reports"], "multipart": true}]),
             )),
             ..Case::new(g)
@@ -955,7 +934,10 @@ mod tests {
             (
                 "forbidden bucket",
                 Case {
-                    issuer: Some(issuer(serde_json::json!([{"buckets": ["other"]}]))),
+                    issuer: Some(issuer(
+                        "default",
+                        serde_json::json!([{"buckets": ["other"]}]),
+                    )),
                     ..Case::new(g.clone())
                 },
                 ("revoke", Some(Reason::Forbidden)),
@@ -1063,7 +1045,10 @@ mod tests {
     #[test]
     fn admission_says_which_rule_allows_or_why_each_refuses() {
         let g = grant(serde_json::json!({}));
-        let two = issuer(serde_json::json!([{"buckets": ["other"]}, {"buckets": ["reports"]}]));
+        let two = issuer(
+            "default",
+            serde_json::json!([{"buckets": ["other"]}, {"buckets": ["reports"]}]),
+        );
         let labels = BTreeMap::new();
         let admission = |issuer| Admission {
             grant: &g,
@@ -1075,7 +1060,7 @@ mod tests {
         let admitted = admit(&admission(Some(&two))).expect("rule 1 allows");
         assert_eq!(admitted.rule, 1);
         assert_eq!(admitted.verdicts.len(), 2);
-        let none = issuer(serde_json::json!([{"buckets": ["other"]}]));
+        let none = issuer("default", serde_json::json!([{"buckets": ["other"]}]));
         let refused = admit(&admission(Some(&none))).expect_err("forbidden");
         assert_eq!(refused.reason, Reason::Forbidden);
         assert!(

@@ -105,14 +105,7 @@ mod tests {
     use kube::client::Body;
 
     use super::*;
-
-    fn grant(finalizers: &[&str]) -> serde_json::Value {
-        serde_json::json!({
-            "apiVersion": "grants.io/v1alpha1", "kind": "UploadGrant",
-            "metadata": {"name": "g", "namespace": "ns", "uid": "grant-uid", "finalizers": finalizers},
-            "spec": {"bucket": "reports", "key": "k"}
-        })
-    }
+    use crate::fixtures::{grant_doc, grant_with};
 
     fn respond(
         send: tower_test::mock::SendResponse<Response<Body>>,
@@ -147,14 +140,18 @@ mod tests {
             respond(send, 422, status);
             let (req, send) = handle.next_request().await.expect("a GET");
             assert_eq!(req.method(), http::Method::GET);
-            respond(send, 200, grant(&[FINALIZER]));
+            respond(
+                send,
+                200,
+                grant_doc(serde_json::json!({"metadata": {"finalizers": [FINALIZER]}})),
+            );
             // The server already holds the finalizer: no second patch.
             assert!(
                 handle.next_request().await.is_none(),
                 "a request after the GET"
             );
         });
-        let stale: UploadGrant = serde_json::from_value(grant(&[])).expect("fixture");
+        let stale = grant_with(serde_json::json!({"metadata": {"finalizers": []}}));
         let fresh = add(&api, &stale).await.expect("no error");
         assert!(has_finalizer(&fresh));
         drop(api);

@@ -119,15 +119,7 @@ async fn write(client: &Client, issuer: &ClusterGrantIssuer) -> kube::Result<()>
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn issuer(allow: serde_json::Value) -> ClusterGrantIssuer {
-        serde_json::from_value(serde_json::json!({
-            "apiVersion": "grants.io/v1alpha1", "kind": "ClusterGrantIssuer",
-            "metadata": {"name": "i", "generation": 2},
-            "spec": {"s3": {"region": "eu-west-1"}, "allow": allow}
-        }))
-        .expect("fixture")
-    }
+    use crate::fixtures::issuer;
 
     fn t(s: i64) -> Time {
         Time(jiff::Timestamp::from_second(s).expect("valid"))
@@ -135,7 +127,8 @@ mod tests {
 
     #[test]
     fn valid_issuers_are_ready_and_stay_unchanged() {
-        let mut i = issuer(serde_json::json!([{"buckets": ["b"], "maxTtl": "1h"}]));
+        let mut i = issuer("i", serde_json::json!([{"buckets": ["b"], "maxTtl": "1h"}]));
+        i.metadata.generation = Some(2);
         let first = desired(&i, t(10));
         assert_eq!(first.conditions[0].status, "True");
         assert_eq!(first.observed_generation, Some(2));
@@ -149,10 +142,13 @@ mod tests {
 
     #[test]
     fn risky_rules_are_named_in_their_own_condition() {
-        let i = issuer(serde_json::json!([
-            {"namespaces": {"matchLabels": {"team": "a"}}, "buckets": ["b"], "keyPrefixes": ["{namespace}/"], "methods": ["GET"]},
-            {"buckets": ["b"], "keyPrefixes": ["{namespace}"], "methods": ["GET", "DELETE"]}
-        ]));
+        let i = issuer(
+            "i",
+            serde_json::json!([
+                {"namespaces": {"matchLabels": {"team": "a"}}, "buckets": ["b"], "keyPrefixes": ["{namespace}/"], "methods": ["GET"]},
+                {"buckets": ["b"], "keyPrefixes": ["{namespace}"], "methods": ["GET", "DELETE"]}
+            ]),
+        );
         let s = desired(&i, t(10));
         let risky = s
             .conditions
@@ -177,6 +173,7 @@ mod tests {
         }
         assert_eq!(s.conditions[0].status, "True", "risky rules still work");
         let tight = issuer(
+            "i",
             serde_json::json!([{"namespaces": {"matchLabels": {"team": "a"}}, "buckets": ["b"], "keyPrefixes": ["x/"], "methods": ["GET"]}]),
         );
         let calm = desired(&tight, t(10));
@@ -186,7 +183,10 @@ mod tests {
     #[test]
     fn a_rule_that_cannot_be_evaluated_makes_the_issuer_not_ready() {
         let s = desired(
-            &issuer(serde_json::json!([{"buckets": ["b"], "maxContentLength": "lots"}])),
+            &issuer(
+                "i",
+                serde_json::json!([{"buckets": ["b"], "maxContentLength": "lots"}]),
+            ),
             t(10),
         );
         let c = &s.conditions[0];

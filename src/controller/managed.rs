@@ -182,27 +182,9 @@ pub fn classify(secret: Option<ManagedSecret>, grant: &UploadGrant) -> Slot {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-
-    pub(crate) fn grant() -> UploadGrant {
-        serde_json::from_value(serde_json::json!({
-            "apiVersion": "grants.io/v1alpha1", "kind": "UploadGrant",
-            "metadata": {"name": "g", "namespace": "ns", "uid": "grant-uid"},
-            "spec": {"bucket": "reports", "key": "k"}
-        }))
-        .expect("fixture")
-    }
-
-    pub(crate) fn secret_meta(owner_uid: &str) -> serde_json::Value {
-        serde_json::json!({
-            "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
-            "metadata": {"name": "g", "namespace": "ns", "uid": "secret-uid", "ownerReferences": [{
-                "apiVersion": "grants.io/v1alpha1", "kind": "UploadGrant", "name": "g",
-                "uid": owner_uid, "controller": true
-            }]}
-        })
-    }
+    use crate::fixtures::{grant, secret_meta};
 
     #[test]
     fn the_cache_keeps_identity_owner_and_url_state_only() {
@@ -220,7 +202,7 @@ pub(crate) mod tests {
             .push(serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "name": "other", "uid": "x"}));
         let partial: PartialObjectMeta<Secret> = serde_json::from_value(meta).expect("fixture");
         let cached = ManagedSecret::from(partial);
-        assert!(owned_by(&cached, &grant()));
+        assert!(owned_by(&cached, &grant(serde_json::json!({}))));
         assert_eq!(cached.uid().as_deref(), Some("secret-uid"));
         assert_eq!(cached.owner_references().len(), 1, "only the controller");
         assert!(cached.metadata.annotations.is_none() && cached.metadata.labels.is_none());

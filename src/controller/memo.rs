@@ -221,7 +221,7 @@ pub fn retry_delay(failures: u32, expires_at: Option<SystemTime>, now: SystemTim
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::managed::tests::secret_meta;
+    use crate::fixtures::secret_meta;
 
     fn written(fingerprint: &str) -> ManagedSecret {
         let meta: kube::api::PartialObjectMeta<k8s_openapi::api::core::v1::Secret> =

@@ -456,15 +456,6 @@ mod tests {
 
     use super::*;
 
-    fn grant(ns: &str, name: &str) -> UploadGrant {
-        serde_json::from_value(serde_json::json!({
-            "apiVersion": "grants.io/v1alpha1", "kind": "UploadGrant",
-            "metadata": {"name": name, "namespace": ns, "uid": format!("{ns}-{name}")},
-            "spec": {"bucket": "reports", "key": "k"}
-        }))
-        .expect("fixture")
-    }
-
     /// The deletions the grant stream reports after `events`, for a watch
     /// of all namespaces, as they reach the reflector.
     fn deletions_after(events: Vec<watcher::Event<UploadGrant>>) -> Vec<String> {
@@ -493,6 +484,10 @@ mod tests {
     #[test]
     fn a_relist_reports_grants_deleted_during_a_watch_gap() {
         use watcher::Event::*;
+        let grant = |ns: &str, name: &str| {
+            crate::fixtures::grant_with(serde_json::json!({
+                "metadata": {"name": name, "namespace": ns, "uid": format!("{ns}-{name}")}}))
+        };
         let listed = vec![
             Init,
             InitApply(grant("a", "kept")),

@@ -374,14 +374,10 @@ mod tests {
 
         type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
-        fn grant() -> UploadGrant {
-            serde_json::from_value(serde_json::json!({
-                "apiVersion": "grants.io/v1alpha1", "kind": "UploadGrant",
-                "metadata": {"name": "g", "namespace": "ns", "uid": "grant-uid"},
-                "spec": {"bucket": "reports", "key": "k", "secret": {
-                    "rolloutRestartTargets": [{"kind": "Deployment", "name": "uploader"}]}}
-            }))
-            .expect("fixture")
+        /// The base grant, restarting Deployment "uploader" on a new URL.
+        fn restarting() -> UploadGrant {
+            crate::fixtures::grant(serde_json::json!({"secret": {
+                "rolloutRestartTargets": [{"kind": "Deployment", "name": "uploader"}]}}))
         }
 
         fn deployment(fingerprint: &str) -> serde_json::Value {
@@ -442,14 +438,14 @@ mod tests {
             });
             let s = state("sha256:2", 1000, Some("sha256:1"));
             let mut memo = GrantMemo::default();
-            let out = restart_owed(&ctx, &grant(), &mut memo, &s, at(1000))
+            let out = restart_owed(&ctx, &restarting(), &mut memo, &s, at(1000))
                 .await
                 .expect("restarted");
             let reasons: Vec<_> = out.notes.iter().map(|n| n.reason).collect();
             assert_eq!(reasons, [EventReason::RolloutRestarted]);
             assert_eq!(out.wake_at, None);
             // The same URL again (the Secret's own watch event): no request.
-            let again = restart_owed(&ctx, &grant(), &mut memo, &s, at(1001))
+            let again = restart_owed(&ctx, &restarting(), &mut memo, &s, at(1001))
                 .await
                 .expect("nothing to do");
             assert!(again.notes.is_empty());
@@ -471,7 +467,7 @@ mod tests {
             });
             let s = state("sha256:2", 1000, Some("sha256:1"));
             let mut memo = GrantMemo::default();
-            let out = restart_owed(&ctx, &grant(), &mut memo, &s, at(1000))
+            let out = restart_owed(&ctx, &restarting(), &mut memo, &s, at(1000))
                 .await
                 .expect("reported, not an error");
             assert_eq!(out.notes.len(), 1);
@@ -482,7 +478,7 @@ mod tests {
                 out.notes[0].text
             );
             assert!(
-                restart_owed(&ctx, &grant(), &mut memo, &s, at(1001))
+                restart_owed(&ctx, &restarting(), &mut memo, &s, at(1001))
                     .await
                     .expect("quiet")
                     .notes
@@ -501,7 +497,7 @@ mod tests {
             });
             let s = state("sha256:2", 1000, Some("sha256:1"));
             let mut memo = GrantMemo::default();
-            let out = restart_owed(&ctx, &grant(), &mut memo, &s, at(1000))
+            let out = restart_owed(&ctx, &restarting(), &mut memo, &s, at(1000))
                 .await
                 .expect("reported");
             assert_eq!(out.notes.len(), 1);

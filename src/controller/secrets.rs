@@ -186,7 +186,7 @@ pub(crate) mod tests {
 
     use super::*;
     use crate::controller::context::Settings;
-    use crate::controller::managed::tests::{grant, secret_meta};
+    use crate::fixtures::{grant, secret, secret_meta};
     use crate::metrics::Metrics;
     use crate::signing::{CredentialSnapshot, Presigner};
 
@@ -264,7 +264,9 @@ pub(crate) mod tests {
                 "a request after the GET"
             );
         });
-        let deleted = remove(&ctx, &grant(), "ns", "g").await.expect("no error");
+        let deleted = remove(&ctx, &grant(serde_json::json!({})), "ns", "g")
+            .await
+            .expect("no error");
         assert!(!deleted);
         drop(ctx);
         server.await.expect("mock server");
@@ -294,16 +296,11 @@ pub(crate) mod tests {
                     .expect("response"),
             );
         });
-        let deleted = remove(&ctx, &grant(), "ns", "g").await.expect("no error");
+        let deleted = remove(&ctx, &grant(serde_json::json!({})), "ns", "g")
+            .await
+            .expect("no error");
         assert!(deleted);
         server.await.expect("mock server");
-    }
-
-    pub(crate) fn new_secret() -> Secret {
-        let mut secret = Secret::default();
-        secret.metadata.name = Some("g".into());
-        secret.metadata.namespace = Some("ns".into());
-        secret
     }
 
     /// Answers one apply and returns its query string and body.
@@ -359,16 +356,16 @@ pub(crate) mod tests {
             one_apply(&mut handle, 403, refused).await;
         });
         assert_eq!(
-            write(&ctx, &new_secret(), None).await.expect("written"),
+            write(&ctx, &secret(), None).await.expect("written"),
             Written::Done
         );
         assert_eq!(
-            write(&ctx, &new_secret(), Some("secret-uid"))
+            write(&ctx, &secret(), Some("secret-uid"))
                 .await
                 .expect("written"),
             Written::Done
         );
-        match write(&ctx, &new_secret(), Some("secret-uid"))
+        match write(&ctx, &secret(), Some("secret-uid"))
             .await
             .expect("an answer")
         {

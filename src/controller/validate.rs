@@ -516,18 +516,11 @@ fn map_bytes(map: &BTreeMap<String, String>) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn spec(extra: serde_json::Value) -> UploadGrantSpec {
-        let mut base = serde_json::json!({"bucket": "reports", "key": "a/b.csv"});
-        if let (Some(b), Some(e)) = (base.as_object_mut(), extra.as_object()) {
-            b.extend(e.clone());
-        }
-        serde_json::from_value(base).expect("fixture spec")
-    }
+    use crate::fixtures::grant;
 
     #[test]
     fn defaults_give_an_hour_and_the_grant_name() {
-        let v = validate(&spec(serde_json::json!({})), "nightly").expect("valid");
+        let v = validate(&grant(serde_json::json!({})).spec, "nightly").expect("valid");
         assert_eq!(v.ttl, Duration::from_secs(3600));
         assert_eq!(v.refresh_before, None);
         assert_eq!(v.secret_name, "nightly");
@@ -536,7 +529,7 @@ mod tests {
     #[test]
     fn secret_name_comes_from_the_template() {
         let v = validate(
-            &spec(serde_json::json!({"secret": {"name": "upload"}})),
+            &grant(serde_json::json!({"secret": {"name": "upload"}})).spec,
             "nightly",
         )
         .expect("valid");
@@ -546,9 +539,9 @@ mod tests {
     #[test]
     fn key_length_counts_bytes_not_characters() {
         let ok = "ü".repeat(512); // 1024 bytes
-        assert!(validate(&spec(serde_json::json!({"key": ok})), "g").is_ok());
+        assert!(validate(&grant(serde_json::json!({"key": ok})).spec, "g").is_ok());
         let long = "ü".repeat(513); // 1026 bytes, 513 characters
-        let err = validate(&spec(serde_json::json!({"key": long})), "g").unwrap_err();
+        let err = validate(&grant(serde_json::json!({"key": long})).spec, "g").unwrap_err();
         assert!(err.0.contains("1026 bytes"), "{err}");
     }
 
@@ -559,7 +552,7 @@ mod tests {
             ("169h", "between"),
             ("1d", "not a duration"),
         ] {
-            let err = validate(&spec(serde_json::json!({"ttl": ttl})), "g").unwrap_err();
+            let err = validate(&grant(serde_json::json!({"ttl": ttl})).spec, "g").unwrap_err();
             assert!(err.0.contains(needle), "{ttl}: {err}");
         }
     }
@@ -567,13 +560,13 @@ mod tests {
     #[test]
     fn refresh_before_must_be_shorter_than_ttl() {
         let err = validate(
-            &spec(serde_json::json!({"ttl": "1h", "refreshBefore": "1h"})),
+            &grant(serde_json::json!({"ttl": "1h", "refreshBefore": "1h"})).spec,
             "g",
         )
         .unwrap_err();
         assert!(err.0.contains("shorter than ttl"), "{err}");
         let ok = validate(
-            &spec(serde_json::json!({"ttl": "1h", "refreshBefore": "10m"})),
+            &grant(serde_json::json!({"ttl": "1h", "refreshBefore": "10m"})).spec,
             "g",
         )
         .expect("valid");
@@ -583,23 +576,24 @@ mod tests {
     #[test]
     fn put_only_fields_are_refused_on_other_methods() {
         let err = validate(
-            &spec(serde_json::json!({"method": "GET", "contentLength": 5})),
+            &grant(serde_json::json!({"method": "GET", "contentLength": 5})).spec,
             "g",
         )
         .unwrap_err();
         assert!(err.0.contains("only allowed when method is PUT"), "{err}");
-        let err = validate(&spec(serde_json::json!({"contentLength": -1})), "g").unwrap_err();
+        let err = validate(&grant(serde_json::json!({"contentLength": -1})).spec, "g").unwrap_err();
         assert!(err.0.contains("negative"), "{err}");
     }
 
     #[test]
     fn post_grants_take_a_size_range_and_a_success_status() {
         let v = validate(
-            &spec(serde_json::json!({
+            &grant(serde_json::json!({
                 "method": "POST", "key": "up/${filename}", "contentType": "text/csv",
                 "metadata": {"owner": "a"}, "contentLengthRange": {"min": 1, "max": "10Mi"},
                 "successActionStatus": 201
-            })),
+            }))
+            .spec,
             "g",
         )
         .expect("valid");
@@ -618,7 +612,7 @@ mod tests {
     fn post_fields_are_checked() {
         let post = |mut extra: serde_json::Value| {
             extra["method"] = "POST".into();
-            validate(&spec(extra), "g")
+            validate(&grant(extra).spec, "g")
         };
         let err = |extra| post(extra).unwrap_err().0;
         assert!(
@@ -651,7 +645,7 @@ mod tests {
             post(serde_json::json!({"contentLengthRange": {"min": "0", "max": "5Gi"}})).is_ok()
         );
         // POST-only fields and ${filename} on other methods.
-        let put = |extra| validate(&spec(extra), "g").unwrap_err().0;
+        let put = |extra| validate(&grant(extra).spec, "g").unwrap_err().0;
         assert!(
             put(serde_json::json!({"contentLengthRange": {"min": 0, "max": 1}}))
                 .contains("only allowed when method is POST")
@@ -702,7 +696,7 @@ mod tests {
         for good in ["a..b", "...", ".hidden", "a/.b/c", "a/b..", "a//b", "a/"] {
             assert_eq!(check_key_path(good), Ok(()), "{good}");
         }
-        let err = validate(&spec(serde_json::json!({"key": "a/../b"})), "g").unwrap_err();
+        let err = validate(&grant(serde_json::json!({"key": "a/../b"})).spec, "g").unwrap_err();
         assert!(err.0.starts_with("spec.key: "), "{err}");
     }
 
@@ -715,7 +709,7 @@ mod tests {
         for good in ["a b", "ü/€", "~!@#$%^&*()"] {
             assert_eq!(check_key_path(good), Ok(()), "{good}");
         }
-        let err = validate(&spec(serde_json::json!({"key": "a\u{7f}"})), "g").unwrap_err();
+        let err = validate(&grant(serde_json::json!({"key": "a\u{7f}"})).spec, "g").unwrap_err();
         assert!(
             err.0.starts_with("spec.key: ") && err.0.contains("U+007F"),
             "{err}"
@@ -736,9 +730,17 @@ mod tests {
             let err = check_refresh_before_minimum(short).unwrap_err();
             assert!(err.contains("at least 10s"), "{short:?}: {err}");
         }
-        let err = validate(&spec(serde_json::json!({"refreshBefore": "1ms"})), "g").unwrap_err();
+        let err = validate(
+            &grant(serde_json::json!({"refreshBefore": "1ms"})).spec,
+            "g",
+        )
+        .unwrap_err();
         assert_eq!(err.0, "spec.refreshBefore: 1ms must be at least 10s");
-        let ok = validate(&spec(serde_json::json!({"refreshBefore": "10s"})), "g").expect("valid");
+        let ok = validate(
+            &grant(serde_json::json!({"refreshBefore": "10s"})).spec,
+            "g",
+        )
+        .expect("valid");
         assert_eq!(ok.refresh_before, Some(Duration::from_secs(10)));
     }
 
@@ -760,8 +762,11 @@ mod tests {
         let over = "v".repeat(MAX_METADATA_BYTES - 4);
         let err = check_metadata(&map(&[("owner", &over)])).unwrap_err();
         assert!(err.contains("2049 bytes"), "{err}");
-        let err =
-            validate(&spec(serde_json::json!({"metadata": {"owner": over}})), "g").unwrap_err();
+        let err = validate(
+            &grant(serde_json::json!({"metadata": {"owner": over}})).spec,
+            "g",
+        )
+        .unwrap_err();
         assert!(err.0.starts_with("spec.metadata: "), "{err}");
     }
 
@@ -789,7 +794,7 @@ mod tests {
             ("annotations", "spec.secret.annotations: "),
         ] {
             let err = validate(
-                &spec(serde_json::json!({"secret": {field: {"grants.io/grant": "x"}}})),
+                &grant(serde_json::json!({"secret": {field: {"grants.io/grant": "x"}}})).spec,
                 "g",
             )
             .unwrap_err();
@@ -839,7 +844,7 @@ mod tests {
             );
         }
         let err = validate(
-            &spec(serde_json::json!({"secret": {"annotations": {"bad key": "x"}}})),
+            &grant(serde_json::json!({"secret": {"annotations": {"bad key": "x"}}})).spec,
             "g",
         )
         .unwrap_err();
@@ -858,7 +863,7 @@ mod tests {
         }
         assert_eq!(check_secret_labels(&map(&[("team", &value63)])), Ok(()));
         let err = validate(
-            &spec(serde_json::json!({"secret": {"labels": {"team": value64}}})),
+            &grant(serde_json::json!({"secret": {"labels": {"team": value64}}})).spec,
             "g",
         )
         .unwrap_err();

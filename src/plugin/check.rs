@@ -279,15 +279,6 @@ mod tests {
         Wrap::parse_from(base.iter().chain(extra)).args
     }
 
-    fn issuer(rules: serde_json::Value) -> ClusterGrantIssuer {
-        serde_json::from_value(serde_json::json!({
-            "apiVersion": "grants.io/v1alpha1", "kind": "ClusterGrantIssuer",
-            "metadata": {"name": "default"},
-            "spec": {"s3": {"region": "eu-west-1"}, "allow": rules},
-        }))
-        .expect("fixture issuer")
-    }
-
     fn check(extra: &[&str], rules: serde_json::Value) -> IssuerVerdict {
         let a = args(extra);
         let g = grant("team", &a).expect("a grant");
@@ -295,7 +286,7 @@ mod tests {
         verdict(
             &g,
             "default",
-            Some(&issuer(rules)),
+            Some(&crate::fixtures::issuer("default", rules)),
             &labels,
             a.propagation_budget,
         )

@@ -235,22 +235,15 @@ mod tests {
         }
     }
 
-    fn grant(spec: serde_json::Value, status: serde_json::Value) -> UploadGrant {
-        serde_json::from_value(serde_json::json!({
-            "apiVersion": "grants.io/v1alpha1", "kind": "UploadGrant",
-            "metadata": {"name": "g", "namespace": "team"},
-            "spec": spec, "status": status,
-        }))
-        .expect("fixture grant")
-    }
-
     #[test]
     fn the_secret_is_where_the_status_says_else_the_spec_else_the_name() {
-        let spec = serde_json::json!({"bucket": "b", "key": "k", "secret": {"name": "s"}});
-        let plain = serde_json::json!({"bucket": "b", "key": "k"});
-        let status = serde_json::json!({"secretName": "written"});
-        assert_eq!(secret_name(&grant(spec.clone(), status)), "written");
-        assert_eq!(secret_name(&grant(spec, serde_json::json!({}))), "s");
-        assert_eq!(secret_name(&grant(plain, serde_json::json!({}))), "g");
+        use serde_json::json;
+        let grant =
+            |spec, status| crate::fixtures::grant_with(json!({"spec": spec, "status": status}));
+        let named = json!({"secret": {"name": "s"}});
+        let written = json!({"secretName": "written"});
+        assert_eq!(secret_name(&grant(named.clone(), written)), "written");
+        assert_eq!(secret_name(&grant(named, json!({}))), "s");
+        assert_eq!(secret_name(&grant(json!({}), json!({}))), "g");
     }
 }

@@ -210,20 +210,13 @@ mod tests {
         );
     }
 
-    fn grant(reason: &str, message: &str) -> UploadGrant {
-        serde_json::from_value(serde_json::json!({
-            "apiVersion": "grants.io/v1alpha1", "kind": "UploadGrant",
-            "metadata": {"name": "g", "namespace": "team"},
-            "spec": {"bucket": "b", "key": "k", "suspend": true},
-            "status": {"conditions": [{"type": "Ready", "status": "False", "reason": reason,
-                "message": message, "lastTransitionTime": "2027-01-15T08:00:00Z"}]},
-        }))
-        .expect("fixture grant")
-    }
-
     #[test]
     fn a_timeout_says_the_reason_and_whether_the_request_was_seen() {
-        let g = grant("Suspended", "suspended: no URL is issued");
+        let g = crate::fixtures::grant_with(serde_json::json!({
+            "spec": {"suspend": true},
+            "status": {"conditions": [{"type": "Ready", "status": "False", "reason": "Suspended",
+                "message": "suspended: no URL is issued", "lastTransitionTime": "2027-01-15T08:00:00Z"}]},
+        }));
         let t = Duration::from_secs(5);
         let none = annotations(&[]);
         let msg = timeout_message(t, Some(&g), Some(("g", &none)), "r1");

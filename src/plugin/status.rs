@@ -283,11 +283,11 @@ pub async fn run(conn: &Conn, args: Args) -> Result<Outcome, Error> {
 mod tests {
     use super::*;
 
+    /// The base grant as "nightly" in "team", issued and Ready.
     fn grant() -> UploadGrant {
-        serde_json::from_value(serde_json::json!({
-            "apiVersion": "grants.io/v1alpha1", "kind": "UploadGrant",
-            "metadata": {"name": "nightly", "namespace": "team", "generation": 2},
-            "spec": {"bucket": "reports", "key": "team/a.csv", "issuerRef": {"name": "default"}},
+        crate::fixtures::grant_with(serde_json::json!({
+            "metadata": {"name": "nightly", "namespace": "team", "uid": null},
+            "spec": {"key": "team/a.csv", "issuerRef": {"name": "default"}},
             "status": {
                 "conditions": [{"type": "Ready", "status": "True", "reason": "Issued",
                     "message": "URL valid", "observedGeneration": 2,
@@ -297,7 +297,6 @@ mod tests {
                 "urlFingerprint": "sha256:0123456789abcdef",
             },
         }))
-        .expect("fixture grant")
     }
 
     fn now() -> jiff::Timestamp {

@@ -248,14 +248,7 @@ fn glob(p: &str, text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn issuer(name: &str, allow: Value) -> ClusterGrantIssuer {
-        serde_json::from_value(
-            json!({"apiVersion": "grants.io/v1alpha1", "kind": "ClusterGrantIssuer",
-            "metadata": {"name": name}, "spec": {"s3": {"region": "eu-west-1"}, "allow": allow}}),
-        )
-        .expect("fixture")
-    }
+    use crate::fixtures::issuer;
 
     fn options() -> Options {
         Options {

@@ -113,14 +113,10 @@ fn namespace_without_slash(prefix: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn issuer(allow: serde_json::Value) -> ClusterGrantIssuerSpec {
-        serde_json::from_value(serde_json::json!({"s3": {"region": "eu-west-1"}, "allow": allow}))
-            .expect("fixture")
-    }
+    use crate::fixtures::issuer_spec;
 
     fn kinds(allow: serde_json::Value) -> Vec<(usize, RiskKind)> {
-        risks(&issuer(allow))
+        risks(&issuer_spec(allow))
             .into_iter()
             .map(|r| (r.rule, r.kind))
             .collect()

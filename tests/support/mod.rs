@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
@@ -592,4 +592,73 @@ pub async fn apiserver_requests(client: &kube::Client) -> TestResult<f64> {
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum())
+}
+
+/// [`apiserver_requests`] sampled once a second in the background, from
+/// [`RequestSampler::start`] until [`RequestSampler::stop`].
+pub struct RequestSampler {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Vec<(Instant, f64)>>,
+}
+
+impl RequestSampler {
+    pub fn start(client: &kube::Client) -> RequestSampler {
+        let client = client.clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let mut samples = Vec::new();
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            tokio::pin!(stopped);
+            loop {
+                tokio::select! {
+                    _ = every.tick() => {}
+                    _ = &mut stopped => return samples,
+                }
+                // The server read its counter somewhere between sending and
+                // receiving: stamp the sample half way, so one slow answer
+                // does not shift the next second's count into this one.
+                let sent = Instant::now();
+                match apiserver_requests(&client).await {
+                    Ok(n) => samples.push((sent + sent.elapsed() / 2, n)),
+                    Err(e) => eprintln!("apiserver metrics: {e}"),
+                }
+            }
+        });
+        RequestSampler { stop, task }
+    }
+
+    /// Stops sampling: the samples taken, oldest first.
+    pub async fn stop(self) -> TestResult<RequestSamples> {
+        let _ = self.stop.send(());
+        Ok(RequestSamples(self.task.await?))
+    }
+}
+
+/// When each sample was taken, and the requests served by then.
+pub struct RequestSamples(pub Vec<(Instant, f64)>);
+
+impl RequestSamples {
+    /// The highest rate, in requests a second, over any `w` consecutive
+    /// intervals between samples (0 with fewer than `w + 1` samples).
+    pub fn peak_rate(&self, w: usize) -> f64 {
+        self.0
+            .windows(w + 1)
+            .map(|s| {
+                let (a, b) = (&s[0], &s[w]);
+                (b.1 - a.1) / b.0.duration_since(a.0).as_secs_f64()
+            })
+            .fold(0.0, f64::max)
+    }
+
+    /// The requests served between the first sample and the last.
+    pub fn total(&self) -> f64 {
+        match (self.0.first(), self.0.last()) {
+            (Some(first), Some(last)) => last.1 - first.1,
+            _ => 0.0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
 }
