@@ -11,7 +11,7 @@ use kube::ResourceExt;
 
 use super::build::{self, Issued, IssuedState, Signed, format_time};
 use super::context::Context;
-use super::decide::{self, Decision, SignPlan};
+use super::decide::{self, Decision, Removal, SignPlan};
 use super::load::Loaded;
 use super::managed::{ManagedSecret, Slot};
 use super::memo::GrantMemo;
@@ -40,11 +40,9 @@ pub async fn carry_out(
         Decision::Revoke { reason, message } => {
             return revoke(ctx, grant, memo, loaded, reason, message).await;
         }
-        Decision::RevokeDeleted {
-            remove,
-            announce_held,
-            abort,
-        } => return revoke_deleted(ctx, grant, memo, loaded, (remove, announce_held, abort)).await,
+        Decision::RevokeDeleted(removal) => {
+            return revoke_deleted(ctx, grant, memo, loaded, removal).await;
+        }
         Decision::Conflict { secret_name } => Done::Conflict { secret_name },
         Decision::Keep {
             secret_name,
@@ -103,21 +101,21 @@ async fn revoke_deleted(
     grant: &UploadGrant,
     memo: &mut GrantMemo,
     loaded: &Loaded<'_>,
-    (remove, announce_held, abort_upload): (bool, bool, bool),
+    removal: Removal,
 ) -> Result<Applied> {
-    let removed = match remove {
+    let removed = match removal.remove {
         true => revoke_all(ctx, grant, memo).await?,
         false => {
             tracing::debug!(grant = %grant.name_any(), "namespace terminating; its deletion removes the Secret");
             false
         }
     };
-    let (aborted, error) = match abort(ctx, grant, memo, loaded, abort_upload).await {
+    let (aborted, error) = match abort(ctx, grant, memo, loaded, removal.abort).await {
         Ok(aborted) => (aborted, None),
         Err(e) => (Aborted::Nothing, Some(e.into())),
     };
     let done = Done::Deleted {
-        announce: remove && (removed || announce_held),
+        announce: removal.remove && (removed || removal.announce_held),
         aborted,
     };
     Ok((done, error))

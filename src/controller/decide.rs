@@ -100,14 +100,18 @@ pub enum Decision {
     Sign(Box<SignPlan>),
     /// The grant is deleted: remove its Secrets and abort its upload. Its
     /// status is not written; it is going.
-    RevokeDeleted {
-        /// Remove the Secrets (not when the namespace's deletion does).
-        remove: bool,
-        /// Announce the revocation even if nothing is left to remove.
-        announce_held: bool,
-        /// Abort the multipart upload the grant may have left in S3.
-        abort: bool,
-    },
+    RevokeDeleted(Removal),
+}
+
+/// How a deleted grant is revoked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Removal {
+    /// Remove the Secrets (not when the namespace's deletion does).
+    pub remove: bool,
+    /// Announce the revocation even if nothing is left to remove.
+    pub announce_held: bool,
+    /// Abort the multipart upload the grant may have left in S3.
+    pub abort: bool,
 }
 
 /// Everything needed to sign and write a URL.
@@ -272,12 +276,12 @@ fn deleted(o: &Observed<'_>) -> Check<()> {
     let grant = o.grant;
     let has_upload = grant.status.as_ref().is_some_and(|s| s.upload_id.is_some());
     let completed = Settled::from_status(grant).is_some_and(|s| s.reason == Reason::Completed);
-    Err(Decision::RevokeDeleted {
+    Err(Decision::RevokeDeleted(Removal {
         remove: !d.namespace_terminating,
         announce_held: d.held,
         // Multipart grants are the ones that carry the finalizer.
         abort: (grant.spec.multipart.is_some() || has_upload) && !completed,
-    })
+    }))
 }
 
 /// A suspended grant holds no URL.
@@ -609,7 +613,7 @@ mod tests {
             Decision::Keep { .. } => ("keep", None),
             Decision::Sign(p) if p.renewal => ("renew", None),
             Decision::Sign(_) => ("issue", None),
-            Decision::RevokeDeleted { .. } => ("deleted", None),
+            Decision::RevokeDeleted(_) => ("deleted", None),
         }
     }
 
@@ -675,11 +679,11 @@ mod tests {
             .decide();
             assert_eq!(
                 d,
-                Decision::RevokeDeleted {
+                Decision::RevokeDeleted(Removal {
                     remove,
                     announce_held,
                     abort
-                },
+                }),
                 "{name}"
             );
         }
@@ -692,11 +696,11 @@ mod tests {
         };
         assert_eq!(
             terminating.decide(),
-            Decision::RevokeDeleted {
+            Decision::RevokeDeleted(Removal {
                 remove: false,
                 announce_held: true,
                 abort: true
-            },
+            }),
             "the namespace's deletion removes the Secret; the upload is still aborted"
         );
     }
