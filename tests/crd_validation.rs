@@ -8,8 +8,8 @@ use kube::Api;
 use kube::api::{ApiResource, DynamicObject, PostParams};
 use support::{TestContext, TestResult};
 use upload_grant_operator::api::limits::{
-    MAX_ANNOTATIONS_BYTES, MAX_LABEL_VALUE_LEN, MAX_METADATA_BYTES, MAX_METADATA_ENTRIES,
-    MAX_QUALIFIED_NAME_LEN, MAX_SECRET_LABELS,
+    MAX_LABEL_VALUE_LEN, MAX_METADATA_BYTES, MAX_METADATA_ENTRIES, MAX_QUALIFIED_NAME_LEN,
+    MAX_SECRET_LABELS, MAX_SECRET_METADATA_BYTES,
 };
 use upload_grant_operator::api::{ClusterGrantIssuer, UploadGrant, UploadGrantSpec};
 use upload_grant_operator::controller::validate::validate;
@@ -200,6 +200,23 @@ fn entries(n: usize, value: &str) -> serde_json::Value {
         .into()
 }
 
+/// Valid labels whose keys and values total exactly `total` bytes: keys
+/// `l00`, `l01`, … with 63-byte values, the last one shorter.
+fn long_labels(total: usize) -> serde_json::Value {
+    let entry = 3 + MAX_LABEL_VALUE_LEN;
+    let (full, rest) = (total / entry, total % entry);
+    assert!(rest == 0 || rest > 3, "{total} bytes cannot end in a label");
+    let mut lengths = vec![MAX_LABEL_VALUE_LEN; full];
+    if rest > 0 {
+        lengths.push(rest - 3);
+    }
+    let labels = lengths
+        .into_iter()
+        .enumerate()
+        .map(|(i, n)| (format!("l{i:02}"), serde_json::json!("v".repeat(n))));
+    labels.collect::<serde_json::Map<_, _>>().into()
+}
+
 fn labels(labels: serde_json::Value) -> serde_json::Value {
     with(serde_json::json!({"secret": {"labels": labels}}))
 }
@@ -235,12 +252,13 @@ async fn what_would_fail_later_is_refused_at_apply_time() -> TestResult {
     let control = "key must not contain control characters";
     let metadata_ascii = "metadata values must be printable ASCII";
     let metadata_size = "metadata names and values must total at most 2048 bytes";
-    let annotations_size = "secret.annotations keys and values must total at most 262144 bytes";
+    let annotations_size = "secret.annotations keys and values must total at most 4096 bytes";
+    let labels_size = "secret.labels keys and values must total at most 4096 bytes";
     let refresh_min = "refreshBefore must be at least 10s";
     let long_name = "n".repeat(MAX_QUALIFIED_NAME_LEN + 1);
     let long_prefix = format!("{}a/x", prefix_253());
     let long_value = "v".repeat(MAX_LABEL_VALUE_LEN + 1);
-    let half = MAX_ANNOTATIONS_BYTES / 2;
+    let half = MAX_SECRET_METADATA_BYTES / 2;
     let cases = [
         // 1. Reserved keys.
         (
@@ -347,6 +365,11 @@ async fn what_would_fail_later_is_refused_at_apply_time() -> TestResult {
         (
             annotations(serde_json::json!({"a": "v".repeat(half), "b": "v".repeat(half - 1)})),
             annotations_size,
+            mirrored,
+        ),
+        (
+            labels(long_labels(MAX_SECRET_METADATA_BYTES + 1)),
+            labels_size,
             mirrored,
         ),
         (
@@ -655,7 +678,7 @@ async fn edges_of_the_limits_are_accepted() -> TestResult {
     let ctx = TestContext::new("crd-edges").await?;
     support::install_committed_crds(&ctx.client).await?;
     let api = dynamic::<UploadGrant>(&ctx, true);
-    let half = MAX_ANNOTATIONS_BYTES / 2;
+    let half = MAX_SECRET_METADATA_BYTES / 2;
     let cases = [
         // Near the reserved keys, but not them.
         labels(
@@ -670,7 +693,9 @@ async fn edges_of_the_limits_are_accepted() -> TestResult {
         labels(serde_json::json!({"n".repeat(MAX_QUALIFIED_NAME_LEN): "x"})),
         labels(serde_json::json!({format!("{}/x", prefix_253()): "x"})),
         labels(entries(MAX_SECRET_LABELS, "x")),
-        // Annotations exactly at 256 KiB (1 + half + 1 + half - 2), any text.
+        // Labels exactly at 4 KiB; annotations too (1 + half + 1 + half - 2),
+        // any text.
+        labels(long_labels(MAX_SECRET_METADATA_BYTES)),
         annotations(serde_json::json!({"a": "v".repeat(half), "b": "v".repeat(half - 2)})),
         annotations(serde_json::json!({"note": "any text: ü, tabs\tand\nlines"})),
         // Dots inside segments, and other characters.

@@ -10,9 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use super::duration::{DURATION_PATTERN, format_duration};
 use super::limits::{
-    MAX_ANNOTATIONS_BYTES, MAX_LABEL_VALUE_LEN, MAX_METADATA_BYTES, MAX_METADATA_ENTRIES,
-    MAX_QUALIFIED_NAME_LEN, MAX_QUALIFIED_NAME_PREFIX_LEN, MAX_SECRET_ANNOTATIONS,
-    MAX_SECRET_LABELS, MIN_REFRESH_BEFORE, RESERVED_KEY_PREFIX, RESERVED_MANAGED_BY_KEY,
+    MAX_LABEL_VALUE_LEN, MAX_METADATA_BYTES, MAX_METADATA_ENTRIES, MAX_QUALIFIED_NAME_LEN,
+    MAX_QUALIFIED_NAME_PREFIX_LEN, MAX_SECRET_ANNOTATIONS, MAX_SECRET_LABELS,
+    MAX_SECRET_METADATA_BYTES, MIN_REFRESH_BEFORE, RESERVED_KEY_PREFIX, RESERVED_MANAGED_BY_KEY,
 };
 
 /// Asks for an S3 presigned URL for one object, delivered in a Secret in the
@@ -245,12 +245,14 @@ fn label_values_rule() -> Rule {
     )
 }
 
-fn annotations_size_rule() -> Rule {
+/// `field`'s keys and values total at most [`MAX_SECRET_METADATA_BYTES`].
+fn secret_metadata_size_rule(field: &str) -> Rule {
     Rule::new(format!(
-        "self.map(k, size(bytes(k)) + size(bytes(self[k]))).sum() <= {MAX_ANNOTATIONS_BYTES}"
+        "self.map(k, size(bytes(k)) + size(bytes(self[k]))).sum() <= {MAX_SECRET_METADATA_BYTES}"
     ))
     .message(
-        format!("secret.annotations keys and values must total at most {MAX_ANNOTATIONS_BYTES} bytes (256 KiB, Kubernetes' limit)").as_str(),
+        format!("{field} keys and values must total at most {MAX_SECRET_METADATA_BYTES} bytes")
+            .as_str(),
     )
 }
 
@@ -451,10 +453,11 @@ pub struct SecretTemplate {
         regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
     )]
     pub name: Option<String>,
-    /// Labels added to the Secret, at most 64. Keys are qualified names
-    /// (`[prefix/]name`); values are empty or up to 63 letters, digits, '-',
-    /// '_' and '.'. Keys under grants.io/ and app.kubernetes.io/managed-by are
-    /// reserved for the operator.
+    /// Labels added to the Secret, at most 64, keys and values totalling at
+    /// most 4 KiB. Keys are qualified names (`[prefix/]name`); values are
+    /// empty or up to 63 letters, digits, '-', '_' and '.'. Keys under
+    /// grants.io/ and app.kubernetes.io/managed-by are reserved for the
+    /// operator.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend(
         "maxProperties" = MAX_SECRET_LABELS,
@@ -463,22 +466,23 @@ pub struct SecretTemplate {
     #[x_kube(
         validation = reserved_keys_rule("secret.labels"),
         validation = qualified_keys_rule("secret.labels"),
-        validation = label_values_rule()
+        validation = label_values_rule(),
+        validation = secret_metadata_size_rule("secret.labels")
     )]
     pub labels: BTreeMap<String, String>,
     /// Annotations added to the Secret, at most 64. Keys are qualified names
-    /// (`[prefix/]name`); keys and values total at most 256 KiB. Keys under
+    /// (`[prefix/]name`); keys and values total at most 4 KiB. Keys under
     /// grants.io/ and app.kubernetes.io/managed-by are reserved for the
     /// operator.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend(
         "maxProperties" = MAX_SECRET_ANNOTATIONS,
-        "additionalProperties" = {"type": "string", "maxLength": MAX_ANNOTATIONS_BYTES}
+        "additionalProperties" = {"type": "string", "maxLength": MAX_SECRET_METADATA_BYTES}
     ))]
     #[x_kube(
         validation = reserved_keys_rule("secret.annotations"),
         validation = qualified_keys_rule("secret.annotations"),
-        validation = annotations_size_rule()
+        validation = secret_metadata_size_rule("secret.annotations")
     )]
     pub annotations: BTreeMap<String, String>,
     /// Workloads in the grant's namespace to restart, as `kubectl rollout

@@ -28,6 +28,13 @@ pub const MAX_LABEL_VALUE_LEN: usize = 63;
 /// every key and value (256 KiB).
 pub const MAX_ANNOTATIONS_BYTES: usize = 256 * 1024;
 
+/// Most bytes the keys and values of `spec.secret.labels`, and of
+/// `spec.secret.annotations`, may each total: what a consumer plausibly needs
+/// (a reloader's annotation, a team label), far below Kubernetes' 256 KiB.
+/// Every grant's spec sits in the operator's cache, so this also bounds what
+/// one tenant's grants cost the operator's memory.
+pub const MAX_SECRET_METADATA_BYTES: usize = 4096;
+
 /// Most labels `spec.secret.labels` may hold. Kubernetes sets no such limit;
 /// the bound keeps the CEL rules on the map within the apiserver's cost budget.
 pub const MAX_SECRET_LABELS: usize = 64;

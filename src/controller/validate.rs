@@ -10,8 +10,8 @@ use crate::api::duration::{format_duration, parse_duration};
 use crate::api::grant::{FILENAME_PLACEHOLDER, fixed_key};
 use crate::api::grant::{MAX_MULTIPART_PARTS, MAX_PART_SIZE, MIN_PART_SIZE};
 use crate::api::limits::{
-    MAX_ANNOTATIONS_BYTES, MAX_LABEL_VALUE_LEN, MAX_METADATA_BYTES, MAX_QUALIFIED_NAME_LEN,
-    MAX_QUALIFIED_NAME_PREFIX_LEN, MIN_REFRESH_BEFORE, MIN_TTL, RESERVED_KEY_PREFIX,
+    MAX_LABEL_VALUE_LEN, MAX_METADATA_BYTES, MAX_QUALIFIED_NAME_LEN, MAX_QUALIFIED_NAME_PREFIX_LEN,
+    MAX_SECRET_METADATA_BYTES, MIN_REFRESH_BEFORE, MIN_TTL, RESERVED_KEY_PREFIX,
     RESERVED_MANAGED_BY_KEY, min_ttl,
 };
 use crate::api::{MAX_POST_CONTENT_LENGTH, Size};
@@ -418,20 +418,25 @@ pub fn check_secret_labels(labels: &BTreeMap<String, String>) -> Result<(), Stri
         check_qualified_name(key)?;
         check_label_value(value).map_err(|e| format!("value of {key:?} {e}"))?;
     }
-    Ok(())
+    check_secret_metadata_size(labels)
 }
 
 /// Annotations the Secret can carry: qualified-name keys the operator does not
-/// reserve, at most [`MAX_ANNOTATIONS_BYTES`] in all.
+/// reserve, at most [`MAX_SECRET_METADATA_BYTES`] in all.
 pub fn check_secret_annotations(annotations: &BTreeMap<String, String>) -> Result<(), String> {
     for key in annotations.keys() {
         check_not_reserved(key)?;
         check_qualified_name(key)?;
     }
-    let total = map_bytes(annotations);
-    if total > MAX_ANNOTATIONS_BYTES {
+    check_secret_metadata_size(annotations)
+}
+
+/// The schema's bound, also for a grant created before the schema had it.
+fn check_secret_metadata_size(map: &BTreeMap<String, String>) -> Result<(), String> {
+    let total = map_bytes(map);
+    if total > MAX_SECRET_METADATA_BYTES {
         return Err(format!(
-            "keys and values total {total} bytes, more than Kubernetes' limit of {MAX_ANNOTATIONS_BYTES}"
+            "keys and values total {total} bytes, more than the limit of {MAX_SECRET_METADATA_BYTES}"
         ));
     }
     Ok(())
@@ -874,9 +879,9 @@ mod tests {
     }
 
     #[test]
-    fn annotations_total_at_most_256_kib() {
-        // Keys count too: 4 + (262144 - 4) bytes is the limit.
-        let at_limit = "v".repeat(MAX_ANNOTATIONS_BYTES - 4);
+    fn labels_and_annotations_total_at_most_4_kib() {
+        // Keys count too: 4 + (4096 - 4) bytes is the limit.
+        let at_limit = "v".repeat(MAX_SECRET_METADATA_BYTES - 4);
         assert_eq!(
             check_secret_annotations(&map(&[("note", &at_limit)])),
             Ok(())
@@ -886,8 +891,15 @@ mod tests {
             check_secret_annotations(&map(&[("note", "any text: ü, spaces\nand lines")])),
             Ok(())
         );
-        let over = "v".repeat(MAX_ANNOTATIONS_BYTES - 3);
+        let over = "v".repeat(MAX_SECRET_METADATA_BYTES - 3);
         let err = check_secret_annotations(&map(&[("note", &over)])).unwrap_err();
-        assert!(err.contains("262145 bytes"), "{err}");
+        assert!(err.contains("4097 bytes"), "{err}");
+        // Labels: 64 keys of 60 bytes with 6-byte values are 4224 bytes.
+        let long: Vec<(String, String)> = (0..64)
+            .map(|i| (format!("{i:0>60}"), "v".repeat(6)))
+            .collect();
+        let labels = long.into_iter().collect::<BTreeMap<_, _>>();
+        let err = check_secret_labels(&labels).unwrap_err();
+        assert!(err.contains("4224 bytes"), "{err}");
     }
 }
