@@ -66,6 +66,7 @@ pub struct Metrics {
     credentials_expiry: Gauge<f64, AtomicU64>,
     credential_loads: Gauge,
     leader: Gauge,
+    ignored_secrets: Counter,
     /// Each grant's last reason and URL expiry, to derive the gauges.
     /// Keyed by `controller::grant_key`: a number, not a name.
     states: Mutex<HashMap<u64, GrantState>>,
@@ -137,9 +138,16 @@ impl Default for Metrics {
             "1 while this replica holds the lease and runs the controller",
             leader.clone(),
         );
+        let ignored_secrets = Counter::default();
+        registry.register(
+            "ignored_secrets",
+            "Secrets labelled as the operator's that no UploadGrant controls, left out of its cache and its decisions",
+            ignored_secrets.clone(),
+        );
         Metrics {
             registry,
             leader,
+            ignored_secrets,
             reconcile_duration,
             reconcile_failures,
             signings,
@@ -156,6 +164,16 @@ impl Default for Metrics {
 impl Metrics {
     pub fn set_leader(&self, leading: bool) {
         self.leader.set(i64::from(leading));
+    }
+
+    /// Counts a Secret labelled as ours that no grant controls.
+    pub fn ignored_secret(&self) {
+        self.ignored_secrets.inc();
+    }
+
+    #[cfg(test)]
+    pub fn ignored_secrets(&self) -> u64 {
+        self.ignored_secrets.get()
     }
 
     pub fn reconciled(&self, took: Duration) {

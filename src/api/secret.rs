@@ -31,3 +31,12 @@ pub const UPLOAD_ID_ANNOTATION: &str = "grants.io/upload-id";
 /// With it: the upload's `BUCKET/KEY`, so that an upload for an older spec
 /// is aborted where it is.
 pub const UPLOAD_OBJECT_ANNOTATION: &str = "grants.io/upload-object";
+
+/// Longest value of a state annotation the operator reads back (a hash, a
+/// fingerprint, a time, a renew request): what it writes is far shorter, and
+/// a longer value is not its own. A grant's renew request longer than this
+/// is not acted on, so the operator never writes what it would not read.
+pub const MAX_STATE_VALUE_LEN: usize = 128;
+/// Longest upload id and `BUCKET/KEY` read back: a bucket name (63), '/'
+/// and a key (1024).
+pub const MAX_UPLOAD_VALUE_LEN: usize = 63 + 1 + 1024;

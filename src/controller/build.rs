@@ -18,8 +18,9 @@ use crate::api::limits::{
 };
 use crate::api::secret::{
     EXPIRES_AT_ANNOTATION, FINGERPRINT_ANNOTATION, GRANT_LABEL, ISSUED_AT_ANNOTATION, MANAGED_BY,
-    MANAGED_BY_LABEL, REFRESH_AT_ANNOTATION, RENEW_REQUEST_ANNOTATION, REPLACES_ANNOTATION,
-    SECRET_TYPE, SPEC_HASH_ANNOTATION, UPLOAD_ID_ANNOTATION, UPLOAD_OBJECT_ANNOTATION,
+    MANAGED_BY_LABEL, MAX_STATE_VALUE_LEN, MAX_UPLOAD_VALUE_LEN, REFRESH_AT_ANNOTATION,
+    RENEW_REQUEST_ANNOTATION, REPLACES_ANNOTATION, SECRET_TYPE, SPEC_HASH_ANNOTATION,
+    UPLOAD_ID_ANNOTATION, UPLOAD_OBJECT_ANNOTATION,
 };
 use crate::api::{RefreshPolicy, S3Target, UploadGrant, UploadGrantSpec};
 use crate::error::{Error, Result};
@@ -99,10 +100,11 @@ impl Upload {
 
     /// From the Secret's annotations; None unless both are there.
     fn from_annotations(annotations: &BTreeMap<String, String>) -> Option<Self> {
-        let id = annotations.get(UPLOAD_ID_ANNOTATION)?;
-        let (bucket, key) = annotations.get(UPLOAD_OBJECT_ANNOTATION)?.split_once('/')?;
+        let read = |key| bounded(annotations, key, MAX_UPLOAD_VALUE_LEN);
+        let id = read(UPLOAD_ID_ANNOTATION)?;
+        let (bucket, key) = read(UPLOAD_OBJECT_ANNOTATION)?.split_once('/')?;
         Some(Upload {
-            id: id.clone(),
+            id: id.to_owned(),
             bucket: bucket.to_owned(),
             key: key.to_owned(),
         })
@@ -112,22 +114,41 @@ impl Upload {
 impl IssuedState {
     /// Reads the state; None when an annotation is missing or garbled, which
     /// makes the caller re-sign.
+    /// Values longer than the operator writes make the state garbled: what
+    /// the cache keeps of a Secret stays small whatever was written to it.
     pub fn from_annotations(annotations: &BTreeMap<String, String>) -> Option<Self> {
-        let time = |key: &str| annotations.get(key).and_then(|v| parse_time(v));
+        let read = |key| bounded(annotations, key, MAX_STATE_VALUE_LEN);
+        let time = |key| read(key).and_then(parse_time);
+        let optional = |key| match annotations.get(key) {
+            None => Some(None),
+            Some(_) => read(key).map(|v| Some(v.to_owned())),
+        };
         Some(IssuedState {
-            spec_hash: annotations.get(SPEC_HASH_ANNOTATION)?.clone(),
+            spec_hash: read(SPEC_HASH_ANNOTATION)?.to_owned(),
             issued_at: time(ISSUED_AT_ANNOTATION)?,
             expires_at: time(EXPIRES_AT_ANNOTATION)?,
             refresh_at: match annotations.get(REFRESH_AT_ANNOTATION) {
                 None => None,
-                Some(v) => Some(parse_time(v)?),
+                Some(_) => Some(time(REFRESH_AT_ANNOTATION)?),
             },
-            fingerprint: annotations.get(FINGERPRINT_ANNOTATION)?.clone(),
-            renew_request: annotations.get(RENEW_REQUEST_ANNOTATION).cloned(),
-            replaces: annotations.get(REPLACES_ANNOTATION).cloned(),
+            fingerprint: read(FINGERPRINT_ANNOTATION)?.to_owned(),
+            renew_request: optional(RENEW_REQUEST_ANNOTATION)?,
+            replaces: optional(REPLACES_ANNOTATION)?,
             upload: Upload::from_annotations(annotations),
         })
     }
+}
+
+/// An annotation's value, if it is at most `max` bytes long.
+fn bounded<'a>(
+    annotations: &'a BTreeMap<String, String>,
+    key: &str,
+    max: usize,
+) -> Option<&'a str> {
+    annotations
+        .get(key)
+        .map(String::as_str)
+        .filter(|v| v.len() <= max)
 }
 
 /// When to renew a URL valid for `lifetime` from `signed_at`; None when it is

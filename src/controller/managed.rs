@@ -165,6 +165,17 @@ pub enum Slot {
     Foreign,
 }
 
+/// Whether an UploadGrant is the Secret's controller: the Secrets the
+/// operator writes always say so.
+pub fn controlled_by_grant(meta: &ObjectMeta) -> bool {
+    let refs = meta.owner_references.as_deref().unwrap_or_default();
+    refs.iter().any(|o| {
+        o.controller == Some(true)
+            && o.kind == "UploadGrant"
+            && o.api_version.starts_with("grants.io/")
+    })
+}
+
 pub fn owned_by(secret: &ManagedSecret, grant: &UploadGrant) -> bool {
     let Some(uid) = grant.uid() else { return false };
     secret
@@ -184,6 +195,7 @@ pub fn classify(secret: Option<ManagedSecret>, grant: &UploadGrant) -> Slot {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::secret::MAX_STATE_VALUE_LEN;
     use crate::fixtures::{grant, secret_meta};
 
     #[test]
@@ -210,6 +222,81 @@ mod tests {
         assert_eq!(state.spec_hash, "abc");
         assert_eq!(state.fingerprint, "sha256:0123");
         assert!(state.refresh_at.is_some_and(|r| r < state.expires_at));
+    }
+
+    /// Secrets anybody could label as ours: only one an UploadGrant
+    /// controls is taken in, and its state only at the lengths the operator
+    /// writes.
+    #[test]
+    fn only_a_grant_controlled_secret_with_short_state_is_read() {
+        let owner = |api_version: &str, kind: &str, controller: bool| {
+            let mut meta = secret_meta("grant-uid");
+            meta["metadata"]["ownerReferences"] = serde_json::json!([{
+                "apiVersion": api_version, "kind": kind, "name": "g", "uid": "grant-uid",
+                "controller": controller,
+            }]);
+            let partial: PartialObjectMeta<Secret> = serde_json::from_value(meta).expect("fixture");
+            controlled_by_grant(&partial.metadata)
+        };
+        assert!(owner("grants.io/v1alpha1", "UploadGrant", true));
+        assert!(
+            !owner("grants.io/v1alpha1", "UploadGrant", false),
+            "not the controller"
+        );
+        assert!(
+            !owner("example.com/v1", "UploadGrant", true),
+            "another group's kind"
+        );
+        assert!(!owner("grants.io/v1alpha1", "ClusterGrantIssuer", true));
+        assert!(
+            !controlled_by_grant(&ObjectMeta::default()),
+            "no owner at all"
+        );
+
+        let state = |name: &str, value: String| {
+            let mut annotations: std::collections::BTreeMap<String, String> = [
+                ("grants.io/spec-hash", "abc"),
+                ("grants.io/issued-at", "2026-11-29T10:00:00Z"),
+                ("grants.io/expires-at", "2026-11-29T11:00:00Z"),
+                ("grants.io/url-fingerprint", "sha256:0123"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+            annotations.insert(name.to_owned(), value);
+            IssuedState::from_annotations(&annotations)
+        };
+        let long = "x".repeat(MAX_STATE_VALUE_LEN + 1);
+        for name in [
+            "grants.io/spec-hash",
+            "grants.io/url-fingerprint",
+            "grants.io/renew-requested-at",
+            "grants.io/replaces",
+        ] {
+            assert!(
+                state(name, "x".repeat(MAX_STATE_VALUE_LEN)).is_some(),
+                "{name}"
+            );
+            assert_eq!(state(name, long.clone()), None, "{name}: garbled");
+        }
+        // The upload's object: a bucket, '/', and a key of at most 1024 bytes.
+        let with_upload = |object: String| {
+            let mut annotations: std::collections::BTreeMap<String, String> = [
+                ("grants.io/spec-hash", "abc"),
+                ("grants.io/issued-at", "2026-11-29T10:00:00Z"),
+                ("grants.io/expires-at", "2026-11-29T11:00:00Z"),
+                ("grants.io/url-fingerprint", "sha256:0123"),
+                ("grants.io/upload-id", "u1"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+            annotations.insert("grants.io/upload-object".to_owned(), object);
+            IssuedState::from_annotations(&annotations).and_then(|s| s.upload)
+        };
+        let longest = format!("{}/{}", "b".repeat(63), "k".repeat(1024));
+        assert!(with_upload(longest.clone()).is_some());
+        assert_eq!(with_upload(format!("{longest}k")), None);
     }
 
     fn entry(manager: &str, operation: &str, fields: serde_json::Value) -> ManagedFieldsEntry {

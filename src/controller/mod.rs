@@ -115,18 +115,33 @@ fn slim_grant(grant: &mut UploadGrant) {
     grant.metadata.labels = None;
 }
 
-/// Only what `ManagedSecret` keeps of a Secret enters the cache.
-fn compact_secret(
+/// Only Secrets an UploadGrant controls enter the cache, and of them only
+/// what `ManagedSecret` keeps. Anyone who may create Secrets in a namespace
+/// can label one as ours: such a Secret costs no memory and steers nothing
+/// (not the renewal order, not a decision), and one that loses its
+/// controlling grant leaves the cache. Each is counted.
+fn admit_secret(
     event: watcher::Event<PartialObjectMeta<Secret>>,
-) -> watcher::Event<managed::ManagedSecret> {
+    metrics: &Metrics,
+) -> Option<watcher::Event<managed::ManagedSecret>> {
     use watcher::Event;
-    match event {
-        Event::Apply(s) => Event::Apply(s.into()),
+    let controlled = |s: &PartialObjectMeta<Secret>| managed::controlled_by_grant(&s.metadata);
+    let ignored = |s| {
+        metrics.ignored_secret();
+        s
+    };
+    Some(match event {
+        Event::Apply(s) if controlled(&s) => Event::Apply(s.into()),
+        Event::Apply(s) => Event::Delete(ignored(s).into()),
         Event::Delete(s) => Event::Delete(s.into()),
         Event::Init => Event::Init,
-        Event::InitApply(s) => Event::InitApply(s.into()),
+        Event::InitApply(s) if controlled(&s) => Event::InitApply(s.into()),
+        Event::InitApply(s) => {
+            ignored(s);
+            return None;
+        }
         Event::InitDone => Event::InitDone,
-    }
+    })
 }
 
 /// Runs a reflector on its own task, so its cache fills whatever the
@@ -223,7 +238,7 @@ pub async fn run(
     let controller = Controller::for_stream(grant_stream, grant_store.clone());
     let (triggers, requests) = mpsc::unbounded();
     let caches = Caches {
-        secrets: watch_secrets(&client, &settings, triggers.clone()),
+        secrets: watch_secrets(&client, &settings, &parts.metrics, triggers.clone()),
         issuers: watch_issuers(&client, &settings, &grant_store, triggers.clone()),
         namespaces: watch_namespaces(&client, &settings, &grant_store, triggers),
     };
@@ -351,6 +366,7 @@ fn watch_grants(
 fn watch_secrets(
     client: &Client,
     settings: &Settings,
+    metrics: &Arc<Metrics>,
     triggers: Triggers,
 ) -> Store<managed::ManagedSecret> {
     let config = watcher::Config::default().labels(&build::managed_selector());
@@ -359,9 +375,10 @@ fn watch_secrets(
             watch_scoped(
                 &settings.namespaces,
                 |ns| {
+                    let metrics = metrics.clone();
                     watcher(api_in(client, ns), config.clone())
                         .default_backoff()
-                        .map_ok(compact_secret)
+                        .try_filter_map(move |e| std::future::ready(Ok(admit_secret(e, &metrics))))
                         .boxed()
                 },
                 store,
@@ -455,6 +472,39 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
+
+    /// A Secret labelled as ours enters the cache only if a grant controls
+    /// it; one that stops being controlled is taken out.
+    #[test]
+    fn only_grant_controlled_secrets_enter_the_cache() {
+        use watcher::Event;
+        let secret = |owned: bool| {
+            let mut meta = crate::fixtures::secret_meta("grant-uid");
+            if !owned {
+                meta["metadata"]["ownerReferences"] = serde_json::json!([]);
+            }
+            serde_json::from_value::<PartialObjectMeta<Secret>>(meta).expect("fixture")
+        };
+        let metrics = Metrics::default();
+        let kind = |e: Option<Event<managed::ManagedSecret>>| match e {
+            Some(Event::Apply(_)) => "apply",
+            Some(Event::InitApply(_)) => "init-apply",
+            Some(Event::Delete(_)) => "delete",
+            Some(_) => "other",
+            None => "dropped",
+        };
+        let cases = [
+            (Event::Apply(secret(true)), "apply", 0),
+            (Event::InitApply(secret(true)), "init-apply", 0),
+            (Event::Apply(secret(false)), "delete", 1),
+            (Event::InitApply(secret(false)), "dropped", 2),
+            (Event::Delete(secret(false)), "delete", 2),
+        ];
+        for (event, expected, ignored) in cases {
+            assert_eq!(kind(admit_secret(event, &metrics)), expected);
+            assert_eq!(metrics.ignored_secrets(), ignored);
+        }
+    }
 
     /// The deletions the grant stream reports after `events`, for a watch
     /// of all namespaces, as they reach the reflector.
