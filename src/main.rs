@@ -114,6 +114,14 @@ struct Cli {
     /// notification here.
     #[arg(long, env = "UPLOAD_GRANT_MULTIPART_CHECK_INTERVAL", default_value = "5m", value_parser = multipart_check_interval)]
     multipart_check_interval: Duration,
+
+    /// Answer renew requests (`kubectl grant renew`) at most once per grant
+    /// in this window (Go duration, 1s..1h), counted from the grant's last
+    /// URL: requests in between coalesce into one renewal at its end. Each
+    /// renewal rewrites the grant's Secret, so this bounds what a loop of
+    /// requests costs etcd.
+    #[arg(long, env = "UPLOAD_GRANT_RENEW_REQUEST_INTERVAL", default_value = "1m", value_parser = renew_request_interval)]
+    renew_request_interval: Duration,
     /// Also publish a Normal Event for every URL issued or renewed. Off by
     /// default: they are counted in upload_grant_issued_total, and each
     /// Event is one more apiserver write per issuance and per renewal.
@@ -218,6 +226,15 @@ fn propagation_budget(s: &str) -> Result<Duration, String> {
     let d = upload_grant_operator::api::duration::parse_duration(s)?;
     if d > Duration::from_secs(24 * 3600) {
         return Err(format!("{s} is longer than 24h"));
+    }
+    Ok(d)
+}
+
+/// A Go duration from a second to an hour.
+fn renew_request_interval(s: &str) -> Result<Duration, String> {
+    let d = upload_grant_operator::api::duration::parse_duration(s)?;
+    if d < Duration::from_secs(1) || d > Duration::from_secs(3600) {
+        return Err(format!("{s} is not between 1s and 1h"));
     }
     Ok(d)
 }
@@ -435,6 +452,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         propagation_budget: cli.propagation_budget,
         rollout_restart_debounce: cli.rollout_restarts.then_some(cli.rollout_restart_debounce),
         multipart_check_interval: cli.multipart_check_interval,
+        renew_request_interval: cli.renew_request_interval,
         lifecycle_events: cli.lifecycle_events,
     };
     tracing::info!(default_issuer = ?settings.default_issuer, namespaces = ?settings.namespaces, concurrency = settings.concurrency, kube_api_qps = cli.kube_api_qps, propagation_budget = ?settings.propagation_budget, lifecycle_events = settings.lifecycle_events, "starting controller");

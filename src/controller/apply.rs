@@ -49,11 +49,13 @@ pub async fn carry_out(
             state,
             stale,
             wake_at,
+            request_due,
         } => Done::Kept {
             stale_removed: remove_stale(ctx, grant, memo, stale.as_deref()).await?,
             secret_name,
             state: *state,
             wake_at,
+            request_due,
         },
         Decision::Sign(plan) => return sign_and_write(ctx, grant, memo, &plan, now).await,
     };

@@ -39,6 +39,9 @@ pub struct Settings {
     /// How often an open multipart upload is looked at, to notice that it
     /// was completed (`multipart::DEFAULT_CHECK_INTERVAL`).
     pub multipart_check_interval: Duration,
+    /// Renew requests are answered at most once per grant in this window
+    /// (`--renew-request-interval`).
+    pub renew_request_interval: Duration,
     /// Publish Normal Issued/Renewed Events too (`--lifecycle-events`).
     pub lifecycle_events: bool,
 }

@@ -13,7 +13,7 @@ use super::build::{self, IssuedState, format_time};
 use super::managed::Slot;
 use super::validate::{ValidGrant, check_propagation, validate};
 use crate::api::condition::ready_condition;
-use crate::api::secret::RENEW_REQUEST_ANNOTATION;
+use crate::api::secret::{MAX_STATE_VALUE_LEN, RENEW_REQUEST_ANNOTATION};
 use crate::api::{ClusterGrantIssuer, Reason, S3Target, UploadGrant};
 use crate::issuer::{Request, RuleVerdict, conclude, evaluate};
 use crate::signing::url_lifetime;
@@ -33,6 +33,9 @@ pub struct Observed<'a> {
     pub settled: Option<Settled<'a>>,
     /// How long a renewed URL may take to reach pods (the operator's setting).
     pub propagation: Duration,
+    /// Renew requests are answered at most once in this window, counted
+    /// from the current URL's signing (the operator's setting).
+    pub renew_interval: Duration,
     /// Multipart grants: where the recorded upload stands, when it was
     /// looked at in this pass (`uploads::state`).
     pub upload: Option<UploadState>,
@@ -93,6 +96,8 @@ pub enum Decision {
         secret_name: String,
         state: Box<IssuedState>,
         wake_at: SystemTime,
+        /// A renew request waits for the end of its window, then.
+        request_due: Option<SystemTime>,
         /// A Secret under the grant's former name, to remove.
         stale: Option<String>,
     },
@@ -255,7 +260,17 @@ pub fn decide(o: &Observed<'_>) -> Decision {
     };
     let plan = sign_plan(o, admitted, held);
     let expired = o.settled.is_some_and(|s| s.reason == Reason::Expired);
-    schedule(o.now, plan, expired, o.upload == Some(UploadState::Gone))
+    let when = When {
+        now: o.now,
+        renew_interval: o.renew_interval.max(Duration::from_secs(1)),
+    };
+    schedule(when, plan, expired, o.upload == Some(UploadState::Gone))
+}
+
+/// The time of a decision, and the renew request window.
+struct When {
+    now: SystemTime,
+    renew_interval: Duration,
 }
 
 /// A check's answer: pass on what the next one needs, or decide.
@@ -365,11 +380,18 @@ fn sign_plan(o: &Observed<'_>, admitted: Admitted<'_>, held: Held) -> SignPlan {
         ours: held.ours,
         legacy_fields: held.legacy_fields,
         stale,
-        renew_request: grant.annotations().get(RENEW_REQUEST_ANNOTATION).cloned(),
+        renew_request: renew_request(grant),
         upload_id,
         abandoned,
         valid,
     }
+}
+
+/// The grant's renew request; one longer than the Secret's state may hold
+/// (`kubectl grant renew` writes a time) is not acted on.
+fn renew_request(grant: &UploadGrant) -> Option<String> {
+    let request = grant.annotations().get(RENEW_REQUEST_ANNOTATION)?;
+    (request.len() <= MAX_STATE_VALUE_LEN).then(|| request.clone())
 }
 
 /// The status message of a completed multipart grant.
@@ -403,12 +425,8 @@ fn recorded_upload(
 }
 
 /// Keep, renew, replace or let expire the URL in the grant's Secret.
-fn schedule(
-    now: SystemTime,
-    mut plan: SignPlan,
-    already_expired: bool,
-    upload_gone: bool,
-) -> Decision {
+fn schedule(when: When, mut plan: SignPlan, already_expired: bool, upload_gone: bool) -> Decision {
+    let now = when.now;
     let expired = |plan: &SignPlan| Decision::Revoke {
         reason: Reason::Expired,
         message: expiry_message(now, &plan.valid),
@@ -432,21 +450,24 @@ fn schedule(
     }
     // A renew request is answered once, even for a URL that is not renewed
     // on its own: somebody with the right to edit the grant asked for it.
-    // Not within the second the current URL was signed in, though: signed
-    // again then, it would be the very same URL.
-    let asked = plan.renew_requested(&state);
-    if state.refresh_at.is_some_and(|at| now >= at) || (asked && now > state.issued_at) {
+    // Not before the window since the current URL was signed has passed:
+    // requests in it coalesce into one renewal at its end, so a loop of
+    // them costs one Secret write per window (and a URL signed again within
+    // its second would be the very same URL).
+    let request_due = plan
+        .renew_requested(&state)
+        .then_some(state.issued_at + when.renew_interval);
+    let refresh = state.refresh_at.unwrap_or(state.expires_at);
+    if state.refresh_at.is_some_and(|at| now >= at) || request_due.is_some_and(|at| now >= at) {
         plan.renewal = true;
         return Decision::Sign(Box::new(plan));
     }
-    let wake_at = match asked {
-        true => state.issued_at + Duration::from_secs(1),
-        false => state.refresh_at.unwrap_or(state.expires_at),
-    };
+    let request_due = request_due.filter(|at| *at < refresh);
     Decision::Keep {
         secret_name: plan.valid.secret_name,
         state: Box::new(state),
-        wake_at,
+        wake_at: request_due.unwrap_or(refresh),
+        request_due,
         stale: plan.stale,
     }
 }
@@ -564,6 +585,7 @@ mod tests {
         secret: Slot,
         remembered: Option<Settled<'static>>,
         propagation: Duration,
+        renew_interval: Duration,
         upload: Option<UploadState>,
         deletion: Option<Deletion>,
         now: SystemTime,
@@ -579,6 +601,7 @@ mod tests {
                 secret: Slot::Free,
                 remembered: None,
                 propagation: DEFAULT_PROPAGATION_BUDGET,
+                renew_interval: Duration::from_secs(1),
                 upload: None,
                 deletion: None,
                 now: at(100),
@@ -596,6 +619,7 @@ mod tests {
                     .remembered
                     .or_else(|| Settled::from_status(&self.grant)),
                 propagation: self.propagation,
+                renew_interval: self.renew_interval,
                 upload: self.upload,
                 deletion: self.deletion,
                 now: self.now,
@@ -882,6 +906,50 @@ mod tests {
             ..asked("t1", None, h)
         };
         assert_eq!(reason_of(&free.decide()), ("issue", None));
+    }
+
+    /// Requests within the window since the URL was signed (at 0) wait for
+    /// its end, and however many came, one renewal answers the last.
+    #[test]
+    fn renew_requests_coalesce_into_one_renewal_per_window() {
+        let minute = Duration::from_secs(60);
+        // (now, refresh_at, expected, when kept: wake-up and request due)
+        let cases = [
+            (at(30), Some(at(2400)), "keep", Some((at(60), Some(at(60))))),
+            (at(59), Some(at(2400)), "keep", Some((at(60), Some(at(60))))),
+            (at(60), Some(at(2400)), "renew", None),
+            (at(600), Some(at(2400)), "renew", None),
+            // The window ends after the URL's own renewal: that renewal
+            // answers the request.
+            (at(30), Some(at(45)), "keep", Some((at(45), None))),
+            (at(45), Some(at(45)), "renew", None),
+        ];
+        for (now, refresh_at, expected, kept) in cases {
+            let case = Case {
+                now,
+                renew_interval: minute,
+                ..asked("t9", Some("t1"), refresh_at)
+            };
+            let decision = case.decide();
+            assert_eq!(reason_of(&decision).0, expected, "at {now:?}");
+            if let Decision::Keep {
+                wake_at,
+                request_due,
+                ..
+            } = decision
+            {
+                assert_eq!(Some((wake_at, request_due)), kept, "at {now:?}");
+            }
+        }
+        // A request already answered waits for nothing.
+        let answered = Case {
+            renew_interval: minute,
+            ..asked("t1", Some("t1"), Some(at(2400)))
+        };
+        match answered.decide() {
+            Decision::Keep { request_due, .. } => assert_eq!(request_due, None),
+            other => panic!("kept, not {other:?}"),
+        }
     }
 
     #[test]

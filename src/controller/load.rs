@@ -46,6 +46,7 @@ pub struct Loaded<'a> {
     /// What this operator last reported, if it settled this generation.
     remembered: Option<(Reason, String)>,
     propagation: Duration,
+    renew_interval: Duration,
     /// Multipart grants: where the recorded upload stands, when S3 was
     /// asked in this pass.
     upload: Option<UploadState>,
@@ -94,6 +95,7 @@ pub async fn load<'a>(
             .map(|(reason, message)| (reason, message.to_owned())),
         secret,
         propagation: ctx.settings.propagation_budget,
+        renew_interval: ctx.settings.renew_request_interval,
         upload,
         in_secret,
         deletion,
@@ -128,9 +130,15 @@ fn deletion(
     let namespace_terminating = namespace
         .as_ref()
         .is_some_and(|n| n.metadata.deletion_timestamp.is_some());
+    // The grant's last status says it held a URL: garbage collection may
+    // have removed its Secret before this look at the cache.
+    let issued = grant
+        .status
+        .as_ref()
+        .is_some_and(|s| s.url_fingerprint.is_some());
     Deletion {
         namespace_terminating,
-        held: announce_held && secrets::holds_any(ctx, grant),
+        held: announce_held && (issued || secrets::holds_any(ctx, grant)),
     }
 }
 
@@ -155,6 +163,7 @@ impl Loaded<'_> {
                 None => Settled::from_status(self.grant),
             },
             propagation: self.propagation,
+            renew_interval: self.renew_interval,
             upload: self.upload,
             deletion: self.deletion,
             now,

@@ -70,6 +70,8 @@ pub enum Done {
         state: IssuedState,
         stale_removed: bool,
         wake_at: SystemTime,
+        /// A renew request waits for the end of its window, then.
+        request_due: Option<SystemTime>,
     },
     /// An earlier write of ours, which the cache had not shown, is current.
     Current {
@@ -125,7 +127,10 @@ pub fn say(done: Done, after: After, now: SystemTime) -> Said {
             state,
             stale_removed,
             wake_at,
-        } => Report::ready(&secret_name, state, stale_removed).waking_at(wake_at),
+            request_due,
+        } => Report::ready(&secret_name, state, stale_removed)
+            .waking_at(wake_at)
+            .answering_at(request_due),
         Done::Current { secret_name, state } => Report::ready(&secret_name, state, false),
         Done::Issued {
             secret_name,
@@ -316,6 +321,18 @@ impl Report {
             wake: Wake::At(at + Duration::from_secs(1)),
             ..self
         }
+    }
+
+    /// Says when a waiting renew request is answered (`kubectl grant renew`
+    /// shows it).
+    fn answering_at(mut self, request_due: Option<SystemTime>) -> Self {
+        if let Some(at) = request_due {
+            self.message += &format!(
+                "; the renew request is answered at {} (one renewal per --renew-request-interval)",
+                format_time(at)
+            );
+        }
+        self
     }
 
     /// A URL was just written.

@@ -206,6 +206,7 @@ pub(crate) mod tests {
                 propagation_budget: crate::api::limits::DEFAULT_PROPAGATION_BUDGET,
                 rollout_restart_debounce: None,
                 multipart_check_interval: crate::controller::multipart::DEFAULT_CHECK_INTERVAL,
+                renew_request_interval: std::time::Duration::from_secs(60),
                 lifecycle_events: false,
             },
             credentials: CredentialSnapshot::new(

@@ -113,6 +113,29 @@ async fn secret_annotations(
     Ok(meta.map(|m| m.metadata.annotations.unwrap_or_default()))
 }
 
+/// The phrase of the Ready message while a renew request waits for its
+/// window (`--renew-request-interval`), before the time it is answered at.
+const ANSWERED_AT: &str = "the renew request is answered at ";
+
+/// When the operator answers a waiting renew request, as the grant's Ready
+/// message says.
+pub fn answered_at(grant: &UploadGrant) -> Option<String> {
+    let message = &ready_condition(grant.status.as_ref())?.message;
+    let rest = &message[message.find(ANSWERED_AT)? + ANSWERED_AT.len()..];
+    Some(
+        rest.split_whitespace()
+            .next()?
+            .trim_end_matches([';', ','])
+            .to_owned(),
+    )
+}
+
+/// How long until an RFC 3339 time; None if it is not one or has passed.
+fn until(at: &str) -> Option<Duration> {
+    let at: jiff::Timestamp = at.parse().ok()?;
+    Duration::try_from(at.duration_since(jiff::Timestamp::now())).ok()
+}
+
 async fn request(conn: &Conn, grant: &str, value: &str) -> Result<(), Error> {
     let patch = serde_json::json!({"metadata": {"annotations": {RENEW_REQUESTED_AT: value}}});
     conn.api::<UploadGrant>()
@@ -129,8 +152,9 @@ pub async fn run(conn: &Conn, args: Args) -> Result<Outcome, Error> {
         .and_then(|a| a.get(FINGERPRINT_ANNOTATION).cloned());
     let requested = request_value(jiff::Timestamp::now());
     request(conn, &args.name, &requested).await?;
-    let deadline = tokio::time::Instant::now() + args.timeout;
-    loop {
+    let mut deadline = tokio::time::Instant::now() + args.timeout;
+    let mut told = false;
+    for poll in 1u32.. {
         let annotations = secret_annotations(conn, &secret).await?;
         let done = annotations
             .as_ref()
@@ -143,6 +167,20 @@ pub async fn run(conn: &Conn, args: Args) -> Result<Outcome, Error> {
             );
             return Ok(Outcome::Success);
         }
+        // Every two seconds: does the request wait for its window?
+        if !told && poll % 8 == 0 {
+            let grant = conn.api::<UploadGrant>().get_opt(&args.name).await?;
+            if let Some(at) = grant.as_ref().and_then(answered_at) {
+                eprintln!(
+                    "waiting: the operator renews a grant on request at most once per --renew-request-interval; this request is answered at {at}"
+                );
+                told = true;
+                // --timeout counts from then.
+                if let Some(wait) = until(&at) {
+                    deadline = deadline.max(tokio::time::Instant::now() + wait + args.timeout);
+                }
+            }
+        }
         if tokio::time::Instant::now() + POLL > deadline {
             let grant = conn.api::<UploadGrant>().get_opt(&args.name).await?;
             let secret_view = annotations.as_ref().map(|a| (secret.as_str(), a));
@@ -152,6 +190,7 @@ pub async fn run(conn: &Conn, args: Args) -> Result<Outcome, Error> {
         }
         tokio::time::sleep(POLL).await;
     }
+    Ok(Outcome::TimedOut)
 }
 
 #[cfg(test)]
@@ -163,6 +202,31 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn a_waiting_request_says_when_it_is_answered() {
+        let with_message = |message: &str| {
+            let mut g = crate::fixtures::grant(serde_json::json!({}));
+            g.status = Some(
+                serde_json::from_value(serde_json::json!({"conditions": [{
+                    "type": "Ready", "status": "True", "reason": "Issued", "message": message,
+                    "lastTransitionTime": "2027-01-15T08:00:00Z",
+                }]}))
+                .expect("status"),
+            );
+            g
+        };
+        let waiting = with_message(
+            "URL valid until 2027-01-15T09:00:00Z; renews at 2027-01-15T08:40:00Z; the renew request is answered at 2027-01-15T08:01:00Z (one renewal per --renew-request-interval)",
+        );
+        assert_eq!(
+            answered_at(&waiting).as_deref(),
+            Some("2027-01-15T08:01:00Z")
+        );
+        let plain =
+            with_message("URL valid until 2027-01-15T09:00:00Z; renews at 2027-01-15T08:40:00Z");
+        assert_eq!(answered_at(&plain), None);
     }
 
     #[test]

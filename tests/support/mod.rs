@@ -214,6 +214,41 @@ impl TestContext {
         self.cleanup.issuer(name);
     }
 
+    /// A client acting as a tenant of this namespace, by impersonation: a
+    /// user with the built-in `edit` role here, and the right to manage
+    /// UploadGrants here, as a namespace admin would give it; nothing
+    /// elsewhere.
+    pub async fn tenant(&self) -> TestResult<Client> {
+        use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+        let user = format!("tenant-{}", self.namespace);
+        let role: Role = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "tenant-grants"},
+            "rules": [{"apiGroups": ["grants.io"], "resources": ["uploadgrants"],
+                "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]}],
+        }))?;
+        self.api::<Role>()
+            .create(&PostParams::default(), &role)
+            .await?;
+        for (name, kind, role) in [
+            ("tenant-edit", "ClusterRole", "edit"),
+            ("tenant-grants", "Role", "tenant-grants"),
+        ] {
+            let binding: RoleBinding = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": role},
+                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+            }))?;
+            self.api::<RoleBinding>()
+                .create(&PostParams::default(), &binding)
+                .await?;
+        }
+        let kubeconfig = Kubeconfig::read_from(self.env.kubeconfig())?;
+        let mut config =
+            Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+        config.auth_info.impersonate = Some(user);
+        Ok(Client::try_from(config)?)
+    }
+
     pub fn api<K>(&self) -> Api<K>
     where
         K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,

@@ -78,6 +78,9 @@ impl Operator {
             // kubelet's volume: no propagation budget, so short ttls renew
             // within a test's time. The node tests run the chart's default.
             .env("UPLOAD_GRANT_PROPAGATION_BUDGET", "0s")
+            // Renew requests are answered within a second, not a minute;
+            // tests of the window set their own.
+            .env("UPLOAD_GRANT_RENEW_REQUEST_INTERVAL", "1s")
             .stdout(log.try_clone()?)
             .stderr(log);
         if !opts.without_irsa {
