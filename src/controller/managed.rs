@@ -253,7 +253,8 @@ mod tests {
             "no owner at all"
         );
 
-        let state = |name: &str, value: String| {
+        // A valid state, with `extra` annotations set over it.
+        let state = |extra: &[(&str, String)]| {
             let mut annotations: std::collections::BTreeMap<String, String> = [
                 ("grants.io/spec-hash", "abc"),
                 ("grants.io/issued-at", "2026-11-29T10:00:00Z"),
@@ -263,7 +264,9 @@ mod tests {
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect();
-            annotations.insert(name.to_owned(), value);
+            for (name, value) in extra {
+                annotations.insert((*name).to_owned(), value.clone());
+            }
             IssuedState::from_annotations(&annotations)
         };
         let long = "x".repeat(MAX_STATE_VALUE_LEN + 1);
@@ -273,26 +276,17 @@ mod tests {
             "grants.io/renew-requested-at",
             "grants.io/replaces",
         ] {
-            assert!(
-                state(name, "x".repeat(MAX_STATE_VALUE_LEN)).is_some(),
-                "{name}"
-            );
-            assert_eq!(state(name, long.clone()), None, "{name}: garbled");
+            let at_limit = "x".repeat(MAX_STATE_VALUE_LEN);
+            assert!(state(&[(name, at_limit)]).is_some(), "{name}");
+            assert_eq!(state(&[(name, long.clone())]), None, "{name}: garbled");
         }
         // The upload's object: a bucket, '/', and a key of at most 1024 bytes.
         let with_upload = |object: String| {
-            let mut annotations: std::collections::BTreeMap<String, String> = [
-                ("grants.io/spec-hash", "abc"),
-                ("grants.io/issued-at", "2026-11-29T10:00:00Z"),
-                ("grants.io/expires-at", "2026-11-29T11:00:00Z"),
-                ("grants.io/url-fingerprint", "sha256:0123"),
-                ("grants.io/upload-id", "u1"),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect();
-            annotations.insert("grants.io/upload-object".to_owned(), object);
-            IssuedState::from_annotations(&annotations).and_then(|s| s.upload)
+            let upload = [
+                ("grants.io/upload-id", "u1".to_owned()),
+                ("grants.io/upload-object", object),
+            ];
+            state(&upload).and_then(|s| s.upload)
         };
         let longest = format!("{}/{}", "b".repeat(63), "k".repeat(1024));
         assert!(with_upload(longest.clone()).is_some());
