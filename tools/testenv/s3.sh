@@ -18,20 +18,25 @@ s3_link_binaries() {
   ln -s "$CACHE_DIR/bin/seaweedfs-$SEAWEEDFS_VERSION/weed" "$1/weed"
 }
 
-# A free port p whose gRPC twin p+10000 is free too (SeaweedFS's convention).
-free_port_pair() {
-  python3 - <<'PY'
-import socket
-for _ in range(200):
+# N free ports, each with its gRPC twin p+10000 free too (SeaweedFS's
+# convention), and no port equal to another's twin: weed refuses that.
+free_port_pairs() {
+  python3 - "$1" <<'PY'
+import socket, sys
+want, taken, held, ports = int(sys.argv[1]), set(), [], []
+for _ in range(500):
+    if len(ports) == want: break
     a = socket.socket(); a.bind(("127.0.0.1", 0)); p = a.getsockname()[1]
-    if p + 10000 > 65535: a.close(); continue
+    if p + 10000 > 65535 or {p, p + 10000} & taken: a.close(); continue
     b = socket.socket()
     try:
-        b.bind(("127.0.0.1", p + 10000)); print(p); break
+        b.bind(("127.0.0.1", p + 10000))
+        held += [a, b]; taken |= {p, p + 10000}; ports.append(p)
     except OSError:
-        pass
-    finally:
         a.close(); b.close()
+for s in held: s.close()
+if len(ports) < want: sys.exit("no free port pairs")
+print(" ".join(map(str, ports)))
 PY
 }
 
@@ -41,8 +46,7 @@ PY
 # the TESTENV_* names set by up.sh.
 s3_start() {
   local s3_port master_port volume_port filer_port admin_port cfg="$RUN/seaweedfs"
-  s3_port=$(free_port_pair); master_port=$(free_port_pair); volume_port=$(free_port_pair)
-  filer_port=$(free_port_pair); admin_port=$(free_port_pair)
+  read -r s3_port master_port volume_port filer_port admin_port < <(free_port_pairs 5)
   mkdir -p "$cfg/data"
   TESTENV_ROLE_ARN="arn:aws:iam::111122223333:role/upload-grant-operator"
   cat >"$cfg/s3.json" <<JSON
