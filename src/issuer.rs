@@ -117,6 +117,69 @@ pub fn authorize(issuer: &ClusterGrantIssuerSpec, req: &Request<'_>) -> Result<u
     conclude(&evaluate(issuer, req))
 }
 
+/// Whether the issuer lets grant `name` in `namespace` (labelled `labels`)
+/// reach an upload at `bucket`/`key`: a rule for the namespace names the
+/// bucket and a prefix of the key. What a recorded upload is checked against
+/// before the operator calls S3 on it, whoever wrote the record. Methods,
+/// sizes and `multipart` are not asked: an issuer that stops allowing
+/// multipart still lets the operator abort the uploads it started there.
+pub fn reaches_upload(
+    issuer: &ClusterGrantIssuerSpec,
+    (namespace, labels, name): (&str, &BTreeMap<String, String>, &str),
+    bucket: &str,
+    key: &str,
+) -> bool {
+    let at = Request {
+        namespace,
+        namespace_labels: labels,
+        name,
+        bucket,
+        key,
+        method: Method::Put,
+        ttl: Duration::ZERO,
+        content_length: None,
+        content_length_range: None,
+        sse: None,
+        multipart: None,
+    };
+    issuer
+        .allow
+        .iter()
+        .any(|rule| applies_to(rule, labels) && check_object(rule, &at).is_ok())
+}
+
+/// The bucket and the key prefixes.
+fn check_object(rule: &AllowRule, req: &Request<'_>) -> Result<(), String> {
+    if !rule.buckets.iter().any(|b| b == "*" || b == req.bucket) {
+        return Err(format!(
+            "bucket {:?} is not one of {:?}",
+            req.bucket, rule.buckets
+        ));
+    }
+    let Some(prefixes) = &rule.key_prefixes else {
+        return Ok(());
+    };
+    let expanded: Vec<String> = prefixes
+        .iter()
+        .map(|p| {
+            p.replace("{namespace}", req.namespace)
+                .replace("{name}", req.name)
+        })
+        .collect();
+    // A POST key ending in ${filename} may become any key that starts
+    // with its fixed part: that part is what must start with a prefix.
+    let key = fixed_key(req.key);
+    if expanded.iter().any(|p| key.starts_with(p.as_str())) {
+        return Ok(());
+    }
+    if key.len() < req.key.len() {
+        return Err(format!(
+            "key's fixed part {key:?} (before ${{filename}}) does not start with any of {expanded:?}"
+        ));
+    }
+    Err(format!("key does not start with any of {expanded:?}"))
+}
+
 fn check_rule(rule: &AllowRule, req: &Request<'_>) -> Result<(), String> {
     if let Some(selector) = &rule.namespaces
         && !selector_matches(selector, req.namespace_labels)?
@@ -126,32 +189,7 @@ fn check_rule(rule: &AllowRule, req: &Request<'_>) -> Result<(), String> {
             req.namespace
         ));
     }
-    if !rule.buckets.iter().any(|b| b == "*" || b == req.bucket) {
-        return Err(format!(
-            "bucket {:?} is not one of {:?}",
-            req.bucket, rule.buckets
-        ));
-    }
-    if let Some(prefixes) = &rule.key_prefixes {
-        let expanded: Vec<String> = prefixes
-            .iter()
-            .map(|p| {
-                p.replace("{namespace}", req.namespace)
-                    .replace("{name}", req.name)
-            })
-            .collect();
-        // A POST key ending in ${filename} may become any key that starts
-        // with its fixed part: that part is what must start with a prefix.
-        let key = fixed_key(req.key);
-        if !expanded.iter().any(|p| key.starts_with(p.as_str())) {
-            if key.len() < req.key.len() {
-                return Err(format!(
-                    "key's fixed part {key:?} (before ${{filename}}) does not start with any of {expanded:?}"
-                ));
-            }
-            return Err(format!("key does not start with any of {expanded:?}"));
-        }
-    }
+    check_object(rule, req)?;
     if let Some(methods) = &rule.methods
         && !methods.contains(&req.method)
     {
@@ -738,5 +776,30 @@ mod tests {
             denied.0.contains("allow[0]: bucket") && denied.0.contains("allow[1]: method"),
             "{denied}"
         );
+    }
+
+    #[test]
+    fn a_recorded_upload_is_reached_only_under_the_namespaces_rules() {
+        let issuer = issuer_spec(serde_json::json!([{
+            "buckets": ["reports"], "keyPrefixes": ["{namespace}/"],
+            "namespaces": {"matchLabels": {"tier": "batch"}},
+        }]));
+        let batch = labels(&[("tier", "batch")]);
+        let none = labels(&[]);
+        // (labels, bucket, key, reached)
+        let cases = [
+            (&batch, "reports", "analytics/a.bin", true),
+            (&batch, "reports", "other-team/a.bin", false),
+            (&batch, "elsewhere", "analytics/a.bin", false),
+            (&none, "reports", "analytics/a.bin", false),
+        ];
+        for (labels, bucket, key, reached) in cases {
+            let who = ("analytics", labels, "nightly");
+            assert_eq!(
+                reaches_upload(&issuer, who, bucket, key),
+                reached,
+                "{bucket}/{key} with {labels:?}"
+            );
+        }
     }
 }

@@ -462,6 +462,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         presigner,
         metrics: metrics.clone(),
         readiness,
+        fence,
     };
     controller::run(parts, settings, shutdown).await;
     metrics.set_leader(false);

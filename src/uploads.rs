@@ -27,6 +27,12 @@ pub enum MultipartError {
     StillOpen,
     #[error("{0}")]
     Credentials(#[from] CredentialsError),
+    /// The upload could not be recorded in the grant's status, so it was
+    /// not created (or not adopted).
+    #[error("recording the upload in the grant's status failed: {0}")]
+    Record(String),
+    #[error(transparent)]
+    Fenced(#[from] crate::fence::Fenced),
 }
 
 type Result<T> = std::result::Result<T, MultipartError>;
@@ -120,14 +126,16 @@ pub async fn create(client: &Client, new: &NewUpload<'_>) -> Result<String> {
         .ok_or_else(|| MultipartError::S3("CreateMultipartUpload returned no upload id".into()))
 }
 
-/// Open uploads of exactly this key started at or after `since`, newest
-/// first. After a crash between creating an upload and recording its id,
-/// the grant's own upload is among them (see the README's crash window).
-pub async fn open_since(
+/// Open uploads of exactly this key started between `from` and `until`,
+/// newest first. After a crash between asking S3 for an upload and
+/// recording its id, the grant's own upload is the one in the window its
+/// record gives (see the README's crash window).
+pub async fn open_between(
     client: &Client,
     bucket: &str,
     key: &str,
-    since: SystemTime,
+    from: SystemTime,
+    until: SystemTime,
 ) -> Result<Vec<String>> {
     let out = client
         .list_multipart_uploads()
@@ -143,7 +151,9 @@ pub async fn open_since(
         .filter(|u| u.key.as_deref() == Some(key))
         .filter_map(|u| {
             let initiated = SystemTime::try_from(u.initiated?).ok()?;
-            (initiated >= since).then_some((initiated, u.upload_id?))
+            (from..=until)
+                .contains(&initiated)
+                .then_some((initiated, u.upload_id?))
         })
         .collect();
     found.sort_by_key(|u| std::cmp::Reverse(u.0));

@@ -2,15 +2,16 @@
 //! session credentials: the Secret's part URLs upload a file in parts and
 //! its completeUrl assembles it; a renewal keeps the upload and the parts
 //! already sent; deleting the grant aborts the upload; a restart keeps the
-//! upload and re-signs nothing; an upload created but never recorded is
-//! adopted rather than doubled; an issuer without `multipart: true` denies.
+//! upload and re-signs nothing; the upload a crash left unrecorded is
+//! adopted rather than doubled, and no other; an issuer without
+//! `multipart: true` denies.
 
 mod support;
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use kube::api::DeleteParams;
+use kube::api::{DeleteParams, Patch, PatchParams};
 use support::grants::{
     Scenario, create_grant, create_issuer, fingerprint, secret_data, spec, wait_ready, wait_reason,
     wait_secret_gone,
@@ -19,6 +20,7 @@ use support::operator::{Operator, OperatorOptions};
 use support::rollout::{request_renewal, settle, wait_answered};
 use support::{TestContext, TestResult, eventually};
 use upload_grant_operator::api::UploadGrant;
+use upload_grant_operator::controller::build::spec_hash;
 
 const MIB: usize = 1 << 20;
 
@@ -343,54 +345,111 @@ async fn a_restart_mid_upload_keeps_the_upload_and_re_signs_nothing() -> TestRes
     Ok(())
 }
 
+/// Starts an upload of `key` as the store's root would; its id and when
+/// the store says it started.
+async fn root_upload(ctx: &TestContext, key: &str) -> TestResult<(String, SystemTime)> {
+    let id = root_s3(ctx)
+        .create_multipart_upload()
+        .bucket(ctx.env.bucket())
+        .key(key)
+        .send()
+        .await?
+        .upload_id
+        .ok_or("no upload id")?;
+    let out = root_s3(ctx)
+        .list_multipart_uploads()
+        .bucket(ctx.env.bucket())
+        .prefix(key)
+        .send()
+        .await?;
+    let initiated = out
+        .uploads()
+        .iter()
+        .find(|u| u.upload_id() == Some(id.as_str()))
+        .and_then(|u| u.initiated())
+        .ok_or("the store does not list the upload's start")?;
+    Ok((id, SystemTime::try_from(*initiated)?))
+}
+
+/// What a crash between asking S3 for an upload and recording its id
+/// leaves: the status's record (where, when) without an id, and an upload
+/// S3 started right after. That upload is adopted, not doubled; one that
+/// somebody else started at the same key before the record's window is
+/// neither adopted nor aborted.
 #[tokio::test]
-async fn an_upload_created_but_never_recorded_is_adopted_not_doubled() -> TestResult {
+async fn the_upload_a_crash_left_unrecorded_is_adopted_and_no_other() -> TestResult {
     let Scenario {
         ctx,
         dir: _dir,
         operator: _operator,
     } = start("mp-adopt").await?;
     let key = format!("{}/adopted.bin", ctx.namespace);
+    let (foreign, foreign_at) = root_upload(&ctx, &key).await?;
     // The issuer does not exist yet: the grant waits, IssuerNotFound.
     let issuer = format!("mp-adopt-{}", support::random_suffix());
     create_grant(&ctx, "adopted", grant_spec(&ctx, &issuer, "adopted.bin")).await?;
     wait_reason(&ctx, "adopted", "IssuerNotFound").await?;
-    // What a crash between CreateMultipartUpload and recording its id
-    // leaves: an open upload of the key, started after the grant.
-    let orphan = root_s3(&ctx)
-        .create_multipart_upload()
-        .bucket(ctx.env.bucket())
-        .key(&key)
-        .send()
-        .await?
-        .upload_id
-        .ok_or("no upload id")?;
+    // The record the operator writes before CreateMultipartUpload, dated so
+    // that the foreign upload falls before its window (which opens 15 s
+    // before the request, for the clocks' skew).
+    let s3 = serde_json::json!({"region": ctx.env.region(), "endpoint": ctx.env.s3_endpoint(), "forcePathStyle": true});
+    let grant = ctx.api::<UploadGrant>().get("adopted").await?;
+    let requested_at = foreign_at + Duration::from_secs(16);
+    let record = serde_json::json!({"status": {"upload": {
+        "bucket": ctx.env.bucket(), "key": key,
+        "specHash": spec_hash(&grant.spec, &serde_json::from_value(s3.clone())?),
+        "requestedAt": jiff::Timestamp::try_from(requested_at)?.to_string(),
+    }}});
+    ctx.api::<UploadGrant>()
+        .patch_status("adopted", &PatchParams::default(), &Patch::Merge(&record))
+        .await?;
+    // The store dates uploads to the second: once the window has opened,
+    // S3 starts the upload the operator asked for, and it stops.
+    let opens = requested_at - Duration::from_millis(14_500);
+    eventually(
+        "the record's window to open",
+        Duration::from_secs(10),
+        || async { Ok((SystemTime::now() >= opens).then_some(())) },
+    )
+    .await?;
+    let (orphan, _) = root_upload(&ctx, &key).await?;
+
     let rules =
         serde_json::json!([{"buckets": [ctx.env.bucket()], "methods": ["PUT"], "multipart": true}]);
-    let issuer_obj: upload_grant_operator::api::ClusterGrantIssuer = serde_json::from_value(
-        serde_json::json!({
+    let issuer_obj: upload_grant_operator::api::ClusterGrantIssuer =
+        serde_json::from_value(serde_json::json!({
             "apiVersion": "grants.io/v1alpha1", "kind": "ClusterGrantIssuer",
             "metadata": {"name": issuer},
-            "spec": {"s3": {"region": ctx.env.region(), "endpoint": ctx.env.s3_endpoint(), "forcePathStyle": true},
-                     "allow": rules},
-        }),
-    )?;
+            "spec": {"s3": s3, "allow": rules},
+        }))?;
     kube::Api::<upload_grant_operator::api::ClusterGrantIssuer>::all(ctx.client.clone())
         .create(&Default::default(), &issuer_obj)
         .await?;
     ctx.delete_issuer_on_drop(&issuer);
     let grant = wait_ready(&ctx, "adopted").await?;
     assert_eq!(status_upload_id(&grant).as_deref(), Some(orphan.as_str()));
-    assert_eq!(open_uploads(&ctx, &key).await?, [orphan.as_str()]);
+    let mut open = open_uploads(&ctx, &key).await?;
+    open.sort();
+    let mut expected = [foreign.clone(), orphan.clone()];
+    expected.sort();
+    assert_eq!(open, expected, "one adopted, the foreign one left alone");
+
     ctx.api::<UploadGrant>()
         .delete("adopted", &DeleteParams::default())
         .await?;
     eventually(
         "the adopted upload to be aborted",
         Duration::from_secs(60),
-        || async { Ok(open_uploads(&ctx, &key).await?.is_empty().then_some(())) },
+        || async { Ok((open_uploads(&ctx, &key).await? == [foreign.as_str()]).then_some(())) },
     )
     .await?;
+    root_s3(&ctx)
+        .abort_multipart_upload()
+        .bucket(ctx.env.bucket())
+        .key(&key)
+        .upload_id(&foreign)
+        .send()
+        .await?;
     Ok(())
 }
 

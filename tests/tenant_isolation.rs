@@ -137,3 +137,154 @@ async fn a_flood_of_renew_requests_costs_one_write_per_interval() -> TestResult 
     .await?;
     Ok(())
 }
+
+/// The operator's multipart checks run every 2 seconds here.
+fn multipart_checks() -> OperatorOptions {
+    OperatorOptions {
+        env: vec![("UPLOAD_GRANT_MULTIPART_CHECK_INTERVAL".into(), "2s".into())],
+        ..OperatorOptions::default()
+    }
+}
+
+fn root_s3(ctx: &TestContext) -> aws_sdk_s3::Client {
+    support::s3_client(ctx.env, ctx.env.root_credentials())
+}
+
+/// The ids of the open uploads of exactly `key`.
+async fn open_uploads(ctx: &TestContext, key: &str) -> TestResult<Vec<String>> {
+    let out = root_s3(ctx)
+        .list_multipart_uploads()
+        .bucket(ctx.env.bucket())
+        .prefix(key)
+        .send()
+        .await?;
+    Ok(out
+        .uploads()
+        .iter()
+        .filter(|u| u.key() == Some(key))
+        .filter_map(|u| u.upload_id().map(str::to_owned))
+        .collect())
+}
+
+/// Points the Secret's upload annotations at somebody else's upload, as a
+/// tenant may: the Secret is in its namespace.
+async fn forge_upload(secrets: &Api<Secret>, object: &str, id: &str) -> TestResult {
+    let patch = serde_json::json!({"metadata": {"annotations": {
+        "grants.io/upload-object": object, "grants.io/upload-id": id}}});
+    secrets
+        .patch("mine", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
+/// A tenant rewrites its own multipart Secret to name another namespace's
+/// object and upload. The operator acts only on the upload the grant's
+/// status records: its checks do not look at the other object (which exists:
+/// it would have been reported Completed), and deleting the grant aborts the
+/// grant's own upload, not the other namespace's.
+#[tokio::test]
+async fn a_forged_upload_in_a_secret_steers_no_s3_call() -> TestResult {
+    let ctx = TestContext::new("forged-upload").await?;
+    let Scenario {
+        ctx,
+        operator: _operator,
+        dir: _dir,
+    } = Scenario::start_in(ctx, multipart_checks()).await?;
+    let issuer = create_issuer(
+        &ctx,
+        serde_json::json!([{"buckets": [ctx.env.bucket()], "keyPrefixes": ["{namespace}/"],
+            "methods": ["PUT"], "multipart": true, "maxContentLength": "30Mi"}]),
+    )
+    .await?;
+    // Another namespace's finished object and open upload.
+    let bucket = ctx.env.bucket();
+    let other = format!("other-{}", support::random_suffix());
+    let (report, open) = (format!("{other}/report.bin"), format!("{other}/open.bin"));
+    let s3 = root_s3(&ctx);
+    s3.put_object()
+        .bucket(bucket)
+        .key(&report)
+        .body(b"theirs".to_vec().into())
+        .send()
+        .await?;
+    let theirs = s3
+        .create_multipart_upload()
+        .bucket(bucket)
+        .key(&open)
+        .send()
+        .await?
+        .upload_id
+        .ok_or("no upload id")?;
+
+    let tenant = ctx.tenant().await?;
+    let grants: Api<UploadGrant> = Api::namespaced(tenant.clone(), &ctx.namespace);
+    let secrets: Api<Secret> = Api::namespaced(tenant, &ctx.namespace);
+    let mine = spec(
+        &ctx,
+        &issuer,
+        "mine.bin",
+        serde_json::json!({"multipart": {"parts": 2, "partSize": "5Mi"}}),
+    );
+    let grant: UploadGrant = serde_json::from_value(serde_json::json!({
+        "apiVersion": "grants.io/v1alpha1", "kind": "UploadGrant",
+        "metadata": {"name": "mine"}, "spec": mine}))?;
+    grants.create(&PostParams::default(), &grant).await?;
+    let issued = wait_ready(&ctx, "mine").await?;
+    let first = issued
+        .status
+        .and_then(|s| s.upload_id)
+        .ok_or("no upload recorded")?;
+    let key = format!("{}/mine.bin", ctx.namespace);
+
+    // The Secret names the other object; the grant's own upload is aborted
+    // behind the operator's back, so its next check has something to find.
+    forge_upload(&secrets, &format!("{bucket}/{report}"), "forged").await?;
+    s3.abort_multipart_upload()
+        .bucket(bucket)
+        .key(&key)
+        .upload_id(&first)
+        .send()
+        .await?;
+    let renewed = eventually(
+        "the operator to notice its own upload is gone and start another",
+        Duration::from_secs(60),
+        || async {
+            let g = grants.get("mine").await?;
+            let reason = ready(&g).map(|(_, reason)| reason);
+            let reason = reason.as_deref();
+            assert_ne!(
+                reason,
+                Some("Completed"),
+                "the other namespace's object was looked at"
+            );
+            let id = g.status.as_ref().and_then(|s| s.upload_id.clone());
+            Ok(id.filter(|id| *id != first && reason == Some("Issued")))
+        },
+    )
+    .await?;
+    assert_eq!(open_uploads(&ctx, &key).await?, [renewed.as_str()]);
+
+    // The Secret names the other namespace's open upload; the grant goes.
+    forge_upload(&secrets, &format!("{bucket}/{open}"), &theirs).await?;
+    grants.delete("mine", &Default::default()).await?;
+    eventually("the grant to be gone", Duration::from_secs(60), || async {
+        Ok(grants.get_opt("mine").await?.is_none().then_some(()))
+    })
+    .await?;
+    assert!(
+        open_uploads(&ctx, &key).await?.is_empty(),
+        "its own upload is aborted"
+    );
+    assert_eq!(
+        open_uploads(&ctx, &open).await?,
+        [theirs.as_str()],
+        "the other namespace's upload is left alone"
+    );
+    s3.abort_multipart_upload()
+        .bucket(bucket)
+        .key(&open)
+        .upload_id(&theirs)
+        .send()
+        .await?;
+    Ok(())
+}

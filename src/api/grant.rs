@@ -561,9 +561,31 @@ pub struct UploadGrantStatus {
     /// Multipart grants: the upload the part URLs belong to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upload_id: Option<String>,
+    /// Multipart grants: the operator's own record of the upload it started
+    /// (uploadId names it once S3 answered). Only this record decides which
+    /// object the operator looks at or aborts uploads of, never the Secret,
+    /// which the namespace can edit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload: Option<UploadRecord>,
     /// The generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+}
+
+/// Where and when the operator started a grant's multipart upload.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UploadRecord {
+    /// The bucket the upload is in.
+    pub bucket: String,
+    /// The key the upload assembles.
+    pub key: String,
+    /// The spec the upload was started for: a changed spec starts a new one.
+    pub spec_hash: String,
+    /// When the operator asked S3 to start it. An upload of this key that S3
+    /// started right after, while uploadId is not yet set, is the one a crash
+    /// left unrecorded: it alone is adopted or aborted.
+    pub requested_at: Time,
 }
 
 /// The placeholder a POST grant's key may end with: the form substitutes

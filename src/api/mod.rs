@@ -11,7 +11,7 @@ pub use condition::Reason;
 pub use grant::{
     ContentLengthRange, IssuerRef, MAX_POST_CONTENT_LENGTH, Method, Multipart, RefreshPolicy,
     RolloutTarget, SecretTemplate, ServerSideEncryption, Size, SseType, UploadGrant,
-    UploadGrantSpec, UploadGrantStatus, WorkloadKind,
+    UploadGrantSpec, UploadGrantStatus, UploadRecord, WorkloadKind,
 };
 pub use issuer::{
     AllowRule, ClusterGrantIssuer, ClusterGrantIssuerSpec, ClusterGrantIssuerStatus, S3Target,

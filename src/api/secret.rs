@@ -28,8 +28,9 @@ pub const REPLACES_ANNOTATION: &str = "grants.io/replaces";
 /// On a multipart grant's Secret: the upload its part URLs belong to, so
 /// that a restart finds it in the (metadata-only) cache.
 pub const UPLOAD_ID_ANNOTATION: &str = "grants.io/upload-id";
-/// With it: the upload's `BUCKET/KEY`, so that an upload for an older spec
-/// is aborted where it is.
+/// With it: the upload's `BUCKET/KEY`. Both are for people and consumers:
+/// the operator acts only on the grant's status (`status.upload`), which the
+/// namespace cannot write.
 pub const UPLOAD_OBJECT_ANNOTATION: &str = "grants.io/upload-object";
 
 /// Longest value of a state annotation the operator reads back (a hash, a
@@ -37,6 +38,3 @@ pub const UPLOAD_OBJECT_ANNOTATION: &str = "grants.io/upload-object";
 /// a longer value is not its own. A grant's renew request longer than this
 /// is not acted on, so the operator never writes what it would not read.
 pub const MAX_STATE_VALUE_LEN: usize = 128;
-/// Longest upload id and `BUCKET/KEY` read back: a bucket name (63), '/'
-/// and a key (1024).
-pub const MAX_UPLOAD_VALUE_LEN: usize = 63 + 1 + 1024;

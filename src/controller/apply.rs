@@ -26,8 +26,8 @@ use crate::signing::{CredentialsError, MultipartInput, SigningError};
 /// What was done, and the error to back off with when the pass failed.
 pub type Applied = (Done, Option<Error>);
 
-/// Carries the decision out. What the loaded grant recorded (its Secret's
-/// upload, its issuer's endpoint) is what a revocation aborts.
+/// Carries the decision out. What the loaded grant recorded (the upload in
+/// its status, its issuer's endpoint) is what a revocation aborts.
 pub async fn carry_out(
     ctx: &Context,
     grant: &UploadGrant,
@@ -72,15 +72,10 @@ async fn revoke(
     reason: Reason,
     message: String,
 ) -> Result<Applied> {
-    let in_secret = loaded.in_secret().cloned();
-    let recorded = in_secret
-        .as_ref()
-        .map(|u| u.id.clone())
-        .or_else(|| grant.status.as_ref()?.upload_id.clone());
     let removed = revoke_all(ctx, grant, memo).await?;
     let (aborted, error) = match reason {
         Reason::Completed => (Ok(Aborted::Nothing), None),
-        _ => match abort(ctx, grant, memo, loaded, true).await {
+        _ => match abort(ctx, grant, memo, loaded, Abort::AndForget).await {
             Ok(aborted) => (Ok(aborted), None),
             Err(e) => (Err(e.to_string()), Some(e.into())),
         },
@@ -90,7 +85,6 @@ async fn revoke(
         message,
         removed,
         aborted,
-        recorded,
     };
     Ok((done, error))
 }
@@ -112,7 +106,11 @@ async fn revoke_deleted(
             false
         }
     };
-    let (aborted, error) = match abort(ctx, grant, memo, loaded, removal.abort).await {
+    let asked = match removal.abort {
+        true => Abort::Only,
+        false => Abort::No,
+    };
+    let (aborted, error) = match abort(ctx, grant, memo, loaded, asked).await {
         Ok(aborted) => (aborted, None),
         Err(e) => (Aborted::Nothing, Some(e.into())),
     };
@@ -123,19 +121,29 @@ async fn revoke_deleted(
     Ok((done, error))
 }
 
+/// Whether to abort the grant's upload, and then clear its record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Abort {
+    No,
+    /// A grant being deleted: its status goes with it.
+    Only,
+    AndForget,
+}
+
 /// Aborts the grant's uploads, when asked to.
 async fn abort(
     ctx: &Context,
     grant: &UploadGrant,
     memo: &mut GrantMemo,
     loaded: &Loaded<'_>,
-    asked: bool,
+    asked: Abort,
 ) -> std::result::Result<Aborted, crate::uploads::MultipartError> {
-    if !asked {
+    if asked == Abort::No {
         return Ok(Aborted::Nothing);
     }
-    let in_secret = loaded.in_secret().cloned();
-    multipart::abort_grant_uploads(ctx, grant, memo, loaded.target(), in_secret).await
+    let issuer = (loaded.issuer(), loaded.namespace_labels());
+    let forget = asked == Abort::AndForget;
+    multipart::abort_grant_uploads(ctx, grant, memo, issuer, loaded.recorded(), forget).await
 }
 
 /// What follows a current URL: the rollout restarts it owes (not after a
@@ -271,7 +279,7 @@ async fn presign(
     let (presigner, target, valid) = (&ctx.presigner, &plan.target, &plan.valid);
     if let Some((parts, part_size)) = valid.multipart {
         let client = presigner.s3_client(target, credentials.clone());
-        let upload_id = multipart::ensure_upload(grant, memo, plan, &client)
+        let upload_id = multipart::ensure_upload(ctx, grant, memo, plan, &client)
             .await
             .map_err(Failure::Multipart)?;
         let input = MultipartInput {
@@ -470,8 +478,7 @@ mod tests {
             legacy_fields: false,
             stale: None,
             renew_request: None,
-            upload_id: None,
-            abandoned: None,
+            upload: decide::UploadPlan::NotMultipart,
         }
     }
 
@@ -568,7 +575,6 @@ mod tests {
             fingerprint: "f".into(),
             renew_request: None,
             replaces: None,
-            upload: None,
         });
         let refused = Some("connection refused".to_owned());
         // Capped at the same session end: nothing gained, and STS failed.

@@ -18,9 +18,9 @@ use crate::api::limits::{
 };
 use crate::api::secret::{
     EXPIRES_AT_ANNOTATION, FINGERPRINT_ANNOTATION, GRANT_LABEL, ISSUED_AT_ANNOTATION, MANAGED_BY,
-    MANAGED_BY_LABEL, MAX_STATE_VALUE_LEN, MAX_UPLOAD_VALUE_LEN, REFRESH_AT_ANNOTATION,
-    RENEW_REQUEST_ANNOTATION, REPLACES_ANNOTATION, SECRET_TYPE, SPEC_HASH_ANNOTATION,
-    UPLOAD_ID_ANNOTATION, UPLOAD_OBJECT_ANNOTATION,
+    MANAGED_BY_LABEL, MAX_STATE_VALUE_LEN, REFRESH_AT_ANNOTATION, RENEW_REQUEST_ANNOTATION,
+    REPLACES_ANNOTATION, SECRET_TYPE, SPEC_HASH_ANNOTATION, UPLOAD_ID_ANNOTATION,
+    UPLOAD_OBJECT_ANNOTATION,
 };
 use crate::api::{RefreshPolicy, S3Target, UploadGrant, UploadGrantSpec};
 use crate::error::{Error, Result};
@@ -74,41 +74,6 @@ pub struct IssuedState {
     pub renew_request: Option<String>,
     /// The fingerprint of the URL this one replaced.
     pub replaces: Option<String>,
-    /// Multipart grants: the upload the part URLs belong to.
-    pub upload: Option<Upload>,
-}
-
-/// A multipart upload in S3: its id and the object it assembles.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Upload {
-    pub id: String,
-    pub bucket: String,
-    pub key: String,
-}
-
-impl Upload {
-    /// The upload the grant's status records. The status names no object:
-    /// the spec's, which is the same for this generation and the best guess
-    /// for an older one.
-    pub fn from_status(grant: &UploadGrant) -> Option<Self> {
-        Some(Upload {
-            id: grant.status.as_ref()?.upload_id.clone()?,
-            bucket: grant.spec.bucket.clone(),
-            key: grant.spec.key.clone(),
-        })
-    }
-
-    /// From the Secret's annotations; None unless both are there.
-    fn from_annotations(annotations: &BTreeMap<String, String>) -> Option<Self> {
-        let read = |key| bounded(annotations, key, MAX_UPLOAD_VALUE_LEN);
-        let id = read(UPLOAD_ID_ANNOTATION)?;
-        let (bucket, key) = read(UPLOAD_OBJECT_ANNOTATION)?.split_once('/')?;
-        Some(Upload {
-            id: id.to_owned(),
-            bucket: bucket.to_owned(),
-            key: key.to_owned(),
-        })
-    }
 }
 
 impl IssuedState {
@@ -134,7 +99,6 @@ impl IssuedState {
             fingerprint: read(FINGERPRINT_ANNOTATION)?.to_owned(),
             renew_request: optional(RENEW_REQUEST_ANNOTATION)?,
             replaces: optional(REPLACES_ANNOTATION)?,
-            upload: Upload::from_annotations(annotations),
         })
     }
 }
@@ -246,14 +210,6 @@ impl Issued {
             fingerprint: self.presigned.fingerprint(),
             renew_request: self.renew_request.clone(),
             replaces: self.replaces.clone(),
-            upload: match &self.presigned {
-                Signed::Multipart(m) => Some(Upload {
-                    id: m.upload_id.clone(),
-                    bucket: m.bucket.clone(),
-                    key: m.key.clone(),
-                }),
-                _ => None,
-            },
         }
     }
 }
@@ -588,7 +544,13 @@ mod tests {
     /// with session credentials whose token is as long as AWS's (~1,100
     /// characters for an assumed role), and its total size as the
     /// apiserver counts it (keys and values).
-    async fn multipart_secret(parts: u32) -> (BTreeMap<String, ByteString>, usize, IssuedState) {
+    async fn multipart_secret(
+        parts: u32,
+    ) -> (
+        BTreeMap<String, ByteString>,
+        usize,
+        BTreeMap<String, String>,
+    ) {
         use crate::signing::{MultipartInput, Presigner};
         let token = "IQoJb3JpZ2luX2VjE".repeat(70);
         assert!(token.len() >= 1100);
@@ -628,10 +590,9 @@ mod tests {
         };
         let secret = build_secret(&nightly(), &v, &multipart).expect("builds");
         let annotations = secret.metadata.annotations.expect("annotations");
-        let state = IssuedState::from_annotations(&annotations).expect("state");
         let data = secret.data.expect("data");
         let size = data.iter().map(|(k, v)| k.len() + v.0.len()).sum();
-        (data, size, state)
+        (data, size, annotations)
     }
 
     #[tokio::test]
@@ -639,13 +600,13 @@ mod tests {
         const MIB: usize = 1 << 20;
         let mut sizes = Vec::new();
         for parts in [10, 1_000, 10_000] {
-            let (data, size, state) = multipart_secret(parts).await;
-            let upload = state.upload.expect("the annotations record the upload");
-            assert_eq!(upload.id.as_bytes(), &data["uploadId"].0[..]);
+            let (data, size, annotations) = multipart_secret(parts).await;
             assert_eq!(
-                (upload.bucket.as_bytes(), upload.key.as_bytes()),
-                (&data["bucket"].0[..], &data["key"].0[..])
+                annotations[UPLOAD_ID_ANNOTATION].as_bytes(),
+                &data["uploadId"].0[..]
             );
+            let object = [&data["bucket"].0[..], b"/", &data["key"].0[..]].concat();
+            assert_eq!(annotations[UPLOAD_OBJECT_ANNOTATION].as_bytes(), object);
             let keys: Vec<&str> = data.keys().map(String::as_str).collect();
             assert_eq!(
                 keys,

@@ -16,6 +16,7 @@ use super::managed::ManagedSecret;
 use super::memo::{Memos, Tombstones};
 use super::priority::DueIndex;
 use crate::api::{ClusterGrantIssuer, UploadGrant};
+use crate::fence::Fence;
 use crate::metrics::Metrics;
 use crate::signing::{CredentialSnapshot, Presigner};
 
@@ -57,6 +58,8 @@ pub struct Context {
     pub secrets: Store<ManagedSecret>,
     pub events: Events,
     pub metrics: Arc<Metrics>,
+    /// Whether this replica may write now (`crate::fence`).
+    pub fence: Fence,
     /// What is remembered about each grant between passes (`memo`).
     pub(super) memos: Memos,
     /// Grants the watch reported deleted: a pass that was running then

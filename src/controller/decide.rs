@@ -11,6 +11,7 @@ use kube::ResourceExt;
 
 use super::build::{self, IssuedState, format_time};
 use super::managed::Slot;
+use super::recorded::Recorded;
 use super::validate::{ValidGrant, check_propagation, validate};
 use crate::api::condition::ready_condition;
 use crate::api::secret::{MAX_STATE_VALUE_LEN, RENEW_REQUEST_ANNOTATION};
@@ -39,6 +40,9 @@ pub struct Observed<'a> {
     /// Multipart grants: where the recorded upload stands, when it was
     /// looked at in this pass (`uploads::state`).
     pub upload: Option<UploadState>,
+    /// The upload the grant's status records (or this operator recorded a
+    /// moment ago): the only upload the operator acts on.
+    pub recorded: Option<&'a Recorded>,
     /// Set when the grant is deleted (or deleting): then it is revoked.
     pub deletion: Option<Deletion>,
     pub now: SystemTime,
@@ -136,11 +140,24 @@ pub struct SignPlan {
     pub stale: Option<String>,
     /// The grant's renew request (`api::secret::RENEW_REQUEST_ANNOTATION`).
     pub renew_request: Option<String>,
-    /// Multipart grants: the recorded upload to sign for again, so parts
-    /// already uploaded are kept; None creates (or finds) one.
-    pub upload_id: Option<String>,
-    /// Multipart grants: a recorded upload for an older spec, to abort.
-    pub abandoned: Option<build::Upload>,
+    /// Multipart grants: the upload to sign part URLs for.
+    pub upload: UploadPlan,
+}
+
+/// Which upload a multipart grant's part URLs are signed for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum UploadPlan {
+    /// Not a multipart grant.
+    NotMultipart,
+    /// The recorded upload, signed for again so parts already uploaded are
+    /// kept.
+    Recorded(String),
+    /// The record for this spec has no id: the operator stopped between
+    /// asking S3 and recording the answer. The upload S3 started in the
+    /// record's window is adopted; if there is none, a new one is started.
+    Find(Recorded),
+    /// A new upload, after aborting `abandoned`, recorded for an older spec.
+    New { abandoned: Option<Recorded> },
 }
 
 impl SignPlan {
@@ -289,7 +306,7 @@ fn revoke(reason: Reason, message: impl Into<String>) -> Decision {
 fn deleted(o: &Observed<'_>) -> Check<()> {
     let Some(d) = o.deletion else { return Ok(()) };
     let grant = o.grant;
-    let has_upload = grant.status.as_ref().is_some_and(|s| s.upload_id.is_some());
+    let has_upload = o.recorded.is_some();
     let completed = Settled::from_status(grant).is_some_and(|s| s.reason == Reason::Completed);
     Err(Decision::RevokeDeleted(Removal {
         remove: !d.namespace_terminating,
@@ -368,9 +385,9 @@ fn sign_plan(o: &Observed<'_>, admitted: Admitted<'_>, held: Held) -> SignPlan {
         .and_then(|s| s.secret_name.clone())
         .filter(|old| *old != valid.secret_name);
     let spec_hash = build::spec_hash(&grant.spec, &issuer.spec.s3);
-    let (upload_id, abandoned) = match valid.multipart {
-        Some(_) => recorded_upload(grant, held.current.as_ref(), &spec_hash, o.upload),
-        None => (None, None),
+    let upload = match valid.multipart {
+        Some(_) => upload_plan(grant, o.recorded, &spec_hash, o.upload),
+        None => UploadPlan::NotMultipart,
     };
     SignPlan {
         spec_hash,
@@ -381,8 +398,7 @@ fn sign_plan(o: &Observed<'_>, admitted: Admitted<'_>, held: Held) -> SignPlan {
         legacy_fields: held.legacy_fields,
         stale,
         renew_request: renew_request(grant),
-        upload_id,
-        abandoned,
+        upload,
         valid,
     }
 }
@@ -398,29 +414,28 @@ fn renew_request(grant: &UploadGrant) -> Option<String> {
 pub const COMPLETED: &str =
     "the multipart upload was completed: the object exists; the Secret was removed";
 
-/// The upload a multipart grant signs for: the one its Secret records for
-/// this spec (else its status, for this generation), unless S3 says it is
-/// gone. A recorded upload for an older spec is abandoned: a changed spec
-/// starts a new upload.
-fn recorded_upload(
+/// The upload a multipart grant signs for: the one its status records for
+/// this spec, unless S3 says it is gone. A recorded upload for an older spec
+/// is abandoned: a changed spec starts a new upload. What the Secret says
+/// of the upload is never read: the namespace can write it.
+fn upload_plan(
     grant: &UploadGrant,
-    current: Option<&IssuedState>,
+    recorded: Option<&Recorded>,
     spec_hash: &str,
     probe: Option<UploadState>,
-) -> (Option<String>, Option<build::Upload>) {
-    let from_secret = current.and_then(|s| Some((s.upload.clone()?, s.spec_hash == spec_hash)));
-    let from_status = || {
-        let upload = build::Upload::from_status(grant)?;
-        let condition = ready_condition(grant.status.as_ref());
-        let same_generation =
-            condition.is_some_and(|c| c.observed_generation == grant.metadata.generation);
-        Some((upload, same_generation))
+) -> UploadPlan {
+    let Some(r) = recorded else {
+        return UploadPlan::New { abandoned: None };
     };
-    match from_secret.or_else(from_status) {
-        None => (None, None),
-        Some(_) if probe == Some(UploadState::Gone) => (None, None),
-        Some((upload, true)) => (Some(upload.id), None),
-        Some((upload, false)) => (None, Some(upload)),
+    if !r.for_spec(grant, spec_hash) {
+        return UploadPlan::New {
+            abandoned: Some(r.clone()),
+        };
+    }
+    match &r.id {
+        None => UploadPlan::Find(r.clone()),
+        Some(_) if probe == Some(UploadState::Gone) => UploadPlan::New { abandoned: None },
+        Some(id) => UploadPlan::Recorded(id.clone()),
     }
 }
 
@@ -570,7 +585,6 @@ mod tests {
                 fingerprint: "sha256:x".into(),
                 renew_request: None,
                 replaces: None,
-                upload: None,
             }),
         };
         secret.metadata.uid = Some("secret-uid".into());
@@ -587,6 +601,8 @@ mod tests {
         propagation: Duration,
         renew_interval: Duration,
         upload: Option<UploadState>,
+        /// The status's record when None.
+        recorded: Option<Recorded>,
         deletion: Option<Deletion>,
         now: SystemTime,
     }
@@ -603,12 +619,14 @@ mod tests {
                 propagation: DEFAULT_PROPAGATION_BUDGET,
                 renew_interval: Duration::from_secs(1),
                 upload: None,
+                recorded: None,
                 deletion: None,
                 now: at(100),
             }
         }
 
         fn decide(&self) -> Decision {
+            let from_status = Recorded::from_status(&self.grant);
             decide(&Observed {
                 grant: &self.grant,
                 issuer_name: self.issuer_name,
@@ -621,6 +639,7 @@ mod tests {
                 propagation: self.propagation,
                 renew_interval: self.renew_interval,
                 upload: self.upload,
+                recorded: self.recorded.as_ref().or(from_status.as_ref()),
                 deletion: self.deletion,
                 now: self.now,
             })
@@ -746,22 +765,18 @@ mod tests {
         }
     }
 
-    /// A multipart grant, an issuer that allows multipart, and a Secret of
-    /// ours recording upload "u1" for the spec hash `hash` (its own when None).
+    /// A multipart grant, an issuer that allows multipart, a Secret of ours
+    /// for the spec hash `hash` (its own when None), and a status recording
+    /// upload "u1" for the same spec hash.
     fn multipart(hash: Option<&str>, refresh_at: Option<SystemTime>) -> Case {
         let g = grant(serde_json::json!({"multipart": {"parts": 3, "partSize": "5Mi"}}));
-        let mut secret = ours(&g, hash, refresh_at);
-        if let Slot::Ours(s) = &mut secret
-            && let Some(state) = s.state.as_mut()
-        {
-            state.upload = Some(build::Upload {
-                id: "u1".into(),
-                bucket: "reports".into(),
-                key: "team/old.bin".into(),
-            });
-        }
+        let secret = ours(&g, hash, refresh_at);
+        let spec_hash =
+            hash.map_or_else(|| build::spec_hash(&g.spec, &open().spec.s3), str::to_owned);
+        let recorded = Recorded::requested("reports", "team/old.bin", &spec_hash, at(50));
         Case {
             secret,
+            recorded: Some(recorded.with_id("u1".into())),
             issuer: Some(issuer(
                 "default",
                 serde_json::json!([{"buckets": ["reports"], "multipart": true}]),
@@ -789,20 +804,57 @@ mod tests {
             .decide(),
         );
         assert!(renewal.renewal);
-        assert_eq!(renewal.upload_id.as_deref(), Some("u1"));
-        assert_eq!(renewal.abandoned, None);
+        assert_eq!(renewal.upload, UploadPlan::Recorded("u1".into()));
         assert_eq!(renewal.valid.multipart, Some((3, 5 << 20)));
     }
 
     #[test]
     fn a_changed_multipart_spec_abandons_the_old_upload() {
         let plan = sign_plan(multipart(Some("older"), Some(at(2400))).decide());
-        assert_eq!(plan.upload_id, None, "a new upload");
-        let abandoned = plan.abandoned.expect("the old upload");
+        let UploadPlan::New {
+            abandoned: Some(abandoned),
+        } = plan.upload
+        else {
+            panic!("a new upload, abandoning the old one: {:?}", plan.upload);
+        };
         assert_eq!(
-            (abandoned.id.as_str(), abandoned.key.as_str()),
-            ("u1", "team/old.bin"),
+            (abandoned.id.as_deref(), abandoned.key.as_str()),
+            (Some("u1"), "team/old.bin"),
             "aborted where it is, not under the new key"
+        );
+    }
+
+    #[test]
+    fn a_record_without_an_id_is_looked_for_and_only_for_its_spec() {
+        // The crash left no Secret either.
+        let without_id = |c: Case| Case {
+            recorded: c.recorded.clone().map(|r| Recorded { id: None, ..r }),
+            secret: Slot::Free,
+            ..c
+        };
+        // A crash between asking S3 and recording its answer: look in the window.
+        let plan = sign_plan(without_id(multipart(None, None)).decide());
+        assert!(
+            matches!(&plan.upload, UploadPlan::Find(r) if r.key == "team/old.bin"),
+            "{:?}",
+            plan.upload
+        );
+        // For an older spec: abandoned, and a new upload.
+        let plan = sign_plan(without_id(multipart(Some("older"), None)).decide());
+        assert!(
+            matches!(&plan.upload, UploadPlan::New { abandoned: Some(r) } if r.id.is_none()),
+            "{:?}",
+            plan.upload
+        );
+        // Nothing recorded: a new upload, whatever the Secret says.
+        let nothing = Case {
+            recorded: None,
+            secret: Slot::Free,
+            ..multipart(None, None)
+        };
+        assert_eq!(
+            sign_plan(nothing.decide()).upload,
+            UploadPlan::New { abandoned: None }
         );
     }
 
@@ -822,7 +874,7 @@ mod tests {
             ..multipart(None, h)
         };
         let plan = sign_plan(gone.decide());
-        assert_eq!((plan.upload_id, plan.abandoned), (None, None));
+        assert_eq!(plan.upload, UploadPlan::New { abandoned: None });
         let open = Case {
             upload: Some(UploadState::Open),
             ..multipart(None, h)

@@ -13,14 +13,14 @@ use kube::ResourceExt;
 use kube::api::PartialObjectMeta;
 use kube::runtime::reflector::ObjectRef;
 
-use super::build::Upload;
 use super::context::Context;
 use super::decide::{Decision, Deletion, Observed, Settled};
 use super::managed::Slot;
 use super::memo::GrantMemo;
+use super::recorded::Recorded;
 use super::validate::secret_name;
 use super::{decide, multipart, secrets};
-use crate::api::{ClusterGrantIssuer, Reason, S3Target, UploadGrant};
+use crate::api::{ClusterGrantIssuer, Reason, UploadGrant};
 use crate::uploads::UploadState;
 
 /// Where the grant is in its life, as the pass found it.
@@ -50,8 +50,9 @@ pub struct Loaded<'a> {
     /// Multipart grants: where the recorded upload stands, when S3 was
     /// asked in this pass.
     upload: Option<UploadState>,
-    /// Multipart grants: the upload the grant's Secret records.
-    in_secret: Option<Upload>,
+    /// The upload the grant's status records (or this operator recorded a
+    /// moment ago); never what its Secret says.
+    recorded: Option<Recorded>,
     deletion: Option<Deletion>,
 }
 
@@ -73,11 +74,12 @@ pub async fn load<'a>(
     }
     let (issuer_name, issuer) = ctx.issuer_of(grant);
     let secret = slot(ctx, grant, memo);
-    let in_secret = in_secret_upload(&secret);
+    let recorded = memo.recorded(Recorded::from_status(grant));
     let (deletion, upload) = match phase {
         Phase::Live => {
-            let target = issuer.as_ref().map(|i| &i.spec.s3);
-            let probe = multipart::probe(ctx, grant, memo, target, in_secret.clone());
+            let labels = labels_of(&namespace);
+            let (issuer, recorded) = (issuer.as_deref(), recorded.as_ref());
+            let probe = multipart::probe(ctx, grant, memo, issuer, labels, recorded);
             (None, probe.await)
         }
         Phase::Deleting => (Some(deletion(ctx, grant, &namespace, false)), None),
@@ -97,7 +99,7 @@ pub async fn load<'a>(
         propagation: ctx.settings.propagation_budget,
         renew_interval: ctx.settings.renew_request_interval,
         upload,
-        in_secret,
+        recorded,
         deletion,
     })
 }
@@ -110,11 +112,11 @@ fn slot(ctx: &Context, grant: &UploadGrant, memo: &mut GrantMemo) -> Slot {
     memo.slot(secrets::cached_slot(ctx, grant, &namespace, &name), &name)
 }
 
-fn in_secret_upload(secret: &Slot) -> Option<Upload> {
-    match secret {
-        Slot::Ours(s) => s.state.as_ref()?.upload.clone(),
-        _ => None,
-    }
+fn labels_of(namespace: &Option<Arc<PartialObjectMeta<Namespace>>>) -> &BTreeMap<String, String> {
+    namespace
+        .as_ref()
+        .and_then(|n| n.metadata.labels.as_ref())
+        .unwrap_or(&NO_LABELS)
 }
 
 /// What a deleted grant's revocation needs to know.
@@ -149,11 +151,7 @@ impl Loaded<'_> {
             grant: self.grant,
             issuer_name: self.issuer_name,
             issuer: self.issuer.as_deref(),
-            namespace_labels: self
-                .namespace
-                .as_ref()
-                .and_then(|n| n.metadata.labels.as_ref())
-                .unwrap_or(&NO_LABELS),
+            namespace_labels: self.namespace_labels(),
             secret: &self.secret,
             settled: match &self.remembered {
                 Some((reason, message)) => Some(Settled {
@@ -165,19 +163,24 @@ impl Loaded<'_> {
             propagation: self.propagation,
             renew_interval: self.renew_interval,
             upload: self.upload,
+            recorded: self.recorded.as_ref(),
             deletion: self.deletion,
             now,
         })
     }
 
-    /// The upload the grant's Secret records, which its revocation aborts
-    /// also after the Secret is gone.
-    pub fn in_secret(&self) -> Option<&Upload> {
-        self.in_secret.as_ref()
+    /// The upload the grant recorded, which its revocation aborts.
+    pub fn recorded(&self) -> Option<&Recorded> {
+        self.recorded.as_ref()
     }
 
-    /// The issuer's S3 endpoint; None when the issuer is gone.
-    pub fn target(&self) -> Option<&S3Target> {
-        self.issuer.as_ref().map(|i| &i.spec.s3)
+    /// The grant's issuer; None when it is gone.
+    pub fn issuer(&self) -> Option<&ClusterGrantIssuer> {
+        self.issuer.as_deref()
+    }
+
+    /// The labels of the grant's namespace, as the cache shows them.
+    pub fn namespace_labels(&self) -> &BTreeMap<String, String> {
+        labels_of(&self.namespace)
     }
 }

@@ -280,17 +280,6 @@ mod tests {
             assert!(state(&[(name, at_limit)]).is_some(), "{name}");
             assert_eq!(state(&[(name, long.clone())]), None, "{name}: garbled");
         }
-        // The upload's object: a bucket, '/', and a key of at most 1024 bytes.
-        let with_upload = |object: String| {
-            let upload = [
-                ("grants.io/upload-id", "u1".to_owned()),
-                ("grants.io/upload-object", object),
-            ];
-            state(&upload).and_then(|s| s.upload)
-        };
-        let longest = format!("{}/{}", "b".repeat(63), "k".repeat(1024));
-        assert!(with_upload(longest.clone()).is_some());
-        assert_eq!(with_upload(format!("{longest}k")), None);
     }
 
     fn entry(manager: &str, operation: &str, fields: serde_json::Value) -> ManagedFieldsEntry {

@@ -16,10 +16,11 @@ use std::time::{Duration, Instant, SystemTime};
 use kube::ResourceExt;
 
 use super::managed::{ManagedSecret, Slot};
+use super::recorded::Recorded;
 use crate::api::Reason;
 
-/// Longest a written Secret stands in for the cache; the watch brings it
-/// back within milliseconds.
+/// Longest a written Secret (or status record) stands in for the cache; the
+/// watch brings it back within milliseconds.
 const WRITTEN_SECRET_TTL: Duration = Duration::from_secs(60);
 
 /// How long a deletion is remembered: longer than any pass takes.
@@ -47,6 +48,17 @@ pub struct GrantMemo {
     pub rollouts_done: Option<Box<str>>,
     /// When the multipart upload was last looked at in S3.
     pub upload_checked: Option<Instant>,
+    /// The upload record this operator last wrote to the status, until the
+    /// cache shows it: a pass that comes sooner acts on it, not on the
+    /// older record the cache still shows (and starts no second upload).
+    pub recorded: Option<Box<WrittenRecord>>,
+}
+
+/// An upload record written to the status (None: cleared), and when.
+#[derive(Debug, Clone)]
+pub struct WrittenRecord {
+    pub at: Instant,
+    pub record: Option<Recorded>,
 }
 
 /// A status write as hashes, both without transition times (which a pass
@@ -84,6 +96,7 @@ impl GrantMemo {
             && self.secret.is_none()
             && self.rollouts_done.is_none()
             && self.upload_checked.is_none()
+            && self.recorded.is_none()
     }
 
     /// Who holds the name: the cache (`cached`), unless it has not caught
@@ -110,6 +123,26 @@ impl GrantMemo {
     pub fn remember_secret(&mut self, secret: ManagedSecret) {
         let at = Instant::now();
         self.secret = Some(Box::new(WrittenSecret { at, secret }));
+    }
+
+    /// The upload record to act on: the status's (`cached`), unless it has
+    /// not caught up with one this operator wrote a moment ago.
+    pub fn recorded(&mut self, cached: Option<Recorded>) -> Option<Recorded> {
+        match self.recorded.as_deref() {
+            Some(w) if w.record != cached && w.at.elapsed() < WRITTEN_SECRET_TTL => {
+                w.record.clone()
+            }
+            _ => {
+                self.recorded = None;
+                cached
+            }
+        }
+    }
+
+    /// Remembers the upload record just written to the status.
+    pub fn remember_record(&mut self, record: Option<Recorded>) {
+        let at = Instant::now();
+        self.recorded = Some(Box::new(WrittenRecord { at, record }));
     }
 
     /// What this operator last reported, if it settled this generation.

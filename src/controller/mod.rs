@@ -17,6 +17,7 @@ mod memo;
 pub mod multipart;
 mod priority;
 mod reconcile;
+pub mod recorded;
 mod report;
 pub mod rollout;
 mod scoped;
@@ -39,6 +40,7 @@ use kube::{Api, Client, ResourceExt};
 
 use crate::api::{ClusterGrantIssuer, UploadGrant};
 use crate::error::Error;
+use crate::fence::Fence;
 use crate::metrics::Metrics;
 use crate::server::Readiness;
 use crate::signing::{CredentialSnapshot, Presigner};
@@ -68,6 +70,7 @@ fn context(parts: Parts, settings: Settings, caches: Caches) -> Context {
         namespaces: caches.namespaces,
         secrets: caches.secrets,
         metrics: parts.metrics,
+        fence: parts.fence,
         memos: memo::Memos::default(),
         tombstones: memo::Tombstones::default(),
         due_index: priority::DueIndex::new(pace, propagation),
@@ -198,6 +201,9 @@ pub struct Parts {
     pub presigner: Presigner,
     pub metrics: Arc<Metrics>,
     pub readiness: Arc<Readiness>,
+    /// What the client's writes are fenced on; S3 calls that change an
+    /// upload check it too.
+    pub fence: Fence,
 }
 
 /// The caches every reconcile reads, each filled by its own watch.

@@ -8,6 +8,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::build::{IssuedState, format_time};
 use super::events::{EventReason, Note};
+use super::recorded::Recorded;
 use crate::api::condition::set_ready;
 use crate::api::{Reason, UploadGrant, UploadGrantStatus};
 
@@ -45,21 +46,21 @@ pub enum Aborted {
     /// The issuer is gone, so there is no endpoint to reach: the bucket's
     /// lifecycle rule is the backstop.
     NoIssuer,
+    /// The issuer does not let the grant reach the recorded object: no S3
+    /// call is made on it.
+    NotAllowed,
 }
 
 /// What apply carried out: everything the report says comes from here.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Done {
     /// The grant's Secrets were removed (`removed`: any existed) and its
-    /// upload aborted (`Err`: the abort failed, and why). `recorded` is the
-    /// upload the grant recorded, which the status keeps naming when it was
-    /// completed or could not be aborted.
+    /// upload aborted (`Err`: the abort failed, and why).
     Revoked {
         reason: Reason,
         message: String,
         removed: bool,
         aborted: Result<Aborted, String>,
-        recorded: Option<String>,
     },
     /// Somebody else's Secret holds the name; nothing was touched.
     Conflict { secret_name: String },
@@ -119,8 +120,7 @@ pub fn say(done: Done, after: After, now: SystemTime) -> Said {
             message,
             removed,
             aborted,
-            recorded,
-        } => Report::revoked_and_aborted(reason, message, removed, aborted, recorded),
+        } => Report::revoked_and_aborted(reason, message, removed, aborted),
         Done::Conflict { secret_name } => Report::conflict(&secret_name),
         Done::Kept {
             secret_name,
@@ -185,9 +185,6 @@ pub struct Report {
     pub secret_name: Option<String>,
     pub wake: Wake,
     pub note: Option<Note>,
-    /// Multipart grants without a current Secret: an upload the status
-    /// still names (a completed one, or one an abort has yet to reach).
-    pub upload_id: Option<String>,
     /// Said whatever the status: the rollout restarts' notes.
     pub restart_notes: Vec<Note>,
 }
@@ -200,22 +197,12 @@ impl Report {
         message: String,
         removed: bool,
         aborted: Result<Aborted, String>,
-        recorded: Option<String>,
     ) -> Self {
-        let (message, upload_id) = match aborted {
-            Ok(aborted) => (
-                aborted_message(message, aborted),
-                recorded.filter(|_| reason == Reason::Completed),
-            ),
-            Err(e) => (
-                format!("{message}; aborting the multipart upload failed: {e}"),
-                recorded,
-            ),
+        let message = match aborted {
+            Ok(aborted) => aborted_message(message, aborted),
+            Err(e) => format!("{message}; aborting the multipart upload failed: {e}"),
         };
-        Report {
-            upload_id,
-            ..Report::revoked(reason, message, removed)
-        }
+        Report::revoked(reason, message, removed)
     }
 
     /// Restart notes are said; a restart window or an upload look due
@@ -250,7 +237,6 @@ impl Report {
             secret_name: None,
             wake,
             note,
-            upload_id: None,
             restart_notes: Vec::new(),
         }
     }
@@ -310,7 +296,6 @@ impl Report {
             wake: Wake::At(state.refresh_at.unwrap_or(state.expires_at) + Duration::from_secs(1)),
             issued: Some(state),
             note,
-            upload_id: None,
             restart_notes: Vec::new(),
         }
     }
@@ -382,6 +367,9 @@ fn aborted_message(message: String, aborted: Aborted) -> String {
         Aborted::NoIssuer => format!(
             "{message}; the multipart upload could not be aborted (the issuer is gone): the bucket's AbortIncompleteMultipartUpload lifecycle rule is the backstop"
         ),
+        Aborted::NotAllowed => format!(
+            "{message}; the multipart upload was not aborted: the issuer does not let this grant reach the object its status records, so the operator makes no S3 call on it (the bucket's AbortIncompleteMultipartUpload lifecycle rule is the backstop)"
+        ),
     }
 }
 
@@ -392,7 +380,7 @@ fn deleted(announce: bool, aborted: Aborted) -> Vec<Note> {
         announce.then(|| Note::new(EventReason::Revoked, "grant deleted; Secret removed"));
     let upload = (aborted != Aborted::Nothing).then(|| {
         let reason = match aborted {
-            Aborted::NoIssuer => EventReason::Failed,
+            Aborted::NoIssuer | Aborted::NotAllowed => EventReason::Failed,
             _ => EventReason::Revoked,
         };
         Note::new(reason, aborted_message("grant deleted".into(), aborted))
@@ -408,11 +396,19 @@ fn removal(message: &str, removed: bool) -> String {
     }
 }
 
-/// The status a report gives a grant whose status is `old`.
-pub fn status_of(grant: &UploadGrant, report: &Report, now: Time) -> UploadGrantStatus {
+/// The status a report gives a grant whose status is `old` and whose
+/// upload record is `recorded` (the status's, or what this pass made of
+/// it: `multipart` writes and clears the record).
+pub fn status_of(
+    grant: &UploadGrant,
+    report: &Report,
+    recorded: Option<&Recorded>,
+    now: Time,
+) -> UploadGrantStatus {
     let old = grant.status.clone().unwrap_or_default();
     let time = |t: SystemTime| Time(jiff::Timestamp::try_from(t).unwrap_or_default());
     let issued = report.issued.as_ref();
+    let (upload_id, upload) = recorded.map(Recorded::to_status).unwrap_or_default();
     let mut new = UploadGrantStatus {
         conditions: old.conditions,
         secret_name: report.secret_name.clone(),
@@ -420,9 +416,8 @@ pub fn status_of(grant: &UploadGrant, report: &Report, now: Time) -> UploadGrant
         expires_at: issued.map(|s| time(s.expires_at)),
         refresh_at: issued.and_then(|s| s.refresh_at.map(time)),
         url_fingerprint: issued.map(|s| s.fingerprint.clone()),
-        upload_id: issued
-            .and_then(|s| s.upload.as_ref().map(|u| u.id.clone()))
-            .or_else(|| report.upload_id.clone()),
+        upload_id,
+        upload,
         observed_generation: old.observed_generation,
     };
     set_ready(
@@ -482,7 +477,6 @@ mod tests {
             fingerprint: "sha256:x".into(),
             renew_request: None,
             replaces: None,
-            upload: None,
         };
         let renewed = Report::issued("s", state.clone(), true);
         assert_eq!(renewed.wake, Wake::At(at(2401)));

@@ -255,7 +255,6 @@ mod tests {
             fingerprint: fingerprint.into(),
             renew_request: None,
             replaces: replaces.map(str::to_owned),
-            upload: None,
         }
     }
 

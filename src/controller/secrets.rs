@@ -213,6 +213,7 @@ pub(crate) mod tests {
                 aws_credential_types::provider::SharedCredentialsProvider::new(creds),
             ),
             presigner: Presigner::new(sdk),
+            fence: crate::fence::Fence::open(),
             issuers: reflector::store().0,
             namespaces: reflector::store().0,
             secrets: reflector::store().0,

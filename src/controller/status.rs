@@ -7,6 +7,7 @@ use kube::{Api, ResourceExt};
 
 use super::context::{Context, hash};
 use super::memo::{GrantMemo, StatusWrite};
+use super::recorded::Recorded;
 use super::report::{Report, status_of};
 use crate::api::secret::MANAGER;
 use crate::api::{UploadGrant, UploadGrantStatus};
@@ -16,19 +17,29 @@ use crate::error::Result;
 pub struct Change {
     status: UploadGrantStatus,
     written: StatusWrite,
+    /// The upload record it writes, when that changes.
+    record: Option<Option<Recorded>>,
 }
 
 /// The status write the report asks for; None when the cache already shows
 /// that status or this operator just wrote it. Known before the write, so
 /// what is said of it can be chosen first.
-pub fn change(grant: &UploadGrant, memo: &GrantMemo, report: &Report) -> Option<Change> {
+pub fn change(grant: &UploadGrant, memo: &mut GrantMemo, report: &Report) -> Option<Change> {
     let old = grant.status.clone().unwrap_or_default();
-    let new = status_of(grant, report, Time(jiff::Timestamp::now()));
+    let recorded = memo.recorded(Recorded::from_status(grant));
+    let new = status_of(
+        grant,
+        report,
+        recorded.as_ref(),
+        Time(jiff::Timestamp::now()),
+    );
     if new == old {
         return None;
     }
     let written = status_write(&old, &new);
+    let record = (&new.upload_id, &new.upload) != (&old.upload_id, &old.upload);
     (memo.status != Some(written)).then_some(Change {
+        record: record.then(|| Recorded::of(grant, &new)),
         status: new,
         written,
     })
@@ -41,7 +52,12 @@ pub async fn write(
     memo: &mut GrantMemo,
     change: Option<Change>,
 ) -> Result<()> {
-    let Some(Change { status, written }) = change else {
+    let Some(Change {
+        status,
+        written,
+        record,
+    }) = change
+    else {
         return Ok(());
     };
     // Forgotten until the write is known to have landed.
@@ -60,6 +76,9 @@ pub async fn write(
         )
         .await?;
     memo.status = Some(written);
+    if let Some(record) = record {
+        memo.remember_record(record);
+    }
     Ok(())
 }
 

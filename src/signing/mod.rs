@@ -16,7 +16,7 @@ use aws_credential_types::Credentials;
 use sha2::{Digest, Sha256};
 
 pub use credentials::{CredentialSnapshot, CredentialsError};
-pub use multipart::{MultipartInput, PartUrls, PresignedMultipart};
+pub use multipart::{MultipartInput, PartUrls, PresignedMultipart, S3_OPERATION_TIMEOUT};
 pub use post::{FormFields, PostInput, PresignedPost};
 
 use crate::api::{Method, S3Target, ServerSideEncryption};

@@ -15,6 +15,11 @@ use super::sigv4::{QuerySigner, encode};
 use super::{Presigner, SecretUrl, SigningError};
 use crate::api::S3Target;
 
+/// Longest one S3 call of the operator's own (create, list, look, abort)
+/// may take, retries included: after it, a create can no longer start an
+/// upload, which bounds the window a crash leaves unrecorded.
+pub const S3_OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The placeholders of the part URL template. Neither can occur elsewhere in
 /// a URL: the signer percent-encodes `{` and `}`.
 pub const PART_NUMBER_PLACEHOLDER: &str = "{partNumber}";
@@ -170,8 +175,16 @@ impl Presigner {
     /// own calls on an upload (create, list parts, abort, head). Endpoint
     /// settings come from the same shared config the presigner reads.
     pub fn s3_client(&self, target: &S3Target, credentials: Credentials) -> aws_sdk_s3::Client {
-        use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
+        use aws_sdk_s3::config::{
+            Region, RequestChecksumCalculation, ResponseChecksumValidation, timeout::TimeoutConfig,
+        };
+        // A store that never answers holds no pass (and no worker) forever.
+        let timeouts = TimeoutConfig::builder()
+            .operation_timeout(S3_OPERATION_TIMEOUT)
+            .operation_attempt_timeout(S3_OPERATION_TIMEOUT / 3)
+            .build();
         let mut config = aws_sdk_s3::config::Builder::from(&self.base)
+            .timeout_config(timeouts)
             .region(Region::new(target.region.clone()))
             .force_path_style(target.force_path_style)
             .credentials_provider(credentials)
