@@ -211,6 +211,13 @@ fn check_rule(rule: &AllowRule, req: &Request<'_>) -> Result<(), String> {
             "multipart uploads are not allowed (the rule does not set multipart: true)".into(),
         );
     }
+    if let (Some((parts, _)), Some(max)) = (req.multipart, rule.max_parts)
+        && parts > max
+    {
+        return Err(format!(
+            "multipart.parts {parts} is more than maxParts {max}"
+        ));
+    }
     if let Some(max_len) = &rule.max_content_length {
         let max = parse_quantity(max_len).map_err(|e| format!("maxContentLength: {e}"))?;
         if let Some((parts, part_size)) = req.multipart {
@@ -345,6 +352,7 @@ mod tests {
             max_ttl: None,
             max_content_length: None,
             multipart: false,
+            max_parts: None,
             kms_key_ids: None,
         }
     }
@@ -401,6 +409,63 @@ mod tests {
         };
         let denied = authorize(&issuer_spec(vec![small]), &req).expect_err("15Mi > 14Mi");
         assert!(denied.0.contains("parts × partSize"), "{denied}");
+    }
+
+    #[test]
+    fn max_parts_caps_a_multipart_grants_parts() {
+        let l = labels(&[]);
+        let multipart = |parts| Request {
+            content_length: None,
+            multipart: Some((parts, 5 << 20)),
+            ..request(&l)
+        };
+        let single = request(&l);
+        let rule_with = |multipart, max_parts, max_content_length: Option<&str>| AllowRule {
+            multipart,
+            max_parts,
+            max_content_length: max_content_length.map(str::to_owned),
+            ..rule()
+        };
+        // (rule, request, the denial's text or None when allowed)
+        let cases = [
+            (rule_with(true, None, None), multipart(10_000), None),
+            (rule_with(true, Some(100), None), multipart(100), None),
+            (rule_with(true, Some(1), None), multipart(1), None),
+            (
+                rule_with(true, Some(100), None),
+                multipart(101),
+                Some("allow[0]: multipart.parts 101 is more than maxParts 100"),
+            ),
+            (
+                rule_with(true, Some(1), None),
+                multipart(2),
+                Some("multipart.parts 2 is more than maxParts 1"),
+            ),
+            // Checked before the total size, which would also refuse it.
+            (
+                rule_with(true, Some(100), Some("5Mi")),
+                multipart(101),
+                Some("more than maxParts 100"),
+            ),
+            // A rule without multipart: true refuses for that reason first.
+            (
+                rule_with(false, Some(100), None),
+                multipart(101),
+                Some("multipart uploads are not allowed"),
+            ),
+            // A single PUT has no parts to count.
+            (rule_with(true, Some(1), Some("1Ki")), single, None),
+        ];
+        for (i, (r, req, want)) in cases.into_iter().enumerate() {
+            let got = authorize(&issuer_spec(vec![r]), &req);
+            match want {
+                None => assert_eq!(got, Ok(0), "case {i}"),
+                Some(needle) => assert!(
+                    got.as_ref().is_err_and(|d| d.0.contains(needle)),
+                    "case {i}: {got:?} should contain {needle:?}"
+                ),
+            }
+        }
     }
 
     #[test]

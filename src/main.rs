@@ -177,8 +177,19 @@ enum Command {
 #[derive(Debug, clap::Subcommand)]
 enum PolicyKind {
     /// The IAM policy for the operator's role: per S3 action, the objects
-    /// some allow rule reaches ({namespace} and {name} become *).
-    Iam,
+    /// some allow rule reaches, with {namespace} as each namespace the rule
+    /// applies to (read from the cluster, or with -f from Namespace objects
+    /// in the files and --namespaces) and {name} as * after it. What it
+    /// leaves out, and why, goes to stderr.
+    Iam {
+        /// With -f: the namespaces that exist, by name (comma-separated or
+        /// repeated). Only their names are known, so a rule's namespaces
+        /// selector may use only the kubernetes.io/metadata.name label; for
+        /// other labels, add the Namespace objects to the -f files instead
+        /// (kubectl get namespaces -o yaml).
+        #[arg(long, value_delimiter = ',', value_parser = namespace_name)]
+        namespaces: Vec<String>,
+    },
     /// Guardrail bucket policies: deny presigned requests older than the
     /// longest maxTtl allowed on the bucket and requests not signed with
     /// SigV4. One bucket's policy with --bucket, else a JSON object of all.
@@ -301,14 +312,20 @@ async fn run_policy(
     partition: String,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     use upload_grant_operator::policy::{self, iam};
-    let issuers = policy::load(files, names).await?;
     let mut options = iam::Options {
         partition,
         role_arn: None,
         vpce: None,
     };
     let document = match what {
-        PolicyKind::Iam => iam::iam_policy(&issuers, &options),
+        PolicyKind::Iam { namespaces } => {
+            let input = policy::load(files, names, &namespaces, true).await?;
+            let policy = iam::iam_policy(&input.issuers, input.namespaces.as_deref(), &options)?;
+            for note in &policy.notes {
+                eprintln!("upload-grant-operator policy iam: {note}");
+            }
+            policy.document
+        }
         PolicyKind::Bucket {
             bucket,
             role_arn,
@@ -316,6 +333,7 @@ async fn run_policy(
         } => {
             options.role_arn = role_arn;
             options.vpce = vpce;
+            let issuers = policy::load(files, names, &[], false).await?.issuers;
             let mut all = iam::bucket_policies(&issuers, &options);
             match bucket {
                 Some(b) => all

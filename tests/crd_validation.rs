@@ -760,6 +760,26 @@ async fn invalid_issuers_are_rejected() -> TestResult {
             serde_json::json!([{"buckets": ["b"], "methods": ["PATCH"]}]),
             "methods",
         ),
+        (
+            serde_json::json!({"region": "eu-west-1"}),
+            serde_json::json!([{"buckets": ["b"], "maxParts": 10}]),
+            "maxParts is only allowed with multipart: true",
+        ),
+        (
+            serde_json::json!({"region": "eu-west-1"}),
+            serde_json::json!([{"buckets": ["b"], "multipart": false, "maxParts": 10}]),
+            "maxParts is only allowed with multipart: true",
+        ),
+        (
+            serde_json::json!({"region": "eu-west-1"}),
+            serde_json::json!([{"buckets": ["b"], "multipart": true, "maxParts": 0}]),
+            "maxParts",
+        ),
+        (
+            serde_json::json!({"region": "eu-west-1"}),
+            serde_json::json!([{"buckets": ["b"], "multipart": true, "maxParts": 10001}]),
+            "maxParts",
+        ),
     ];
     for (i, (s3, allow, needle)) in cases.into_iter().enumerate() {
         let bad = issuer(&format!("bad-{suffix}-{i}"), s3, allow)?;
@@ -768,7 +788,8 @@ async fn invalid_issuers_are_rejected() -> TestResult {
     let good = issuer(
         &format!("good-{suffix}"),
         serde_json::json!({"region": "eu-west-1", "endpoint": "https://s3.eu-west-1.amazonaws.com"}),
-        serde_json::json!([{"buckets": ["b"], "maxContentLength": "100Mi", "maxTtl": "6h", "methods": ["PUT"]}]),
+        serde_json::json!([{"buckets": ["b"], "maxContentLength": "100Mi", "maxTtl": "6h", "methods": ["PUT"]},
+            {"buckets": ["b"], "methods": ["PUT"], "multipart": true, "maxParts": 10000}]),
     )?;
     api.create(&PostParams::default(), &good).await?;
     Ok(())
@@ -787,6 +808,7 @@ async fn kubectl_explains_every_field_and_prints_the_columns() -> TestResult {
         "uploadgrant.spec.multipart.partSize",
         "uploadgrant.status.uploadId",
         "clustergrantissuer.spec.allow.multipart",
+        "clustergrantissuer.spec.allow.maxParts",
     ] {
         let out = ctx
             .env

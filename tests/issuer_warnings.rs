@@ -122,6 +122,17 @@ fn tight() -> serde_json::Value {
         "kmsKeyIds": ["alias/reports"]})
 }
 
+/// [`tight`] with some fields replaced.
+fn with(fields: &[(&str, serde_json::Value)]) -> serde_json::Value {
+    let mut rule = tight();
+    if let Some(o) = rule.as_object_mut() {
+        for (field, value) in fields {
+            o.insert((*field).to_owned(), value.clone());
+        }
+    }
+    rule
+}
+
 #[tokio::test]
 async fn kubectl_apply_warns_about_exactly_the_rules_the_operator_calls_risky() -> TestResult {
     let env = TestEnv::get();
@@ -136,6 +147,10 @@ async fn kubectl_apply_warns_about_exactly_the_rules_the_operator_calls_risky() 
         || async { Ok((!policy.warnings(&open)?.is_empty()).then_some(())) },
     )
     .await?;
+    // Any bucket, keys shared between namespaces, and parts without a cap.
+    let new_risks = serde_json::json!([tight(), {"namespaces": {"matchLabels": {"team": "a"}}, "buckets": ["b", "*"],
+        "keyPrefixes": ["uploads/{name}/", ""], "methods": ["PUT"], "maxContentLength": "1Gi",
+        "kmsKeyIds": ["k"], "multipart": true}]);
     let cases = [
         serde_json::json!([tight()]),
         open,
@@ -145,6 +160,19 @@ async fn kubectl_apply_warns_about_exactly_the_rules_the_operator_calls_risky() 
         serde_json::json!([tight(), {"buckets": ["b"], "methods": ["PUT"], "maxContentLength": "1Mi", "kmsKeyIds": ["k"]}]),
         // A form upload is an upload too.
         serde_json::json!([tight(), {"namespaces": {"matchLabels": {"team": "a"}}, "buckets": ["b"], "keyPrefixes": ["x/"], "methods": ["POST"]}]),
+        new_risks.clone(),
+        // Quiet: parts capped, {name} under {namespace}, multipart where no PUT is allowed.
+        serde_json::json!([with(&[("multipart", serde_json::json!(true)), ("maxParts", serde_json::json!(100)),
+            ("keyPrefixes", serde_json::json!(["{namespace}/{name}/"]))]),
+            {"namespaces": {"matchLabels": {"team": "a"}}, "buckets": ["b"], "keyPrefixes": ["shared/"],
+            "methods": ["GET"], "multipart": true}]),
+        // Each new risk alone, on rules that are otherwise tight.
+        serde_json::json!([tight(), with(&[("buckets", serde_json::json!(["*"]))])]),
+        serde_json::json!([
+            tight(),
+            with(&[("keyPrefixes", serde_json::json!(["{name}"]))])
+        ]),
+        serde_json::json!([with(&[("multipart", serde_json::json!(true))]), tight()]),
     ];
     for allow in cases {
         let want = expected(&allow)?;
@@ -154,13 +182,27 @@ async fn kubectl_apply_warns_about_exactly_the_rules_the_operator_calls_risky() 
         expected(&serde_json::json!([tight()]))?.is_empty(),
         "a quiet case"
     );
+    let new_kinds = [
+        RiskKind::AnyBucket,
+        RiskKind::UnisolatedPrefix,
+        RiskKind::UnboundedParts,
+    ];
+    let shown = expected(&new_risks)?;
+    assert_eq!(shown.len(), new_kinds.len(), "{shown:?}");
+    for kind in new_kinds {
+        assert!(
+            shown.iter().any(|(_, explain)| explain == kind.explain()),
+            "{kind:?} is among the cases"
+        );
+    }
     Ok(())
 }
 
 #[tokio::test]
 async fn the_issuer_status_names_each_risky_rule() -> TestResult {
     let Scenario { ctx, operator, .. } = Scenario::start("risky-status").await?;
-    let allow = serde_json::json!([tight(), {"buckets": [ctx.env.bucket()], "keyPrefixes": ["{namespace}"], "methods": ["GET", "DELETE"]}]);
+    let allow = serde_json::json!([tight(), {"buckets": [ctx.env.bucket()], "keyPrefixes": ["{namespace}"], "methods": ["GET", "DELETE"]},
+        {"buckets": ["*"], "keyPrefixes": ["{name}/"], "methods": ["PUT"], "multipart": true}]);
     let risky = create_issuer(&ctx, allow.clone()).await?;
     let calm = create_issuer(&ctx, serde_json::json!([tight()])).await?;
     let api = kube::Api::<ClusterGrantIssuer>::all(ctx.client.clone());
@@ -192,6 +234,13 @@ async fn the_issuer_status_names_each_risky_rule() -> TestResult {
         serde_json::from_value(serde_json::json!({"s3": {"region": "eu-west-1"}, "allow": allow}))?;
     let each: Vec<String> = risks(&spec).iter().map(ToString::to_string).collect();
     assert!(!each.is_empty());
+    for needle in [
+        "allow[2] allows any bucket",
+        "allow[2] has a key prefix that is empty or has {name}",
+        "allow[2] allows multipart grants without maxParts",
+    ] {
+        assert!(c.message.contains(needle), "{needle} in {}", c.message);
+    }
     assert_eq!(c.message, each.join("; "));
     let quiet = condition(calm).await?;
     assert_eq!(

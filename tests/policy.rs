@@ -77,23 +77,44 @@ async fn try_request(
 #[tokio::test]
 async fn a_session_limited_by_the_generated_iam_policy_can_do_what_the_rules_allow_only()
 -> TestResult {
-    let ctx = TestContext::new("policy").await?;
+    // Two tenants the rule selects by a label of this test's own, so the
+    // policy names exactly their namespaces.
+    let tenant = format!("policy-{}", support::random_suffix());
+    let ctx = TestContext::with_labels("policy", &[("policy.test/tenant", &tenant)]).await?;
+    let neighbour =
+        TestContext::with_labels("policy-other", &[("policy.test/tenant", &tenant)]).await?;
     support::install_committed_crds(&ctx.client).await?;
     let rules = serde_json::json!([
-        {"buckets": [ctx.env.bucket()], "keyPrefixes": ["{namespace}/in/"], "methods": ["PUT", "GET"]},
+        {"namespaces": {"matchLabels": {"policy.test/tenant": tenant}}, "buckets": [ctx.env.bucket()],
+         "keyPrefixes": ["{namespace}/in/"], "methods": ["PUT", "GET"]},
         {"buckets": [ctx.env.bucket()], "keyPrefixes": ["shared/"], "methods": ["GET"]},
     ]);
     let issuer = create_issuer(&ctx, rules).await?;
     let iam = policy(&ctx, &["iam", "--issuer", &issuer])?;
     let bucket = ctx.env.bucket();
+    let mut per_namespace = [
+        format!("arn:aws:s3:::{bucket}/{}/in/*", ctx.namespace),
+        format!("arn:aws:s3:::{bucket}/{}/in/*", neighbour.namespace),
+    ];
+    per_namespace.sort();
+    assert_eq!(iam["Statement"][1]["Sid"], "PutObject", "{iam}");
     assert_eq!(
         iam["Statement"][1]["Resource"],
-        serde_json::json!([format!("arn:aws:s3:::{bucket}/*/in/*")]),
+        serde_json::json!(per_namespace),
         "{iam}"
+    );
+    assert!(
+        !iam.to_string().contains(&format!("{bucket}/*/")),
+        "no wildcard in the namespace's place: {iam}"
     );
 
     let inside = format!("{}/in/report.csv", ctx.namespace);
     let outside = format!("{}/out/report.csv", ctx.namespace);
+    let neighbours = format!("{}/in/report.csv", neighbour.namespace);
+    // `*/in/*` would have allowed these: a namespace the rule does not
+    // select, and another tenant's folder below an allowed one.
+    let unselected = format!("{}-x/in/report.csv", ctx.namespace);
+    let nested = format!("{}/x/in/report.csv", neighbour.namespace);
     // The role alone may do all of it: what the session is refused below is
     // the generated policy's doing.
     let role = support::session_credentials(&ctx, "policy-role", None).await?;
@@ -113,9 +134,24 @@ async fn a_session_limited_by_the_generated_iam_policy_can_do_what_the_rules_all
         "GET under {{namespace}}/in/"
     );
     assert_eq!(
+        try_request(&ctx, &limited, "PUT", &neighbours).await?,
+        200,
+        "PUT under the other selected namespace's {{namespace}}/in/"
+    );
+    assert_eq!(
         try_request(&ctx, &limited, "PUT", &outside).await?,
         403,
         "PUT outside every prefix"
+    );
+    assert_eq!(
+        try_request(&ctx, &limited, "PUT", &unselected).await?,
+        403,
+        "PUT under a namespace the rule does not select"
+    );
+    assert_eq!(
+        try_request(&ctx, &limited, "PUT", &nested).await?,
+        403,
+        "PUT where only a wildcard for the namespace would reach"
     );
     assert_eq!(
         try_request(&ctx, &limited, "PUT", "shared/x.csv").await?,
@@ -183,6 +219,82 @@ async fn bucket_policies_name_every_bucket_with_its_longest_max_ttl() -> TestRes
     assert!(
         !out.status.success(),
         "a bucket no rule names has no policy"
+    );
+    Ok(())
+}
+
+/// Runs `policy` offline (no cluster), returning (status, stdout, stderr).
+fn offline(args: &[&str]) -> TestResult<(bool, String, String)> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_upload-grant-operator"))
+        .arg("policy")
+        .args(args)
+        .env("KUBECONFIG", "/nonexistent")
+        .output()?;
+    Ok((
+        out.status.success(),
+        String::from_utf8(out.stdout)?,
+        String::from_utf8(out.stderr)?,
+    ))
+}
+
+#[test]
+fn offline_the_namespaces_come_from_the_flag_or_namespace_objects_in_the_files() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let issuers = dir.path().join("issuers.yaml");
+    std::fs::write(
+        &issuers,
+        r#"apiVersion: grants.io/v1alpha1
+kind: ClusterGrantIssuer
+metadata: {name: tenants}
+spec:
+  s3: {region: eu-west-1}
+  allow:
+  - buckets: [reports]
+    keyPrefixes: ["{namespace}/"]
+    methods: [PUT]
+  - namespaces: {matchLabels: {team: web}}
+    buckets: [web]
+    keyPrefixes: ["{namespace}/"]
+    methods: [GET]
+"#,
+    )?;
+    let file = issuers.to_string_lossy().into_owned();
+
+    // Without namespaces, {namespace} cannot be expanded.
+    let (ok, _, stderr) = offline(&["iam", "-f", &file])?;
+    assert!(!ok && stderr.contains("--namespaces a,b,c"), "{stderr}");
+    // Names only: a label selector cannot be evaluated.
+    let (ok, _, stderr) = offline(&["iam", "-f", &file, "--namespaces", "b,a"])?;
+    assert!(
+        !ok && stderr.contains("cannot be evaluated offline"),
+        "{stderr}"
+    );
+    // Namespace objects (kubectl get namespaces -o yaml) carry the labels.
+    let namespaces = dir.path().join("namespaces.yaml");
+    std::fs::write(
+        &namespaces,
+        "apiVersion: v1\nkind: List\nitems:\n\
+         - {apiVersion: v1, kind: Namespace, metadata: {name: b, labels: {team: web}}}\n\
+         - {apiVersion: v1, kind: Namespace, metadata: {name: a}}\n",
+    )?;
+    let ns_file = namespaces.to_string_lossy().into_owned();
+    let (ok, stdout, stderr) = offline(&["iam", "-f", &file, "-f", &ns_file])?;
+    assert!(ok, "{stderr}");
+    let iam: serde_json::Value = serde_json::from_str(&stdout)?;
+    assert_eq!(
+        iam["Statement"],
+        serde_json::json!([
+            {"Sid": "GetObject", "Effect": "Allow", "Action": "s3:GetObject",
+             "Resource": ["arn:aws:s3:::web/b/*"]},
+            {"Sid": "PutObject", "Effect": "Allow", "Action": "s3:PutObject",
+             "Resource": ["arn:aws:s3:::reports/a/*", "arn:aws:s3:::reports/b/*"]},
+        ])
+    );
+    // --namespaces belongs with -f.
+    let (ok, _, stderr) = offline(&["iam", "--namespaces", "a"])?;
+    assert!(
+        !ok && stderr.contains("--namespaces is for issuers read with -f"),
+        "{stderr}"
     );
     Ok(())
 }

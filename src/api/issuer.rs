@@ -62,8 +62,11 @@ pub struct S3Target {
 
 /// One thing the issuer allows. A grant is allowed when some rule matches its
 /// namespace, bucket, key, method, ttl and size.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("!has(self.maxParts) || (has(self.multipart) && self.multipart)").message("maxParts is only allowed with multipart: true (it caps a multipart grant's parts)")
+)]
 pub struct AllowRule {
     /// Namespaces the rule applies to, by label; {} or omitted means all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -95,6 +98,13 @@ pub struct AllowRule {
     /// maxContentLength then caps parts × partSize.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub multipart: bool,
+    /// The most parts a multipart grant may ask for (spec.multipart.parts),
+    /// 1 to 10000; only with multipart: true. Every part's URL is in the
+    /// grant's Secret and signed again on each renewal, so this bounds what
+    /// one grant costs. Omitted allows S3's 10000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub max_parts: Option<u32>,
     /// KMS keys a grant may name in serverSideEncryption.kmsKeyId (key ids,
     /// ARNs or aliases, compared as written). Omitted allows any key.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -64,7 +64,7 @@ fn risks(issuer: &ClusterGrantIssuer, now: &Time) -> Condition {
         (
             "False",
             "NoRiskyRules",
-            "every rule names the namespaces, keys, methods, sizes and KMS keys it allows"
+            "every rule names the namespaces, buckets, keys, methods, sizes and KMS keys it allows"
                 .to_owned(),
         )
     } else {

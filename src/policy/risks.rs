@@ -20,16 +20,28 @@ pub enum RiskKind {
     NamespaceWithoutSlash,
     /// Uploads allowed without kmsKeyIds: any KMS key may be named.
     AnyKmsKey,
+    /// `"*"` among the buckets.
+    AnyBucket,
+    /// A key prefix that is empty (any key), or that has `{name}` but no
+    /// `{namespace}`: grants of the same name in two namespaces reach the
+    /// same keys, and a tenant picks the name.
+    UnisolatedPrefix,
+    /// Multipart grants allowed without maxParts: a grant may hold 10000
+    /// part URLs (about 675 KB of Secret), all signed again on every renewal.
+    UnboundedParts,
 }
 
 impl RiskKind {
-    pub const ALL: [RiskKind; 6] = [
+    pub const ALL: [RiskKind; 9] = [
         RiskKind::AllNamespaces,
         RiskKind::AnyKey,
         RiskKind::Delete,
         RiskKind::UnboundedUpload,
         RiskKind::NamespaceWithoutSlash,
         RiskKind::AnyKmsKey,
+        RiskKind::AnyBucket,
+        RiskKind::UnisolatedPrefix,
+        RiskKind::UnboundedParts,
     ];
 
     /// What the admin reads, after `allow[i]: `.
@@ -45,6 +57,13 @@ impl RiskKind {
                 "has a key prefix with {namespace} not followed by '/': namespace team also matches team-b/..."
             }
             RiskKind::AnyKmsKey => "allows uploads naming any KMS key (no kmsKeyIds)",
+            RiskKind::AnyBucket => "allows any bucket (buckets lists \"*\")",
+            RiskKind::UnisolatedPrefix => {
+                "has a key prefix that is empty or has {name} without {namespace}: grants of the same name in other namespaces reach the same keys"
+            }
+            RiskKind::UnboundedParts => {
+                "allows multipart grants without maxParts (up to 10000 part URLs in one Secret)"
+            }
         }
     }
 }
@@ -92,6 +111,16 @@ fn applies(kind: RiskKind, rule: &AllowRule) -> bool {
             .flatten()
             .any(|p| namespace_without_slash(p)),
         RiskKind::AnyKmsKey => uploads(rule) && rule.kms_key_ids.is_none(),
+        RiskKind::AnyBucket => rule.buckets.iter().any(|b| b == "*"),
+        RiskKind::UnisolatedPrefix => rule
+            .key_prefixes
+            .iter()
+            .flatten()
+            .any(|p| unisolated_prefix(p)),
+        // Multipart grants are PUTs: a rule without PUT allows none.
+        RiskKind::UnboundedParts => {
+            rule.multipart && allows(rule, Method::Put) && rule.max_parts.is_none()
+        }
     }
 }
 
@@ -104,7 +133,12 @@ fn allows(rule: &AllowRule, method: Method) -> bool {
     rule.methods.as_ref().is_none_or(|m| m.contains(&method))
 }
 
-fn namespace_without_slash(prefix: &str) -> bool {
+/// Empty (any key), or naming the grant but not its namespace.
+fn unisolated_prefix(prefix: &str) -> bool {
+    prefix.is_empty() || (prefix.contains("{name}") && !prefix.contains("{namespace}"))
+}
+
+pub(crate) fn namespace_without_slash(prefix: &str) -> bool {
     prefix
         .match_indices("{namespace}")
         .any(|(at, p)| !prefix[at + p.len()..].starts_with('/'))
@@ -192,6 +226,117 @@ mod tests {
     }
 
     #[test]
+    fn buckets_prefixes_and_parts_that_do_not_isolate_tenants() {
+        use RiskKind::*;
+        use serde_json::json;
+        let multipart = |extra: serde_json::Value| {
+            let mut rule = with("multipart", json!(true));
+            if let (Some(o), Some(e)) = (rule.as_object_mut(), extra.as_object()) {
+                o.extend(e.clone());
+            }
+            rule
+        };
+        let cases: [(&str, serde_json::Value, &[RiskKind]); 15] = [
+            (
+                "a wildcard bucket",
+                with("buckets", json!(["*"])),
+                &[AnyBucket],
+            ),
+            (
+                "a wildcard among named buckets",
+                with("buckets", json!(["b", "*"])),
+                &[AnyBucket],
+            ),
+            (
+                "a bucket with * in its name is a name",
+                with("buckets", json!(["b*"])),
+                &[],
+            ),
+            (
+                "an empty prefix",
+                with("keyPrefixes", json!([""])),
+                &[UnisolatedPrefix],
+            ),
+            (
+                "an empty prefix among others",
+                with("keyPrefixes", json!(["{namespace}/", ""])),
+                &[UnisolatedPrefix],
+            ),
+            (
+                "{name} alone",
+                with("keyPrefixes", json!(["{name}/"])),
+                &[UnisolatedPrefix],
+            ),
+            (
+                "{name} under a shared folder",
+                with("keyPrefixes", json!(["uploads/{name}-"])),
+                &[UnisolatedPrefix],
+            ),
+            (
+                "{name} under {namespace}",
+                with("keyPrefixes", json!(["{namespace}/{name}/"])),
+                &[],
+            ),
+            (
+                "{name} before {namespace}/",
+                with("keyPrefixes", json!(["{name}/{namespace}/"])),
+                &[],
+            ),
+            (
+                "a literal shared prefix is a choice, not an accident",
+                with("keyPrefixes", json!(["shared/"])),
+                &[],
+            ),
+            (
+                "multipart without maxParts",
+                multipart(json!({})),
+                &[UnboundedParts],
+            ),
+            (
+                "multipart with maxParts",
+                multipart(json!({"maxParts": 100})),
+                &[],
+            ),
+            (
+                "maxContentLength is not a parts cap",
+                multipart(json!({"maxContentLength": "1Gi"})),
+                &[UnboundedParts],
+            ),
+            (
+                "multipart on a rule without PUT allows no multipart grant",
+                multipart(json!({"methods": ["GET"]})),
+                &[],
+            ),
+            (
+                "all three at once",
+                multipart(json!({"buckets": ["*"], "keyPrefixes": ["{name}"]})),
+                &[AnyBucket, UnisolatedPrefix, UnboundedParts],
+            ),
+        ];
+        for (case, rule, want) in cases {
+            let want: Vec<(usize, RiskKind)> = want.iter().map(|k| (1, *k)).collect();
+            assert_eq!(kinds(json!([tight(), rule])), want, "{case}");
+        }
+    }
+
+    #[test]
+    fn the_new_risks_read_like_the_others() {
+        let said = |kind| Risk { rule: 2, kind }.to_string();
+        assert_eq!(
+            said(RiskKind::AnyBucket),
+            "allow[2] allows any bucket (buckets lists \"*\")"
+        );
+        assert_eq!(
+            said(RiskKind::UnisolatedPrefix),
+            "allow[2] has a key prefix that is empty or has {name} without {namespace}: grants of the same name in other namespaces reach the same keys"
+        );
+        assert_eq!(
+            said(RiskKind::UnboundedParts),
+            "allow[2] allows multipart grants without maxParts (up to 10000 part URLs in one Secret)"
+        );
+    }
+
+    #[test]
     fn a_post_is_an_upload() {
         use RiskKind::*;
         let post = with("methods", serde_json::json!(["POST"]));
@@ -214,7 +359,14 @@ mod tests {
         let found: Vec<RiskKind> = all.iter().map(|(_, k)| *k).collect();
         assert_eq!(
             found,
-            [AllNamespaces, AnyKey, Delete, UnboundedUpload, AnyKmsKey]
+            [
+                AllNamespaces,
+                AnyKey,
+                Delete,
+                UnboundedUpload,
+                AnyKmsKey,
+                AnyBucket
+            ]
         );
         assert_eq!(
             Risk {
