@@ -291,7 +291,17 @@ async fn main() -> std::process::ExitCode {
             files,
             issuers,
             partition,
-        }) => run_policy(what, &files, &issuers, partition).await,
+        }) => {
+            // A command's error goes to stderr as text: stdout is the
+            // policy, often redirected into a file.
+            return match run_policy(what, &files, &issuers, partition).await {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("upload-grant-operator policy: {e}");
+                    std::process::ExitCode::FAILURE
+                }
+            };
+        }
         None => run(cli).await,
     };
     match outcome {
