@@ -447,7 +447,7 @@ async fn chart_installs_and_its_rbac_is_enough_for_the_operator() -> TestResult 
     let bucket = format!("defaultIssuer.allow[0].buckets[0]={}", env.bucket());
     let issuer_name = format!("defaultIssuer.name={issuer}");
     let region = format!("defaultIssuer.s3.region={}", env.region());
-    // The issuer is a hook, which `helm uninstall` leaves behind.
+    // Deleted on drop too: a failed install may leave it behind.
     ctx.delete_issuer_on_drop(&issuer);
     let mut guard = Release {
         env,

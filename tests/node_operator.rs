@@ -19,7 +19,7 @@ use support::grants::*;
 use support::node::*;
 use support::operator::sample_value;
 use support::{TestContext, TestResult, eventually, repo_root};
-use upload_grant_operator::api::UploadGrant;
+use upload_grant_operator::api::{ClusterGrantIssuer, UploadGrant};
 
 const CHART: &str = "charts/upload-grant-operator";
 
@@ -407,20 +407,34 @@ done"#;
     Ok(())
 }
 
+/// The grants use the chart's default issuer (`defaultIssuer.create`): an
+/// upgrade that deleted and recreated it would revoke them all in the gap.
 #[tokio::test]
 async fn failover_and_upgrade_re_sign_nothing_that_is_fresh() -> TestResult {
     let ctx = TestContext::new("node-ha").await?;
-    let mut release = Release::install(&ctx, 2, &[]).await?;
-    let issuer = open_issuer(&ctx).await?;
+    let issuer = format!("ugo-default-{}", support::random_suffix());
+    ctx.delete_issuer_on_drop(&issuer);
+    let sets = [
+        "defaultIssuer.create=true".to_owned(),
+        format!("defaultIssuer.name={issuer}"),
+        format!("operator.defaultIssuer={issuer}"),
+        format!("defaultIssuer.s3.region={}", ctx.env.region()),
+        format!("defaultIssuer.s3.endpoint={}", ctx.env.s3_endpoint()),
+        "defaultIssuer.s3.forcePathStyle=true".to_owned(),
+        format!("defaultIssuer.allow[0].buckets[0]={}", ctx.env.bucket()),
+    ];
+    let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+    let mut release = Release::install(&ctx, 2, &sets).await?;
+    let issuers: Api<ClusterGrantIssuer> = Api::all(ctx.client.clone());
+    let issuer_uid = issuers.get(&issuer).await?.uid();
     const GRANTS: usize = 5;
     for i in 0..GRANTS {
         let name = format!("fresh-{i}");
-        create_grant(
-            &ctx,
-            &name,
-            spec(&ctx, &issuer, &format!("{name}.bin"), serde_json::json!({})),
-        )
-        .await?;
+        let mut by_default = spec(&ctx, &issuer, &format!("{name}.bin"), serde_json::json!({}));
+        if let Some(s) = by_default.as_object_mut() {
+            s.remove("issuerRef");
+        }
+        create_grant(&ctx, &name, by_default).await?;
     }
     for i in 0..GRANTS {
         wait_ready(&ctx, &format!("fresh-{i}")).await?;
@@ -467,6 +481,18 @@ async fn failover_and_upgrade_re_sign_nothing_that_is_fresh() -> TestResult {
         before,
         "a Secret was rewritten by the upgrade"
     );
+    assert_eq!(
+        issuers.get(&issuer).await?.uid(),
+        issuer_uid,
+        "the upgrade recreated the default issuer"
+    );
+    for i in 0..GRANTS {
+        let events = support::grants::event_reasons(&ctx, &format!("fresh-{i}")).await?;
+        assert!(
+            !events.iter().any(|r| r == "Denied" || r == "Revoked"),
+            "fresh-{i}: {events:?}"
+        );
+    }
 
     release.uninstall_releases_the_lease().await?;
     Ok(())
