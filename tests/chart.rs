@@ -622,7 +622,7 @@ async fn rollout_restarts_are_refused_without_the_charts_rbac_and_work_with_it()
         ..
     } = Scenario::start_in(TestContext::new("chart-restarts").await?, opts).await?;
     let issuer = open_issuer(&work).await?;
-    create_deployment(&work, "uploader").await?;
+    create_deployment(&work, "uploader", Some("env")).await?;
     let targets = serde_json::json!({"secret": {
         "rolloutRestartTargets": [{"kind": "Deployment", "name": "uploader"}]}});
     create_grant(&work, "env", spec(&work, &issuer, "env.txt", targets)).await?;

@@ -37,7 +37,7 @@ async fn renew_now_renews_once_and_each_new_url_restarts_env_consumers_once() ->
         mut operator,
     } = Scenario::start_in(ctx, restarts_on().with_lifecycle_events()).await?;
     let issuer = open_issuer(&ctx).await?;
-    create_deployment(&ctx, "uploader").await?;
+    create_deployment(&ctx, "uploader", Some("env")).await?;
     let targets = serde_json::json!({"ttl": "1h", "secret": {
         "rolloutRestartTargets": [{"kind": "Deployment", "name": "uploader"}]}});
     create_grant(&ctx, "env", spec(&ctx, &issuer, "env.txt", targets)).await?;
@@ -113,7 +113,7 @@ async fn a_grant_without_targets_is_renewed_on_request_and_restarts_nothing() ->
     let Scenario { ctx, operator, .. } =
         Scenario::start_in(TestContext::new("renew-now").await?, restarts_on()).await?;
     let issuer = open_issuer(&ctx).await?;
-    create_deployment(&ctx, "bystander").await?;
+    create_deployment(&ctx, "bystander", Some("*")).await?;
     let never = serde_json::json!({"ttl": "1h", "refreshPolicy": "Never"});
     create_grant(&ctx, "once", spec(&ctx, &issuer, "once.txt", never)).await?;
     let first = fingerprint(&wait_ready(&ctx, "once").await?).ok_or("no fingerprint")?;

@@ -11,6 +11,9 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use support::grants::*;
 use support::operator::OperatorOptions;
+use support::rollout::{
+    create_deployment, request_renewal, template, wait_answered, wait_restarted_for,
+};
 use support::{TestContext, TestResult, eventually};
 use upload_grant_operator::api::UploadGrant;
 use upload_grant_operator::api::secret::RENEW_REQUEST_ANNOTATION;
@@ -286,5 +289,79 @@ async fn a_forged_upload_in_a_secret_steers_no_s3_call() -> TestResult {
         .upload_id(&theirs)
         .send()
         .await?;
+    Ok(())
+}
+
+/// The notes of the grant's events with `reason`.
+async fn event_notes(ctx: &TestContext, grant: &str, reason: &str) -> TestResult<Vec<String>> {
+    let events: Api<k8s_openapi::api::events::v1::Event> = ctx.api();
+    Ok(events
+        .list(&Default::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(grant))
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .filter_map(|e| e.note)
+        .collect())
+}
+
+/// A grant's author names the workloads it restarts; only those whose owner
+/// annotated them to accept this grant are restarted. Others, and one that
+/// accepts another grant, are left as they are and the grant says why.
+#[tokio::test]
+async fn a_grant_restarts_only_workloads_that_accept_it() -> TestResult {
+    let opts = OperatorOptions {
+        env: vec![("UPLOAD_GRANT_ROLLOUT_RESTARTS".into(), "true".into())],
+        ..OperatorOptions::default()
+    };
+    let ctx = TestContext::new("restart-opt-in").await?;
+    let Scenario {
+        ctx,
+        operator: _operator,
+        dir: _dir,
+    } = Scenario::start_in(ctx, opts).await?;
+    let issuer = open_issuer(&ctx).await?;
+    create_deployment(&ctx, "unasked", None).await?;
+    create_deployment(&ctx, "elsewhere", Some("another-grant")).await?;
+    create_deployment(&ctx, "willing", Some("env")).await?;
+
+    let grants: Api<UploadGrant> = Api::namespaced(ctx.tenant().await?, &ctx.namespace);
+    let targets: Vec<_> = ["unasked", "elsewhere", "willing"]
+        .iter()
+        .map(|name| serde_json::json!({"kind": "Deployment", "name": name}))
+        .collect();
+    let env = spec(
+        &ctx,
+        &issuer,
+        "env.txt",
+        serde_json::json!({"ttl": "1h",
+        "secret": {"rolloutRestartTargets": targets}}),
+    );
+    let grant: UploadGrant = serde_json::from_value(serde_json::json!({
+        "apiVersion": "grants.io/v1alpha1", "kind": "UploadGrant",
+        "metadata": {"name": "env"}, "spec": env}))?;
+    grants.create(&PostParams::default(), &grant).await?;
+    wait_ready(&ctx, "env").await?;
+    request_renewal(&ctx, "env", "2027-01-01T00:00:00Z").await?;
+    let renewed = wait_answered(&ctx, "env", "2027-01-01T00:00:00Z").await?;
+    wait_restarted_for(&ctx, "willing", "env", &renewed, Duration::from_secs(30)).await?;
+    let refused = eventually(
+        "both refusals to be said",
+        Duration::from_secs(30),
+        || async {
+            let notes = event_notes(&ctx, "env", "RolloutRestartFailed").await?;
+            Ok((notes.len() >= 2).then_some(notes))
+        },
+    )
+    .await?;
+    for name in ["unasked", "elsewhere"] {
+        assert!(
+            refused.iter().any(|n| n.contains(&format!("{name:?}"))
+                && n.contains("grants.io/accept-restarts-from=env")),
+            "{name}: {refused:?}"
+        );
+        assert_eq!(template(&ctx, name).await?.0, 1, "{name} was restarted");
+    }
     Ok(())
 }

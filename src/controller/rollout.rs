@@ -31,6 +31,20 @@ pub const RESTARTED_AT_ANNOTATION: &str = "grants.io/restartedAt";
 /// Prefix of the per-grant pod-template annotation holding the fingerprint
 /// of the URL the pods were (re)started for.
 pub const URL_ANNOTATION_PREFIX: &str = "restarts.grants.io/";
+/// On the workload (not its pod template): the grants that may restart it,
+/// comma-separated, or `*` for every grant in the namespace. A grant's
+/// author names the targets; the workload's owner decides whether they are.
+pub const ACCEPT_ANNOTATION: &str = "grants.io/accept-restarts-from";
+
+/// Whether a workload annotated `annotations` accepts restarts from `grant`.
+pub fn accepts(annotations: &BTreeMap<String, String>, grant: &str) -> bool {
+    annotations.get(ACCEPT_ANNOTATION).is_some_and(|names| {
+        names
+            .split(',')
+            .map(str::trim)
+            .any(|name| name == "*" || name == grant)
+    })
+}
 
 /// What one target needs for the URL in the Secret now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,6 +187,13 @@ impl Restart<'_> {
             Step::UpToDate => {}
             Step::After(t) => {
                 outcome.wake_at = Some(outcome.wake_at.map_or(t, |w| w.min(t)));
+            }
+            Step::Restart if !accepts(workload.annotations(), self.grant) => {
+                let why = format!(
+                    "it does not accept restarts from this grant: its owner may annotate it {ACCEPT_ANNOTATION}={}",
+                    self.grant
+                );
+                outcome.notes.push(failed(&what, &why));
             }
             Step::Restart => outcome.notes.push(self.restart(&what).await?),
         }
@@ -381,7 +402,8 @@ mod tests {
 
         fn deployment(fingerprint: &str) -> serde_json::Value {
             serde_json::json!({"apiVersion": "apps/v1", "kind": "Deployment",
-                "metadata": {"name": "uploader", "namespace": "ns"},
+                "metadata": {"name": "uploader", "namespace": "ns",
+                    "annotations": {ACCEPT_ANNOTATION: "g"}},
                 "spec": {"template": {"metadata": {"annotations": {url_annotation("g"): fingerprint}}}}})
         }
 
@@ -503,6 +525,29 @@ mod tests {
             assert!(out.notes[0].text.contains("rolloutRestarts.enabled"));
             drop(ctx);
             server.await.expect("mock server");
+        }
+    }
+
+    #[test]
+    fn a_workload_accepts_only_the_grants_it_names() {
+        let annotated = |v: &str| BTreeMap::from([(ACCEPT_ANNOTATION.to_owned(), v.to_owned())]);
+        // (annotation, grant, accepted)
+        let cases = [
+            (None, "env", false),
+            (Some("env"), "env", true),
+            (Some("other, env"), "env", true),
+            (Some("other"), "env", false),
+            (Some("envy"), "env", false),
+            (Some(""), "env", false),
+            (Some("*"), "env", true),
+        ];
+        for (value, grant, accepted) in cases {
+            let annotations = value.map(annotated).unwrap_or_default();
+            assert_eq!(
+                accepts(&annotations, grant),
+                accepted,
+                "{value:?} for {grant}"
+            );
         }
     }
 }

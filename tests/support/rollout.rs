@@ -7,6 +7,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams, PostParams};
 use upload_grant_operator::api::UploadGrant;
+use upload_grant_operator::controller::rollout::ACCEPT_ANNOTATION;
 
 use super::operator::Operator;
 use super::{TestContext, TestResult, eventually};
@@ -15,10 +16,15 @@ pub const RENEW: &str = "grants.io/renew-requested-at";
 pub const RECONCILES: &str = "upload_grant_reconcile_duration_seconds_count";
 
 /// A Deployment with no replicas whose pods would read the grant `env`'s URL
-/// from an environment variable: its pod template is all that matters.
-pub async fn create_deployment(ctx: &TestContext, name: &str) -> TestResult {
+/// from an environment variable: its pod template is all that matters. It
+/// accepts restarts from the grants `accepts` names (`*`: all).
+pub async fn create_deployment(ctx: &TestContext, name: &str, accepts: Option<&str>) -> TestResult {
+    let annotations = match accepts {
+        Some(grants) => serde_json::json!({ACCEPT_ANNOTATION: grants}),
+        None => serde_json::json!({}),
+    };
     let deployment: Deployment = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": name},
+        "metadata": {"name": name, "annotations": annotations},
         "spec": {
             "replicas": 0,
             "selector": {"matchLabels": {"app": name}},
