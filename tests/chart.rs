@@ -1086,3 +1086,103 @@ fn write_kubeconfig(dir: &Path, env: &TestEnv, token: &str) -> TestResult<String
     std::fs::write(&path, text)?;
     Ok(path.to_string_lossy().into_owned())
 }
+
+/// With rollout restarts, the operator's identity may patch workloads: the
+/// workload guard lets it change only the pod template's restart
+/// annotations. The admin, and the operator's own restart patch, pass.
+#[tokio::test]
+async fn the_workload_guard_lets_the_operators_identity_only_restart() -> TestResult {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use kube::api::{DeleteParams, Patch, PatchParams};
+    use upload_grant_operator::controller::rollout::{RESTARTED_AT_ANNOTATION, url_annotation};
+    let ctx = TestContext::new("chart-workloads").await?;
+    let env = ctx.env;
+    let (mut release, _sa, user) = install_plain(&ctx, &["rolloutRestarts.enabled=true"])?;
+    let work = TestContext::new("chart-workloads-work").await?;
+    support::rollout::create_deployment(&work, "app", Some("*")).await?;
+    support::rollout::create_deployment(&work, "probe", Some("*")).await?;
+    let admin: Api<Deployment> = work.api();
+    let operator: Api<Deployment> =
+        Api::namespaced(impersonating(env, &user).await?, &work.namespace);
+    let patch = |value: serde_json::Value| Patch::Merge(value);
+    let template = |annotations: serde_json::Value| serde_json::json!({"spec": {"template": {"metadata": {"annotations": annotations}}}});
+    let image = serde_json::json!({"spec": {"template": {"spec": {"containers": [
+        {"name": "app", "image": "registry.invalid/other:2"}]}}}});
+    // Policies take a moment to be enforced: a probe Deployment takes the
+    // changes that pass before it is.
+    let mut attempt = 0;
+    support::eventually(
+        "the workload guard to refuse a change",
+        std::time::Duration::from_secs(60),
+        || {
+            attempt += 1;
+            let label = serde_json::json!({"metadata": {"labels": {"probe": attempt.to_string()}}});
+            let operator = operator.clone();
+            async move {
+                let changed = operator
+                    .patch("probe", &PatchParams::default(), &patch(label))
+                    .await;
+                match refusal(changed)? {
+                    Some((403, m)) if m.contains("upload-grant-operator may") => Ok(Some(())),
+                    None => Ok(None),
+                    Some((code, m)) => Err(format!("refused otherwise: {code} {m}").into()),
+                }
+            }
+        },
+    )
+    .await?;
+    let refused = [
+        ("a new image", image.clone()),
+        (
+            "another pod-template annotation",
+            template(serde_json::json!({"x": "y"})),
+        ),
+        ("replicas", serde_json::json!({"spec": {"replicas": 3}})),
+        ("paused", serde_json::json!({"spec": {"paused": true}})),
+        (
+            "template labels",
+            serde_json::json!({"spec": {"template": {"metadata": {"labels": {"extra": "1"}}}}}),
+        ),
+        (
+            "workload labels",
+            serde_json::json!({"metadata": {"labels": {"extra": "1"}}}),
+        ),
+        (
+            "workload annotations",
+            serde_json::json!({"metadata": {"annotations": {"grants.io/accept-restarts-from": "*,x"}}}),
+        ),
+    ];
+    for (what, value) in refused {
+        let changed = operator
+            .patch("app", &PatchParams::default(), &patch(value))
+            .await;
+        match refusal(changed)? {
+            Some((403, m)) if m.contains("upload-grant-operator may") => {}
+            other => return Err(format!("{what}: not refused by the guard: {other:?}").into()),
+        }
+    }
+    let deleted = operator.delete("app", &DeleteParams::default()).await;
+    assert!(matches!(refusal(deleted)?, Some((403, _))), "delete");
+
+    // The restart itself passes, as the operator sends it.
+    let restart = template(serde_json::json!({
+        RESTARTED_AT_ANNOTATION: "2027-01-01T00:00:00Z", url_annotation("env"): "sha256:abc"}));
+    let params = PatchParams {
+        field_manager: Some("upload-grant-operator".into()),
+        ..PatchParams::default()
+    };
+    operator.patch("app", &params, &patch(restart)).await?;
+    // The admin is not matched.
+    admin
+        .patch("app", &PatchParams::default(), &patch(image))
+        .await?;
+    let now = admin.get("app").await?;
+    let generation = now.metadata.generation.unwrap_or_default();
+    assert_eq!(
+        generation, 3,
+        "the restart and the admin's change, nothing else"
+    );
+    env.helm(&["uninstall", &release.name, "-n", &ctx.namespace])?;
+    release.uninstalled = true;
+    Ok(())
+}
