@@ -9,7 +9,9 @@
 //! quarter second); with more of them than twice the reconcile slots, it
 //! steps aside for about as long as the bound needs to serve them and is
 //! looked at again. Renewals then go out roughly in order of expiry,
-//! and nothing changes while the operator keeps up.
+//! and nothing changes while the operator keeps up. Work without a
+//! deadline (first URLs, changed specs, renew requests) steps aside for
+//! every due renewal, so no namespace's flood of it delays another's.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
@@ -40,27 +42,55 @@ pub struct Pace {
     pub qps: Option<u32>,
 }
 
-/// How long this pass's renewal, if it is one that fell due (not a first
-/// URL, a changed spec or a renew request), steps aside for more urgent ones.
+/// What a pass that signs is, as far as the order goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Turn {
+    /// A renewal that fell due: it goes in order of expiry.
+    Due { expires_at: SystemTime },
+    /// Work without a deadline: a first URL, a changed spec, a renew
+    /// request. Nobody's URL runs out while it waits.
+    Discretionary,
+}
+
+/// The turn of a pass that signs; None for any other decision.
+pub fn turn(decision: &Decision, now: SystemTime) -> Option<Turn> {
+    let Decision::Sign(plan) = decision else {
+        return None;
+    };
+    let due = plan
+        .current
+        .as_ref()
+        .filter(|c| plan.renewal && c.refresh_at.is_some_and(|at| at <= now));
+    Some(match due {
+        Some(current) => Turn::Due {
+            expires_at: current.expires_at,
+        },
+        None => Turn::Discretionary,
+    })
+}
+
+/// How long this pass steps aside for more urgent renewals: a due renewal
+/// for those that expire before it, work without a deadline for every due
+/// renewal. So no namespace's renew requests or new grants delay another
+/// namespace's renewal past its expiry while the request bound could serve
+/// it, and due renewals go out roughly in order of expiry, whoever holds
+/// them.
 pub(super) fn step_aside(
     index: &DueIndex,
     secrets: &Store<ManagedSecret>,
     decision: &Decision,
     now: SystemTime,
 ) -> Option<Duration> {
-    let Decision::Sign(plan) = decision else {
-        return None;
-    };
-    let current = plan.current.as_ref().filter(|_| plan.renewal)?;
-    if current.refresh_at.is_none_or(|at| at > now) {
-        return None;
-    }
+    let turn = turn(decision, now)?;
     index.pace.qps?;
-    let ahead = index.ahead(secrets, now, current.expires_at);
+    let Turn::Due { expires_at } = turn else {
+        return wait(index.ahead(secrets, now, None), index.pace);
+    };
+    let ahead = index.ahead(secrets, now, Some(expires_at));
     let wait = wait(ahead, index.pace)?;
     // Renewals that keep failing stay due; they must not hold this one back
     // until its URL no longer reaches pods in time.
-    let last_call = current.expires_at.checked_sub(index.propagation + wait)?;
+    let last_call = expires_at.checked_sub(index.propagation + wait)?;
     (now < last_call).then_some(wait)
 }
 
@@ -97,12 +127,13 @@ impl DueIndex {
         }
     }
 
-    /// How many due renewals expire before `expires_at` (and after `now`).
+    /// How many due renewals expire before `expires_at` (None: at all)
+    /// and after `now`.
     fn ahead(
         &self,
         secrets: &Store<ManagedSecret>,
         now: SystemTime,
-        expires_at: SystemTime,
+        expires_at: Option<SystemTime>,
     ) -> usize {
         let mut built = self.built.lock().unwrap_or_else(|p| p.into_inner());
         if built.as_ref().is_none_or(|(at, _)| at.elapsed() >= REBUILD) {
@@ -112,9 +143,10 @@ impl DueIndex {
                 .filter_map(|s| s.state.as_ref().map(|st| (st.refresh_at, st.expires_at)));
             *built = Some((Instant::now(), due_expiries(times, now)));
         }
-        built
-            .as_ref()
-            .map_or(0, |(_, due)| rank(due, now, expires_at))
+        built.as_ref().map_or(0, |(_, due)| match expires_at {
+            Some(at) => rank(due, now, at),
+            None => due.len() - due.partition_point(|e| *e <= now),
+        })
     }
 }
 
@@ -194,5 +226,73 @@ mod tests {
         // no longer counts.
         assert_eq!(rank(&due, t(1150), t(1200)), 1);
         assert_eq!(rank(&due, now, t(1000)), 0);
+    }
+
+    #[test]
+    fn only_a_renewal_that_fell_due_has_a_deadline() {
+        use crate::controller::build::IssuedState;
+        use crate::controller::decide::{SignPlan, UploadPlan};
+        let t = |s| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
+        let state = |refresh_at| IssuedState {
+            spec_hash: "h".into(),
+            issued_at: t(0),
+            expires_at: t(3600),
+            refresh_at,
+            fingerprint: "sha256:x".into(),
+            renew_request: None,
+            replaces: None,
+        };
+        let plan = |renewal, current| {
+            Decision::Sign(Box::new(SignPlan {
+                valid: crate::fixtures::valid(),
+                target: crate::fixtures::s3_target(),
+                spec_hash: "h".into(),
+                renewal,
+                current,
+                ours: None,
+                legacy_fields: false,
+                stale: None,
+                renew_request: None,
+                upload: UploadPlan::NotMultipart,
+            }))
+        };
+        let now = t(3000);
+        let due = Turn::Due {
+            expires_at: t(3600),
+        };
+        // (what, decision, turn)
+        let cases = [
+            (
+                "due renewal",
+                plan(true, Some(state(Some(t(2900))))),
+                Some(due),
+            ),
+            (
+                "renew request before refresh",
+                plan(true, Some(state(Some(t(3100))))),
+                Some(Turn::Discretionary),
+            ),
+            (
+                "never renewed, renew request",
+                plan(true, Some(state(None))),
+                Some(Turn::Discretionary),
+            ),
+            ("first URL", plan(false, None), Some(Turn::Discretionary)),
+            (
+                "changed spec",
+                plan(false, Some(state(Some(t(2900))))),
+                Some(Turn::Discretionary),
+            ),
+            (
+                "not signing",
+                Decision::Conflict {
+                    secret_name: "s".into(),
+                },
+                None,
+            ),
+        ];
+        for (what, decision, expected) in cases {
+            assert_eq!(turn(&decision, now), expected, "{what}");
+        }
     }
 }
