@@ -45,7 +45,7 @@ use crate::metrics::Metrics;
 use crate::server::Readiness;
 use crate::signing::{CredentialSnapshot, Presigner};
 
-use crate::api::secret::MANAGER;
+use crate::api::secret::{MANAGER, MAX_STATE_VALUE_LEN, RENEW_REQUEST_ANNOTATION};
 pub use context::Settings;
 use context::{Context, grant_key};
 
@@ -112,10 +112,21 @@ fn slim<K: kube::Resource>(obj: &mut K) {
     }
 }
 
-/// Grants are read for spec, status, finalizers and identity only.
+/// Grants are read for spec, status, finalizers, identity and the renew
+/// request only. A tenant may put up to 256 KiB of annotations on a grant:
+/// of them the cache keeps the renew request, and only at a length the
+/// operator acts on (`decide::renew_request`).
 fn slim_grant(grant: &mut UploadGrant) {
     slim(grant);
-    grant.metadata.labels = None;
+    let meta = &mut grant.metadata;
+    meta.labels = None;
+    meta.owner_references = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.retain(|k, v| k == RENEW_REQUEST_ANNOTATION && v.len() <= MAX_STATE_VALUE_LEN);
+    }
+    if meta.annotations.as_ref().is_some_and(|a| a.is_empty()) {
+        meta.annotations = None;
+    }
 }
 
 /// Only Secrets an UploadGrant controls enter the cache, and of them only
@@ -562,5 +573,31 @@ mod tests {
             Delete(grant("a", "kept")),
         ];
         assert_eq!(deletions_after(watched), ["kept"]);
+    }
+
+    #[test]
+    fn the_grant_cache_keeps_of_the_metadata_only_a_short_renew_request() {
+        let big = "x".repeat(250 * 1024);
+        let mut grant = crate::fixtures::grant_with(serde_json::json!({"metadata": {
+            "labels": {"team": "a"},
+            "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "c", "uid": "u"}],
+            "annotations": {
+                "kubectl.kubernetes.io/last-applied-configuration": big,
+                "grants.io/anything": big,
+                RENEW_REQUEST_ANNOTATION: "2027-01-01T00:00:00Z"},
+        }}));
+        slim_grant(&mut grant);
+        let kept: Vec<&String> = grant.annotations().keys().collect();
+        assert_eq!(kept, [RENEW_REQUEST_ANNOTATION]);
+        assert_eq!(
+            (grant.metadata.labels, grant.metadata.owner_references),
+            (None, None)
+        );
+        // A renew request longer than the operator acts on is not kept.
+        let long = "1".repeat(MAX_STATE_VALUE_LEN + 1);
+        let mut grant = crate::fixtures::grant_with(serde_json::json!({"metadata": {
+            "annotations": {RENEW_REQUEST_ANNOTATION: long}}}));
+        slim_grant(&mut grant);
+        assert_eq!(grant.metadata.annotations, None);
     }
 }
