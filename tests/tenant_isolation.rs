@@ -365,3 +365,111 @@ async fn a_grant_restarts_only_workloads_that_accept_it() -> TestResult {
     }
     Ok(())
 }
+
+/// The URL state a Secret's annotations give: (issued-at, expires-at).
+async fn issued(
+    secrets: &Api<Secret>,
+    name: &str,
+) -> TestResult<(jiff::Timestamp, jiff::Timestamp)> {
+    let meta = secrets.get_metadata(name).await?;
+    let a = meta.metadata.annotations.unwrap_or_default();
+    let time = |k: &str| -> TestResult<jiff::Timestamp> {
+        Ok(a.get(k).ok_or_else(|| format!("{name}: no {k}"))?.parse()?)
+    };
+    Ok((time("grants.io/issued-at")?, time("grants.io/expires-at")?))
+}
+
+/// With the request bound the limit (4 requests/s: 2 renewals/s), twelve
+/// URLs fall due 10 s before they expire while a tenant asks, every
+/// second, for twenty other grants to be renewed: ten times what the bound
+/// serves. Renew requests have no deadline and step aside for the due
+/// renewals, so every due URL is renewed before it expires (served alone
+/// they need 6 s of the 10 s; shared with the flood, about 16 s).
+#[tokio::test]
+async fn a_flood_of_renew_requests_does_not_delay_due_renewals_past_expiry() -> TestResult {
+    const DUE: usize = 12;
+    const NOISY: usize = 20;
+    let ctx = TestContext::new("fair").await?;
+    let Scenario {
+        ctx,
+        mut operator,
+        dir,
+    } = Scenario::start_in(ctx, OperatorOptions::default()).await?;
+    let issuer = open_issuer(&ctx).await?;
+    let soon = serde_json::json!({"ttl": "60s", "refreshBefore": "10s"});
+    let hour = serde_json::json!({"ttl": "1h"});
+    for i in 0..NOISY {
+        create_grant(
+            &ctx,
+            &format!("noisy-{i}"),
+            spec(&ctx, &issuer, &format!("n{i}"), hour.clone()),
+        )
+        .await?;
+    }
+    for i in 0..DUE {
+        create_grant(
+            &ctx,
+            &format!("due-{i}"),
+            spec(&ctx, &issuer, &format!("d{i}"), soon.clone()),
+        )
+        .await?;
+    }
+    for i in 0..DUE {
+        wait_ready(&ctx, &format!("due-{i}")).await?;
+    }
+    for i in 0..NOISY {
+        wait_ready(&ctx, &format!("noisy-{i}")).await?;
+    }
+    // The same grants, now served by an operator at the bound.
+    operator.stop().await?;
+    let bounded = OperatorOptions {
+        env: vec![
+            ("UPLOAD_GRANT_KUBE_API_QPS".into(), "4".into()),
+            ("UPLOAD_GRANT_CONCURRENCY".into(), "2".into()),
+        ],
+        ..OperatorOptions::default()
+    };
+    let _operator = support::operator::Operator::start(&ctx, dir.path(), bounded).await?;
+    let secrets: Api<Secret> = ctx.api();
+    let mut before = Vec::new();
+    for i in 0..DUE {
+        before.push(issued(&secrets, &format!("due-{i}")).await?);
+    }
+    let last_expiry = before.iter().map(|(_, e)| *e).max().ok_or("no grants")?;
+
+    // The flood runs until the last due URL has expired.
+    let grants: Api<UploadGrant> = Api::namespaced(ctx.tenant().await?, &ctx.namespace);
+    let mut round = 0u64;
+    while jiff::Timestamp::now() < last_expiry {
+        round += 1;
+        for i in 0..NOISY {
+            let patch = serde_json::json!({"metadata": {"annotations": {
+                RENEW_REQUEST_ANNOTATION: format!("flood-{round}")}}});
+            grants
+                .patch(
+                    &format!("noisy-{i}"),
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                )
+                .await?;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let mut late = Vec::new();
+    for (i, (old_issue, old_expiry)) in before.iter().enumerate() {
+        let (renewed_at, _) = issued(&secrets, &format!("due-{i}")).await?;
+        if renewed_at <= *old_issue || renewed_at >= *old_expiry {
+            late.push(format!(
+                "due-{i}: signed at {renewed_at}, the old URL expired at {old_expiry}"
+            ));
+        }
+    }
+    eprintln!("DEBUG dir {:?}", dir.path());
+    std::mem::forget(dir);
+    assert!(
+        late.is_empty(),
+        "{} of {DUE} renewed late: {late:?}",
+        late.len()
+    );
+    Ok(())
+}

@@ -10,8 +10,9 @@
 //! steps aside for about as long as the bound needs to serve them and is
 //! looked at again. Renewals then go out roughly in order of expiry,
 //! and nothing changes while the operator keeps up. Work without a
-//! deadline (first URLs, changed specs, renew requests) steps aside for
-//! every due renewal, so no namespace's flood of it delays another's.
+//! deadline (first URLs, changed specs, renew requests) gives way to every
+//! renewal that fell due lately, so no namespace's flood of it delays
+//! another namespace's renewals.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
@@ -70,8 +71,8 @@ pub fn turn(decision: &Decision, now: SystemTime) -> Option<Turn> {
 }
 
 /// How long this pass steps aside for more urgent renewals: a due renewal
-/// for those that expire before it, work without a deadline for every due
-/// renewal. So no namespace's renew requests or new grants delay another
+/// for those that expire before it, work without a deadline for every
+/// renewal that fell due lately (`give_way`). So no namespace's renew requests or new grants delay another
 /// namespace's renewal past its expiry while the request bound could serve
 /// it, and due renewals go out roughly in order of expiry, whoever holds
 /// them.
@@ -84,14 +85,29 @@ pub(super) fn step_aside(
     let turn = turn(decision, now)?;
     index.pace.qps?;
     let Turn::Due { expires_at } = turn else {
-        return wait(index.ahead(secrets, now, None), index.pace);
+        return give_way(index.fresh(secrets, now), index.pace);
     };
-    let ahead = index.ahead(secrets, now, Some(expires_at));
+    let ahead = index.ahead(secrets, now, expires_at);
     let wait = wait(ahead, index.pace)?;
     // Renewals that keep failing stay due; they must not hold this one back
     // until its URL no longer reaches pods in time.
     let last_call = expires_at.checked_sub(index.propagation + wait)?;
     (now < last_call).then_some(wait)
+}
+
+/// How long work without a deadline gives way to `due` renewals that fell
+/// due lately (`FRESH`): about as long as the bound needs to serve them;
+/// None when there are none. It waits for every one of them, not only for
+/// more than the slots hold: kube-runtime picks the next reconcile from a
+/// hash set, so a flood of such work would otherwise win most slots from
+/// the last few due renewals.
+pub fn give_way(due: usize, pace: Pace) -> Option<Duration> {
+    let qps = f64::from(pace.qps?);
+    if due == 0 || qps <= 0.0 {
+        return None;
+    }
+    let seconds = due as f64 / (qps / REQUESTS_PER_RENEWAL);
+    Some(Duration::from_secs_f64(seconds).clamp(SHORTEST_WAIT, LONGEST_WAIT))
 }
 
 /// How long a due renewal steps aside when `ahead` due renewals expire
@@ -109,10 +125,17 @@ pub fn wait(ahead: usize, pace: Pace) -> Option<Duration> {
     Some(Duration::from_secs_f64(seconds).clamp(SHORTEST_WAIT, LONGEST_WAIT))
 }
 
-/// The expiry times of the due renewals the Secret cache shows, sorted, as
-/// of a moment no older than REBUILD; and how the operator serves them.
+/// Due renewals whose refresh came longer ago than this do not hold back
+/// work without a deadline: a renewal that keeps failing stays due until
+/// its URL expires (hours, maybe), and must not stop new grants and renew
+/// requests for that long. A storm's backlog is served well within it.
+const FRESH: Duration = Duration::from_secs(600);
+
+/// The due renewals the Secret cache shows, as of a moment no older than
+/// REBUILD: their expiry times and their refresh times, each sorted; and
+/// how the operator serves them.
 pub(super) struct DueIndex {
-    built: Mutex<Option<(Instant, Vec<SystemTime>)>>,
+    built: Mutex<Option<(Instant, Due)>>,
     pace: Pace,
     /// How long a renewed URL may take to reach pods (`Settings`).
     propagation: Duration,
@@ -127,42 +150,72 @@ impl DueIndex {
         }
     }
 
-    /// How many due renewals expire before `expires_at` (None: at all)
-    /// and after `now`.
+    /// How many due renewals expire before `expires_at` (and after `now`).
     fn ahead(
         &self,
         secrets: &Store<ManagedSecret>,
         now: SystemTime,
-        expires_at: Option<SystemTime>,
+        expires_at: SystemTime,
     ) -> usize {
+        self.with(secrets, now, |due| rank(&due.expiries, now, expires_at))
+    }
+
+    /// How many due renewals fell due within `FRESH` of `now`.
+    fn fresh(&self, secrets: &Store<ManagedSecret>, now: SystemTime) -> usize {
+        self.with(secrets, now, |due| due.fresh(now))
+    }
+
+    /// `f` of the index, rebuilt first when it is older than REBUILD.
+    fn with<T>(&self, secrets: &Store<ManagedSecret>, now: SystemTime, f: impl Fn(&Due) -> T) -> T {
         let mut built = self.built.lock().unwrap_or_else(|p| p.into_inner());
         if built.as_ref().is_none_or(|(at, _)| at.elapsed() >= REBUILD) {
             let all = secrets.state();
             let times = all
                 .iter()
                 .filter_map(|s| s.state.as_ref().map(|st| (st.refresh_at, st.expires_at)));
-            *built = Some((Instant::now(), due_expiries(times, now)));
+            *built = Some((Instant::now(), Due::of(times, now)));
         }
-        built.as_ref().map_or(0, |(_, due)| match expires_at {
-            Some(at) => rank(due, now, at),
-            None => due.len() - due.partition_point(|e| *e <= now),
-        })
+        match built.as_ref() {
+            Some((_, due)) => f(due),
+            None => f(&Due::default()),
+        }
     }
 }
 
-/// The expiry times of those of `urls` (each a refresh and an expiry time)
-/// that are due at `now` and not expired, sorted.
-pub fn due_expiries<I>(urls: I, now: SystemTime) -> Vec<SystemTime>
-where
-    I: IntoIterator<Item = (Option<SystemTime>, SystemTime)>,
-{
-    let mut due: Vec<SystemTime> = urls
-        .into_iter()
-        .filter(|(refresh_at, expiry)| refresh_at.is_some_and(|at| at <= now) && now < *expiry)
-        .map(|(_, expiry)| expiry)
-        .collect();
-    due.sort_unstable();
-    due
+/// The due renewals at a moment: expiry and refresh times, each sorted.
+#[derive(Debug, Default, PartialEq)]
+pub struct Due {
+    pub expiries: Vec<SystemTime>,
+    pub refreshes: Vec<SystemTime>,
+}
+
+impl Due {
+    /// Those of `urls` (each a refresh and an expiry time) that are due at
+    /// `now` and not expired.
+    pub fn of<I>(urls: I, now: SystemTime) -> Self
+    where
+        I: IntoIterator<Item = (Option<SystemTime>, SystemTime)>,
+    {
+        let (mut refreshes, mut expiries): (Vec<_>, Vec<_>) = urls
+            .into_iter()
+            .filter_map(|(refresh_at, expiry)| {
+                let at = refresh_at.filter(|at| *at <= now && now < expiry)?;
+                Some((at, expiry))
+            })
+            .unzip();
+        refreshes.sort_unstable();
+        expiries.sort_unstable();
+        Due {
+            expiries,
+            refreshes,
+        }
+    }
+
+    /// How many fell due within `FRESH` of `now`.
+    pub fn fresh(&self, now: SystemTime) -> usize {
+        let since = now.checked_sub(FRESH).unwrap_or(SystemTime::UNIX_EPOCH);
+        self.refreshes.len() - self.refreshes.partition_point(|r| *r < since)
+    }
 }
 
 /// How many of the sorted `due` expire before `expires_at` and after `now`
@@ -219,7 +272,7 @@ mod tests {
             (None, t(1010)),          // never renewed
             (Some(t(500)), t(999)),   // expired already
         ];
-        let due = due_expiries(urls, now);
+        let due = Due::of(urls, now).expiries;
         assert_eq!(due, vec![t(1100), t(1199), t(1200), t(1300)]);
         assert_eq!(rank(&due, now, t(1200)), 2);
         // A moment later the index is not rebuilt yet: what expired since
@@ -294,5 +347,33 @@ mod tests {
         for (what, decision, expected) in cases {
             assert_eq!(turn(&decision, now), expected, "{what}");
         }
+    }
+
+    #[test]
+    fn work_without_a_deadline_gives_way_to_every_fresh_due_renewal() {
+        assert_eq!(give_way(0, PACE), None);
+        // One due renewal is enough; at 50 renewals a second, 500 take 10 s.
+        assert_eq!(give_way(1, PACE), Some(SHORTEST_WAIT));
+        let w = give_way(500, PACE).expect("waits");
+        assert!((w.as_secs_f64() - 10.0).abs() < 0.01, "{w:?}");
+        let unbounded = Pace {
+            slots: 16,
+            qps: None,
+        };
+        assert_eq!(give_way(500, unbounded), None);
+        // Only renewals that fell due lately count: one that keeps failing
+        // stays due for hours.
+        let t = |s| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
+        let now = t(10_000);
+        let due = Due::of(
+            vec![
+                (Some(t(9_990)), t(10_100)),
+                (Some(t(9_500)), t(10_200)),
+                (Some(t(1_000)), t(20_000)),
+            ],
+            now,
+        );
+        assert_eq!(due.refreshes, vec![t(1_000), t(9_500), t(9_990)]);
+        assert_eq!(due.fresh(now), 2);
     }
 }
