@@ -47,6 +47,7 @@ struct Cli {
     log_format: LogFormat,
 
     /// Log level (error, warn, info, debug, trace) or tracing directives.
+    /// The AWS SDK, HTTP and TLS crates stay capped at info whatever it says.
     #[arg(long, env = "UPLOAD_GRANT_LOG_LEVEL", default_value = "info")]
     log_level: String,
 
