@@ -389,6 +389,7 @@ async fn run_drain(
 }
 
 async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    upload_grant_operator::hardening::harden_and_log();
     let config = kube::Config::infer().await?;
     // Leader election keeps an unbounded client of its own (see kube_client).
     let lease_client = kube::Client::try_from(config.clone())?;
