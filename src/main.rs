@@ -165,6 +165,11 @@ enum Command {
         namespace: Option<String>,
         #[arg(long)]
         deployment: String,
+        /// Only pods with these labels too (k=v[,k=v…]; the chart passes the
+        /// release's): nothing else in the namespace is listed. Default: the
+        /// Deployment's selector alone.
+        #[arg(long, env = "UPLOAD_GRANT_DRAIN_SELECTOR", value_parser = drain::parse_selector)]
+        selector: Option<drain::Labels>,
         /// The leader-election Lease its pods hold: drained once every pod is
         /// terminating and the Lease is released.
         #[arg(long)]
@@ -281,11 +286,13 @@ async fn main() -> std::process::ExitCode {
         Some(Command::Drain {
             namespace,
             deployment,
+            selector,
             lease,
             timeout,
         }) => {
             let timeout = Duration::from_secs(timeout);
-            run_drain(namespace, &deployment, lease.as_deref(), timeout).await
+            let labels = selector.unwrap_or_default();
+            run_drain(namespace, &deployment, &labels, lease.as_deref(), timeout).await
         }
         Some(Command::Policy {
             what,
@@ -363,6 +370,7 @@ async fn run_policy(
 async fn run_drain(
     namespace: Option<String>,
     deployment: &str,
+    labels: &drain::Labels,
     lease: Option<&str>,
     timeout: Duration,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
@@ -372,7 +380,7 @@ async fn run_drain(
     // never answers.
     let drained = tokio::time::timeout(
         timeout + Duration::from_secs(5),
-        drain::drain(client, &namespace, deployment, lease, timeout),
+        drain::drain(client, &namespace, deployment, labels, lease, timeout),
     )
     .await
     .unwrap_or_else(|_| Ok(drain::Drained::TimedOut(Vec::new())))?;
