@@ -6,6 +6,11 @@
 //! install would wait a whole lease duration). Drained first, they stop while
 //! their permissions still exist. Best effort: a drain that runs out of time
 //! says so and lets the uninstall go on.
+//!
+//! It lists pods by the Deployment's selector and, from the chart, the
+//! release's labels too (`--selector`, or `UPLOAD_GRANT_DRAIN_SELECTOR`,
+//! which an older image ignores): only the release's operator pods, never
+//! every pod in the namespace.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -24,7 +29,19 @@ pub enum DrainError {
         "Deployment {0} selects pods by labels only through matchExpressions; cannot list them"
     )]
     NoLabels(String),
+    #[error(
+        "Deployment {deployment} selects pods with {key}={has:?}, but the selector asks for {key}={wants:?}: not the release's Deployment; left as it is"
+    )]
+    Conflict {
+        deployment: String,
+        key: String,
+        has: String,
+        wants: String,
+    },
 }
+
+/// Labels a pod must have, all of them: an equality-based selector.
+pub type Labels = BTreeMap<String, String>;
 
 /// How a drain ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,12 +57,15 @@ pub enum Drained {
 }
 
 /// Scales `deployment` to zero and waits up to `timeout` until its pods are
-/// gone, or are all terminating with `lease` (when given) released. A
-/// Deployment that does not exist is already drained.
+/// gone, or are all terminating with `lease` (when given) released. Its pods
+/// are those its selector's matchLabels select that also carry `labels`
+/// (the release's); a Deployment whose selector asks for other values of
+/// them is left alone. A Deployment that does not exist is already drained.
 pub async fn drain(
     client: Client,
     namespace: &str,
     deployment: &str,
+    labels: &Labels,
     lease: Option<&str>,
     timeout: Duration,
 ) -> Result<Drained, DrainError> {
@@ -53,13 +73,14 @@ pub async fn drain(
     let Some(found) = deployments.get_opt(deployment).await? else {
         return Ok(Drained::PodsGone);
     };
-    let selector = label_selector(
+    let selector = pod_selector(
+        deployment,
         found
             .spec
             .and_then(|s| s.selector.match_labels)
             .unwrap_or_default(),
-    )
-    .ok_or_else(|| DrainError::NoLabels(deployment.to_owned()))?;
+        labels,
+    )?;
     let zero = Patch::Merge(serde_json::json!({"spec": {"replicas": 0}}));
     deployments
         .patch_scale(deployment, &PatchParams::default(), &zero)
@@ -96,6 +117,94 @@ pub async fn drain(
     }
 }
 
+/// The selector pods are listed by: the Deployment's matchLabels and
+/// `labels`, all of them. Refused when the Deployment has no matchLabels
+/// (an empty selector would list every pod in the namespace) or asks for
+/// another value of one of `labels`.
+pub fn pod_selector(
+    deployment: &str,
+    match_labels: Labels,
+    labels: &Labels,
+) -> Result<String, DrainError> {
+    if match_labels.is_empty() {
+        return Err(DrainError::NoLabels(deployment.to_owned()));
+    }
+    let mut all = match_labels;
+    for (key, wants) in labels {
+        match all.get(key) {
+            Some(has) if has != wants => {
+                return Err(DrainError::Conflict {
+                    deployment: deployment.to_owned(),
+                    key: key.clone(),
+                    has: has.clone(),
+                    wants: wants.clone(),
+                });
+            }
+            Some(_) => {}
+            None => {
+                all.insert(key.clone(), wants.clone());
+            }
+        }
+    }
+    label_selector(all).ok_or_else(|| DrainError::NoLabels(deployment.to_owned()))
+}
+
+/// Parses `k=v[,k=v…]` (`k==v` too), the equality-based label selector the
+/// chart passes: the release's labels. Keys and values must be valid label
+/// keys and values; each key once.
+pub fn parse_selector(text: &str) -> Result<Labels, String> {
+    let mut labels = Labels::new();
+    for term in text.split(',').map(str::trim) {
+        let (key, value) = term
+            .split_once("==")
+            .or_else(|| term.split_once('='))
+            .ok_or_else(|| format!("{term:?} is not key=value"))?;
+        let (key, value) = (key.trim(), value.trim());
+        if !label_key(key) {
+            return Err(format!("{key:?} is not a label key"));
+        }
+        if !(value.is_empty() || label_name(value)) {
+            return Err(format!("{value:?} is not a label value"));
+        }
+        if labels.insert(key.to_owned(), value.to_owned()).is_some() {
+            return Err(format!("{key:?} is given twice"));
+        }
+    }
+    Ok(labels)
+}
+
+/// A label key: a name, optionally after a DNS subdomain prefix and `/`.
+fn label_key(key: &str) -> bool {
+    match key.split_once('/') {
+        Some((prefix, name)) => {
+            !prefix.is_empty()
+                && prefix.len() <= 253
+                && prefix.split('.').all(|part| {
+                    !part.is_empty()
+                        && part
+                            .bytes()
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                        && !part.starts_with('-')
+                        && !part.ends_with('-')
+                })
+                && label_name(name)
+        }
+        None => label_name(key),
+    }
+}
+
+/// A label name or non-empty value: up to 63 of `[A-Za-z0-9_.-]`, starting
+/// and ending with a letter or digit.
+fn label_name(name: &str) -> bool {
+    let edge = |b: Option<u8>| b.is_some_and(|b| b.is_ascii_alphanumeric());
+    name.len() <= 63
+        && edge(name.bytes().next())
+        && edge(name.bytes().last())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
 /// `k=v,k=v` for a label selector's matchLabels; None when there are none
 /// (an empty selector would match every pod in the namespace).
 fn label_selector(labels: BTreeMap<String, String>) -> Option<String> {
@@ -123,5 +232,91 @@ mod tests {
             Some("app.kubernetes.io/instance=r,app.kubernetes.io/name=ugo")
         );
         assert_eq!(label_selector(BTreeMap::new()), None);
+    }
+
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn the_release_labels_narrow_the_deployments_selector() {
+        let deployment = labels(&[
+            ("app.kubernetes.io/instance", "r"),
+            ("app.kubernetes.io/name", "upload-grant-operator"),
+        ]);
+        let release = labels(&[
+            ("app.kubernetes.io/instance", "r"),
+            ("app.kubernetes.io/name", "upload-grant-operator"),
+        ]);
+        let want = "app.kubernetes.io/instance=r,app.kubernetes.io/name=upload-grant-operator";
+        // The chart's: the same labels.
+        assert_eq!(
+            pod_selector("d", deployment.clone(), &release).expect("a selector"),
+            want
+        );
+        // No --selector: the Deployment's alone, as before.
+        assert_eq!(
+            pod_selector("d", deployment.clone(), &Labels::new()).expect("a selector"),
+            want
+        );
+        // A Deployment that selects by its name only: the release's instance too.
+        let by_name = labels(&[("app.kubernetes.io/name", "upload-grant-operator")]);
+        let instance = labels(&[("app.kubernetes.io/instance", "r")]);
+        assert_eq!(
+            pod_selector("d", by_name, &instance).expect("a selector"),
+            want
+        );
+        // Another release's Deployment: left alone.
+        let other = labels(&[("app.kubernetes.io/instance", "other")]);
+        let e = pod_selector("d", deployment, &other).expect_err("a conflict");
+        assert_eq!(
+            e.to_string(),
+            "Deployment d selects pods with app.kubernetes.io/instance=\"r\", but the selector asks for app.kubernetes.io/instance=\"other\": not the release's Deployment; left as it is"
+        );
+        // No matchLabels: never every pod in the namespace.
+        assert!(matches!(
+            pod_selector("d", Labels::new(), &instance),
+            Err(DrainError::NoLabels(_))
+        ));
+    }
+
+    #[test]
+    fn a_selector_is_equality_terms_of_valid_labels() {
+        assert_eq!(
+            parse_selector(
+                "app.kubernetes.io/name=upload-grant-operator, app.kubernetes.io/instance==r"
+            )
+            .expect("valid"),
+            labels(&[
+                ("app.kubernetes.io/instance", "r"),
+                ("app.kubernetes.io/name", "upload-grant-operator"),
+            ])
+        );
+        assert_eq!(
+            parse_selector("tier=").expect("valid"),
+            labels(&[("tier", "")])
+        );
+        for bad in [
+            "",
+            "app",
+            "a!=b",
+            "a in (b)",
+            "!a",
+            "a=b,a=c",
+            "a=b,",
+            "-a=b",
+            "a=b-",
+            "a=b c",
+            "Example.com/a=b",
+            "/a=b",
+            "a/=b",
+            &format!("a={}", "v".repeat(64)),
+            "a=\u{1b}[2J",
+        ] {
+            assert!(parse_selector(bad).is_err(), "{bad:?} was accepted");
+        }
     }
 }

@@ -8,6 +8,7 @@ pub mod error;
 pub mod fence;
 #[cfg(test)]
 pub(crate) mod fixtures;
+pub mod hardening;
 pub mod issuer;
 pub mod kube_client;
 pub mod leader;

@@ -47,6 +47,7 @@ struct Cli {
     log_format: LogFormat,
 
     /// Log level (error, warn, info, debug, trace) or tracing directives.
+    /// The AWS SDK, HTTP and TLS crates stay capped at info whatever it says.
     #[arg(long, env = "UPLOAD_GRANT_LOG_LEVEL", default_value = "info")]
     log_level: String,
 
@@ -164,6 +165,11 @@ enum Command {
         namespace: Option<String>,
         #[arg(long)]
         deployment: String,
+        /// Only pods with these labels too (k=v[,k=v…]; the chart passes the
+        /// release's): nothing else in the namespace is listed. Default: the
+        /// Deployment's selector alone.
+        #[arg(long, env = "UPLOAD_GRANT_DRAIN_SELECTOR", value_parser = drain::parse_selector)]
+        selector: Option<drain::Labels>,
         /// The leader-election Lease its pods hold: drained once every pod is
         /// terminating and the Lease is released.
         #[arg(long)]
@@ -280,11 +286,13 @@ async fn main() -> std::process::ExitCode {
         Some(Command::Drain {
             namespace,
             deployment,
+            selector,
             lease,
             timeout,
         }) => {
             let timeout = Duration::from_secs(timeout);
-            run_drain(namespace, &deployment, lease.as_deref(), timeout).await
+            let labels = selector.unwrap_or_default();
+            run_drain(namespace, &deployment, &labels, lease.as_deref(), timeout).await
         }
         Some(Command::Policy {
             what,
@@ -362,6 +370,7 @@ async fn run_policy(
 async fn run_drain(
     namespace: Option<String>,
     deployment: &str,
+    labels: &drain::Labels,
     lease: Option<&str>,
     timeout: Duration,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
@@ -371,7 +380,7 @@ async fn run_drain(
     // never answers.
     let drained = tokio::time::timeout(
         timeout + Duration::from_secs(5),
-        drain::drain(client, &namespace, deployment, lease, timeout),
+        drain::drain(client, &namespace, deployment, labels, lease, timeout),
     )
     .await
     .unwrap_or_else(|_| Ok(drain::Drained::TimedOut(Vec::new())))?;
@@ -388,6 +397,7 @@ async fn run_drain(
 }
 
 async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    upload_grant_operator::hardening::harden_and_log();
     let config = kube::Config::infer().await?;
     // Leader election keeps an unbounded client of its own (see kube_client).
     let lease_client = kube::Client::try_from(config.clone())?;

@@ -64,6 +64,14 @@ fn kubectl(ctx: &TestContext, args: &[&str]) -> TestResult<Run> {
     Ok(run)
 }
 
+/// `scheme://host[:port]` of the URL in a grant's Secret: what `curl` says
+/// it sends to.
+async fn destination(ctx: &TestContext, secret: &str) -> TestResult<String> {
+    let data = secret_data(&ctx.client, &ctx.namespace, secret).await?;
+    let url = reqwest::Url::parse(data.get("url").ok_or("no url")?)?;
+    Ok(url.origin().ascii_serialization())
+}
+
 /// `kubectl grant ARGS -n <the test namespace>`.
 fn grant_cmd(ctx: &TestContext, args: &[&str]) -> TestResult<Run> {
     let mut all = vec!["grant"];
@@ -577,7 +585,11 @@ async fn curl_uploads_through_a_put_grant_and_reads_back_through_a_get_grant() -
     let file = file.to_str().ok_or("a UTF-8 path")?;
     let upload = grant_cmd(&ctx, &["curl", "put", "-f", file])?;
     assert_eq!(upload.code, 0, "{upload:?}");
-    assert_eq!(upload.stderr.trim(), "HTTP 200 OK");
+    let to = destination(&ctx, "put").await?;
+    assert_eq!(
+        upload.stderr.trim(),
+        format!("sending PUT to {to}\nHTTP 200 OK")
+    );
 
     let out = dir.path().join("download.bin");
     let out_s = out.to_str().ok_or("a UTF-8 path")?;
@@ -634,7 +646,11 @@ async fn curl_sends_a_post_grants_form_with_the_file() -> TestResult {
     let file = file.to_str().ok_or("a UTF-8 path")?;
     let upload = grant_cmd(&ctx, &["curl", "form", "-f", file])?;
     assert_eq!(upload.code, 0, "{upload:?}");
-    assert_eq!(upload.stderr.trim(), "HTTP 204 No Content");
+    let to = destination(&ctx, "form").await?;
+    assert_eq!(
+        upload.stderr.trim(),
+        format!("sending POST to {to}\nHTTP 204 No Content")
+    );
     let root = support::s3_client(ctx.env, ctx.env.root_credentials());
     let object = root
         .get_object()
@@ -660,6 +676,69 @@ async fn curl_sends_a_post_grants_form_with_the_file() -> TestResult {
             );
         }
     }
+    Ok(())
+}
+
+/// `curl` sends only a Secret the operator wrote for the grant: not somebody
+/// else's Secret of the name the grant asks for (the grant is in
+/// SecretConflict), not one of the operator's type whose controller is
+/// another grant. Neither request leaves.
+#[tokio::test]
+async fn curl_refuses_a_secret_the_operator_did_not_write_for_the_grant() -> TestResult {
+    let Scenario {
+        ctx,
+        dir,
+        operator: _operator,
+    } = Scenario::start("plugin-curl-foreign").await?;
+    let issuer = open_issuer(&ctx).await?;
+    let file = dir.path().join("upload.txt");
+    std::fs::write(&file, b"secret data")?;
+    let file = file.to_str().ok_or("a UTF-8 path")?;
+    let request = json!({
+        "url": "http://127.0.0.1:9/steal?X-Amz-Signature=forged",
+        "method": "PUT", "headers": "{}",
+    });
+    let secrets = ctx.api::<Secret>();
+    let post = kube::api::PostParams::default();
+
+    let opaque: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "taken"}, "stringData": request,
+    }))?;
+    secrets.create(&post, &opaque).await?;
+    let taken = json!({"secret": {"name": "taken"}});
+    create_grant(&ctx, "grabby", spec(&ctx, &issuer, "g.txt", taken)).await?;
+    wait_reason(&ctx, "grabby", "SecretConflict").await?;
+    let run = grant_cmd(&ctx, &["curl", "grabby", "-f", file])?;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("Secret \"taken\" is of type \"Opaque\", not \"grants.io/presigned-url\"")
+            && run.stderr.contains("not sending its request"),
+        "{run:?}"
+    );
+    assert!(!run.stderr.contains("sending PUT"), "{run:?}");
+
+    create_grant(&ctx, "real", spec(&ctx, &issuer, "r.txt", json!({}))).await?;
+    let real = wait_ready(&ctx, "real").await?;
+    let forged: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "forged", "ownerReferences": [{
+            "apiVersion": "grants.io/v1alpha1", "kind": "UploadGrant", "name": "real",
+            "uid": real.metadata.uid, "controller": true,
+        }]},
+        "type": "grants.io/presigned-url", "stringData": request,
+    }))?;
+    secrets.create(&post, &forged).await?;
+    let forged = json!({"secret": {"name": "forged"}});
+    create_grant(&ctx, "other", spec(&ctx, &issuer, "o.txt", forged)).await?;
+    wait_reason(&ctx, "other", "SecretConflict").await?;
+    let run = grant_cmd(&ctx, &["curl", "other", "-f", file])?;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("Secret \"forged\" belongs to UploadGrant \"real\", not to \"other\""),
+        "{run:?}"
+    );
+    assert!(!run.stderr.contains("sending PUT"), "{run:?}");
     Ok(())
 }
 

@@ -1,22 +1,34 @@
 //! `kubectl grant curl`: sends the request a consumer pod would, from the
 //! terminal: exactly the Secret's method, URL and headers. It prints the
 //! HTTP status and the store's error code, never the URL.
+//!
+//! It sends only what the operator wrote for the grant named: a Secret of
+//! the operator's type, controlled by that UploadGrant. Anyone who may write
+//! Secrets in the namespace could otherwise point the upload at a server of
+//! theirs. It says where the request goes (`scheme://host[:port]`: the path
+//! and query hold the signature) before sending it, follows no redirect (a
+//! signed request goes nowhere but where it was signed for), and prints
+//! nothing of the store's answer with control characters in it.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 
 use k8s_openapi::api::core::v1::Secret;
+use reqwest::Url;
 
 use super::{Conn, Error, Outcome, secret_name};
+use crate::api::UploadGrant;
+use crate::api::secret::SECRET_TYPE;
 use crate::signing::FormFields;
 
 /// Send the grant's request (its Secret's method, URL and headers) to the store.
 ///
 /// PUT sends --file as the body ("-" for stdin); POST sends it as a form
 /// upload, after the Secret's form fields; GET writes the body to --output,
-/// else stdout. The HTTP status goes to stderr. Exits 3 if the
-/// store answers non-2xx.
+/// else stdout. Where the request goes (scheme, host and port) and the HTTP
+/// status go to stderr. Sends only a Secret the operator wrote for the
+/// grant, and follows no redirect. Exits 3 if the store answers non-2xx.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The grant.
@@ -33,7 +45,8 @@ pub struct Args {
 /// The request a Secret holds.
 pub struct Request {
     pub method: reqwest::Method,
-    pub url: String,
+    /// An http or https URL.
+    pub url: Url,
     pub headers: BTreeMap<String, String>,
     /// POST: the form fields to send before the file, in order.
     pub fields: Vec<(String, String)>,
@@ -53,8 +66,68 @@ impl std::fmt::Debug for Request {
     }
 }
 
+/// Refuses a Secret the operator did not write for `grant`: one of another
+/// type, or not controlled by this UploadGrant (a controller ownerReference
+/// to grants.io's UploadGrant with the grant's name and uid). The operator
+/// always writes both; somebody else's Secret of that name may point
+/// anywhere.
+pub fn check_secret(secret: &Secret, grant: &UploadGrant) -> Result<(), Error> {
+    let name = secret.metadata.name.as_deref().unwrap_or_default();
+    let grant_name = grant.metadata.name.as_deref().unwrap_or_default();
+    let refuse =
+        |why: String| Error::Invalid(format!("Secret {name:?} {why}; not sending its request"));
+    let type_ = secret.type_.as_deref().unwrap_or("Opaque");
+    if type_ != SECRET_TYPE {
+        return Err(refuse(format!(
+            "is of type {type_:?}, not {SECRET_TYPE:?}: upload-grant-operator did not write it"
+        )));
+    }
+    let owner = secret
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))
+        .filter(|o| o.kind == "UploadGrant" && o.api_version.starts_with("grants.io/"))
+        .ok_or_else(|| {
+            refuse(
+                "is not controlled by an UploadGrant: upload-grant-operator did not write it"
+                    .into(),
+            )
+        })?;
+    if owner.name != grant_name {
+        return Err(refuse(format!(
+            "belongs to UploadGrant {:?}, not to {grant_name:?}",
+            owner.name
+        )));
+    }
+    if grant.metadata.uid.as_deref() != Some(owner.uid.as_str()) {
+        return Err(refuse(format!(
+            "belongs to another UploadGrant named {grant_name:?} (uid {:?}, not {:?})",
+            owner.uid,
+            grant.metadata.uid.as_deref().unwrap_or_default()
+        )));
+    }
+    Ok(())
+}
+
+/// `scheme://host[:port]` of a URL (the port only where it is not the
+/// scheme's default): where a request goes, without user info, path or
+/// query.
+pub fn destination(url: &Url) -> String {
+    url.origin().ascii_serialization()
+}
+
+/// `text` without control characters other than newline and tab: what a
+/// store answers may carry terminal escape sequences.
+pub fn printable(text: &str) -> String {
+    text.chars()
+        .filter(|c| !c.is_control() || matches!(c, '\n' | '\t'))
+        .collect()
+}
+
 /// Reads `url`, `method` and `headers` from the Secret's data. The errors
-/// name keys, never values.
+/// name keys, never values. The URL must be http or https.
 pub fn request(secret: &str, data: &BTreeMap<String, Vec<u8>>) -> Result<Request, Error> {
     let text = |key: &str| -> Result<String, Error> {
         let bytes = data
@@ -82,9 +155,17 @@ pub fn request(secret: &str, data: &BTreeMap<String, Vec<u8>>) -> Result<Request
         }
         _ => Vec::new(),
     };
+    let url = Url::parse(&text("url")?)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "Secret {secret:?}: \"url\" is not an http or https URL"
+            ))
+        })?;
     Ok(Request {
         method,
-        url: text("url")?,
+        url,
         headers,
         fields,
     })
@@ -117,14 +198,15 @@ pub fn form_body(fields: &[(String, String)], file_name: &str, file: &[u8]) -> (
     (body, format!("multipart/form-data; boundary={boundary}"))
 }
 
-/// The `<Code>` and `<Message>` of an S3 error body, if it is one.
+/// The `<Code>` and `<Message>` of an S3 error body, if it is one, without
+/// control characters (but newlines and tabs).
 pub fn store_error(body: &[u8]) -> Option<(String, Option<String>)> {
     let text = std::str::from_utf8(body).ok()?;
     let element = |name: &str| {
         let open = format!("<{name}>");
         let start = text.find(&open)? + open.len();
         let end = text[start..].find(&format!("</{name}>"))? + start;
-        Some(text[start..end].trim().to_owned())
+        Some(printable(&text[start..end]).trim().to_owned())
     };
     Some((element("Code")?, element("Message")))
 }
@@ -141,6 +223,43 @@ pub fn status_line(status: reqwest::StatusCode, body: &[u8]) -> String {
         }
     }
     line
+}
+
+/// Where a redirect points, as [`destination`]: its Location resolved
+/// against the request's URL.
+pub fn redirect_target(url: &Url, location: &reqwest::header::HeaderValue) -> String {
+    match location.to_str().ok().and_then(|l| url.join(l).ok()) {
+        Some(to) if matches!(to.scheme(), "http" | "https") => printable(&destination(&to)),
+        Some(_) => "a URL that is not http or https".into(),
+        None => "a Location that is not a URL".into(),
+    }
+}
+
+/// What the store answered.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: reqwest::StatusCode,
+    pub location: Option<reqwest::header::HeaderValue>,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    /// What stderr says about it: [`status_line`], and for a redirect where
+    /// it points.
+    pub fn line(&self, url: &Url) -> String {
+        let mut line = status_line(self.status, &self.body);
+        match (self.status.is_redirection(), &self.location) {
+            (true, Some(location)) => {
+                line += &format!(
+                    "; the redirect to {} was not followed",
+                    redirect_target(url, location)
+                );
+            }
+            (true, None) => line += "; a redirect without a Location, not followed",
+            (false, _) => {}
+        }
+        line
+    }
 }
 
 fn io(what: String) -> impl FnOnce(std::io::Error) -> Error {
@@ -167,13 +286,14 @@ fn write_body(output: Option<&PathBuf>, body: &[u8]) -> Result<(), Error> {
     }
 }
 
-async fn send(
-    req: &Request,
-    body: Option<Vec<u8>>,
-    file_name: &str,
-) -> Result<reqwest::Response, Error> {
-    let client = reqwest::Client::builder().build().map_err(Error::http)?;
-    let mut builder = client.request(req.method.clone(), &req.url);
+/// Sends the request and reads the answer, following no redirect: the
+/// signed request, its headers and body go nowhere but to the URL's host.
+pub async fn send(req: &Request, body: Option<Vec<u8>>, file_name: &str) -> Result<Answer, Error> {
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(Error::http)?;
+    let mut builder = client.request(req.method.clone(), req.url.clone());
     for (k, v) in &req.headers {
         builder = builder.header(k, v);
     }
@@ -188,7 +308,15 @@ async fn send(
     if let Some(body) = body {
         builder = builder.body(body);
     }
-    builder.send().await.map_err(Error::http)
+    let response = builder.send().await.map_err(Error::http)?;
+    let status = response.status();
+    let location = response.headers().get(reqwest::header::LOCATION).cloned();
+    let body = response.bytes().await.map_err(Error::http)?.to_vec();
+    Ok(Answer {
+        status,
+        location,
+        body,
+    })
 }
 
 pub async fn run(conn: &Conn, args: Args) -> Result<Outcome, Error> {
@@ -200,6 +328,7 @@ pub async fn run(conn: &Conn, args: Args) -> Result<Outcome, Error> {
             args.name, args.name
         ))
     })?;
+    check_secret(&secret, &grant)?;
     let data: BTreeMap<String, Vec<u8>> = secret
         .data
         .unwrap_or_default()
@@ -230,15 +359,14 @@ pub async fn run(conn: &Conn, args: Args) -> Result<Outcome, Error> {
         .filter(|f| f.as_os_str() != "-")
         .and_then(|f| f.file_name())
         .map_or_else(|| "stdin".to_owned(), |n| n.to_string_lossy().into_owned());
-    let response = send(&req, body, &file_name).await?;
-    let status = response.status();
-    let bytes = response.bytes().await.map_err(Error::http)?;
-    eprintln!("{}", status_line(status, &bytes));
-    if !status.is_success() {
+    eprintln!("sending {} to {}", req.method, destination(&req.url));
+    let answer = send(&req, body, &file_name).await?;
+    eprintln!("{}", answer.line(&req.url));
+    if !answer.status.is_success() {
         return Ok(Outcome::Negative);
     }
     if req.method == reqwest::Method::GET {
-        write_body(args.output.as_ref(), &bytes)?;
+        write_body(args.output.as_ref(), &answer.body)?;
     }
     Ok(Outcome::Success)
 }
@@ -246,6 +374,7 @@ pub async fn run(conn: &Conn, args: Args) -> Result<Outcome, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn data(pairs: &[(&str, &str)]) -> BTreeMap<String, Vec<u8>> {
         pairs
@@ -342,6 +471,258 @@ mod tests {
         assert_eq!(
             store_error(b"<Error><Code>AccessDenied</Code></Error>"),
             Some(("AccessDenied".into(), None))
+        );
+    }
+
+    /// A Secret as the API returns it: `type_` and the controller
+    /// ownerReference merged over one the operator wrote for the base grant
+    /// ("g", uid "grant-uid").
+    fn secret(patch: serde_json::Value) -> Secret {
+        let mut doc = serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "g", "namespace": "ns", "ownerReferences": [{
+                "apiVersion": "grants.io/v1alpha1", "kind": "UploadGrant", "name": "g",
+                "uid": "grant-uid", "controller": true, "blockOwnerDeletion": true,
+            }]},
+            "type": "grants.io/presigned-url",
+        });
+        json_patch::merge(&mut doc, &patch);
+        serde_json::from_value(doc).expect("fixture Secret")
+    }
+
+    #[test]
+    fn only_a_secret_the_operator_wrote_for_the_grant_is_sent() {
+        let grant = crate::fixtures::grant_with(serde_json::json!({}));
+        assert!(check_secret(&secret(serde_json::json!({})), &grant).is_ok());
+        let owner =
+            |o: serde_json::Value| serde_json::json!({"metadata": {"ownerReferences": [o]}});
+        let theirs = |api_version: &str, kind: &str, name: &str, uid: &str, controller: bool| {
+            owner(
+                serde_json::json!({"apiVersion": api_version, "kind": kind, "name": name,
+                "uid": uid, "controller": controller}),
+            )
+        };
+        for (patch, why) in [
+            (
+                serde_json::json!({"type": "Opaque"}),
+                "is of type \"Opaque\", not \"grants.io/presigned-url\": upload-grant-operator did not write it",
+            ),
+            (
+                serde_json::json!({"type": null}),
+                "is of type \"Opaque\", not \"grants.io/presigned-url\"",
+            ),
+            (
+                serde_json::json!({"metadata": {"ownerReferences": null}}),
+                "is not controlled by an UploadGrant",
+            ),
+            (
+                theirs("grants.io/v1alpha1", "UploadGrant", "g", "grant-uid", false),
+                "is not controlled by an UploadGrant",
+            ),
+            (
+                theirs("apps/v1", "UploadGrant", "g", "grant-uid", true),
+                "is not controlled by an UploadGrant",
+            ),
+            (
+                theirs("grants.io/v1alpha1", "ConfigMap", "g", "grant-uid", true),
+                "is not controlled by an UploadGrant",
+            ),
+            (
+                theirs(
+                    "grants.io/v1alpha1",
+                    "UploadGrant",
+                    "other",
+                    "other-uid",
+                    true,
+                ),
+                "belongs to UploadGrant \"other\", not to \"g\"",
+            ),
+            (
+                theirs("grants.io/v1alpha1", "UploadGrant", "g", "old-uid", true),
+                "belongs to another UploadGrant named \"g\" (uid \"old-uid\", not \"grant-uid\")",
+            ),
+        ] {
+            let e = check_secret(&secret(patch.clone()), &grant)
+                .expect_err(&format!("{patch} was accepted"))
+                .to_string();
+            assert!(
+                e.starts_with("Secret \"g\" ")
+                    && e.contains(why)
+                    && e.ends_with("; not sending its request"),
+                "{patch}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_destination_is_scheme_host_and_port_only() {
+        for (url, want) in [
+            (
+                "https://s3.eu-west-1.amazonaws.com/b/k?X-Amz-Signature=abc",
+                "https://s3.eu-west-1.amazonaws.com",
+            ),
+            (
+                "http://127.0.0.1:9000/b/k?X-Amz-Signature=abc",
+                "http://127.0.0.1:9000",
+            ),
+            (
+                "https://user:pw@store.example:443/b/k#frag",
+                "https://store.example",
+            ),
+            ("http://[::1]:8333/b", "http://[::1]:8333"),
+        ] {
+            let got = destination(&Url::parse(url).expect("a URL"));
+            assert_eq!(got, want);
+        }
+        let secret = |url: &str| data(&[("url", url), ("method", "GET"), ("headers", "{}")]);
+        for bad in [
+            "file:///etc/passwd",
+            "ftp://x/y?X-Amz-Signature=abc",
+            "/b/k",
+            "unix:/run/x",
+        ] {
+            let e = request("s", &secret(bad))
+                .expect_err(&format!("{bad} was accepted"))
+                .to_string();
+            assert_eq!(e, "Secret \"s\": \"url\" is not an http or https URL");
+        }
+    }
+
+    #[test]
+    fn control_characters_of_the_answer_are_not_printed() {
+        assert_eq!(
+            printable("a\u{1b}[2Jb\u{1b}]0;title\u{7}c\rd\u{9b}31me\u{7f}\nf\tg"),
+            "a[2Jb]0;titlecd31me\nf\tg"
+        );
+        let xml = "<Error><Code>Access\u{1b}[31mDenied</Code>\
+            <Message>\u{1b}]52;c;ZXZpbA==\u{7}no\r\nway</Message></Error>";
+        assert_eq!(
+            status_line(reqwest::StatusCode::FORBIDDEN, xml.as_bytes()),
+            "HTTP 403 Forbidden: Access[31mDenied (]52;c;ZXZpbA==no\nway)"
+        );
+    }
+
+    /// A store on a loopback port that answers one request with `answer`;
+    /// returns its address.
+    fn store_answering(answer: String) -> std::net::SocketAddr {
+        use std::io::BufRead;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+        let addr = listener.local_addr().expect("its address");
+        std::thread::spawn(move || {
+            let Ok((stream, _)) = listener.accept() else {
+                return;
+            };
+            let mut reader = std::io::BufReader::new(&stream);
+            let mut line = String::new();
+            // The request head; the tests send no body.
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                line.clear();
+            }
+            let _ = (&stream).write_all(answer.as_bytes());
+        });
+        addr
+    }
+
+    fn get(url: &str) -> Request {
+        Request {
+            method: reqwest::Method::GET,
+            url: Url::parse(url).expect("a URL"),
+            headers: BTreeMap::new(),
+            fields: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_redirect_is_reported_and_not_followed() {
+        // Where the redirect points: nothing may connect to it.
+        let elsewhere = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+        elsewhere.set_nonblocking(true).expect("non-blocking");
+        let port = elsewhere.local_addr().expect("its address").port();
+        let store = store_answering(format!(
+            "HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:{port}/steal?X-Amz-Signature=abc\r\n\
+             Content-Length: 0\r\nConnection: close\r\n\r\n"
+        ));
+        let req = get(&format!("http://{store}/b/k?X-Amz-Signature=abc"));
+        // A client that followed would wait for `elsewhere` to answer.
+        let answer = tokio::time::timeout(Duration::from_secs(10), send(&req, None, "f"))
+            .await
+            .expect("answered in time: the redirect was followed")
+            .expect("an answer");
+        assert_eq!(answer.status, reqwest::StatusCode::FOUND);
+        let line = answer.line(&req.url);
+        assert_eq!(
+            line,
+            format!("HTTP 302 Found; the redirect to http://127.0.0.1:{port} was not followed")
+        );
+        assert!(
+            matches!(elsewhere.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "the redirect was followed"
+        );
+    }
+
+    #[test]
+    fn a_redirect_says_where_it_points_without_path_or_query() {
+        let url = Url::parse("https://s3.example/b/k?X-Amz-Signature=abc").expect("a URL");
+        let redirect = |status: u16, location: Option<&str>| Answer {
+            status: reqwest::StatusCode::from_u16(status).expect("a status"),
+            location: location.map(|l| l.parse().expect("a header value")),
+            body: Vec::new(),
+        };
+        for (status, location, want) in [
+            (
+                307,
+                Some("https://b.s3.eu-west-1.amazonaws.com/k?X-Amz-Signature=abc"),
+                "HTTP 307 Temporary Redirect; the redirect to https://b.s3.eu-west-1.amazonaws.com was not followed",
+            ),
+            (
+                302,
+                Some("/elsewhere?X-Amz-Signature=abc"),
+                "HTTP 302 Found; the redirect to https://s3.example was not followed",
+            ),
+            (
+                301,
+                None,
+                "HTTP 301 Moved Permanently; a redirect without a Location, not followed",
+            ),
+            (
+                303,
+                Some("file:///etc/passwd"),
+                "HTTP 303 See Other; the redirect to a URL that is not http or https was not followed",
+            ),
+            (
+                302,
+                Some("http://exa mple/"),
+                "HTTP 302 Found; the redirect to a Location that is not a URL was not followed",
+            ),
+        ] {
+            assert_eq!(redirect(status, location).line(&url), want);
+        }
+        // An S3 redirect's error code and message come first.
+        let s3 = Answer {
+            body:
+                b"<Error><Code>PermanentRedirect</Code><Message>Use the endpoint.</Message></Error>"
+                    .to_vec(),
+            ..redirect(301, None)
+        };
+        assert_eq!(
+            s3.line(&url),
+            "HTTP 301 Moved Permanently: PermanentRedirect (Use the endpoint.); a redirect without a Location, not followed"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_answer_is_read_whole_and_its_escapes_dropped() {
+        let body = "<Error><Code>\u{1b}[2JSlowDown</Code><Message>\u{1b}]0;x\u{7}Reduce your rate.</Message></Error>";
+        let store = store_answering(format!(
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ));
+        let req = get(&format!("http://{store}/b/k?X-Amz-Signature=abc"));
+        let answer = send(&req, None, "f").await.expect("an answer");
+        assert_eq!(answer.body, body.as_bytes());
+        assert_eq!(
+            answer.line(&req.url),
+            "HTTP 503 Service Unavailable: [2JSlowDown (]0;xReduce your rate.)"
         );
     }
 }
