@@ -150,13 +150,9 @@ fn rfc3339(t: jiff::Timestamp) -> String {
 
 /// The Warning events recorded for a grant: (reason, note).
 async fn warnings(ctx: &TestContext, grant: &str) -> TestResult<Vec<(String, String)>> {
-    let events: Api<k8s_openapi::api::events::v1::Event> = ctx.api();
-    Ok(events
-        .list(&Default::default())
+    Ok(grant_events(ctx, grant)
         .await?
-        .items
         .into_iter()
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(grant))
         .filter(|e| e.type_.as_deref() == Some("Warning"))
         .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
         .collect())

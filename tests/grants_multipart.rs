@@ -18,6 +18,7 @@ use support::grants::{
 };
 use support::operator::{Operator, OperatorOptions};
 use support::rollout::{request_renewal, settle, wait_answered};
+use support::uploads::{open_uploads, root_abort, root_s3, root_upload};
 use support::{TestContext, TestResult, eventually};
 use upload_grant_operator::api::UploadGrant;
 use upload_grant_operator::controller::build::spec_hash;
@@ -119,26 +120,6 @@ async fn complete(data: &BTreeMap<String, String>, etags: &[String]) -> TestResu
         return Err(format!("complete: {status}: {body}").into());
     }
     Ok(body)
-}
-
-fn root_s3(ctx: &TestContext) -> aws_sdk_s3::Client {
-    support::s3_client(ctx.env, ctx.env.root_credentials())
-}
-
-/// The ids of the open uploads of `key`, as the store lists them.
-async fn open_uploads(ctx: &TestContext, key: &str) -> TestResult<Vec<String>> {
-    let out = root_s3(ctx)
-        .list_multipart_uploads()
-        .bucket(ctx.env.bucket())
-        .prefix(key)
-        .send()
-        .await?;
-    Ok(out
-        .uploads()
-        .iter()
-        .filter(|u| u.key() == Some(key))
-        .filter_map(|u| u.upload_id().map(str::to_owned))
-        .collect())
 }
 
 /// The part numbers the store holds for the upload.
@@ -345,32 +326,6 @@ async fn a_restart_mid_upload_keeps_the_upload_and_re_signs_nothing() -> TestRes
     Ok(())
 }
 
-/// Starts an upload of `key` as the store's root would; its id and when
-/// the store says it started.
-async fn root_upload(ctx: &TestContext, key: &str) -> TestResult<(String, SystemTime)> {
-    let id = root_s3(ctx)
-        .create_multipart_upload()
-        .bucket(ctx.env.bucket())
-        .key(key)
-        .send()
-        .await?
-        .upload_id
-        .ok_or("no upload id")?;
-    let out = root_s3(ctx)
-        .list_multipart_uploads()
-        .bucket(ctx.env.bucket())
-        .prefix(key)
-        .send()
-        .await?;
-    let initiated = out
-        .uploads()
-        .iter()
-        .find(|u| u.upload_id() == Some(id.as_str()))
-        .and_then(|u| u.initiated())
-        .ok_or("the store does not list the upload's start")?;
-    Ok((id, SystemTime::try_from(*initiated)?))
-}
-
 /// What a crash between asking S3 for an upload and recording its id
 /// leaves: the status's record (where, when) without an id, and an upload
 /// S3 started right after. That upload is adopted, not doubled; one that
@@ -443,13 +398,7 @@ async fn the_upload_a_crash_left_unrecorded_is_adopted_and_no_other() -> TestRes
         || async { Ok((open_uploads(&ctx, &key).await? == [foreign.as_str()]).then_some(())) },
     )
     .await?;
-    root_s3(&ctx)
-        .abort_multipart_upload()
-        .bucket(ctx.env.bucket())
-        .key(&key)
-        .upload_id(&foreign)
-        .send()
-        .await?;
+    root_abort(&ctx, &key, &foreign).await?;
     Ok(())
 }
 

@@ -14,6 +14,7 @@ use support::operator::OperatorOptions;
 use support::rollout::{
     create_deployment, request_renewal, template, wait_answered, wait_restarted_for,
 };
+use support::uploads::{open_uploads, root_abort, root_s3, root_upload};
 use support::{TestContext, TestResult, eventually};
 use upload_grant_operator::api::UploadGrant;
 use upload_grant_operator::api::secret::RENEW_REQUEST_ANNOTATION;
@@ -149,26 +150,6 @@ fn multipart_checks() -> OperatorOptions {
     }
 }
 
-fn root_s3(ctx: &TestContext) -> aws_sdk_s3::Client {
-    support::s3_client(ctx.env, ctx.env.root_credentials())
-}
-
-/// The ids of the open uploads of exactly `key`.
-async fn open_uploads(ctx: &TestContext, key: &str) -> TestResult<Vec<String>> {
-    let out = root_s3(ctx)
-        .list_multipart_uploads()
-        .bucket(ctx.env.bucket())
-        .prefix(key)
-        .send()
-        .await?;
-    Ok(out
-        .uploads()
-        .iter()
-        .filter(|u| u.key() == Some(key))
-        .filter_map(|u| u.upload_id().map(str::to_owned))
-        .collect())
-}
-
 /// Points the Secret's upload annotations at somebody else's upload, as a
 /// tenant may: the Secret is in its namespace.
 async fn forge_upload(secrets: &Api<Secret>, object: &str, id: &str) -> TestResult {
@@ -210,14 +191,7 @@ async fn a_forged_upload_in_a_secret_steers_no_s3_call() -> TestResult {
         .body(b"theirs".to_vec().into())
         .send()
         .await?;
-    let theirs = s3
-        .create_multipart_upload()
-        .bucket(bucket)
-        .key(&open)
-        .send()
-        .await?
-        .upload_id
-        .ok_or("no upload id")?;
+    let (theirs, _) = root_upload(&ctx, &open).await?;
 
     let tenant = ctx.tenant().await?;
     let grants: Api<UploadGrant> = Api::namespaced(tenant.clone(), &ctx.namespace);
@@ -242,12 +216,7 @@ async fn a_forged_upload_in_a_secret_steers_no_s3_call() -> TestResult {
     // The Secret names the other object; the grant's own upload is aborted
     // behind the operator's back, so its next check has something to find.
     forge_upload(&secrets, &format!("{bucket}/{report}"), "forged").await?;
-    s3.abort_multipart_upload()
-        .bucket(bucket)
-        .key(&key)
-        .upload_id(&first)
-        .send()
-        .await?;
+    root_abort(&ctx, &key, &first).await?;
     let renewed = eventually(
         "the operator to notice its own upload is gone and start another",
         Duration::from_secs(60),
@@ -283,27 +252,8 @@ async fn a_forged_upload_in_a_secret_steers_no_s3_call() -> TestResult {
         [theirs.as_str()],
         "the other namespace's upload is left alone"
     );
-    s3.abort_multipart_upload()
-        .bucket(bucket)
-        .key(&open)
-        .upload_id(&theirs)
-        .send()
-        .await?;
+    root_abort(&ctx, &open, &theirs).await?;
     Ok(())
-}
-
-/// The notes of the grant's events with `reason`.
-async fn event_notes(ctx: &TestContext, grant: &str, reason: &str) -> TestResult<Vec<String>> {
-    let events: Api<k8s_openapi::api::events::v1::Event> = ctx.api();
-    Ok(events
-        .list(&Default::default())
-        .await?
-        .items
-        .into_iter()
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(grant))
-        .filter(|e| e.reason.as_deref() == Some(reason))
-        .filter_map(|e| e.note)
-        .collect())
 }
 
 /// A grant's author names the workloads it restarts; only those whose owner
@@ -350,7 +300,12 @@ async fn a_grant_restarts_only_workloads_that_accept_it() -> TestResult {
         "both refusals to be said",
         Duration::from_secs(30),
         || async {
-            let notes = event_notes(&ctx, "env", "RolloutRestartFailed").await?;
+            let notes: Vec<String> = grant_events(&ctx, "env")
+                .await?
+                .into_iter()
+                .filter(|e| e.reason.as_deref() == Some("RolloutRestartFailed"))
+                .filter_map(|e| e.note)
+                .collect();
             Ok((notes.len() >= 2).then_some(notes))
         },
     )

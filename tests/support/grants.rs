@@ -192,8 +192,11 @@ pub async fn consume(
     Ok(req.send().await?)
 }
 
-/// The reasons of the events recorded for a grant, oldest first.
-pub async fn event_reasons(ctx: &TestContext, grant: &str) -> TestResult<Vec<String>> {
+/// The events recorded for a grant, oldest first.
+pub async fn grant_events(
+    ctx: &TestContext,
+    grant: &str,
+) -> TestResult<Vec<k8s_openapi::api::events::v1::Event>> {
     let events: Api<k8s_openapi::api::events::v1::Event> = ctx.api();
     let mut list: Vec<_> = events
         .list(&Default::default())
@@ -203,6 +206,12 @@ pub async fn event_reasons(ctx: &TestContext, grant: &str) -> TestResult<Vec<Str
         .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(grant))
         .collect();
     list.sort_by_key(|e| e.event_time.clone().map(|t| t.0));
+    Ok(list)
+}
+
+/// The reasons of the events recorded for a grant, oldest first.
+pub async fn event_reasons(ctx: &TestContext, grant: &str) -> TestResult<Vec<String>> {
+    let list = grant_events(ctx, grant).await?;
     Ok(list.into_iter().filter_map(|e| e.reason).collect())
 }
 

@@ -24,6 +24,7 @@ pub mod node;
 pub mod operator;
 pub mod post;
 pub mod rollout;
+pub mod uploads;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type TestResult<T = ()> = Result<T, BoxError>;
