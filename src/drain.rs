@@ -21,6 +21,8 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client};
 
+use crate::controller::validate::{check_label_value, check_qualified_name};
+
 #[derive(Debug, thiserror::Error)]
 pub enum DrainError {
     #[error("Kubernetes API: {0}")]
@@ -160,49 +162,13 @@ pub fn parse_selector(text: &str) -> Result<Labels, String> {
             .or_else(|| term.split_once('='))
             .ok_or_else(|| format!("{term:?} is not key=value"))?;
         let (key, value) = (key.trim(), value.trim());
-        if !label_key(key) {
-            return Err(format!("{key:?} is not a label key"));
-        }
-        if !(value.is_empty() || label_name(value)) {
-            return Err(format!("{value:?} is not a label value"));
-        }
+        check_qualified_name(key)?;
+        check_label_value(value).map_err(|e| format!("value of {key:?} {e}"))?;
         if labels.insert(key.to_owned(), value.to_owned()).is_some() {
             return Err(format!("{key:?} is given twice"));
         }
     }
     Ok(labels)
-}
-
-/// A label key: a name, optionally after a DNS subdomain prefix and `/`.
-fn label_key(key: &str) -> bool {
-    match key.split_once('/') {
-        Some((prefix, name)) => {
-            !prefix.is_empty()
-                && prefix.len() <= 253
-                && prefix.split('.').all(|part| {
-                    !part.is_empty()
-                        && part
-                            .bytes()
-                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                        && !part.starts_with('-')
-                        && !part.ends_with('-')
-                })
-                && label_name(name)
-        }
-        None => label_name(key),
-    }
-}
-
-/// A label name or non-empty value: up to 63 of `[A-Za-z0-9_.-]`, starting
-/// and ending with a letter or digit.
-fn label_name(name: &str) -> bool {
-    let edge = |b: Option<u8>| b.is_some_and(|b| b.is_ascii_alphanumeric());
-    name.len() <= 63
-        && edge(name.bytes().next())
-        && edge(name.bytes().last())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 /// `k=v,k=v` for a label selector's matchLabels; None when there are none

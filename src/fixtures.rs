@@ -19,6 +19,7 @@ use crate::api::secret::MANAGED_BY_LABEL;
 use crate::api::{
     ClusterGrantIssuer, ClusterGrantIssuerSpec, Method, RefreshPolicy, S3Target, UploadGrant,
 };
+use crate::controller::decide::{SignPlan, UploadPlan};
 use crate::controller::validate::ValidGrant;
 
 /// The UploadGrant every test starts from, as its JSON document, with
@@ -129,4 +130,21 @@ pub(crate) fn secret() -> Secret {
     secret.metadata.name = Some("g".into());
     secret.metadata.namespace = Some("ns".into());
     secret
+}
+
+/// A plan to sign [`valid`] for the first time (spec hash "h"), with
+/// nothing held yet: tests set what they are about.
+pub(crate) fn sign_plan() -> SignPlan {
+    SignPlan {
+        valid: valid(),
+        target: s3_target(),
+        spec_hash: "h".into(),
+        renewal: false,
+        current: None,
+        ours: None,
+        legacy_fields: false,
+        stale: None,
+        renew_request: None,
+        upload: UploadPlan::NotMultipart,
+    }
 }

@@ -142,10 +142,16 @@ pub fn reaches_upload(
         sse: None,
         multipart: None,
     };
+    // Strictly: a selector that cannot be evaluated reaches nothing.
+    let selects = |rule: &AllowRule| {
+        rule.namespaces
+            .as_ref()
+            .is_none_or(|s| selector_matches(s, labels) == Ok(true))
+    };
     issuer
         .allow
         .iter()
-        .any(|rule| applies_to(rule, labels) && check_object(rule, &at).is_ok())
+        .any(|rule| selects(rule) && check_object(rule, &at).is_ok())
 }
 
 /// The bucket and the key prefixes.
@@ -866,5 +872,12 @@ mod tests {
                 "{bucket}/{key} with {labels:?}"
             );
         }
+        // A selector that cannot be evaluated reaches nothing.
+        let broken = issuer_spec(serde_json::json!([{
+            "buckets": ["reports"],
+            "namespaces": {"matchExpressions": [{"key": "tier", "operator": "Near"}]},
+        }]));
+        let who = ("analytics", &batch, "nightly");
+        assert!(!reaches_upload(&broken, who, "reports", "analytics/a.bin"));
     }
 }

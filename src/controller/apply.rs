@@ -465,20 +465,13 @@ mod tests {
 
     use super::*;
     use crate::controller::secrets::tests::{context, one_apply};
-    use crate::fixtures::{grant, s3_target, secret, valid};
+    use crate::fixtures::{grant, secret, sign_plan};
 
     fn plan(ours: Option<&str>) -> SignPlan {
         SignPlan {
-            valid: valid(),
-            target: s3_target(),
-            spec_hash: "h".into(),
             renewal: true,
-            current: None,
             ours: ours.map(str::to_owned),
-            legacy_fields: false,
-            stale: None,
-            renew_request: None,
-            upload: decide::UploadPlan::NotMultipart,
+            ..sign_plan()
         }
     }
 

@@ -385,8 +385,13 @@ fn sign_plan(o: &Observed<'_>, admitted: Admitted<'_>, held: Held) -> SignPlan {
         .and_then(|s| s.secret_name.clone())
         .filter(|old| *old != valid.secret_name);
     let spec_hash = build::spec_hash(&grant.spec, &issuer.spec.s3);
+    // A record the issuer does not let the grant reach gets no S3 call,
+    // whoever wrote it: its upload is left to the bucket's lifecycle rule.
+    let recorded = o
+        .recorded
+        .filter(|r| r.reachable(&issuer.spec, grant, o.namespace_labels));
     let upload = match valid.multipart {
-        Some(_) => upload_plan(grant, o.recorded, &spec_hash, o.upload),
+        Some(_) => upload_plan(grant, recorded, &spec_hash, o.upload),
         None => UploadPlan::NotMultipart,
     };
     SignPlan {
@@ -845,6 +850,20 @@ mod tests {
             matches!(&plan.upload, UploadPlan::New { abandoned: Some(r) } if r.id.is_none()),
             "{:?}",
             plan.upload
+        );
+        // A record at an object the issuer does not let the grant reach
+        // (a status somebody else wrote): left alone, a new upload.
+        let elsewhere = multipart(Some("older"), None);
+        let elsewhere = Case {
+            recorded: elsewhere.recorded.clone().map(|r| Recorded {
+                bucket: "someone-elses".into(),
+                ..r
+            }),
+            ..elsewhere
+        };
+        assert_eq!(
+            sign_plan(elsewhere.decide()).upload,
+            UploadPlan::New { abandoned: None }
         );
         // Nothing recorded: a new upload, whatever the Secret says.
         let nothing = Case {

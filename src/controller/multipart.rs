@@ -238,12 +238,12 @@ pub async fn probe(
     if grant.spec.suspend || completed(grant) || !memo.upload_check_due(interval) {
         return None;
     }
-    let upload = recorded?.upload()?;
-    let issuer =
-        issuer.filter(|i| recorded.is_some_and(|r| r.reachable(&i.spec, grant, labels)))?;
+    let record = recorded?;
+    let id = record.id.as_deref()?;
+    let issuer = issuer.filter(|i| record.reachable(&i.spec, grant, labels))?;
     memo.upload_checked = Some(Instant::now());
     let result = match client(ctx, &issuer.spec.s3).await {
-        Ok(client) => state(&client, &upload.bucket, &upload.key, &upload.id).await,
+        Ok(client) => state(&client, &record.bucket, &record.key, id).await,
         Err(e) => Err(e),
     };
     match result {

@@ -72,10 +72,10 @@ pub fn turn(decision: &Decision, now: SystemTime) -> Option<Turn> {
 
 /// How long this pass steps aside for more urgent renewals: a due renewal
 /// for those that expire before it, work without a deadline for every
-/// renewal that fell due lately (`give_way`). So no namespace's renew requests or new grants delay another
-/// namespace's renewal past its expiry while the request bound could serve
-/// it, and due renewals go out roughly in order of expiry, whoever holds
-/// them.
+/// renewal that fell due lately (`give_way`). So no namespace's renew
+/// requests or new grants delay another namespace's renewal past its
+/// expiry while the request bound could serve it, and due renewals go out
+/// roughly in order of expiry, whoever holds them.
 pub(super) fn step_aside(
     index: &DueIndex,
     secrets: &Store<ManagedSecret>,
@@ -102,26 +102,32 @@ pub(super) fn step_aside(
 /// hash set, so a flood of such work would otherwise win most slots from
 /// the last few due renewals.
 pub fn give_way(due: usize, pace: Pace) -> Option<Duration> {
-    let qps = f64::from(pace.qps?);
-    if due == 0 || qps <= 0.0 {
+    if due == 0 {
         return None;
     }
-    let seconds = due as f64 / (qps / REQUESTS_PER_RENEWAL);
-    Some(Duration::from_secs_f64(seconds).clamp(SHORTEST_WAIT, LONGEST_WAIT))
+    serving(due, pace)
 }
 
 /// How long a due renewal steps aside when `ahead` due renewals expire
 /// before it; None: it goes now.
 pub fn wait(ahead: usize, pace: Pace) -> Option<Duration> {
-    let qps = f64::from(pace.qps?);
     // Twice the slots: the next renewals already wait their turn at the
     // bound, so no slot idles while the ones ahead finish.
     let queue = 2 * pace.slots.max(1);
-    if ahead < queue || qps <= 0.0 {
+    if ahead < queue {
         return None;
     }
-    let per_second = qps / REQUESTS_PER_RENEWAL;
-    let seconds = (ahead - queue) as f64 / per_second;
+    serving(ahead - queue, pace)
+}
+
+/// About how long the bound takes to serve `renewals`, within the wait's
+/// bounds; None without a bound.
+fn serving(renewals: usize, pace: Pace) -> Option<Duration> {
+    let qps = f64::from(pace.qps?);
+    if qps <= 0.0 {
+        return None;
+    }
+    let seconds = renewals as f64 / (qps / REQUESTS_PER_RENEWAL);
     Some(Duration::from_secs_f64(seconds).clamp(SHORTEST_WAIT, LONGEST_WAIT))
 }
 
@@ -284,7 +290,7 @@ mod tests {
     #[test]
     fn only_a_renewal_that_fell_due_has_a_deadline() {
         use crate::controller::build::IssuedState;
-        use crate::controller::decide::{SignPlan, UploadPlan};
+        use crate::controller::decide::SignPlan;
         let t = |s| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
         let state = |refresh_at| IssuedState {
             spec_hash: "h".into(),
@@ -297,16 +303,9 @@ mod tests {
         };
         let plan = |renewal, current| {
             Decision::Sign(Box::new(SignPlan {
-                valid: crate::fixtures::valid(),
-                target: crate::fixtures::s3_target(),
-                spec_hash: "h".into(),
                 renewal,
                 current,
-                ours: None,
-                legacy_fields: false,
-                stale: None,
-                renew_request: None,
-                upload: UploadPlan::NotMultipart,
+                ..crate::fixtures::sign_plan()
             }))
         };
         let now = t(3000);

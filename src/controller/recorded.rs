@@ -23,14 +23,6 @@ use crate::issuer::reaches_upload;
 /// it started after the request: the two clocks may disagree a little.
 const CLOCK_SKEW: Duration = Duration::from_secs(15);
 
-/// A multipart upload in S3: its id and the object it assembles.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Upload {
-    pub id: String,
-    pub bucket: String,
-    pub key: String,
-}
-
 /// The upload a grant's status records.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recorded {
@@ -88,15 +80,6 @@ impl Recorded {
         self
     }
 
-    /// The upload, once its id is known.
-    pub fn upload(&self) -> Option<Upload> {
-        Some(Upload {
-            id: self.id.clone()?,
-            bucket: self.bucket.clone(),
-            key: self.key.clone(),
-        })
-    }
-
     /// Whether the upload was started for the grant's current spec. An
     /// older record without a spec hash counts when the status describes
     /// this generation.
@@ -117,7 +100,8 @@ impl Recorded {
             return None;
         }
         let at = self.requested_at?;
-        Some((at - CLOCK_SKEW, at + request_timeout + CLOCK_SKEW))
+        let from = at.checked_sub(CLOCK_SKEW)?;
+        Some((from, at.checked_add(request_timeout + CLOCK_SKEW)?))
     }
 
     /// Whether the grant's issuer lets it reach the recorded object: checked
@@ -190,12 +174,8 @@ mod tests {
         });
         let record = Recorded::from_status(&g).expect("recorded");
         assert_eq!(
-            record.upload(),
-            Some(Upload {
-                id: "u0".into(),
-                bucket: g.spec.bucket.clone(),
-                key: g.spec.key.clone(),
-            })
+            (record.id.as_deref(), &record.bucket, &record.key),
+            (Some("u0"), &g.spec.bucket, &g.spec.key)
         );
         assert_eq!(record.window(Duration::from_secs(30)), None);
         assert_eq!(record.to_status(), (Some("u0".into()), None));
@@ -209,7 +189,6 @@ mod tests {
             requested.window(Duration::from_secs(30)),
             Some((at(985), at(1_045)))
         );
-        assert_eq!(requested.upload(), None);
         assert_eq!(
             requested
                 .with_id("u".into())

@@ -3,6 +3,8 @@
 
 use std::time::SystemTime;
 
+use aws_sdk_s3::types::MultipartUpload;
+
 use super::{TestContext, TestResult};
 
 /// A client of the store with its root keys.
@@ -10,20 +12,22 @@ pub fn root_s3(ctx: &TestContext) -> aws_sdk_s3::Client {
     super::s3_client(ctx.env, ctx.env.root_credentials())
 }
 
-/// The ids of the open uploads of exactly `key`, as the store lists them.
-pub async fn open_uploads(ctx: &TestContext, key: &str) -> TestResult<Vec<String>> {
+/// The open uploads of exactly `key`, as the store lists them.
+async fn listed(ctx: &TestContext, key: &str) -> TestResult<Vec<MultipartUpload>> {
     let out = root_s3(ctx)
         .list_multipart_uploads()
         .bucket(ctx.env.bucket())
         .prefix(key)
         .send()
         .await?;
-    Ok(out
-        .uploads()
-        .iter()
-        .filter(|u| u.key() == Some(key))
-        .filter_map(|u| u.upload_id().map(str::to_owned))
-        .collect())
+    let all = out.uploads.unwrap_or_default();
+    Ok(all.into_iter().filter(|u| u.key() == Some(key)).collect())
+}
+
+/// The ids of the open uploads of exactly `key`.
+pub async fn open_uploads(ctx: &TestContext, key: &str) -> TestResult<Vec<String>> {
+    let listed = listed(ctx, key).await?;
+    Ok(listed.into_iter().filter_map(|u| u.upload_id).collect())
 }
 
 /// Starts an upload of `key` as the store's root would; its id and when
@@ -37,19 +41,13 @@ pub async fn root_upload(ctx: &TestContext, key: &str) -> TestResult<(String, Sy
         .await?
         .upload_id
         .ok_or("no upload id")?;
-    let out = root_s3(ctx)
-        .list_multipart_uploads()
-        .bucket(ctx.env.bucket())
-        .prefix(key)
-        .send()
-        .await?;
-    let initiated = out
-        .uploads()
-        .iter()
+    let initiated = listed(ctx, key)
+        .await?
+        .into_iter()
         .find(|u| u.upload_id() == Some(id.as_str()))
-        .and_then(|u| u.initiated())
+        .and_then(|u| u.initiated)
         .ok_or("the store does not list the upload's start")?;
-    Ok((id, SystemTime::try_from(*initiated)?))
+    Ok((id, SystemTime::try_from(initiated)?))
 }
 
 /// Aborts an upload of `key` as the store's root.
