@@ -579,20 +579,17 @@ mod tests {
     /// The Secret of ours, holding a URL for `g`'s spec (or another hash).
     fn ours(g: &UploadGrant, hash: Option<&str>, refresh_at: Option<SystemTime>) -> Slot {
         let hash = hash.map_or_else(|| build::spec_hash(&g.spec, &open().spec.s3), str::to_owned);
-        let mut secret = ManagedSecret {
-            metadata: Default::default(),
-            legacy_fields: false,
-            state: Some(IssuedState {
-                spec_hash: hash,
-                issued_at: at(0),
-                expires_at: at(3600),
-                refresh_at,
-                fingerprint: "sha256:x".into(),
-                renew_request: None,
-                replaces: None,
-            }),
+        let state = IssuedState {
+            spec_hash: hash,
+            issued_at: at(0),
+            expires_at: at(3600),
+            refresh_at,
+            fingerprint: "sha256:x".into(),
+            renew_request: None,
+            replaces: None,
         };
-        secret.metadata.uid = Some("secret-uid".into());
+        let owner = g.uid().unwrap_or_default();
+        let secret = ManagedSecret::for_test("secret-uid", &owner, Some(state));
         Slot::Ours(Box::new(secret))
     }
 

@@ -5,7 +5,9 @@
 use std::borrow::Cow;
 
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    ManagedFieldsEntry, ObjectMeta, OwnerReference,
+};
 use kube::ResourceExt;
 use kube::api::PartialObjectMeta;
 
@@ -18,13 +20,25 @@ use crate::api::secret::MANAGER;
 /// themselves would be most of the cache's memory with thousands of grants.
 #[derive(Debug, Clone)]
 pub struct ManagedSecret {
-    /// Name, namespace, uid and the controller ownerReference only.
-    pub metadata: ObjectMeta,
+    /// Name and namespace only: kube's cache copies the uid and owner
+    /// references of an object's metadata into each entry, so those live in
+    /// fields of their own.
+    metadata: ObjectMeta,
+    uid: Option<Box<str>>,
+    /// The UploadGrant that controls it (`controlled_by_grant`).
+    owner: Option<Owner>,
     pub state: Option<IssuedState>,
     /// Written by an operator version that created Secrets with a plain
     /// create: fields it set then are owned by an Update entry that no apply
     /// can remove, until `adopt_legacy_fields` hands them to the applier.
     pub legacy_fields: bool,
+}
+
+/// A Secret's controlling grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub name: Box<str>,
+    pub uid: Box<str>,
 }
 
 impl From<PartialObjectMeta<Secret>> for ManagedSecret {
@@ -40,6 +54,10 @@ impl ManagedSecret {
     }
 
     fn from_meta(meta: ObjectMeta) -> Self {
+        let owner = controlling_grant(&meta).map(|o| Owner {
+            name: o.name.as_str().into(),
+            uid: o.uid.as_str().into(),
+        });
         ManagedSecret {
             legacy_fields: legacy_entry(meta.managed_fields.as_deref().unwrap_or_default())
                 .is_some(),
@@ -47,17 +65,39 @@ impl ManagedSecret {
                 .annotations
                 .as_ref()
                 .and_then(IssuedState::from_annotations),
+            uid: meta.uid.map(String::into_boxed_str),
+            owner,
             metadata: ObjectMeta {
                 name: meta.name,
                 namespace: meta.namespace,
-                uid: meta.uid,
-                owner_references: meta.owner_references.map(|refs| {
-                    refs.into_iter()
-                        .filter(|o| o.controller == Some(true))
-                        .collect()
-                }),
                 ..ObjectMeta::default()
             },
+        }
+    }
+
+    /// The Secret's uid. (Shadows `ResourceExt::uid`, which reads the
+    /// metadata, where this type keeps no uid.)
+    pub fn uid(&self) -> Option<String> {
+        self.uid.as_deref().map(str::to_owned)
+    }
+
+    /// The grant that controls the Secret.
+    pub fn owner(&self) -> Option<&Owner> {
+        self.owner.as_ref()
+    }
+
+    /// A Secret of `owner_uid`'s holding `state`, for tests.
+    #[cfg(test)]
+    pub fn for_test(uid: &str, owner_uid: &str, state: Option<IssuedState>) -> Self {
+        ManagedSecret {
+            metadata: ObjectMeta::default(),
+            uid: Some(uid.into()),
+            owner: Some(Owner {
+                name: "grant".into(),
+                uid: owner_uid.into(),
+            }),
+            state,
+            legacy_fields: false,
         }
     }
 }
@@ -168,8 +208,12 @@ pub enum Slot {
 /// Whether an UploadGrant is the Secret's controller: the Secrets the
 /// operator writes always say so.
 pub fn controlled_by_grant(meta: &ObjectMeta) -> bool {
+    controlling_grant(meta).is_some()
+}
+
+fn controlling_grant(meta: &ObjectMeta) -> Option<&OwnerReference> {
     let refs = meta.owner_references.as_deref().unwrap_or_default();
-    refs.iter().any(|o| {
+    refs.iter().find(|o| {
         o.controller == Some(true)
             && o.kind == "UploadGrant"
             && o.api_version.starts_with("grants.io/")
@@ -178,10 +222,7 @@ pub fn controlled_by_grant(meta: &ObjectMeta) -> bool {
 
 pub fn owned_by(secret: &ManagedSecret, grant: &UploadGrant) -> bool {
     let Some(uid) = grant.uid() else { return false };
-    secret
-        .owner_references()
-        .iter()
-        .any(|o| o.uid == uid && o.controller == Some(true))
+    secret.owner.as_ref().is_some_and(|o| *o.uid == uid)
 }
 
 pub fn classify(secret: Option<ManagedSecret>, grant: &UploadGrant) -> Slot {
@@ -216,7 +257,8 @@ mod tests {
         let cached = ManagedSecret::from(partial);
         assert!(owned_by(&cached, &grant(serde_json::json!({}))));
         assert_eq!(cached.uid().as_deref(), Some("secret-uid"));
-        assert_eq!(cached.owner_references().len(), 1, "only the controller");
+        assert_eq!(cached.owner().map(|o| &*o.uid), Some("grant-uid"));
+        assert!(cached.metadata.uid.is_none() && cached.metadata.owner_references.is_none());
         assert!(cached.metadata.annotations.is_none() && cached.metadata.labels.is_none());
         let state = cached.state.expect("parsed from the annotations");
         assert_eq!(state.spec_hash, "abc");

@@ -5,6 +5,7 @@
 
 mod apply;
 pub mod build;
+mod cached;
 mod context;
 pub mod decide;
 mod deletions;
@@ -45,7 +46,8 @@ use crate::metrics::Metrics;
 use crate::server::Readiness;
 use crate::signing::{CredentialSnapshot, Presigner};
 
-use crate::api::secret::{MANAGER, MAX_STATE_VALUE_LEN, RENEW_REQUEST_ANNOTATION};
+use crate::api::secret::MANAGER;
+use cached::CachedGrant;
 pub use context::Settings;
 use context::{Context, grant_key};
 
@@ -77,18 +79,22 @@ fn context(parts: Parts, settings: Settings, caches: Caches) -> Context {
     }
 }
 
-fn error_policy(grant: Arc<UploadGrant>, error: &Error, ctx: Arc<Context>) -> Action {
+fn error_policy(cached: Arc<CachedGrant>, error: &Error, ctx: Arc<Context>) -> Action {
+    // Only a pass that failed comes here: expanding again is rare.
+    let grant = cached.grant().ok();
     // The failed pass counted itself in the grant's record.
-    let n = ctx.memos.failures(grant_key(&grant)).max(1);
-    let expires_at = grant
-        .status
+    let n = grant
         .as_ref()
+        .map_or(1, |g| ctx.memos.failures(grant_key(g)).max(1));
+    let expires_at = grant
+        .as_ref()
+        .and_then(|g| g.status.as_ref())
         .and_then(|s| s.expires_at.as_ref())
         .map(|t| SystemTime::from(t.0));
     let delay = memo::retry_delay(n, expires_at, SystemTime::now());
     tracing::warn!(
-        grant = %grant.name_any(),
-        namespace = grant.namespace().as_deref().unwrap_or(""),
+        grant = %cached.name_any(),
+        namespace = cached.namespace().as_deref().unwrap_or(""),
         category = error.category(),
         error = %error,
         retry_in_s = delay.as_secs(),
@@ -109,23 +115,6 @@ fn slim<K: kube::Resource>(obj: &mut K) {
     meta.resource_version = None;
     if let Some(annotations) = meta.annotations.as_mut() {
         annotations.retain(|k, _| k.starts_with("grants.io/"));
-    }
-}
-
-/// Grants are read for spec, status, finalizers, identity and the renew
-/// request only. A tenant may put up to 256 KiB of annotations on a grant:
-/// of them the cache keeps the renew request, and only at a length the
-/// operator acts on (`decide::renew_request`).
-fn slim_grant(grant: &mut UploadGrant) {
-    slim(grant);
-    let meta = &mut grant.metadata;
-    meta.labels = None;
-    meta.owner_references = None;
-    if let Some(annotations) = meta.annotations.as_mut() {
-        annotations.retain(|k, v| k == RENEW_REQUEST_ANNOTATION && v.len() <= MAX_STATE_VALUE_LEN);
-    }
-    if meta.annotations.as_ref().is_some_and(|a| a.is_empty()) {
-        meta.annotations = None;
     }
 }
 
@@ -163,7 +152,7 @@ fn admit_secret(
 /// `watch` gets the cache it fills (a merge of several watches reads it).
 fn spawn_reflector<K, S, F, I>(
     watch: impl FnOnce(Store<K>) -> S,
-    triggers: mpsc::UnboundedSender<ObjectRef<UploadGrant>>,
+    triggers: mpsc::UnboundedSender<ObjectRef<CachedGrant>>,
     map: F,
 ) -> Store<K>
 where
@@ -171,7 +160,7 @@ where
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
     S: Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static,
     F: Fn(&K) -> I + Send + 'static,
-    I: IntoIterator<Item = ObjectRef<UploadGrant>>,
+    I: IntoIterator<Item = ObjectRef<CachedGrant>>,
 {
     let (reader, writer) = reflector::store();
     let kind = K::kind(&K::DynamicType::default()).into_owned();
@@ -194,9 +183,9 @@ where
 
 /// Grants in the cache that match `pred`.
 fn grants_where(
-    store: &Store<UploadGrant>,
-    pred: impl Fn(&UploadGrant) -> bool,
-) -> Vec<ObjectRef<UploadGrant>> {
+    store: &Store<CachedGrant>,
+    pred: impl Fn(&CachedGrant) -> bool,
+) -> Vec<ObjectRef<CachedGrant>> {
     store
         .state()
         .iter()
@@ -292,31 +281,55 @@ pub async fn run(
         .await;
 }
 
-/// The grant watch, slimmed, with each deletion also sent to `gone`.
+/// The grant watch, in the cache's compact form, with each deletion also
+/// sent to `gone`.
 fn grant_events(
     client: &Client,
     settings: &Settings,
-    store: Store<UploadGrant>,
+    store: Store<CachedGrant>,
     gone: mpsc::UnboundedSender<UploadGrant>,
-) -> impl Stream<Item = watcher::Result<watcher::Event<UploadGrant>>> + use<> {
+) -> impl Stream<Item = watcher::Result<watcher::Event<CachedGrant>>> + use<> {
     let watch = |ns: Option<&str>| {
         watcher(
             api_in(client, ns),
             watcher::Config::default().any_semantic(),
         )
         .default_backoff()
-        .modify(slim_grant)
+        .try_filter_map(|event| std::future::ready(Ok(cache_event(event))))
         .boxed()
     };
     watch_grants(&settings.namespaces, watch, store).inspect_ok(move |event| {
-        if let watcher::Event::Delete(grant) = event {
-            // The receiver lives as long as the controller.
-            let _ = gone.unbounded_send(grant.clone());
+        if let watcher::Event::Delete(cached) = event {
+            match cached.grant() {
+                // The receiver lives as long as the controller.
+                Ok(grant) => drop(gone.unbounded_send(grant)),
+                Err(e) => tracing::error!(grant = %cached.name_any(), error = %e, "cannot revoke a deleted grant"),
+            }
         }
     })
 }
 
-type Triggers = mpsc::UnboundedSender<ObjectRef<UploadGrant>>;
+/// A grant event with the grant in its cached form. A grant that cannot be
+/// projected (it serialized once already, so never in practice) is skipped
+/// and said.
+fn cache_event(event: watcher::Event<UploadGrant>) -> Option<watcher::Event<CachedGrant>> {
+    use watcher::Event;
+    let cached = |grant: UploadGrant| {
+        let name = grant.name_any();
+        CachedGrant::new(grant)
+            .inspect_err(|e| tracing::error!(grant = %name, error = %e, "cannot cache grant"))
+            .ok()
+    };
+    Some(match event {
+        Event::Apply(g) => Event::Apply(cached(g)?),
+        Event::Delete(g) => Event::Delete(cached(g)?),
+        Event::InitApply(g) => Event::InitApply(cached(g)?),
+        Event::Init => Event::Init,
+        Event::InitDone => Event::InitDone,
+    })
+}
+
+type Triggers = mpsc::UnboundedSender<ObjectRef<CachedGrant>>;
 
 type WatchStream<K> = BoxStream<'static, watcher::Result<watcher::Event<K>>>;
 
@@ -363,19 +376,19 @@ where
 /// meanwhile as deletions, where a reflector alone would drop them silently.
 fn watch_grants(
     namespaces: &[String],
-    watch: impl Fn(Option<&str>) -> WatchStream<UploadGrant>,
-    store: Store<UploadGrant>,
-) -> WatchStream<UploadGrant> {
+    watch: impl Fn(Option<&str>) -> WatchStream<CachedGrant>,
+    store: Store<CachedGrant>,
+) -> WatchStream<CachedGrant> {
     if namespaces.is_empty() {
         // One scope holding every grant.
-        let all: fn(&UploadGrant) -> Option<String> = |_| Some(String::new());
+        let all: fn(&CachedGrant) -> Option<String> = |_| Some(String::new());
         return scoped::merge(vec![(String::new(), watch(None))], store, all).boxed();
     }
     let scopes = namespaces
         .iter()
         .map(|ns| (ns.clone(), watch(Some(ns))))
         .collect();
-    scoped::merge(scopes, store, |g: &UploadGrant| g.namespace()).boxed()
+    scoped::merge(scopes, store, |g: &CachedGrant| g.namespace()).boxed()
 }
 
 /// Secrets this operator manages, metadata only (PartialObjectMeta), so
@@ -406,11 +419,8 @@ fn watch_secrets(
         |secret: &managed::ManagedSecret| {
             let namespace = secret.namespace().unwrap_or_default();
             secret
-                .owner_references()
-                .iter()
-                .filter(|o| o.kind == "UploadGrant" && o.controller == Some(true))
+                .owner()
                 .map(|o| ObjectRef::new(&o.name).within(&namespace))
-                .collect::<Vec<_>>()
         },
     )
 }
@@ -420,7 +430,7 @@ fn watch_secrets(
 fn watch_issuers(
     client: &Client,
     settings: &Settings,
-    grants: &Store<UploadGrant>,
+    grants: &Store<CachedGrant>,
     triggers: Triggers,
 ) -> Store<ClusterGrantIssuer> {
     let default_issuer = settings.default_issuer.clone();
@@ -438,7 +448,7 @@ fn watch_issuers(
             let _ = issuer_changes.unbounded_send(issuer.clone());
             let name = issuer.name_any();
             grants_where(&grants, |g| {
-                decide::issuer_name(g, default_issuer.as_deref()) == Some(name.as_str())
+                g.issuer_ref().or(default_issuer.as_deref()) == Some(name.as_str())
             })
         },
     )
@@ -448,7 +458,7 @@ fn watch_issuers(
 fn watch_namespaces(
     client: &Client,
     settings: &Settings,
-    grants: &Store<UploadGrant>,
+    grants: &Store<CachedGrant>,
     triggers: Triggers,
 ) -> Store<PartialObjectMeta<Namespace>> {
     let grants = grants.clone();
@@ -536,7 +546,7 @@ mod tests {
             store,
         )
         .reflect(writer);
-        for e in events {
+        for e in events.into_iter().filter_map(cache_event) {
             assert!(tx.unbounded_send(Ok(e)).is_ok());
         }
         let mut deleted = Vec::new();
@@ -573,31 +583,5 @@ mod tests {
             Delete(grant("a", "kept")),
         ];
         assert_eq!(deletions_after(watched), ["kept"]);
-    }
-
-    #[test]
-    fn the_grant_cache_keeps_of_the_metadata_only_a_short_renew_request() {
-        let big = "x".repeat(250 * 1024);
-        let mut grant = crate::fixtures::grant_with(serde_json::json!({"metadata": {
-            "labels": {"team": "a"},
-            "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "c", "uid": "u"}],
-            "annotations": {
-                "kubectl.kubernetes.io/last-applied-configuration": big,
-                "grants.io/anything": big,
-                RENEW_REQUEST_ANNOTATION: "2027-01-01T00:00:00Z"},
-        }}));
-        slim_grant(&mut grant);
-        let kept: Vec<&String> = grant.annotations().keys().collect();
-        assert_eq!(kept, [RENEW_REQUEST_ANNOTATION]);
-        assert_eq!(
-            (grant.metadata.labels, grant.metadata.owner_references),
-            (None, None)
-        );
-        // A renew request longer than the operator acts on is not kept.
-        let long = "1".repeat(MAX_STATE_VALUE_LEN + 1);
-        let mut grant = crate::fixtures::grant_with(serde_json::json!({"metadata": {
-            "annotations": {RENEW_REQUEST_ANNOTATION: long}}}));
-        slim_grant(&mut grant);
-        assert_eq!(grant.metadata.annotations, None);
     }
 }

@@ -13,6 +13,7 @@ use kube::runtime::controller::Action;
 use kube::{Api, Resource, ResourceExt};
 
 use super::build::whole_seconds;
+use super::cached::CachedGrant;
 use super::context::{Context, grant_key};
 use super::decide::Settled;
 use super::load::{self, Phase};
@@ -27,8 +28,9 @@ const NAMESPACE_RETRY: Duration = Duration::from_secs(5);
 
 /// One pass over the grant's record: taken when the pass starts, committed
 /// when it ends, also when it fails (the failure counts in it).
-pub async fn reconcile(grant: Arc<UploadGrant>, ctx: Arc<Context>) -> Result<Action> {
+pub async fn reconcile(cached: Arc<CachedGrant>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
+    let grant = Arc::new(cached.grant()?);
     let key = grant_key(&grant);
     let mut memo = ctx.memos.take(key);
     let result = run(grant, &ctx, &mut memo).await;
