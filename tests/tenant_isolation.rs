@@ -337,9 +337,10 @@ async fn issued(
 /// With the request bound the limit (4 requests/s: 2 renewals/s), twelve
 /// URLs fall due 10 s before they expire while a tenant asks, every
 /// second, for twenty other grants to be renewed: ten times what the bound
-/// serves. Renew requests have no deadline and step aside for the due
-/// renewals, so every due URL is renewed before it expires (served alone
-/// they need 6 s of the 10 s; shared with the flood, about 16 s).
+/// serves. Renew requests have no deadline and wait while a due renewal
+/// would run short of its own, so every due URL is renewed before it
+/// expires (served alone they need 6 s of the 10 s; shared with the flood,
+/// about 16 s).
 #[tokio::test]
 async fn a_flood_of_renew_requests_does_not_delay_due_renewals_past_expiry() -> TestResult {
     const DUE: usize = 12;

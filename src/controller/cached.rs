@@ -8,8 +8,9 @@
 //! buffer, the spec and status. Expanding costs microseconds per pass.
 
 use std::borrow::Cow;
+use std::time::SystemTime;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::Resource;
 use serde::{Deserialize, Serialize};
 
@@ -27,6 +28,11 @@ pub struct CachedGrant {
     /// The issuer the spec names: a changed issuer finds its grants without
     /// expanding each.
     issuer: Option<Box<str>>,
+    /// What the dispatch queue orders the grant by (`queue::Urgency`).
+    suspend: bool,
+    /// The status's refresh and expiry times, when it shows a URL that is
+    /// renewed.
+    renewal: Option<(SystemTime, SystemTime)>,
     /// `Body` as JSON.
     body: Box<[u8]>,
 }
@@ -59,11 +65,17 @@ impl CachedGrant {
             status: grant.status.as_ref(),
         })
         .map_err(Error::Serialize)?;
+        let status = grant.status.as_ref();
+        let time = |t: Option<&Time>| t.map(|t| SystemTime::from(t.0));
+        let renewal =
+            status.and_then(|s| Some((time(s.refresh_at.as_ref())?, time(s.expires_at.as_ref())?)));
         let renew = meta
             .annotations
             .and_then(|mut a| a.remove_entry(RENEW_REQUEST_ANNOTATION))
             .filter(|(_, v)| v.len() <= MAX_STATE_VALUE_LEN);
         Ok(CachedGrant {
+            suspend: grant.spec.suspend,
+            renewal,
             issuer: grant.spec.issuer_ref.map(|r| r.name.into_boxed_str()),
             body: body.into_boxed_slice(),
             metadata: ObjectMeta {
@@ -94,6 +106,16 @@ impl CachedGrant {
     /// The issuer the spec names, if it names one.
     pub fn issuer_ref(&self) -> Option<&str> {
         self.issuer.as_deref()
+    }
+
+    /// Deleted or suspended: its next pass revokes what it holds.
+    pub fn revoking(&self) -> bool {
+        self.suspend || self.metadata.deletion_timestamp.is_some()
+    }
+
+    /// When the URL the status shows is renewed, and when it expires.
+    pub fn renewal(&self) -> Option<(SystemTime, SystemTime)> {
+        self.renewal
     }
 }
 
@@ -154,12 +176,20 @@ mod tests {
             ]
             .into(),
         );
+        let (refresh, expires) = (
+            SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000),
+            SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_600),
+        );
         full.status = Some(UploadGrantStatus {
             secret_name: Some("s".into()),
+            refresh_at: Some(Time(refresh.try_into().expect("a time"))),
+            expires_at: Some(Time(expires.try_into().expect("a time"))),
             ..UploadGrantStatus::default()
         });
         let cached = CachedGrant::new(full.clone()).expect("projects");
         assert_eq!(cached.issuer_ref(), Some("team"));
+        assert_eq!(cached.renewal(), Some((refresh, expires)));
+        assert!(!cached.revoking());
         assert!(cached.uid().is_none(), "not in the cache's key");
         let back = cached.grant().expect("expands");
         assert_eq!(back.spec, full.spec);

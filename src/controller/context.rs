@@ -14,7 +14,6 @@ use super::decide::issuer_name;
 use super::events::Events;
 use super::managed::ManagedSecret;
 use super::memo::{Memos, Tombstones};
-use super::priority::DueIndex;
 use crate::api::{ClusterGrantIssuer, UploadGrant};
 use crate::fence::Fence;
 use crate::metrics::Metrics;
@@ -26,7 +25,7 @@ pub struct Settings {
     pub default_issuer: Option<String>,
     pub concurrency: u16,
     /// The client's request bound (0: none); renewals are paced to it
-    /// (`priority`).
+    /// (`dispatch`).
     pub kube_api_qps: u32,
     /// Only watch grants and Secrets in these namespaces (all when empty),
     /// so the operator needs no cluster-wide access to Secrets.
@@ -65,8 +64,6 @@ pub struct Context {
     /// Grants the watch reported deleted: a pass that was running then
     /// revokes what it wrote (`reconcile::run`) and commits nothing.
     pub(super) tombstones: Tombstones,
-    /// The due renewals, by expiry (`priority`).
-    pub(super) due_index: DueIndex,
 }
 
 /// A grant's key in the map of per-grant records: a hash of its uid, a

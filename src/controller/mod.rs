@@ -9,6 +9,7 @@ mod cached;
 mod context;
 pub mod decide;
 mod deletions;
+mod dispatch;
 pub(crate) mod events;
 mod finalizer;
 mod issuer_status;
@@ -16,13 +17,15 @@ mod load;
 mod managed;
 mod memo;
 pub mod multipart;
-mod priority;
+mod queue;
 mod reconcile;
 pub mod recorded;
 mod report;
 pub mod rollout;
 mod scoped;
 pub(crate) mod secrets;
+#[cfg(test)]
+mod simulation;
 mod status;
 pub mod validate;
 
@@ -34,7 +37,6 @@ use futures::stream::BoxStream;
 use futures::{FutureExt, Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::PartialObjectMeta;
-use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
@@ -53,11 +55,6 @@ use context::{Context, grant_key};
 
 /// The shared handles, from what the controller runs with and its caches.
 fn context(parts: Parts, settings: Settings, caches: Caches) -> Context {
-    let pace = priority::Pace {
-        slots: usize::from(settings.concurrency),
-        qps: Some(settings.kube_api_qps).filter(|&q| q > 0),
-    };
-    let propagation = settings.propagation_budget;
     Context {
         events: events::Events::new(
             parts.client.clone(),
@@ -75,22 +72,26 @@ fn context(parts: Parts, settings: Settings, caches: Caches) -> Context {
         fence: parts.fence,
         memos: memo::Memos::default(),
         tombstones: memo::Tombstones::default(),
-        due_index: priority::DueIndex::new(pace, propagation),
     }
 }
 
-fn error_policy(cached: Arc<CachedGrant>, error: &Error, ctx: Arc<Context>) -> Action {
+/// A failed pass: said, counted, and retried after the backoff (which
+/// never passes the expiry of the URL the grant holds).
+fn failed(
+    cached: &CachedGrant,
+    error: &Error,
+    ctx: &Context,
+) -> (reconcile::Next, std::time::Duration) {
     // Only a pass that failed comes here: expanding again is rare.
     let grant = cached.grant().ok();
     // The failed pass counted itself in the grant's record.
     let n = grant
         .as_ref()
         .map_or(1, |g| ctx.memos.failures(grant_key(g)).max(1));
-    let expires_at = grant
-        .as_ref()
-        .and_then(|g| g.status.as_ref())
-        .and_then(|s| s.expires_at.as_ref())
-        .map(|t| SystemTime::from(t.0));
+    let expires_at = cached.renewal().map(|(_, expires)| expires).or_else(|| {
+        let status = grant.as_ref()?.status.as_ref()?;
+        status.expires_at.as_ref().map(|t| SystemTime::from(t.0))
+    });
     let delay = memo::retry_delay(n, expires_at, SystemTime::now());
     tracing::warn!(
         grant = %cached.name_any(),
@@ -101,7 +102,11 @@ fn error_policy(cached: Arc<CachedGrant>, error: &Error, ctx: Arc<Context>) -> A
         "reconcile failed"
     );
     ctx.metrics.reconcile_failure(error.category());
-    Action::requeue(delay)
+    let next = reconcile::Next {
+        wake: report::Wake::OnChange,
+        expires_at,
+    };
+    (next, delay)
 }
 
 /// Drops what no reconcile reads before an object enters a cache: with
@@ -235,13 +240,11 @@ pub async fn run(
     let shutdown = shutdown.shared();
     let client = parts.client.clone();
     let (grant_store, grant_writer) = reflector::store();
-    // Grants that leave the cache, also those a relist finds gone: the
-    // controller never reconciles them again, so they are revoked from here.
+    // Grants that leave the cache, also those a relist finds gone: they are
+    // never looked at again, so they are revoked from here.
     let (gone, deleted_grants) = mpsc::unbounded::<UploadGrant>();
-    let grant_stream = grant_events(&client, &settings, grant_store.clone(), gone)
-        .reflect(grant_writer)
-        .applied_objects();
-    let controller = Controller::for_stream(grant_stream, grant_store.clone());
+    let grant_stream =
+        grant_events(&client, &settings, grant_store.clone(), gone).reflect(grant_writer);
     let (triggers, requests) = mpsc::unbounded();
     let caches = Caches {
         secrets: watch_secrets(&client, &settings, &parts.metrics, triggers.clone()),
@@ -252,33 +255,25 @@ pub async fn run(
         _ = caches.synced() => {}
         _ = shutdown.clone() => return,
     }
-    // The grant cache is the controller's own: kube-runtime holds every
-    // reconcile until it has listed. (Its readiness is not awaited here too:
-    // a second waiter on a kube store steals the first one's wake-up.)
+    // The grant cache is the dispatcher's own: it runs no pass until that
+    // cache has listed.
     parts.readiness.set_caches_synced();
     tracing::info!("caches synced");
 
-    let concurrency = settings.concurrency;
     // Grants that could not be signed retry as soon as credentials load
     // again, not at the end of their backoff.
     let recovered = parts.credentials.recoveries();
     let ctx = Arc::new(context(parts, settings, caches));
     tokio::spawn(deletions::run(ctx.clone(), deleted_grants));
-    controller
-        .reconcile_on(requests)
-        .reconcile_all_on(recovered)
-        .with_config(controller::Config::default().concurrency(concurrency))
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile::reconcile, error_policy, ctx)
-        .for_each(|result| {
-            match result {
-                // Reconcile errors were already reported by error_policy.
-                Ok(_) | Err(controller::Error::ReconcilerFailed(..)) => {}
-                Err(other) => tracing::warn!(error = %other, "controller stream error"),
-            }
-            futures::future::ready(())
-        })
-        .await;
+    dispatch::run(
+        ctx,
+        grant_store,
+        grant_stream,
+        requests,
+        recovered,
+        shutdown,
+    )
+    .await;
 }
 
 /// The grant watch, in the cache's compact form, with each deletion also

@@ -9,7 +9,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use kube::runtime::controller::Action;
 use kube::{Api, Resource, ResourceExt};
 
 use super::build::whole_seconds;
@@ -19,7 +18,7 @@ use super::decide::Settled;
 use super::load::{self, Phase};
 use super::memo::{GrantMemo, SettledAt};
 use super::report::{self, Report, Said, Wake};
-use super::{apply, finalizer, priority, status};
+use super::{apply, finalizer, status};
 use crate::api::UploadGrant;
 use crate::error::{Error, Result};
 
@@ -28,7 +27,7 @@ const NAMESPACE_RETRY: Duration = Duration::from_secs(5);
 
 /// One pass over the grant's record: taken when the pass starts, committed
 /// when it ends, also when it fails (the failure counts in it).
-pub async fn reconcile(cached: Arc<CachedGrant>, ctx: Arc<Context>) -> Result<Action> {
+pub async fn reconcile(cached: Arc<CachedGrant>, ctx: Arc<Context>) -> Result<Next> {
     let started = Instant::now();
     let grant = Arc::new(cached.grant()?);
     let key = grant_key(&grant);
@@ -43,7 +42,7 @@ pub async fn reconcile(cached: Arc<CachedGrant>, ctx: Arc<Context>) -> Result<Ac
     result
 }
 
-async fn run(mut grant: Arc<UploadGrant>, ctx: &Context, memo: &mut GrantMemo) -> Result<Action> {
+async fn run(mut grant: Arc<UploadGrant>, ctx: &Context, memo: &mut GrantMemo) -> Result<Next> {
     let namespace = grant.namespace().ok_or(Error::IncompleteObject)?;
     let api: Api<UploadGrant> = Api::namespaced(ctx.client.clone(), &namespace);
     let deleting = |g: &UploadGrant| g.meta().deletion_timestamp.is_some();
@@ -90,17 +89,13 @@ async fn pass(
     ctx: &Context,
     memo: &mut GrantMemo,
     phase: Phase,
-) -> Result<Action> {
+) -> Result<Next> {
     let Some(loaded) = load::load(grant, ctx, memo, phase).await else {
         tracing::debug!(grant = %grant.name_any(), "namespace not in the cache yet; waiting");
-        return Ok(Action::requeue(NAMESPACE_RETRY));
+        return Ok(Next::wake(Wake::After(NAMESPACE_RETRY)));
     };
     let now = whole_seconds(SystemTime::now());
     let decision = loaded.decide(now);
-    if let Some(wait) = priority::step_aside(&ctx.due_index, &ctx.secrets, &decision, now) {
-        tracing::debug!(grant = %grant.name_any(), wait_ms = wait.as_millis(), "renewals that expire sooner go first");
-        return Ok(Action::requeue(wait));
-    }
     let applied = apply::carry_out(ctx, grant, memo, &loaded, decision, now).await?;
     let (after, follow_error) = match apply::follow_up(ctx, grant, memo, &applied, now).await {
         Ok(after) => (after, None),
@@ -116,7 +111,7 @@ async fn pass(
             }
             error.map_or(Ok(()), Err)?;
             forget(grant, ctx, memo);
-            Ok(Action::await_change())
+            Ok(Next::wake(Wake::OnChange))
         }
     }
 }
@@ -128,7 +123,7 @@ async fn live(
     memo: &mut GrantMemo,
     report: Report,
     error: Option<Error>,
-) -> Result<Action> {
+) -> Result<Next> {
     remember_settled(memo, grant, &report);
     let change = status::change(grant, memo, &report);
     let events = report.events(change.is_some(), ctx.settings.lifecycle_events);
@@ -142,7 +137,10 @@ async fn live(
         report.issued.as_ref().map(|s| s.expires_at),
     );
     error.map_or(Ok(()), Err)?;
-    Ok(action(report.wake))
+    Ok(Next {
+        wake: report.wake,
+        expires_at: report.issued.as_ref().map(|s| s.expires_at),
+    })
 }
 
 /// Nothing is kept about a grant that is gone but its failures, so that the
@@ -172,10 +170,20 @@ fn remember_settled(memo: &mut GrantMemo, grant: &UploadGrant, report: &Report) 
         });
 }
 
-fn action(wake: Wake) -> Action {
-    match wake {
-        Wake::At(t) => Action::requeue(t.duration_since(SystemTime::now()).unwrap_or_default()),
-        Wake::After(d) => Action::requeue(d),
-        Wake::OnChange => Action::await_change(),
+/// What a pass says of the grant's next one: when, and until when the URL
+/// it holds works (a renewal's deadline is that, less the propagation
+/// budget).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Next {
+    pub wake: Wake,
+    pub expires_at: Option<SystemTime>,
+}
+
+impl Next {
+    fn wake(wake: Wake) -> Self {
+        Next {
+            wake,
+            expires_at: None,
+        }
     }
 }

@@ -220,13 +220,6 @@ pub(crate) mod tests {
             metrics: Arc::new(Metrics::default()),
             memos: Default::default(),
             tombstones: Default::default(),
-            due_index: crate::controller::priority::DueIndex::new(
-                crate::controller::priority::Pace {
-                    slots: 1,
-                    qps: None,
-                },
-                crate::api::limits::DEFAULT_PROPAGATION_BUDGET,
-            ),
         }
     }
 

@@ -1,0 +1,283 @@
+//! Runs grants' passes in the dispatch queue's order (`queue`): at most
+//! `--concurrency` at once, never two of one grant, revocations first and
+//! due renewals by deadline. The watches and caches stay kube-runtime's;
+//! which pass runs next is decided here.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures::stream::{FuturesUnordered, Stream, StreamExt};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+
+use super::cached::CachedGrant;
+use super::context::Context;
+use super::queue::{Pace, Queue, Urgency};
+use super::reconcile::{self, Next};
+use super::report::Wake;
+
+/// A grant's key in the queue: `namespace/name` in one shared string, cheap
+/// to copy into the queue's sets (neither part may contain a slash).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Key(Arc<str>);
+
+impl Key {
+    fn of(grant: &ObjectRef<CachedGrant>) -> Key {
+        let namespace = grant.namespace.as_deref().unwrap_or_default();
+        Key(format!("{namespace}/{}", grant.name).into())
+    }
+
+    /// The grant's key in the cache.
+    fn object_ref(&self) -> ObjectRef<CachedGrant> {
+        let (namespace, name) = self.0.split_once('/').unwrap_or(("", &self.0));
+        ObjectRef::new(name).within(namespace)
+    }
+}
+
+/// A renewal keeps at least this much slack ahead of other work, however
+/// fast the bound (`queue::Pace::margin`).
+const MIN_MARGIN: Duration = Duration::from_secs(10);
+
+/// A request to look at a grant, from the other watches.
+pub type Request = ObjectRef<CachedGrant>;
+
+/// How the queue paces renewals: the bound's renewals per second (a renewal
+/// is two requests, bench/README.md), and a margin that covers the passes
+/// already running when a renewal runs short of slack.
+pub fn pace(concurrency: u16, qps: u32) -> Pace {
+    let rate = (qps > 0).then(|| f64::from(qps) / 2.0);
+    let running = rate.map_or(0.0, |r| 4.0 * f64::from(concurrency) / r);
+    Pace {
+        rate,
+        margin: MIN_MARGIN.max(Duration::from_secs_f64(running)),
+    }
+}
+
+/// How soon a grant must run, from what its cached status shows.
+pub fn urgency(grant: Option<&CachedGrant>, now: SystemTime, propagation: Duration) -> Urgency {
+    let Some(grant) = grant else {
+        return Urgency::Arrival;
+    };
+    if grant.revoking() {
+        return Urgency::Revoke;
+    }
+    match grant.renewal() {
+        Some((refresh, expires)) if refresh <= now => Urgency::Renewal {
+            deadline: expires.checked_sub(propagation).unwrap_or(expires),
+        },
+        _ => Urgency::Arrival,
+    }
+}
+
+/// When to look at a grant again after a pass, and the deadline of the
+/// renewal then due if it is one. A failed pass retries after `retry`, but
+/// never past the deadline of the URL it holds.
+pub fn schedule(
+    next: Next,
+    retry: Option<Duration>,
+    now: SystemTime,
+    propagation: Duration,
+) -> (Option<SystemTime>, Option<SystemTime>) {
+    let deadline = next
+        .expires_at
+        .map(|e| e.checked_sub(propagation).unwrap_or(e));
+    let at = match (retry, next.wake) {
+        (Some(delay), _) => Some(deadline.map_or(now + delay, |d| (now + delay).min(d.max(now)))),
+        (None, Wake::At(t)) => Some(t),
+        (None, Wake::After(d)) => Some(now + d),
+        (None, Wake::OnChange) => None,
+    };
+    let renewal = deadline.filter(|d| at.is_some_and(|at| at < *d));
+    (at, renewal)
+}
+
+/// The grant watch's events as the dispatcher hears them.
+pub type GrantEvent = watcher::Result<watcher::Event<CachedGrant>>;
+
+/// Runs passes until `shutdown`, then lets the running ones finish.
+/// `grants` is the reflected grant watch (the cache fills as it is read),
+/// `requests` asks for grants to be looked at, and `everyone` for all of
+/// them (credentials that loaded again).
+pub async fn run(
+    ctx: Arc<Context>,
+    store: Store<CachedGrant>,
+    grants: impl Stream<Item = GrantEvent> + Send,
+    requests: impl Stream<Item = Request> + Send,
+    everyone: impl Stream<Item = ()> + Send,
+    shutdown: impl Future<Output = ()> + Send,
+) {
+    let settings = &ctx.settings;
+    let propagation = settings.propagation_budget;
+    let slots = usize::from(settings.concurrency.max(1));
+    let mut queue: Queue<Key> = Queue::new(pace(settings.concurrency, settings.kube_api_qps));
+    let mut running = FuturesUnordered::new();
+    let (mut grants, mut requests, mut everyone) =
+        (Box::pin(grants), Box::pin(requests), Box::pin(everyone));
+    let mut shutdown = std::pin::pin!(shutdown);
+    // No pass runs before the grant cache has listed.
+    let mut listed = false;
+    loop {
+        let now = SystemTime::now();
+        while listed && running.len() < slots {
+            let cached = |k: &Key| store.get(&k.object_ref());
+            let Some(key) = queue.pop(now, |k| urgency(cached(k).as_deref(), now, propagation))
+            else {
+                break;
+            };
+            match cached(&key) {
+                Some(grant) => {
+                    tracing::debug!(grant = %key.0, "pass starting");
+                    running.push(pass(ctx.clone(), key, grant));
+                }
+                None => {
+                    queue.done(&key, now);
+                    queue.forget(&key);
+                }
+            }
+        }
+        let timer = queue.next_timer().filter(|_| listed);
+        let sleep = tokio::time::sleep(until(timer, now));
+        tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            Some((key, result)) = running.next(), if !running.is_empty() => {
+                let now = SystemTime::now();
+                let (next, retry) = match result {
+                    Ok(next) => (next, None),
+                    Err((next, delay)) => (next, Some(delay)),
+                };
+                queue.done(&key, now);
+                let (at, deadline) = schedule(next, retry, now, propagation);
+                let next_in_s = at.map(|at| until(Some(at), now).as_secs());
+                tracing::debug!(grant = %key.0, ?next_in_s, renewal = deadline.is_some(), "pass done");
+                queue.wake_at(&key, at, deadline);
+            }
+            Some(event) = grants.next() => match event {
+                Ok(watcher::Event::Apply(g) | watcher::Event::InitApply(g)) => {
+                    let now = SystemTime::now();
+                    queue.wake(&key_of(&g), urgency(Some(&g), now, propagation), now);
+                }
+                Ok(watcher::Event::Delete(g)) => queue.forget(&key_of(&g)),
+                Ok(watcher::Event::InitDone) => listed = true,
+                Ok(watcher::Event::Init) => {}
+                Err(e) => tracing::warn!(kind = "UploadGrant", error = %e, "watch failed; retrying"),
+            },
+            Some(request) = requests.next() => {
+                let now = SystemTime::now();
+                let found = urgency(store.get(&request).as_deref(), now, propagation);
+                queue.wake(&Key::of(&request), found, now);
+            }
+            Some(()) = everyone.next() => {
+                let now = SystemTime::now();
+                for grant in store.state() {
+                    queue.wake(&key_of(&grant), urgency(Some(&grant), now, propagation), now);
+                }
+            }
+            () = sleep, if timer.is_some() => {}
+        }
+    }
+    // Passes under way finish: each commits its record and its writes.
+    while running.next().await.is_some() {}
+}
+
+fn key_of(grant: &CachedGrant) -> Key {
+    Key::of(&ObjectRef::from_obj(grant))
+}
+
+/// How long to sleep for a timer at `at`.
+fn until(at: Option<SystemTime>, now: SystemTime) -> Duration {
+    at.and_then(|at| at.duration_since(now).ok())
+        .unwrap_or_default()
+}
+
+/// One pass: what it says of the next, or the retry its failure asks for.
+async fn pass(
+    ctx: Arc<Context>,
+    key: Key,
+    grant: Arc<CachedGrant>,
+) -> (Key, Result<Next, (Next, Duration)>) {
+    let result = match reconcile::reconcile(grant.clone(), ctx.clone()).await {
+        Ok(next) => Ok(next),
+        Err(error) => Err(super::failed(&grant, &error, &ctx)),
+    };
+    (key, result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(s)
+    }
+
+    /// A pass's wake-up is the timer, and it is a renewal's when it comes
+    /// before the deadline of the URL the grant holds.
+    #[test]
+    fn schedules_the_next_pass_and_its_deadline() {
+        let p = Duration::from_secs(60);
+        let next = |wake, expires: Option<u64>| Next {
+            wake,
+            expires_at: expires.map(at),
+        };
+        let now = at(1000);
+        // Renews at 1400, deadline 2000 - 60.
+        assert_eq!(
+            schedule(next(Wake::At(at(1400)), Some(2000)), None, now, p),
+            (Some(at(1400)), Some(at(1940)))
+        );
+        // Wakes at expiry, to revoke: not a renewal.
+        assert_eq!(
+            schedule(next(Wake::At(at(2000)), Some(2000)), None, now, p),
+            (Some(at(2000)), None)
+        );
+        assert_eq!(
+            schedule(next(Wake::OnChange, None), None, now, p),
+            (None, None)
+        );
+        assert_eq!(
+            schedule(
+                next(Wake::After(Duration::from_secs(5)), None),
+                None,
+                now,
+                p
+            ),
+            (Some(at(1005)), None)
+        );
+        // A failed renewal retries after its backoff, but by its deadline.
+        assert_eq!(
+            schedule(
+                next(Wake::OnChange, Some(1100)),
+                Some(Duration::from_secs(300)),
+                now,
+                p
+            ),
+            (Some(at(1040)), None)
+        );
+        assert_eq!(
+            schedule(
+                next(Wake::OnChange, Some(5000)),
+                Some(Duration::from_secs(30)),
+                now,
+                p
+            ),
+            (Some(at(1030)), Some(at(4940)))
+        );
+    }
+
+    #[test]
+    fn a_key_names_its_grant_in_the_cache() {
+        let r = ObjectRef::new("g").within("ns");
+        assert_eq!(Key::of(&r).object_ref(), r);
+        assert_eq!(&*Key::of(&r).0, "ns/g");
+    }
+
+    #[test]
+    fn the_margin_covers_the_passes_running_at_the_bound() {
+        assert_eq!(pace(4, 100).rate, Some(50.0));
+        assert_eq!(pace(4, 100).margin, MIN_MARGIN);
+        assert_eq!(pace(16, 4).margin, Duration::from_secs(32));
+        assert_eq!(pace(4, 0).rate, None);
+    }
+}

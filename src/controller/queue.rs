@@ -1,0 +1,600 @@
+//! Which grant runs next: the operator's own queue, ordered by deadline.
+//!
+//! Earliest-deadline-first meets every deadline whenever any order can, and
+//! a deadline never starves: it only becomes more urgent. So:
+//! - a revocation goes before anything else, in arrival order;
+//! - a renewal that fell due goes by its deadline (its URL's expiry less the
+//!   propagation budget), and is not started before its refresh time;
+//! - other work (a new grant, a changed spec, a renew request) goes by
+//!   arrival, ahead of renewals while they all have slack: while the
+//!   request bound, serving renewals in deadline order, still ends each of
+//!   those due or about to fall due more than `margin` before its deadline.
+//!
+//! Work for one grant coalesces; a grant never runs twice at once (work
+//! that comes while it runs waits for the pass to end). Pure: the caller
+//! says what time it is, and classifies grants (`Urgency`).
+
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
+use std::hash::Hash;
+use std::time::{Duration, SystemTime};
+
+/// How soon a grant must run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Urgency {
+    /// A revocation: before anything else.
+    Revoke,
+    /// A due renewal, with the last moment its new URL still reaches the
+    /// pods in time.
+    Renewal { deadline: SystemTime },
+    /// Anything else, by arrival.
+    Arrival,
+}
+
+impl Urgency {
+    /// The more urgent of two kinds of work for the same grant.
+    fn max(self, other: Urgency) -> Urgency {
+        use Urgency::*;
+        match (self, other) {
+            (Revoke, _) | (_, Revoke) => Revoke,
+            (Renewal { deadline: a }, Renewal { deadline: b }) => Renewal { deadline: a.min(b) },
+            (r @ Renewal { .. }, Arrival) | (Arrival, r @ Renewal { .. }) => r,
+            (Arrival, Arrival) => Arrival,
+        }
+    }
+}
+
+/// How fast the request bound serves renewals, and the slack a renewal
+/// keeps ahead of other work.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pace {
+    /// Renewals per second the bound serves; None: no bound.
+    pub rate: Option<f64>,
+    /// A renewal with less slack than this goes before other work.
+    pub margin: Duration,
+}
+
+/// How long a least slack is trusted without computing it again. Below the
+/// margin it stays there while renewals are served at the bound's rate
+/// (each one served gains the others what its time costs them), so other
+/// work waits at most this long for a faster bound to be noticed. Above the
+/// margin it is bounded from below meanwhile: it falls one second per
+/// second, and each renewal counted since takes at most one renewal's time
+/// from any other (with unit jobs, one more delays each later one by at
+/// most one slot).
+const SLACK_MAX_AGE: Duration = Duration::from_secs(5);
+
+/// The least slack of the renewals ahead, as last computed.
+#[derive(Debug, Clone, Copy)]
+struct Slack {
+    at: SystemTime,
+    seconds: f64,
+    /// Renewals counted since, which it did not include.
+    added: u32,
+}
+
+/// A place in one of the ordered sets: (order, sequence, slot).
+type Place = (SystemTime, u64, u32);
+
+/// One grant's state in the queue.
+#[derive(Debug)]
+struct Entry<K> {
+    key: K,
+    /// Waiting to run, and where.
+    ready: Option<(Urgency, Place)>,
+    /// When it is looked at next if nothing else wakes it (its place among
+    /// the timers), and the deadline of the renewal then due, if it is one.
+    timer: Option<Place>,
+    deadline: Option<SystemTime>,
+    running: bool,
+    /// Work that came while it ran.
+    again: Option<Urgency>,
+    /// Forgotten while it ran: dropped when the pass ends.
+    forgotten: bool,
+}
+
+/// The queue of grants keyed by `K`.
+#[derive(Debug)]
+pub struct Queue<K> {
+    pace: Pace,
+    slots: HashMap<K, u32>,
+    entries: Vec<Option<Entry<K>>>,
+    free: Vec<u32>,
+    revocations: BTreeSet<Place>,
+    renewals: BTreeSet<Place>,
+    arrivals: BTreeSet<Place>,
+    timers: BTreeSet<Place>,
+    seq: u64,
+    /// The least slack when last computed.
+    slack: Option<Slack>,
+}
+
+impl<K: Clone + Eq + Hash> Queue<K> {
+    pub fn new(pace: Pace) -> Self {
+        Queue {
+            pace,
+            slots: HashMap::new(),
+            entries: Vec::new(),
+            free: Vec::new(),
+            revocations: BTreeSet::new(),
+            renewals: BTreeSet::new(),
+            arrivals: BTreeSet::new(),
+            timers: BTreeSet::new(),
+            seq: 0,
+            slack: None,
+        }
+    }
+
+    /// Work for `key`, ready now.
+    pub fn wake(&mut self, key: &K, urgency: Urgency, now: SystemTime) {
+        if matches!(urgency, Urgency::Renewal { .. }) {
+            // Not counted yet, unlike a renewal a timer announced.
+            self.count_renewal();
+        }
+        self.ready(key, urgency, now);
+    }
+
+    fn ready(&mut self, key: &K, urgency: Urgency, now: SystemTime) {
+        let slot = self.slot(key);
+        let Some(entry) = self.entry_mut(slot) else {
+            return;
+        };
+        if entry.running {
+            entry.again = Some(entry.again.map_or(urgency, |u| u.max(urgency)));
+            return;
+        }
+        let urgency = match entry.ready.take() {
+            Some((held, place)) => {
+                self.set_of(held).remove(&place);
+                held.max(urgency)
+            }
+            None => urgency,
+        };
+        self.make_ready(slot, urgency, now);
+    }
+
+    /// Looks at `key` again at `at` unless something wakes it sooner, for
+    /// the renewal with `deadline` if it is one; this replaces any earlier
+    /// request (the pass that asks saw the latest state).
+    pub fn wake_at(&mut self, key: &K, at: Option<SystemTime>, deadline: Option<SystemTime>) {
+        let slot = self.slot(key);
+        self.seq += 1;
+        let place = at.map(|at| (at, self.seq, slot));
+        let Some(entry) = self.entry_mut(slot) else {
+            return;
+        };
+        let old = std::mem::replace(&mut entry.timer, place);
+        entry.deadline = deadline.filter(|_| place.is_some());
+        if let Some(old) = old {
+            self.timers.remove(&old);
+        }
+        if let Some(place) = place {
+            self.timers.insert(place);
+        }
+        if deadline.is_some() {
+            self.count_renewal();
+        }
+    }
+
+    /// The next grant to run, marked running; None when nothing is ready.
+    /// Timers that came due are classified by `urgency` first.
+    pub fn pop(&mut self, now: SystemTime, urgency: impl Fn(&K) -> Urgency) -> Option<K> {
+        self.fire_timers(now, urgency);
+        let set = if !self.revocations.is_empty() {
+            &mut self.revocations
+        } else if self.arrivals.is_empty()
+            || (!self.renewals.is_empty() && self.least_slack(now) < self.pace.margin.as_secs_f64())
+        {
+            &mut self.renewals
+        } else {
+            &mut self.arrivals
+        };
+        let (_, _, slot) = set.pop_first()?;
+        let entry = self.entries.get_mut(slot as usize)?.as_mut()?;
+        entry.ready = None;
+        entry.running = true;
+        Some(entry.key.clone())
+    }
+
+    /// The pass of `key` ended: work that came meanwhile is ready now.
+    pub fn done(&mut self, key: &K, now: SystemTime) {
+        let Some(&slot) = self.slots.get(key) else {
+            return;
+        };
+        let Some(entry) = self.entry_mut(slot) else {
+            return;
+        };
+        entry.running = false;
+        if entry.forgotten {
+            self.remove(slot);
+            return;
+        }
+        if let Some(urgency) = entry.again.take() {
+            self.make_ready(slot, urgency, now);
+        }
+    }
+
+    /// `key` is gone: whatever waited for it is dropped (after its running
+    /// pass, if any).
+    pub fn forget(&mut self, key: &K) {
+        let Some(&slot) = self.slots.get(key) else {
+            return;
+        };
+        let running = self.entry(slot).is_some_and(|e| e.running);
+        if !running {
+            self.remove(slot);
+            return;
+        }
+        let timer = self.entry_mut(slot).and_then(|entry| {
+            entry.forgotten = true;
+            entry.again = None;
+            entry.timer.take()
+        });
+        if let Some(place) = timer {
+            self.timers.remove(&place);
+        }
+    }
+
+    /// When the next timer is due, if any.
+    pub fn next_timer(&self) -> Option<SystemTime> {
+        self.timers.first().map(|(at, _, _)| *at)
+    }
+
+    /// Grants waiting to run (not those running or only timed).
+    #[cfg(test)]
+    pub fn ready_len(&self) -> usize {
+        self.revocations.len() + self.renewals.len() + self.arrivals.len()
+    }
+
+    /// The renewals, due or falling due before `horizon`, that the bound
+    /// cannot serve before their deadlines even in deadline order from now,
+    /// with how many seconds each falls short.
+    #[cfg(test)]
+    pub fn at_risk(&self, now: SystemTime, horizon: SystemTime) -> Vec<(K, f64)> {
+        let Some(rate) = self.pace.rate.filter(|r| *r > 0.0) else {
+            return Vec::new();
+        };
+        let mut late = Vec::new();
+        self.edf(now, rate, Some(horizon), |slot, slack| {
+            if slack < 0.0
+                && let Some(entry) = self.entry(slot)
+            {
+                late.push((entry.key.clone(), -slack));
+            }
+        });
+        late
+    }
+
+    /// The least slack, in seconds, of the renewals the bound is busy with
+    /// from now if it serves them in deadline order, up to its first idle
+    /// moment (a delay now is absorbed there): infinite with none or no
+    /// bound.
+    fn least_slack(&mut self, now: SystemTime) -> f64 {
+        let Some(rate) = self.pace.rate.filter(|r| *r > 0.0) else {
+            return f64::INFINITY;
+        };
+        if let Some(known) = self
+            .slack
+            .and_then(|c| c.bound(now, rate, self.pace.margin))
+        {
+            return known;
+        }
+        let mut least = f64::INFINITY;
+        self.edf(now, rate, None, |_, slack| least = least.min(slack));
+        self.slack = Some(Slack {
+            at: now,
+            seconds: least,
+            added: 0,
+        });
+        least
+    }
+
+    fn count_renewal(&mut self) {
+        if let Some(slack) = self.slack.as_mut() {
+            slack.added = slack.added.saturating_add(1);
+        }
+    }
+
+    /// Earliest-deadline-first from `now` at `rate` over the due renewals
+    /// and those timed to fall due: `served` hears each one's slack in
+    /// seconds. Without a `horizon` it stops at the first idle moment; with
+    /// one, at the first renewal falling due after it.
+    fn edf(
+        &self,
+        now: SystemTime,
+        rate: f64,
+        horizon: Option<SystemTime>,
+        mut served: impl FnMut(u32, f64),
+    ) {
+        let step = 1.0 / rate;
+        let mut due: BinaryHeap<Reverse<(SystemTime, u32)>> = self
+            .renewals
+            .iter()
+            .map(|&(deadline, _, slot)| Reverse((deadline, slot)))
+            .collect();
+        let mut coming = self.timers.iter().filter_map(|&(at, _, slot)| {
+            let deadline = self.entry(slot)?.deadline?;
+            Some((at, deadline, slot))
+        });
+        let mut next = coming.next();
+        let mut t = 0.0_f64;
+        loop {
+            while let Some((at, deadline, slot)) = next {
+                if seconds_between(now, at) > t {
+                    break;
+                }
+                due.push(Reverse((deadline, slot)));
+                next = coming.next();
+            }
+            let Some(Reverse((deadline, slot))) = due.pop() else {
+                match next {
+                    Some((at, _, _)) if horizon.is_some_and(|h| at <= h) => {
+                        t = seconds_between(now, at);
+                        continue;
+                    }
+                    _ => return,
+                }
+            };
+            t += step;
+            served(slot, seconds_between(now, deadline) - t);
+        }
+    }
+
+    fn fire_timers(&mut self, now: SystemTime, urgency: impl Fn(&K) -> Urgency) {
+        while let Some(&(at, _, slot)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.pop_first();
+            let Some(entry) = self.entry_mut(slot) else {
+                continue;
+            };
+            entry.timer = None;
+            entry.deadline = None;
+            let key = entry.key.clone();
+            let found = urgency(&key);
+            self.ready(&key, found, now);
+        }
+    }
+
+    fn make_ready(&mut self, slot: u32, urgency: Urgency, now: SystemTime) {
+        self.seq += 1;
+        let order = match urgency {
+            Urgency::Renewal { deadline } => deadline,
+            Urgency::Revoke | Urgency::Arrival => now,
+        };
+        let place = (order, self.seq, slot);
+        self.set_of(urgency).insert(place);
+        if let Some(entry) = self.entry_mut(slot) {
+            entry.ready = Some((urgency, place));
+        }
+    }
+
+    fn set_of(&mut self, urgency: Urgency) -> &mut BTreeSet<Place> {
+        match urgency {
+            Urgency::Revoke => &mut self.revocations,
+            Urgency::Renewal { .. } => &mut self.renewals,
+            Urgency::Arrival => &mut self.arrivals,
+        }
+    }
+
+    /// The slot of `key`, made when it has none.
+    fn slot(&mut self, key: &K) -> u32 {
+        if let Some(&slot) = self.slots.get(key) {
+            return slot;
+        }
+        let entry = Entry {
+            key: key.clone(),
+            ready: None,
+            timer: None,
+            deadline: None,
+            running: false,
+            again: None,
+            forgotten: false,
+        };
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                if let Some(place) = self.entries.get_mut(slot as usize) {
+                    *place = Some(entry);
+                }
+                slot
+            }
+            None => {
+                self.entries.push(Some(entry));
+                u32::try_from(self.entries.len() - 1).unwrap_or(u32::MAX)
+            }
+        };
+        self.slots.insert(key.clone(), slot);
+        slot
+    }
+
+    fn remove(&mut self, slot: u32) {
+        let Some(entry) = self.entries.get_mut(slot as usize).and_then(Option::take) else {
+            return;
+        };
+        if let Some((urgency, place)) = entry.ready {
+            self.set_of(urgency).remove(&place);
+        }
+        if let Some(place) = entry.timer {
+            self.timers.remove(&place);
+        }
+        self.slots.remove(&entry.key);
+        self.free.push(slot);
+    }
+
+    fn entry(&self, slot: u32) -> Option<&Entry<K>> {
+        self.entries.get(slot as usize)?.as_ref()
+    }
+
+    fn entry_mut(&mut self, slot: u32) -> Option<&mut Entry<K>> {
+        self.entries.get_mut(slot as usize)?.as_mut()
+    }
+}
+
+impl Slack {
+    /// What is known of the least slack at `now` without computing it
+    /// again, if enough to decide against `margin`.
+    fn bound(self, now: SystemTime, rate: f64, margin: Duration) -> Option<f64> {
+        let age = now.duration_since(self.at).ok()?;
+        if age >= SLACK_MAX_AGE {
+            return None;
+        }
+        let margin = margin.as_secs_f64();
+        if self.seconds < margin {
+            return Some(self.seconds);
+        }
+        let lowest = self.seconds - age.as_secs_f64() - f64::from(self.added) / rate;
+        (lowest >= margin).then_some(lowest)
+    }
+}
+
+/// `to - from` in seconds, negative when `to` is earlier.
+pub fn seconds_between(from: SystemTime, to: SystemTime) -> f64 {
+    match to.duration_since(from) {
+        Ok(d) => d.as_secs_f64(),
+        Err(e) => -e.duration().as_secs_f64(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(s)
+    }
+
+    fn queue(rate: Option<f64>) -> Queue<&'static str> {
+        Queue::new(Pace {
+            rate,
+            margin: Duration::from_secs(10),
+        })
+    }
+
+    fn renewal(deadline: u64) -> Urgency {
+        Urgency::Renewal {
+            deadline: at(deadline),
+        }
+    }
+
+    fn drain(q: &mut Queue<&'static str>, now: SystemTime) -> Vec<&'static str> {
+        let order: Vec<_> = std::iter::from_fn(|| q.pop(now, |_| Urgency::Arrival)).collect();
+        for key in &order {
+            q.done(key, now);
+        }
+        order
+    }
+
+    /// Revocations first; renewals with slack after other work, by
+    /// deadline; a renewal without slack before it.
+    #[test]
+    fn orders_revocations_then_urgent_renewals_then_arrivals_then_renewals() {
+        let now = at(1000);
+        let mut q = queue(Some(1.0));
+        q.wake(&"late-renewal", renewal(1500), now);
+        q.wake(&"early-renewal", renewal(1200), now);
+        q.wake(&"new-grant", Urgency::Arrival, now);
+        q.wake(&"deleted", Urgency::Revoke, now);
+        assert_eq!(
+            drain(&mut q, now),
+            ["deleted", "new-grant", "early-renewal", "late-renewal"]
+        );
+
+        // Five seconds to a deadline, with one renewal ahead at one a second.
+        let mut q = queue(Some(1.0));
+        q.wake(&"new-grant", Urgency::Arrival, now);
+        q.wake(&"renewal", renewal(1005), now);
+        assert_eq!(drain(&mut q, now), ["renewal", "new-grant"]);
+
+        // Slack counts the renewals ahead: 20 of them at one a second leave
+        // the last, 29 s from its deadline, 9 s: less than the margin.
+        let mut q: Queue<String> = Queue::new(Pace {
+            rate: Some(1.0),
+            margin: Duration::from_secs(10),
+        });
+        for i in 0..20 {
+            q.wake(&format!("r{i:02}"), renewal(1029), now);
+        }
+        q.wake(&"new".to_owned(), Urgency::Arrival, now);
+        assert_eq!(q.pop(now, |_| Urgency::Arrival).as_deref(), Some("r00"));
+
+        // Without a bound nothing is at risk: other work goes first.
+        let mut q = queue(None);
+        q.wake(&"renewal", renewal(1001), now);
+        q.wake(&"new-grant", Urgency::Arrival, now);
+        assert_eq!(drain(&mut q, now), ["new-grant", "renewal"]);
+    }
+
+    /// Work for one grant is one pass, at its most urgent; work that comes
+    /// while it runs waits for the pass to end.
+    #[test]
+    fn coalesces_and_never_runs_a_grant_twice_at_once() {
+        let now = at(0);
+        let mut q = queue(Some(1.0));
+        q.wake(&"g", Urgency::Arrival, now);
+        q.wake(&"g", renewal(100), now);
+        q.wake(&"other", Urgency::Arrival, now);
+        assert_eq!(q.ready_len(), 2);
+        assert_eq!(q.pop(now, |_| Urgency::Arrival), Some("other"));
+        assert_eq!(q.pop(now, |_| Urgency::Arrival), Some("g"));
+        q.wake(&"g", Urgency::Arrival, now);
+        q.wake(&"g", Urgency::Revoke, now);
+        assert_eq!(q.pop(now, |_| Urgency::Arrival), None, "g is running");
+        q.done(&"g", now);
+        assert_eq!(q.revocations.len(), 1, "the revocation that came meanwhile");
+        assert_eq!(q.pop(now, |_| Urgency::Arrival), Some("g"));
+        q.done(&"g", now);
+        assert_eq!(q.pop(now, |_| Urgency::Arrival), None);
+    }
+
+    /// A timer wakes its grant at its time, classified then; a later
+    /// request replaces it; a forgotten grant's timer never fires.
+    #[test]
+    fn timers_fire_at_their_time_and_the_latest_request_wins() {
+        let mut q = queue(Some(1.0));
+        q.wake_at(&"g", Some(at(50)), None);
+        q.wake_at(&"g", Some(at(100)), Some(at(500)));
+        assert_eq!(q.next_timer(), Some(at(100)));
+        assert_eq!(q.pop(at(99), |_| renewal(500)), None);
+        assert_eq!(q.pop(at(100), |_| renewal(500)), Some("g"));
+        q.done(&"g", at(100));
+        assert_eq!(q.next_timer(), None);
+
+        q.wake_at(&"gone", Some(at(200)), None);
+        q.forget(&"gone");
+        assert_eq!(q.next_timer(), None);
+        assert_eq!(q.pop(at(300), |_| Urgency::Arrival), None);
+
+        // Forgotten while it runs: nothing comes back after the pass.
+        q.wake(&"g", Urgency::Arrival, at(300));
+        assert_eq!(q.pop(at(300), |_| Urgency::Arrival), Some("g"));
+        q.wake(&"g", Urgency::Arrival, at(300));
+        q.forget(&"g");
+        q.done(&"g", at(300));
+        assert_eq!(q.pop(at(300), |_| Urgency::Arrival), None);
+        assert!(q.slots.is_empty());
+    }
+
+    /// The forecast serves due renewals and those timed to fall due in
+    /// deadline order at the bound's rate, and names each that ends late.
+    #[test]
+    fn forecasts_the_renewals_the_bound_cannot_serve_in_time() {
+        let now = at(0);
+        let mut q = queue(Some(1.0));
+        // Due now: done at 1 and 2 s.
+        q.wake(&"a", renewal(10), now);
+        q.wake(&"b", renewal(1), now);
+        // Falls due at 5 s: done at 6 s, 2 s late.
+        q.wake_at(&"c", Some(at(5)), Some(at(4)));
+        // A timer that is not a renewal counts for nothing.
+        q.wake_at(&"d", Some(at(5)), None);
+        // After the horizon: not looked at.
+        q.wake_at(&"e", Some(at(100)), Some(at(100)));
+        let mut late = q.at_risk(now, at(50));
+        late.sort_by(|x, y| x.0.cmp(y.0));
+        assert_eq!(late, [("c", 2.0)], "b ends just in time");
+        // Up to the first idle moment (2 s to 5 s), b is the least slack.
+        assert_eq!(q.least_slack(now), 0.0);
+        assert_eq!(queue(None).at_risk(now, at(50)), []);
+    }
+}
