@@ -147,11 +147,13 @@ pub async fn run(
                     Ok(next) => (next, None),
                     Err((next, delay)) => (next, Some(delay)),
                 };
-                queue.done(&key, now);
                 let (at, deadline) = schedule(next, retry, now, propagation);
                 let next_in_s = at.map(|at| until(Some(at), now).as_secs());
                 tracing::debug!(grant = %key.0, ?next_in_s, renewal = deadline.is_some(), "pass done");
+                // Before `done`, which drops a grant forgotten meanwhile,
+                // timer and all.
                 queue.wake_at(&key, at, deadline);
+                queue.done(&key, now);
             }
             Some(event) = grants.next() => match event {
                 Ok(watcher::Event::Apply(g) | watcher::Event::InitApply(g)) => {

@@ -565,12 +565,15 @@ mod tests {
         assert_eq!(q.next_timer(), None);
         assert_eq!(q.pop(at(300), |_| Urgency::Arrival), None);
 
-        // Forgotten while it runs: nothing comes back after the pass.
+        // Forgotten while it runs: nothing comes back after the pass, not
+        // the timer the pass asks for.
         q.wake(&"g", Urgency::Arrival, at(300));
         assert_eq!(q.pop(at(300), |_| Urgency::Arrival), Some("g"));
         q.wake(&"g", Urgency::Arrival, at(300));
         q.forget(&"g");
+        q.wake_at(&"g", Some(at(400)), None);
         q.done(&"g", at(300));
+        assert_eq!(q.next_timer(), None);
         assert_eq!(q.pop(at(300), |_| Urgency::Arrival), None);
         assert!(q.slots.is_empty());
     }
