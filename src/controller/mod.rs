@@ -12,6 +12,7 @@ mod deletions;
 mod dispatch;
 pub(crate) mod events;
 mod finalizer;
+pub mod forecast;
 mod issuer_status;
 mod load;
 mod managed;
