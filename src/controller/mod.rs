@@ -4,6 +4,7 @@
 //! apply → status.
 
 mod apply;
+mod at_risk;
 pub mod build;
 mod cached;
 mod context;
@@ -266,6 +267,7 @@ pub async fn run(
     let recovered = parts.credentials.recoveries();
     let ctx = Arc::new(context(parts, settings, caches));
     tokio::spawn(deletions::run(ctx.clone(), deleted_grants));
+    at_risk::spawn(&ctx, shutdown.clone());
     dispatch::run(
         ctx,
         grant_store,
