@@ -74,6 +74,7 @@ fn chart_lints_and_renders_hardened_with_every_option() -> TestResult {
     let all = template(env, &["-f", ALL_OPTIONS])?;
     for kind in [
         "ServiceMonitor",
+        "PrometheusRule",
         "PodDisruptionBudget",
         "NetworkPolicy",
         "ClusterGrantIssuer",
