@@ -1,10 +1,12 @@
-//! The chart's alerts, checked with promtool (Debian's, cached
+//! The chart's alerts and dashboard, checked with promtool (Debian's, cached
 //! by tools/testenv/build.sh) and helm from the component cache; no cluster.
 //!
 //! - The PrometheusRule's groups parse (`promtool check rules`), and every
 //!   alert passes its unit tests in tests/fixtures/alerts (`promtool test
 //!   rules`), each with a case where it fires and one where it does not.
-//! - Alerts name only metrics the operator exports, as its own
+//! - Every query of the dashboard parses (each becomes a recording rule for
+//!   `promtool check rules`).
+//! - Alerts and panels name only metrics the operator exports, as its own
 //!   registry lists them (`metrics::exported_names`).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -64,11 +66,12 @@ fn run(mut cmd: Command) -> TestResult<String> {
     Ok(stdout)
 }
 
-/// The chart rendered with the PrometheusRule on.
+/// The chart rendered with the PrometheusRule and the dashboard on.
 fn rendered() -> TestResult<Vec<serde_json::Value>> {
     let mut helm = Command::new(tool("helm"));
     helm.args(["template", RELEASE, CHART, "-n", NAMESPACE])
-        .args(["--set", "metrics.prometheusRule.enabled=true"]);
+        .args(["--set", "metrics.prometheusRule.enabled=true"])
+        .args(["--set", "metrics.dashboard.enabled=true"]);
     let yaml = run(helm)?;
     let mut docs = Vec::new();
     for doc in serde_norway::Deserializer::from_str(&yaml) {
@@ -352,13 +355,111 @@ fn every_alert_parses_and_passes_its_promtool_tests() -> TestResult {
     Ok(())
 }
 
+/// The queries of a dashboard's panels, rows' panels included.
+fn panel_queries(panels: &[serde_json::Value], out: &mut Vec<(String, String)>) {
+    for panel in panels {
+        let title = panel["title"].as_str().unwrap_or_default();
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            if let Some(expr) = target["expr"].as_str() {
+                out.push((title.to_owned(), expr.to_owned()));
+            }
+        }
+        if let Some(nested) = panel["panels"].as_array() {
+            panel_queries(nested, out);
+        }
+    }
+}
+
 #[test]
-fn alerts_are_off_by_default() -> TestResult {
+fn the_dashboard_queries_parse_and_name_only_exported_metrics() -> TestResult {
+    let docs = rendered()?;
+    let map = docs
+        .iter()
+        .find(|d| {
+            d["kind"] == "ConfigMap" && d["metadata"]["name"] == "r-upload-grant-operator-dashboard"
+        })
+        .ok_or("no dashboard ConfigMap")?;
+    assert_eq!(
+        map["metadata"]["labels"]["grafana_dashboard"], "1",
+        "the Grafana sidecar's label"
+    );
+    let data = map["data"].as_object().ok_or("no data")?;
+    assert_eq!(data.len(), 1, "one dashboard");
+    let json = data
+        .values()
+        .next()
+        .and_then(|v| v.as_str())
+        .ok_or("no JSON")?;
+    let dashboard: serde_json::Value = serde_json::from_str(json)?;
+    let mut queries = Vec::new();
+    panel_queries(
+        dashboard["panels"].as_array().ok_or("no panels")?,
+        &mut queries,
+    );
+    assert!(queries.len() >= 10, "{} queries", queries.len());
+
+    // Grafana's variables, as a Prometheus would see them.
+    let substitute = |expr: &str| expr.replace("$__rate_interval", "5m").replace("$job", JOB);
+    let mut rules = Vec::new();
+    let mut read = BTreeSet::new();
+    for (i, (title, expr)) in queries.iter().enumerate() {
+        let expr = substitute(expr);
+        assert!(
+            !expr.contains('$'),
+            "{title}: an unknown variable in {expr}"
+        );
+        let names = metric_names(&expr);
+        assert!(!names.is_empty(), "{title}: reads no metric: {expr}");
+        assert_exported(title, &names);
+        read.extend(names);
+        rules.push(serde_json::json!({"record": format!("dashboard_query_{i}"), "expr": expr}));
+    }
+    for variable in dashboard["templating"]["list"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if let Some(query) = variable["definition"].as_str() {
+            let inner = query
+                .strip_prefix("label_values(")
+                .and_then(|q| q.split(',').next())
+                .ok_or(format!("variable query {query}"))?;
+            assert_exported("a dashboard variable", &metric_names(inner));
+        }
+    }
+    // What the dashboard is for: grants by state, renewals and their slack,
+    // requests against the bound, errors by category, credential expiry.
+    for metric in [
+        "upload_grant_grants",
+        "upload_grant_issued_total",
+        "upload_grant_renewal_slack_seconds",
+        "upload_grant_renewals_at_risk",
+        "upload_grant_kube_api_requests_total",
+        "upload_grant_kube_api_qps_bound",
+        "upload_grant_reconcile_failures_total",
+        "upload_grant_credentials_expiry_timestamp_seconds",
+    ] {
+        assert!(read.contains(metric), "no panel shows {metric}");
+    }
+
+    let dir = tempfile::tempdir()?;
+    let file = serde_json::json!({"groups": [{"name": "dashboard", "rules": rules}]});
+    std::fs::write(
+        dir.path().join("dashboard.yaml"),
+        serde_norway::to_string(&file)?,
+    )?;
+    promtool(&["check", "rules", "dashboard.yaml"], dir.path());
+    Ok(())
+}
+
+#[test]
+fn alerts_and_dashboard_are_off_by_default() -> TestResult {
     let yaml = run({
         let mut helm = Command::new(tool("helm"));
         helm.args(["template", RELEASE, CHART, "-n", NAMESPACE]);
         helm
     })?;
     assert!(!yaml.contains("kind: PrometheusRule"));
+    assert!(!yaml.contains("grafana_dashboard"));
     Ok(())
 }

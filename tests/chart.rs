@@ -75,6 +75,7 @@ fn chart_lints_and_renders_hardened_with_every_option() -> TestResult {
     for kind in [
         "ServiceMonitor",
         "PrometheusRule",
+        "ConfigMap",
         "PodDisruptionBudget",
         "NetworkPolicy",
         "ClusterGrantIssuer",
