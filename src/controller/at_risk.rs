@@ -33,6 +33,12 @@ use crate::metrics::Metrics;
 pub const INTERVAL: Duration = Duration::from_secs(5);
 /// The least shortfall, in seconds, that counts as a miss.
 const RESOLUTION: f64 = 1.0;
+/// At most this many `RenewalAtRisk` events a tick (2 a second): each is a
+/// request under the bound the renewals wait for, and a storm that puts
+/// thousands at risk must not add thousands of requests to it. The earliest
+/// deadlines are reported first, the others on later ticks while still at
+/// risk; the gauges count every one at once.
+const EVENTS_PER_TICK: usize = 10;
 
 /// Why a URL at risk cannot be reported on its grant.
 #[derive(Debug, thiserror::Error)]
@@ -93,10 +99,7 @@ impl Forecaster {
         self.metrics
             .renewal_forecast(outlook.least_slack, outlook.at_risk.len(), outlook.overdue);
         warned.keep_only(&secrets);
-        for (secret, state, shortfall) in outlook.at_risk {
-            if !warned.first(&state.fingerprint) {
-                continue;
-            }
+        for (secret, state, shortfall) in to_report(outlook.at_risk, warned) {
             match regarding(secret) {
                 Ok(grant) => self.events.publish_regarding(
                     grant,
@@ -108,13 +111,27 @@ impl Forecaster {
     }
 }
 
+/// A URL at risk: its Secret, its state and its shortfall in seconds.
+type AtRisk<'a> = (&'a ManagedSecret, &'a IssuedState, f64);
+
+/// Those of `at_risk` (in the order served: earliest deadline first) to
+/// report now: not reported before, at most `EVENTS_PER_TICK`. They count
+/// as reported from here on.
+fn to_report<'a>(at_risk: Vec<AtRisk<'a>>, warned: &mut Warned) -> Vec<AtRisk<'a>> {
+    at_risk
+        .into_iter()
+        .filter(|(_, state, _)| warned.first(&state.fingerprint))
+        .take(EVENTS_PER_TICK)
+        .collect()
+}
+
 /// One forecast over the cache's URLs.
 #[derive(Debug)]
 struct Outlook<'a> {
     /// Seconds; None when no URL is renewed.
     least_slack: Option<f64>,
     /// Each URL forecast to miss by `RESOLUTION` or more, with its shortfall.
-    at_risk: Vec<(&'a ManagedSecret, &'a IssuedState, f64)>,
+    at_risk: Vec<AtRisk<'a>>,
     /// URLs `RESOLUTION` or more past their deadline.
     overdue: usize,
 }
@@ -296,7 +313,7 @@ mod tests {
     }
 
     /// The grant of a URL at risk.
-    fn grant_of(at_risk: &(&ManagedSecret, &IssuedState, f64)) -> String {
+    fn grant_of(at_risk: &AtRisk) -> String {
         at_risk
             .0
             .owner()
@@ -366,6 +383,31 @@ mod tests {
         assert_eq!(o.overdue, 1);
         let least = o.least_slack.expect("renewed URLs");
         assert!(least < -30.0, "{least}");
+    }
+
+    #[test]
+    fn a_storm_is_reported_a_few_urls_a_tick_earliest_deadline_first() {
+        let now = t(10_000);
+        // 25 due together, deadlines 1 s apart from 2 s away, a renewal
+        // every 2 s: all but the first miss.
+        let secrets: Vec<_> = (0..25)
+            .rev()
+            .map(|i| secret(&format!("g{i:02}"), Some(9_000), 10_122 + i))
+            .collect();
+        let o = outlook(&secrets, now, BUDGET, Rate::of_qps(1));
+        assert_eq!(o.at_risk.len(), 24);
+        let mut warned = Warned::default();
+        let names = |batch: Vec<AtRisk>| -> Vec<String> { batch.iter().map(grant_of).collect() };
+        let first = names(to_report(o.at_risk, &mut warned));
+        assert_eq!(first.len(), EVENTS_PER_TICK);
+        assert_eq!(first.first().map(String::as_str), Some("g01"));
+        let again = outlook(&secrets, now, BUDGET, Rate::of_qps(1));
+        let second = names(to_report(again.at_risk, &mut warned));
+        assert_eq!(second.first().map(String::as_str), Some("g11"));
+        let third = outlook(&secrets, now, BUDGET, Rate::of_qps(1));
+        assert_eq!(to_report(third.at_risk, &mut warned).len(), 4);
+        let fourth = outlook(&secrets, now, BUDGET, Rate::of_qps(1));
+        assert!(to_report(fourth.at_risk, &mut warned).is_empty());
     }
 
     #[test]
