@@ -10,9 +10,10 @@
 //! bound is free, the eligible renewal with the earliest deadline goes next
 //! and finishes one service time later; when none is eligible, the bound
 //! waits for the next. A renewal's slack is its deadline less its finish.
-//! Earliest deadline first meets every deadline whenever any order of
-//! service can (renewals all take the same time), so a negative slack here
-//! is a miss no order avoids at this rate, short of raising the bound.
+//! That is the order the operator dispatches renewals in (`queue`), and
+//! for renewals due together, all taking the same time, it meets every
+//! deadline whenever any order can: a negative slack here is a miss unless
+//! the load or the bound changes.
 //!
 //! O(n log n): one sort of the input in place and one heap of indices.
 
