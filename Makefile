@@ -64,7 +64,8 @@ deny:
 	$(CARGO) fetch --locked
 	tools/cargo-deny.sh --offline --locked check licenses bans sources
 
-## testenv-build: build kube-apiserver, etcd, kubectl, helm and the S3/STS server into the cache
+## testenv-build: build kube-apiserver, etcd, kubectl, helm, the S3/STS server and the node's parts,
+## and fetch promtool, into the cache
 testenv-build: deps
 	@$(TESTENV)/build.sh
 

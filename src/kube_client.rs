@@ -5,20 +5,35 @@ use std::time::Duration;
 
 use kube::client::ClientBuilder;
 use kube::{Client, Config};
+use prometheus_client::metrics::counter::Counter;
 use tower::limit::RateLimitLayer;
+use tower::util::MapRequestLayer;
 
 use crate::fence::{Fence, FenceLayer};
 
 /// A client for the controller that starts at most `qps` requests a second
 /// (0 lifts the bound). Requests over the bound wait in order, and a write
-/// is sent only if `fence` allows it when its turn comes.
+/// is sent only if `fence` allows it when its turn comes. `sent` counts the
+/// requests that go out (`Metrics::kube_api_requests`).
 ///
 /// Leader election must use its own unbounded client: a lease renewal stuck
 /// behind a queue of Secret writes would cost the lease.
-pub fn bounded(config: Config, qps: u32, fence: Fence) -> Result<Client, kube::Error> {
+pub fn bounded(
+    config: Config,
+    qps: u32,
+    fence: Fence,
+    sent: Counter,
+) -> Result<Client, kube::Error> {
     // The layer added last sees a request first: the fence sits below the
-    // limiter, so a write that waited for its turn is checked when it goes.
-    let builder = ClientBuilder::try_from(config)?.with_layer(&FenceLayer(fence));
+    // limiter, so a write that waited for its turn is checked when it goes,
+    // and only what passes both is counted.
+    let count = MapRequestLayer::new(move |request| {
+        sent.inc();
+        request
+    });
+    let builder = ClientBuilder::try_from(config)?
+        .with_layer(&count)
+        .with_layer(&FenceLayer(fence));
     Ok(match qps {
         0 => builder.build(),
         qps => {

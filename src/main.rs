@@ -415,7 +415,13 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         Some(lease) => Fence::for_identity(&lease.identity),
         None => Fence::open(),
     };
-    let client = kube_client::bounded(config, cli.kube_api_qps, fence.clone())?;
+    let metrics = Arc::new(Metrics::default());
+    let client = kube_client::bounded(
+        config,
+        cli.kube_api_qps,
+        fence.clone(),
+        metrics.kube_api_requests(cli.kube_api_qps),
+    )?;
     let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .load()
         .await;
@@ -424,7 +430,6 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         .ok_or("the AWS default chain found no credential provider")?;
     let credentials = CredentialSnapshot::new(provider);
     let presigner = Presigner::new(aws);
-    let metrics = Arc::new(Metrics::default());
     let readiness = Arc::new(Readiness::default());
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -18,8 +18,30 @@ use crate::signing::CredentialSnapshot;
 
 type Labels = [(&'static str, &'static str); 1];
 type Labels2 = [(&'static str, &'static str); 2];
-/// A grant's last Ready reason and URL expiry.
-type GrantState = (Reason, Option<SystemTime>);
+
+/// What the gauges derive from a grant: its last Ready reason, its URL's
+/// expiry, and since when it has been failing (`failing`).
+#[derive(Debug, Clone, Copy)]
+struct GrantState {
+    reason: Reason,
+    expires_at: Option<SystemTime>,
+    failing_since: Option<SystemTime>,
+}
+
+/// Whether a grant with this Ready reason needs somebody: it is not Ready,
+/// and not because its owner chose so (Suspended) or it ended as it should
+/// (Expired, Completed).
+fn failing(reason: Reason) -> bool {
+    match reason {
+        Reason::Issued | Reason::Suspended | Reason::Expired | Reason::Completed => false,
+        Reason::InvalidSpec
+        | Reason::IssuerNotFound
+        | Reason::Forbidden
+        | Reason::CredentialsUnavailable
+        | Reason::SigningFailed
+        | Reason::SecretConflict => true,
+    }
+}
 
 /// The `kind` labels of `upload_grant_issued_total`, as the Normal Events
 /// `--lifecycle-events` publishes are named, lower case.
@@ -67,6 +89,13 @@ pub struct Metrics {
     credential_loads: Gauge,
     leader: Gauge,
     ignored_secrets: Counter,
+    renewal_slack: Gauge<f64, AtomicU64>,
+    renewals_at_risk: Gauge,
+    renewals_overdue: Gauge,
+    not_ready_since: Gauge<f64, AtomicU64>,
+    credentials_refresh_failing: Gauge,
+    kube_api_requests: Counter,
+    kube_api_qps_bound: Gauge,
     /// Each grant's last reason and URL expiry, to derive the gauges.
     /// Keyed by `controller::grant_key`: a number, not a name.
     states: Mutex<HashMap<u64, GrantState>>,
@@ -109,6 +138,9 @@ impl Default for Metrics {
             issued.clone(),
         );
         let grants = Family::<Labels, Gauge>::default();
+        for reason in Reason::ALL {
+            let _ = grants.get_or_create(&[("reason", reason.as_str())]);
+        }
         registry.register(
             "grants",
             "Grants by the reason of their Ready condition",
@@ -144,6 +176,49 @@ impl Default for Metrics {
             "Secrets labelled as the operator's that no UploadGrant controls, left out of its cache and its decisions",
             ignored_secrets.clone(),
         );
+        let renewal_slack = Gauge::<f64, AtomicU64>::default();
+        renewal_slack.set(f64::NAN);
+        registry.register(
+            "renewal_slack_seconds",
+            "The least slack of the URLs the operator renews: seconds between the moment the earliest-deadline-first forecast finishes a renewal at the request bound and its deadline (the URL's expiry less the propagation budget); negative: forecast to miss; NaN when it renews none",
+            renewal_slack.clone(),
+        );
+        let renewals_at_risk = Gauge::default();
+        registry.register(
+            "renewals_at_risk",
+            "URLs whose renewal is forecast to miss its deadline by a second or more",
+            renewals_at_risk.clone(),
+        );
+        let renewals_overdue = Gauge::default();
+        registry.register(
+            "renewals_overdue",
+            "URLs whose renewal deadline passed a second or more ago without a new URL: pods may soon read an expired one",
+            renewals_overdue.clone(),
+        );
+        let not_ready_since = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "not_ready_since_timestamp_seconds",
+            "Unix time since which the longest-failing grant has not been Ready, as this replica saw it (0 when none is failing; Suspended, Expired and Completed grants are not failing)",
+            not_ready_since.clone(),
+        );
+        let credentials_refresh_failing = Gauge::default();
+        registry.register(
+            "credentials_refresh_failing",
+            "1 while the last attempt to load the operator's AWS credentials failed and none has succeeded since",
+            credentials_refresh_failing.clone(),
+        );
+        let kube_api_requests = Counter::default();
+        registry.register(
+            "kube_api_requests",
+            "Requests the controller's client sent to the Kubernetes API, after the request bound",
+            kube_api_requests.clone(),
+        );
+        let kube_api_qps_bound = Gauge::default();
+        registry.register(
+            "kube_api_qps_bound",
+            "The bound on requests per second to the Kubernetes API (--kube-api-qps; 0: none)",
+            kube_api_qps_bound.clone(),
+        );
         Metrics {
             registry,
             leader,
@@ -156,6 +231,13 @@ impl Default for Metrics {
             earliest_expiry,
             credentials_expiry,
             credential_loads,
+            renewal_slack,
+            renewals_at_risk,
+            renewals_overdue,
+            not_ready_since,
+            credentials_refresh_failing,
+            kube_api_requests,
+            kube_api_qps_bound,
             states: Mutex::default(),
         }
     }
@@ -199,11 +281,46 @@ impl Metrics {
 
     /// Records a grant's state; `None` forgets a deleted grant.
     pub fn grant_state(&self, grant: u64, reason: Option<Reason>, expires_at: Option<SystemTime>) {
+        self.grant_state_at(grant, reason, expires_at, SystemTime::now());
+    }
+
+    fn grant_state_at(
+        &self,
+        grant: u64,
+        reason: Option<Reason>,
+        expires_at: Option<SystemTime>,
+        now: SystemTime,
+    ) {
         let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
-        match reason {
-            Some(r) => states.insert(grant, (r, expires_at)),
-            None => states.remove(&grant),
+        let Some(reason) = reason else {
+            states.remove(&grant);
+            return;
         };
+        let was = states.get(&grant).and_then(|s| s.failing_since);
+        let state = GrantState {
+            reason,
+            expires_at,
+            failing_since: failing(reason).then(|| was.unwrap_or(now)),
+        };
+        states.insert(grant, state);
+    }
+
+    /// Records the renewal forecast (`controller::at_risk`): the least slack
+    /// in seconds (None: no URL is renewed), the URLs forecast to miss and
+    /// those already past their deadline.
+    pub fn renewal_forecast(&self, least_slack: Option<f64>, at_risk: usize, overdue: usize) {
+        self.renewal_slack.set(least_slack.unwrap_or(f64::NAN));
+        self.renewals_at_risk
+            .set(i64::try_from(at_risk).unwrap_or(i64::MAX));
+        self.renewals_overdue
+            .set(i64::try_from(overdue).unwrap_or(i64::MAX));
+    }
+
+    /// The counter of requests the controller's client sends
+    /// (`kube_client::bounded`), and its bound.
+    pub fn kube_api_requests(&self, qps_bound: u32) -> Counter {
+        self.kube_api_qps_bound.set(i64::from(qps_bound));
+        self.kube_api_requests.clone()
     }
 
     /// Renders the text exposition, deriving the gauges first.
@@ -212,11 +329,15 @@ impl Metrics {
             let states = self.states.lock().unwrap_or_else(|p| p.into_inner());
             let mut counts: HashMap<Reason, i64> = Reason::ALL.iter().map(|r| (*r, 0)).collect();
             let mut earliest: Option<SystemTime> = None;
-            for (reason, expiry) in states.values() {
-                *counts.entry(*reason).or_default() += 1;
-                if let Some(e) = expiry {
-                    earliest = Some(earliest.map_or(*e, |x| x.min(*e)));
-                }
+            let mut failing_since: Option<SystemTime> = None;
+            let min = |a: Option<SystemTime>, b: Option<SystemTime>| match (a, b) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            for state in states.values() {
+                *counts.entry(state.reason).or_default() += 1;
+                earliest = min(earliest, state.expires_at);
+                failing_since = min(failing_since, state.failing_since);
             }
             for (reason, n) in counts {
                 self.grants
@@ -224,7 +345,10 @@ impl Metrics {
                     .set(n);
             }
             self.earliest_expiry.set(earliest.map_or(0.0, unix));
+            self.not_ready_since.set(failing_since.map_or(0.0, unix));
         }
+        self.credentials_refresh_failing
+            .set(i64::from(credentials.refresh_failure().is_some()));
         self.credentials_expiry
             .set(credentials.expiry().map_or(0.0, unix));
         self.credential_loads
@@ -234,6 +358,30 @@ impl Metrics {
         let _ = encode(&mut out, &self.registry);
         out
     }
+}
+
+/// The names of every sample the operator exports (`upload_grant_…`,
+/// with `_total` for counters and `_bucket`, `_sum` and `_count` for
+/// histograms), read from its registry: what dashboards and alerts may name.
+pub fn exported_names() -> Vec<String> {
+    let mut text = String::new();
+    // Writing into a String cannot fail.
+    let _ = encode(&mut text, &Metrics::default().registry);
+    let mut names: Vec<String> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|line| line.split_once(' '))
+        .flat_map(|(family, kind)| {
+            let suffixes: &[&str] = match kind {
+                "counter" => &["_total"],
+                "histogram" => &["_bucket", "_sum", "_count"],
+                _ => &[""],
+            };
+            suffixes.iter().map(move |s| format!("{family}{s}"))
+        })
+        .collect();
+    names.sort();
+    names
 }
 
 fn unix(t: SystemTime) -> f64 {
@@ -338,6 +486,137 @@ mod tests {
                 text.lines().any(|l| l == sample),
                 "{sample} missing:\n{text}"
             );
+        }
+    }
+
+    fn snapshot() -> CredentialSnapshot {
+        CredentialSnapshot::new(SharedCredentialsProvider::new(Credentials::new(
+            "AKID", "secret", None, None, "test",
+        )))
+    }
+
+    /// The value of the sample named exactly `name` (no labels).
+    fn sample(text: &str, name: &str) -> Option<String> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ').map(str::to_owned))
+    }
+
+    #[test]
+    fn the_renewal_forecast_is_nan_and_zero_until_there_is_one() {
+        let m = Metrics::default();
+        let text = m.render(&snapshot());
+        assert_eq!(
+            sample(&text, "upload_grant_renewal_slack_seconds").as_deref(),
+            Some("NaN")
+        );
+        assert_eq!(
+            sample(&text, "upload_grant_renewals_at_risk").as_deref(),
+            Some("0")
+        );
+        m.renewal_forecast(Some(-12.5), 3, 1);
+        let text = m.render(&snapshot());
+        assert_eq!(
+            sample(&text, "upload_grant_renewal_slack_seconds").as_deref(),
+            Some("-12.5")
+        );
+        assert_eq!(
+            sample(&text, "upload_grant_renewals_at_risk").as_deref(),
+            Some("3")
+        );
+        assert_eq!(
+            sample(&text, "upload_grant_renewals_overdue").as_deref(),
+            Some("1")
+        );
+        m.renewal_forecast(None, 0, 0);
+        let text = m.render(&snapshot());
+        assert_eq!(
+            sample(&text, "upload_grant_renewal_slack_seconds").as_deref(),
+            Some("NaN")
+        );
+    }
+
+    #[test]
+    fn not_ready_since_is_the_oldest_failure_and_survives_a_change_of_reason() {
+        let m = Metrics::default();
+        let t = |s| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
+        let since = |m: &Metrics| {
+            sample(
+                &m.render(&snapshot()),
+                "upload_grant_not_ready_since_timestamp_seconds",
+            )
+        };
+        m.grant_state_at(1, Some(Reason::Issued), None, t(100));
+        m.grant_state_at(2, Some(Reason::Suspended), None, t(100));
+        assert_eq!(since(&m).as_deref(), Some("0.0"), "none failing");
+        m.grant_state_at(1, Some(Reason::SigningFailed), None, t(200));
+        m.grant_state_at(3, Some(Reason::Forbidden), None, t(300));
+        // Still failing, for another reason: the time it started stays.
+        m.grant_state_at(1, Some(Reason::CredentialsUnavailable), None, t(400));
+        assert_eq!(since(&m).as_deref(), Some("200.0"));
+        // Ready again, then failing again: a new start.
+        m.grant_state_at(1, Some(Reason::Issued), None, t(500));
+        assert_eq!(since(&m).as_deref(), Some("300.0"));
+        m.grant_state_at(3, None, None, t(600));
+        m.grant_state_at(1, Some(Reason::SecretConflict), None, t(700));
+        assert_eq!(since(&m).as_deref(), Some("700.0"));
+        let failing_reasons: Vec<&str> = Reason::ALL
+            .into_iter()
+            .filter(|r| failing(*r))
+            .map(Reason::as_str)
+            .collect();
+        assert_eq!(
+            failing_reasons,
+            [
+                "InvalidSpec",
+                "IssuerNotFound",
+                "Forbidden",
+                "CredentialsUnavailable",
+                "SigningFailed",
+                "SecretConflict"
+            ]
+        );
+    }
+
+    #[test]
+    fn requests_and_their_bound_and_a_working_credential_load() {
+        let m = Metrics::default();
+        let sent = m.kube_api_requests(100);
+        sent.inc();
+        sent.inc();
+        let text = m.render(&snapshot());
+        assert_eq!(
+            sample(&text, "upload_grant_kube_api_requests_total").as_deref(),
+            Some("2")
+        );
+        assert_eq!(
+            sample(&text, "upload_grant_kube_api_qps_bound").as_deref(),
+            Some("100")
+        );
+        assert_eq!(
+            sample(&text, "upload_grant_credentials_refresh_failing").as_deref(),
+            Some("0")
+        );
+    }
+
+    #[test]
+    fn exported_names_are_every_sample_rendered() {
+        let names = exported_names();
+        for contract in [
+            "upload_grant_renewal_slack_seconds",
+            "upload_grant_renewals_at_risk",
+            "upload_grant_reconcile_failures_total",
+            "upload_grant_reconcile_duration_seconds_bucket",
+            "upload_grant_earliest_url_expiry_timestamp_seconds",
+            "upload_grant_leader",
+        ] {
+            assert!(names.iter().any(|n| n == contract), "{contract}: {names:?}");
+        }
+        let m = Metrics::default();
+        m.reconciled(Duration::from_millis(1));
+        let text = m.render(&snapshot());
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap_or_default();
+            assert!(names.iter().any(|n| n == name), "{name} is not listed");
         }
     }
 }

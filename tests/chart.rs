@@ -74,6 +74,8 @@ fn chart_lints_and_renders_hardened_with_every_option() -> TestResult {
     let all = template(env, &["-f", ALL_OPTIONS])?;
     for kind in [
         "ServiceMonitor",
+        "PrometheusRule",
+        "ConfigMap",
         "PodDisruptionBudget",
         "NetworkPolicy",
         "ClusterGrantIssuer",
@@ -455,14 +457,16 @@ async fn chart_installs_and_its_rbac_is_enough_for_the_operator() -> TestResult 
         namespace: ctx.namespace.clone(),
         uninstalled: false,
     };
-    // Prometheus Operator is not here; a stand-in CRD lets the server accept
-    // the ServiceMonitor the chart renders.
+    // Prometheus Operator is not here; stand-in CRDs let the server accept
+    // the ServiceMonitor and the PrometheusRule the chart renders.
     let mut apply = env.command("kubectl");
     apply.args([
         "apply",
         "--server-side",
         "-f",
         "tests/fixtures/servicemonitor-crd.yaml",
+        "-f",
+        "tests/fixtures/prometheusrule-crd.yaml",
     ]);
     support::output(apply)?;
     let mut established = env.command("kubectl");
@@ -470,6 +474,7 @@ async fn chart_installs_and_its_rbac_is_enough_for_the_operator() -> TestResult 
         "wait",
         "--for=condition=Established",
         "crd/servicemonitors.monitoring.coreos.com",
+        "crd/prometheusrules.monitoring.coreos.com",
     ]);
     support::output(established)?;
     let args = [

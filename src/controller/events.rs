@@ -1,6 +1,6 @@
 //! Events on a grant (Revoked, Denied, Failed, RolloutRestarted /
-//! RolloutRestartFailed for its rollout targets, and Issued and Renewed
-//! with `--lifecycle-events`).
+//! RolloutRestartFailed for its rollout targets, RenewalAtRisk from the
+//! renewal forecast, and Issued and Renewed with `--lifecycle-events`).
 //!
 //! kube-runtime's `Recorder` keeps every event it sent for six minutes to
 //! count repeats, and scans that cache on every publish; with thousands of
@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{ObjectMeta, PostParams};
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Api, Client, Resource};
 
 use crate::api::UploadGrant;
 
@@ -27,6 +27,9 @@ pub enum EventReason {
     Failed,
     RolloutRestarted,
     RolloutRestartFailed,
+    /// The renewal forecast says the grant's URL will not be renewed
+    /// before its deadline (`at_risk`).
+    RenewalAtRisk,
 }
 
 impl EventReason {
@@ -39,13 +42,17 @@ impl EventReason {
             EventReason::Failed => "Failed",
             EventReason::RolloutRestarted => "RolloutRestarted",
             EventReason::RolloutRestartFailed => "RolloutRestartFailed",
+            EventReason::RenewalAtRisk => "RenewalAtRisk",
         }
     }
 
     pub fn is_warning(self) -> bool {
         matches!(
             self,
-            EventReason::Denied | EventReason::Failed | EventReason::RolloutRestartFailed
+            EventReason::Denied
+                | EventReason::Failed
+                | EventReason::RolloutRestartFailed
+                | EventReason::RenewalAtRisk
         )
     }
 
@@ -112,12 +119,19 @@ impl Events {
 
     /// Sends the event in the background; a failure is logged, never fatal.
     pub fn publish(&self, grant: &UploadGrant, note: Note) {
-        let event = self.event(grant.object_ref(&()), note);
+        self.publish_regarding(grant.object_ref(&()), note);
+    }
+
+    /// As `publish`, about the object `regarding` names: a grant known only
+    /// by reference (a Secret's controller).
+    pub fn publish_regarding(&self, regarding: ObjectReference, note: Note) {
+        let namespace = regarding.namespace.clone();
+        let name = regarding.name.clone().unwrap_or_default();
+        let event = self.event(regarding, note);
         let api: Api<Event> = Api::namespaced(
             self.client.clone(),
-            grant.namespace().as_deref().unwrap_or("default"),
+            namespace.as_deref().unwrap_or("default"),
         );
-        let name = grant.name_any();
         tokio::spawn(async move {
             if let Err(e) = api.create(&PostParams::default(), &event).await {
                 tracing::warn!(grant = %name, error = %e, "could not publish event");
@@ -178,8 +192,12 @@ mod tests {
             Failed,
             RolloutRestarted,
             RolloutRestartFailed,
+            RenewalAtRisk,
         ];
         let warnings: Vec<_> = all.into_iter().filter(|r| r.is_warning()).collect();
-        assert_eq!(warnings, [Denied, Failed, RolloutRestartFailed]);
+        assert_eq!(
+            warnings,
+            [Denied, Failed, RolloutRestartFailed, RenewalAtRisk]
+        );
     }
 }

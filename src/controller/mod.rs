@@ -4,6 +4,7 @@
 //! apply → status.
 
 mod apply;
+mod at_risk;
 pub mod build;
 mod cached;
 mod context;
@@ -12,6 +13,7 @@ mod deletions;
 mod dispatch;
 pub(crate) mod events;
 mod finalizer;
+pub mod forecast;
 mod issuer_status;
 mod load;
 mod managed;
@@ -265,6 +267,7 @@ pub async fn run(
     let recovered = parts.credentials.recoveries();
     let ctx = Arc::new(context(parts, settings, caches));
     tokio::spawn(deletions::run(ctx.clone(), deleted_grants));
+    at_risk::spawn(&ctx, shutdown.clone());
     dispatch::run(
         ctx,
         grant_store,

@@ -172,9 +172,34 @@ build_pause() {
   publish "$tmp" "$dest"
 }
 
+# promtool from Debian 12's prometheus package, pinned by its Debian
+# version: apt downloads it (checking it against the signed archive) and
+# only /usr/bin/promtool is kept. A build from the Go module proxy would
+# compile Prometheus with the service-discovery SDKs promtool links.
+build_promtool() {
+  local v="$PROMETHEUS_DEB_VERSION" dest="$CACHE_DIR/bin/promtool-$PROMETHEUS_DEB_VERSION" tmp deb
+  [ -x "$dest/promtool" ] && return 0
+  log "fetching promtool from Debian's prometheus $v"
+  tmp=$(mktemp -d "$CACHE_DIR/bin/.build.XXXX")
+  # apt downloads as its sandbox user _apt, which cannot write to root's cache.
+  if [ "$(id -u)" = 0 ] && getent passwd _apt >/dev/null; then chown _apt "$tmp"; fi
+  if ! (cd "$tmp" && apt-get download -qq "prometheus=$v" 2>/dev/null); then
+    log "apt lists lack prometheus $v; running apt-get update"
+    local sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+    $sudo apt-get update -qq
+    (cd "$tmp" && apt-get download -qq "prometheus=$v") || die "apt-get download prometheus=$v failed"
+  fi
+  deb=$(ls "$tmp"/prometheus_*.deb)
+  dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$tmp" ./usr/bin/promtool
+  mv "$tmp/usr/bin/promtool" "$tmp/promtool"
+  rm -rf "$tmp/usr" "$deb"
+  "$tmp/promtool" --version >/dev/null || die "the promtool of prometheus $v does not run"
+  publish "$tmp" "$dest"
+}
+
 mkdir -p "$CACHE_DIR/bin" "$CACHE_DIR/src"
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(kubernetes etcd helm s3 node containerd cni pause)
+[ ${#targets[@]} -gt 0 ] || targets=(kubernetes etcd helm s3 node containerd cni pause promtool)
 for t in "${targets[@]}"; do
   "build_$t"
 done

@@ -64,3 +64,10 @@ else repository:tag, the tag defaulting to the chart's appVersion. */ -}}
 {{- if .Values.image.digest -}}{{ .Values.image.repository }}@{{ .Values.image.digest }}
 {{- else -}}{{ .Values.image.repository }}:{{ default .Chart.AppVersion .Values.image.tag }}{{- end -}}
 {{- end -}}
+
+{{- /* The label matchers the alerts read the operator's metrics with:
+metrics.prometheusRule.selector, else this release's metrics Service as a
+ServiceMonitor scrapes it (job is the Service's name). */ -}}
+{{- define "ugo.metricsSelector" -}}
+{{- .Values.metrics.prometheusRule.selector | default (printf "job=%q,namespace=%q" (printf "%s-metrics" (include "ugo.fullname" .)) .Release.Namespace) -}}
+{{- end -}}
