@@ -13,6 +13,7 @@ use kube::runtime::watcher;
 
 use super::cached::CachedGrant;
 use super::context::Context;
+use super::forecast::{self, Rate};
 use super::queue::{Pace, Queue, Urgency};
 use super::reconcile::{self, Next};
 use super::report::Wake;
@@ -46,8 +47,10 @@ pub type Request = ObjectRef<CachedGrant>;
 /// is two requests, bench/README.md), and a margin that covers the passes
 /// already running when a renewal runs short of slack.
 pub fn pace(concurrency: u16, qps: u32) -> Pace {
-    let rate = (qps > 0).then(|| f64::from(qps) / 2.0);
-    let running = rate.map_or(0.0, |r| 4.0 * f64::from(concurrency) / r);
+    let rate = Rate::of_qps(qps);
+    let running = rate
+        .renewals_per_second()
+        .map_or(0.0, |r| 4.0 * f64::from(concurrency) / r);
     Pace {
         rate,
         margin: MIN_MARGIN.max(Duration::from_secs_f64(running)),
@@ -64,7 +67,7 @@ pub fn urgency(grant: Option<&CachedGrant>, now: SystemTime, propagation: Durati
     }
     match grant.renewal() {
         Some((refresh, expires)) if refresh <= now => Urgency::Renewal {
-            deadline: expires.checked_sub(propagation).unwrap_or(expires),
+            deadline: forecast::deadline(expires, propagation),
         },
         _ => Urgency::Arrival,
     }
@@ -79,9 +82,7 @@ pub fn schedule(
     now: SystemTime,
     propagation: Duration,
 ) -> (Option<SystemTime>, Option<SystemTime>) {
-    let deadline = next
-        .expires_at
-        .map(|e| e.checked_sub(propagation).unwrap_or(e));
+    let deadline = next.expires_at.map(|e| forecast::deadline(e, propagation));
     let at = match (retry, next.wake) {
         (Some(delay), _) => Some(deadline.map_or(now + delay, |d| (now + delay).min(d.max(now)))),
         (None, Wake::At(t)) => Some(t),
@@ -277,9 +278,9 @@ mod tests {
 
     #[test]
     fn the_margin_covers_the_passes_running_at_the_bound() {
-        assert_eq!(pace(4, 100).rate, Some(50.0));
+        assert_eq!(pace(4, 100).rate.renewals_per_second(), Some(50.0));
         assert_eq!(pace(4, 100).margin, MIN_MARGIN);
         assert_eq!(pace(16, 4).margin, Duration::from_secs(32));
-        assert_eq!(pace(4, 0).rate, None);
+        assert_eq!(pace(4, 0).rate.renewals_per_second(), None);
     }
 }

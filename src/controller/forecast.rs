@@ -118,6 +118,28 @@ pub fn serve<K>(
     renewals: &mut [Renewal<K>],
     now: SystemTime,
     rate: Rate,
+    served: impl FnMut(&Renewal<K>, f64),
+) {
+    serve_while(renewals, now, rate, false, served);
+}
+
+/// `serve`, up to the first moment the bound would idle: the renewals whose
+/// slack work started now would take from (later ones absorb it in the
+/// idle time). What the dispatch queue weighs other work against.
+pub fn serve_busy_period<K>(
+    renewals: &mut [Renewal<K>],
+    now: SystemTime,
+    rate: Rate,
+    served: impl FnMut(&Renewal<K>, f64),
+) {
+    serve_while(renewals, now, rate, true, served);
+}
+
+fn serve_while<K>(
+    renewals: &mut [Renewal<K>],
+    now: SystemTime,
+    rate: Rate,
+    stop_when_idle: bool,
     mut served: impl FnMut(&Renewal<K>, f64),
 ) {
     renewals.sort_unstable_by_key(|r| r.eligible);
@@ -140,6 +162,9 @@ pub fn serve<K>(
             next += 1;
         }
         let Some(Reverse((_, i))) = ready.pop() else {
+            if stop_when_idle {
+                return;
+            }
             // Nothing eligible yet: the bound idles until the next one is.
             if let Some(r) = renewals.get(next) {
                 (busy_from, served_since) = (seconds(r.eligible, now), 0);

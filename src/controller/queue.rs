@@ -14,10 +14,11 @@
 //! that comes while it runs waits for the pass to end). Pure: the caller
 //! says what time it is, and classifies grants (`Urgency`).
 
-use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::hash::Hash;
 use std::time::{Duration, SystemTime};
+
+use super::forecast::{self, Rate, Renewal};
 
 /// How soon a grant must run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,8 +49,8 @@ impl Urgency {
 /// keeps ahead of other work.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Pace {
-    /// Renewals per second the bound serves; None: no bound.
-    pub rate: Option<f64>,
+    /// How fast the bound serves renewals.
+    pub rate: Rate,
     /// A renewal with less slack than this goes before other work.
     pub margin: Duration,
 }
@@ -246,31 +247,12 @@ impl<K: Clone + Eq + Hash> Queue<K> {
         self.revocations.len() + self.renewals.len() + self.arrivals.len()
     }
 
-    /// The renewals, due or falling due before `horizon`, that the bound
-    /// cannot serve before their deadlines even in deadline order from now,
-    /// with how many seconds each falls short.
-    #[cfg(test)]
-    pub fn at_risk(&self, now: SystemTime, horizon: SystemTime) -> Vec<(K, f64)> {
-        let Some(rate) = self.pace.rate.filter(|r| *r > 0.0) else {
-            return Vec::new();
-        };
-        let mut late = Vec::new();
-        self.edf(now, rate, Some(horizon), |slot, slack| {
-            if slack < 0.0
-                && let Some(entry) = self.entry(slot)
-            {
-                late.push((entry.key.clone(), -slack));
-            }
-        });
-        late
-    }
-
     /// The least slack, in seconds, of the renewals the bound is busy with
     /// from now if it serves them in deadline order, up to its first idle
     /// moment (a delay now is absorbed there): infinite with none or no
     /// bound.
     fn least_slack(&mut self, now: SystemTime) -> f64 {
-        let Some(rate) = self.pace.rate.filter(|r| *r > 0.0) else {
+        let Some(rate) = self.pace.rate.renewals_per_second() else {
             return f64::INFINITY;
         };
         if let Some(known) = self
@@ -279,8 +261,11 @@ impl<K: Clone + Eq + Hash> Queue<K> {
         {
             return known;
         }
+        let mut ahead = self.busy_period(now, rate);
         let mut least = f64::INFINITY;
-        self.edf(now, rate, None, |_, slack| least = least.min(slack));
+        forecast::serve_busy_period(&mut ahead, now, self.pace.rate, |_, slack| {
+            least = least.min(slack);
+        });
         self.slack = Some(Slack {
             at: now,
             seconds: least,
@@ -289,54 +274,35 @@ impl<K: Clone + Eq + Hash> Queue<K> {
         least
     }
 
+    /// The due renewals, and those timed to fall due before the bound could
+    /// have served all taken so far: no later one is in the busy period
+    /// that starts now.
+    fn busy_period(&self, now: SystemTime, rate: f64) -> Vec<Renewal<()>> {
+        let renewal = |eligible, deadline| Renewal {
+            key: (),
+            eligible,
+            deadline,
+        };
+        let mut ahead: Vec<Renewal<()>> = self
+            .renewals
+            .iter()
+            .map(|&(deadline, _, _)| renewal(now, deadline))
+            .collect();
+        for &(at, _, slot) in &self.timers {
+            let busy_until = now + Duration::from_secs_f64(ahead.len() as f64 / rate);
+            if at > busy_until {
+                break;
+            }
+            if let Some(deadline) = self.entry(slot).and_then(|e| e.deadline) {
+                ahead.push(renewal(at, deadline));
+            }
+        }
+        ahead
+    }
+
     fn count_renewal(&mut self) {
         if let Some(slack) = self.slack.as_mut() {
             slack.added = slack.added.saturating_add(1);
-        }
-    }
-
-    /// Earliest-deadline-first from `now` at `rate` over the due renewals
-    /// and those timed to fall due: `served` hears each one's slack in
-    /// seconds. Without a `horizon` it stops at the first idle moment; with
-    /// one, at the first renewal falling due after it.
-    fn edf(
-        &self,
-        now: SystemTime,
-        rate: f64,
-        horizon: Option<SystemTime>,
-        mut served: impl FnMut(u32, f64),
-    ) {
-        let step = 1.0 / rate;
-        let mut due: BinaryHeap<Reverse<(SystemTime, u32)>> = self
-            .renewals
-            .iter()
-            .map(|&(deadline, _, slot)| Reverse((deadline, slot)))
-            .collect();
-        let mut coming = self.timers.iter().filter_map(|&(at, _, slot)| {
-            let deadline = self.entry(slot)?.deadline?;
-            Some((at, deadline, slot))
-        });
-        let mut next = coming.next();
-        let mut t = 0.0_f64;
-        loop {
-            while let Some((at, deadline, slot)) = next {
-                if seconds_between(now, at) > t {
-                    break;
-                }
-                due.push(Reverse((deadline, slot)));
-                next = coming.next();
-            }
-            let Some(Reverse((deadline, slot))) = due.pop() else {
-                match next {
-                    Some((at, _, _)) if horizon.is_some_and(|h| at <= h) => {
-                        t = seconds_between(now, at);
-                        continue;
-                    }
-                    _ => return,
-                }
-            };
-            t += step;
-            served(slot, seconds_between(now, deadline) - t);
         }
     }
 
@@ -448,14 +414,6 @@ impl Slack {
     }
 }
 
-/// `to - from` in seconds, negative when `to` is earlier.
-pub fn seconds_between(from: SystemTime, to: SystemTime) -> f64 {
-    match to.duration_since(from) {
-        Ok(d) => d.as_secs_f64(),
-        Err(e) => -e.duration().as_secs_f64(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -465,10 +423,14 @@ mod tests {
     }
 
     fn queue(rate: Option<f64>) -> Queue<&'static str> {
-        Queue::new(Pace {
-            rate,
+        Queue::new(pace(rate))
+    }
+
+    fn pace(rate: Option<f64>) -> Pace {
+        Pace {
+            rate: rate.and_then(Rate::per_second).unwrap_or(Rate::UNBOUNDED),
             margin: Duration::from_secs(10),
-        })
+        }
     }
 
     fn renewal(deadline: u64) -> Urgency {
@@ -508,10 +470,7 @@ mod tests {
 
         // Slack counts the renewals ahead: 20 of them at one a second leave
         // the last, 29 s from its deadline, 9 s: less than the margin.
-        let mut q: Queue<String> = Queue::new(Pace {
-            rate: Some(1.0),
-            margin: Duration::from_secs(10),
-        });
+        let mut q: Queue<String> = Queue::new(pace(Some(1.0)));
         for i in 0..20 {
             q.wake(&format!("r{i:02}"), renewal(1029), now);
         }
@@ -578,26 +537,23 @@ mod tests {
         assert!(q.slots.is_empty());
     }
 
-    /// The forecast serves due renewals and those timed to fall due in
-    /// deadline order at the bound's rate, and names each that ends late.
+    /// Other work waits while the renewals of the busy period ahead, due
+    /// now or timed to fall due in it, would end less than the margin
+    /// before their deadlines; a timed renewal after an idle moment does
+    /// not count.
     #[test]
-    fn forecasts_the_renewals_the_bound_cannot_serve_in_time() {
+    fn slack_covers_the_renewals_the_bound_is_busy_with() {
         let now = at(0);
         let mut q = queue(Some(1.0));
-        // Due now: done at 1 and 2 s.
-        q.wake(&"a", renewal(10), now);
-        q.wake(&"b", renewal(1), now);
-        // Falls due at 5 s: done at 6 s, 2 s late.
-        q.wake_at(&"c", Some(at(5)), Some(at(4)));
-        // A timer that is not a renewal counts for nothing.
-        q.wake_at(&"d", Some(at(5)), None);
-        // After the horizon: not looked at.
-        q.wake_at(&"e", Some(at(100)), Some(at(100)));
-        let mut late = q.at_risk(now, at(50));
-        late.sort_by(|x, y| x.0.cmp(y.0));
-        assert_eq!(late, [("c", 2.0)], "b ends just in time");
-        // Up to the first idle moment (2 s to 5 s), b is the least slack.
-        assert_eq!(q.least_slack(now), 0.0);
-        assert_eq!(queue(None).at_risk(now, at(50)), []);
+        // Due now: done at 1 s, 29 s early.
+        q.wake(&"a", renewal(30), now);
+        // Falls due at 0.5 s: done at 2 s, 9 s early.
+        q.wake_at(&"b", Some(now + Duration::from_millis(500)), Some(at(11)));
+        // After the bound is idle at 2 s: not counted.
+        q.wake_at(&"c", Some(at(20)), Some(at(20)));
+        assert_eq!(q.least_slack(now), 9.0);
+        q.wake(&"new", Urgency::Arrival, now);
+        assert_eq!(q.pop(now, |_| Urgency::Arrival), Some("a"));
+        assert_eq!(queue(None).least_slack(now), f64::INFINITY);
     }
 }

@@ -12,7 +12,8 @@ use std::time::{Duration, SystemTime};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::queue::{Pace, Queue, Urgency, seconds_between};
+use super::forecast::{self, Rate, Renewal};
+use super::queue::{Pace, Queue, Urgency};
 
 const PROPAGATION: Duration = Duration::from_secs(60);
 /// Passes per second the bound serves (a renewal is one pass; a first URL
@@ -49,7 +50,31 @@ fn time(t: f64) -> SystemTime {
 }
 
 fn secs(t: SystemTime) -> f64 {
-    seconds_between(SystemTime::UNIX_EPOCH, t)
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// The production forecast (`forecast`) of the renewals falling due before
+/// `horizon`: the grants it says will miss.
+fn forecast_misses(grants: &[Grant], now: f64, horizon: f64) -> Vec<u32> {
+    let mut ahead: Vec<Renewal<u32>> = grants
+        .iter()
+        .enumerate()
+        .filter_map(|(i, g)| {
+            let refresh = g.refresh.filter(|r| *r <= horizon)?;
+            Some(Renewal {
+                key: i as u32,
+                eligible: time(refresh),
+                deadline: time(deadline(g)?),
+            })
+        })
+        .collect();
+    let f = forecast::forecast(&mut ahead, time(now), rate());
+    f.misses.into_iter().map(|m| m.key).collect()
+}
+
+fn rate() -> Rate {
+    Rate::per_second(RATE).unwrap_or(Rate::UNBOUNDED)
 }
 
 fn deadline(g: &Grant) -> Option<f64> {
@@ -69,7 +94,7 @@ fn urgency(g: &Grant, now: f64) -> Urgency {
 /// time at `RATE`. The forecast is read whenever a renewal falls due.
 fn simulate(grants: &mut [Grant], until: f64) -> Outcome {
     let mut queue: Queue<u32> = Queue::new(Pace {
-        rate: Some(RATE),
+        rate: rate(),
         margin: Duration::from_secs(10),
     });
     let mut out = Outcome::default();
@@ -87,7 +112,7 @@ fn simulate(grants: &mut [Grant], until: f64) -> Outcome {
             next_arrival += 1;
         }
         if now >= next_forecast {
-            for (key, _) in queue.at_risk(time(now), time(now + FORECAST_HORIZON)) {
+            for key in forecast_misses(grants, now, now + FORECAST_HORIZON) {
                 out.forecast.entry(key).or_insert(now);
             }
             next_forecast = now + FORECAST_EVERY;
