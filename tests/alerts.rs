@@ -14,9 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use serde::Deserialize;
+mod support;
 
-type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
+use support::TestResult;
 
 const CHART: &str = "charts/upload-grant-operator";
 const FIXTURES: &str = "tests/fixtures/alerts";
@@ -72,15 +72,7 @@ fn rendered() -> TestResult<Vec<serde_json::Value>> {
     helm.args(["template", RELEASE, CHART, "-n", NAMESPACE])
         .args(["--set", "metrics.prometheusRule.enabled=true"])
         .args(["--set", "metrics.dashboard.enabled=true"]);
-    let yaml = run(helm)?;
-    let mut docs = Vec::new();
-    for doc in serde_norway::Deserializer::from_str(&yaml) {
-        let value = serde_json::to_value(serde_norway::Value::deserialize(doc)?)?;
-        if !value.is_null() {
-            docs.push(value);
-        }
-    }
-    Ok(docs)
+    support::yaml_documents(&run(helm)?)
 }
 
 fn the<'a>(docs: &'a [serde_json::Value], kind: &str) -> TestResult<&'a serde_json::Value> {

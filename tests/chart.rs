@@ -7,7 +7,6 @@ mod support;
 use std::path::Path;
 
 use kube::Api;
-use serde::Deserialize;
 use support::grants::*;
 use support::operator::OperatorOptions;
 use support::{TestContext, TestEnv, TestResult};
@@ -20,18 +19,7 @@ const ALL_OPTIONS: &str = "charts/upload-grant-operator/ci/all-options-values.ya
 fn template(env: &TestEnv, extra: &[&str]) -> TestResult<Vec<serde_json::Value>> {
     let mut args = vec!["template", "r", CHART, "-n", "ugo"];
     args.extend(extra);
-    documents(&env.helm(&args)?)
-}
-
-fn documents(yaml: &str) -> TestResult<Vec<serde_json::Value>> {
-    let mut docs = Vec::new();
-    for doc in serde_norway::Deserializer::from_str(yaml) {
-        let value = serde_json::to_value(serde_norway::Value::deserialize(doc)?)?;
-        if !value.is_null() {
-            docs.push(value);
-        }
-    }
-    Ok(docs)
+    support::yaml_documents(&env.helm(&args)?)
 }
 
 #[test]

@@ -6,7 +6,6 @@ mod support;
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
 use serde_json::Value;
 use support::{TestEnv, TestResult};
 use upload_grant_operator::drain;
@@ -15,15 +14,7 @@ const CHART: &str = "charts/upload-grant-operator";
 
 /// The chart rendered as `release` in namespace "ugo".
 fn template(env: &TestEnv, release: &str) -> TestResult<Vec<Value>> {
-    let yaml = env.helm(&["template", release, CHART, "-n", "ugo"])?;
-    let mut docs = Vec::new();
-    for doc in serde_norway::Deserializer::from_str(&yaml) {
-        let value = serde_json::to_value(serde_norway::Value::deserialize(doc)?)?;
-        if !value.is_null() {
-            docs.push(value);
-        }
-    }
-    Ok(docs)
+    support::yaml_documents(&env.helm(&["template", release, CHART, "-n", "ugo"])?)
 }
 
 fn labels(value: &Value) -> TestResult<BTreeMap<String, String>> {

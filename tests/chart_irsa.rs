@@ -6,7 +6,6 @@
 mod support;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use serde::Deserialize;
 use serde_json::{Value, json};
 use support::{TestContext, TestEnv, TestResult};
 
@@ -20,13 +19,10 @@ fn rendered_deployment(env: &TestEnv, set: &[&str]) -> TestResult<Value> {
     for s in set {
         args.extend(["--set", s]);
     }
-    for doc in serde_norway::Deserializer::from_str(&env.helm(&args)?) {
-        let value = serde_json::to_value(serde_norway::Value::deserialize(doc)?)?;
-        if value["kind"] == "Deployment" {
-            return Ok(value);
-        }
-    }
-    Err("no Deployment rendered".into())
+    support::yaml_documents(&env.helm(&args)?)?
+        .into_iter()
+        .find(|d| d["kind"] == "Deployment")
+        .ok_or_else(|| "no Deployment rendered".into())
 }
 
 fn pod(deployment: &Value) -> &Value {

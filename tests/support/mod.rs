@@ -698,3 +698,17 @@ impl RequestSamples {
         self.0.len()
     }
 }
+
+/// The documents of a multi-document YAML stream (`helm template`'s
+/// output), empty ones left out.
+pub fn yaml_documents(yaml: &str) -> TestResult<Vec<serde_json::Value>> {
+    use serde::Deserialize;
+    let mut docs = Vec::new();
+    for doc in serde_norway::Deserializer::from_str(yaml) {
+        let value = serde_json::to_value(serde_norway::Value::deserialize(doc)?)?;
+        if !value.is_null() {
+            docs.push(value);
+        }
+    }
+    Ok(docs)
+}
