@@ -34,6 +34,10 @@ pub fn change(grant: &UploadGrant, memo: &mut GrantMemo, report: &Report) -> Opt
         Time(jiff::Timestamp::now()),
     );
     if new == old {
+        // The cache shows what would be written: the last write (if it was
+        // this) has landed, and need not be remembered. A grant at rest
+        // then keeps no record at all.
+        memo.status = None;
         return None;
     }
     let written = status_write(&old, &new);
