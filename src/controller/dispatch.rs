@@ -84,7 +84,12 @@ pub fn schedule(
 ) -> (Option<SystemTime>, Option<SystemTime>) {
     let deadline = next.expires_at.map(|e| forecast::deadline(e, propagation));
     let at = match (retry, next.wake) {
-        (Some(delay), _) => Some(deadline.map_or(now + delay, |d| (now + delay).min(d.max(now)))),
+        // Never past a deadline ahead; once it has passed, the backoff.
+        (Some(delay), _) => Some(
+            deadline
+                .filter(|d| *d > now)
+                .map_or(now + delay, |d| (now + delay).min(d)),
+        ),
         (None, Wake::At(t)) => Some(t),
         (None, Wake::After(d)) => Some(now + d),
         (None, Wake::OnChange) => None,
@@ -137,7 +142,11 @@ pub async fn run(
                 }
             }
         }
-        let timer = queue.next_timer().filter(|_| listed);
+        // With every slot busy, a due timer waits for a pass to end (which
+        // wakes this loop) instead of waking it in vain.
+        let timer = queue
+            .next_timer()
+            .filter(|_| listed && running.len() < slots);
         let sleep = tokio::time::sleep(until(timer, now));
         tokio::select! {
             biased;
@@ -266,6 +275,17 @@ mod tests {
                 p
             ),
             (Some(at(1030)), Some(at(4940)))
+        );
+        // Past its deadline, a failed pass backs off all the same: no retry
+        // loop at the head of the queue.
+        assert_eq!(
+            schedule(
+                next(Wake::OnChange, Some(1010)),
+                Some(Duration::from_secs(30)),
+                now,
+                p
+            ),
+            (Some(at(1030)), None)
         );
     }
 

@@ -181,7 +181,7 @@ fn serve_while<K>(
 }
 
 /// Seconds from `now` to `t`, negative when `t` is earlier.
-fn seconds(t: SystemTime, now: SystemTime) -> f64 {
+pub fn seconds(t: SystemTime, now: SystemTime) -> f64 {
     match t.duration_since(now) {
         Ok(ahead) => ahead.as_secs_f64(),
         Err(behind) => -behind.duration().as_secs_f64(),

@@ -128,24 +128,23 @@ impl<K: Clone + Eq + Hash> Queue<K> {
 
     /// Work for `key`, ready now.
     pub fn wake(&mut self, key: &K, urgency: Urgency, now: SystemTime) {
-        if matches!(urgency, Urgency::Renewal { .. }) {
-            // Not counted yet, unlike a renewal a timer announced.
-            self.count_renewal();
-        }
-        self.ready(key, urgency, now);
-    }
-
-    fn ready(&mut self, key: &K, urgency: Urgency, now: SystemTime) {
         let slot = self.slot(key);
         let Some(entry) = self.entry_mut(slot) else {
             return;
         };
         if entry.running {
+            // Forgotten meanwhile and back (deleted and created again under
+            // the same name): the new grant's work outlives the old pass.
+            entry.forgotten = false;
             entry.again = Some(entry.again.map_or(urgency, |u| u.max(urgency)));
             return;
         }
-        let urgency = match entry.ready.take() {
+        let urgency = match entry.ready {
+            // Work of the kind already waiting keeps its place: a grant
+            // woken again and again is not sent to the back each time.
+            Some((held, _)) if held.max(urgency) == held => return,
             Some((held, place)) => {
+                entry.ready = None;
                 self.set_of(held).remove(&place);
                 held.max(urgency)
             }
@@ -319,20 +318,40 @@ impl<K: Clone + Eq + Hash> Queue<K> {
             entry.deadline = None;
             let key = entry.key.clone();
             let found = urgency(&key);
-            self.ready(&key, found, now);
+            self.wake(&key, found, now);
         }
     }
 
     fn make_ready(&mut self, slot: u32, urgency: Urgency, now: SystemTime) {
         self.seq += 1;
         let order = match urgency {
-            Urgency::Renewal { deadline } => deadline,
+            Urgency::Renewal { deadline } => {
+                self.count_due(deadline, now);
+                deadline
+            }
             Urgency::Revoke | Urgency::Arrival => now,
         };
         let place = (order, self.seq, slot);
         self.set_of(urgency).insert(place);
         if let Some(entry) = self.entry_mut(slot) {
             entry.ready = Some((urgency, place));
+        }
+    }
+
+    /// A renewal with `deadline` fell due: the known least slack is no more
+    /// than its own, served after every renewal due already, and it delays
+    /// those after it by one renewal's time.
+    fn count_due(&mut self, deadline: SystemTime, now: SystemTime) {
+        let Some(rate) = self.pace.rate.renewals_per_second() else {
+            return;
+        };
+        let behind = (self.renewals.len() + 1) as f64 / rate;
+        let own = forecast::seconds(deadline, now) - behind;
+        self.count_renewal();
+        if let Some(slack) = self.slack.as_mut() {
+            // The cached figure is as of `slack.at`; `bound` takes its age off.
+            let age = forecast::seconds(now, slack.at).max(0.0);
+            slack.seconds = slack.seconds.min(own + age);
         }
     }
 
@@ -555,5 +574,58 @@ mod tests {
         q.wake(&"new", Urgency::Arrival, now);
         assert_eq!(q.pop(now, |_| Urgency::Arrival), Some("a"));
         assert_eq!(queue(None).least_slack(now), f64::INFINITY);
+    }
+
+    /// A grant deleted and created again under its name while a pass of
+    /// the old one runs gets its pass when that one ends.
+    #[test]
+    fn a_grant_created_again_while_its_old_pass_runs_is_not_lost() {
+        let now = at(0);
+        let mut q = queue(Some(1.0));
+        q.wake(&"g", Urgency::Arrival, now);
+        assert_eq!(q.pop(now, |_| Urgency::Arrival), Some("g"));
+        q.forget(&"g");
+        q.wake(&"g", Urgency::Arrival, now);
+        q.wake_at(&"g", None, None);
+        q.done(&"g", now);
+        assert_eq!(q.pop(now, |_| Urgency::Arrival), Some("g"));
+    }
+
+    /// Woken again with work of the kind it waits with, a grant keeps its
+    /// place; more urgent work moves it up. (The renewals have slack: other
+    /// work goes first.)
+    #[test]
+    fn a_waiting_grant_woken_again_keeps_its_place() {
+        let mut q = queue(Some(1.0));
+        q.wake(&"first", Urgency::Arrival, at(0));
+        q.wake(&"second", Urgency::Arrival, at(1));
+        q.wake(&"first", Urgency::Arrival, at(2));
+        assert_eq!(q.pop(at(3), |_| Urgency::Arrival), Some("first"));
+        q.wake(&"a", renewal(100), at(3));
+        q.wake(&"b", renewal(50), at(3));
+        q.wake(&"a", renewal(200), at(4));
+        q.wake(&"a", renewal(40), at(4));
+        let order: Vec<_> = std::iter::from_fn(|| q.pop(at(5), |_| Urgency::Arrival)).collect();
+        assert_eq!(order, ["second", "a", "b"]);
+    }
+
+    /// A renewal that falls due with little slack is weighed at once, not
+    /// when the cached slack runs out.
+    #[test]
+    fn a_renewal_falling_due_short_of_slack_goes_before_other_work_at_once() {
+        let now = at(0);
+        let mut q = queue(Some(1.0));
+        q.wake(&"far", renewal(100), now);
+        q.wake(&"new", Urgency::Arrival, now);
+        assert_eq!(q.pop(now, |_| Urgency::Arrival), Some("new"), "slack 99 s");
+        q.done(&"new", now);
+        q.wake(&"new", Urgency::Arrival, at(1));
+        // A timer releases a renewal 4 s from its deadline.
+        q.wake_at(&"near", Some(at(1)), None);
+        let due = |k: &&str| match *k {
+            "near" => renewal(5),
+            _ => Urgency::Arrival,
+        };
+        assert_eq!(q.pop(at(1), due), Some("near"));
     }
 }

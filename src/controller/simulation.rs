@@ -140,8 +140,8 @@ fn simulate(grants: &mut [Grant], until: f64) -> Outcome {
         }
         g.expires = Some(now + g.ttl);
         g.refresh = Some(now + g.ttl - g.refresh_before);
-        queue.done(&i, time(now));
         queue.wake_at(&i, g.refresh.map(time), deadline(g).map(time));
+        queue.done(&i, time(now));
     }
 }
 
