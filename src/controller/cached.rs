@@ -144,15 +144,6 @@ impl Resource for CachedGrant {
     }
 }
 
-/// kube's controller asks its object type to be deserializable; the cache is
-/// filled from `CachedGrant::new`, so this only serves that bound.
-impl<'de> Deserialize<'de> for CachedGrant {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let grant = UploadGrant::deserialize(d)?;
-        CachedGrant::new(grant).map_err(serde::de::Error::custom)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
