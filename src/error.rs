@@ -51,6 +51,21 @@ impl Error {
     }
 }
 
+impl Error {
+    /// The apiserver refused the request to slow its client down (HTTP 429:
+    /// API Priority and Fairness, or a max-in-flight limit). That says
+    /// nothing about the grant; the dispatcher pauses instead of backing the
+    /// grant off.
+    pub fn is_throttled(&self) -> bool {
+        match self {
+            Error::Kube(e) | Error::Finalizer(e) => {
+                matches!(e, kube::Error::Api(s) if s.code == 429)
+            }
+            _ => false,
+        }
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[cfg(test)]
@@ -83,6 +98,25 @@ mod tests {
             }
         }
         every
+    }
+
+    #[test]
+    fn only_an_apiserver_429_is_throttling() {
+        let status = |code: u16| {
+            kube::Error::Api(
+                serde_json::from_value(serde_json::json!({
+                    "status": "Failure", "message": "", "reason": "TooManyRequests", "code": code
+                }))
+                .expect("a Status"),
+            )
+        };
+        assert!(Error::Kube(status(429)).is_throttled());
+        assert!(Error::Finalizer(status(429)).is_throttled());
+        assert!(!Error::Kube(status(503)).is_throttled());
+        assert!(!Error::Kube(status(409)).is_throttled());
+        for e in one_of_each() {
+            assert!(!e.is_throttled(), "{e}");
+        }
     }
 
     #[test]

@@ -40,6 +40,56 @@ impl Key {
 /// fast the bound (`queue::Pace::margin`).
 const MIN_MARGIN: Duration = Duration::from_secs(10);
 
+/// What a failed pass asks for.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Retry {
+    /// The grant's own backoff (`memo::retry_delay`).
+    After(Duration),
+    /// The apiserver throttled the operator (HTTP 429): the grant waits in
+    /// the queue, in its place, for the dispatcher's hold to end.
+    Throttled,
+}
+
+/// The longest hold: how late the work due meanwhile may start once the
+/// apiserver takes requests again.
+const MAX_HOLD: Duration = Duration::from_secs(8);
+
+/// No pass starts while the apiserver throttles the operator. A pass
+/// throttled after the hold ended (a probe) doubles the next hold, from 1 s
+/// to `MAX_HOLD`; one that started before it says nothing new; any pass that
+/// goes through ends the streak. Each grant backing off on its own instead
+/// would come back in the order of its backoff timer, not of its deadline,
+/// and retry into the throttle meanwhile.
+#[derive(Debug, Default)]
+struct Hold {
+    until: Option<SystemTime>,
+    /// Probes throttled in a row.
+    streak: u32,
+}
+
+impl Hold {
+    /// A pass was throttled at `now`; the new hold's length if it began one.
+    fn throttled(&mut self, now: SystemTime) -> Option<Duration> {
+        if self.holding(now).is_some() {
+            return None;
+        }
+        let hold = Duration::from_secs(1 << self.streak.min(3)).min(MAX_HOLD);
+        self.streak += 1;
+        self.until = Some(now + hold);
+        Some(hold)
+    }
+
+    /// A pass went through.
+    fn passed(&mut self) {
+        self.streak = 0;
+    }
+
+    /// When the hold ends, while it lasts.
+    fn holding(&self, now: SystemTime) -> Option<SystemTime> {
+        self.until.filter(|u| *u > now)
+    }
+}
+
 /// A request to look at a grant, from the other watches.
 pub type Request = ObjectRef<CachedGrant>;
 
@@ -123,9 +173,11 @@ pub async fn run(
     let mut shutdown = std::pin::pin!(shutdown);
     // No pass runs before the grant cache has listed.
     let mut listed = false;
+    let mut hold = Hold::default();
     loop {
         let now = SystemTime::now();
-        while listed && running.len() < slots {
+        let held = hold.holding(now);
+        while listed && held.is_none() && running.len() < slots {
             let cached = |k: &Key| store.get(&k.object_ref());
             let Some(key) = queue.pop(now, |k| urgency(cached(k).as_deref(), now, propagation))
             else {
@@ -144,9 +196,11 @@ pub async fn run(
         }
         // With every slot busy, a due timer waits for a pass to end (which
         // wakes this loop) instead of waking it in vain.
-        let timer = queue
-            .next_timer()
-            .filter(|_| listed && running.len() < slots);
+        let timer = held.or_else(|| {
+            queue
+                .next_timer()
+                .filter(|_| listed && running.len() < slots)
+        });
         let sleep = tokio::time::sleep(until(timer, now));
         tokio::select! {
             biased;
@@ -154,8 +208,17 @@ pub async fn run(
             Some((key, result)) = running.next(), if !running.is_empty() => {
                 let now = SystemTime::now();
                 let (next, retry) = match result {
-                    Ok(next) => (next, None),
-                    Err((next, delay)) => (next, Some(delay)),
+                    Ok(next) => {
+                        hold.passed();
+                        (next, None)
+                    }
+                    Err((next, Retry::After(delay))) => (next, Some(delay)),
+                    Err((next, Retry::Throttled)) => {
+                        if let Some(d) = hold.throttled(now) {
+                            tracing::warn!(hold_s = d.as_secs(), "the apiserver throttles the operator (HTTP 429); no pass starts until the hold ends");
+                        }
+                        (next, Some(Duration::ZERO))
+                    }
                 };
                 let (at, deadline) = schedule(next, retry, now, propagation);
                 let next_in_s = at.map(|at| until(Some(at), now).as_secs());
@@ -208,7 +271,7 @@ async fn pass(
     ctx: Arc<Context>,
     key: Key,
     grant: Arc<CachedGrant>,
-) -> (Key, Result<Next, (Next, Duration)>) {
+) -> (Key, Result<Next, (Next, Retry)>) {
     let result = match reconcile::reconcile(grant.clone(), ctx.clone()).await {
         Ok(next) => Ok(next),
         Err(error) => Err(super::failed(&grant, &error, &ctx)),
@@ -287,6 +350,26 @@ mod tests {
             ),
             (Some(at(1030)), None)
         );
+    }
+
+    /// Probes refused in a row hold 1, 2, 4, 8, 8 s; a pass that started
+    /// before the hold and comes back refused during it changes nothing; one
+    /// that goes through starts over at 1 s.
+    #[test]
+    fn the_hold_doubles_for_refused_probes_only_and_ends_with_a_pass() {
+        let mut hold = Hold::default();
+        assert_eq!(hold.holding(at(0)), None);
+        let mut now = at(100);
+        for want in [1, 2, 4, 8, 8] {
+            assert_eq!(hold.throttled(now), Some(Duration::from_secs(want)));
+            assert_eq!(hold.holding(now), Some(now + Duration::from_secs(want)));
+            // The passes already running come back refused meanwhile.
+            assert_eq!(hold.throttled(now + Duration::from_millis(500)), None);
+            now += Duration::from_secs(want);
+            assert_eq!(hold.holding(now), None);
+        }
+        hold.passed();
+        assert_eq!(hold.throttled(now), Some(Duration::from_secs(1)));
     }
 
     #[test]

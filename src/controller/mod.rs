@@ -78,12 +78,13 @@ fn context(parts: Parts, settings: Settings, caches: Caches) -> Context {
 }
 
 /// A failed pass: said, counted, and retried after the backoff (which
-/// never passes the expiry of the URL the grant holds).
+/// never passes the expiry of the URL the grant holds), or, when the
+/// apiserver throttled it, once the dispatcher's hold ends.
 fn failed(
     cached: &CachedGrant,
     error: &Error,
     ctx: &Context,
-) -> (reconcile::Next, std::time::Duration) {
+) -> (reconcile::Next, dispatch::Retry) {
     // Only a pass that failed comes here: expanding again is rare.
     let grant = cached.grant().ok();
     // The failed pass counted itself in the grant's record.
@@ -94,6 +95,16 @@ fn failed(
         let status = grant.as_ref()?.status.as_ref()?;
         status.expires_at.as_ref().map(|t| SystemTime::from(t.0))
     });
+    ctx.metrics.reconcile_failure(error.category());
+    let next = reconcile::Next {
+        wake: report::Wake::OnChange,
+        expires_at,
+    };
+    if error.is_throttled() {
+        // The dispatcher says it once for all the grants it holds.
+        tracing::debug!(grant = %cached.name_any(), error = %error, "throttled by the apiserver");
+        return (next, dispatch::Retry::Throttled);
+    }
     let delay = memo::retry_delay(n, expires_at, SystemTime::now());
     tracing::warn!(
         grant = %cached.name_any(),
@@ -103,12 +114,7 @@ fn failed(
         retry_in_s = delay.as_secs(),
         "reconcile failed"
     );
-    ctx.metrics.reconcile_failure(error.category());
-    let next = reconcile::Next {
-        wake: report::Wake::OnChange,
-        expires_at,
-    };
-    (next, delay)
+    (next, dispatch::Retry::After(delay))
 }
 
 /// Drops what no reconcile reads before an object enters a cache: with
