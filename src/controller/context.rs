@@ -1,7 +1,8 @@
 //! The handles every pass shares: the client, the settings, the signer,
-//! the caches, the event publisher, the metrics, the per-grant records and
-//! the renewal index. Nothing here decides or does anything.
+//! the caches, the event publisher, the metrics and the per-grant records.
+//! Nothing here decides or does anything (`admits` asks `decide`).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +11,8 @@ use kube::api::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 
-use super::decide::issuer_name;
+use super::cached::CachedGrant;
+use super::decide::{Admission, admit, issuer_name};
 use super::events::Events;
 use super::managed::ManagedSecret;
 use super::memo::{Memos, Tombstones};
@@ -92,4 +94,25 @@ impl Context {
             name.and_then(|n| self.issuers.get(&ObjectRef::new(n))),
         )
     }
+
+    /// Whether the grant's issuer, as cached now, admits it in its
+    /// namespace (`decide::admit`, as a pass would judge it); None when that
+    /// cannot be told here: a spec the cache cannot expand, or a namespace
+    /// the cache has not seen (a pass does not judge it either).
+    pub fn admits(&self, cached: &CachedGrant) -> Option<bool> {
+        let grant = cached.grant().ok()?;
+        let namespace = grant.namespace()?;
+        let namespace = self.namespaces.get(&ObjectRef::new(&namespace))?;
+        let (issuer_name, issuer) = self.issuer_of(&grant);
+        let admission = Admission {
+            grant: &grant,
+            issuer_name,
+            issuer: issuer.as_deref(),
+            namespace_labels: namespace.metadata.labels.as_ref().unwrap_or(&NO_LABELS),
+            propagation: self.settings.propagation_budget,
+        };
+        Some(admit(&admission).is_ok())
+    }
 }
+
+static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();

@@ -123,6 +123,22 @@ pub fn urgency(grant: Option<&CachedGrant>, now: SystemTime, propagation: Durati
     }
 }
 
+/// How soon a grant must run after a change of policy (its issuer, its
+/// namespace's labels): at once, ahead of renewals, when its issuer no
+/// longer admits it (`admitted`, None when that cannot be told here), as
+/// the revocation that pass will be; else as after any other change.
+pub fn policy_urgency(
+    grant: Option<&CachedGrant>,
+    admitted: Option<bool>,
+    now: SystemTime,
+    propagation: Duration,
+) -> Urgency {
+    match (grant, admitted) {
+        (Some(_), Some(false)) => Urgency::Revoke,
+        _ => urgency(grant, now, propagation),
+    }
+}
+
 /// When to look at a grant again after a pass, and the deadline of the
 /// renewal then due if it is one. A failed pass retries after `retry`, but
 /// never past the deadline of the URL it holds.
@@ -153,13 +169,15 @@ pub type GrantEvent = watcher::Result<watcher::Event<CachedGrant>>;
 
 /// Runs passes until `shutdown`, then lets the running ones finish.
 /// `grants` is the reflected grant watch (the cache fills as it is read),
-/// `requests` asks for grants to be looked at, and `everyone` for all of
-/// them (credentials that loaded again).
+/// `requests` asks for grants to be looked at, `policy` for grants whose
+/// issuer or namespace changed, and `everyone` for all of them
+/// (credentials that loaded again).
 pub async fn run(
     ctx: Arc<Context>,
     store: Store<CachedGrant>,
     grants: impl Stream<Item = GrantEvent> + Send,
     requests: impl Stream<Item = Request> + Send,
+    policy: impl Stream<Item = Request> + Send,
     everyone: impl Stream<Item = ()> + Send,
     shutdown: impl Future<Output = ()> + Send,
 ) {
@@ -168,8 +186,12 @@ pub async fn run(
     let slots = usize::from(settings.concurrency.max(1));
     let mut queue: Queue<Key> = Queue::new(pace(settings.concurrency, settings.kube_api_qps));
     let mut running = FuturesUnordered::new();
-    let (mut grants, mut requests, mut everyone) =
-        (Box::pin(grants), Box::pin(requests), Box::pin(everyone));
+    let (mut grants, mut requests, mut policy, mut everyone) = (
+        Box::pin(grants),
+        Box::pin(requests),
+        Box::pin(policy),
+        Box::pin(everyone),
+    );
     let mut shutdown = std::pin::pin!(shutdown);
     // No pass runs before the grant cache has listed.
     let mut listed = false;
@@ -243,6 +265,13 @@ pub async fn run(
                 let found = urgency(store.get(&request).as_deref(), now, propagation);
                 queue.wake(&Key::of(&request), found, now);
             }
+            Some(request) = policy.next() => {
+                let now = SystemTime::now();
+                let grant = store.get(&request);
+                let admitted = grant.as_deref().and_then(|g| ctx.admits(g));
+                let found = policy_urgency(grant.as_deref(), admitted, now, propagation);
+                queue.wake(&Key::of(&request), found, now);
+            }
             Some(()) = everyone.next() => {
                 let now = SystemTime::now();
                 for grant in store.state() {
@@ -282,6 +311,8 @@ async fn pass(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::UploadGrantStatus;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     fn at(s: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(s)
@@ -370,6 +401,30 @@ mod tests {
         }
         hold.passed();
         assert_eq!(hold.throttled(now), Some(Duration::from_secs(1)));
+    }
+
+    /// A policy change that ends a grant's admission is its revocation:
+    /// ahead of every renewal. Any other is judged as any change.
+    #[test]
+    fn a_policy_change_that_refuses_a_grant_goes_first() {
+        let p = Duration::from_secs(60);
+        let now = at(1000);
+        let mut full = crate::fixtures::grant(serde_json::json!({}));
+        let time = |t| Time(SystemTime::try_into(t).expect("a time"));
+        full.status = Some(UploadGrantStatus {
+            refresh_at: Some(time(at(900))),
+            expires_at: Some(time(at(2000))),
+            ..UploadGrantStatus::default()
+        });
+        let grant = CachedGrant::new(full).expect("projects");
+        let due = Urgency::Renewal { deadline: at(1940) };
+        assert_eq!(
+            policy_urgency(Some(&grant), Some(false), now, p),
+            Urgency::Revoke
+        );
+        assert_eq!(policy_urgency(Some(&grant), Some(true), now, p), due);
+        assert_eq!(policy_urgency(Some(&grant), None, now, p), due);
+        assert_eq!(policy_urgency(None, Some(false), now, p), Urgency::Arrival);
     }
 
     #[test]

@@ -254,10 +254,12 @@ pub async fn run(
     let grant_stream =
         grant_events(&client, &settings, grant_store.clone(), gone).reflect(grant_writer);
     let (triggers, requests) = mpsc::unbounded();
+    // Policy changes apart: one may revoke, which goes before renewals.
+    let (policy_triggers, policy_changes) = mpsc::unbounded();
     let caches = Caches {
-        secrets: watch_secrets(&client, &settings, &parts.metrics, triggers.clone()),
-        issuers: watch_issuers(&client, &settings, &grant_store, triggers.clone()),
-        namespaces: watch_namespaces(&client, &settings, &grant_store, triggers),
+        secrets: watch_secrets(&client, &settings, &parts.metrics, triggers),
+        issuers: watch_issuers(&client, &settings, &grant_store, policy_triggers.clone()),
+        namespaces: watch_namespaces(&client, &settings, &grant_store, policy_triggers),
     };
     tokio::select! {
         _ = caches.synced() => {}
@@ -279,6 +281,7 @@ pub async fn run(
         grant_store,
         grant_stream,
         requests,
+        policy_changes,
         recovered,
         shutdown,
     )
