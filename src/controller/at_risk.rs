@@ -40,6 +40,21 @@ const RESOLUTION: f64 = 1.0;
 /// risk; the gauges count every one at once.
 const EVENTS_PER_TICK: usize = 10;
 
+/// The renewals a second the bound leaves once this task's own events have
+/// taken their share (at most `EVENTS_PER_TICK` a tick): a forecast made at
+/// the whole bound would see the shortfall its warnings cause only as its
+/// last warnings come due, too late to send them.
+fn renewal_rate(kube_api_qps: u32) -> Rate {
+    let events = EVENTS_PER_TICK as f64 / INTERVAL.as_secs_f64();
+    match kube_api_qps {
+        0 => Rate::of_qps(0),
+        qps => {
+            Rate::per_second((f64::from(qps) - events).max(0.5) / forecast::REQUESTS_PER_RENEWAL)
+                .unwrap_or(Rate::of_qps(qps))
+        }
+    }
+}
+
 /// Why a URL at risk cannot be reported on its grant.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -71,7 +86,7 @@ impl Forecaster {
             events: ctx.events.clone(),
             metrics: ctx.metrics.clone(),
             propagation: ctx.settings.propagation_budget,
-            rate: Rate::of_qps(ctx.settings.kube_api_qps),
+            rate: renewal_rate(ctx.settings.kube_api_qps),
         }
     }
 }
@@ -262,6 +277,17 @@ fn note(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_forecast_leaves_the_warnings_their_share_of_the_bound() {
+        let per_second = |qps| renewal_rate(qps).renewals_per_second();
+        assert_eq!(per_second(0), None);
+        for (qps, want) in [(100, 49.0), (10, 4.0), (1, 0.25)] {
+            // A bound the warnings alone would fill still renews, slowly.
+            let got = per_second(qps).unwrap_or_default();
+            assert!((got - want).abs() < 1e-9, "{qps}: {got}");
+        }
+    }
     use k8s_openapi::api::core::v1::Secret;
     use kube::api::PartialObjectMeta;
 
