@@ -192,10 +192,30 @@ pub fn proc(env: &TestEnv, args: &[&str]) -> TestResult<String> {
     super::output(cmd).map(|s| s.trim().to_owned())
 }
 
-/// A kubeconfig for user `user` (a client certificate in the groups
-/// system:masters and testenv:audited) against `server`.
-pub fn kubeconfig(env: &TestEnv, user: &str, server: &str, dir: &Path) -> TestResult<PathBuf> {
-    let paths = proc(env, &["user", user])?;
+/// Which groups a user's client certificate names besides testenv:audited.
+#[derive(Clone, Copy, PartialEq)]
+pub enum Groups {
+    /// system:masters: every right, and exempt from API Priority and
+    /// Fairness.
+    Masters,
+    /// None: its rights come from RBAC, and API Priority and Fairness
+    /// applies to it, as to an operator in a real cluster.
+    Plain,
+}
+
+/// A kubeconfig for user `user` (a client certificate in the group
+/// testenv:audited and `groups`) against `server`.
+pub fn kubeconfig(
+    env: &TestEnv,
+    user: &str,
+    groups: Groups,
+    server: &str,
+    dir: &Path,
+) -> TestResult<PathBuf> {
+    let paths = match groups {
+        Groups::Masters => proc(env, &["user", user])?,
+        Groups::Plain => proc(env, &["user", user, "plain"])?,
+    };
     let (crt, key) = paths
         .split_once(' ')
         .ok_or("proc.sh user printed no paths")?;
@@ -318,6 +338,63 @@ pub fn audited(env: &TestEnv, user: &str) -> TestResult<Vec<Audited>> {
         });
     }
     Ok(out)
+}
+
+// --- a request that holds its seat -------------------------------------------------
+
+/// A create that never finishes: the headers of a POST and one byte of a
+/// body that is much longer, sent over a client-certificate TLS connection
+/// (`openssl s_client`), then nothing. The apiserver admits the request
+/// through API Priority and Fairness, authorizes it, and waits for the body
+/// while holding the request's seat: a client that hogs a priority level
+/// without costing the server any work. It ends when the apiserver times
+/// the request out (its `--request-timeout`, a minute) or when dropped.
+pub struct SlowRequest(std::process::Child);
+
+impl SlowRequest {
+    /// Opens one as user `user` (`proc.sh user … plain`), creating a
+    /// ConfigMap in `namespace`.
+    pub fn open(env: &TestEnv, user: &str, namespace: &str) -> TestResult<SlowRequest> {
+        use std::io::Write;
+        let paths = proc(env, &["user", user, "plain"])?;
+        let (crt, key) = paths
+            .split_once(' ')
+            .ok_or("proc.sh user printed no paths")?;
+        let addr = socket_addr(env.var("TESTENV_APISERVER_URL"))?;
+        let mut child = Command::new("openssl")
+            .args(["s_client", "-quiet", "-connect", &addr.to_string()])
+            .args([
+                "-cert",
+                crt,
+                "-key",
+                key,
+                "-CAfile",
+                env.var("TESTENV_CA_FILE"),
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let head = format!(
+            "POST /api/v1/namespaces/{namespace}/configmaps HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 1048576\r\n\r\n{{"
+        );
+        let stdin = child.stdin.as_mut().ok_or("openssl has no stdin")?;
+        stdin.write_all(head.as_bytes())?;
+        stdin.flush()?;
+        Ok(SlowRequest(child))
+    }
+
+    /// Whether the apiserver has ended it (the connection closed).
+    pub fn ended(&mut self) -> bool {
+        !matches!(self.0.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for SlowRequest {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 // --- the recorder ----------------------------------------------------------------------
@@ -487,6 +564,14 @@ impl Recorder {
                     .count()
             })
             .sum()
+    }
+
+    /// The expiry of the URL Secret `name` held at `at`, as the watch saw it.
+    pub fn expiry_at(&self, name: &str, at: jiff::Timestamp) -> Option<jiff::Timestamp> {
+        let map = self.secrets.lock().unwrap_or_else(|p| p.into_inner());
+        let list = map.get(name)?;
+        let (_, state) = list.iter().rev().find(|(seen, _)| *seen <= at)?;
+        state.expires_at.filter(|_| !state.deleted)
     }
 
     /// When the watch saw Secret `name` deleted, if it did.

@@ -8,9 +8,12 @@
 #                               wait until the process is gone
 #   proc.sh signal NAME SIG     send SIG only (e.g. STOP, CONT)
 #   proc.sh start NAME          start it again, as up.sh did (after kill)
-#   proc.sh user NAME           a client certificate for user NAME in the
+#   proc.sh user NAME [plain]   a client certificate for user NAME in the
 #                               groups system:masters and testenv:audited
-#                               (audited: see up.sh); prints cert and key paths
+#                               (audited: see up.sh); prints cert and key paths.
+#                               plain: in testenv:audited only, so that RBAC
+#                               and API Priority and Fairness apply to it
+#                               (system:masters is exempt from both)
 #
 # NAME is a file in .testenv/pids: etcd, kube-apiserver, s3.
 . "$(dirname "$0")/lib.sh"
@@ -45,14 +48,19 @@ case "$cmd" in
     echo $! >"$pidfile" ;;
   user)
     PKI="$STATE_DIR/pki" dir="$STATE_DIR/users"
+    case "${3:-}" in
+      "") file=$name groups="/O=system:masters/O=testenv:audited" ;;
+      plain) file=$name.plain groups="/O=testenv:audited" ;;
+      *) die "unknown user kind ${3} (plain or nothing)" ;;
+    esac
     mkdir -p "$dir"
-    if [ ! -f "$dir/$name.crt" ]; then
-      openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$dir/$name.key" \
-        -out "$dir/$name.csr" -subj "/O=system:masters/O=testenv:audited/CN=$name" 2>/dev/null
-      printf 'extendedKeyUsage=clientAuth\n' >"$dir/$name.ext"
-      openssl x509 -req -in "$dir/$name.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial \
-        -days 30 -extfile "$dir/$name.ext" -out "$dir/$name.crt" 2>/dev/null
+    if [ ! -f "$dir/$file.crt" ]; then
+      openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$dir/$file.key" \
+        -out "$dir/$file.csr" -subj "$groups/CN=$name" 2>/dev/null
+      printf 'extendedKeyUsage=clientAuth\n' >"$dir/$file.ext"
+      openssl x509 -req -in "$dir/$file.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial \
+        -days 30 -extfile "$dir/$file.ext" -out "$dir/$file.crt" 2>/dev/null
     fi
-    echo "$dir/$name.crt $dir/$name.key" ;;
+    echo "$dir/$file.crt $dir/$file.key" ;;
   *) die "unknown command $cmd" ;;
 esac
