@@ -8,15 +8,19 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures::stream::{FuturesUnordered, Stream, StreamExt};
+use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 
 use super::cached::CachedGrant;
 use super::context::Context;
 use super::forecast::{self, Rate};
+use super::managed::Slot;
 use super::queue::{Pace, Queue, Urgency};
 use super::reconcile::{self, Next};
 use super::report::Wake;
+use super::secrets;
+use super::validate::secret_name;
 
 /// A grant's key in the queue: `namespace/name` in one shared string, cheap
 /// to copy into the queue's sets (neither part may contain a slash).
@@ -107,15 +111,21 @@ pub fn pace(concurrency: u16, qps: u32) -> Pace {
     }
 }
 
-/// How soon a grant must run, from what its cached status shows.
-pub fn urgency(grant: Option<&CachedGrant>, now: SystemTime, propagation: Duration) -> Urgency {
+/// How soon a grant must run: `renewal` is the refresh and expiry time of
+/// the URL it holds (`renewal_of`).
+pub fn urgency(
+    grant: Option<&CachedGrant>,
+    renewal: Option<(SystemTime, SystemTime)>,
+    now: SystemTime,
+    propagation: Duration,
+) -> Urgency {
     let Some(grant) = grant else {
         return Urgency::Arrival;
     };
     if grant.revoking() {
         return Urgency::Revoke;
     }
-    match grant.renewal() {
+    match renewal {
         Some((refresh, expires)) if refresh <= now => Urgency::Renewal {
             deadline: forecast::deadline(expires, propagation),
         },
@@ -123,19 +133,35 @@ pub fn urgency(grant: Option<&CachedGrant>, now: SystemTime, propagation: Durati
     }
 }
 
+/// The refresh and expiry time of the URL a grant holds: from its Secret,
+/// where the operator writes them first, else from its status. The status
+/// may lag the Secret (its write had not landed when the last pass ended,
+/// or failed), and a grant ranked by a stale status would wait behind every
+/// renewal as new work while its URL runs out.
+fn renewal_of(ctx: &Context, cached: &CachedGrant) -> Option<(SystemTime, SystemTime)> {
+    let on_secret = || {
+        let grant = cached.grant().ok()?;
+        let namespace = grant.namespace()?;
+        let name = secret_name(&grant.spec, &grant.name_any());
+        match secrets::cached_slot(ctx, &grant, &namespace, &name) {
+            Slot::Ours(secret) => {
+                let state = secret.state.as_ref()?;
+                Some((state.refresh_at?, state.expires_at))
+            }
+            Slot::Free | Slot::Foreign => None,
+        }
+    };
+    on_secret().or_else(|| cached.renewal())
+}
+
 /// How soon a grant must run after a change of policy (its issuer, its
 /// namespace's labels): at once, ahead of renewals, when its issuer no
 /// longer admits it (`admitted`, None when that cannot be told here), as
 /// the revocation that pass will be; else as after any other change.
-pub fn policy_urgency(
-    grant: Option<&CachedGrant>,
-    admitted: Option<bool>,
-    now: SystemTime,
-    propagation: Duration,
-) -> Urgency {
-    match (grant, admitted) {
-        (Some(_), Some(false)) => Urgency::Revoke,
-        _ => urgency(grant, now, propagation),
+pub fn policy_urgency(otherwise: Urgency, admitted: Option<bool>) -> Urgency {
+    match admitted {
+        Some(false) => Urgency::Revoke,
+        _ => otherwise,
     }
 }
 
@@ -196,13 +222,16 @@ pub async fn run(
     // No pass runs before the grant cache has listed.
     let mut listed = false;
     let mut hold = Hold::default();
+    let classify = |grant: Option<&CachedGrant>, now: SystemTime| {
+        let renewal = grant.and_then(|g| renewal_of(&ctx, g));
+        urgency(grant, renewal, now, propagation)
+    };
     loop {
         let now = SystemTime::now();
         let held = hold.holding(now);
         while listed && held.is_none() && running.len() < slots {
             let cached = |k: &Key| store.get(&k.object_ref());
-            let Some(key) = queue.pop(now, |k| urgency(cached(k).as_deref(), now, propagation))
-            else {
+            let Some(key) = queue.pop(now, |k| classify(cached(k).as_deref(), now)) else {
                 break;
             };
             match cached(&key) {
@@ -253,7 +282,7 @@ pub async fn run(
             Some(event) = grants.next() => match event {
                 Ok(watcher::Event::Apply(g) | watcher::Event::InitApply(g)) => {
                     let now = SystemTime::now();
-                    queue.wake(&key_of(&g), urgency(Some(&g), now, propagation), now);
+                    queue.wake(&key_of(&g), classify(Some(&g), now), now);
                 }
                 Ok(watcher::Event::Delete(g)) => queue.forget(&key_of(&g)),
                 Ok(watcher::Event::InitDone) => listed = true,
@@ -262,20 +291,20 @@ pub async fn run(
             },
             Some(request) = requests.next() => {
                 let now = SystemTime::now();
-                let found = urgency(store.get(&request).as_deref(), now, propagation);
+                let found = classify(store.get(&request).as_deref(), now);
                 queue.wake(&Key::of(&request), found, now);
             }
             Some(request) = policy.next() => {
                 let now = SystemTime::now();
                 let grant = store.get(&request);
                 let admitted = grant.as_deref().and_then(|g| ctx.admits(g));
-                let found = policy_urgency(grant.as_deref(), admitted, now, propagation);
+                let found = policy_urgency(classify(grant.as_deref(), now), admitted);
                 queue.wake(&Key::of(&request), found, now);
             }
             Some(()) = everyone.next() => {
                 let now = SystemTime::now();
                 for grant in store.state() {
-                    queue.wake(&key_of(&grant), urgency(Some(&grant), now, propagation), now);
+                    queue.wake(&key_of(&grant), classify(Some(&grant), now), now);
                 }
             }
             () = sleep, if timer.is_some() => {}
@@ -311,8 +340,6 @@ async fn pass(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::UploadGrantStatus;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     fn at(s: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(s)
@@ -403,28 +430,41 @@ mod tests {
         assert_eq!(hold.throttled(now), Some(Duration::from_secs(1)));
     }
 
+    /// A due renewal ranks by the deadline of the URL the grant holds,
+    /// whatever its status shows; a revocation goes first.
+    #[test]
+    fn ranks_a_grant_by_the_url_it_holds() {
+        let p = Duration::from_secs(60);
+        let now = at(1000);
+        let plain =
+            CachedGrant::new(crate::fixtures::grant(serde_json::json!({}))).expect("projects");
+        let suspended =
+            CachedGrant::new(crate::fixtures::grant(serde_json::json!({"suspend": true})))
+                .expect("projects");
+        let due = Some((at(900), at(2000)));
+        let deadline = Urgency::Renewal { deadline: at(1940) };
+        assert_eq!(urgency(Some(&plain), due, now, p), deadline);
+        assert_eq!(
+            urgency(Some(&plain), Some((at(1100), at(2000))), now, p),
+            Urgency::Arrival
+        );
+        assert_eq!(urgency(Some(&plain), None, now, p), Urgency::Arrival);
+        assert_eq!(urgency(Some(&suspended), due, now, p), Urgency::Revoke);
+        assert_eq!(urgency(None, due, now, p), Urgency::Arrival);
+    }
+
     /// A policy change that ends a grant's admission is its revocation:
     /// ahead of every renewal. Any other is judged as any change.
     #[test]
     fn a_policy_change_that_refuses_a_grant_goes_first() {
-        let p = Duration::from_secs(60);
-        let now = at(1000);
-        let mut full = crate::fixtures::grant(serde_json::json!({}));
-        let time = |t| Time(SystemTime::try_into(t).expect("a time"));
-        full.status = Some(UploadGrantStatus {
-            refresh_at: Some(time(at(900))),
-            expires_at: Some(time(at(2000))),
-            ..UploadGrantStatus::default()
-        });
-        let grant = CachedGrant::new(full).expect("projects");
         let due = Urgency::Renewal { deadline: at(1940) };
+        assert_eq!(policy_urgency(due, Some(false)), Urgency::Revoke);
+        assert_eq!(policy_urgency(due, Some(true)), due);
+        assert_eq!(policy_urgency(due, None), due);
         assert_eq!(
-            policy_urgency(Some(&grant), Some(false), now, p),
-            Urgency::Revoke
+            policy_urgency(Urgency::Arrival, Some(true)),
+            Urgency::Arrival
         );
-        assert_eq!(policy_urgency(Some(&grant), Some(true), now, p), due);
-        assert_eq!(policy_urgency(Some(&grant), None, now, p), due);
-        assert_eq!(policy_urgency(None, Some(false), now, p), Urgency::Arrival);
     }
 
     #[test]
