@@ -1316,11 +1316,12 @@ async fn storm(dir: &std::path::Path, plan: &StormPlan) -> TestResult<StormRun> 
 }
 
 /// 10,000 grants, all due together, renewed under the default request
-/// bound. 3,000 have little time left (ttl 5m, refreshBefore 4m), 7,000 much
-/// (ttl 15m, refreshBefore 14m), interleaved. At about 2 requests a renewal
-/// and 100 a second the bound renews 50 a second: in deadline order every
-/// one is in time, in the order they came due about one short grant in
-/// seven lapses.
+/// bound. 3,000 have little time left (ttl 8m, refreshBefore 4m), 7,000 much
+/// (ttl 20m, refreshBefore 16m), interleaved; each new URL is due 4 minutes
+/// after it is signed, once the storm is over. At about 2 requests a
+/// renewal and 100 a second the bound renews 50 a second: in deadline order
+/// every one is in time, in the order they came due about one short grant
+/// in four lapses.
 async fn storm_10k(dir: &std::path::Path) -> TestResult<Row> {
     const N: usize = 10_000;
     let short = |i: usize| i % 10 < 3;
@@ -1329,9 +1330,9 @@ async fn storm_10k(dir: &std::path::Path) -> TestResult<Row> {
         grants: N,
         class: |i| {
             if i % 10 < 3 {
-                ("5m", "4m")
+                ("8m", "4m")
             } else {
-                ("15m", "14m")
+                ("20m", "16m")
             }
         },
         qps: None,
@@ -1395,7 +1396,7 @@ async fn storm_10k(dir: &std::path::Path) -> TestResult<Row> {
         fault: "Renewal storm: 10,000 grants due together under `--kube-api-qps 100` (default)"
             .into(),
         duration: format!("{:.0} s", run.end.duration_since(run.start).as_secs_f64()),
-        load: "10,000 grants: 3,000 ttl 5m/refreshBefore 4m, 7,000 ttl 15m/refreshBefore 14m"
+        load: "10,000 grants: 3,000 ttl 8m/refreshBefore 4m, 7,000 ttl 20m/refreshBefore 16m"
             .into(),
         recovery: "—".into(),
         renewals: run.renewed.len().to_string(),
