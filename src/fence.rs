@@ -9,6 +9,11 @@
 //! recently enough by the wall clock — the same clock and rule a standby
 //! uses to take the lease over, less a margin for skew and requests in
 //! flight. Reads are never fenced: a standby's caches stay warm.
+//!
+//! A write is checked twice: when it leaves the rate limiter, and again by
+//! [`FencedBody`] when the connection takes its first bytes of body, after
+//! any wait for a connection or a TLS handshake. A replica frozen between
+//! the two checks resumes into the second and its write never leaves.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -17,8 +22,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use futures::StreamExt;
 use http::{Method, Request};
+use http_body::{Body, Frame, SizeHint};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
@@ -204,13 +211,99 @@ where
             return Box::pin(std::future::ready(Err(BoxError::from(Fenced))));
         }
         let response = self.inner.call(request);
-        Box::pin(async move { response.await.map_err(Into::into) })
+        Box::pin(async move { response.await.map_err(|e| plainly(e.into())) })
     }
 }
 
-/// True when `error` is a write this replica refused to send.
+/// A write's body that refuses to start unless the [`Fence`] allows it.
+///
+/// hyper writes a request's head into its buffer and polls the body before
+/// it flushes either; a body that fails its first poll makes hyper drop the
+/// connection with nothing sent (`writes_fenced_late_never_reach_the_wire`).
+/// That poll runs on the connection, just before the bytes go out, so the
+/// check sits after everything a request may wait for.
+pub struct FencedBody<B> {
+    inner: B,
+    /// Taken by the first poll; `None` once the write was let through.
+    fence: Option<Fence>,
+}
+
+impl<B> FencedBody<B> {
+    /// `fence` is `None` for reads, which are never fenced.
+    pub fn new(inner: B, fence: Option<Fence>) -> Self {
+        FencedBody { inner, fence }
+    }
+}
+
+/// Fences the body of every write in `request`.
+pub fn fence_request<B>(request: Request<B>, fence: &Fence) -> Request<FencedBody<B>> {
+    let checked = is_write(request.method()).then(|| fence.clone());
+    request.map(|body| FencedBody::new(body, checked))
+}
+
+impl<B> Body for FencedBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(fence) = self.fence.take()
+            && !fence.allows_writes()
+        {
+            return Poll::Ready(Some(Err(BoxError::from(Fenced))));
+        }
+        Pin::new(&mut self.inner).poll_frame(cx).map_err(Into::into)
+    }
+
+    /// Never at its end before the check: hyper polls only a body that has
+    /// something left, and would otherwise send the head unchecked.
+    fn is_end_stream(&self) -> bool {
+        self.fence.is_none() && self.inner.is_end_stream()
+    }
+
+    /// An empty body reports an unknown length until checked: with a
+    /// length of 0 hyper would send the head without polling it.
+    fn size_hint(&self) -> SizeHint {
+        let hint = self.inner.size_hint();
+        if self.fence.is_some() && hint.exact() == Some(0) {
+            return SizeHint::default();
+        }
+        hint
+    }
+}
+
+/// True when `error` is a write this replica refused to send, refused
+/// either before it left or by its body on the connection.
 pub fn is_fenced(error: &kube::Error) -> bool {
-    matches!(error, kube::Error::Service(e) if e.is::<Fenced>())
+    matches!(error, kube::Error::Service(e) if caused_by_fence(e.as_ref()))
+}
+
+/// A write its body refused comes back wrapped by hyper and hyper-util
+/// ("client error (SendRequest)"): say plainly that it was fenced.
+fn plainly(error: BoxError) -> BoxError {
+    if caused_by_fence(error.as_ref()) {
+        BoxError::from(Fenced)
+    } else {
+        error
+    }
+}
+
+/// hyper wraps a body's error in its own, and hyper-util in another.
+fn caused_by_fence(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(c) = cause {
+        if c.is::<Fenced>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 #[cfg(test)]
@@ -341,5 +434,118 @@ mod tests {
         };
         let (opened, ()) = tokio::join!(fence.opened(Duration::from_secs(5)), observer);
         assert!(opened);
+    }
+
+    /// A loopback HTTP/1 server that answers every request 200 and reports
+    /// each connection's bytes as it closes.
+    async fn recording_server() -> (String, tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let url = format!(
+            "http://{}/api/v1/namespaces/ns/secrets/s",
+            listener.local_addr().expect("addr")
+        );
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n @ 1..) = socket.read(&mut buf).await {
+                        seen.extend_from_slice(&buf[..n]);
+                        let ok =
+                            "HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+                        let _ = socket.write_all(ok.as_bytes()).await;
+                    }
+                    let _ = tx.send(seen);
+                });
+            }
+        });
+        (url, rx)
+    }
+
+    type Plain = hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        FencedBody<http_body_util::Full<Bytes>>,
+    >;
+
+    fn plain_client() -> Plain {
+        use hyper_util::client::legacy::{Client, connect::HttpConnector};
+        Client::builder(hyper_util::rt::TokioExecutor::new()).build(HttpConnector::new())
+    }
+
+    /// Sends through the fence's two checks, as the operator's client does;
+    /// with `lose_lease`, the lease is lost between them.
+    async fn send_through(
+        url: &str,
+        method: Method,
+        body: &'static str,
+        fence: &Fence,
+        lose_lease: bool,
+    ) -> Result<http::StatusCode, BoxError> {
+        use tower::ServiceExt;
+        fence.observe(Some(&lease("me", SystemTime::now(), 15)));
+        let request = Request::builder()
+            .method(method)
+            .uri(url)
+            .body(http_body_util::Full::new(Bytes::from_static(
+                body.as_bytes(),
+            )))
+            .expect("request");
+        let wire = {
+            let fence = fence.clone();
+            plain_client().map_request(move |r| fence_request(r, &fence))
+        };
+        let mut service = FenceLayer(fence.clone()).layer(wire);
+        let response = service.ready().await?.call(request);
+        if lose_lease {
+            // The replica freezes here, after the check at the bound, and
+            // resumes to find that another holds the lease.
+            fence.observe(Some(&lease("them", SystemTime::now(), 15)));
+        }
+        response.await.map(|r| r.status())
+    }
+
+    const WRITES: [(Method, &str); 2] = [(Method::PATCH, "{\"data\":{}}"), (Method::DELETE, "")];
+
+    /// The second check, on real hyper over a real socket: a write whose
+    /// fence closed after it left the bound sends not one byte, with or
+    /// without a body; a read still goes.
+    #[tokio::test]
+    async fn writes_fenced_late_never_reach_the_wire() {
+        let (url, mut seen) = recording_server().await;
+        let fence = Fence::for_identity("me");
+        for (method, body) in WRITES {
+            let refused = send_through(&url, method.clone(), body, &fence, true).await;
+            let error = refused.expect_err("a fenced write fails");
+            assert!(error.is::<Fenced>(), "{method}: {error:?}");
+            let bytes = seen.recv().await.expect("the connection closes");
+            assert!(
+                bytes.is_empty(),
+                "{method}: sent {:?}",
+                String::from_utf8_lossy(&bytes)
+            );
+        }
+        let read = send_through(&url, Method::GET, "", &fence, true).await;
+        assert_eq!(read.expect("a read goes"), http::StatusCode::OK);
+        let bytes = seen.recv().await.expect("the connection closes");
+        assert!(bytes.starts_with(b"GET /api/v1/namespaces/ns/secrets/s"));
+    }
+
+    /// Writes go out whole while the lease is held.
+    #[tokio::test]
+    async fn writes_allowed_on_the_wire_are_sent_whole() {
+        let (url, mut seen) = recording_server().await;
+        let fence = Fence::for_identity("me");
+        for (method, body) in WRITES {
+            let status = send_through(&url, method.clone(), body, &fence, false).await;
+            assert_eq!(status.expect("sent"), http::StatusCode::OK);
+            let bytes = String::from_utf8(seen.recv().await.expect("closed")).expect("utf-8");
+            assert!(bytes.starts_with(&format!("{method} ")), "{bytes}");
+            assert!(bytes.contains(body), "{bytes}");
+        }
     }
 }

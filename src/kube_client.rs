@@ -3,27 +3,46 @@
 
 use std::time::Duration;
 
-use kube::client::ClientBuilder;
+use http::{Request, Response};
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use kube::client::{Body, ClientBuilder, ConfigExt, DynBody};
 use kube::{Client, Config};
 use prometheus_client::metrics::counter::Counter;
 use tower::limit::RateLimitLayer;
-use tower::util::MapRequestLayer;
+use tower::util::{BoxService, MapRequestLayer};
+use tower::{BoxError, ServiceBuilder, ServiceExt};
 
-use crate::fence::{Fence, FenceLayer};
+use crate::fence::{Fence, FenceLayer, FencedBody, fence_request};
+
+/// The HTTP stack under the bound: requests in, responses with kube's body.
+type Transport = BoxService<Request<Body>, Response<Box<DynBody>>, BoxError>;
 
 /// A client for the controller that starts at most `qps` requests a second
 /// (0 lifts the bound). Requests over the bound wait in order, and a write
-/// is sent only if `fence` allows it when its turn comes. `sent` counts the
-/// requests that go out (`Metrics::kube_api_requests`).
+/// is sent only if `fence` allows it when its turn comes and again when its
+/// body goes on the wire. `sent` counts the requests that go out
+/// (`Metrics::kube_api_requests`).
 ///
 /// Leader election must use its own unbounded client: a lease renewal stuck
 /// behind a queue of Secret writes would cost the lease.
 pub fn bounded(
-    config: Config,
+    mut config: Config,
     qps: u32,
     fence: Fence,
     sent: Counter,
 ) -> Result<Client, kube::Error> {
+    // No retry of 429/503/504 below this bound and the fence (kube's default
+    // stack has one): a retry would go out uncounted, past the bound,
+    // unfenced after a freeze, and hide from the dispatcher the throttling
+    // it holds for. `direct` has none; kube's is turned off.
+    config.default_retry = false;
+    let transport = match config.proxy_url {
+        None => ClientBuilder::new(direct(&config, &fence)?, config.default_namespace),
+        // Through a proxy, kube's own stack: writes are checked once.
+        Some(_) => ClientBuilder::try_from(config)?,
+    };
     // The layer added last sees a request first: the fence sits below the
     // limiter, so a write that waited for its turn is checked when it goes,
     // and only what passes both is counted.
@@ -31,9 +50,7 @@ pub fn bounded(
         sent.inc();
         request
     });
-    let builder = ClientBuilder::try_from(config)?
-        .with_layer(&count)
-        .with_layer(&FenceLayer(fence));
+    let builder = transport.with_layer(&count).with_layer(&FenceLayer(fence));
     Ok(match qps {
         0 => builder.build(),
         qps => {
@@ -41,6 +58,37 @@ pub fn bounded(
             builder.with_layer(&RateLimitLayer::new(n, per)).build()
         }
     })
+}
+
+/// kube's default stack (its TLS, credentials and timeouts) over a hyper
+/// client whose write bodies carry the fence onto the connection. kube's
+/// tracing spans are left out; the operator's metrics count requests.
+fn direct(config: &Config, fence: &Fence) -> Result<Transport, kube::Error> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    let mut connector =
+        hyper_timeout::TimeoutConnector::new(config.rustls_https_connector_with_connector(http)?);
+    connector.set_connect_timeout(config.connect_timeout);
+    connector.set_read_timeout(config.read_timeout);
+    connector.set_write_timeout(config.write_timeout);
+    connector.set_reset_reader_on_write(config.reset_reader_on_write);
+    let client: HttpClient<_, FencedBody<Body>> =
+        HttpClient::builder(TokioExecutor::new()).build(connector);
+    let fence = fence.clone();
+    let service = ServiceBuilder::new()
+        .layer(config.base_uri_layer())
+        .option_layer(config.auth_layer()?)
+        .layer(config.extra_headers_layer()?)
+        .map_request(move |request: Request<Body>| fence_request(request, &fence))
+        // One error type below kube's auth layer, whose Either needs it.
+        .map_err(BoxError::from)
+        .service(client)
+        .map_response(|response| {
+            response.map(|body| {
+                Box::new(http_body_util::BodyExt::map_err(body, BoxError::from)) as Box<DynBody>
+            })
+        });
+    Ok(BoxService::new(service))
 }
 
 /// tower's limiter counts in fixed windows, so a full window's worth can
@@ -69,5 +117,48 @@ mod tests {
                 assert!(n as f64 <= f64::from(qps) / 10.0, "{qps}: {n}");
             }
         }
+    }
+
+    /// kube's own retry is off: a 429 reaches the operator at once, as one
+    /// request, for the dispatcher to hold on (and to count and bound).
+    #[tokio::test]
+    async fn the_apiserver_throttling_is_answered_once_not_retried_below_the_bound() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let requests = std::sync::Arc::new(AtomicUsize::new(0));
+        let seen = requests.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    while let Ok(1..) = socket.read(&mut buf).await {
+                        seen.fetch_add(1, Ordering::SeqCst);
+                        let body = r#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"TooManyRequests","code":429}"#;
+                        let reply = format!(
+                            "HTTP/1.1 429 Too Many Requests\r\nretry-after: 1\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        let _ = socket.write_all(reply.as_bytes()).await;
+                    }
+                });
+            }
+        });
+        let config = Config::new(url.parse().expect("url"));
+        let sent = Counter::default();
+        let client = bounded(config, 0, Fence::open(), sent.clone()).expect("client");
+        let api: kube::Api<k8s_openapi::api::core::v1::Secret> =
+            kube::Api::namespaced(client, "ns");
+        let answer = api.get_opt("s").await;
+        assert!(
+            matches!(&answer, Err(kube::Error::Api(s)) if s.code == 429),
+            "{answer:?}"
+        );
+        assert_eq!(requests.load(Ordering::SeqCst), 1);
+        assert_eq!(sent.get(), 1);
     }
 }
