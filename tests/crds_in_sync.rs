@@ -41,3 +41,78 @@ fn check(dir: &std::path::Path) {
         "crds/ holds files the Rust types do not generate"
     );
 }
+
+/// The formats the apiserver knows (k8s.io/kube-openapi's validation
+/// registry). Any other one is accepted, but `kubectl apply` and `helm
+/// install` print `Warning: unrecognized format` for it on every install.
+const KNOWN_FORMATS: &[&str] = &[
+    "bsonobjectid",
+    "uri",
+    "email",
+    "hostname",
+    "ipv4",
+    "ipv6",
+    "cidr",
+    "mac",
+    "uuid",
+    "uuid3",
+    "uuid4",
+    "uuid5",
+    "isbn",
+    "isbn10",
+    "isbn13",
+    "creditcard",
+    "ssn",
+    "hexcolor",
+    "rgbcolor",
+    "byte",
+    "password",
+    "date",
+    "duration",
+    "datetime",
+    "date-time",
+    "int32",
+    "int64",
+    "float",
+    "double",
+];
+
+#[test]
+fn every_schema_format_is_one_kubernetes_knows() {
+    fn formats(value: &serde_json::Value, path: &str, out: &mut Vec<(String, String)>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, child) in map {
+                    let here = format!("{path}.{key}");
+                    match (key.as_str(), child) {
+                        ("format", serde_json::Value::String(f)) => out.push((here, f.clone())),
+                        _ => formats(child, &here, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for (i, child) in items.iter().enumerate() {
+                    formats(child, &format!("{path}[{i}]"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    for crd in crds() {
+        let json = serde_json::to_value(&crd).expect("CRD serialises");
+        formats(&json, &crd_file_name(&crd), &mut found);
+    }
+    assert!(
+        found.iter().any(|(_, f)| f == "date-time"),
+        "the walk sees formats: {found:?}"
+    );
+    let unknown: Vec<_> = found
+        .iter()
+        .filter(|(_, f)| !KNOWN_FORMATS.contains(&f.as_str()))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "formats Kubernetes warns about: {unknown:?}"
+    );
+}

@@ -341,7 +341,9 @@ fn part_size_rule() -> Rule {
 #[x_kube(validation = part_size_rule())]
 pub struct Multipart {
     /// How many part URLs the Secret holds, 1 to 10000.
-    #[schemars(range(min = 1, max = 10000))]
+    // int32: schemars says uint32, a format Kubernetes does not know and
+    // `kubectl apply` / `helm install` warn about.
+    #[schemars(range(min = 1, max = 10000), extend("format" = "int32"))]
     pub parts: u32,
     /// The size of every part but the last (which may be smaller), in bytes
     /// or as a quantity like 64Mi; 5Mi to 5Gi. The issuer's

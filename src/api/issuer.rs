@@ -103,7 +103,9 @@ pub struct AllowRule {
     /// grant's Secret and signed again on each renewal, so this bounds what
     /// one grant costs. Omitted allows S3's 10000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 10000))]
+    // int32: schemars says uint32, a format Kubernetes does not know and
+    // `kubectl apply` / `helm install` warn about.
+    #[schemars(range(min = 1, max = 10000), extend("format" = "int32"))]
     pub max_parts: Option<u32>,
     /// KMS keys a grant may name in serverSideEncryption.kmsKeyId (key ids,
     /// ARNs or aliases, compared as written). Omitted allows any key.
