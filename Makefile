@@ -11,7 +11,7 @@ CONSUMER_IMAGE ?= docker.io/library/upload-grant-consumers:dev
 
 PREFIX ?= $(HOME)/.local
 
-.PHONY: all build release install-plugin image image-check consumer-image crds lint deny fresh-check test bench chaos demo testenv testenv-down testenv-build deps
+.PHONY: all build release install-plugin image image-check consumer-image crds lint deny fresh-check test bench chaos demo demo-down testenv testenv-down testenv-build deps
 
 all: build
 
@@ -98,6 +98,13 @@ bench: deps testenv-build
 chaos: deps testenv-build
 	@bench/chaos.sh
 
-## demo: helm install the operator onto the local node, issue a grant, upload through it from a Job, read it back
-demo: deps testenv-build image consumer-image
-	@tools/demo.sh
+## demo: helm install the operator onto the local node, issue a grant, upload through it from a Job,
+## read it back (root; about 30 minutes the first time; KEEP=1 leaves it running, demo-down stops it)
+demo:
+	@tools/demo.sh intro
+	@$(MAKE) --no-print-directory deps testenv-build image consumer-image
+	@KEEP=$(KEEP) tools/demo.sh
+
+## demo-down: uninstall what make demo KEEP=1 left and stop its environment
+demo-down:
+	@tools/demo.sh down

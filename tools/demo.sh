@@ -15,6 +15,58 @@ step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 say() { printf '    %s\n' "$*"; }
 show() { printf '    $ %s\n' "$*"; "$@" 2>&1 | sed 's/^/    /'; }
 
+SYSTEM=upload-grant-system
+NS=analytics
+WEB=web
+ISSUER=demo
+RELEASE=upload-grant-operator
+FORMS=upload-grant-forms
+KEEP="${KEEP:-}"
+
+# What the demo needs and changes, said before anything is built.
+intro() {
+  cat <<'TEXT'
+make demo: the operator on a local cluster, as a platform team and its users meet it.
+  Needs:   root on a Debian-like Linux machine with Rust and Go; about 2 GB in
+           ~/.cache/upload-grant-operator (plus Go's and Cargo's caches).
+  Takes:   about 30 minutes the first time (kube-apiserver, etcd, kubelet, containerd,
+           helm, the S3/STS server and both images are built from registry packages and
+           cached), a few minutes after that.
+  Changes: while it runs, a network bridge and namespaces for the pods, mounts and cgroups
+           for the node, and six kernel settings the kubelet needs (vm.overcommit_memory,
+           vm.panic_on_oom, kernel.panic, kernel.panic_on_oops, kernel.keys.root_maxkeys,
+           kernel.keys.root_maxbytes); stopping the environment puts them back and
+           removes the rest.
+  KEEP=1:  leaves the cluster, the operators and the grants running to explore;
+           `make demo-down` stops it all.
+TEXT
+}
+
+# Uninstalls what the demo installed; with "all", stops the environment too.
+uninstall() {
+  kubectl delete namespace "$NS" "$WEB" --ignore-not-found --wait=true >/dev/null 2>&1 || true
+  kubectl delete clustergrantissuer "$ISSUER" --ignore-not-found >/dev/null 2>&1 || true
+  helm uninstall "$FORMS" -n "$SYSTEM" >/dev/null 2>&1 || true
+  helm uninstall "$RELEASE" -n "$SYSTEM" >/dev/null 2>&1 || true
+  kubectl delete namespace "$SYSTEM" --ignore-not-found --wait=false >/dev/null 2>&1 || true
+  if [ "${1:-}" = all ]; then bash tools/testenv/down.sh; fi
+}
+
+case "${1:-run}" in
+  intro) intro; exit 0 ;;
+  down)
+    if bash tools/testenv/status.sh >/dev/null 2>&1; then
+      set +u; . .testenv/env; set -u
+      export PATH="$TESTENV_BIN:$PATH"
+      step "Uninstalling the demo and stopping its environment"
+      uninstall all
+    fi
+    say "stopped"
+    exit 0 ;;
+  run) ;;
+  *) echo "usage: tools/demo.sh [intro|down|run]" >&2; exit 2 ;;
+esac
+
 started_env=0
 if ! bash tools/testenv/status.sh >/dev/null 2>&1; then
   step "Starting the local cluster: control plane, a node, S3 and STS (tools/testenv/up.sh)"
@@ -24,23 +76,24 @@ fi
 set +u; . .testenv/env; set -u
 [ -n "${TESTENV_CONTAINERD_ADDRESS:-}" ] || { echo "the demo needs the node: start the environment without TESTENV_NODE=0" >&2; exit 1; }
 export PATH="$TESTENV_BIN:$PATH"
-SYSTEM=upload-grant-system
-NS=analytics
-WEB=web
-ISSUER=demo
-RELEASE=upload-grant-operator
-FORMS=upload-grant-forms
 WORK="$(mktemp -d)"
 cleanup() {
-  step "Cleaning up"
-  kubectl delete namespace "$NS" "$WEB" --ignore-not-found --wait=true >/dev/null 2>&1 || true
-  kubectl delete clustergrantissuer "$ISSUER" --ignore-not-found >/dev/null 2>&1 || true
-  helm uninstall "$FORMS" -n "$SYSTEM" >/dev/null 2>&1 || true
-  helm uninstall "$RELEASE" -n "$SYSTEM" >/dev/null 2>&1 || true
-  kubectl delete namespace "$SYSTEM" --ignore-not-found --wait=false >/dev/null 2>&1 || true
   rm -rf "$WORK"
-  if [ $started_env = 1 ]; then bash tools/testenv/down.sh; fi
+  if [ "$KEEP" = 1 ]; then explore; return; fi
+  step "Cleaning up"
+  if [ $started_env = 1 ]; then uninstall all; else uninstall; fi
   say "done"
+}
+# KEEP=1: where things are and how to stop them.
+explore() {
+  step "Left running (KEEP=1)"
+  say "export KUBECONFIG=$KUBECONFIG PATH=$TESTENV_BIN:\$PATH"
+  say "kubectl get ug,secrets -n $NS          # the grants and the Secrets they write"
+  say "kubectl describe ug -n $NS             # conditions and events of each grant"
+  say "kubectl get pods,lease -n $SYSTEM      # the operators and their leader Lease"
+  say "kubectl logs -n $SYSTEM deploy/$RELEASE   # what the operator did (no URL is logged)"
+  say "S3 (loopback): $TESTENV_S3_ENDPOINT, bucket $TESTENV_BUCKET"
+  say "stop it all:   make demo-down"
 }
 trap cleanup EXIT
 
@@ -176,7 +229,7 @@ show kubectl wait -n "$WEB" --for=condition=Ready ug/report-form --timeout=60s
 websecret() { kubectl get secret "$1" -n "$WEB" -o jsonpath="{.data.$2}" | base64 -d; }
 say "fields: $(websecret report-form fields | jq -r 'keys_unsorted | join(" ")') (values not printed: a credential until expiresAt)"
 printf 'day,total\n2026-12-02,7\n' >"$WORK/daily.csv"
-# Every field in order as a literal string, then the file (README: POST grants).
+# Every field in order as a literal string, then the file (docs/src/consuming.md: POST grants).
 mapfile -t form < <(websecret report-form fields | jq -r 'to_entries[] | "--form-string", "\(.key)=\(.value)"')
 say '$ curl --form-string "NAME=VALUE" (each field, in order) -F file=@daily.csv FORM-URL'
 curl --fail-with-body -sS -o /dev/null -w '    HTTP %{http_code}\n' "${form[@]}" \
@@ -196,6 +249,7 @@ kubectl wait -n "$WEB" --for=condition=Ready ug/daily-download --timeout=60s >/d
 say "read back as $WEB/forms/daily.csv (the form filled in \${filename}):"
 curl --fail-with-body -sS "$(websecret daily-download url)" | sed 's/^/    | /'
 
+[ "$KEEP" = 1 ] && exit 0
 step "Deleting the tenants' namespaces while the operators run: they revoke every grant left"
 show kubectl delete namespace "$NS" "$WEB" --wait=true --timeout=2m
 
