@@ -11,7 +11,7 @@ CONSUMER_IMAGE ?= docker.io/library/upload-grant-consumers:dev
 
 PREFIX ?= $(HOME)/.local
 
-.PHONY: all build release install-plugin image image-check consumer-image crds lint deny fresh-check test bench chaos demo demo-down testenv testenv-down testenv-build deps
+.PHONY: all build release install-plugin image image-check consumer-image crds lint deny fresh-check test bench chaos demo demo-down docs testenv testenv-down testenv-build deps
 
 all: build
 
@@ -85,9 +85,14 @@ fresh-check:
 ## test: everything CI runs. The images come first: the node tests install
 ## the chart, which runs the operator's image, and run consumer pods (the
 ## tests import both archives into the node).
-test: deps testenv-build lint fresh-check image consumer-image
+test: deps testenv-build lint fresh-check image consumer-image docs
 	$(TESTENV)/with-env.sh $(CARGO) test --all-targets --no-fail-fast
 	IMAGE=$(IMAGE) $(CARGO) test --test image -- --include-ignored
+
+## docs: the book in docs/ -> target/book (mdbook, built from crates.io on first use); tests/docs.rs
+## opens every page in headless Chromium
+docs:
+	tools/mdbook.sh build docs
 
 ## bench: benchmarks against the local environment -> bench/results/latest.md (not part of test)
 bench: deps testenv-build

@@ -129,7 +129,7 @@ pub async fn create(client: &Client, new: &NewUpload<'_>) -> Result<String> {
 /// Open uploads of exactly this key started between `from` and `until`,
 /// newest first. After a crash between asking S3 for an upload and
 /// recording its id, the grant's own upload is the one in the window its
-/// record gives (see the README's crash window).
+/// record gives (see the crash window in docs/src/consuming.md).
 pub async fn open_between(
     client: &Client,
     bucket: &str,

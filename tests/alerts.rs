@@ -292,7 +292,11 @@ fn every_alert_parses_and_passes_its_promtool_tests() -> TestResult {
         .iter()
         .filter_map(|a| a["alert"].as_str().map(str::to_owned))
         .collect();
-    assert_eq!(names.len(), 7, "the alerts the README documents: {names:?}");
+    assert_eq!(
+        names.len(),
+        7,
+        "the alerts docs/src/operations.md documents: {names:?}"
+    );
     for alert in &alerts {
         let name = alert["alert"].as_str().unwrap_or_default();
         let expr = alert["expr"].as_str().ok_or(format!("{name}: no expr"))?;

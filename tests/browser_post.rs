@@ -11,7 +11,7 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::Router;
@@ -59,23 +59,8 @@ async fn chromium_dom(url: String) -> TestResult<String> {
     tokio::task::spawn_blocking(move || {
         let profile = tempfile::tempdir()?;
         let dom = profile.path().join("dom.html");
-        let mut child = Command::new("chromium")
-            .args([
-                "--headless",
-                // As root (the test machine) Chromium runs only unsandboxed.
-                "--no-sandbox",
-                "--disable-gpu",
-                "--no-first-run",
-                "--disable-extensions",
-                "--disable-background-networking",
-                "--disable-dev-shm-usage",
-                "--virtual-time-budget=60000",
-                "--dump-dom",
-            ])
-            .arg(format!(
-                "--user-data-dir={}",
-                profile.path().join("profile").display()
-            ))
+        let mut child = support::headless_chromium(&profile.path().join("profile"))
+            .args(["--virtual-time-budget=60000", "--dump-dom"])
             .arg(&url)
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&dom)?)

@@ -1122,7 +1122,7 @@ fn signal(pid: u32, sig: &str) -> TestResult {
 
 fn render(rows: &[Row], elapsed: Duration) -> String {
     let mut out = format!(
-        "# Chaos results\n\nMeasured by `make chaos` on {} ({} cores), {:.0} min in all. How each fault is injected and checked: tests/chaos.rs and the README's \"Guarantees\".\n\n",
+        "# Chaos results\n\nMeasured by `make chaos` on {} ({} cores), {:.0} min in all. How each fault is injected and checked: tests/chaos.rs and docs/src/guarantees.md.\n\n",
         jiff::Timestamp::now().strftime("%Y-%m-%d %H:%M UTC"),
         std::thread::available_parallelism()
             .map(|n| n.get())

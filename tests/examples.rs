@@ -406,7 +406,7 @@ fn example_manifests_are_accepted_by_the_apiserver() -> TestResult {
 }
 
 /// The multipart consumers (Python, Go, the curl recipe of
-/// examples/multipart-curl.sh and the README's shorter one) upload a file of three parts through a
+/// examples/multipart-curl.sh and the shorter one in docs/src/consuming.md) upload a file of three parts through a
 /// multipart grant's Secret and complete it; the object is the file. A
 /// file with more parts than the grant has is refused before completing.
 #[tokio::test]
@@ -450,13 +450,13 @@ async fn consumers_upload_a_file_in_parts() -> TestResult {
             sh.arg("examples/multipart-curl.sh").arg(&file).arg(&grant);
             run_consumer(sh, b"")?;
         } else if lang == "readme" {
-            let readme = std::fs::read_to_string(repo_root().join("README.md"))?;
-            let snippet = readme
+            let page = std::fs::read_to_string(repo_root().join("docs/src/consuming.md"))?;
+            let snippet = page
                 .split("```sh\nsize=$(jq")
                 .nth(1)
                 .and_then(|rest| rest.split("```").next())
                 .map(|rest| format!("size=$(jq{rest}"))
-                .ok_or("the README's multipart snippet")?;
+                .ok_or("the multipart snippet in docs/src/consuming.md")?;
             let tmp = tempfile::tempdir()?;
             std::fs::write(tmp.path().join("big.bin"), &body)?;
             // /tmp first: the grant's directory is under /tmp too. The

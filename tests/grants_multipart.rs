@@ -70,7 +70,7 @@ impl Parts {
         Ok(serde_json::from_str(&data["parts"])?)
     }
 
-    /// Part `n`'s URL (1-based), as the README tells consumers to build it.
+    /// Part `n`'s URL (1-based), as docs/src/consuming.md tells consumers to build it.
     fn url(&self, n: u32) -> String {
         self.url
             .replace("{partNumber}", &n.to_string())

@@ -249,14 +249,14 @@ async fn a_post_form_uploads_what_its_policy_allows_and_nothing_else() -> TestRe
         Some(&b"a file chosen in a browser"[..]),
         "the file name replaces ${{filename}}"
     );
-    // The README's curl snippet sends the same form from the mounted files.
-    let readme = std::fs::read_to_string(support::repo_root().join("README.md"))?;
-    let snippet = readme
+    // The docs' curl snippet sends the same form from the mounted files.
+    let page = std::fs::read_to_string(support::repo_root().join("docs/src/consuming.md"))?;
+    let snippet = page
         .split("```sh\nargs=(); while")
         .nth(1)
         .and_then(|rest| rest.split("```").next())
         .map(|rest| format!("args=(); while{rest}"))
-        .ok_or("the README's POST snippet")?;
+        .ok_or("the POST snippet in docs/src/consuming.md")?;
     let mount = tempfile::tempdir()?;
     let secret = secret_data(&ctx.client, &ctx.namespace, "inbox").await?;
     for (name, value) in &secret {
@@ -271,7 +271,7 @@ async fn a_post_form_uploads_what_its_policy_allows_and_nothing_else() -> TestRe
         .output()?;
     assert!(
         run.status.success(),
-        "the README's snippet failed: {}",
+        "the docs' snippet failed: {}",
         String::from_utf8_lossy(&run.stderr)
     );
     assert_eq!(

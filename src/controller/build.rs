@@ -629,7 +629,7 @@ mod tests {
             );
             sizes.push((parts, size));
         }
-        // Recorded in the README ("Multipart grants").
+        // Recorded in docs/src/consuming.md ("Multipart grants").
         eprintln!("multipart Secret data sizes (parts, bytes): {sizes:?}");
         let (_, largest) = sizes[2];
         assert!(largest < MIB, "10,000 parts: {largest} bytes");

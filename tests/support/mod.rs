@@ -152,6 +152,26 @@ pub fn output(mut cmd: Command) -> TestResult<String> {
     Ok(String::from_utf8(out.stdout)?)
 }
 
+/// Headless Chromium as the tests run it (Debian's `chromium`, installed by
+/// tools/install-deps.sh), with its profile in `profile`; the caller adds
+/// a virtual-time budget, what to print and the URL.
+pub fn headless_chromium(profile: &Path) -> Command {
+    let mut command = Command::new("chromium");
+    command
+        .args([
+            "--headless",
+            // As root (the test machine) Chromium runs only unsandboxed.
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-extensions",
+            "--disable-background-networking",
+            "--disable-dev-shm-usage",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()));
+    command
+}
+
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }

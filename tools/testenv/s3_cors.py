@@ -5,7 +5,7 @@ Browsers may POST forms (and PUT and GET) to the bucket from any page served
 over plain http: in the test environment every page is on a loopback port
 that changes from run to run, and SeaweedFS matches one wildcard only at the
 start of an origin (`http://*`), not in its port. A real bucket names its
-app's origins instead (README, "Browser uploads and CORS").
+app's origins instead (docs/src/consuming.md, "Browser uploads and CORS").
 
     s3_cors.py ENDPOINT REGION BUCKET   (keys in TESTENV_ROOT_ACCESS_KEY_ID
                                          and TESTENV_ROOT_SECRET_ACCESS_KEY)
