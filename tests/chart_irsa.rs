@@ -1,7 +1,10 @@
-//! The chart's IRSA without the EKS webhook (`irsa.projectedToken.enabled`):
-//! it renders exactly what the pod-identity webhook would inject, nothing of
-//! it when off, refuses half-configured or doubled set-ups, and the real
-//! apiserver accepts the Deployment it renders.
+//! The chart's credentials without the EKS webhook. IRSA's projected token
+//! (`irsa.projectedToken.enabled`): it renders exactly what the pod-identity
+//! webhook would inject, nothing of it when off, refuses half-configured or
+//! doubled set-ups, and the real apiserver accepts the Deployment it renders.
+//! Static keys (`staticKeys.existingSecret`): the two variables from the
+//! named Secret, never together with IRSA (tests/node_operator.rs signs and
+//! uploads with them on the node).
 
 mod support;
 
@@ -176,6 +179,59 @@ fn irsa_projected_token_refuses_half_or_doubled_configurations() -> TestResult {
         (
             &[enabled, &role, "irsa.stsEndpoint=sts.local"],
             "/irsa/stsEndpoint",
+        ),
+    ];
+    for (set, why) in refused {
+        match rendered_deployment(env, set) {
+            Ok(_) => panic!("--set {set:?} was accepted"),
+            Err(e) => assert!(e.to_string().contains(why), "--set {set:?}: {e}"),
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn static_keys_come_from_the_named_secret_and_never_with_irsa() -> TestResult {
+    let env = TestEnv::get();
+    let secret = "staticKeys.existingSecret=s3-keys";
+    let key_ref = |name: &str, key: &str| json!({"name": name, "valueFrom": {"secretKeyRef": {"name": "s3-keys", "key": key}}});
+    let plain = rendered_deployment(env, &[])?;
+    let keys = rendered_deployment(env, &[secret])?;
+    assert_eq!(
+        added_env(&plain, &keys),
+        [
+            key_ref("AWS_ACCESS_KEY_ID", "access-key-id"),
+            key_ref("AWS_SECRET_ACCESS_KEY", "secret-access-key"),
+        ]
+    );
+    assert_hardened(&keys);
+    let renamed = rendered_deployment(
+        env,
+        &[
+            secret,
+            "staticKeys.accessKeyIdKey=id",
+            "staticKeys.secretAccessKeyKey=secret",
+        ],
+    )?;
+    assert_eq!(
+        added_env(&plain, &renamed),
+        [
+            key_ref("AWS_ACCESS_KEY_ID", "id"),
+            key_ref("AWS_SECRET_ACCESS_KEY", "secret"),
+        ]
+    );
+    let role = format!("irsa.roleArn={ROLE}");
+    let annotation = format!("serviceAccount.annotations.eks\\.amazonaws\\.com/role-arn={ROLE}");
+    let refused: [(&[&str], &str); 3] = [
+        // The SDK's chain takes keys first: the role would do nothing.
+        (
+            &[secret, "irsa.projectedToken.enabled=true", &role],
+            "use one or the other",
+        ),
+        (&[secret, &annotation], "use one or the other"),
+        (
+            &["staticKeys.existingSecret=S3 keys"],
+            "/staticKeys/existingSecret",
         ),
     ];
     for (set, why) in refused {

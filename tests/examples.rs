@@ -394,6 +394,7 @@ fn example_manifests_are_accepted_by_the_apiserver() -> TestResult {
     let _ = kubectl(&["create", "namespace", "analytics"]);
     for file in [
         "examples/issuer.yaml",
+        "examples/issuer-s3-compatible.yaml",
         "examples/grant-put.yaml",
         "examples/grant-get.yaml",
         "examples/grant-post.yaml",

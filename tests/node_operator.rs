@@ -63,7 +63,14 @@ impl<'a> Release<'a> {
         for s in sets {
             args.extend(["--set", s]);
         }
-        ctx.env.helm(&args)?;
+        {
+            // One install at a time: two releases creating the CRDs at
+            // once fail with "already exists" (--take-ownership adopts
+            // CRDs that exist, not ones being created).
+            static HELM_INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+            let _one = HELM_INSTALL.lock().unwrap_or_else(|e| e.into_inner());
+            ctx.env.helm(&args)?;
+        }
         wait_rolled_out(ctx, &release.deployment(), replicas).await?;
         Ok(release)
     }
@@ -194,6 +201,79 @@ async fn object_bytes(ctx: &TestContext, key: &str) -> TestResult<Vec<u8>> {
     Ok(object.body.collect().await?.into_bytes().to_vec())
 }
 
+/// A Job that mounts Secret `secret` and sends `body` with its method and URL.
+async fn upload_from_a_job(ctx: &TestContext, secret: &str, body: &[u8]) -> TestResult {
+    wait_default_service_account(ctx).await?;
+    let script = format!(
+        "printf '{}' | curl --fail-with-body -sS -X \"$(cat /grant/method)\" --data-binary @- \"$(cat /grant/url)\"",
+        String::from_utf8_lossy(body).replace('\n', "\\n")
+    );
+    let job: Job = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "upload"},
+        "spec": {"backoffLimit": 0, "template": {"spec": consumer_pod_spec(secret, &script, serde_json::json!([]))}},
+    }))?;
+    ctx.api::<Job>()
+        .create(&PostParams::default(), &job)
+        .await?;
+    wait_job_succeeded(ctx, "upload").await
+}
+
+/// The static-keys install path (`staticKeys.existingSecret`), as for an
+/// S3-compatible store: the operator pod signs with the keys of the Secret
+/// the admin made, not a session, and a Job uploads through a grant's Secret.
+#[tokio::test]
+async fn helm_install_with_static_keys_signs_with_the_secrets_keys() -> TestResult {
+    let ctx = TestContext::new("node-keys").await?;
+    import_image(&repo_root().join(CONSUMER_ARCHIVE), "make consumer-image")?;
+    let root = ctx.env.root_credentials();
+    let keys: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "s3-keys"},
+        "stringData": {
+            "access-key-id": root.access_key_id(),
+            "secret-access-key": root.secret_access_key(),
+        },
+    }))?;
+    ctx.api::<Secret>()
+        .create(&PostParams::default(), &keys)
+        .await?;
+    let mut release = Release::install(
+        &ctx,
+        1,
+        &[
+            // The node's values use the projected-token path; this one replaces it.
+            "irsa.projectedToken.enabled=false",
+            "irsa.roleArn=",
+            "staticKeys.existingSecret=s3-keys",
+        ],
+    )
+    .await?;
+    let issuer = open_issuer(&ctx).await?;
+    create_grant(
+        &ctx,
+        "report",
+        spec(&ctx, &issuer, "report.csv", serde_json::json!({})),
+    )
+    .await?;
+    wait_ready(&ctx, "report").await?;
+    let data = secret_data(&ctx.client, &ctx.namespace, "report").await?;
+    let url = reqwest::Url::parse(data.get("url").ok_or("no url")?)?;
+    let query: BTreeMap<_, _> = url.query_pairs().into_owned().collect();
+    assert!(
+        !query.contains_key("X-Amz-Security-Token"),
+        "signed with the keys, not a session"
+    );
+    let credential = query.get("X-Amz-Credential").ok_or("no credential")?;
+    assert!(credential.starts_with(&format!("{}/", root.access_key_id())));
+    let body = b"day,total\n2026-12-07,9\n".to_vec();
+    upload_from_a_job(&ctx, "report", &body).await?;
+    assert_eq!(
+        object_bytes(&ctx, &format!("{}/report.csv", ctx.namespace)).await?,
+        body
+    );
+    release.uninstall_releases_the_lease().await?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn helm_install_runs_the_operator_as_a_pod_that_serves_a_consumer_job() -> TestResult {
     let ctx = TestContext::new("node-helm").await?;
@@ -297,19 +377,7 @@ async fn helm_install_runs_the_operator_as_a_pod_that_serves_a_consumer_job() ->
     );
 
     // A Job mounts the Secret and uploads through it.
-    wait_default_service_account(&ctx).await?;
-    let script = format!(
-        "printf '{}' | curl --fail-with-body -sS -X \"$(cat /grant/method)\" --data-binary @- \"$(cat /grant/url)\"",
-        String::from_utf8_lossy(&body).replace('\n', "\\n")
-    );
-    let job: Job = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "upload"},
-        "spec": {"backoffLimit": 0, "template": {"spec": consumer_pod_spec("report", &script, serde_json::json!([]))}},
-    }))?;
-    ctx.api::<Job>()
-        .create(&PostParams::default(), &job)
-        .await?;
-    wait_job_succeeded(&ctx, "upload").await?;
+    upload_from_a_job(&ctx, "report", &body).await?;
     assert_eq!(object_bytes(&ctx, &key).await?, body);
 
     // Deleting the grant revokes the Secret (the operator's grant watch,
