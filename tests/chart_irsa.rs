@@ -28,6 +28,16 @@ fn rendered_deployment(env: &TestEnv, set: &[&str]) -> TestResult<Value> {
         .ok_or_else(|| "no Deployment rendered".into())
 }
 
+/// Each set of values is refused, with the words that explain it.
+fn assert_refused(env: &TestEnv, refused: &[(&[&str], &str)]) {
+    for (set, why) in refused {
+        match rendered_deployment(env, set) {
+            Ok(_) => panic!("--set {set:?} was accepted"),
+            Err(e) => assert!(e.to_string().contains(why), "--set {set:?}: {e}"),
+        }
+    }
+}
+
 fn pod(deployment: &Value) -> &Value {
     &deployment["spec"]["template"]["spec"]
 }
@@ -181,12 +191,7 @@ fn irsa_projected_token_refuses_half_or_doubled_configurations() -> TestResult {
             "/irsa/stsEndpoint",
         ),
     ];
-    for (set, why) in refused {
-        match rendered_deployment(env, set) {
-            Ok(_) => panic!("--set {set:?} was accepted"),
-            Err(e) => assert!(e.to_string().contains(why), "--set {set:?}: {e}"),
-        }
-    }
+    assert_refused(env, &refused);
     Ok(())
 }
 
@@ -234,12 +239,7 @@ fn static_keys_come_from_the_named_secret_and_never_with_irsa() -> TestResult {
             "/staticKeys/existingSecret",
         ),
     ];
-    for (set, why) in refused {
-        match rendered_deployment(env, set) {
-            Ok(_) => panic!("--set {set:?} was accepted"),
-            Err(e) => assert!(e.to_string().contains(why), "--set {set:?}: {e}"),
-        }
-    }
+    assert_refused(env, &refused);
     Ok(())
 }
 

@@ -201,6 +201,22 @@ async fn object_bytes(ctx: &TestContext, key: &str) -> TestResult<Vec<u8>> {
     Ok(object.body.collect().await?.into_bytes().to_vec())
 }
 
+/// Grant `report` (a PUT to NAMESPACE/report.csv under an open issuer),
+/// once Ready: the query of the URL in its Secret.
+async fn signed_report(ctx: &TestContext) -> TestResult<BTreeMap<String, String>> {
+    let issuer = open_issuer(ctx).await?;
+    create_grant(
+        ctx,
+        "report",
+        spec(ctx, &issuer, "report.csv", serde_json::json!({})),
+    )
+    .await?;
+    wait_ready(ctx, "report").await?;
+    let data = secret_data(&ctx.client, &ctx.namespace, "report").await?;
+    let url = reqwest::Url::parse(data.get("url").ok_or("no url")?)?;
+    Ok(url.query_pairs().into_owned().collect())
+}
+
 /// A Job that mounts Secret `secret` and sends `body` with its method and URL.
 async fn upload_from_a_job(ctx: &TestContext, secret: &str, body: &[u8]) -> TestResult {
     wait_default_service_account(ctx).await?;
@@ -247,17 +263,7 @@ async fn helm_install_with_static_keys_signs_with_the_secrets_keys() -> TestResu
         ],
     )
     .await?;
-    let issuer = open_issuer(&ctx).await?;
-    create_grant(
-        &ctx,
-        "report",
-        spec(&ctx, &issuer, "report.csv", serde_json::json!({})),
-    )
-    .await?;
-    wait_ready(&ctx, "report").await?;
-    let data = secret_data(&ctx.client, &ctx.namespace, "report").await?;
-    let url = reqwest::Url::parse(data.get("url").ok_or("no url")?)?;
-    let query: BTreeMap<_, _> = url.query_pairs().into_owned().collect();
+    let query = signed_report(&ctx).await?;
     assert!(
         !query.contains_key("X-Amz-Security-Token"),
         "signed with the keys, not a session"
@@ -345,19 +351,9 @@ async fn helm_install_runs_the_operator_as_a_pod_that_serves_a_consumer_job() ->
     );
 
     // A grant becomes a Secret, signed with credentials from the STS.
-    let issuer = open_issuer(&ctx).await?;
     let body = b"day,total\n2026-12-01,42\n".to_vec();
     let key = format!("{}/report.csv", ctx.namespace);
-    create_grant(
-        &ctx,
-        "report",
-        spec(&ctx, &issuer, "report.csv", serde_json::json!({})),
-    )
-    .await?;
-    wait_ready(&ctx, "report").await?;
-    let data = secret_data(&ctx.client, &ctx.namespace, "report").await?;
-    let url = reqwest::Url::parse(data.get("url").ok_or("no url")?)?;
-    let query: BTreeMap<_, _> = url.query_pairs().into_owned().collect();
+    let query = signed_report(&ctx).await?;
     assert!(
         query.contains_key("X-Amz-Security-Token"),
         "signed with temporary (STS) credentials"
