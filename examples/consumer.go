@@ -31,7 +31,9 @@
 // {"count", "partSize", "url", "signatures"}, and part N's URL is `url` with
 // {partNumber} replaced by N and {signature} by signatures[N-1]. Each part is
 // a plain PUT of partSize bytes (the last may be smaller) with no extra
-// headers; S3 answers with the part's ETag. completeUrl takes a POST of the
+// headers; S3 answers with the part's ETag. Parts are read from stdin one at
+// a time (never the whole file), and a failed part is tried again up to 3
+// times in all, with `parts` read again. completeUrl takes a POST of the
 // XML list of part numbers and ETags; S3 can answer it 200 with an <Error>
 // in the body, so the body is checked too. `parts` is read again for every
 // part, so a renewal during a long upload is picked up.
@@ -49,6 +51,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 )
 
 func fail(format string, args ...any) {
@@ -188,6 +191,41 @@ type partURLs struct {
 	Signatures []string `json:"signatures"`
 }
 
+// attempts is how many times a part is tried before the upload is given up.
+const attempts = 3
+
+// putPart sends part n, tried again with `parts` read again (fresh
+// signatures) when it fails; it returns the part's ETag.
+func putPart(read func(string) string, n int, chunk []byte) string {
+	for attempt := 1; ; attempt++ {
+		var parts partURLs
+		if err := json.Unmarshal([]byte(read("parts")), &parts); err != nil {
+			fail("parts: %v", err)
+		}
+		url := strings.NewReplacer("{partNumber}", strconv.Itoa(n), "{signature}", parts.Signatures[n-1]).Replace(parts.URL)
+		req, err := http.NewRequest(http.MethodPut, url, bytes.NewReader(chunk))
+		if err != nil {
+			fail("%v", err)
+		}
+		var problem string
+		if resp, err := http.DefaultClient.Do(req); err != nil {
+			problem = err.Error()
+		} else {
+			answer, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return resp.Header.Get("ETag")
+			}
+			problem = fmt.Sprintf("%s: %s", resp.Status, answer)
+		}
+		if attempt == attempts {
+			fail("part %d: %s; gave up after %d attempts", n, problem, attempts)
+		}
+		fmt.Fprintf(os.Stderr, "consumer: part %d: %s; retrying (attempt %d of %d)\n", n, problem, attempt+1, attempts)
+		time.Sleep(time.Duration(attempt) * time.Second)
+	}
+}
+
 // uploadParts sends stdin in parts of partSize bytes, then completes the
 // upload with the parts' ETags.
 func uploadParts(read func(string) string, in io.Reader) {
@@ -208,21 +246,7 @@ func uploadParts(read func(string) string, in io.Reader) {
 		if n > parts.Count || n > len(parts.Signatures) {
 			fail("the file has more than %d parts of %d bytes; the upload was not completed", parts.Count, parts.PartSize)
 		}
-		url := strings.NewReplacer("{partNumber}", strconv.Itoa(n), "{signature}", parts.Signatures[n-1]).Replace(parts.URL)
-		req, err := http.NewRequest(http.MethodPut, url, bytes.NewReader(chunk))
-		if err != nil {
-			fail("%v", err)
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			fail("part %d: %v", n, err)
-		}
-		answer, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			fail("part %d: %s: %s", n, resp.Status, answer)
-		}
-		etags = append(etags, resp.Header.Get("ETag"))
+		etags = append(etags, putPart(read, n, chunk))
 	}
 	var body strings.Builder
 	body.WriteString("<CompleteMultipartUpload>")

@@ -28,15 +28,18 @@ A multipart grant (its Secret has `uploadId`) has no `url`: `parts` is JSON
 {"count", "partSize", "url", "signatures"}, and part N's URL is `url` with
 {partNumber} replaced by N and {signature} by signatures[N-1]. Each part is a
 plain PUT of partSize bytes (the last may be smaller) with no extra headers;
-S3 answers with the part's ETag. completeUrl takes a POST of the XML list of
-part numbers and ETags; S3 can answer it 200 with an <Error> in the body, so
-the body is checked too. `parts` is read again for every part, so a renewal
-during a long upload is picked up (the upload id stays the same).
+S3 answers with the part's ETag. Parts are read from stdin one at a time
+(never the whole file), and a failed part is tried again up to 3 times in
+all, with `parts` read again each time. completeUrl takes a POST of the XML
+list of part numbers and ETags; S3 can answer it 200 with an <Error> in the
+body, so the body is checked too. `parts` is read again for every part, so a
+renewal during a long upload is picked up (the upload id stays the same).
 """
 import json
 import pathlib
 import secrets
 import sys
+import time
 import xml.etree.ElementTree
 import urllib.error
 import urllib.request
@@ -103,6 +106,27 @@ def post(body: bytes, name: str) -> None:
         fail(s3_error(status, answer))
 
 
+ATTEMPTS = 3
+
+
+def put_part(n: int, chunk: bytes) -> str:
+    """One part, retried with `parts` read again (fresh signatures): its ETag."""
+    for attempt in range(1, ATTEMPTS + 1):
+        parts = json.loads((GRANT / "parts").read_text())
+        url = parts["url"].replace("{partNumber}", str(n)).replace("{signature}", parts["signatures"][n - 1])
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, data=chunk, method="PUT")) as response:
+                return response.headers["ETag"]
+        except urllib.error.HTTPError as e:
+            problem = s3_error(e.code, e.read())
+        except urllib.error.URLError as e:
+            problem = str(e.reason)
+        if attempt == ATTEMPTS:
+            fail(f"part {n}: {problem}; gave up after {ATTEMPTS} attempts")
+        print(f"consumer: part {n}: {problem}; retrying (attempt {attempt + 1} of {ATTEMPTS})", file=sys.stderr, flush=True)
+        time.sleep(attempt)
+
+
 def multipart(stream) -> None:
     etags = []
     while True:
@@ -113,13 +137,7 @@ def multipart(stream) -> None:
         n = len(etags) + 1
         if n > parts["count"]:
             fail(f"the file has more than {parts['count']} parts of {parts['partSize']} bytes; the upload was not completed")
-        url = parts["url"].replace("{partNumber}", str(n)).replace("{signature}", parts["signatures"][n - 1])
-        request = urllib.request.Request(url, data=chunk, method="PUT")
-        try:
-            with urllib.request.urlopen(request) as response:
-                etags.append(response.headers["ETag"])
-        except urllib.error.HTTPError as e:
-            fail(f"part {n}: {s3_error(e.code, e.read())}")
+        etags.append(put_part(n, chunk))
     body = "<CompleteMultipartUpload>" + "".join(
         f"<Part><PartNumber>{n}</PartNumber><ETag>{etag}</ETag></Part>" for n, etag in enumerate(etags, 1)
     ) + "</CompleteMultipartUpload>"

@@ -258,7 +258,13 @@ async fn consumers_upload_through_a_post_form() -> TestResult {
     );
     let tmp = tempfile::tempdir()?;
     let s3 = support::s3_client(env, env.root_credentials());
-    for (lang, status) in [("python", Some(201)), ("go", None), ("curl", Some(200))] {
+    for (lang, status) in [
+        ("python", Some(201)),
+        ("go", None),
+        ("java", None),
+        ("node", Some(201)),
+        ("curl", Some(200)),
+    ] {
         let key = format!("{prefix}/{lang}/${{filename}}");
         let form = botocore_post(
             env,
@@ -333,7 +339,7 @@ async fn consumers_report_a_refused_post_form() -> TestResult {
     let grant = tmp.path().join("post");
     mount(&grant, &form.secret_data(env, &key))?;
     let mut runs: Vec<(&str, Command)> = Vec::new();
-    for lang in ["python", "go"] {
+    for lang in ["python", "go", "java", "node"] {
         runs.push((lang, consumer(lang, &grant)?));
     }
     let mut sh = Command::new("sh");
@@ -406,7 +412,7 @@ fn example_manifests_are_accepted_by_the_apiserver() -> TestResult {
     Ok(())
 }
 
-/// The multipart consumers (Python, Go, the curl recipe of
+/// The multipart consumers (Python, Go, Java, Node, the curl recipe of
 /// examples/multipart-curl.sh and the shorter one in docs/src/consuming.md) upload a file of three parts through a
 /// multipart grant's Secret and complete it; the object is the file. A
 /// file with more parts than the grant has is refused before completing.
@@ -423,7 +429,7 @@ async fn consumers_upload_a_file_in_parts() -> TestResult {
         serde_json::json!([{"buckets": [ctx.env.bucket()], "methods": ["PUT"], "multipart": true}]),
     )
     .await?;
-    let langs = ["python", "go", "curl", "readme"];
+    let langs = ["python", "go", "java", "node", "curl", "readme"];
     for lang in langs {
         let multipart = serde_json::json!({"multipart": {"parts": 3, "partSize": "5Mi"}});
         create_grant(
@@ -497,5 +503,82 @@ async fn consumers_upload_a_file_in_parts() -> TestResult {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("more than 1 parts"), "{stderr}");
+    Ok(())
+}
+
+/// A part S3 refuses is tried again with `parts` read again: each multipart
+/// consumer meets a bad signature for part 1, says it retries, and, with
+/// the Secret's files put right meanwhile (as a renewal would), completes.
+#[tokio::test]
+async fn multipart_consumers_retry_a_refused_part_with_fresh_signatures() -> TestResult {
+    use std::io::{BufRead, Write};
+    const MIB: usize = 1 << 20;
+    let Scenario {
+        ctx,
+        dir,
+        operator: _operator,
+    } = Scenario::start("examples-retry").await?;
+    let issuer = create_issuer(
+        &ctx,
+        serde_json::json!([{"buckets": [ctx.env.bucket()], "methods": ["PUT"], "multipart": true}]),
+    )
+    .await?;
+    let langs = ["python", "go", "java", "node"];
+    for lang in langs {
+        let multipart = serde_json::json!({"multipart": {"parts": 2, "partSize": "5Mi"}});
+        let key = format!("retry-{lang}.bin");
+        create_grant(&ctx, lang, spec(&ctx, &issuer, &key, multipart)).await?;
+    }
+    let s3 = support::s3_client(ctx.env, ctx.env.root_credentials());
+    for lang in langs {
+        wait_ready(&ctx, lang).await?;
+        let grant = dir.path().join(lang);
+        mount(
+            &grant,
+            &secret_data(&ctx.client, &ctx.namespace, lang).await?,
+        )?;
+        let good = std::fs::read_to_string(grant.join("parts"))?;
+        let mut bad: serde_json::Value = serde_json::from_str(&good)?;
+        bad["signatures"][0] = serde_json::Value::from("0".repeat(64));
+        std::fs::write(grant.join("parts"), bad.to_string())?;
+
+        let body: Vec<u8> = (0..5 * MIB + 100).map(|n| (n % 251) as u8).collect();
+        let mut child = consumer(lang, &grant)?
+            .current_dir(repo_root())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let mut stdin = child.stdin.take().ok_or("no stdin")?;
+        let input = body.clone();
+        let feeder = std::thread::spawn(move || stdin.write_all(&input));
+        let mut said = String::new();
+        let mut put_right = false;
+        for line in std::io::BufReader::new(child.stderr.take().ok_or("no stderr")?).lines() {
+            let line = line?;
+            if !put_right && line.contains("retrying") {
+                std::fs::write(grant.join("parts"), &good)?;
+                put_right = true;
+            }
+            said.push_str(&line);
+            said.push('\n');
+        }
+        let status = child.wait()?;
+        feeder.join().map_err(|_| "stdin feeder panicked")??;
+        assert!(put_right, "{lang} never said it retries: {said}");
+        assert!(said.contains("part 1:"), "{lang}: {said}");
+        assert!(status.success(), "{lang} failed: {said}");
+        let object = s3
+            .get_object()
+            .bucket(ctx.env.bucket())
+            .key(format!("{}/retry-{lang}.bin", ctx.namespace))
+            .send()
+            .await?;
+        let read = object.body.collect().await?.into_bytes();
+        assert!(
+            read.as_ref() == body.as_slice(),
+            "{lang} uploaded different bytes"
+        );
+    }
     Ok(())
 }
