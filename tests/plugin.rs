@@ -679,6 +679,76 @@ async fn curl_sends_a_post_grants_form_with_the_file() -> TestResult {
     Ok(())
 }
 
+/// `curl -f FILE` on a multipart grant reads the file a part at a time, sends
+/// each part and completes the upload: the object is the file. A file with
+/// more parts than the grant has is refused before completing, and no
+/// signature is printed.
+#[tokio::test]
+async fn curl_uploads_a_file_in_parts_and_completes_it() -> TestResult {
+    const MIB: usize = 1 << 20;
+    let Scenario {
+        ctx,
+        dir,
+        operator: _operator,
+    } = Scenario::start("plugin-parts").await?;
+    let issuer = create_issuer(
+        &ctx,
+        json!([{"buckets": [ctx.env.bucket()], "methods": ["PUT"], "multipart": true}]),
+    )
+    .await?;
+    for (name, parts) in [("parts", 3), ("one", 1)] {
+        let multipart = json!({"multipart": {"parts": parts, "partSize": "5Mi"}});
+        create_grant(
+            &ctx,
+            name,
+            spec(&ctx, &issuer, &format!("{name}.bin"), multipart),
+        )
+        .await?;
+        wait_ready(&ctx, name).await?;
+    }
+    let body: Vec<u8> = (0..2 * 5 * MIB + 1234).map(|n| (n % 249) as u8).collect();
+    let file = dir.path().join("big.bin");
+    std::fs::write(&file, &body)?;
+    let file = file.to_str().ok_or("a UTF-8 path")?;
+
+    let upload = grant_cmd(&ctx, &["curl", "parts", "-f", file])?;
+    assert_eq!(upload.code, 0, "{upload:?}");
+    assert!(
+        upload
+            .stderr
+            .contains("3 parts sent; completing: HTTP 200 OK"),
+        "{upload:?}"
+    );
+    let root = support::s3_client(ctx.env, ctx.env.root_credentials());
+    let object = root
+        .get_object()
+        .bucket(ctx.env.bucket())
+        .key(format!("{}/parts.bin", ctx.namespace))
+        .send()
+        .await?;
+    let stored = object.body.collect().await?.into_bytes();
+    assert!(
+        stored.as_ref() == body.as_slice(),
+        "the object differs from the file"
+    );
+
+    let too_big = grant_cmd(&ctx, &["curl", "one", "-f", file])?;
+    assert_ne!(too_big.code, 0, "{too_big:?}");
+    assert!(too_big.stderr.contains("more than 1 parts"), "{too_big:?}");
+    let parts: serde_json::Value =
+        serde_json::from_str(&secret_data(&ctx.client, &ctx.namespace, "parts").await?["parts"])?;
+    for run in [&upload, &too_big] {
+        for signature in parts["signatures"].as_array().into_iter().flatten() {
+            let signature = signature.as_str().unwrap_or_default();
+            assert!(
+                !run.all().contains(signature),
+                "a signature was printed:\n{run:?}"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// `curl` sends only a Secret the operator wrote for the grant: not somebody
 /// else's Secret of the name the grant asks for (the grant is in
 /// SecretConflict), not one of the operator's type whose controller is

@@ -54,6 +54,13 @@ pub struct Args {
     /// 10Mi (POST only).
     #[arg(long, value_name = "MIN:MAX")]
     pub content_length_range: Option<String>,
+    /// spec.multipart.parts: a multipart upload of this many parts (PUT only,
+    /// with --part-size).
+    #[arg(long, requires = "part_size")]
+    pub parts: Option<u32>,
+    /// spec.multipart.partSize, in bytes or a quantity like 64Mi.
+    #[arg(long, requires = "parts")]
+    pub part_size: Option<String>,
     /// The grant's name, for `{name}` in key prefixes.
     #[arg(long, default_value = "check")]
     pub name: String,
@@ -134,15 +141,15 @@ pub fn grant(namespace: &str, args: &Args) -> Result<UploadGrant, Error> {
     if let Some(n) = args.content_length {
         spec["contentLength"] = serde_json::json!(n);
     }
+    if let (Some(parts), Some(size)) = (args.parts, &args.part_size) {
+        spec["multipart"] = serde_json::json!({"parts": parts, "partSize": size_value(size)});
+    }
     if let Some(range) = &args.content_length_range {
         let (min, max) = range.split_once(':').ok_or_else(|| {
             Error::Invalid(format!("--content-length-range {range:?} is not MIN:MAX"))
         })?;
-        let size = |s: &str| match s.parse::<i64>() {
-            Ok(n) => serde_json::json!(n),
-            Err(_) => serde_json::json!(s),
-        };
-        spec["contentLengthRange"] = serde_json::json!({"min": size(min), "max": size(max)});
+        spec["contentLengthRange"] =
+            serde_json::json!({"min": size_value(min), "max": size_value(max)});
     }
     serde_json::from_value(serde_json::json!({
         "apiVersion": "grants.io/v1alpha1", "kind": "UploadGrant",
@@ -150,6 +157,14 @@ pub fn grant(namespace: &str, args: &Args) -> Result<UploadGrant, Error> {
         "spec": spec,
     }))
     .map_err(|e| Error::Invalid(format!("the flags do not make a grant: {e}")))
+}
+
+/// A size flag as the spec takes it: a number of bytes, or a quantity.
+fn size_value(s: &str) -> serde_json::Value {
+    match s.parse::<i64>() {
+        Ok(n) => serde_json::json!(n),
+        Err(_) => serde_json::json!(s),
+    }
 }
 
 /// One issuer's verdict on the grant: the operator's admission, unchanged.
@@ -324,6 +339,28 @@ mod tests {
         assert!(!big.allowed, "{big:?}");
         let a = args(&["--method", "POST", "--content-length-range", "nope"]);
         assert!(grant("team", &a).is_err());
+    }
+
+    #[test]
+    fn a_multipart_check_takes_its_parts_and_size() {
+        let rules = |max_parts: u32| {
+            serde_json::json!([{"buckets": ["reports"], "multipart": true,
+                "maxParts": max_parts, "maxContentLength": "1Gi"}])
+        };
+        let flags = ["--parts", "100", "--part-size", "8Mi"];
+        let allowed = check(&flags, rules(100));
+        assert!(allowed.allowed, "{allowed:?}");
+        let too_many = check(&flags, rules(10));
+        assert!(!too_many.allowed, "{too_many:?}");
+        assert!(too_many.message.contains("maxParts 10"), "{too_many:?}");
+        // 200 × 8Mi is more than the rule's 1Gi.
+        let too_big = check(&["--parts", "200", "--part-size", "8Mi"], rules(1000));
+        assert!(!too_big.allowed, "{too_big:?}");
+        let without_multipart = check(&flags, serde_json::json!([{"buckets": ["reports"]}]));
+        assert!(!without_multipart.allowed, "{without_multipart:?}");
+        // One without the other is a usage error.
+        let half = Wrap::try_parse_from(["check", "--bucket", "b", "--key", "k", "--parts", "3"]);
+        assert!(half.is_err());
     }
 
     #[test]

@@ -20,12 +20,13 @@ use reqwest::Url;
 use super::{Conn, Error, Outcome, secret_name};
 use crate::api::UploadGrant;
 use crate::api::secret::SECRET_TYPE;
-use crate::signing::FormFields;
+use crate::signing::{FormFields, PartUrls};
 
 /// Send the grant's request (its Secret's method, URL and headers) to the store.
 ///
 /// PUT sends --file as the body ("-" for stdin); POST sends it as a form
-/// upload, after the Secret's form fields; GET writes the body to --output,
+/// upload, after the Secret's form fields; a multipart grant sends it in
+/// parts and completes the upload; GET writes the body to --output,
 /// else stdout. Where the request goes (scheme, host and port) and the HTTP
 /// status go to stderr. Sends only a Secret the operator wrote for the
 /// grant, and follows no redirect. Exits 3 if the store answers non-2xx.
@@ -155,20 +156,75 @@ pub fn request(secret: &str, data: &BTreeMap<String, Vec<u8>>) -> Result<Request
         }
         _ => Vec::new(),
     };
-    let url = Url::parse(&text("url")?)
-        .ok()
-        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
-        .ok_or_else(|| {
-            Error::Invalid(format!(
-                "Secret {secret:?}: \"url\" is not an http or https URL"
-            ))
-        })?;
+    let url = http_url(secret, "url", &text("url")?)?;
     Ok(Request {
         method,
         url,
         headers,
         fields,
     })
+}
+
+/// `text` as an http or https URL with a host; the error names `key`, never
+/// the value.
+fn http_url(secret: &str, key: &str, text: &str) -> Result<Url, Error> {
+    Url::parse(text)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "Secret {secret:?}: {key:?} is not an http or https URL"
+            ))
+        })
+}
+
+/// What a multipart grant's Secret holds for the upload: the part URLs and
+/// where to complete it.
+pub struct Parts {
+    pub urls: PartUrls,
+    pub complete: Url,
+}
+
+/// Reads `parts` and `completeUrl`; None for a Secret without `uploadId`
+/// (not a multipart grant's).
+pub fn parts(secret: &str, data: &BTreeMap<String, Vec<u8>>) -> Result<Option<Parts>, Error> {
+    if !data.contains_key("uploadId") {
+        return Ok(None);
+    }
+    let missing = |key: &str| Error::Invalid(format!("Secret {secret:?} has no {key:?} key"));
+    let urls = serde_json::from_slice(data.get("parts").ok_or_else(|| missing("parts"))?).map_err(
+        |_| {
+            Error::Invalid(format!(
+                "Secret {secret:?}: \"parts\" is not the operator's JSON of part URLs"
+            ))
+        },
+    )?;
+    let complete = data
+        .get("completeUrl")
+        .ok_or_else(|| missing("completeUrl"))?;
+    let complete = http_url(secret, "completeUrl", &String::from_utf8_lossy(complete))?;
+    Ok(Some(Parts { urls, complete }))
+}
+
+/// CompleteMultipartUpload's body: the parts in order with their ETags.
+pub fn complete_body(etags: &[String]) -> String {
+    let escape = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+    };
+    let parts: String = etags
+        .iter()
+        .enumerate()
+        .map(|(i, etag)| {
+            format!(
+                "<Part><PartNumber>{}</PartNumber><ETag>{}</ETag></Part>",
+                i + 1,
+                escape(etag)
+            )
+        })
+        .collect();
+    format!("<CompleteMultipartUpload>{parts}</CompleteMultipartUpload>")
 }
 
 /// A multipart/form-data body: the fields in order, then the file, as a
@@ -240,6 +296,8 @@ pub fn redirect_target(url: &Url, location: &reqwest::header::HeaderValue) -> St
 pub struct Answer {
     pub status: reqwest::StatusCode,
     pub location: Option<reqwest::header::HeaderValue>,
+    /// A part's ETag, for completing a multipart upload.
+    pub etag: Option<String>,
     pub body: Vec<u8>,
 }
 
@@ -289,33 +347,121 @@ fn write_body(output: Option<&PathBuf>, body: &[u8]) -> Result<(), Error> {
 /// Sends the request and reads the answer, following no redirect: the
 /// signed request, its headers and body go nowhere but to the URL's host.
 pub async fn send(req: &Request, body: Option<Vec<u8>>, file_name: &str) -> Result<Answer, Error> {
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(Error::http)?;
-    let mut builder = client.request(req.method.clone(), req.url.clone());
-    for (k, v) in &req.headers {
-        builder = builder.header(k, v);
-    }
+    let mut headers = req.headers.clone();
     let body = match (&req.method, body) {
         (&reqwest::Method::POST, Some(file)) => {
             let (body, content_type) = form_body(&req.fields, file_name, &file);
-            builder = builder.header(reqwest::header::CONTENT_TYPE, content_type);
+            headers.insert(reqwest::header::CONTENT_TYPE.to_string(), content_type);
             Some(body)
         }
         (_, body) => body,
     };
+    exchange(req.method.clone(), &req.url, &headers, body).await
+}
+
+/// One request and its answer, following no redirect.
+async fn exchange(
+    method: reqwest::Method,
+    url: &Url,
+    headers: &BTreeMap<String, String>,
+    body: Option<Vec<u8>>,
+) -> Result<Answer, Error> {
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(Error::http)?;
+    let mut builder = client.request(method, url.clone());
+    for (k, v) in headers {
+        builder = builder.header(k, v);
+    }
     if let Some(body) = body {
         builder = builder.body(body);
     }
     let response = builder.send().await.map_err(Error::http)?;
     let status = response.status();
     let location = response.headers().get(reqwest::header::LOCATION).cloned();
+    let etag = response
+        .headers()
+        .get(reqwest::header::ETAG)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let body = response.bytes().await.map_err(Error::http)?.to_vec();
     Ok(Answer {
         status,
         location,
+        etag,
         body,
+    })
+}
+
+/// Opens the file to upload ("-": stdin).
+fn open(file: &PathBuf) -> Result<Box<dyn Read>, Error> {
+    if file.as_os_str() == "-" {
+        return Ok(Box::new(std::io::stdin()));
+    }
+    let opened = std::fs::File::open(file).map_err(io(format!("reading {}", file.display())))?;
+    Ok(Box::new(opened))
+}
+
+/// A multipart grant: the file read one part (partSize bytes) at a time,
+/// each PUT to its part URL, then the parts' ETags sent to completeUrl.
+async fn upload_parts(parts: Parts, file: &PathBuf) -> Result<Outcome, Error> {
+    let Parts { urls, complete } = parts;
+    let mut reader = open(file)?;
+    let mut etags: Vec<String> = Vec::new();
+    eprintln!(
+        "sending parts of {} bytes to {}",
+        urls.part_size,
+        destination(&complete)
+    );
+    loop {
+        let mut chunk = Vec::new();
+        reader
+            .by_ref()
+            .take(urls.part_size)
+            .read_to_end(&mut chunk)
+            .map_err(io(format!("reading {}", file.display())))?;
+        if chunk.is_empty() && !etags.is_empty() {
+            break;
+        }
+        let n = u32::try_from(etags.len() + 1).unwrap_or(u32::MAX);
+        let url = urls
+            .url(n)
+            .and_then(|u| Url::parse(&u).ok())
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "the file has more than {} parts of {} bytes; the upload was not completed",
+                    urls.count, urls.part_size
+                ))
+            })?;
+        let answer = exchange(reqwest::Method::PUT, &url, &BTreeMap::new(), Some(chunk)).await?;
+        if !answer.status.is_success() {
+            eprintln!("part {n}: {}", answer.line(&url));
+            return Ok(Outcome::Negative);
+        }
+        etags.push(answer.etag.unwrap_or_default());
+    }
+    let headers = BTreeMap::from([(
+        reqwest::header::CONTENT_TYPE.to_string(),
+        "application/xml".to_owned(),
+    )]);
+    let body = complete_body(&etags).into_bytes();
+    let answer = exchange(reqwest::Method::POST, &complete, &headers, Some(body)).await?;
+    // S3 may answer 200 with an <Error> in the body.
+    let error = store_error(&answer.body);
+    eprintln!(
+        "{} parts sent; completing: {}{}",
+        etags.len(),
+        answer.line(&complete),
+        match (&error, answer.status.is_success()) {
+            (Some((code, _)), true) => format!(", but {code}"),
+            _ => String::new(),
+        }
+    );
+    Ok(if answer.status.is_success() && error.is_none() {
+        Outcome::Success
+    } else {
+        Outcome::Negative
     })
 }
 
@@ -335,6 +481,14 @@ pub async fn run(conn: &Conn, args: Args) -> Result<Outcome, Error> {
         .into_iter()
         .map(|(k, v)| (k, v.0))
         .collect();
+    if let Some(parts) = parts(&name, &data)? {
+        let file = args.file.as_ref().ok_or_else(|| {
+            Error::Invalid(
+                "a multipart grant needs the file to upload: -f FILE (or -f - for stdin)".into(),
+            )
+        })?;
+        return upload_parts(parts, file).await;
+    }
     let req = request(&name, &data)?;
     let body = match (&req.method, &args.file) {
         (&reqwest::Method::PUT | &reqwest::Method::POST, Some(file)) => Some(read_body(file)?),
@@ -381,6 +535,35 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
             .collect()
+    }
+
+    #[test]
+    fn a_multipart_secrets_parts_are_read_and_completed_in_order() {
+        let parts_json = r#"{"count":2,"partSize":5242880,"url":"http://s3.local/b/k?partNumber={partNumber}&X-Amz-Signature={signature}","signatures":["aa","bb"]}"#;
+        let secret = data(&[
+            ("uploadId", "u-1"),
+            ("parts", parts_json),
+            ("completeUrl", "http://s3.local/b/k?uploadId=u-1"),
+        ]);
+        let Some(Parts { urls, complete }) = parts("s", &secret).expect("valid") else {
+            panic!("a multipart Secret");
+        };
+        assert_eq!(urls.part_size, 5 << 20);
+        assert_eq!(
+            urls.url(2).as_deref(),
+            Some("http://s3.local/b/k?partNumber=2&X-Amz-Signature=bb")
+        );
+        assert_eq!(urls.url(3), None, "only count parts");
+        assert_eq!(destination(&complete), "http://s3.local");
+        assert!(parts("s", &data(&[("url", "x")])).expect("valid").is_none());
+        let broken = data(&[("uploadId", "u"), ("parts", "[]"), ("completeUrl", "x")]);
+        let error = parts("s", &broken).err().expect("refused").to_string();
+        assert!(error.contains("\"parts\""), "{error}");
+        assert_eq!(
+            complete_body(&["\"a&b\"".into(), "\"c\"".into()]),
+            "<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><ETag>\"a&amp;b\"</ETag></Part>\
+             <Part><PartNumber>2</PartNumber><ETag>\"c\"</ETag></Part></CompleteMultipartUpload>"
+        );
     }
 
     #[test]
@@ -666,6 +849,7 @@ mod tests {
         let redirect = |status: u16, location: Option<&str>| Answer {
             status: reqwest::StatusCode::from_u16(status).expect("a status"),
             location: location.map(|l| l.parse().expect("a header value")),
+            etag: None,
             body: Vec::new(),
         };
         for (status, location, want) in [

@@ -8,8 +8,8 @@ use serde::Serialize;
 
 use super::output::{Format, relative, render, table};
 use super::{Conn, Error, Outcome, secret_name};
-use crate::api::UploadGrant;
 use crate::api::condition::ready_condition;
+use crate::api::{Size, UploadGrant};
 
 /// How many of a grant's events `status NAME` shows.
 const RECENT_EVENTS: usize = 5;
@@ -53,9 +53,30 @@ pub struct GrantView {
     pub expires_at: Option<String>,
     pub refresh_at: Option<String>,
     pub url_fingerprint: Option<String>,
+    /// Multipart grants: the parts asked for and the upload they belong to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub multipart: Option<MultipartView>,
     /// Only for one named grant: its recent events, newest last.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub events: Option<Vec<EventView>>,
+}
+
+/// A multipart grant's upload.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MultipartView {
+    pub parts: u32,
+    /// As the spec says it: bytes, or a quantity like 64Mi.
+    pub part_size: String,
+    /// S3's id of the upload; null until the operator has started it.
+    pub upload_id: Option<String>,
+}
+
+impl MultipartView {
+    /// "3 parts of 64Mi".
+    fn describe(&self) -> String {
+        format!("{} parts of {}", self.parts, self.part_size)
+    }
 }
 
 /// The Ready condition, in full.
@@ -108,6 +129,14 @@ pub fn view(grant: &UploadGrant) -> GrantView {
         expires_at: time(status.and_then(|s| s.expires_at.as_ref())),
         refresh_at: time(status.and_then(|s| s.refresh_at.as_ref())),
         url_fingerprint: status.and_then(|s| s.url_fingerprint.clone()),
+        multipart: grant.spec.multipart.as_ref().map(|m| MultipartView {
+            parts: m.parts,
+            part_size: match &m.part_size {
+                Size::Bytes(n) => n.to_string(),
+                Size::Quantity(q) => q.clone(),
+            },
+            upload_id: status.and_then(|s| s.upload_id.clone()),
+        }),
         events: None,
     }
 }
@@ -135,7 +164,10 @@ pub fn render_table(grants: &[GrantView], with_namespace: bool, now: jiff::Times
             let ready = g.ready.as_ref();
             let mut row = vec![
                 g.name.clone(),
-                g.method.clone(),
+                match &g.multipart {
+                    Some(m) => format!("{} ({})", g.method, m.describe()),
+                    None => g.method.clone(),
+                },
                 format!("{}/{}", g.bucket, g.key),
                 ready.map_or("-".into(), |r| r.status.clone()),
                 ready.map_or("-".into(), |r| r.reason.clone()),
@@ -172,6 +204,10 @@ pub fn render_detail(g: &GrantView, now: jiff::Timestamp) -> String {
     out += &format!("Expires at:      {}\n", or_dash(&g.expires_at));
     out += &format!("Refresh at:      {}\n", or_dash(&g.refresh_at));
     out += &format!("URL fingerprint: {}\n", or_dash(&g.url_fingerprint));
+    if let Some(m) = &g.multipart {
+        let id = m.upload_id.as_deref().unwrap_or("- (not started yet)");
+        out += &format!("Upload:          {id}, {}\n", m.describe());
+    }
     let events = g.events.as_deref().unwrap_or_default();
     if events.is_empty() {
         out += "Events:          none\n";
@@ -357,6 +393,44 @@ mod tests {
             .collect();
         assert_eq!(&row[3..7], ["-", "-", "-", "-"]);
         assert!(render_detail(&v, now()).contains("has not reported"));
+    }
+
+    #[test]
+    fn a_multipart_grant_shows_its_parts_and_upload() {
+        let mut g = grant();
+        g.spec.multipart = Some(crate::api::Multipart {
+            parts: 3,
+            part_size: Size::Quantity("64Mi".into()),
+        });
+        let started = |id: Option<&str>| {
+            let mut g = g.clone();
+            if let Some(status) = g.status.as_mut() {
+                status.upload_id = id.map(str::to_owned);
+            }
+            view(&g)
+        };
+        let v = started(Some("u-123"));
+        let row = render_table(std::slice::from_ref(&v), false, now());
+        assert!(row.contains("PUT (3 parts of 64Mi)"), "{row}");
+        let detail = render_detail(&v, now());
+        assert!(
+            detail.contains("Upload:          u-123, 3 parts of 64Mi"),
+            "{detail}"
+        );
+        let json = serde_json::to_value(&v).expect("json");
+        assert_eq!(
+            json["multipart"],
+            serde_json::json!({"parts": 3, "partSize": "64Mi", "uploadId": "u-123"})
+        );
+        let waiting = render_detail(&started(None), now());
+        assert!(waiting.contains("- (not started yet)"), "{waiting}");
+        // Other grants keep their JSON as it was.
+        assert!(
+            serde_json::to_value(view(&grant()))
+                .expect("json")
+                .get("multipart")
+                .is_none()
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@
 use std::time::{Duration, SystemTime};
 
 use aws_credential_types::Credentials;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::sigv4::{QuerySigner, encode};
@@ -41,7 +41,7 @@ pub struct MultipartInput<'a> {
 /// `{partNumber}` replaced by N and `{signature}` by `signatures[N-1]`.
 /// This is the Secret's `parts` key as JSON. No `Debug` of the contents:
 /// with a signature, the template is a working URL.
-#[derive(Clone, PartialEq, Eq, Serialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PartUrls {
     pub count: u32,
