@@ -89,10 +89,10 @@ test: deps testenv-build lint fresh-check image consumer-image docs
 	$(TESTENV)/with-env.sh $(CARGO) test --all-targets --no-fail-fast
 	IMAGE=$(IMAGE) $(CARGO) test --test image -- --include-ignored
 
-## docs: the book in docs/ -> target/book (mdbook, built from crates.io on first use); tests/docs.rs
-## opens every page in headless Chromium
+## docs: the book in docs/ -> target/book (diagrams drawn by Graphviz; mdbook, built from crates.io on
+## first use); tests/docs.rs opens every page in headless Chromium
 docs:
-	tools/mdbook.sh build docs
+	tools/docs.sh
 
 ## bench: benchmarks against the local environment -> bench/results/latest.md (not part of test)
 bench: deps testenv-build

@@ -1,7 +1,9 @@
 //! The README stays a short front page, and the book in docs/ builds with
 //! every link and anchor resolving: checked in the Markdown sources (as
 //! GitHub shows them) and in the built book, each page opened in headless
-//! Chromium (Debian's `chromium`, installed by tools/install-deps.sh).
+//! Chromium (Debian's `chromium`, installed by tools/install-deps.sh). Every
+//! diagram (docs/diagrams/*.dot) is drawn, shown on a page, and its page
+//! kept as a screenshot in target/book-screenshots.
 
 use std::collections::BTreeSet;
 use std::path::{Component, Path, PathBuf};
@@ -84,6 +86,18 @@ fn join(base: &Path, target: &str) -> PathBuf {
     out
 }
 
+/// The Graphviz source of a diagram the book shows: docs/src/diagrams/X.svg
+/// is drawn from docs/diagrams/X.dot when the book is built (tools/docs.sh).
+fn diagram_source(path: &Path) -> Option<PathBuf> {
+    let generated = repo().join("docs/src/diagrams");
+    let name = path
+        .strip_prefix(&generated)
+        .ok()?
+        .to_str()?
+        .strip_suffix(".svg")?;
+    Some(repo().join("docs/diagrams").join(format!("{name}.dot")))
+}
+
 /// Every relative link of the Markdown file `file` names a file that exists
 /// and, for a Markdown target, a heading it has.
 fn check_markdown(file: &Path, problems: &mut Vec<String>) -> TestResult {
@@ -100,7 +114,11 @@ fn check_markdown(file: &Path, problems: &mut Vec<String>) -> TestResult {
             join(dir, path)
         };
         let shown = file.strip_prefix(repo()).unwrap_or(file).display();
-        if !resolved.exists() {
+        if let Some(source) = diagram_source(&resolved) {
+            if !source.exists() {
+                problems.push(format!("{shown}: {target}: no {}", source.display()));
+            }
+        } else if !resolved.exists() {
             problems.push(format!("{shown}: {target}: no such file"));
         } else if !anchor.is_empty()
             && resolved.extension().is_some_and(|e| e == "md")
@@ -196,23 +214,34 @@ fn the_book_builds_and_every_page_renders_with_working_links() -> TestResult {
     // ../../examples/… reaches the repository from the book as from docs/src.
     let book = repo().join("target/book-check");
     let _ = std::fs::remove_dir_all(&book);
-    let built = Command::new(repo().join("tools/mdbook.sh"))
-        .arg("build")
-        .arg(repo().join("docs"))
-        .arg("--dest-dir")
+    let built = Command::new(repo().join("tools/docs.sh"))
         .arg(&book)
         .output()?;
     assert!(
         built.status.success(),
-        "mdbook build: {}",
+        "tools/docs.sh: {}",
         String::from_utf8_lossy(&built.stderr)
     );
     let profile = tempfile::tempdir()?;
     let mut problems = Vec::new();
+    let mut drawn = BTreeSet::new();
     for page in summary_pages()? {
         let html_name = page.replace(".md", ".html");
         let file = book.join(&html_name);
         let dom = chromium_dom(&file, profile.path())?;
+        let diagrams: Vec<&str> = attributes(&dom, "src")
+            .into_iter()
+            .filter(|src| src.starts_with("diagrams/"))
+            .collect();
+        for src in &diagrams {
+            drawn.insert(src.to_string());
+            if let Err(e) = check_diagram(&book.join(src)) {
+                problems.push(format!("{html_name}: {src}: {e}"));
+            }
+        }
+        if !diagrams.is_empty() {
+            screenshot(&file, profile.path(), &html_name.replace(".html", ".png"))?;
+        }
         if !dom.contains("<h1") {
             problems.push(format!("{html_name}: no heading rendered"));
         }
@@ -246,6 +275,49 @@ fn the_book_builds_and_every_page_renders_with_working_links() -> TestResult {
         }
     }
     assert!(problems.is_empty(), "{problems:#?}");
+    // Every diagram is on some page.
+    let mut sources = BTreeSet::new();
+    for entry in std::fs::read_dir(repo().join("docs/diagrams"))? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if let Some(stem) = name.strip_suffix(".dot") {
+            sources.insert(format!("diagrams/{stem}.svg"));
+        }
+    }
+    assert_eq!(drawn, sources, "diagrams drawn vs. docs/diagrams/*.dot");
+    Ok(())
+}
+
+/// A diagram Graphviz drew: an SVG with nodes and edges in it.
+fn check_diagram(svg: &Path) -> TestResult {
+    let text = std::fs::read_to_string(svg)?;
+    let count = |class: &str| text.matches(&format!("class=\"{class}\"")).count();
+    if !text.contains("<svg") || count("node") < 3 || count("edge") < 2 {
+        return Err(format!("not a drawn diagram ({} nodes)", count("node")).into());
+    }
+    Ok(())
+}
+
+/// Keeps a screenshot of a page with diagrams in target/book-screenshots.
+fn screenshot(page: &Path, profile: &Path, name: &str) -> TestResult {
+    let dir = repo().join("target/book-screenshots");
+    std::fs::create_dir_all(&dir)?;
+    let png = dir.join(name);
+    let out = support::headless_chromium(profile)
+        // Tall enough for a whole page: headless Chromium shoots the window only.
+        .args(["--window-size=1000,16000", "--hide-scrollbars"])
+        .arg(format!("--screenshot={}", png.display()))
+        .arg(format!("file://{}", page.display()))
+        .stdin(Stdio::null())
+        .output()?;
+    let size = std::fs::metadata(&png).map(|m| m.len()).unwrap_or(0);
+    if !out.status.success() || size < 10_000 {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        return Err(format!(
+            "no screenshot of {} ({size} bytes): {stderr}",
+            page.display()
+        )
+        .into());
+    }
     Ok(())
 }
 

@@ -12,7 +12,9 @@ declare -A pkg_for=([openssl]=openssl [curl]=curl [python3]=python3 [flock]=util
   # make consumer-image (tools/image/consumers.sh): the root file system from Debian 12 packages
   [debootstrap]=debootstrap
   # tests/browser_post.rs: examples/post-form.html in a headless browser (about a minute to install)
-  [chromium]=chromium)
+  [chromium]=chromium
+  # make docs (tools/docs.sh): the book's diagrams, from docs/diagrams/*.dot to SVG
+  [dot]=graphviz)
 missing=()
 for cmd in "${!pkg_for[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${pkg_for[$cmd]}")
