@@ -26,6 +26,8 @@ const CONSUMERS: &[(&str, &[&str])] = &[
     ("node", &["node", "examples/consumer.mjs"]),
 ];
 
+const MIB: usize = 1 << 20;
+
 /// Writes the Secret's keys as files, the way a Secret volume mounts them.
 fn mount(dir: &Path, data: &BTreeMap<String, String>) -> TestResult {
     std::fs::create_dir_all(dir)?;
@@ -418,17 +420,12 @@ fn example_manifests_are_accepted_by_the_apiserver() -> TestResult {
 /// file with more parts than the grant has is refused before completing.
 #[tokio::test]
 async fn consumers_upload_a_file_in_parts() -> TestResult {
-    const MIB: usize = 1 << 20;
     let Scenario {
         ctx,
         dir,
         operator: _operator,
     } = Scenario::start("examples-mp").await?;
-    let issuer = create_issuer(
-        &ctx,
-        serde_json::json!([{"buckets": [ctx.env.bucket()], "methods": ["PUT"], "multipart": true}]),
-    )
-    .await?;
+    let issuer = multipart_issuer(&ctx).await?;
     let langs = ["python", "go", "java", "node", "curl", "readme"];
     for lang in langs {
         let multipart = serde_json::json!({"multipart": {"parts": 3, "partSize": "5Mi"}});
@@ -512,24 +509,18 @@ async fn consumers_upload_a_file_in_parts() -> TestResult {
 #[tokio::test]
 async fn multipart_consumers_retry_a_refused_part_with_fresh_signatures() -> TestResult {
     use std::io::{BufRead, Write};
-    const MIB: usize = 1 << 20;
     let Scenario {
         ctx,
         dir,
         operator: _operator,
     } = Scenario::start("examples-retry").await?;
-    let issuer = create_issuer(
-        &ctx,
-        serde_json::json!([{"buckets": [ctx.env.bucket()], "methods": ["PUT"], "multipart": true}]),
-    )
-    .await?;
+    let issuer = multipart_issuer(&ctx).await?;
     let langs = ["python", "go", "java", "node"];
     for lang in langs {
         let multipart = serde_json::json!({"multipart": {"parts": 2, "partSize": "5Mi"}});
         let key = format!("retry-{lang}.bin");
         create_grant(&ctx, lang, spec(&ctx, &issuer, &key, multipart)).await?;
     }
-    let s3 = support::s3_client(ctx.env, ctx.env.root_credentials());
     for lang in langs {
         wait_ready(&ctx, lang).await?;
         let grant = dir.path().join(lang);
@@ -568,17 +559,8 @@ async fn multipart_consumers_retry_a_refused_part_with_fresh_signatures() -> Tes
         assert!(put_right, "{lang} never said it retries: {said}");
         assert!(said.contains("part 1:"), "{lang}: {said}");
         assert!(status.success(), "{lang} failed: {said}");
-        let object = s3
-            .get_object()
-            .bucket(ctx.env.bucket())
-            .key(format!("{}/retry-{lang}.bin", ctx.namespace))
-            .send()
-            .await?;
-        let read = object.body.collect().await?.into_bytes();
-        assert!(
-            read.as_ref() == body.as_slice(),
-            "{lang} uploaded different bytes"
-        );
+        let read = stored(&ctx, &format!("{}/retry-{lang}.bin", ctx.namespace)).await?;
+        assert!(read == body, "{lang} uploaded different bytes");
     }
     Ok(())
 }

@@ -190,17 +190,6 @@ async fn secret_versions(ctx: &TestContext) -> TestResult<BTreeMap<String, Strin
         .collect())
 }
 
-async fn object_bytes(ctx: &TestContext, key: &str) -> TestResult<Vec<u8>> {
-    let s3 = support::s3_client(ctx.env, ctx.env.root_credentials());
-    let object = s3
-        .get_object()
-        .bucket(ctx.env.bucket())
-        .key(key)
-        .send()
-        .await?;
-    Ok(object.body.collect().await?.into_bytes().to_vec())
-}
-
 /// Grant `report` (a PUT to NAMESPACE/report.csv under an open issuer),
 /// once Ready: the query of the URL in its Secret.
 async fn signed_report(ctx: &TestContext) -> TestResult<BTreeMap<String, String>> {
@@ -273,7 +262,7 @@ async fn helm_install_with_static_keys_signs_with_the_secrets_keys() -> TestResu
     let body = b"day,total\n2026-12-07,9\n".to_vec();
     upload_from_a_job(&ctx, "report", &body).await?;
     assert_eq!(
-        object_bytes(&ctx, &format!("{}/report.csv", ctx.namespace)).await?,
+        stored(&ctx, &format!("{}/report.csv", ctx.namespace)).await?,
         body
     );
     release.uninstall_releases_the_lease().await?;
@@ -374,7 +363,7 @@ async fn helm_install_runs_the_operator_as_a_pod_that_serves_a_consumer_job() ->
 
     // A Job mounts the Secret and uploads through it.
     upload_from_a_job(&ctx, "report", &body).await?;
-    assert_eq!(object_bytes(&ctx, &key).await?, body);
+    assert_eq!(stored(&ctx, &key).await?, body);
 
     // Deleting the grant revokes the Secret (the operator's grant watch,
     // with the garbage collector running too).

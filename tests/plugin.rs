@@ -691,11 +691,7 @@ async fn curl_uploads_a_file_in_parts_and_completes_it() -> TestResult {
         dir,
         operator: _operator,
     } = Scenario::start("plugin-parts").await?;
-    let issuer = create_issuer(
-        &ctx,
-        json!([{"buckets": [ctx.env.bucket()], "methods": ["PUT"], "multipart": true}]),
-    )
-    .await?;
+    let issuer = multipart_issuer(&ctx).await?;
     for (name, parts) in [("parts", 3), ("one", 1)] {
         let multipart = json!({"multipart": {"parts": parts, "partSize": "5Mi"}});
         create_grant(
@@ -719,18 +715,8 @@ async fn curl_uploads_a_file_in_parts_and_completes_it() -> TestResult {
             .contains("3 parts sent; completing: HTTP 200 OK"),
         "{upload:?}"
     );
-    let root = support::s3_client(ctx.env, ctx.env.root_credentials());
-    let object = root
-        .get_object()
-        .bucket(ctx.env.bucket())
-        .key(format!("{}/parts.bin", ctx.namespace))
-        .send()
-        .await?;
-    let stored = object.body.collect().await?.into_bytes();
-    assert!(
-        stored.as_ref() == body.as_slice(),
-        "the object differs from the file"
-    );
+    let stored = stored(&ctx, &format!("{}/parts.bin", ctx.namespace)).await?;
+    assert!(stored == body, "the object differs from the file");
 
     let too_big = grant_cmd(&ctx, &["curl", "one", "-f", file])?;
     assert_ne!(too_big.code, 0, "{too_big:?}");

@@ -37,6 +37,24 @@ pub async fn open_issuer(ctx: &TestContext) -> TestResult<String> {
     create_issuer(ctx, serde_json::json!([{"buckets": [ctx.env.bucket()]}])).await
 }
 
+/// An issuer allowing multipart PUTs of any size on the test bucket.
+pub async fn multipart_issuer(ctx: &TestContext) -> TestResult<String> {
+    let rule =
+        serde_json::json!([{"buckets": [ctx.env.bucket()], "methods": ["PUT"], "multipart": true}]);
+    create_issuer(ctx, rule).await
+}
+
+/// The bytes stored under `key` in the test bucket, read with the root keys.
+pub async fn stored(ctx: &TestContext, key: &str) -> TestResult<Vec<u8>> {
+    let object = super::s3_client(ctx.env, ctx.env.root_credentials())
+        .get_object()
+        .bucket(ctx.env.bucket())
+        .key(key)
+        .send()
+        .await?;
+    Ok(object.body.collect().await?.into_bytes().to_vec())
+}
+
 /// Creates a grant from a JSON spec.
 pub async fn create_grant(
     ctx: &TestContext,
