@@ -43,6 +43,24 @@ struct Row {
     pass: bool,
 }
 
+impl Row {
+    /// The row of a scenario that could not run to its checks.
+    fn failed(fault: String, error: &dyn std::fmt::Display) -> Row {
+        Row {
+            fault,
+            duration: "—".into(),
+            load: "—".into(),
+            recovery: "—".into(),
+            renewals: "—".into(),
+            lost: 0,
+            expired: 0,
+            fenced: None,
+            notes: vec![format!("the scenario failed: {error}")],
+            pass: false,
+        }
+    }
+}
+
 /// What a fault scenario hands to `Suite::finish`, which adds the recovery
 /// and the full check and makes the row.
 struct FaultReport {
@@ -637,18 +655,7 @@ impl Suite {
         {
             eprintln!("[chaos] operator does not start: {e}");
         }
-        self.rows.push(Row {
-            fault: fault.into(),
-            duration: "—".into(),
-            load: "—".into(),
-            recovery: "—".into(),
-            renewals: "—".into(),
-            lost: 0,
-            expired: 0,
-            fenced: None,
-            notes: vec![format!("the scenario failed: {e}")],
-            pass: false,
-        });
+        self.rows.push(Row::failed(fault.into(), &e));
         self.window_start = jiff::Timestamp::now();
         let _ = self.write_results();
     }
@@ -1632,18 +1639,7 @@ async fn chaos_suite() -> TestResult {
         };
         suite.rows.push(row.unwrap_or_else(|e| {
             eprintln!("[chaos] {name}: {e}");
-            Row {
-                fault: format!("Renewal {name}"),
-                duration: "—".into(),
-                load: "—".into(),
-                recovery: "—".into(),
-                renewals: "—".into(),
-                lost: 0,
-                expired: 0,
-                fenced: None,
-                notes: vec![format!("the scenario failed: {e}")],
-                pass: false,
-            }
+            Row::failed(format!("Renewal {name}"), &e)
         }));
         suite.write_results()?;
     }

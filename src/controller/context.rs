@@ -102,13 +102,13 @@ impl Context {
     pub fn admits(&self, cached: &CachedGrant) -> Option<bool> {
         let grant = cached.grant().ok()?;
         let namespace = grant.namespace()?;
-        let namespace = self.namespaces.get(&ObjectRef::new(&namespace))?;
+        let namespace = Some(self.namespaces.get(&ObjectRef::new(&namespace))?);
         let (issuer_name, issuer) = self.issuer_of(&grant);
         let admission = Admission {
             grant: &grant,
             issuer_name,
             issuer: issuer.as_deref(),
-            namespace_labels: namespace.metadata.labels.as_ref().unwrap_or(&NO_LABELS),
+            namespace_labels: labels_of(&namespace),
             propagation: self.settings.propagation_budget,
         };
         Some(admit(&admission).is_ok())
@@ -116,3 +116,13 @@ impl Context {
 }
 
 static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
+
+/// A cached namespace's labels; none for one without labels or not cached.
+pub fn labels_of(
+    namespace: &Option<Arc<PartialObjectMeta<Namespace>>>,
+) -> &BTreeMap<String, String> {
+    namespace
+        .as_ref()
+        .and_then(|n| n.metadata.labels.as_ref())
+        .unwrap_or(&NO_LABELS)
+}

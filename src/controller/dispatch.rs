@@ -15,11 +15,10 @@ use kube::runtime::watcher;
 use super::cached::CachedGrant;
 use super::context::Context;
 use super::forecast::{self, Rate};
-use super::managed::Slot;
+use super::managed::owned_by;
 use super::queue::{Pace, Queue, Urgency};
 use super::reconcile::{self, Next};
 use super::report::Wake;
-use super::secrets;
 use super::validate::secret_name;
 
 /// A grant's key in the queue: `namespace/name` in one shared string, cheap
@@ -139,17 +138,17 @@ pub fn urgency(
 /// or failed), and a grant ranked by a stale status would wait behind every
 /// renewal as new work while its URL runs out.
 fn renewal_of(ctx: &Context, cached: &CachedGrant) -> Option<(SystemTime, SystemTime)> {
+    // Read in place: this runs on every wake and fired timer.
     let on_secret = || {
         let grant = cached.grant().ok()?;
         let namespace = grant.namespace()?;
         let name = secret_name(&grant.spec, &grant.name_any());
-        match secrets::cached_slot(ctx, &grant, &namespace, &name) {
-            Slot::Ours(secret) => {
-                let state = secret.state.as_ref()?;
-                Some((state.refresh_at?, state.expires_at))
-            }
-            Slot::Free | Slot::Foreign => None,
-        }
+        let secret = ctx.secrets.get(&ObjectRef::new(&name).within(&namespace))?;
+        let state = secret
+            .state
+            .as_ref()
+            .filter(|_| owned_by(&secret, &grant))?;
+        Some((state.refresh_at?, state.expires_at))
     };
     on_secret().or_else(|| cached.renewal())
 }

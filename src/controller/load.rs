@@ -13,7 +13,7 @@ use kube::ResourceExt;
 use kube::api::PartialObjectMeta;
 use kube::runtime::reflector::ObjectRef;
 
-use super::context::Context;
+use super::context::{Context, labels_of};
 use super::decide::{Decision, Deletion, Observed, Settled};
 use super::managed::Slot;
 use super::memo::GrantMemo;
@@ -55,8 +55,6 @@ pub struct Loaded<'a> {
     recorded: Option<Recorded>,
     deletion: Option<Deletion>,
 }
-
-static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
 
 /// Reads everything the pass needs. A live grant whose namespace the
 /// cache has not seen yet (or lost in a relist) gives None: judged as
@@ -110,13 +108,6 @@ fn slot(ctx: &Context, grant: &UploadGrant, memo: &mut GrantMemo) -> Slot {
     let namespace = grant.namespace().unwrap_or_default();
     let name = secret_name(&grant.spec, &grant.name_any());
     memo.slot(secrets::cached_slot(ctx, grant, &namespace, &name), &name)
-}
-
-fn labels_of(namespace: &Option<Arc<PartialObjectMeta<Namespace>>>) -> &BTreeMap<String, String> {
-    namespace
-        .as_ref()
-        .and_then(|n| n.metadata.labels.as_ref())
-        .unwrap_or(&NO_LABELS)
 }
 
 /// What a deleted grant's revocation needs to know.
