@@ -8,11 +8,14 @@
 //! reconcile already reports a repeated warning only once per change, so
 //! events here are created and forgotten, off the reconcile's critical path.
 
+use std::time::Duration;
+
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client, Resource};
+use tokio_util::task::TaskTracker;
 
 use crate::api::UploadGrant;
 
@@ -104,6 +107,8 @@ pub struct Events {
     client: Client,
     controller: String,
     instance: String,
+    /// The publishes in flight, which a shutdown lets finish (`flush`).
+    sending: TaskTracker,
 }
 
 impl Events {
@@ -114,6 +119,23 @@ impl Events {
             client,
             controller: controller.to_owned(),
             instance: instance.unwrap_or_else(|| controller.to_owned()),
+            sending: TaskTracker::new(),
+        }
+    }
+
+    /// Waits, at most `within`, for the events already published to be
+    /// sent: an event of the last pass before a shutdown (a restart it made,
+    /// a revocation) would otherwise be dropped with the runtime.
+    pub async fn flush(&self, within: Duration) {
+        self.sending.close();
+        if tokio::time::timeout(within, self.sending.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                pending = self.sending.len(),
+                "events still unsent at shutdown"
+            );
         }
     }
 
@@ -132,7 +154,7 @@ impl Events {
             self.client.clone(),
             namespace.as_deref().unwrap_or("default"),
         );
-        tokio::spawn(async move {
+        self.sending.spawn(async move {
             if let Err(e) = api.create(&PostParams::default(), &event).await {
                 tracing::warn!(grant = %name, error = %e, "could not publish event");
             }
@@ -167,6 +189,38 @@ impl Events {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A shutdown lets an event already published reach the apiserver,
+    /// though the apiserver answers it only later.
+    #[tokio::test]
+    async fn a_flush_waits_for_the_events_in_flight() {
+        use http::{Request, Response};
+        use kube::client::Body;
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let events = Events::new(kube::Client::new(service, "ns"), "op", None);
+        let grant = crate::fixtures::grant(serde_json::json!({}));
+        events.publish(
+            &grant,
+            Note::new(EventReason::RolloutRestarted, "restarted"),
+        );
+        let server = tokio::spawn(async move {
+            let (request, send) = handle.next_request().await.expect("the event");
+            assert_eq!(request.method(), http::Method::POST);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let body = serde_json::to_vec(&Event::default()).expect("json");
+            send.send_response(
+                Response::builder()
+                    .body(Body::from(body))
+                    .expect("response"),
+            );
+        });
+        events.flush(Duration::from_secs(10)).await;
+        assert!(
+            events.sending.is_empty(),
+            "flush returned with the event unsent"
+        );
+        server.await.expect("mock server");
+    }
 
     #[test]
     fn event_names_stay_valid_for_the_longest_grant_names() {

@@ -32,7 +32,7 @@ mod status;
 pub mod validate;
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use futures::channel::mpsc;
 use futures::stream::BoxStream;
@@ -274,6 +274,7 @@ pub async fn run(
     // again, not at the end of their backoff.
     let recovered = parts.credentials.recoveries();
     let ctx = Arc::new(context(parts, settings, caches));
+    let events = ctx.events.clone();
     tokio::spawn(deletions::run(ctx.clone(), deleted_grants));
     at_risk::spawn(&ctx, shutdown.clone());
     dispatch::run(
@@ -286,7 +287,11 @@ pub async fn run(
         shutdown,
     )
     .await;
+    events.flush(EVENT_FLUSH).await;
 }
+
+/// How long a shutdown waits for the events its last passes published.
+const EVENT_FLUSH: Duration = Duration::from_secs(5);
 
 /// The grant watch, in the cache's compact form, with each deletion also
 /// sent to `gone`.

@@ -267,7 +267,38 @@ impl TestContext {
         let mut config =
             Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
         config.auth_info.impersonate = Some(user);
-        Ok(Client::try_from(config)?)
+        let client = Client::try_from(config)?;
+        // The apiserver's RBAC cache learns the bindings a moment later:
+        // hand the client out once it may create grants.
+        self.wait_allowed(&client, "create", "grants.io", "uploadgrants")
+            .await?;
+        Ok(client)
+    }
+
+    /// Waits (at most 30 s) until `client` may `verb` `resource` here, as
+    /// the apiserver itself answers (a SelfSubjectAccessReview).
+    pub async fn wait_allowed(
+        &self,
+        client: &Client,
+        verb: &str,
+        group: &str,
+        resource: &str,
+    ) -> TestResult {
+        use k8s_openapi::api::authorization::v1::SelfSubjectAccessReview;
+        let review: SelfSubjectAccessReview = serde_json::from_value(serde_json::json!({
+            "spec": {"resourceAttributes": {"namespace": self.namespace, "verb": verb,
+                "group": group, "resource": resource}},
+        }))?;
+        let reviews: Api<SelfSubjectAccessReview> = Api::all(client.clone());
+        eventually(
+            &format!("{verb} {resource} to be allowed"),
+            Duration::from_secs(30),
+            || async {
+                let answer = reviews.create(&PostParams::default(), &review).await?;
+                Ok(answer.status.is_some_and(|s| s.allowed).then_some(()))
+            },
+        )
+        .await
     }
 
     pub fn api<K>(&self) -> Api<K>
