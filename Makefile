@@ -11,7 +11,7 @@ CONSUMER_IMAGE ?= docker.io/library/upload-grant-consumers:dev
 
 PREFIX ?= $(HOME)/.local
 
-.PHONY: all build release install-plugin image image-check consumer-image crds lint deny fresh-check test bench chaos demo demo-down docs testenv testenv-down testenv-build deps
+.PHONY: all build release install-plugin image image-check consumer-image crds lint deny fresh-check disk-check test bench chaos demo demo-down docs testenv testenv-down testenv-build deps
 
 all: build
 
@@ -82,10 +82,17 @@ testenv-down:
 fresh-check:
 	@tools/fresh-check.sh
 
+## disk-check: fail at once if the disk cannot hold what make test builds (tools/disk-check.sh)
+disk-check:
+	@tools/disk-check.sh
+
 ## test: everything CI runs. The images come first: the node tests install
 ## the chart, which runs the operator's image, and run consumer pods (the
-## tests import both archives into the node).
-test: deps testenv-build lint fresh-check image consumer-image docs
+## tests import both archives into the node). Incremental caches are off: they
+## speed an edit-and-rebuild loop, not one full run, and would double the
+## ~20 GiB a cold run writes under target/ (tools/disk-check.sh checks for room).
+test: export CARGO_INCREMENTAL ?= 0
+test: disk-check deps testenv-build lint fresh-check image consumer-image docs
 	$(TESTENV)/with-env.sh $(CARGO) test --all-targets --no-fail-fast
 	IMAGE=$(IMAGE) $(CARGO) test --test image -- --include-ignored
 
