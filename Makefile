@@ -11,7 +11,7 @@ CONSUMER_IMAGE ?= docker.io/library/upload-grant-consumers:dev
 
 PREFIX ?= $(HOME)/.local
 
-.PHONY: all build release install-plugin image image-check consumer-image crds lint deny fresh-check disk-check test bench chaos demo demo-down docs testenv testenv-down testenv-build deps
+.PHONY: all build release install-plugin image push push-target image-check consumer-image crds lint deny fresh-check disk-check test bench chaos demo demo-down docs testenv testenv-down testenv-build deps
 
 all: build
 
@@ -36,6 +36,16 @@ install-plugin:
 ## (an OCI archive); also imported into the test node's containerd when it runs
 image: deps release
 	IMAGE=$(IMAGE) tools/image/build.sh
+
+## push: make image, then push it to IMAGE=REGISTRY/REPOSITORY[:TAG] with crane (tools/image/push.sh,
+## no container engine; credentials from ~/.docker/config.json); prints REPOSITORY@DIGEST. To the test
+## environment's registry: make push IMAGE=$$TESTENV_IMAGE (after source .testenv/env)
+push: push-target image
+	tools/image/push.sh target/image/upload-grant-operator.tar $(IMAGE)
+
+push-target:
+	@case "$(IMAGE)" in docker.io/library/*) \
+	  echo "make push: name the registry to push to: make push IMAGE=REGISTRY/REPOSITORY:TAG" >&2; exit 2;; esac
 
 ## image-check: the image matches the Dockerfile's runtime stage, is reproducible and runs (tests/image.rs)
 image-check: image

@@ -1,9 +1,9 @@
 //! The example consumers run as pods on the test node, from the image
 //! `make consumer-image` builds (target/image/upload-grant-consumers.tar,
-//! imported into the node's containerd here when it is not there yet), each
-//! with a grant's Secret mounted as a volume: the curl Job of
+//! pushed to the test environment's registry, from which the node pulls it),
+//! each with a grant's Secret mounted as a volume: the curl Job of
 //! examples/curl-job.yaml as written (only its image, namespace and Secret
-//! replaced, and what this node needs: hostNetwork, no pulls), and pods
+//! replaced, and what this node needs: hostNetwork), and pods
 //! running the Python, Go, Java and Node.js consumers. Each uploads its own
 //! body through a PUT grant that pins its length; the test reads every
 //! object back from the store.
@@ -37,8 +37,8 @@ const CURL_JOB_BODY: &[u8] = b"day,total\n2026-11-29,42\n";
 
 #[tokio::test]
 async fn the_example_consumers_upload_from_pods_on_the_node() -> TestResult {
-    let archive = repo_root().join(CONSUMER_ARCHIVE);
-    import_image(&archive, "make consumer-image")?;
+    // Fails at once, before any setup, without `make consumer-image`.
+    consumer_image()?;
     let Scenario {
         ctx,
         dir: _dir,
@@ -135,8 +135,7 @@ fn curl_job(ctx: &TestContext, secret: &str) -> TestResult<Job> {
     pod["hostNetwork"] = true.into();
     pod["volumes"][0]["secret"]["secretName"] = secret.into();
     let container = &mut pod["containers"][0];
-    container["image"] = CONSUMER_IMAGE.into();
-    container["imagePullPolicy"] = "Never".into();
+    container["image"] = consumer_image()?.into();
     Ok(serde_json::from_value(job)?)
 }
 
@@ -147,7 +146,7 @@ fn consumer_pod(lang: &str, command: &str, body: &str) -> TestResult<Pod> {
     let env = serde_json::json!([{"name": "BODY", "value": body}]);
     Ok(serde_json::from_value(serde_json::json!({
         "metadata": {"name": lang},
-        "spec": consumer_pod_spec(&format!("{lang}-put"), &script, env),
+        "spec": consumer_pod_spec(&format!("{lang}-put"), &script, env)?,
     }))?)
 }
 

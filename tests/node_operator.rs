@@ -35,7 +35,8 @@ impl<'a> Release<'a> {
     /// `helm install` as a user on this node would, plus `sets`; waits until
     /// the Deployment is rolled out.
     async fn install(ctx: &'a TestContext, replicas: i32, sets: &[&str]) -> TestResult<Self> {
-        import_image(&repo_root().join(OPERATOR_IMAGE_ARCHIVE), "make image")?;
+        let image = push_image(&repo_root().join(OPERATOR_IMAGE_ARCHIVE), "make image")?;
+        let digest = format!("image.digest={}", image.digest);
         let release = Release {
             ctx,
             name: format!("ugo-{}", support::random_suffix()),
@@ -59,6 +60,9 @@ impl<'a> Release<'a> {
             &watch,
             "--set",
             &replica_count,
+            // What was just pushed, not whatever the moving tag `dev` names.
+            "--set",
+            &digest,
         ];
         for s in sets {
             args.extend(["--set", s]);
@@ -215,7 +219,7 @@ async fn upload_from_a_job(ctx: &TestContext, secret: &str, body: &[u8]) -> Test
     );
     let job: Job = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "upload"},
-        "spec": {"backoffLimit": 0, "template": {"spec": consumer_pod_spec(secret, &script, serde_json::json!([]))}},
+        "spec": {"backoffLimit": 0, "template": {"spec": consumer_pod_spec(secret, &script, serde_json::json!([]))?}},
     }))?;
     ctx.api::<Job>()
         .create(&PostParams::default(), &job)
@@ -229,7 +233,6 @@ async fn upload_from_a_job(ctx: &TestContext, secret: &str, body: &[u8]) -> Test
 #[tokio::test]
 async fn helm_install_with_static_keys_signs_with_the_secrets_keys() -> TestResult {
     let ctx = TestContext::new("node-keys").await?;
-    import_image(&repo_root().join(CONSUMER_ARCHIVE), "make consumer-image")?;
     let root = ctx.env.root_credentials();
     let keys: Secret = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "s3-keys"},
@@ -272,7 +275,6 @@ async fn helm_install_with_static_keys_signs_with_the_secrets_keys() -> TestResu
 #[tokio::test]
 async fn helm_install_runs_the_operator_as_a_pod_that_serves_a_consumer_job() -> TestResult {
     let ctx = TestContext::new("node-helm").await?;
-    import_image(&repo_root().join(CONSUMER_ARCHIVE), "make consumer-image")?;
     let mut release = Release::install(&ctx, 1, &[]).await?;
 
     // The chart's hardening holds on a real kubelet: non-root, read-only root
@@ -384,7 +386,6 @@ async fn helm_install_runs_the_operator_as_a_pod_that_serves_a_consumer_job() ->
 #[tokio::test]
 async fn a_pod_reading_the_mounted_secret_never_holds_an_expired_url() -> TestResult {
     let ctx = TestContext::new("node-renew").await?;
-    import_image(&repo_root().join(CONSUMER_ARCHIVE), "make consumer-image")?;
     let _release = Release::install(&ctx, 1, &[]).await?;
     let issuer = open_issuer(&ctx).await?;
     // The shortest ttl the chart's default budget (2m) allows: renewed about
@@ -425,7 +426,7 @@ while true; do
 done"#;
     let pod: Pod = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "uploader"},
-        "spec": consumer_pod_spec("beat", script, serde_json::json!([])),
+        "spec": consumer_pod_spec("beat", script, serde_json::json!([]))?,
     }))?;
     let pods: Api<Pod> = ctx.api();
     pods.create(&PostParams::default(), &pod).await?;

@@ -4,7 +4,10 @@
 //! a Deployment, garbage collection and namespace deletion, `kubectl logs`,
 //! and the pod network: pods on the environment's own bridge reach the
 //! apiserver, S3 and STS at its gateway address and nothing beyond their
-//! subnet. Pods use `imagePullPolicy: Never`: nothing is pulled from anywhere.
+//! subnet. Pods pull only from the environment's own registry on loopback
+//! (tools/image/push.sh fills it); every other registry is closed. The other
+//! pods here run the sandbox image, imported at start-up, with
+//! `imagePullPolicy: Never`.
 
 mod support;
 
@@ -169,6 +172,77 @@ async fn a_deployment_becomes_available() -> TestResult {
         .create(&PostParams::default(), &deployment)
         .await?;
     wait_rolled_out(&ctx, "sleeper", 1).await
+}
+
+/// The node pulls from the environment's registry what tools/image/push.sh
+/// put there (the sandbox image, exported from containerd and pushed under
+/// a name the node never had), and from no other registry.
+#[tokio::test]
+async fn pods_pull_from_the_environments_registry_and_from_nowhere_else() -> TestResult {
+    let ctx = TestContext::new("node-pull").await?;
+    wait_default_service_account(&ctx).await?;
+    let work = tempfile::tempdir()?;
+    let archive = work.path().join("pause.tar");
+    let mut export = std::process::Command::new(ctx.env.bin("ctr"));
+    export
+        .args(["--address", ctx.env.var("TESTENV_CONTAINERD_ADDRESS")])
+        .args(["-n", "k8s.io", "images", "export"])
+        .arg(&archive)
+        .arg(ctx.env.var("TESTENV_SANDBOX_IMAGE"));
+    support::output(export)?;
+    let target = format!(
+        "{}/pushed-{}:v1",
+        ctx.env.var("TESTENV_REGISTRY"),
+        support::random_suffix()
+    );
+    let mut push = std::process::Command::new("bash");
+    push.arg(support::repo_root().join("tools/image/push.sh"))
+        .arg(&archive)
+        .arg(&target);
+    let pushed = support::output(push)?.trim().to_owned();
+    assert!(
+        pushed.starts_with(&format!("{}@sha256:", target.trim_end_matches(":v1"))),
+        "push.sh printed {pushed:?}"
+    );
+
+    let pods: Api<Pod> = ctx.api();
+    for (name, image) in [
+        ("pulled", pushed.as_str()),
+        ("elsewhere", "docker.io/library/busybox:1.36"),
+    ] {
+        let mut main = container(&ctx, &[], serde_json::json!([]));
+        main["image"] = image.into();
+        main["imagePullPolicy"] = "Always".into();
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "spec": {"containers": [main], "hostNetwork": true, "terminationGracePeriodSeconds": 1},
+        }))?;
+        pods.create(&PostParams::default(), &pod).await?;
+    }
+    eventually(
+        "the pushed image's pod to run",
+        Duration::from_secs(60),
+        || async {
+            let phase = pods.get("pulled").await?.status.and_then(|s| s.phase);
+            Ok((phase.as_deref() == Some("Running")).then_some(()))
+        },
+    )
+    .await?;
+    eventually(
+        "the other pod's pull to fail",
+        Duration::from_secs(60),
+        || async {
+            let status = pods.get("elsewhere").await?.status.unwrap_or_default();
+            let waiting = status
+                .container_statuses
+                .unwrap_or_default()
+                .into_iter()
+                .find_map(|c| c.state.and_then(|s| s.waiting).and_then(|w| w.reason));
+            Ok(waiting.filter(|r| r == "ErrImagePull" || r == "ImagePullBackOff"))
+        },
+    )
+    .await?;
+    Ok(())
 }
 
 #[tokio::test]

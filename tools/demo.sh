@@ -97,14 +97,10 @@ explore() {
 }
 trap cleanup EXIT
 
-ctr_import() {
-  # (containerd warns that cgroup v1, this machine's, is deprecated)
-  ctr --address "$TESTENV_CONTAINERD_ADDRESS" -n k8s.io images import "$1" >/dev/null 2>&1
-}
-step "Loading the images into the node (built by make image and make consumer-image; nothing is pulled)"
-ctr_import target/image/upload-grant-operator.tar
-ctr_import target/image/upload-grant-consumers.tar
-ctr --address "$TESTENV_CONTAINERD_ADDRESS" -n k8s.io images ls -q 2>/dev/null | grep -E 'upload-grant-(operator|consumers)' | sed 's/^/    /'
+step "Pushing the images to the environment's registry, as to ECR (make push; the node pulls them from there)"
+show tools/image/push.sh target/image/upload-grant-operator.tar "$TESTENV_IMAGE"
+CONSUMERS=$(tools/image/push.sh target/image/upload-grant-consumers.tar "$TESTENV_REGISTRY/upload-grant-consumers:dev")
+say "consumers: $CONSUMERS"
 
 step "Platform admin: helm install, with the values that differ from EKS on this node"
 grep -v '^#' "$TESTENV_DIR/node-values.yaml" | sed 's/^/    | /'
@@ -165,8 +161,8 @@ job = json.load(sys.stdin)
 pod = job["spec"]["template"]["spec"]
 pod["hostNetwork"] = True
 for c in pod["containers"]:
-    c["image"], c["imagePullPolicy"] = "upload-grant-consumers:dev", "Never"
-print(json.dumps(job))' | kubectl apply -n "$NS" -f - >/dev/null
+    c["image"] = sys.argv[1]
+print(json.dumps(job))' "$CONSUMERS" | kubectl apply -n "$NS" -f - >/dev/null
 kubectl wait -n "$NS" --for=condition=Complete job/upload-nightly-report --timeout=180s >/dev/null ||
   { kubectl logs -n "$NS" job/upload-nightly-report; exit 1; }
 show kubectl get jobs -n "$NS"

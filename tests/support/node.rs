@@ -1,5 +1,5 @@
-//! The test environment's node: images loaded into its containerd, and
-//! waiting on what pods need and do.
+//! The test environment's node: images pushed to the registry it pulls
+//! from, and waiting on what pods need and do.
 
 use std::path::Path;
 use std::process::Command;
@@ -15,16 +15,34 @@ use super::{TestContext, TestEnv, TestResult, eventually, output};
 
 /// Where `make image` writes the operator's image.
 pub const OPERATOR_IMAGE_ARCHIVE: &str = "target/image/upload-grant-operator.tar";
+/// Where `make consumer-image` writes the example consumers' image.
+pub const CONSUMER_ARCHIVE: &str = "target/image/upload-grant-consumers.tar";
 
-/// Imports the OCI archive `archive` (as `make image` and `make
-/// consumer-image` write them) into the node's containerd, namespace k8s.io,
-/// unless the image it names is there already with the same manifest; so
-/// calling it again, from any test, costs one `ctr images ls`. `make_target`
-/// is what builds the archive, for the message when it is missing. Returns
-/// the image's reference.
-pub fn import_image(archive: &Path, make_target: &str) -> TestResult<String> {
-    static IMPORTING: Mutex<()> = Mutex::new(());
-    let _one_at_a_time = IMPORTING.lock().unwrap_or_else(|p| p.into_inner());
+/// An image pushed to the test environment's registry, as the node pulls it.
+pub struct Pushed {
+    /// REGISTRY/NAME, the chart's `image.repository`.
+    pub repository: String,
+    /// sha256:…, the chart's `image.digest`.
+    pub digest: String,
+}
+
+impl Pushed {
+    /// REGISTRY/NAME@sha256:…, for a pod spec.
+    pub fn reference(&self) -> String {
+        format!("{}@{}", self.repository, self.digest)
+    }
+}
+
+/// Pushes the OCI archive `archive` (as `make image` and `make
+/// consumer-image` write them) to the test environment's registry with
+/// tools/image/push.sh, as `make push` does, under the archive's own name
+/// and tag; the node then pulls it from there, as a cluster pulls from ECR
+/// (nothing is imported into its containerd). A second push of the same
+/// archive uploads nothing. `make_target` is what builds the archive, for
+/// the message when it is missing.
+pub fn push_image(archive: &Path, make_target: &str) -> TestResult<Pushed> {
+    static PUSHING: Mutex<()> = Mutex::new(());
+    let _one_at_a_time = PUSHING.lock().unwrap_or_else(|p| p.into_inner());
     if !archive.is_file() {
         return Err(format!(
             "no image archive {}: run `{make_target}` first",
@@ -32,42 +50,49 @@ pub fn import_image(archive: &Path, make_target: &str) -> TestResult<String> {
         )
         .into());
     }
-    let (reference, digest) = archive_image(archive)?;
+    let name = archive_image_name(archive)?;
     let env = TestEnv::get();
-    let address = env.var("TESTENV_CONTAINERD_ADDRESS");
-    let ctr = |args: &[&str]| {
-        let mut cmd = Command::new(env.bin("ctr"));
-        cmd.args(["--address", address, "-n", "k8s.io"]).args(args);
-        cmd
-    };
-    let listed = output(ctr(&["images", "ls", &format!("name=={reference}")]))?;
-    let present = listed.lines().any(|line| {
-        let columns: Vec<&str> = line.split_whitespace().collect();
-        columns.first() == Some(&reference.as_str()) && columns.get(2) == Some(&digest.as_str())
-    });
-    if !present {
-        eprintln!("importing {} into the node's containerd", archive.display());
-        output(ctr(&["images", "import", &archive.display().to_string()]))?;
-    }
-    Ok(reference)
+    let target = format!("{}/{name}", env.var("TESTENV_REGISTRY"));
+    let mut push = Command::new("bash");
+    push.arg(super::repo_root().join("tools/image/push.sh"))
+        .arg(archive)
+        .arg(&target);
+    let printed = output(push)?;
+    let pushed = printed.trim();
+    let (repository, digest) = pushed
+        .split_once('@')
+        .ok_or(format!("push.sh printed {pushed:?}, not REPOSITORY@DIGEST"))?;
+    Ok(Pushed {
+        repository: repository.to_owned(),
+        digest: digest.to_owned(),
+    })
 }
 
-/// The reference and manifest digest an OCI archive's index.json names.
-fn archive_image(archive: &Path) -> TestResult<(String, String)> {
+/// The consumer image, pushed once per test binary; its REGISTRY/NAME@DIGEST.
+pub fn consumer_image() -> TestResult<String> {
+    static PUSHED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    if let Some(reference) = PUSHED.get() {
+        return Ok(reference.clone());
+    }
+    let archive = super::repo_root().join(CONSUMER_ARCHIVE);
+    let reference = push_image(&archive, "make consumer-image")?.reference();
+    Ok(PUSHED.get_or_init(|| reference).clone())
+}
+
+/// NAME:TAG of the reference an OCI archive's index.json names (its
+/// io.containerd.image.name, e.g. upload-grant-operator:dev of
+/// docker.io/library/upload-grant-operator:dev).
+fn archive_image_name(archive: &Path) -> TestResult<String> {
     let mut tar = Command::new("tar");
     tar.arg("-xOf").arg(archive).arg("index.json");
     let index: serde_json::Value = serde_json::from_str(&output(tar)?)?;
-    let manifest = &index["manifests"][0];
-    let reference = manifest["annotations"]["io.containerd.image.name"]
+    let reference = index["manifests"][0]["annotations"]["io.containerd.image.name"]
         .as_str()
         .ok_or(format!(
             "{}: no io.containerd.image.name",
             archive.display()
         ))?;
-    let digest = manifest["digest"]
-        .as_str()
-        .ok_or(format!("{}: no manifest digest", archive.display()))?;
-    Ok((reference.to_owned(), digest.to_owned()))
+    Ok(reference.rsplit('/').next().unwrap_or(reference).to_owned())
 }
 
 /// The ServiceAccount admission plugin refuses pods until the
@@ -186,23 +211,23 @@ pub async fn wait_job_succeeded(ctx: &TestContext, job: &str) -> TestResult {
     }
 }
 
-/// The consumer image as pods name it: the short form of the archive's
-/// docker.io/library/upload-grant-consumers:dev (`make consumer-image`).
-pub const CONSUMER_IMAGE: &str = "upload-grant-consumers:dev";
-pub const CONSUMER_ARCHIVE: &str = "target/image/upload-grant-consumers.tar";
-
-/// A pod spec that runs `script` with sh in the consumer image, with the
-/// Secret `secret` mounted at /grant, as an unprivileged user on the node's
-/// network (the store listens on 127.0.0.1), never pulling.
-pub fn consumer_pod_spec(secret: &str, script: &str, env: serde_json::Value) -> serde_json::Value {
-    serde_json::json!({
+/// A pod spec that runs `script` with sh in the consumer image (pushed to
+/// the test registry first), with the Secret `secret` mounted at /grant, as
+/// an unprivileged user on the node's network (the store listens on
+/// 127.0.0.1).
+pub fn consumer_pod_spec(
+    secret: &str,
+    script: &str,
+    env: serde_json::Value,
+) -> TestResult<serde_json::Value> {
+    Ok(serde_json::json!({
         "restartPolicy": "Never",
         "hostNetwork": true,
         "terminationGracePeriodSeconds": 5,
         "containers": [{
             "name": "consumer",
-            "image": CONSUMER_IMAGE,
-            "imagePullPolicy": "Never",
+            "image": consumer_image()?,
+            "imagePullPolicy": "IfNotPresent",
             "command": ["/bin/sh", "-c", script],
             "env": env,
             "volumeMounts": [{"name": "grant", "mountPath": "/grant", "readOnly": true}],
@@ -210,5 +235,5 @@ pub fn consumer_pod_spec(secret: &str, script: &str, env: serde_json::Value) -> 
                 "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true},
         }],
         "volumes": [{"name": "grant", "secret": {"secretName": secret}}],
-    })
+    }))
 }

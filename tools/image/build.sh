@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
 # build.sh: builds the operator's image without a container engine and writes
-# it as an OCI archive; loads it into the test environment's containerd when
-# its node is running. Called by `make image` after `make release`.
+# it as an OCI archive, which tools/image/push.sh (`make push`) pushes to a
+# registry. Called by `make image` after `make release`.
 #   IMAGE      image reference (default docker.io/library/upload-grant-operator:dev)
 #   IMAGE_OUT  the archive (default target/image/upload-grant-operator.tar)
-#   IMAGE_LOAD 0 to never import into containerd
 . "$(dirname "$0")/../testenv/lib.sh"
 log() { printf '[image] %s\n' "$*" >&2; }
 
@@ -54,4 +53,3 @@ version=$("$RELEASE_BIN" --version | awk '{print $2}')
 python3 "$TESTENV_TOOLS_DIR/../image/build.py" --binary "$bin" "${debs[@]}" \
   --ref "$IMAGE" --version "$version" --out "$OUT"
 
-[ "${IMAGE_LOAD:-1}" = 0 ] || node_import_archive "$OUT" "$IMAGE"

@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
 # consumers.sh: builds the example consumers' image without a container
-# engine or a registry and writes it as an OCI archive; loads it into the test
-# environment's containerd when its node is running. `make consumer-image`.
+# engine and writes it as an OCI archive, which tools/image/push.sh pushes to
+# a registry (the tests, to the test environment's). `make consumer-image`.
 #   CONSUMER_IMAGE      reference (default docker.io/library/upload-grant-consumers:dev)
 #   CONSUMER_IMAGE_OUT  the archive (default target/image/upload-grant-consumers.tar)
-#   IMAGE_LOAD          0 to never import into containerd
 #
 # What is in it: a Debian 12 root file system made by debootstrap from the
 # packages below (curl, jq, python3, a Java runtime, Node.js, CA
@@ -91,4 +90,3 @@ if [ ${#rootfs_args[@]} -gt 0 ]; then
 fi
 flock -u 9
 
-[ "${IMAGE_LOAD:-1}" = 0 ] || node_import_archive "$OUT" "$IMAGE"

@@ -197,9 +197,51 @@ build_promtool() {
   publish "$tmp" "$dest"
 }
 
+# The registry the node pulls images from (up.sh starts it on loopback).
+build_registry() {
+  local v="$DISTRIBUTION_VERSION" dest="$CACHE_DIR/bin/registry-$DISTRIBUTION_VERSION"
+  local mod="$CACHE_DIR/src/registry-$DISTRIBUTION_VERSION" m=github.com/distribution/distribution/v3
+  [ -x "$dest/registry" ] && return 0
+  log "building the registry (distribution $v)"
+  consumer_module "$mod" 1.26.0 "$m" "$v" "$m/cmd/registry" </dev/null
+  go_build "$mod" "$dest" "-X $m/version.version=$v" registry="$m/cmd/registry"
+}
+
+# crane: pushes OCI archives to a registry without a container engine.
+build_crane() {
+  local v="$GO_CONTAINERREGISTRY_VERSION" dest="$CACHE_DIR/bin/crane-$GO_CONTAINERREGISTRY_VERSION"
+  local mod="$CACHE_DIR/src/crane-$GO_CONTAINERREGISTRY_VERSION" m=github.com/google/go-containerregistry
+  [ -x "$dest/crane" ] && return 0
+  log "building crane $v"
+  consumer_module "$mod" 1.26.0 "$m" "$v" "$m/cmd/crane" </dev/null
+  go_build "$mod" "$dest" "-X $m/cmd/crane/cmd.Version=$v" crane="$m/cmd/crane"
+}
+
+build_actionlint() {
+  local v="$ACTIONLINT_VERSION" dest="$CACHE_DIR/bin/actionlint-$ACTIONLINT_VERSION"
+  local mod="$CACHE_DIR/src/actionlint-$ACTIONLINT_VERSION" m=github.com/rhysd/actionlint
+  [ -x "$dest/actionlint" ] && return 0
+  log "building actionlint $v"
+  consumer_module "$mod" 1.26.0 "$m" "$v" "$m/cmd/actionlint" </dev/null
+  go_build "$mod" "$dest" "-X $m.version=$v" actionlint="$m/cmd/actionlint"
+}
+
+# krew's own manifest checker, which tests/release.rs runs on the manifest
+# tools/release/krew.sh fills; it installs each platform's archive with
+# `kubectl krew`, so krew itself too.
+build_krew() {
+  local v="$KREW_VERSION" dest="$CACHE_DIR/bin/krew-$KREW_VERSION"
+  local mod="$CACHE_DIR/src/krew-$KREW_VERSION" m=sigs.k8s.io/krew
+  [ -x "$dest/validate-krew-manifest" ] && [ -x "$dest/kubectl-krew" ] && return 0
+  log "building krew and validate-krew-manifest $v"
+  consumer_module "$mod" 1.26.0 "$m" "$v" "$m/cmd/validate-krew-manifest" "$m/cmd/krew" </dev/null
+  go_build "$mod" "$dest" "-X $m/internal/version.gitTag=$v" \
+    validate-krew-manifest="$m/cmd/validate-krew-manifest" kubectl-krew="$m/cmd/krew"
+}
+
 mkdir -p "$CACHE_DIR/bin" "$CACHE_DIR/src"
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(kubernetes etcd helm s3 node containerd cni pause promtool)
+[ ${#targets[@]} -gt 0 ] || targets=(kubernetes etcd helm s3 node containerd cni pause promtool registry crane actionlint krew)
 for t in "${targets[@]}"; do
   "build_$t"
 done

@@ -20,6 +20,13 @@ PAUSE_IMAGE="localhost/upload-grant-operator/testenv-pause:$PAUSE_SOURCE_HASH"
 . "$TESTENV_TOOLS_DIR/s3.sh"
 
 log() { printf '[testenv] %s\n' "$*" >&2; }
+# is_loopback_registry REF: whether REF's registry is on this machine
+# (127.0.0.0/8, localhost, [::1]): spoken to over plain HTTP.
+is_loopback_registry() {
+  local host=${1#oci://}; host=${host%%/*}
+  case "$host" in localhost | localhost:* | 127.* | \[::1\] | \[::1\]:*) return 0 ;; esac
+  return 1
+}
 die() { printf '[testenv] error: %s\n' "$*" >&2; exit 1; }
 # shellcheck source=node.sh
 . "$TESTENV_TOOLS_DIR/node.sh"

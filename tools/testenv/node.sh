@@ -482,20 +482,3 @@ node_cleanup() {
   node_last_cleanup
   return 0
 }
-
-# node_import_archive FILE NAME: loads an OCI archive into the node's
-# containerd when this checkout's environment runs one (`make image`, `make
-# consumer-image`); otherwise says why not and does nothing.
-node_import_archive() {
-  local state="${TESTENV_DIR:-$REPO_ROOT/.testenv}" address bindir
-  [ -f "$state/env" ] || return 0
-  address=$(sed -n "s/^export TESTENV_CONTAINERD_ADDRESS='\(.*\)'$/\1/p" "$state/env")
-  bindir=$(sed -n "s/^export TESTENV_BIN='\(.*\)'$/\1/p" "$state/env")
-  [ -n "$address" ] && [ -S "$address" ] && [ -x "$bindir/ctr" ] || return 0
-  if "$bindir/ctr" --address "$address" version >/dev/null 2>&1; then
-    log "importing $2 into the test node's containerd ($address)"
-    "$bindir/ctr" --address "$address" -n k8s.io images import "$1"
-  else
-    log "the test node's containerd ($address) does not answer: not imported"
-  fi
-}

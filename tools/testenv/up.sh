@@ -29,6 +29,12 @@ ln -s "$CACHE_DIR/bin/kubernetes-$KUBERNETES_VERSION/kube-apiserver" "$BIN/kube-
 ln -s "$CACHE_DIR/bin/kubernetes-$KUBERNETES_VERSION/kubectl" "$BIN/kubectl"
 ln -s "$CACHE_DIR/bin/etcd-$ETCD_VERSION/etcd" "$BIN/etcd"
 ln -s "$CACHE_DIR/bin/helm-$HELM_VERSION/helm" "$BIN/helm"
+ln -s "$CACHE_DIR/bin/registry-$DISTRIBUTION_VERSION/registry" "$BIN/registry"
+ln -s "$CACHE_DIR/bin/crane-$GO_CONTAINERREGISTRY_VERSION/crane" "$BIN/crane"
+# The release's checkers (tests/release.rs).
+ln -s "$CACHE_DIR/bin/actionlint-$ACTIONLINT_VERSION/actionlint" "$BIN/actionlint"
+ln -s "$CACHE_DIR/bin/krew-$KREW_VERSION/kubectl-krew" "$BIN/kubectl-krew"
+ln -s "$CACHE_DIR/bin/krew-$KREW_VERSION/validate-krew-manifest" "$BIN/validate-krew-manifest"
 s3_link_binaries "$BIN"
 [ "$TESTENV_NODE" = 0 ] || node_link_binaries "$BIN"
 
@@ -97,6 +103,32 @@ start etcd "$BIN/etcd" --name testenv --data-dir "$RUN/etcd" \
   --initial-cluster "testenv=http://127.0.0.1:$ETCD_PEER_PORT" \
   --unsafe-no-fsync --quota-backend-bytes=8589934592
 wait_for etcd 60 curl -fsS "http://127.0.0.1:$ETCD_PORT/health"
+
+# --- the image registry -------------------------------------------------------
+# The node pulls the operator's and the consumers' images from it, as a
+# cluster pulls from ECR; tools/image/push.sh (`make push`) fills it.
+REGISTRY_PORT=$(free_port)
+TESTENV_REGISTRY="127.0.0.1:$REGISTRY_PORT"
+mkdir -p "$RUN/registry"
+cat >"$RUN/registry.yaml" <<YAML
+version: 0.1
+log: {level: warn, accesslog: {disabled: true}}
+storage:
+  filesystem: {rootdirectory: "$RUN/registry"}
+  delete: {enabled: true}
+http:
+  addr: "$TESTENV_REGISTRY"
+  secret: "$(openssl rand -hex 16)"
+YAML
+start registry "$BIN/registry" serve "$RUN/registry.yaml"
+wait_for registry 30 curl -fsS "http://$TESTENV_REGISTRY/v2/"
+# Plain HTTP to it, on loopback only; every other registry stays closed
+# (node.sh's _default entry).
+if [ "$TESTENV_NODE" != 0 ]; then
+  mkdir -p "$RUN/containerd/certs.d/$TESTENV_REGISTRY"
+  printf 'server = "http://%s"\n\n[host."http://%s"]\n  capabilities = ["pull", "resolve"]\n' \
+    "$TESTENV_REGISTRY" "$TESTENV_REGISTRY" >"$RUN/containerd/certs.d/$TESTENV_REGISTRY/hosts.toml"
+fi
 
 # --- containerd (starts while the apiserver does) ------------------------------
 [ "$TESTENV_NODE" = 0 ] || node_start_containerd
@@ -198,15 +230,18 @@ export TESTENV_ROOT_ACCESS_KEY_ID='$TESTENV_ROOT_ACCESS_KEY_ID'
 export TESTENV_ROOT_SECRET_ACCESS_KEY='$TESTENV_ROOT_SECRET_ACCESS_KEY'
 export TESTENV_ROLE_ARN='$TESTENV_ROLE_ARN'
 export TESTENV_STS_AUDIENCE='sts.amazonaws.com'
+# The image registry on loopback (plain HTTP): push with
+# tools/image/push.sh ARCHIVE \$TESTENV_REGISTRY/NAME:TAG (make push IMAGE=…)
+export TESTENV_REGISTRY='$TESTENV_REGISTRY'
 ENV
 if [ "$TESTENV_NODE" != 0 ]; then
   cat >>"$STATE_DIR/env" <<ENV
 export TESTENV_NODE_NAME='$TESTENV_NODE_NAME'
 export TESTENV_CONTAINERD_ADDRESS='$NODE_CONTAINERD_SOCK'
 export TESTENV_SANDBOX_IMAGE='$PAUSE_IMAGE'
-# The operator's image as \`make image\` builds it; import it with
-# ctr --address "\$TESTENV_CONTAINERD_ADDRESS" -n k8s.io images import FILE
-export TESTENV_IMAGE='upload-grant-operator:dev'
+# The operator's image as the node pulls it once pushed:
+# make push IMAGE=\$TESTENV_IMAGE
+export TESTENV_IMAGE='$TESTENV_REGISTRY/upload-grant-operator:dev'
 # The pod network (pods without hostNetwork): their subnet, and the host's
 # address on it where the apiserver, S3 and STS listen for them, at the same
 # ports as on 127.0.0.1.
@@ -217,12 +252,13 @@ ENV
   cat >"$STATE_DIR/node-values.yaml" <<YAML
 # Written by tools/testenv/up.sh: charts/upload-grant-operator on this node.
 image:
-  # No registry: \`make image\` imports docker.io/library/upload-grant-operator:dev into the node.
-  repository: upload-grant-operator
+  # The test environment's registry (on EKS: ECR, or the released image);
+  # \`make push IMAGE=$TESTENV_REGISTRY/upload-grant-operator:dev\` puts it there.
+  repository: $TESTENV_REGISTRY/upload-grant-operator
   # The local build's tag, not a released version.
   tag: dev
-  # Nothing may be pulled here; the image is already in the node's containerd.
-  pullPolicy: Never
+  # The tag moves with every push; tests pin the digest they pushed (image.digest).
+  pullPolicy: Always
 irsa:
   projectedToken:
     # No EKS pod-identity webhook here: the chart mounts the token the webhook would.
