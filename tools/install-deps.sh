@@ -14,7 +14,9 @@ declare -A pkg_for=([openssl]=openssl [curl]=curl [python3]=python3 [flock]=util
   # tests/browser_post.rs: examples/post-form.html in a headless browser (about a minute to install)
   [chromium]=chromium
   # make docs (tools/docs.sh): the book's diagrams, from docs/diagrams/*.dot to SVG
-  [dot]=graphviz)
+  [dot]=graphviz
+  # tests/release.rs: actionlint runs it on the release workflow's scripts
+  [shellcheck]=shellcheck)
 missing=()
 for cmd in "${!pkg_for[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${pkg_for[$cmd]}")
