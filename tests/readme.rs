@@ -2,9 +2,12 @@
 //! namespace, apply the example issuer and grant, wait for it — go through
 //! bash against the local cluster, exactly as the README shows them, with
 //! an operator running; the `kubectl get` they end with prints the columns
-//! the README shows. (Step 1, `helm install` on EKS, is what
-//! tests/node_operator.rs does on the node with this environment's values;
-//! the example issuer and grants are checked by tests/example_policy.rs.)
+//! the README shows. Every `helm install` of the README (step 1 on EKS, the
+//! static keys path) renders with `helm template` exactly as written, its
+//! `--set` flags included: this cluster has neither EKS nor the released
+//! image, so tests/node_operator.rs installs the same chart on the node with
+//! this environment's values. The example issuer and grants are checked by
+//! tests/example_policy.rs. No `sh` block of the README is left unchecked.
 
 mod support;
 
@@ -30,8 +33,12 @@ fn quickstart_blocks() -> TestResult<Vec<String>> {
         .nth(1)
         .and_then(|rest| rest.split("\n## ").next())
         .ok_or("no Quickstart section in the README")?;
-    Ok(section
-        .split("```sh\n")
+    Ok(sh_blocks(section))
+}
+
+/// The `sh` blocks of `text`, unindented.
+fn sh_blocks(text: &str) -> Vec<String> {
+    text.split("```sh\n")
         .skip(1)
         .filter_map(|rest| rest.split("```").next())
         .map(|block| {
@@ -42,7 +49,55 @@ fn quickstart_blocks() -> TestResult<Vec<String>> {
                 .collect::<Vec<_>>()
                 .join("\n")
         })
-        .collect())
+        .collect()
+}
+
+/// The commands of a block, continuation lines joined, comments dropped.
+fn commands(block: &str) -> Vec<String> {
+    let joined = block.replace("\\\n", " ");
+    joined
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#') && !l.trim().is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn every_helm_install_of_the_readme_renders_as_written() -> TestResult {
+    let env = support::TestEnv::get();
+    let readme = std::fs::read_to_string(repo_root().join("README.md"))?;
+    let mut rendered = 0;
+    for block in sh_blocks(&readme) {
+        let cmds = commands(&block);
+        let kinds = |prefix: &str| cmds.iter().filter(|c| c.starts_with(prefix)).count();
+        let checked = kinds("helm install ") + kinds("kubectl ") + kinds("make push ");
+        assert!(checked > 0, "a README block no test checks:\n{block}");
+        for install in cmds.iter().filter(|c| c.starts_with("helm install ")) {
+            let template = install.replacen("helm install ", "helm template ", 1);
+            let mut bash = Command::new("bash");
+            bash.args(["-euo", "pipefail", "-c", &template])
+                .current_dir(repo_root())
+                .env(
+                    "PATH",
+                    format!(
+                        "{}:{}",
+                        env.var("TESTENV_BIN"),
+                        std::env::var("PATH").unwrap_or_default()
+                    ),
+                );
+            let manifests = run(bash)?;
+            assert!(
+                manifests.contains("kind: Deployment"),
+                "{template}: {manifests}"
+            );
+            rendered += 1;
+        }
+    }
+    assert!(
+        rendered >= 2,
+        "the README's install paths: {rendered} helm installs"
+    );
+    Ok(())
 }
 
 /// Removes what an earlier, failed run may have left.

@@ -69,7 +69,7 @@ esac
 
 started_env=0
 if ! bash tools/testenv/status.sh >/dev/null 2>&1; then
-  step "Starting the local cluster: control plane, a node, S3 and STS (tools/testenv/up.sh)"
+  step "Starting the local cluster: control plane, a node, an image registry, S3 and STS (tools/testenv/up.sh)"
   bash tools/testenv/up.sh
   started_env=1
 fi
