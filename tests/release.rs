@@ -3,7 +3,7 @@
 //! into one index (tools/image/push.sh, tools/image/index.sh), the chart as
 //! an OCI artifact that helm renders from the registry
 //! (tools/release/chart.sh), and kubectl-grant archives with a krew manifest
-//! that krew's own checker installs on every platform (tools/release/plugin.sh,
+//! that krew's own checker installs on every platform (tools/release/archive.sh,
 //! tools/release/krew.sh). The workflow itself passes actionlint (with
 //! shellcheck on its scripts) and publishes what the chart defaults to.
 
@@ -136,10 +136,24 @@ fn the_krew_manifest_installs_kubectl_grant_on_every_platform() -> TestResult {
     for (os, arch) in &platforms {
         // The same binary for each: krew checks archives, sums and files, not the code.
         run_script(
-            "tools/release/plugin.sh",
+            "tools/release/archive.sh",
             &[shown(&plugin), os.clone(), arch.clone(), shown(&dist)],
         )?;
     }
+    // The operator's binary is packed the same way, for `policy iam`.
+    let operator = PathBuf::from(env!("CARGO_BIN_EXE_upload-grant-operator"));
+    let packed = run_script(
+        "tools/release/archive.sh",
+        &[
+            shown(&operator),
+            "linux".into(),
+            "amd64".into(),
+            shown(&dist),
+        ],
+    )?;
+    let mut list = Command::new("tar");
+    list.arg("-tzf").arg(packed.trim());
+    assert_eq!(output(list)?, "LICENSE\nupload-grant-operator\n");
     let server = serve_directory(&dist)?;
     let manifest = run_script(
         "tools/release/krew.sh",
@@ -207,12 +221,33 @@ fn the_release_workflow_passes_actionlint_and_publishes_what_the_chart_defaults_
         workflow["env"]["IMAGE_REPOSITORY"].as_str(),
         Some(chart_default_repository()?.as_str())
     );
+    // The chart is pushed with the helm the tests push with.
+    let versions = std::fs::read_to_string(repo_root().join("tools/testenv/versions.env"))?;
+    let helm = versions
+        .lines()
+        .find_map(|l| l.strip_prefix("HELM_VERSION="))
+        .ok_or("no HELM_VERSION in versions.env")?;
+    let setup_helm: Vec<&Value> = workflow["jobs"]
+        .as_object()
+        .ok_or("no jobs")?
+        .values()
+        .flat_map(|job| job["steps"].as_array().into_iter().flatten())
+        .filter(|step| {
+            step["uses"]
+                .as_str()
+                .is_some_and(|u| u.starts_with("azure/setup-helm"))
+        })
+        .collect();
+    assert!(!setup_helm.is_empty(), "the workflow sets up no helm");
+    for step in setup_helm {
+        assert_eq!(step["with"]["version"].as_str(), Some(helm), "{step}");
+    }
     let text = std::fs::read_to_string(repo_root().join(WORKFLOW))?;
     for pushed_by in [
         "tools/image/push.sh",
         "tools/image/index.sh",
         "tools/release/chart.sh",
-        "tools/release/plugin.sh",
+        "tools/release/archive.sh",
         "tools/release/krew.sh",
         "cosign sign",
     ] {

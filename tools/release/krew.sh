@@ -2,7 +2,7 @@
 # krew.sh VERSION BASE_URL DIST_DIR: prints plugins/grant.yaml, the krew
 # manifest, for release VERSION: each platform's uri is
 # BASE_URL/kubectl-grant-OS-ARCH.tar.gz and its sha256 that of the archive of
-# that name in DIST_DIR (plugin.sh wrote them). A platform without its
+# that name in DIST_DIR (archive.sh wrote them). A platform without its
 # archive is an error: krew would install nothing there.
 . "$(dirname "$0")/../testenv/lib.sh"
 [ $# -eq 3 ] || die "usage: krew.sh VERSION BASE_URL DIST_DIR"

@@ -197,45 +197,46 @@ build_promtool() {
   publish "$tmp" "$dest"
 }
 
+# go_tool NAME VERSION MODULE LDFLAGS BIN=PKG...: a tool from one module at
+# one version, as $CACHE_DIR/bin/NAME-VERSION/BIN..., unless all are there.
+go_tool() {
+  local name=$1 v=$2 m=$3 ldflags=$4; shift 4
+  local dest="$CACHE_DIR/bin/$name-$v" mod="$CACHE_DIR/src/$name-$v" pair missing=0 pkgs=()
+  for pair in "$@"; do
+    [ -x "$dest/${pair%%=*}" ] || missing=1
+    pkgs+=("${pair#*=}")
+  done
+  [ $missing = 1 ] || return 0
+  log "building $name $v"
+  consumer_module "$mod" 1.26.0 "$m" "$v" "${pkgs[@]}" </dev/null
+  go_build "$mod" "$dest" "$ldflags" "$@"
+}
+
 # The registry the node pulls images from (up.sh starts it on loopback).
 build_registry() {
-  local v="$DISTRIBUTION_VERSION" dest="$CACHE_DIR/bin/registry-$DISTRIBUTION_VERSION"
-  local mod="$CACHE_DIR/src/registry-$DISTRIBUTION_VERSION" m=github.com/distribution/distribution/v3
-  [ -x "$dest/registry" ] && return 0
-  log "building the registry (distribution $v)"
-  consumer_module "$mod" 1.26.0 "$m" "$v" "$m/cmd/registry" </dev/null
-  go_build "$mod" "$dest" "-X $m/version.version=$v" registry="$m/cmd/registry"
+  local m=github.com/distribution/distribution/v3
+  go_tool registry "$DISTRIBUTION_VERSION" "$m" "-X $m/version.version=$DISTRIBUTION_VERSION" \
+    registry="$m/cmd/registry"
 }
 
 # crane: pushes OCI archives to a registry without a container engine.
 build_crane() {
-  local v="$GO_CONTAINERREGISTRY_VERSION" dest="$CACHE_DIR/bin/crane-$GO_CONTAINERREGISTRY_VERSION"
-  local mod="$CACHE_DIR/src/crane-$GO_CONTAINERREGISTRY_VERSION" m=github.com/google/go-containerregistry
-  [ -x "$dest/crane" ] && return 0
-  log "building crane $v"
-  consumer_module "$mod" 1.26.0 "$m" "$v" "$m/cmd/crane" </dev/null
-  go_build "$mod" "$dest" "-X $m/cmd/crane/cmd.Version=$v" crane="$m/cmd/crane"
+  local m=github.com/google/go-containerregistry
+  go_tool crane "$GO_CONTAINERREGISTRY_VERSION" "$m" "-X $m/cmd/crane/cmd.Version=$GO_CONTAINERREGISTRY_VERSION" \
+    crane="$m/cmd/crane"
 }
 
 build_actionlint() {
-  local v="$ACTIONLINT_VERSION" dest="$CACHE_DIR/bin/actionlint-$ACTIONLINT_VERSION"
-  local mod="$CACHE_DIR/src/actionlint-$ACTIONLINT_VERSION" m=github.com/rhysd/actionlint
-  [ -x "$dest/actionlint" ] && return 0
-  log "building actionlint $v"
-  consumer_module "$mod" 1.26.0 "$m" "$v" "$m/cmd/actionlint" </dev/null
-  go_build "$mod" "$dest" "-X $m.version=$v" actionlint="$m/cmd/actionlint"
+  local m=github.com/rhysd/actionlint
+  go_tool actionlint "$ACTIONLINT_VERSION" "$m" "-X $m.version=$ACTIONLINT_VERSION" actionlint="$m/cmd/actionlint"
 }
 
 # krew's own manifest checker, which tests/release.rs runs on the manifest
 # tools/release/krew.sh fills; it installs each platform's archive with
 # `kubectl krew`, so krew itself too.
 build_krew() {
-  local v="$KREW_VERSION" dest="$CACHE_DIR/bin/krew-$KREW_VERSION"
-  local mod="$CACHE_DIR/src/krew-$KREW_VERSION" m=sigs.k8s.io/krew
-  [ -x "$dest/validate-krew-manifest" ] && [ -x "$dest/kubectl-krew" ] && return 0
-  log "building krew and validate-krew-manifest $v"
-  consumer_module "$mod" 1.26.0 "$m" "$v" "$m/cmd/validate-krew-manifest" "$m/cmd/krew" </dev/null
-  go_build "$mod" "$dest" "-X $m/internal/version.gitTag=$v" \
+  local m=sigs.k8s.io/krew
+  go_tool krew "$KREW_VERSION" "$m" "-X $m/internal/version.gitTag=$KREW_VERSION" \
     validate-krew-manifest="$m/cmd/validate-krew-manifest" kubectl-krew="$m/cmd/krew"
 }
 
