@@ -344,8 +344,16 @@ fn write_body(output: Option<&PathBuf>, body: &[u8]) -> Result<(), Error> {
     }
 }
 
-/// Sends the request and reads the answer, following no redirect: the
-/// signed request, its headers and body go nowhere but to the URL's host.
+/// A client that follows no redirect: the signed request, its headers and
+/// body go nowhere but to the URL's host.
+fn client() -> Result<reqwest::Client, Error> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(Error::http)
+}
+
+/// Sends the request and reads the answer, following no redirect.
 pub async fn send(req: &Request, body: Option<Vec<u8>>, file_name: &str) -> Result<Answer, Error> {
     let mut headers = req.headers.clone();
     let body = match (&req.method, body) {
@@ -356,20 +364,18 @@ pub async fn send(req: &Request, body: Option<Vec<u8>>, file_name: &str) -> Resu
         }
         (_, body) => body,
     };
-    exchange(req.method.clone(), &req.url, &headers, body).await
+    let body = body.map(reqwest::Body::from);
+    exchange(&client()?, req.method.clone(), &req.url, &headers, body).await
 }
 
-/// One request and its answer, following no redirect.
+/// One request and its answer.
 async fn exchange(
+    client: &reqwest::Client,
     method: reqwest::Method,
     url: &Url,
     headers: &BTreeMap<String, String>,
-    body: Option<Vec<u8>>,
+    body: Option<reqwest::Body>,
 ) -> Result<Answer, Error> {
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(Error::http)?;
     let mut builder = client.request(method, url.clone());
     for (k, v) in headers {
         builder = builder.header(k, v);
@@ -403,11 +409,122 @@ fn open(file: &PathBuf) -> Result<Box<dyn Read>, Error> {
     Ok(Box::new(opened))
 }
 
-/// A multipart grant: the file read one part (partSize bytes) at a time,
-/// each PUT to its part URL, then the parts' ETags sent to completeUrl.
+/// One part of a file, read from its offset in chunks as the connection
+/// takes them: a part of any size (up to 5 GiB) costs one chunk of memory.
+/// Its exact length is its size hint, so it is sent with a Content-Length,
+/// which S3 requires of a part.
+struct FilePart {
+    file: std::fs::File,
+    remaining: u64,
+}
+
+/// What one read of a FilePart takes.
+const CHUNK: u64 = 256 * 1024;
+
+impl FilePart {
+    fn open(path: &PathBuf, offset: u64, len: u64) -> std::io::Result<Self> {
+        use std::io::{Seek, SeekFrom};
+        let mut file = std::fs::File::open(path)?;
+        file.seek(SeekFrom::Start(offset))?;
+        Ok(FilePart {
+            file,
+            remaining: len,
+        })
+    }
+}
+
+impl http_body::Body for FilePart {
+    type Data = bytes::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, std::io::Error>>> {
+        if self.remaining == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        let mut chunk = vec![0; usize::try_from(self.remaining.min(CHUNK)).unwrap_or(0)];
+        let read = match self.file.read(&mut chunk) {
+            Ok(0) => Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the file got shorter while it was sent",
+            )),
+            Ok(n) => Ok(n),
+            Err(e) => Err(e),
+        };
+        std::task::Poll::Ready(Some(read.map(|n| {
+            chunk.truncate(n);
+            self.remaining -= n as u64;
+            http_body::Frame::data(bytes::Bytes::from(chunk))
+        })))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.remaining)
+    }
+}
+
+/// Where the parts come from: a file is read part by part at each part's
+/// offset, never held whole; stdin cannot be sought, so one part at a time
+/// is read into memory.
+enum PartSource {
+    File { path: PathBuf, size: u64 },
+    Stdin(Box<dyn Read>),
+}
+
+impl PartSource {
+    fn open(file: &PathBuf) -> Result<Self, Error> {
+        if file.as_os_str() == "-" {
+            return Ok(PartSource::Stdin(open(file)?));
+        }
+        let size = std::fs::metadata(file)
+            .map_err(io(format!("reading {}", file.display())))?
+            .len();
+        Ok(PartSource::File {
+            path: file.clone(),
+            size,
+        })
+    }
+
+    /// Part `n` (1-based) of `part_size` bytes, or None past the end. An
+    /// empty file is one empty part, as S3 allows.
+    fn part(&mut self, n: u32, part_size: u64) -> Result<Option<reqwest::Body>, Error> {
+        let offset = u64::from(n - 1) * part_size;
+        match self {
+            PartSource::File { path, size } => {
+                if offset >= *size && !(n == 1 && *size == 0) {
+                    return Ok(None);
+                }
+                let len = part_size.min(*size - offset);
+                let part = FilePart::open(path, offset, len)
+                    .map_err(io(format!("reading {}", path.display())))?;
+                Ok(Some(reqwest::Body::wrap(part)))
+            }
+            PartSource::Stdin(reader) => {
+                let mut chunk = Vec::new();
+                reader
+                    .by_ref()
+                    .take(part_size)
+                    .read_to_end(&mut chunk)
+                    .map_err(io("reading stdin".into()))?;
+                Ok((n == 1 || !chunk.is_empty()).then(|| reqwest::Body::from(chunk)))
+            }
+        }
+    }
+}
+
+/// A multipart grant: the file sent one part (partSize bytes) at a time
+/// over one connection, each PUT to its part URL, then the parts' ETags
+/// sent to completeUrl.
 async fn upload_parts(parts: Parts, file: &PathBuf) -> Result<Outcome, Error> {
     let Parts { urls, complete } = parts;
-    let mut reader = open(file)?;
+    let mut source = PartSource::open(file)?;
+    let client = client()?;
     let mut etags: Vec<String> = Vec::new();
     eprintln!(
         "sending parts of {} bytes to {}",
@@ -415,16 +532,10 @@ async fn upload_parts(parts: Parts, file: &PathBuf) -> Result<Outcome, Error> {
         destination(&complete)
     );
     loop {
-        let mut chunk = Vec::new();
-        reader
-            .by_ref()
-            .take(urls.part_size)
-            .read_to_end(&mut chunk)
-            .map_err(io(format!("reading {}", file.display())))?;
-        if chunk.is_empty() && !etags.is_empty() {
-            break;
-        }
         let n = u32::try_from(etags.len() + 1).unwrap_or(u32::MAX);
+        let Some(body) = source.part(n, urls.part_size)? else {
+            break;
+        };
         let url = urls
             .url(n)
             .and_then(|u| Url::parse(&u).ok())
@@ -434,7 +545,14 @@ async fn upload_parts(parts: Parts, file: &PathBuf) -> Result<Outcome, Error> {
                     urls.count, urls.part_size
                 ))
             })?;
-        let answer = exchange(reqwest::Method::PUT, &url, &BTreeMap::new(), Some(chunk)).await?;
+        let answer = exchange(
+            &client,
+            reqwest::Method::PUT,
+            &url,
+            &BTreeMap::new(),
+            Some(body),
+        )
+        .await?;
         if !answer.status.is_success() {
             eprintln!("part {n}: {}", answer.line(&url));
             return Ok(Outcome::Negative);
@@ -445,8 +563,15 @@ async fn upload_parts(parts: Parts, file: &PathBuf) -> Result<Outcome, Error> {
         reqwest::header::CONTENT_TYPE.to_string(),
         "application/xml".to_owned(),
     )]);
-    let body = complete_body(&etags).into_bytes();
-    let answer = exchange(reqwest::Method::POST, &complete, &headers, Some(body)).await?;
+    let body = reqwest::Body::from(complete_body(&etags));
+    let answer = exchange(
+        &client,
+        reqwest::Method::POST,
+        &complete,
+        &headers,
+        Some(body),
+    )
+    .await?;
     // S3 may answer 200 with an <Error> in the body.
     let error = store_error(&answer.body);
     eprintln!(
@@ -529,6 +654,82 @@ pub async fn run(conn: &Conn, args: Args) -> Result<Outcome, Error> {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    /// Each part's bytes and the length it declares, until the source ends.
+    async fn parts_of(source: &mut PartSource, part_size: u64) -> Vec<(Vec<u8>, Option<u64>)> {
+        use http_body::Body as _;
+        use http_body_util::BodyExt;
+        let mut parts = vec![];
+        for n in 1.. {
+            let Some(body) = source.part(n, part_size).expect("a readable part") else {
+                break;
+            };
+            let declared = body.size_hint().exact();
+            let bytes = body.collect().await.expect("the part's bytes").to_bytes();
+            parts.push((bytes.to_vec(), declared));
+        }
+        parts
+    }
+
+    #[tokio::test]
+    async fn a_file_is_sent_part_by_part_with_each_parts_exact_length() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let part_size = CHUNK * 2 + 7;
+        let cases: [(&str, u64, Vec<u64>); 4] = [
+            (
+                "two and a half parts",
+                part_size * 2 + part_size / 2,
+                vec![part_size, part_size, part_size / 2],
+            ),
+            (
+                "exactly two parts",
+                part_size * 2,
+                vec![part_size, part_size],
+            ),
+            ("smaller than a part", 10, vec![10]),
+            ("empty: one empty part", 0, vec![0]),
+        ];
+        for (case, size, lengths) in cases {
+            let path = dir.path().join(case);
+            let content: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+            std::fs::write(&path, &content).expect("the file written");
+            let mut source = PartSource::open(&path).expect("the file opened");
+            let parts = parts_of(&mut source, part_size).await;
+            let declared: Vec<u64> = parts.iter().map(|(_, d)| d.unwrap_or(u64::MAX)).collect();
+            assert_eq!(
+                declared, lengths,
+                "{case}: every part declares its exact length"
+            );
+            let sent: Vec<u8> = parts.into_iter().flat_map(|(bytes, _)| bytes).collect();
+            assert!(
+                sent == content,
+                "{case}: the parts put together are the file"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn stdin_is_read_one_part_at_a_time() {
+        let content: Vec<u8> = (0..25u8).collect();
+        let mut source = PartSource::Stdin(Box::new(std::io::Cursor::new(content.clone())));
+        let parts = parts_of(&mut source, 10).await;
+        let lengths: Vec<usize> = parts.iter().map(|(b, _)| b.len()).collect();
+        assert_eq!(lengths, [10, 10, 5]);
+        let sent: Vec<u8> = parts.into_iter().flat_map(|(bytes, _)| bytes).collect();
+        assert_eq!(sent, content);
+    }
+
+    #[tokio::test]
+    async fn a_file_that_shrinks_while_sent_is_an_error_not_a_short_part() {
+        use http_body_util::BodyExt;
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("shrinks");
+        std::fs::write(&path, vec![1u8; 100]).expect("the file written");
+        let mut source = PartSource::open(&path).expect("the file opened");
+        std::fs::write(&path, vec![1u8; 40]).expect("the file truncated");
+        let body = source.part(1, 100).expect("a part").expect("one part");
+        assert!(body.collect().await.is_err());
+    }
 
     fn data(pairs: &[(&str, &str)]) -> BTreeMap<String, Vec<u8>> {
         pairs
