@@ -11,7 +11,7 @@ CONSUMER_IMAGE ?= docker.io/library/upload-grant-consumers:dev
 
 PREFIX ?= $(HOME)/.local
 
-.PHONY: all build release install-plugin image push push-target image-check consumer-image crds lint deny fresh-check disk-check test bench chaos demo demo-down docs testenv testenv-down testenv-build deps
+.PHONY: all build release install-plugin image push push-target image-check consumer-image crds reference lint deny fresh-check disk-check test bench chaos demo demo-down docs testenv testenv-down testenv-build deps
 
 all: build
 
@@ -105,6 +105,12 @@ test: export CARGO_INCREMENTAL ?= 0
 test: disk-check deps testenv-build lint fresh-check image consumer-image docs
 	$(TESTENV)/with-env.sh $(CARGO) test --all-targets --no-fail-fast
 	IMAGE=$(IMAGE) $(CARGO) test --test image -- --include-ignored
+
+## reference: regenerate the book's generated pages (docs/src/cli.md: every command's --help;
+## docs/src/values.md: the chart's values.yaml) from the binaries and the chart; tests/docs.rs fails when they drift
+reference:
+	$(CARGO) build --quiet --bin upload-grant-operator --bin kubectl-grant
+	tools/reference.sh
 
 ## docs: the book in docs/ -> target/book (diagrams drawn by Graphviz; mdbook, built from crates.io on
 ## first use); tests/docs.rs opens every page in headless Chromium

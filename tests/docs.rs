@@ -337,3 +337,85 @@ fn slugs_match_githubs() {
         ["b.md#c"]
     );
 }
+
+/// The generated reference pages (`make reference`): every command's help
+/// and the chart's values, as the binaries and the chart say them now.
+#[test]
+fn the_generated_reference_pages_are_what_the_binaries_and_the_chart_say() -> TestResult {
+    let out = tempfile::tempdir()?;
+    let status = Command::new("bash")
+        .arg(repo().join("tools/reference.sh"))
+        .arg(out.path())
+        .env("OPERATOR_BIN", env!("CARGO_BIN_EXE_upload-grant-operator"))
+        .env("PLUGIN_BIN", env!("CARGO_BIN_EXE_kubectl-grant"))
+        .status()?;
+    assert!(status.success(), "tools/reference.sh failed");
+    for page in ["cli.md", "values.md"] {
+        let generated = std::fs::read_to_string(out.path().join(page))?;
+        let committed = std::fs::read_to_string(repo().join("docs/src").join(page))?;
+        assert!(
+            generated == committed,
+            "docs/src/{page} differs from what the code says now: run `make reference`"
+        );
+    }
+    Ok(())
+}
+
+/// The hand-written reference names everything the code exports: every
+/// metric (operations.md), every condition reason (status.md), and every
+/// field of both CRDs' specs (reference.md).
+#[test]
+fn the_reference_names_every_metric_reason_and_spec_field() -> TestResult {
+    let page = |name: &str| std::fs::read_to_string(repo().join("docs/src").join(name));
+    let mut missing = vec![];
+    let operations = page("operations.md")?;
+    for name in upload_grant_operator::metrics::exported_names() {
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(&name);
+        if !operations.contains(&format!("`{family}")) {
+            missing.push(format!("operations.md: metric {family}"));
+        }
+    }
+    let help = Command::new(env!("CARGO_BIN_EXE_upload-grant-operator"))
+        .arg("--help")
+        .env_clear()
+        .output()?;
+    let help = String::from_utf8(help.stdout)?;
+    let flags = help
+        .split_whitespace()
+        .map(|w| w.trim_end_matches(','))
+        .filter(|w| w.starts_with("--") && !matches!(*w, "--help" | "--version"));
+    let envs = help
+        .split("[env: ")
+        .skip(1)
+        .filter_map(|rest| rest.split('=').next());
+    for name in flags.chain(envs) {
+        if !operations.contains(name) {
+            missing.push(format!("operations.md: {name}"));
+        }
+    }
+    let status = page("status.md")?;
+    for reason in upload_grant_operator::api::Reason::ALL {
+        if !status.contains(&format!("`{}`", reason.as_str())) {
+            missing.push(format!("status.md: reason {}", reason.as_str()));
+        }
+    }
+    let reference = page("reference.md")?;
+    for crd in upload_grant_operator::api::crds() {
+        let version = crd.spec.versions.first().ok_or("a CRD without versions")?;
+        let schema = serde_json::to_value(version.schema.as_ref().ok_or("no schema")?)?;
+        let spec = &schema["openAPIV3Schema"]["properties"]["spec"]["properties"];
+        for field in spec.as_object().ok_or("a spec without properties")?.keys() {
+            if !reference.contains(&format!("`{field}")) {
+                missing.push(format!(
+                    "reference.md: {} field {field}",
+                    crd.spec.names.kind
+                ));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "not documented: {missing:#?}");
+    Ok(())
+}
