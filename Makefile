@@ -98,9 +98,10 @@ disk-check:
 
 ## test: everything CI runs. The images come first: the node tests install
 ## the chart, which runs the operator's image, and run consumer pods (the
-## tests import both archives into the node). Incremental caches are off: they
-## speed an edit-and-rebuild loop, not one full run, and grow with every rebuild
-## (a cold run writes 5 GiB under target/ without them; tools/disk-check.sh checks for room).
+## tests push both archives to the environment's registry, which the node
+## pulls from). Incremental caches are off: they speed an edit-and-rebuild
+## loop, not one full run, and grow with every rebuild (a cold run writes
+## 5 GiB under target/ without them; tools/disk-check.sh checks for room).
 test: export CARGO_INCREMENTAL ?= 0
 test: disk-check deps testenv-build lint fresh-check image consumer-image docs
 	$(TESTENV)/with-env.sh $(CARGO) test --all-targets --no-fail-fast
