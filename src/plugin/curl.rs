@@ -469,32 +469,34 @@ impl http_body::Body for FilePart {
     }
 }
 
-/// Where the parts come from: a file is read part by part at each part's
-/// offset, never held whole; stdin cannot be sought, so one part at a time
-/// is read into memory.
+/// Where the parts come from: a regular file is read part by part at each
+/// part's offset, never held whole; stdin, a pipe or a device cannot be
+/// sought or sized, so it is read one part at a time into memory.
 enum PartSource {
     File { path: PathBuf, size: u64 },
-    Stdin(Box<dyn Read>),
+    Sequential(Box<dyn Read>),
 }
 
 impl PartSource {
     fn open(file: &PathBuf) -> Result<Self, Error> {
         if file.as_os_str() == "-" {
-            return Ok(PartSource::Stdin(open(file)?));
+            return Ok(PartSource::Sequential(open(file)?));
         }
-        let size = std::fs::metadata(file)
-            .map_err(io(format!("reading {}", file.display())))?
-            .len();
+        let meta = std::fs::metadata(file).map_err(io(format!("reading {}", file.display())))?;
+        if !meta.is_file() {
+            // A FIFO (`<(…)`, /dev/stdin) reports no length: read it as it comes.
+            return Ok(PartSource::Sequential(open(file)?));
+        }
         Ok(PartSource::File {
             path: file.clone(),
-            size,
+            size: meta.len(),
         })
     }
 
     /// Part `n` (1-based) of `part_size` bytes, or None past the end. An
     /// empty file is one empty part, as S3 allows.
     fn part(&mut self, n: u32, part_size: u64) -> Result<Option<reqwest::Body>, Error> {
-        let offset = u64::from(n - 1) * part_size;
+        let offset = u64::from(n.saturating_sub(1)).saturating_mul(part_size);
         match self {
             PartSource::File { path, size } => {
                 if offset >= *size && !(n == 1 && *size == 0) {
@@ -505,7 +507,7 @@ impl PartSource {
                     .map_err(io(format!("reading {}", path.display())))?;
                 Ok(Some(reqwest::Body::wrap(part)))
             }
-            PartSource::Stdin(reader) => {
+            PartSource::Sequential(reader) => {
                 let mut chunk = Vec::new();
                 reader
                     .by_ref()
@@ -709,14 +711,35 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn stdin_is_read_one_part_at_a_time() {
+    async fn a_stream_is_read_one_part_at_a_time() {
         let content: Vec<u8> = (0..25u8).collect();
-        let mut source = PartSource::Stdin(Box::new(std::io::Cursor::new(content.clone())));
+        let mut source = PartSource::Sequential(Box::new(std::io::Cursor::new(content.clone())));
         let parts = parts_of(&mut source, 10).await;
         let lengths: Vec<usize> = parts.iter().map(|(b, _)| b.len()).collect();
         assert_eq!(lengths, [10, 10, 5]);
         let sent: Vec<u8> = parts.into_iter().flat_map(|(bytes, _)| bytes).collect();
         assert_eq!(sent, content);
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_pipe_given_as_a_path_is_read_as_it_comes_not_as_an_empty_file() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo runs");
+        assert!(made.success());
+        let writer = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || std::fs::write(fifo, [7u8; 25]).expect("the pipe written"))
+        };
+        let mut source = PartSource::open(&fifo).expect("the pipe opened");
+        let parts = parts_of(&mut source, 10).await;
+        writer.join().expect("the writer finished");
+        let lengths: Vec<usize> = parts.iter().map(|(b, _)| b.len()).collect();
+        assert_eq!(lengths, [10, 10, 5]);
     }
 
     #[tokio::test]
