@@ -235,14 +235,7 @@ async fn annotate_as_written(ctx: &TestContext, block: &str) -> TestResult {
     let mut bash = std::process::Command::new("bash");
     bash.args(["-e", "-c", block])
         .env("KUBECONFIG", &kubeconfig)
-        .env(
-            "PATH",
-            format!(
-                "{}:{}",
-                ctx.env.var("TESTENV_BIN"),
-                std::env::var("PATH").unwrap_or_default()
-            ),
-        );
+        .env("PATH", ctx.env.path_with_tools());
     output(bash)?;
     let annotated = deployments.get(name).await?;
     let value = annotated
@@ -251,6 +244,9 @@ async fn annotate_as_written(ctx: &TestContext, block: &str) -> TestResult {
         .unwrap_or_default()
         .remove(ACCEPT_ANNOTATION)
         .ok_or(format!("`{block}` set no {ACCEPT_ANNOTATION}"))?;
-    assert!(!value.is_empty(), "{ACCEPT_ANNOTATION} is empty");
+    assert!(
+        block.contains(&format!("{ACCEPT_ANNOTATION}={value}")),
+        "`{block}` set {ACCEPT_ANNOTATION}={value}, not what it shows"
+    );
     Ok(())
 }

@@ -77,14 +77,7 @@ fn every_helm_install_of_the_readme_renders_as_written() -> TestResult {
             let mut bash = Command::new("bash");
             bash.args(["-euo", "pipefail", "-c", &template])
                 .current_dir(repo_root())
-                .env(
-                    "PATH",
-                    format!(
-                        "{}:{}",
-                        env.var("TESTENV_BIN"),
-                        std::env::var("PATH").unwrap_or_default()
-                    ),
-                );
+                .env("PATH", env.path_with_tools());
             let manifests = run(bash)?;
             assert!(
                 manifests.contains("kind: Deployment"),
@@ -158,7 +151,7 @@ async fn the_quickstart_runs_as_written() -> TestResult {
         bash.args(["-euo", "pipefail", "-c", &script])
             .env("KUBECONFIG", ctx.env.kubeconfig())
             .current_dir(repo_root())
-            .env("PATH", path_with_the_environments_tools(ctx));
+            .env("PATH", ctx.env.path_with_tools());
         let out = run(bash)?;
         printed.push_str(&out);
     }
@@ -182,14 +175,6 @@ async fn the_quickstart_runs_as_written() -> TestResult {
     assert!(ready.contains("True"), "the grant is Ready: {row}");
     clean(ctx).await?;
     Ok(())
-}
-
-fn path_with_the_environments_tools(ctx: &TestContext) -> String {
-    format!(
-        "{}:{}",
-        ctx.env.var("TESTENV_BIN"),
-        std::env::var("PATH").unwrap_or_default()
-    )
 }
 
 /// Runs `cmd`: its standard output, or an error with everything it printed.

@@ -181,16 +181,11 @@ fn the_krew_manifest_installs_kubectl_grant_on_every_platform() -> TestResult {
     std::fs::create_dir(&manifest_dir)?;
     let manifest_file = manifest_dir.join("grant.yaml");
     std::fs::write(&manifest_file, &manifest)?;
-    let path = format!(
-        "{}:{}",
-        env.var("TESTENV_BIN"),
-        std::env::var("PATH").unwrap_or_default()
-    );
     let mut validate = Command::new(env.bin("validate-krew-manifest"));
     validate
         .arg("-manifest")
         .arg(&manifest_file)
-        .env("PATH", path)
+        .env("PATH", env.path_with_tools())
         .env("KREW_ROOT", work.path().join("krew"));
     let out = validate.output()?;
     let log = String::from_utf8_lossy(&out.stderr);

@@ -77,6 +77,15 @@ impl TestEnv {
     pub fn bin(&self, tool: &str) -> PathBuf {
         Path::new(self.var("TESTENV_BIN")).join(tool)
     }
+    /// PATH with the environment's tools (kubectl, helm, krew, …) first, for
+    /// commands run as a user with them installed would.
+    pub fn path_with_tools(&self) -> String {
+        format!(
+            "{}:{}",
+            self.var("TESTENV_BIN"),
+            std::env::var("PATH").unwrap_or_default()
+        )
+    }
     pub fn log_dir(&self) -> &str {
         self.var("TESTENV_LOG_DIR")
     }
