@@ -12,6 +12,7 @@ pub mod hardening;
 pub mod issuer;
 pub mod kube_client;
 pub mod leader;
+pub mod malloc;
 pub mod metrics;
 pub mod plugin;
 pub mod policy;

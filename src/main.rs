@@ -275,12 +275,35 @@ fn debounce(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
+    // Before the runtime's threads exist: they take their arenas at once.
+    let tuned = upload_grant_operator::malloc::tune();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("upload-grant-operator: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async_main(tuned))
+}
+
+async fn async_main(
+    tuned: Result<upload_grant_operator::malloc::Tuned, &'static str>,
+) -> std::process::ExitCode {
     let cli = Cli::parse();
     if let Err(e) = telemetry::init(cli.log_format, &cli.log_level) {
         eprintln!("upload-grant-operator: invalid logging settings: {e}");
         return std::process::ExitCode::from(2);
+    }
+    if let Err(setting) = tuned {
+        tracing::warn!(
+            setting,
+            "glibc refused a malloc setting; memory may run higher"
+        );
     }
     let outcome = match cli.command {
         Some(Command::Drain {
