@@ -344,6 +344,87 @@ async fn labels_and_annotations_removed_from_the_spec_leave_the_secret() -> Test
     Ok(())
 }
 
+/// A grant whose spec is too large for the cache to keep whole (over 4 KiB
+/// of Secret labels and annotations) is read from the apiserver by its
+/// pass: its Secret carries every label and annotation, and a change of one
+/// re-issues it.
+#[tokio::test]
+async fn a_grant_too_large_to_cache_whole_gets_its_whole_spec() -> TestResult {
+    let Scenario {
+        ctx,
+        dir: _dir,
+        operator: _operator,
+    } = Scenario::start("fix-large").await?;
+    let issuer = open_issuer(&ctx).await?;
+    let labels: serde_json::Map<String, serde_json::Value> = (0..40)
+        .map(|i| {
+            (
+                format!("team.example.com/l{i:02}"),
+                format!("{i:02}{}", "v".repeat(58)).into(),
+            )
+        })
+        .collect();
+    let annotations: serde_json::Map<String, serde_json::Value> = (0..20)
+        .map(|i| {
+            (
+                format!("note.example.com/a{i:02}"),
+                format!("{i:02}{}", "n".repeat(98)).into(),
+            )
+        })
+        .collect();
+    create_grant(
+        &ctx,
+        "large",
+        spec(
+            &ctx,
+            &issuer,
+            "large.txt",
+            serde_json::json!({"secret": {"labels": labels, "annotations": annotations}}),
+        ),
+    )
+    .await?;
+    wait_ready(&ctx, "large").await?;
+    let meta = secret_meta(&ctx, "large").await?;
+    let (on_labels, on_annotations) = (
+        meta.labels.unwrap_or_default(),
+        meta.annotations.unwrap_or_default(),
+    );
+    for (k, v) in &labels {
+        assert_eq!(
+            on_labels.get(k).map(String::as_str),
+            v.as_str(),
+            "label {k}"
+        );
+    }
+    for (k, v) in &annotations {
+        assert_eq!(
+            on_annotations.get(k).map(String::as_str),
+            v.as_str(),
+            "annotation {k}"
+        );
+    }
+    let first_hash = spec_hash_of(&ctx, "large").await?;
+    patch_spec(
+        &ctx,
+        "large",
+        serde_json::json!({"secret": {"labels": {"team.example.com/l07": "changed"}}}),
+    )
+    .await?;
+    wait_reissued(&ctx, "large", &first_hash).await?;
+    let labels = secret_meta(&ctx, "large").await?.labels.unwrap_or_default();
+    assert_eq!(
+        labels.get("team.example.com/l07").map(String::as_str),
+        Some("changed"),
+        "{labels:?}"
+    );
+    assert_eq!(
+        labels.len(),
+        40 + 2,
+        "every label and the operator's two: {labels:?}"
+    );
+    Ok(())
+}
+
 /// A URL capped by `notAfter` is signed once, not on every wake-up until
 /// notAfter; then the grant is Expired and its Secret gone.
 #[tokio::test]

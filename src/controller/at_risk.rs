@@ -17,10 +17,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::runtime::reflector::Store;
-use kube::{Resource, ResourceExt};
+use kube::Resource;
 
 use super::build::{IssuedState, format_time};
+use super::cache::Cache;
 use super::context::Context;
 use super::events::{EventReason, Events, Note};
 use super::forecast::{self, Rate, Renewal};
@@ -71,7 +71,7 @@ pub(super) fn spawn(ctx: &Context, shutdown: impl Future<Output = ()> + Send + '
 
 /// What the forecast reads and where it reports.
 struct Forecaster {
-    secrets: Store<ManagedSecret>,
+    secrets: Cache<ManagedSecret>,
     events: Events,
     metrics: Arc<Metrics>,
     /// How long a renewed URL may take to reach pods (`Settings`).
@@ -226,13 +226,15 @@ fn regarding(secret: &ManagedSecret) -> Result<ObjectReference, Error> {
     let namespace = secret
         .namespace()
         .ok_or_else(|| Error::NoNamespace(name.clone()))?;
-    let owner = secret.owner().ok_or(Error::NoGrant(name))?;
+    let (Some(owner), Some(uid)) = (secret.owner_name(), secret.owner_uid()) else {
+        return Err(Error::NoGrant(name));
+    };
     Ok(ObjectReference {
         api_version: Some(UploadGrant::api_version(&()).into_owned()),
         kind: Some(UploadGrant::kind(&()).into_owned()),
-        name: Some(owner.name.to_string()),
+        name: Some(owner.to_owned()),
         namespace: Some(namespace),
-        uid: Some(owner.uid.to_string()),
+        uid: Some(uid),
         ..ObjectReference::default()
     })
 }
@@ -342,8 +344,8 @@ mod tests {
     fn grant_of(at_risk: &AtRisk) -> String {
         at_risk
             .0
-            .owner()
-            .map(|o| o.name.to_string())
+            .owner_name()
+            .map(str::to_owned)
             .unwrap_or_default()
     }
 

@@ -4,32 +4,45 @@
 //! With tens of thousands of grants the cache is most of the operator's
 //! memory. An `UploadGrant` is over a kilobyte before any string, most of it
 //! fields that are empty (object metadata, optional spec fields) and a dozen
-//! small allocations each; the cache holds its identity and, as one JSON
-//! buffer, the spec and status. Expanding costs microseconds per pass.
+//! small allocations each; the cache holds its key, the few fields the
+//! dispatcher orders it by and, as one JSON buffer, the rest a pass reads.
+//! Expanding costs microseconds per pass.
+//!
+//! A spec may carry up to 4 KiB each of Secret labels and annotations, 2 KiB
+//! of object metadata and 16 rollout targets: 15 KiB that only a pass which
+//! writes needs. A grant whose projection would pass [`MAX_BODY`] is kept
+//! without them, and its pass reads it from the apiserver (one GET).
 
-use std::borrow::Cow;
 use std::time::SystemTime;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use kube::Resource;
 use serde::{Deserialize, Serialize};
 
+use super::cache::{Key, Keyed, Uid};
 use crate::api::secret::{MAX_STATE_VALUE_LEN, RENEW_REQUEST_ANNOTATION};
 use crate::api::{UploadGrant, UploadGrantSpec, UploadGrantStatus};
 use crate::error::{Error, Result};
 
+/// The largest projection kept whole, in bytes of JSON. A typical grant's
+/// is under 1 KiB.
+pub const MAX_BODY: usize = 4096;
+
 /// A grant as the cache keeps it.
 #[derive(Debug, Clone)]
 pub struct CachedGrant {
-    /// Name, namespace, generation, creation and deletion times, finalizers
-    /// and a renew request of a length the operator acts on. The uid is in
-    /// `body`: kube's cache would copy it into each entry's key.
-    metadata: ObjectMeta,
+    key: Key,
+    uid: Option<Uid>,
+    /// `spec.secret.name`, when it names the Secret (else the grant's name
+    /// does): the dispatcher finds the Secret without expanding the body.
+    secret_name: Option<Box<str>>,
     /// The issuer the spec names: a changed issuer finds its grants without
     /// expanding each.
     issuer: Option<Box<str>>,
-    /// What the dispatch queue orders the grant by (`queue::Urgency`).
-    suspend: bool,
+    /// Suspended or deleted: what the dispatch queue orders it by
+    /// (`queue::Urgency`).
+    revoking: bool,
+    /// The body lacks what a projection larger than [`MAX_BODY`] drops.
+    partial: bool,
     /// The status's refresh and expiry times, when it shows a URL that is
     /// renewed.
     renewal: Option<(SystemTime, SystemTime)>,
@@ -37,17 +50,19 @@ pub struct CachedGrant {
     body: Box<[u8]>,
 }
 
-/// What `CachedGrant::body` holds.
+/// What `CachedGrant::body` holds: of the metadata, the generation,
+/// creation and deletion times, finalizers and a renew request of a length
+/// the operator acts on.
 #[derive(Serialize)]
 struct BodyRef<'a> {
-    uid: Option<&'a str>,
+    metadata: &'a ObjectMeta,
     spec: &'a UploadGrantSpec,
     status: Option<&'a UploadGrantStatus>,
 }
 
 #[derive(Deserialize)]
 struct Body {
-    uid: Option<String>,
+    metadata: ObjectMeta,
     spec: UploadGrantSpec,
     status: Option<UploadGrantStatus>,
 }
@@ -59,48 +74,97 @@ impl CachedGrant {
     /// put 256 KiB of annotations on a grant; the cache keeps none of them.
     pub fn new(grant: UploadGrant) -> Result<Self> {
         let meta = grant.metadata;
-        let body = serde_json::to_vec(&BodyRef {
-            uid: meta.uid.as_deref(),
-            spec: &grant.spec,
-            status: grant.status.as_ref(),
-        })
-        .map_err(Error::Serialize)?;
-        let status = grant.status.as_ref();
-        let time = |t: Option<&Time>| t.map(|t| SystemTime::from(t.0));
-        let renewal =
-            status.and_then(|s| Some((time(s.refresh_at.as_ref())?, time(s.expires_at.as_ref())?)));
+        let key = Key::new(
+            meta.namespace.as_deref().unwrap_or_default(),
+            meta.name.as_deref().unwrap_or_default(),
+        );
         let renew = meta
             .annotations
             .and_then(|mut a| a.remove_entry(RENEW_REQUEST_ANNOTATION))
             .filter(|(_, v)| v.len() <= MAX_STATE_VALUE_LEN);
+        let kept = ObjectMeta {
+            generation: meta.generation,
+            creation_timestamp: meta.creation_timestamp,
+            deletion_timestamp: meta.deletion_timestamp,
+            finalizers: meta.finalizers,
+            annotations: renew.map(|entry| [entry].into()),
+            ..ObjectMeta::default()
+        };
+        let mut spec = grant.spec;
+        let status = grant.status;
+        let json = |spec: &UploadGrantSpec| {
+            serde_json::to_vec(&BodyRef {
+                metadata: &kept,
+                spec,
+                status: status.as_ref(),
+            })
+            .map_err(Error::Serialize)
+        };
+        let mut body = json(&spec)?;
+        let partial = body.len() > MAX_BODY;
+        if partial {
+            spec.metadata = None;
+            if let Some(secret) = spec.secret.as_mut() {
+                secret.labels.clear();
+                secret.annotations.clear();
+                secret.rollout_restart_targets.clear();
+            }
+            body = json(&spec)?;
+        }
+        let time = |t: Option<&Time>| t.map(|t| SystemTime::from(t.0));
+        let renewal = status
+            .as_ref()
+            .and_then(|s| Some((time(s.refresh_at.as_ref())?, time(s.expires_at.as_ref())?)));
         Ok(CachedGrant {
-            suspend: grant.spec.suspend,
+            key,
+            uid: meta.uid.as_deref().map(Uid::new),
+            secret_name: spec.secret.and_then(|s| s.name).map(String::into_boxed_str),
+            revoking: spec.suspend || kept.deletion_timestamp.is_some(),
+            partial,
             renewal,
-            issuer: grant.spec.issuer_ref.map(|r| r.name.into_boxed_str()),
+            issuer: spec.issuer_ref.map(|r| r.name.into_boxed_str()),
             body: body.into_boxed_slice(),
-            metadata: ObjectMeta {
-                name: meta.name,
-                namespace: meta.namespace,
-                generation: meta.generation,
-                creation_timestamp: meta.creation_timestamp,
-                deletion_timestamp: meta.deletion_timestamp,
-                finalizers: meta.finalizers,
-                annotations: renew.map(|entry| [entry].into()),
-                ..ObjectMeta::default()
-            },
         })
     }
 
-    /// The grant a pass reads: what `new` kept.
+    /// The grant as `new` kept it: for a `partial` one, without the spec's
+    /// metadata and the Secret's labels, annotations and rollout targets.
     pub fn grant(&self) -> Result<UploadGrant> {
         let body: Body = serde_json::from_slice(&self.body).map_err(Error::Serialize)?;
-        let mut metadata = self.metadata.clone();
-        metadata.uid = body.uid;
+        let mut metadata = body.metadata;
+        metadata.name = Some(self.key.name().to_owned());
+        metadata.namespace = Some(self.key.namespace().to_owned());
+        metadata.uid = self.uid.as_ref().map(Uid::to_string);
         Ok(UploadGrant {
             metadata,
             spec: body.spec,
             status: body.status,
         })
+    }
+
+    /// The grant's name.
+    pub fn name_any(&self) -> String {
+        self.key.name().to_owned()
+    }
+
+    /// The grant's namespace.
+    pub fn namespace(&self) -> Option<String> {
+        Some(self.key.namespace().to_owned())
+    }
+
+    pub fn uid(&self) -> Option<&Uid> {
+        self.uid.as_ref()
+    }
+
+    /// The name of the grant's Secret.
+    pub fn secret_name(&self) -> &str {
+        self.secret_name.as_deref().unwrap_or(self.key.name())
+    }
+
+    /// Kept without what only a pass that writes reads: the pass reads the
+    /// grant from the apiserver.
+    pub fn partial(&self) -> bool {
+        self.partial
     }
 
     /// The issuer the spec names, if it names one.
@@ -110,7 +174,7 @@ impl CachedGrant {
 
     /// Deleted or suspended: its next pass revokes what it holds.
     pub fn revoking(&self) -> bool {
-        self.suspend || self.metadata.deletion_timestamp.is_some()
+        self.revoking
     }
 
     /// When the URL the status shows is renewed, and when it expires.
@@ -119,28 +183,9 @@ impl CachedGrant {
     }
 }
 
-/// Lets a `CachedGrant` sit in a kube-runtime cache as an UploadGrant.
-impl Resource for CachedGrant {
-    type DynamicType = ();
-    type Scope = k8s_openapi::NamespaceResourceScope;
-
-    fn kind(_: &()) -> Cow<'_, str> {
-        UploadGrant::kind(&())
-    }
-    fn group(_: &()) -> Cow<'_, str> {
-        UploadGrant::group(&())
-    }
-    fn version(_: &()) -> Cow<'_, str> {
-        UploadGrant::version(&())
-    }
-    fn plural(_: &()) -> Cow<'_, str> {
-        UploadGrant::plural(&())
-    }
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
+impl Keyed for CachedGrant {
+    fn key(&self) -> Key {
+        self.key.clone()
     }
 }
 
@@ -181,13 +226,15 @@ mod tests {
         assert_eq!(cached.issuer_ref(), Some("team"));
         assert_eq!(cached.renewal(), Some((refresh, expires)));
         assert!(!cached.revoking());
-        assert!(cached.uid().is_none(), "not in the cache's key");
+        assert_eq!(cached.key().as_str(), "ns/g");
         let back = cached.grant().expect("expands");
         assert_eq!(back.spec, full.spec);
         assert_eq!(back.status, full.status);
         assert_eq!(back.uid(), full.uid());
         assert_eq!(back.metadata.finalizers, full.metadata.finalizers);
         assert_eq!(back.metadata.generation, Some(3));
+        assert_eq!(back.name_any(), "g");
+        assert_eq!(back.namespace().as_deref(), Some("ns"));
         assert_eq!(back.metadata.resource_version, None);
         assert_eq!(back.metadata.labels, None);
         assert_eq!(back.metadata.owner_references, None);
@@ -195,6 +242,56 @@ mod tests {
             back.metadata.annotations,
             Some([(RENEW_REQUEST_ANNOTATION.to_owned(), "r1".to_owned())].into())
         );
+    }
+
+    /// A spec whose projection would pass `MAX_BODY` is kept without the
+    /// maps only a writing pass reads; the rest comes back, and the grant
+    /// says it is partial. A small one is kept whole.
+    #[test]
+    fn keeps_a_large_spec_in_part() {
+        let big = |n: usize| -> serde_json::Map<String, serde_json::Value> {
+            (0..n)
+                .map(|i| (format!("example.com/k{i:02}"), "v".repeat(60).into()))
+                .collect()
+        };
+        let spec = serde_json::json!({
+            "multipart": {"partSize": "8Mi", "parts": 2},
+            "metadata": big(20),
+            "secret": {"name": "s", "labels": big(30), "annotations": big(30),
+                "rolloutRestartTargets": [{"kind": "Deployment", "name": "d"}]},
+        });
+        let mut full = grant(spec);
+        full.metadata.uid = Some("6f1c2b3a-1d2e-4f5a-9b8c-00000000123f".into());
+        full.status = Some(UploadGrantStatus {
+            upload_id: Some("u".into()),
+            ..UploadGrantStatus::default()
+        });
+        let cached = CachedGrant::new(full.clone()).expect("projects");
+        assert!(cached.partial());
+        assert!(cached.body.len() <= MAX_BODY, "{}", cached.body.len());
+        assert_eq!(cached.secret_name(), "s");
+        let back = cached.grant().expect("expands");
+        assert_eq!(back.uid(), full.uid());
+        assert_eq!(back.status, full.status);
+        assert_eq!(back.spec.multipart, full.spec.multipart);
+        assert_eq!(back.spec.key, full.spec.key);
+        assert_eq!(back.spec.metadata, None);
+        let secret = back.spec.secret.expect("the template");
+        assert_eq!(secret.name.as_deref(), Some("s"));
+        assert!(secret.labels.is_empty() && secret.annotations.is_empty());
+        assert!(secret.rollout_restart_targets.is_empty());
+
+        let small = CachedGrant::new(grant(serde_json::json!({"secret": {"labels": big(3)}})))
+            .expect("projects");
+        assert!(!small.partial());
+        assert_eq!(small.secret_name(), "g");
+        let labels = small
+            .grant()
+            .expect("expands")
+            .spec
+            .secret
+            .map(|s| s.labels);
+        assert_eq!(labels.map(|l| l.len()), Some(3));
     }
 
     /// A renew request longer than the operator acts on is not kept.

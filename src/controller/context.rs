@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::PartialObjectMeta;
-use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 
+use super::cache::{Cache, Keyed};
 use super::cached::CachedGrant;
 use super::decide::{Admission, admit, issuer_name};
 use super::events::Events;
@@ -54,9 +54,9 @@ pub struct Context {
     pub settings: Settings,
     pub credentials: CredentialSnapshot,
     pub presigner: Presigner,
-    pub issuers: Store<ClusterGrantIssuer>,
-    pub namespaces: Store<PartialObjectMeta<Namespace>>,
-    pub secrets: Store<ManagedSecret>,
+    pub issuers: Cache<ClusterGrantIssuer>,
+    pub namespaces: Cache<PartialObjectMeta<Namespace>>,
+    pub secrets: Cache<ManagedSecret>,
     pub events: Events,
     pub metrics: Arc<Metrics>,
     /// Whether this replica may write now (`crate::fence`).
@@ -89,20 +89,20 @@ impl Context {
         grant: &'a UploadGrant,
     ) -> (Option<&'a str>, Option<Arc<ClusterGrantIssuer>>) {
         let name = issuer_name(grant, self.settings.default_issuer.as_deref());
-        (
-            name,
-            name.and_then(|n| self.issuers.get(&ObjectRef::new(n))),
-        )
+        (name, name.and_then(|n| self.issuers.get(n)))
     }
 
     /// Whether the grant's issuer, as cached now, admits it in its
     /// namespace (`decide::admit`, as a pass would judge it); None when that
     /// cannot be told here: a spec the cache cannot expand, or a namespace
-    /// the cache has not seen (a pass does not judge it either).
+    /// the cache has not seen (a pass does not judge it either), or a grant
+    /// the cache keeps in part.
     pub fn admits(&self, cached: &CachedGrant) -> Option<bool> {
+        if cached.partial() {
+            return None;
+        }
         let grant = cached.grant().ok()?;
-        let namespace = grant.namespace()?;
-        let namespace = Some(self.namespaces.get(&ObjectRef::new(&namespace))?);
+        let namespace = Some(self.namespaces.get(cached.key().namespace())?);
         let (issuer_name, issuer) = self.issuer_of(&grant);
         let admission = Admission {
             grant: &grant,

@@ -8,36 +8,16 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures::stream::{FuturesUnordered, Stream, StreamExt};
-use kube::ResourceExt;
-use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 
+use super::cache::{Cache, Key, Keyed};
 use super::cached::CachedGrant;
 use super::context::Context;
 use super::forecast::{self, Rate};
-use super::managed::owned_by;
+use super::managed::owned_by_uid;
 use super::queue::{Pace, Queue, Urgency};
 use super::reconcile::{self, Next};
 use super::report::Wake;
-use super::validate::secret_name;
-
-/// A grant's key in the queue: `namespace/name` in one shared string, cheap
-/// to copy into the queue's sets (neither part may contain a slash).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct Key(Arc<str>);
-
-impl Key {
-    fn of(grant: &ObjectRef<CachedGrant>) -> Key {
-        let namespace = grant.namespace.as_deref().unwrap_or_default();
-        Key(format!("{namespace}/{}", grant.name).into())
-    }
-
-    /// The grant's key in the cache.
-    fn object_ref(&self) -> ObjectRef<CachedGrant> {
-        let (namespace, name) = self.0.split_once('/').unwrap_or(("", &self.0));
-        ObjectRef::new(name).within(namespace)
-    }
-}
 
 /// A renewal keeps at least this much slack ahead of other work, however
 /// fast the bound (`queue::Pace::margin`).
@@ -93,8 +73,8 @@ impl Hold {
     }
 }
 
-/// A request to look at a grant, from the other watches.
-pub type Request = ObjectRef<CachedGrant>;
+/// A request to look at a grant, from the other watches: its key.
+pub type Request = Key;
 
 /// How the queue paces renewals: the bound's renewals per second (a renewal
 /// is two requests, bench/README.md), and a margin that covers the passes
@@ -138,16 +118,17 @@ pub fn urgency(
 /// or failed), and a grant ranked by a stale status would wait behind every
 /// renewal as new work while its URL runs out.
 fn renewal_of(ctx: &Context, cached: &CachedGrant) -> Option<(SystemTime, SystemTime)> {
-    // Read in place: this runs on every wake and fired timer.
+    // Read in place, without expanding the grant: this runs on every wake
+    // and fired timer.
     let on_secret = || {
-        let grant = cached.grant().ok()?;
-        let namespace = grant.namespace()?;
-        let name = secret_name(&grant.spec, &grant.name_any());
-        let secret = ctx.secrets.get(&ObjectRef::new(&name).within(&namespace))?;
+        let secret = ctx
+            .secrets
+            .get_in(cached.key().namespace(), cached.secret_name())?;
+        let uid = cached.uid()?;
         let state = secret
             .state
             .as_ref()
-            .filter(|_| owned_by(&secret, &grant))?;
+            .filter(|_| owned_by_uid(&secret, uid))?;
         Some((state.refresh_at?, state.expires_at))
     };
     on_secret().or_else(|| cached.renewal())
@@ -199,7 +180,7 @@ pub type GrantEvent = watcher::Result<watcher::Event<CachedGrant>>;
 /// (credentials that loaded again).
 pub async fn run(
     ctx: Arc<Context>,
-    store: Store<CachedGrant>,
+    store: Cache<CachedGrant>,
     grants: impl Stream<Item = GrantEvent> + Send,
     requests: impl Stream<Item = Request> + Send,
     policy: impl Stream<Item = Request> + Send,
@@ -229,13 +210,13 @@ pub async fn run(
         let now = SystemTime::now();
         let held = hold.holding(now);
         while listed && held.is_none() && running.len() < slots {
-            let cached = |k: &Key| store.get(&k.object_ref());
+            let cached = |k: &Key| store.get(k.as_str());
             let Some(key) = queue.pop(now, |k| classify(cached(k).as_deref(), now)) else {
                 break;
             };
             match cached(&key) {
                 Some(grant) => {
-                    tracing::debug!(grant = %key.0, "pass starting");
+                    tracing::debug!(grant = %key, "pass starting");
                     running.push(pass(ctx.clone(), key, grant));
                 }
                 None => {
@@ -272,7 +253,7 @@ pub async fn run(
                 };
                 let (at, deadline) = schedule(next, retry, now, propagation);
                 let next_in_s = at.map(|at| until(Some(at), now).as_secs());
-                tracing::debug!(grant = %key.0, ?next_in_s, renewal = deadline.is_some(), "pass done");
+                tracing::debug!(grant = %key, ?next_in_s, renewal = deadline.is_some(), "pass done");
                 // Before `done`, which drops a grant forgotten meanwhile,
                 // timer and all.
                 queue.wake_at(&key, at, deadline);
@@ -281,29 +262,29 @@ pub async fn run(
             Some(event) = grants.next() => match event {
                 Ok(watcher::Event::Apply(g) | watcher::Event::InitApply(g)) => {
                     let now = SystemTime::now();
-                    queue.wake(&key_of(&g), classify(Some(&g), now), now);
+                    queue.wake(&g.key(), classify(Some(&g), now), now);
                 }
-                Ok(watcher::Event::Delete(g)) => queue.forget(&key_of(&g)),
+                Ok(watcher::Event::Delete(g)) => queue.forget(&g.key()),
                 Ok(watcher::Event::InitDone) => listed = true,
                 Ok(watcher::Event::Init) => {}
                 Err(e) => tracing::warn!(kind = "UploadGrant", error = %e, "watch failed; retrying"),
             },
             Some(request) = requests.next() => {
                 let now = SystemTime::now();
-                let found = classify(store.get(&request).as_deref(), now);
-                queue.wake(&Key::of(&request), found, now);
+                let found = classify(store.get(request.as_str()).as_deref(), now);
+                queue.wake(&request, found, now);
             }
             Some(request) = policy.next() => {
                 let now = SystemTime::now();
-                let grant = store.get(&request);
+                let grant = store.get(request.as_str());
                 let admitted = grant.as_deref().and_then(|g| ctx.admits(g));
                 let found = policy_urgency(classify(grant.as_deref(), now), admitted);
-                queue.wake(&Key::of(&request), found, now);
+                queue.wake(&request, found, now);
             }
             Some(()) = everyone.next() => {
                 let now = SystemTime::now();
                 for grant in store.state() {
-                    queue.wake(&key_of(&grant), classify(Some(&grant), now), now);
+                    queue.wake(&grant.key(), classify(Some(&grant), now), now);
                 }
             }
             () = sleep, if timer.is_some() => {}
@@ -311,10 +292,6 @@ pub async fn run(
     }
     // Passes under way finish: each commits its record and its writes.
     while running.next().await.is_some() {}
-}
-
-fn key_of(grant: &CachedGrant) -> Key {
-    Key::of(&ObjectRef::from_obj(grant))
 }
 
 /// How long to sleep for a timer at `at`.
@@ -466,11 +443,68 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_key_names_its_grant_in_the_cache() {
-        let r = ObjectRef::new("g").within("ns");
-        assert_eq!(Key::of(&r).object_ref(), r);
-        assert_eq!(&*Key::of(&r).0, "ns/g");
+    /// A grant ranks by the URL state on the Secret its spec names and
+    /// it controls, else by its status: a Secret of the same name that
+    /// another grant (uid) controls says nothing about it.
+    #[tokio::test]
+    async fn ranks_by_the_state_on_its_own_secret_only() {
+        use k8s_openapi::api::core::v1::Secret;
+        use kube::api::PartialObjectMeta;
+        use watcher::Event;
+        let (service, _server) = tower_test::mock::pair::<
+            http::Request<kube::client::Body>,
+            http::Response<kube::client::Body>,
+        >();
+        let mut ctx = crate::controller::secrets::tests::context(kube::Client::new(service, "ns"));
+        let (secrets, mut writer) = crate::controller::cache::cache();
+        ctx.secrets = secrets;
+        let uid = "6f1c2b3a-1d2e-4f5a-9b8c-00000000123f";
+        let secret = |name: &str, owner: &str| {
+            let doc = serde_json::json!({
+                "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+                "metadata": {"name": name, "namespace": "ns", "uid": "s-uid",
+                    "ownerReferences": [{"apiVersion": "grants.io/v1alpha1", "kind": "UploadGrant",
+                        "name": "g", "uid": owner, "controller": true}],
+                    "annotations": {"grants.io/spec-hash": "h",
+                        "grants.io/issued-at": "2026-12-07T10:00:00Z",
+                        "grants.io/expires-at": "2026-12-07T12:00:00Z",
+                        "grants.io/refresh-at": "2026-12-07T11:00:00Z",
+                        "grants.io/url-fingerprint": "f"}}});
+            let meta: PartialObjectMeta<Secret> = serde_json::from_value(doc).expect("fixture");
+            crate::controller::managed::ManagedSecret::from(meta)
+        };
+        for e in [
+            Event::Init,
+            Event::InitApply(secret("g", "other-uid")),
+            Event::InitApply(secret("s", uid)),
+            Event::InitDone,
+        ] {
+            writer.apply(&e);
+        }
+        let t = |s: &str| SystemTime::from(s.parse::<jiff::Timestamp>().expect("a time"));
+        let on_secret = Some((t("2026-12-07T11:00:00Z"), t("2026-12-07T12:00:00Z")));
+        let on_status = Some((t("2026-12-07T11:30:00Z"), t("2026-12-07T13:00:00Z")));
+        let cached = |spec: serde_json::Value| {
+            CachedGrant::new(crate::fixtures::grant_with(serde_json::json!({
+                "metadata": {"uid": uid},
+                "spec": spec,
+                "status": {"refreshAt": "2026-12-07T11:30:00Z", "expiresAt": "2026-12-07T13:00:00Z"},
+            })))
+            .expect("projects")
+        };
+        // "g" is another grant's: the status speaks.
+        assert_eq!(renewal_of(&ctx, &cached(serde_json::json!({}))), on_status);
+        assert_eq!(
+            renewal_of(&ctx, &cached(serde_json::json!({"secret": {"name": "s"}}))),
+            on_secret
+        );
+        assert_eq!(
+            renewal_of(
+                &ctx,
+                &cached(serde_json::json!({"secret": {"name": "none"}}))
+            ),
+            on_status
+        );
     }
 
     #[test]

@@ -11,7 +11,6 @@ use std::time::{Duration, SystemTime};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::ResourceExt;
 use kube::api::PartialObjectMeta;
-use kube::runtime::reflector::ObjectRef;
 
 use super::context::{Context, labels_of};
 use super::decide::{Decision, Deletion, Observed, Settled};
@@ -66,7 +65,7 @@ pub async fn load<'a>(
     phase: Phase,
 ) -> Option<Loaded<'a>> {
     let namespace = grant.namespace().unwrap_or_default();
-    let namespace = ctx.namespaces.get(&ObjectRef::new(&namespace));
+    let namespace = ctx.namespaces.get(&namespace);
     if namespace.is_none() && phase == Phase::Live {
         return None;
     }

@@ -2,8 +2,6 @@
 //! keeps it, and who holds a Secret name: pure, so the decision stage can
 //! read it without touching the cluster.
 
-use std::borrow::Cow;
-
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     ManagedFieldsEntry, ObjectMeta, OwnerReference,
@@ -12,6 +10,7 @@ use kube::ResourceExt;
 use kube::api::PartialObjectMeta;
 
 use super::build::IssuedState;
+use super::cache::{Key, Keyed, Uid};
 use crate::api::UploadGrant;
 use crate::api::secret::MANAGER;
 
@@ -20,11 +19,8 @@ use crate::api::secret::MANAGER;
 /// themselves would be most of the cache's memory with thousands of grants.
 #[derive(Debug, Clone)]
 pub struct ManagedSecret {
-    /// Name and namespace only: kube's cache copies the uid and owner
-    /// references of an object's metadata into each entry, so those live in
-    /// fields of their own.
-    metadata: ObjectMeta,
-    uid: Option<Box<str>>,
+    key: Key,
+    uid: Option<Uid>,
     /// The UploadGrant that controls it (`controlled_by_grant`).
     owner: Option<Owner>,
     pub state: Option<IssuedState>,
@@ -36,9 +32,10 @@ pub struct ManagedSecret {
 
 /// A Secret's controlling grant.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Owner {
-    pub name: Box<str>,
-    pub uid: Box<str>,
+struct Owner {
+    /// None: the Secret's own name, as it mostly is.
+    name: Option<Box<str>>,
+    uid: Uid,
 }
 
 impl From<PartialObjectMeta<Secret>> for ManagedSecret {
@@ -55,8 +52,8 @@ impl ManagedSecret {
 
     fn from_meta(meta: ObjectMeta) -> Self {
         let owner = controlling_grant(&meta).map(|o| Owner {
-            name: o.name.as_str().into(),
-            uid: o.uid.as_str().into(),
+            name: (meta.name.as_ref() != Some(&o.name)).then(|| o.name.as_str().into()),
+            uid: Uid::new(&o.uid),
         });
         ManagedSecret {
             legacy_fields: legacy_entry(meta.managed_fields.as_deref().unwrap_or_default())
@@ -65,36 +62,50 @@ impl ManagedSecret {
                 .annotations
                 .as_ref()
                 .and_then(IssuedState::from_annotations),
-            uid: meta.uid.map(String::into_boxed_str),
+            uid: meta.uid.as_deref().map(Uid::new),
             owner,
-            metadata: ObjectMeta {
-                name: meta.name,
-                namespace: meta.namespace,
-                ..ObjectMeta::default()
-            },
+            key: Key::new(
+                meta.namespace.as_deref().unwrap_or_default(),
+                meta.name.as_deref().unwrap_or_default(),
+            ),
         }
     }
 
-    /// The Secret's uid. (Shadows `ResourceExt::uid`, which reads the
-    /// metadata, where this type keeps no uid.)
-    pub fn uid(&self) -> Option<String> {
-        self.uid.as_deref().map(str::to_owned)
+    /// The Secret's name.
+    pub fn name_any(&self) -> String {
+        self.key.name().to_owned()
     }
 
-    /// The grant that controls the Secret.
-    pub fn owner(&self) -> Option<&Owner> {
-        self.owner.as_ref()
+    /// The Secret's namespace.
+    pub fn namespace(&self) -> Option<String> {
+        Some(self.key.namespace().to_owned())
+    }
+
+    /// The Secret's uid.
+    pub fn uid(&self) -> Option<String> {
+        self.uid.as_ref().map(Uid::to_string)
+    }
+
+    /// The name of the grant that controls the Secret.
+    pub fn owner_name(&self) -> Option<&str> {
+        let owner = self.owner.as_ref()?;
+        Some(owner.name.as_deref().unwrap_or(self.key.name()))
+    }
+
+    /// The uid of the grant that controls the Secret.
+    pub fn owner_uid(&self) -> Option<String> {
+        self.owner.as_ref().map(|o| o.uid.to_string())
     }
 
     /// A Secret of `owner_uid`'s holding `state`, for tests.
     #[cfg(test)]
     pub fn for_test(uid: &str, owner_uid: &str, state: Option<IssuedState>) -> Self {
         ManagedSecret {
-            metadata: ObjectMeta::default(),
-            uid: Some(uid.into()),
+            key: Key::new("ns", "g"),
+            uid: Some(Uid::new(uid)),
             owner: Some(Owner {
-                name: "grant".into(),
-                uid: owner_uid.into(),
+                name: Some("grant".into()),
+                uid: Uid::new(owner_uid),
             }),
             state,
             legacy_fields: false,
@@ -169,28 +180,9 @@ fn union(into: &mut serde_json::Value, other: &serde_json::Value) {
     }
 }
 
-/// Lets a `ManagedSecret` sit in a kube-runtime cache as a Secret.
-impl kube::Resource for ManagedSecret {
-    type DynamicType = ();
-    type Scope = k8s_openapi::NamespaceResourceScope;
-
-    fn kind(_: &()) -> Cow<'_, str> {
-        Secret::kind(&())
-    }
-    fn group(_: &()) -> Cow<'_, str> {
-        Secret::group(&())
-    }
-    fn version(_: &()) -> Cow<'_, str> {
-        Secret::version(&())
-    }
-    fn plural(_: &()) -> Cow<'_, str> {
-        Secret::plural(&())
-    }
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
+impl Keyed for ManagedSecret {
+    fn key(&self) -> Key {
+        self.key.clone()
     }
 }
 
@@ -220,9 +212,14 @@ fn controlling_grant(meta: &ObjectMeta) -> Option<&OwnerReference> {
     })
 }
 
+/// Whether the grant with uid `uid` controls the Secret.
+pub fn owned_by_uid(secret: &ManagedSecret, uid: &Uid) -> bool {
+    secret.owner.as_ref().is_some_and(|o| o.uid == *uid)
+}
+
 pub fn owned_by(secret: &ManagedSecret, grant: &UploadGrant) -> bool {
     let Some(uid) = grant.uid() else { return false };
-    secret.owner.as_ref().is_some_and(|o| *o.uid == uid)
+    secret.owner.as_ref().is_some_and(|o| o.uid.is(&uid))
 }
 
 pub fn classify(secret: Option<ManagedSecret>, grant: &UploadGrant) -> Slot {
@@ -257,9 +254,9 @@ mod tests {
         let cached = ManagedSecret::from(partial);
         assert!(owned_by(&cached, &grant(serde_json::json!({}))));
         assert_eq!(cached.uid().as_deref(), Some("secret-uid"));
-        assert_eq!(cached.owner().map(|o| &*o.uid), Some("grant-uid"));
-        assert!(cached.metadata.uid.is_none() && cached.metadata.owner_references.is_none());
-        assert!(cached.metadata.annotations.is_none() && cached.metadata.labels.is_none());
+        assert_eq!(cached.owner_uid().as_deref(), Some("grant-uid"));
+        assert_eq!(cached.owner_name(), Some("g"));
+        assert_eq!(cached.key().as_str(), "ns/g");
         let state = cached.state.expect("parsed from the annotations");
         assert_eq!(state.spec_hash, "abc");
         assert_eq!(state.fingerprint, "sha256:0123");

@@ -13,8 +13,6 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
-use kube::ResourceExt;
-
 use super::managed::{ManagedSecret, Slot};
 use super::recorded::Recorded;
 use crate::api::Reason;

@@ -6,6 +6,7 @@
 mod apply;
 mod at_risk;
 pub mod build;
+mod cache;
 mod cached;
 mod context;
 pub mod decide;
@@ -39,7 +40,6 @@ use futures::stream::BoxStream;
 use futures::{FutureExt, Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::PartialObjectMeta;
-use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 
@@ -51,6 +51,7 @@ use crate::server::Readiness;
 use crate::signing::{CredentialSnapshot, Presigner};
 
 use crate::api::secret::MANAGER;
+use cache::{Cache, Key, Keyed};
 use cached::CachedGrant;
 pub use context::Settings;
 use context::{Context, grant_key};
@@ -160,34 +161,39 @@ fn admit_secret(
     })
 }
 
-/// Runs a reflector on its own task, so its cache fills whatever the
-/// controller is doing, and turns every change into reconcile requests.
-/// `watch` gets the cache it fills (a merge of several watches reads it).
-fn spawn_reflector<K, S, F, I>(
-    watch: impl FnOnce(Store<K>) -> S,
-    triggers: mpsc::UnboundedSender<ObjectRef<CachedGrant>>,
+/// Fills a cache from a watch on its own task, so it fills whatever the
+/// controller is doing, and turns every change into requests to look at
+/// grants. `watch` gets the cache it fills (a merge of several watches
+/// reads it).
+fn spawn_cache<K, S, F, I>(
+    kind: &'static str,
+    watch: impl FnOnce(Cache<K>) -> S,
+    triggers: Triggers,
     map: F,
-) -> Store<K>
+) -> Cache<K>
 where
-    K: kube::Resource + Clone + Send + Sync + std::fmt::Debug + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+    K: Keyed + Clone + Send + Sync + 'static,
     S: Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static,
     F: Fn(&K) -> I + Send + 'static,
-    I: IntoIterator<Item = ObjectRef<CachedGrant>>,
+    I: IntoIterator<Item = Key>,
 {
-    let (reader, writer) = reflector::store();
-    let kind = K::kind(&K::DynamicType::default()).into_owned();
+    let (reader, writer) = cache::cache();
     // Each watch backs off on its own errors (see watch_scoped).
-    let events = reflector::reflector(writer, watch(reader.clone())).touched_objects();
+    let events = cache::reflect(writer, watch(reader.clone()));
     tokio::spawn(events.for_each(move |event| {
         match event {
-            Ok(obj) => {
+            Ok(
+                watcher::Event::Apply(obj)
+                | watcher::Event::InitApply(obj)
+                | watcher::Event::Delete(obj),
+            ) => {
                 for grant in map(&obj) {
                     // The receiver lives as long as the controller.
                     let _ = triggers.unbounded_send(grant);
                 }
             }
-            Err(e) => tracing::warn!(kind = %kind, error = %e, "watch failed; retrying"),
+            Ok(watcher::Event::Init | watcher::Event::InitDone) => {}
+            Err(e) => tracing::warn!(kind, error = %e, "watch failed; retrying"),
         }
         futures::future::ready(())
     }));
@@ -195,16 +201,8 @@ where
 }
 
 /// Grants in the cache that match `pred`.
-fn grants_where(
-    store: &Store<CachedGrant>,
-    pred: impl Fn(&CachedGrant) -> bool,
-) -> Vec<ObjectRef<CachedGrant>> {
-    store
-        .state()
-        .iter()
-        .filter(|g| pred(g))
-        .map(|g| ObjectRef::from_obj(g.as_ref()))
-        .collect()
+fn grants_where(store: &Cache<CachedGrant>, pred: impl Fn(&CachedGrant) -> bool) -> Vec<Key> {
+    store.filter(pred).iter().map(|g| g.key()).collect()
 }
 
 /// What the controller runs with, besides its settings.
@@ -221,9 +219,9 @@ pub struct Parts {
 
 /// The caches every reconcile reads, each filled by its own watch.
 struct Caches {
-    issuers: Store<ClusterGrantIssuer>,
-    namespaces: Store<PartialObjectMeta<Namespace>>,
-    secrets: Store<managed::ManagedSecret>,
+    issuers: Cache<ClusterGrantIssuer>,
+    namespaces: Cache<PartialObjectMeta<Namespace>>,
+    secrets: Cache<managed::ManagedSecret>,
 }
 
 impl Caches {
@@ -231,7 +229,7 @@ impl Caches {
     /// would revoke every Secret.
     async fn synced(&self) {
         // A writer is dropped only when its watch task ends, at shutdown.
-        let _ = tokio::join!(
+        tokio::join!(
             self.issuers.wait_until_ready(),
             self.namespaces.wait_until_ready(),
             self.secrets.wait_until_ready()
@@ -247,12 +245,14 @@ pub async fn run(
 ) {
     let shutdown = shutdown.shared();
     let client = parts.client.clone();
-    let (grant_store, grant_writer) = reflector::store();
+    let (grant_store, grant_writer) = cache::cache();
     // Grants that leave the cache, also those a relist finds gone: they are
     // never looked at again, so they are revoked from here.
     let (gone, deleted_grants) = mpsc::unbounded::<UploadGrant>();
-    let grant_stream =
-        grant_events(&client, &settings, grant_store.clone(), gone).reflect(grant_writer);
+    let grant_stream = cache::reflect(
+        grant_writer,
+        grant_events(&client, &settings, grant_store.clone(), gone),
+    );
     let (triggers, requests) = mpsc::unbounded();
     // Policy changes apart: one may revoke, which goes before renewals.
     let (policy_triggers, policy_changes) = mpsc::unbounded();
@@ -298,7 +298,7 @@ const EVENT_FLUSH: Duration = Duration::from_secs(5);
 fn grant_events(
     client: &Client,
     settings: &Settings,
-    store: Store<CachedGrant>,
+    store: Cache<CachedGrant>,
     gone: mpsc::UnboundedSender<UploadGrant>,
 ) -> impl Stream<Item = watcher::Result<watcher::Event<CachedGrant>>> + use<> {
     let watch = |ns: Option<&str>| {
@@ -341,7 +341,7 @@ fn cache_event(event: watcher::Event<UploadGrant>) -> Option<watcher::Event<Cach
     })
 }
 
-type Triggers = mpsc::UnboundedSender<ObjectRef<CachedGrant>>;
+type Triggers = mpsc::UnboundedSender<Key>;
 
 type WatchStream<K> = BoxStream<'static, watcher::Result<watcher::Event<K>>>;
 
@@ -363,12 +363,11 @@ where
 fn watch_scoped<K>(
     namespaces: &[String],
     watch: impl Fn(Option<&str>) -> WatchStream<K>,
-    store: Store<K>,
-    scope_of: fn(&K) -> Option<String>,
+    store: Cache<K>,
+    scope_of: fn(&Key) -> &str,
 ) -> WatchStream<K>
 where
-    K: kube::Resource + Clone + Send + Sync + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+    K: Keyed + Clone + Send + Sync + 'static,
 {
     match namespaces {
         [] => watch(None),
@@ -385,22 +384,22 @@ where
 
 /// Grants, always through `scoped::merge`, also for one watch across all
 /// namespaces: a relist after a watch gap then reports the grants deleted
-/// meanwhile as deletions, where a reflector alone would drop them silently.
+/// meanwhile as deletions, where a cache alone would drop them silently.
 fn watch_grants(
     namespaces: &[String],
     watch: impl Fn(Option<&str>) -> WatchStream<CachedGrant>,
-    store: Store<CachedGrant>,
+    store: Cache<CachedGrant>,
 ) -> WatchStream<CachedGrant> {
     if namespaces.is_empty() {
         // One scope holding every grant.
-        let all: fn(&CachedGrant) -> Option<String> = |_| Some(String::new());
+        let all: fn(&Key) -> &str = |_| "";
         return scoped::merge(vec![(String::new(), watch(None))], store, all).boxed();
     }
     let scopes = namespaces
         .iter()
         .map(|ns| (ns.clone(), watch(Some(ns))))
         .collect();
-    scoped::merge(scopes, store, |g: &CachedGrant| g.namespace()).boxed()
+    scoped::merge(scopes, store, Key::namespace).boxed()
 }
 
 /// Secrets this operator manages, metadata only (PartialObjectMeta), so
@@ -410,9 +409,10 @@ fn watch_secrets(
     settings: &Settings,
     metrics: &Arc<Metrics>,
     triggers: Triggers,
-) -> Store<managed::ManagedSecret> {
+) -> Cache<managed::ManagedSecret> {
     let config = watcher::Config::default().labels(&build::managed_selector());
-    spawn_reflector(
+    spawn_cache(
+        "Secret",
         |store| {
             watch_scoped(
                 &settings.namespaces,
@@ -424,15 +424,13 @@ fn watch_secrets(
                         .boxed()
                 },
                 store,
-                |s: &managed::ManagedSecret| s.namespace(),
+                Key::namespace,
             )
         },
         triggers,
         |secret: &managed::ManagedSecret| {
-            let namespace = secret.namespace().unwrap_or_default();
-            secret
-                .owner()
-                .map(|o| ObjectRef::new(&o.name).within(&namespace))
+            let namespace = secret.key().namespace().to_owned();
+            secret.owner_name().map(|name| Key::new(&namespace, name))
         },
     )
 }
@@ -442,14 +440,15 @@ fn watch_secrets(
 fn watch_issuers(
     client: &Client,
     settings: &Settings,
-    grants: &Store<CachedGrant>,
+    grants: &Cache<CachedGrant>,
     triggers: Triggers,
-) -> Store<ClusterGrantIssuer> {
+) -> Cache<ClusterGrantIssuer> {
     let default_issuer = settings.default_issuer.clone();
     let grants = grants.clone();
     let (issuer_changes, changed_issuers) = mpsc::unbounded::<ClusterGrantIssuer>();
     tokio::spawn(issuer_status::run(client.clone(), changed_issuers));
-    spawn_reflector(
+    spawn_cache(
+        "ClusterGrantIssuer",
         |_| {
             watcher(Api::all(client.clone()), watcher::Config::default())
                 .default_backoff()
@@ -470,11 +469,12 @@ fn watch_issuers(
 fn watch_namespaces(
     client: &Client,
     settings: &Settings,
-    grants: &Store<CachedGrant>,
+    grants: &Cache<CachedGrant>,
     triggers: Triggers,
-) -> Store<PartialObjectMeta<Namespace>> {
+) -> Cache<PartialObjectMeta<Namespace>> {
     let grants = grants.clone();
-    spawn_reflector(
+    spawn_cache(
+        "Namespace",
         |store| {
             // Cluster-scoped: one watch per namespace, by name.
             watch_scoped(
@@ -495,13 +495,13 @@ fn watch_namespaces(
                     .boxed()
                 },
                 store,
-                |ns: &PartialObjectMeta<Namespace>| Some(ns.name_any()),
+                Key::name,
             )
         },
         triggers,
         move |ns: &PartialObjectMeta<Namespace>| {
             let name = ns.name_any();
-            grants_where(&grants, |g| g.namespace().as_deref() == Some(name.as_str()))
+            grants_where(&grants, |g| g.key().namespace() == name)
         },
     )
 }
@@ -546,18 +546,20 @@ mod tests {
     }
 
     /// The deletions the grant stream reports after `events`, for a watch
-    /// of all namespaces, as they reach the reflector.
+    /// of all namespaces, as they reach the cache.
     fn deletions_after(events: Vec<watcher::Event<UploadGrant>>) -> Vec<String> {
         use futures::FutureExt;
         let (tx, rx) = mpsc::unbounded();
         let rx = Mutex::new(Some(rx));
-        let (store, writer) = reflector::store();
-        let mut stream = watch_grants(
-            &[],
-            |_| rx.lock().expect("lock").take().expect("one watch").boxed(),
-            store,
-        )
-        .reflect(writer);
+        let (store, writer) = cache::cache();
+        let mut stream = cache::reflect(
+            writer,
+            watch_grants(
+                &[],
+                |_| rx.lock().expect("lock").take().expect("one watch").boxed(),
+                store,
+            ),
+        );
         for e in events.into_iter().filter_map(cache_event) {
             assert!(tx.unbounded_send(Ok(e)).is_ok());
         }

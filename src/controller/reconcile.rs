@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use kube::{Api, Resource, ResourceExt};
 
 use super::build::whole_seconds;
+use super::cache::Keyed;
 use super::cached::CachedGrant;
 use super::context::{Context, grant_key};
 use super::decide::Settled;
@@ -29,7 +30,11 @@ const NAMESPACE_RETRY: Duration = Duration::from_secs(5);
 /// when it ends, also when it fails (the failure counts in it).
 pub async fn reconcile(cached: Arc<CachedGrant>, ctx: Arc<Context>) -> Result<Next> {
     let started = Instant::now();
-    let grant = Arc::new(cached.grant()?);
+    let Some(grant) = whole(&cached, &ctx).await? else {
+        // Deleted meanwhile: the watch reports it, and its deletion revokes.
+        return Ok(Next::wake(Wake::OnChange));
+    };
+    let grant = Arc::new(grant);
     let key = grant_key(&grant);
     let mut memo = ctx.memos.take(key);
     let result = run(grant, &ctx, &mut memo).await;
@@ -40,6 +45,18 @@ pub async fn reconcile(cached: Arc<CachedGrant>, ctx: Arc<Context>) -> Result<Ne
     ctx.memos.commit(key, memo, &ctx.tombstones);
     ctx.metrics.reconciled(started.elapsed());
     result
+}
+
+/// The grant a pass works on: the cache's, or the apiserver's for a grant
+/// the cache keeps in part (`CachedGrant::partial`); None when the apiserver
+/// has it no more.
+async fn whole(cached: &CachedGrant, ctx: &Context) -> Result<Option<UploadGrant>> {
+    if !cached.partial() {
+        return cached.grant().map(Some);
+    }
+    let key = cached.key();
+    let api: Api<UploadGrant> = Api::namespaced(ctx.client.clone(), key.namespace());
+    Ok(api.get_opt(key.name()).await?)
 }
 
 async fn run(mut grant: Arc<UploadGrant>, ctx: &Context, memo: &mut GrantMemo) -> Result<Next> {

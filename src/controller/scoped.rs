@@ -1,6 +1,6 @@
-//! Several namespaced watches as one watch stream for one reflector store.
+//! Several namespaced watches as one watch stream for one cache.
 //!
-//! A reflector store replaces everything it holds at each `InitDone`, so
+//! A cache (like a reflector store) replaces everything it holds at each `InitDone`, so
 //! watch streams merged as they are would wipe each other's objects at every
 //! (re)list, and one namespace's relist could not tell the store which of
 //! its objects are gone. `merge` fills the store once, when every scope has
@@ -10,24 +10,24 @@
 use std::collections::{HashMap, HashSet};
 
 use futures::stream::{self, BoxStream, Stream, StreamExt};
-use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher::{self, Event};
+
+use super::cache::{Cache, Key, Keyed};
 
 /// One watch per scope (a namespace), with the name of the scope its
 /// objects belong to.
 pub type Scoped<K> = (String, BoxStream<'static, watcher::Result<Event<K>>>);
 
-/// Merges the watches of `scopes` into one stream for the reflector that
-/// writes `store`. `scope_of` names the scope an object belongs to: its
+/// Merges the watches of `scopes` into one stream for the writer of
+/// `store`. `scope_of` names the scope an object's key belongs to: its
 /// namespace, or for Namespace objects their name.
 pub fn merge<K>(
     scopes: Vec<Scoped<K>>,
-    store: Store<K>,
-    scope_of: fn(&K) -> Option<String>,
+    store: Cache<K>,
+    scope_of: fn(&Key) -> &str,
 ) -> impl Stream<Item = watcher::Result<Event<K>>> + Send + 'static
 where
-    K: kube::Resource + Clone + Send + Sync + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+    K: Keyed + Clone + Send + Sync + 'static,
 {
     let names: Vec<String> = scopes.iter().map(|(name, _)| name.clone()).collect();
     let tagged = scopes
@@ -49,12 +49,12 @@ where
 }
 
 /// What one scope has listed before the store was first filled.
-struct Initial<K: kube::Resource> {
+struct Initial<K> {
     listed: bool,
-    objects: HashMap<ObjectRef<K>, K>,
+    objects: HashMap<Key, K>,
 }
 
-impl<K: kube::Resource> Default for Initial<K> {
+impl<K> Default for Initial<K> {
     fn default() -> Self {
         Initial {
             listed: false,
@@ -63,24 +63,17 @@ impl<K: kube::Resource> Default for Initial<K> {
     }
 }
 
-struct Merge<K: kube::Resource + 'static>
-where
-    K::DynamicType: Eq + std::hash::Hash,
-{
+struct Merge<K> {
     names: Vec<String>,
-    store: Store<K>,
-    scope_of: fn(&K) -> Option<String>,
+    store: Cache<K>,
+    scope_of: fn(&Key) -> &str,
     /// Until every scope has listed once; None afterwards.
     initial: Option<Vec<Initial<K>>>,
     /// The objects a scope's relist has shown so far, while it relists.
-    relisting: Vec<Option<HashSet<ObjectRef<K>>>>,
+    relisting: Vec<Option<HashSet<Key>>>,
 }
 
-impl<K> Merge<K>
-where
-    K: kube::Resource + Clone + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
-{
+impl<K: Keyed + Clone> Merge<K> {
     fn handle(
         &mut self,
         i: usize,
@@ -98,10 +91,10 @@ where
                 match event {
                     Event::Init => *scope = Initial::default(),
                     Event::InitApply(o) | Event::Apply(o) => {
-                        scope.objects.insert(ObjectRef::from_obj(&o), o);
+                        scope.objects.insert(o.key(), o);
                     }
                     Event::Delete(o) => {
-                        scope.objects.remove(&ObjectRef::from_obj(&o));
+                        scope.objects.remove(&o.key());
                     }
                     Event::InitDone => scope.listed = true,
                 }
@@ -136,13 +129,13 @@ where
             }
             Event::InitApply(o) | Event::Apply(o) => {
                 if let Some(seen) = relisting.as_mut() {
-                    seen.insert(ObjectRef::from_obj(&o));
+                    seen.insert(o.key());
                 }
                 vec![Ok(Event::Apply(o))]
             }
             Event::Delete(o) => {
                 if let Some(seen) = relisting.as_mut() {
-                    seen.remove(&ObjectRef::from_obj(&o));
+                    seen.remove(&o.key());
                 }
                 vec![Ok(Event::Delete(o))]
             }
@@ -150,14 +143,15 @@ where
                 let Some(seen) = relisting.take() else {
                     return Vec::new();
                 };
-                // The store has applied every earlier event by now: the
-                // reflector writes each one before this stream is polled again.
+                // The cache has applied every earlier event by now: its
+                // writer applies each one before this stream is polled again.
                 let name = self.names.get(i).map(String::as_str);
                 self.store
-                    .state()
+                    .filter(|o| {
+                        let key = o.key();
+                        Some((self.scope_of)(&key)) == name && !seen.contains(&key)
+                    })
                     .into_iter()
-                    .filter(|o| (self.scope_of)(o).as_deref() == name)
-                    .filter(|o| !seen.contains(&ObjectRef::from_obj(o.as_ref())))
                     .map(|o| Ok(Event::Delete(o.as_ref().clone())))
                     .collect()
             }
@@ -168,42 +162,36 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controller::cache;
     use futures::channel::mpsc;
-    use k8s_openapi::api::core::v1::ConfigMap;
-    use kube::ResourceExt;
-    use kube::api::ObjectMeta;
-    use kube::runtime::WatchStreamExt;
-    use kube::runtime::reflector;
+
+    #[derive(Clone, Debug)]
+    struct ConfigMap(Key);
+
+    impl Keyed for ConfigMap {
+        fn key(&self) -> Key {
+            self.0.clone()
+        }
+    }
 
     fn cm(ns: &str, name: &str) -> ConfigMap {
-        ConfigMap {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                namespace: Some(ns.into()),
-                ..ObjectMeta::default()
-            },
-            ..ConfigMap::default()
-        }
+        ConfigMap(Key::new(ns, name))
     }
 
     type Tx = mpsc::UnboundedSender<watcher::Result<Event<ConfigMap>>>;
 
-    fn names(store: &Store<ConfigMap>) -> Vec<String> {
-        let mut n: Vec<String> = store
-            .state()
-            .iter()
-            .map(|o| format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any()))
-            .collect();
+    fn names(store: &Cache<ConfigMap>) -> Vec<String> {
+        let mut n: Vec<String> = store.state().iter().map(|o| o.key().to_string()).collect();
         n.sort();
         n
     }
 
     /// Feeds events into watches of "a" and "b" and runs the merged stream
-    /// through a real reflector until it has nothing more to say.
+    /// through a cache until it has nothing more to say.
     struct Harness {
         a: Tx,
         b: Tx,
-        store: Store<ConfigMap>,
+        store: Cache<ConfigMap>,
         out: BoxStream<'static, watcher::Result<Event<ConfigMap>>>,
     }
 
@@ -211,17 +199,17 @@ mod tests {
         fn new() -> Harness {
             let (a, ra) = mpsc::unbounded();
             let (b, rb) = mpsc::unbounded();
-            let (store, writer) = reflector::store();
+            let (store, writer) = cache::cache();
             let merged = merge(
                 vec![("a".into(), ra.boxed()), ("b".into(), rb.boxed())],
                 store.clone(),
-                |o: &ConfigMap| o.namespace(),
+                Key::namespace,
             );
             Harness {
                 a,
                 b,
                 store,
-                out: merged.reflect(writer).boxed(),
+                out: cache::reflect(writer, merged).boxed(),
             }
         }
 

@@ -3,7 +3,6 @@
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
-use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 
 use super::context::Context;
@@ -93,7 +92,7 @@ pub async fn server_slot(
 }
 
 fn cached(ctx: &Context, namespace: &str, name: &str) -> Option<ManagedSecret> {
-    let secret = ctx.secrets.get(&ObjectRef::new(name).within(namespace))?;
+    let secret = ctx.secrets.get_in(namespace, name)?;
     Some((*secret).clone())
 }
 
@@ -180,9 +179,9 @@ pub(crate) mod tests {
     //! sent, and which are never sent.
     use std::sync::Arc;
 
+    use crate::controller::cache;
     use http::{Request, Response};
     use kube::client::Body;
-    use kube::runtime::reflector;
 
     use super::*;
     use crate::controller::context::Settings;
@@ -214,9 +213,9 @@ pub(crate) mod tests {
             ),
             presigner: Presigner::new(sdk),
             fence: crate::fence::Fence::open(),
-            issuers: reflector::store().0,
-            namespaces: reflector::store().0,
-            secrets: reflector::store().0,
+            issuers: cache::cache().0,
+            namespaces: cache::cache().0,
+            secrets: cache::cache().0,
             metrics: Arc::new(Metrics::default()),
             memos: Default::default(),
             tombstones: Default::default(),
