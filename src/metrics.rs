@@ -20,12 +20,21 @@ type Labels = [(&'static str, &'static str); 1];
 type Labels2 = [(&'static str, &'static str); 2];
 
 /// What the gauges derive from a grant: its last Ready reason, its URL's
-/// expiry, and since when it has been failing (`failing`).
+/// expiry, and since when it has been failing (`failing`). The times are
+/// whole Unix seconds, what the gauges show: one of these per grant, 24
+/// bytes instead of 40.
 #[derive(Debug, Clone, Copy)]
 struct GrantState {
     reason: Reason,
-    expires_at: Option<SystemTime>,
-    failing_since: Option<SystemTime>,
+    expires_at: Option<UnixSecs>,
+    failing_since: Option<UnixSecs>,
+}
+
+/// A time after the epoch, in whole seconds.
+type UnixSecs = std::num::NonZeroU64;
+
+fn unix_secs(t: SystemTime) -> Option<UnixSecs> {
+    UnixSecs::new(t.duration_since(SystemTime::UNIX_EPOCH).ok()?.as_secs())
 }
 
 /// Whether a grant with this Ready reason needs somebody: it is not Ready,
@@ -299,8 +308,8 @@ impl Metrics {
         let was = states.get(&grant).and_then(|s| s.failing_since);
         let state = GrantState {
             reason,
-            expires_at,
-            failing_since: failing(reason).then(|| was.unwrap_or(now)),
+            expires_at: expires_at.and_then(unix_secs),
+            failing_since: failing(reason).then(|| was.or(unix_secs(now))).flatten(),
         };
         states.insert(grant, state);
     }
@@ -328,9 +337,9 @@ impl Metrics {
         {
             let states = self.states.lock().unwrap_or_else(|p| p.into_inner());
             let mut counts: HashMap<Reason, i64> = Reason::ALL.iter().map(|r| (*r, 0)).collect();
-            let mut earliest: Option<SystemTime> = None;
-            let mut failing_since: Option<SystemTime> = None;
-            let min = |a: Option<SystemTime>, b: Option<SystemTime>| match (a, b) {
+            let mut earliest: Option<UnixSecs> = None;
+            let mut failing_since: Option<UnixSecs> = None;
+            let min = |a: Option<UnixSecs>, b: Option<UnixSecs>| match (a, b) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
@@ -344,8 +353,9 @@ impl Metrics {
                     .get_or_create(&[("reason", reason.as_str())])
                     .set(n);
             }
-            self.earliest_expiry.set(earliest.map_or(0.0, unix));
-            self.not_ready_since.set(failing_since.map_or(0.0, unix));
+            let secs = |t: Option<UnixSecs>| t.map_or(0.0, |t| t.get() as f64);
+            self.earliest_expiry.set(secs(earliest));
+            self.not_ready_since.set(secs(failing_since));
         }
         self.credentials_refresh_failing
             .set(i64::from(credentials.refresh_failure().is_some()));

@@ -35,9 +35,6 @@ pub struct CachedGrant {
     /// `spec.secret.name`, when it names the Secret (else the grant's name
     /// does): the dispatcher finds the Secret without expanding the body.
     secret_name: Option<Box<str>>,
-    /// The issuer the spec names: a changed issuer finds its grants without
-    /// expanding each.
-    issuer: Option<Box<str>>,
     /// Suspended or deleted: what the dispatch queue orders it by
     /// (`queue::Urgency`).
     revoking: bool,
@@ -50,9 +47,9 @@ pub struct CachedGrant {
     body: Box<[u8]>,
 }
 
-/// What `CachedGrant::body` holds: of the metadata, the generation,
-/// creation and deletion times, finalizers and a renew request of a length
-/// the operator acts on.
+/// What `CachedGrant::body` holds: of the metadata, the generation, the
+/// deletion time, finalizers and a renew request of a length the operator
+/// acts on.
 #[derive(Serialize)]
 struct BodyRef<'a> {
     metadata: &'a ObjectMeta,
@@ -84,7 +81,6 @@ impl CachedGrant {
             .filter(|(_, v)| v.len() <= MAX_STATE_VALUE_LEN);
         let kept = ObjectMeta {
             generation: meta.generation,
-            creation_timestamp: meta.creation_timestamp,
             deletion_timestamp: meta.deletion_timestamp,
             finalizers: meta.finalizers,
             annotations: renew.map(|entry| [entry].into()),
@@ -122,7 +118,6 @@ impl CachedGrant {
             revoking: spec.suspend || kept.deletion_timestamp.is_some(),
             partial,
             renewal,
-            issuer: spec.issuer_ref.map(|r| r.name.into_boxed_str()),
             body: body.into_boxed_slice(),
         })
     }
@@ -167,9 +162,24 @@ impl CachedGrant {
         self.partial
     }
 
-    /// The issuer the spec names, if it names one.
-    pub fn issuer_ref(&self) -> Option<&str> {
-        self.issuer.as_deref()
+    /// The issuer the spec names, if it names one: read from the body
+    /// alone, for the rare change of an issuer that looks for its grants.
+    pub fn issuer_ref(&self) -> Option<String> {
+        #[derive(Deserialize)]
+        struct Doc {
+            spec: Spec,
+        }
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Spec {
+            issuer_ref: Option<Ref>,
+        }
+        #[derive(Deserialize)]
+        struct Ref {
+            name: String,
+        }
+        let doc: Doc = serde_json::from_slice(&self.body).ok()?;
+        Some(doc.spec.issuer_ref?.name)
     }
 
     /// Deleted or suspended: its next pass revokes what it holds.
@@ -223,7 +233,7 @@ mod tests {
             ..UploadGrantStatus::default()
         });
         let cached = CachedGrant::new(full.clone()).expect("projects");
-        assert_eq!(cached.issuer_ref(), Some("team"));
+        assert_eq!(cached.issuer_ref().as_deref(), Some("team"));
         assert_eq!(cached.renewal(), Some((refresh, expires)));
         assert!(!cached.revoking());
         assert_eq!(cached.key().as_str(), "ns/g");

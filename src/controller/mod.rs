@@ -459,7 +459,7 @@ fn watch_issuers(
             let _ = issuer_changes.unbounded_send(issuer.clone());
             let name = issuer.name_any();
             grants_where(&grants, |g| {
-                g.issuer_ref().or(default_issuer.as_deref()) == Some(name.as_str())
+                g.issuer_ref().as_deref().or(default_issuer.as_deref()) == Some(name.as_str())
             })
         },
     )

@@ -99,7 +99,7 @@ struct Entry<K> {
 pub struct Queue<K> {
     pace: Pace,
     slots: HashMap<K, u32>,
-    entries: Vec<Option<Entry<K>>>,
+    entries: Chunked<Option<Entry<K>>>,
     free: Vec<u32>,
     revocations: BTreeSet<Place>,
     renewals: BTreeSet<Place>,
@@ -115,7 +115,7 @@ impl<K: Clone + Eq + Hash> Queue<K> {
         Queue {
             pace,
             slots: HashMap::new(),
-            entries: Vec::new(),
+            entries: Chunked::default(),
             free: Vec::new(),
             revocations: BTreeSet::new(),
             renewals: BTreeSet::new(),
@@ -384,10 +384,7 @@ impl<K: Clone + Eq + Hash> Queue<K> {
                 }
                 slot
             }
-            None => {
-                self.entries.push(Some(entry));
-                u32::try_from(self.entries.len() - 1).unwrap_or(u32::MAX)
-            }
+            None => u32::try_from(self.entries.push(Some(entry))).unwrap_or(u32::MAX),
         };
         self.slots.insert(key.clone(), slot);
         slot
@@ -416,6 +413,47 @@ impl<K: Clone + Eq + Hash> Queue<K> {
     }
 }
 
+/// Entries per chunk of [`Chunked`].
+const CHUNK: usize = 512;
+
+/// A list that grows a chunk at a time: a growing queue never copies its
+/// entries, and at most one chunk stands unused, where a doubling `Vec`
+/// leaves up to half its capacity (an entry is over 100 bytes).
+#[derive(Debug)]
+struct Chunked<T> {
+    chunks: Vec<Vec<T>>,
+}
+
+impl<T> Default for Chunked<T> {
+    fn default() -> Self {
+        Chunked { chunks: Vec::new() }
+    }
+}
+
+impl<T> Chunked<T> {
+    /// Appends `value`; its index.
+    fn push(&mut self, value: T) -> usize {
+        match self.chunks.last_mut() {
+            Some(last) if last.len() < CHUNK => last.push(value),
+            _ => {
+                let mut chunk = Vec::with_capacity(CHUNK);
+                chunk.push(value);
+                self.chunks.push(chunk);
+            }
+        }
+        let in_last = self.chunks.last().map_or(0, Vec::len);
+        (self.chunks.len() - 1) * CHUNK + in_last - 1
+    }
+
+    fn get(&self, i: usize) -> Option<&T> {
+        self.chunks.get(i / CHUNK)?.get(i % CHUNK)
+    }
+
+    fn get_mut(&mut self, i: usize) -> Option<&mut T> {
+        self.chunks.get_mut(i / CHUNK)?.get_mut(i % CHUNK)
+    }
+}
+
 impl Slack {
     /// What is known of the least slack at `now` without computing it
     /// again, if enough to decide against `margin`.
@@ -436,6 +474,26 @@ impl Slack {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Indices run on across chunks, and each finds its value.
+    #[test]
+    fn a_chunked_list_indexes_across_chunks() {
+        let mut list = Chunked::default();
+        let n = 2 * CHUNK + 3;
+        for v in 0..n {
+            assert_eq!(list.push(v), v);
+        }
+        assert_eq!(list.chunks.len(), 3);
+        assert!(list.chunks.iter().all(|c| c.capacity() == CHUNK));
+        for v in [0, CHUNK - 1, CHUNK, n - 1] {
+            assert_eq!(list.get(v), Some(&v));
+        }
+        assert_eq!(list.get(n), None);
+        if let Some(v) = list.get_mut(CHUNK) {
+            *v = 7;
+        }
+        assert_eq!(list.get(CHUNK), Some(&7));
+    }
 
     fn at(s: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(s)
