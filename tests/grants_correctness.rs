@@ -344,7 +344,7 @@ async fn labels_and_annotations_removed_from_the_spec_leave_the_secret() -> Test
     Ok(())
 }
 
-/// A grant whose spec is too large for the cache to keep whole (over 4 KiB
+/// A grant whose spec is too large for the cache to keep whole (over 2 KiB
 /// of Secret labels and annotations) is read from the apiserver by its
 /// pass: its Secret carries every label and annotation, and a change of one
 /// re-issues it.

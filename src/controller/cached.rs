@@ -10,7 +10,7 @@
 //!
 //! A spec may carry up to 4 KiB each of Secret labels and annotations, 2 KiB
 //! of object metadata and 16 rollout targets: 15 KiB that only a pass which
-//! writes needs. A grant whose projection would pass [`MAX_BODY`] is kept
+//! writes needs. A grant with more than [`MAX_KEPT_MAPS`] of them is kept
 //! without them, and its pass reads it from the apiserver (one GET).
 
 use std::time::SystemTime;
@@ -23,9 +23,11 @@ use crate::api::secret::{MAX_STATE_VALUE_LEN, RENEW_REQUEST_ANNOTATION};
 use crate::api::{UploadGrant, UploadGrantSpec, UploadGrantStatus};
 use crate::error::{Error, Result};
 
-/// The largest projection kept whole, in bytes of JSON. A typical grant's
-/// is under 1 KiB.
-pub const MAX_BODY: usize = 4096;
+/// The most bytes of keys and values of the Secret's labels, annotations
+/// and rollout targets and of the object metadata that a grant's projection
+/// keeps; a grant with more keeps none of them. A typical grant has a few
+/// labels, and its whole projection is under 1 KiB.
+pub const MAX_KEPT_MAPS: usize = 2048;
 
 /// A grant as the cache keeps it.
 #[derive(Debug, Clone)]
@@ -38,7 +40,7 @@ pub struct CachedGrant {
     /// Suspended or deleted: what the dispatch queue orders it by
     /// (`queue::Urgency`).
     revoking: bool,
-    /// The body lacks what a projection larger than [`MAX_BODY`] drops.
+    /// The body lacks the maps of a spec with more than [`MAX_KEPT_MAPS`].
     partial: bool,
     /// The status's refresh and expiry times, when it shows a URL that is
     /// renewed.
@@ -96,17 +98,11 @@ impl CachedGrant {
             })
             .map_err(Error::Serialize)
         };
-        let mut body = json(&spec)?;
-        let partial = body.len() > MAX_BODY;
+        let partial = writer_maps_len(&spec) > MAX_KEPT_MAPS;
         if partial {
-            spec.metadata = None;
-            if let Some(secret) = spec.secret.as_mut() {
-                secret.labels.clear();
-                secret.annotations.clear();
-                secret.rollout_restart_targets.clear();
-            }
-            body = json(&spec)?;
+            drop_writer_maps(&mut spec);
         }
+        let body = json(&spec)?;
         let time = |t: Option<&Time>| t.map(|t| SystemTime::from(t.0));
         let renewal = status
             .as_ref()
@@ -193,6 +189,30 @@ impl CachedGrant {
     }
 }
 
+/// Bytes of keys and values in the spec's object metadata and the Secret's
+/// labels, annotations and rollout targets: what only a pass that writes
+/// reads.
+fn writer_maps_len(spec: &UploadGrantSpec) -> usize {
+    let map = |m: &std::collections::BTreeMap<String, String>| {
+        m.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+    };
+    let secret = spec.secret.as_ref().map_or(0, |s| {
+        let targets = s.rollout_restart_targets.iter();
+        map(&s.labels) + map(&s.annotations) + targets.map(|t| t.name.len() + 16).sum::<usize>()
+    });
+    spec.metadata.as_ref().map_or(0, map) + secret
+}
+
+/// Drops what [`writer_maps_len`] counts.
+fn drop_writer_maps(spec: &mut UploadGrantSpec) {
+    spec.metadata = None;
+    if let Some(secret) = spec.secret.as_mut() {
+        secret.labels.clear();
+        secret.annotations.clear();
+        secret.rollout_restart_targets.clear();
+    }
+}
+
 impl Keyed for CachedGrant {
     fn key(&self) -> Key {
         self.key.clone()
@@ -254,9 +274,9 @@ mod tests {
         );
     }
 
-    /// A spec whose projection would pass `MAX_BODY` is kept without the
-    /// maps only a writing pass reads; the rest comes back, and the grant
-    /// says it is partial. A small one is kept whole.
+    /// A spec with more than `MAX_KEPT_MAPS` of the maps only a writing
+    /// pass reads is kept without them; the rest comes back, and the grant
+    /// says it is partial. A small one is kept whole, whatever its status.
     #[test]
     fn keeps_a_large_spec_in_part() {
         let big = |n: usize| -> serde_json::Map<String, serde_json::Value> {
@@ -278,7 +298,7 @@ mod tests {
         });
         let cached = CachedGrant::new(full.clone()).expect("projects");
         assert!(cached.partial());
-        assert!(cached.body.len() <= MAX_BODY, "{}", cached.body.len());
+        assert!(cached.body.len() < 1024, "{}", cached.body.len());
         assert_eq!(cached.secret_name(), "s");
         let back = cached.grant().expect("expands");
         assert_eq!(back.uid(), full.uid());
@@ -290,6 +310,14 @@ mod tests {
         assert_eq!(secret.name.as_deref(), Some("s"));
         assert!(secret.labels.is_empty() && secret.annotations.is_empty());
         assert!(secret.rollout_restart_targets.is_empty());
+
+        // A long status alone leaves the spec whole.
+        let mut long = grant(serde_json::json!({"secret": {"labels": big(3)}}));
+        long.status = Some(UploadGrantStatus {
+            secret_name: Some("x".repeat(8 * MAX_KEPT_MAPS)),
+            ..UploadGrantStatus::default()
+        });
+        assert!(!CachedGrant::new(long).expect("projects").partial());
 
         let small = CachedGrant::new(grant(serde_json::json!({"secret": {"labels": big(3)}})))
             .expect("projects");
