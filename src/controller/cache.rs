@@ -1,4 +1,4 @@
-//! The operator's own caches of grants, Secrets and namespaces: one map
+//! The operator's own caches of grants, Secrets, namespaces and issuers: one map
 //! from an object's key to what the operator keeps of it, filled from a
 //! watch.
 //!
@@ -79,14 +79,6 @@ pub enum Uid {
 impl Uid {
     pub fn new(uid: &str) -> Uid {
         uuid_bytes(uid).map_or_else(|| Uid::Other(uid.into()), Uid::Uuid)
-    }
-
-    /// Whether this is the uid `uid`.
-    pub fn is(&self, uid: &str) -> bool {
-        match self {
-            Uid::Uuid(bytes) => uuid_bytes(uid).as_ref() == Some(bytes),
-            Uid::Other(other) => **other == *uid,
-        }
     }
 }
 
@@ -331,11 +323,17 @@ mod tests {
             let uid = Uid::new(given);
             assert_eq!(matches!(uid, Uid::Uuid(_)), compact, "{given}");
             assert_eq!(uid.to_string(), given);
-            assert!(uid.is(given), "{given}");
+            assert_eq!(uid, Uid::new(given), "{given}");
         }
-        assert!(!Uid::new(uuid).is("6F1C2B3A-1D2E-4F5A-9B8C-00000000123F"));
-        assert!(!Uid::new(uuid).is("6f1c2b3a-1d2e-4f5a-9b8c-000000001230"));
-        assert!(!Uid::new("grant-uid").is(uuid));
+        assert_ne!(
+            Uid::new(uuid),
+            Uid::new("6F1C2B3A-1D2E-4F5A-9B8C-00000000123F")
+        );
+        assert_ne!(
+            Uid::new(uuid),
+            Uid::new("6f1c2b3a-1d2e-4f5a-9b8c-000000001230")
+        );
+        assert_ne!(Uid::new("grant-uid"), Uid::new(uuid));
     }
 
     /// A list replaces the cache when it is done, dropping what it no

@@ -219,7 +219,7 @@ pub fn owned_by_uid(secret: &ManagedSecret, uid: &Uid) -> bool {
 
 pub fn owned_by(secret: &ManagedSecret, grant: &UploadGrant) -> bool {
     let Some(uid) = grant.uid() else { return false };
-    secret.owner.as_ref().is_some_and(|o| o.uid.is(&uid))
+    owned_by_uid(secret, &Uid::new(&uid))
 }
 
 pub fn classify(secret: Option<ManagedSecret>, grant: &UploadGrant) -> Slot {
