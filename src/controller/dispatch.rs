@@ -12,12 +12,14 @@ use kube::runtime::watcher;
 
 use super::cache::{Cache, Key, Keyed};
 use super::cached::CachedGrant;
-use super::context::Context;
+use super::context::{Context, grant_key};
 use super::forecast::{self, Rate};
 use super::managed::owned_by_uid;
+use super::memo::retry_delay;
 use super::queue::{Pace, Queue, Urgency};
 use super::reconcile::{self, Next};
 use super::report::Wake;
+use crate::error::Error;
 
 /// A renewal keeps at least this much slack ahead of other work, however
 /// fast the bound (`queue::Pace::margin`).
@@ -308,9 +310,45 @@ async fn pass(
 ) -> (Key, Result<Next, (Next, Retry)>) {
     let result = match reconcile::reconcile(grant.clone(), ctx.clone()).await {
         Ok(next) => Ok(next),
-        Err(error) => Err(super::failed(&grant, &error, &ctx)),
+        Err(error) => Err(failed(&grant, &error, &ctx)),
     };
     (key, result)
+}
+
+/// A failed pass: said, counted, and retried after the backoff (which
+/// never passes the expiry of the URL the grant holds), or, when the
+/// apiserver throttled it, once the dispatcher's hold ends.
+fn failed(cached: &CachedGrant, error: &Error, ctx: &Context) -> (Next, Retry) {
+    // Only a pass that failed comes here: expanding again is rare.
+    let grant = cached.grant().ok();
+    // The failed pass counted itself in the grant's record.
+    let n = grant
+        .as_ref()
+        .map_or(1, |g| ctx.memos.failures(grant_key(g)).max(1));
+    let expires_at = cached.renewal().map(|(_, expires)| expires).or_else(|| {
+        let status = grant.as_ref()?.status.as_ref()?;
+        status.expires_at.as_ref().map(|t| SystemTime::from(t.0))
+    });
+    ctx.metrics.reconcile_failure(error.category());
+    let next = Next {
+        wake: Wake::OnChange,
+        expires_at,
+    };
+    if error.is_throttled() {
+        // The dispatcher says it once for all the grants it holds.
+        tracing::debug!(grant = %cached.name_any(), error = %error, "throttled by the apiserver");
+        return (next, Retry::Throttled);
+    }
+    let delay = retry_delay(n, expires_at, SystemTime::now());
+    tracing::warn!(
+        grant = %cached.name_any(),
+        namespace = cached.namespace().as_deref().unwrap_or(""),
+        category = error.category(),
+        error = %error,
+        retry_in_s = delay.as_secs(),
+        "reconcile failed"
+    );
+    (next, Retry::After(delay))
 }
 
 #[cfg(test)]

@@ -33,7 +33,7 @@ mod status;
 pub mod validate;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use futures::channel::mpsc;
 use futures::stream::BoxStream;
@@ -44,7 +44,6 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 
 use crate::api::{ClusterGrantIssuer, UploadGrant};
-use crate::error::Error;
 use crate::fence::Fence;
 use crate::metrics::Metrics;
 use crate::server::Readiness;
@@ -53,8 +52,8 @@ use crate::signing::{CredentialSnapshot, Presigner};
 use crate::api::secret::MANAGER;
 use cache::{Cache, Key, Keyed};
 use cached::CachedGrant;
+use context::Context;
 pub use context::Settings;
-use context::{Context, grant_key};
 
 /// The shared handles, from what the controller runs with and its caches.
 fn context(parts: Parts, settings: Settings, caches: Caches) -> Context {
@@ -76,46 +75,6 @@ fn context(parts: Parts, settings: Settings, caches: Caches) -> Context {
         memos: memo::Memos::default(),
         tombstones: memo::Tombstones::default(),
     }
-}
-
-/// A failed pass: said, counted, and retried after the backoff (which
-/// never passes the expiry of the URL the grant holds), or, when the
-/// apiserver throttled it, once the dispatcher's hold ends.
-fn failed(
-    cached: &CachedGrant,
-    error: &Error,
-    ctx: &Context,
-) -> (reconcile::Next, dispatch::Retry) {
-    // Only a pass that failed comes here: expanding again is rare.
-    let grant = cached.grant().ok();
-    // The failed pass counted itself in the grant's record.
-    let n = grant
-        .as_ref()
-        .map_or(1, |g| ctx.memos.failures(grant_key(g)).max(1));
-    let expires_at = cached.renewal().map(|(_, expires)| expires).or_else(|| {
-        let status = grant.as_ref()?.status.as_ref()?;
-        status.expires_at.as_ref().map(|t| SystemTime::from(t.0))
-    });
-    ctx.metrics.reconcile_failure(error.category());
-    let next = reconcile::Next {
-        wake: report::Wake::OnChange,
-        expires_at,
-    };
-    if error.is_throttled() {
-        // The dispatcher says it once for all the grants it holds.
-        tracing::debug!(grant = %cached.name_any(), error = %error, "throttled by the apiserver");
-        return (next, dispatch::Retry::Throttled);
-    }
-    let delay = memo::retry_delay(n, expires_at, SystemTime::now());
-    tracing::warn!(
-        grant = %cached.name_any(),
-        namespace = cached.namespace().as_deref().unwrap_or(""),
-        category = error.category(),
-        error = %error,
-        retry_in_s = delay.as_secs(),
-        "reconcile failed"
-    );
-    (next, dispatch::Retry::After(delay))
 }
 
 /// Drops what no reconcile reads before an object enters a cache: with
