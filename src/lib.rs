@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod plugin;
 pub mod policy;
 pub mod server;
+pub mod shard;
 pub mod signing;
 pub mod telemetry;
 pub mod uploads;

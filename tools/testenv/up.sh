@@ -139,6 +139,9 @@ API_URL="https://127.0.0.1:$API_PORT"
 # Without a node there is no controller-manager to create the `default`
 # ServiceAccounts the ServiceAccount admission plugin requires of every pod.
 NODE_APISERVER_FLAGS=(--authorization-mode RBAC --disable-admission-plugins ServiceAccount)
+# ShardedListAndWatch (alpha, KEP-5866): a list or watch may carry a
+# shardSelector over the uid's hash; tests/sharding.rs checks the operator's
+# shard arithmetic against it.
 # An audit log of what clients in the group testenv:audited do (not reads
 # of single objects): the chaos suite gives each operator replica such an
 # identity and counts, from the server's side, the writes each one made.
@@ -167,6 +170,7 @@ start kube-apiserver "$BIN/kube-apiserver" \
   --service-account-signing-key-file "$PKI/sa.key" \
   --allow-privileged=true \
   --audit-policy-file "$RUN/audit-policy.yaml" --audit-log-path "$LOGS/audit.log" \
+  --feature-gates ShardedListAndWatch=true \
   "${NODE_APISERVER_FLAGS[@]}"
 wait_for kube-apiserver 120 curl -fsS --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key" "$API_URL/readyz"
 
