@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-/// The most shards `--shards` accepts: a Lease each.
+/// The most shards a split may have: each is a Lease.
 pub const MAX_SHARDS: u32 = 1024;
 
 /// The field the apiserver hashes for a grant's shard.
@@ -128,67 +128,95 @@ fn hex(bound: u128) -> String {
     format!("0x{bound:016x}")
 }
 
-/// What one replica should do about its shards.
+/// What one replica should do about its shards. Shard numbers mean ranges
+/// of one count only (shard 3 of 8 is not shard 3 of 16): whatever names a
+/// shard's Lease must name the count too.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Plan {
-    /// Shards nobody live holds that are this replica's to take.
+    /// Shards that are this replica's to hold: free now, or once the
+    /// replica named in its `give` hands them over.
     pub take: BTreeSet<u32>,
-    /// Shards this replica holds beyond its share: to hand over once the
-    /// replica that takes each is ready.
-    pub give: BTreeSet<u32>,
+    /// Shards this replica holds beyond its share, each with the replica
+    /// that takes it: handed over once that replica is ready for it.
+    pub give: BTreeMap<u32, String>,
+    /// Shards this replica holds that nobody takes from it: not shards of
+    /// this count, or all it holds when it is not among the live replicas.
+    pub release: BTreeSet<u32>,
 }
 
 /// This replica's part in a fair split of `count` shards between the live
-/// `replicas` (sorted identities; `me` among them), given who holds what
-/// now. Each replica's share is `count / n`, and the first `count % n` in
-/// order take one more. A replica keeps what it holds up to its share;
-/// free shards (unheld, or held by a replica no longer live) go to the
-/// replicas below their share, in replica order, lowest shards first. So a
-/// replica coming or going moves only the shards it must, and every live
-/// replica computes the same split from the same view.
+/// `replicas`, given who holds what now; every live replica computes the
+/// same split from the same view. Each replica's share is `count / n`; the
+/// `count % n` one more go to the replicas that hold the most now (ties by
+/// name), so that as few shards as possible move. A replica keeps what it
+/// holds up to its share, lowest shards first; the rest (free, held by a
+/// replica no longer live, or held beyond a share) go to the replicas below
+/// their share, in name order, lowest shards first.
 pub fn plan(
     count: u32,
     me: &str,
     replicas: &BTreeSet<String>,
     holders: &BTreeMap<u32, String>,
 ) -> Plan {
-    let n = replicas.len() as u32;
-    if n == 0 || !replicas.contains(me) {
-        return Plan::default();
+    let mine = holders.iter().filter(|(_, h)| *h == me).map(|(s, _)| *s);
+    if !replicas.contains(me) {
+        return Plan {
+            release: mine.collect(),
+            ..Plan::default()
+        };
     }
-    let share = |i: u32| count / n + u32::from(i < count % n);
-    // How many shards each live replica keeps of those it holds.
+    let share = shares(count, replicas, holders);
     let mut kept: BTreeMap<&str, u32> = BTreeMap::new();
-    let mut free: Vec<u32> = Vec::new();
-    let mut give = BTreeSet::new();
+    // Shards that move: with the replica that holds them now, if live.
+    let mut moving: Vec<(u32, Option<&str>)> = Vec::new();
     for shard in 0..count {
-        match holders.get(&shard).filter(|h| replicas.contains(*h)) {
-            Some(holder) => {
-                let index = replicas.iter().position(|r| r == holder).unwrap_or(0) as u32;
-                let held = kept.entry(holder.as_str()).or_default();
-                if *held < share(index) {
-                    *held += 1;
-                } else if holder == me {
-                    give.insert(shard);
-                }
+        let holder = holders.get(&shard).map(String::as_str);
+        match holder.filter(|h| share.contains_key(h)) {
+            Some(h) if kept.get(h).copied().unwrap_or(0) < share[h] => {
+                *kept.entry(h).or_default() += 1;
             }
-            None => free.push(shard),
+            live => moving.push((shard, live)),
         }
     }
-    let mut take = BTreeSet::new();
-    let mut free = free.into_iter();
-    for (index, replica) in replicas.iter().enumerate() {
-        let held = kept.get(replica.as_str()).copied().unwrap_or(0);
-        let wanted = share(index as u32).saturating_sub(held);
-        let got = free.by_ref().take(wanted as usize);
-        if replica == me {
-            take.extend(got);
-        } else {
-            // Another replica's: pass over them.
-            got.for_each(drop);
+    let mut plan = Plan {
+        release: mine.filter(|s| *s >= count).collect(),
+        ..Plan::default()
+    };
+    let mut moving = moving.into_iter();
+    for (replica, want) in &share {
+        let below = want.saturating_sub(kept.get(replica).copied().unwrap_or(0));
+        for (shard, from) in moving.by_ref().take(below as usize) {
+            if *replica == me {
+                plan.take.insert(shard);
+            }
+            if from == Some(me) {
+                plan.give.insert(shard, (*replica).to_owned());
+            }
         }
     }
-    Plan { take, give }
+    plan
+}
+
+/// Each live replica's share of `count` shards: `count / n`, and one more
+/// for the `count % n` that hold the most now (ties by name).
+fn shares<'a>(
+    count: u32,
+    replicas: &'a BTreeSet<String>,
+    holders: &BTreeMap<u32, String>,
+) -> BTreeMap<&'a str, u32> {
+    let n = replicas.len() as u32;
+    let mut held: BTreeMap<&str, usize> = BTreeMap::new();
+    for (_, h) in holders.iter().filter(|(s, _)| **s < count) {
+        *held.entry(h.as_str()).or_default() += 1;
+    }
+    let mut by_holding: Vec<&str> = replicas.iter().map(String::as_str).collect();
+    // Stable: ties stay in name order.
+    by_holding.sort_by_key(|r| std::cmp::Reverse(held.get(r).copied().unwrap_or(0)));
+    by_holding
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (*r, count / n + u32::from((i as u32) < count % n)))
+        .collect()
 }
 
 #[cfg(test)]
@@ -274,85 +302,115 @@ mod tests {
         names.iter().map(|n| (*n).to_owned()).collect()
     }
 
-    /// Every replica's plan, applied: who holds what afterwards.
+    fn held(pairs: &[(u32, &str)]) -> BTreeMap<u32, String> {
+        pairs.iter().map(|(s, h)| (*s, (*h).to_owned())).collect()
+    }
+
+    /// Every live replica's plan, carried out at once: who holds what
+    /// afterwards. A replica that is gone lost its shards when its Leases
+    /// lapsed. A shard is handed only to the replica whose plan takes it,
+    /// and nobody takes a shard somebody still holds.
     fn settle(
         count: u32,
         live: &BTreeSet<String>,
         holders: &BTreeMap<u32, String>,
     ) -> BTreeMap<u32, String> {
-        let mut after: BTreeMap<u32, String> = holders
+        let plans: BTreeMap<&String, Plan> = live
             .iter()
-            .filter(|(_, h)| live.contains(*h))
-            .map(|(s, h)| (*s, h.clone()))
+            .map(|r| (r, plan(count, r, live, holders)))
             .collect();
-        let plans: Vec<(String, Plan)> = live
-            .iter()
-            .map(|r| (r.clone(), plan(count, r, live, holders)))
-            .collect();
+        let mut after = holders.clone();
+        after.retain(|_, h| live.contains(h));
         for (replica, plan) in &plans {
-            for shard in &plan.give {
-                after.remove(shard);
+            for shard in &plan.release {
+                assert_eq!(after.remove(shard).as_ref(), Some(*replica));
             }
-            for shard in &plan.take {
+            for (shard, to) in &plan.give {
                 assert!(
-                    after.insert(*shard, replica.clone()).is_none(),
-                    "shard {shard} taken twice"
+                    plans[to].take.contains(shard),
+                    "{shard} given to {to}, who does not take it"
+                );
+                assert_eq!(after.remove(shard).as_ref(), Some(*replica));
+            }
+        }
+        for (replica, plan) in &plans {
+            for shard in &plan.take {
+                let before = after.insert(*shard, (*replica).clone());
+                assert!(
+                    before.is_none(),
+                    "shard {shard} taken while {before:?} holds it"
                 );
             }
         }
         after
     }
 
-    fn shares(holders: &BTreeMap<u32, String>) -> BTreeMap<String, usize> {
-        let mut n = BTreeMap::new();
+    fn counts(holders: &BTreeMap<u32, String>) -> Vec<usize> {
+        let mut n: BTreeMap<&String, usize> = BTreeMap::new();
         for h in holders.values() {
-            *n.entry(h.clone()).or_default() += 1;
+            *n.entry(h).or_default() += 1;
         }
-        n
+        n.into_values().collect()
+    }
+
+    /// How many shards changed hands between two splits.
+    fn moved(before: &BTreeMap<u32, String>, after: &BTreeMap<u32, String>) -> usize {
+        after
+            .iter()
+            .filter(|(s, h)| before.get(s) != Some(h))
+            .count()
     }
 
     #[test]
-    fn splits_fairly_and_moves_only_what_it_must() {
+    fn splits_fairly_in_one_round_and_moves_only_what_it_must() {
         let three = replicas(&["a", "b", "c"]);
         let start = settle(64, &three, &BTreeMap::new());
-        assert_eq!(start.len(), 64);
-        assert_eq!(
-            shares(&start).into_values().collect::<Vec<_>>(),
-            [22, 21, 21]
-        );
+        assert_eq!((start.len(), counts(&start)), (64, vec![22, 21, 21]));
+        assert_eq!(settle(64, &three, &start), start, "a settled split stays");
 
-        // "c" goes: only its shards move, and the two left split 32/32.
+        // "c" goes: only its 21 shards move, and the two left hold 32 each.
         let two = replicas(&["a", "b"]);
         let after = settle(64, &two, &start);
-        assert_eq!(after.len(), 64);
-        assert_eq!(shares(&after).into_values().collect::<Vec<_>>(), [32, 32]);
-        for (shard, holder) in &start {
-            if holder != "c" {
-                assert_eq!(after.get(shard), Some(holder), "shard {shard} moved");
-            }
-        }
+        assert_eq!((after.len(), counts(&after)), (64, vec![32, 32]));
+        assert_eq!(moved(&start, &after), 21);
 
-        // "d" comes: the others give up their excess first, then it takes.
+        // "d" comes: "a" and "b" hand it their excess, each named for it.
         let with_d = replicas(&["a", "b", "d"]);
-        let plan_a = plan(64, "a", &with_d, &after);
-        assert_eq!(plan_a.give.len(), 32 - 22);
-        assert!(plan_a.take.is_empty());
-        let given = settle(64, &with_d, &after);
-        let taken = settle(64, &with_d, &given);
-        assert_eq!(taken.len(), 64);
-        assert_eq!(
-            shares(&taken).into_values().collect::<Vec<_>>(),
-            [22, 21, 21]
-        );
-        assert_eq!(settle(64, &with_d, &taken), taken, "a settled split stays");
+        let a = plan(64, "a", &with_d, &after);
+        assert!(a.take.is_empty() && a.release.is_empty());
+        assert_eq!(a.give.len(), 32 - 22);
+        assert!(a.give.values().all(|to| to == "d"));
+        let joined = settle(64, &with_d, &after);
+        assert_eq!((joined.len(), counts(&joined)), (64, vec![22, 21, 21]));
+        assert_eq!(moved(&after, &joined), 21);
+        assert_eq!(settle(64, &with_d, &joined), joined);
+    }
+
+    /// The extra shard of an uneven split stays with a replica that holds
+    /// it, rather than following the replicas' names.
+    #[test]
+    fn an_uneven_split_keeps_the_extra_shard_where_it_is() {
+        let before = held(&[(0, "b"), (1, "b"), (2, "c"), (3, "d")]);
+        let after = settle(4, &replicas(&["a", "b", "c"]), &before);
+        assert_eq!(after, held(&[(0, "b"), (1, "b"), (2, "c"), (3, "a")]));
     }
 
     #[test]
-    fn a_replica_not_live_plans_nothing() {
-        let holders = BTreeMap::from([(0, "x".to_owned())]);
-        assert_eq!(plan(4, "x", &replicas(&["a"]), &holders), Plan::default());
-        assert_eq!(plan(4, "a", &BTreeSet::new(), &holders), Plan::default());
-        let one = plan(1, "a", &replicas(&["a"]), &holders);
-        assert_eq!(one.take, BTreeSet::from([0]));
+    fn lets_go_of_what_is_not_its_to_hold() {
+        // Not among the live replicas: it releases all it holds.
+        let holders = held(&[(0, "x"), (1, "a")]);
+        let x = plan(4, "x", &replicas(&["a"]), &holders);
+        assert_eq!(x.release, BTreeSet::from([0]));
+        assert!(x.take.is_empty() && x.give.is_empty());
+        assert_eq!(
+            plan(4, "a", &replicas(&["a"]), &holders).take,
+            BTreeSet::from([0, 2, 3])
+        );
+        // A shard of another count (after the count was lowered).
+        let a = plan(4, "a", &replicas(&["a"]), &held(&[(9, "a")]));
+        assert_eq!(a.release, BTreeSet::from([9]));
+        assert_eq!(a.take, BTreeSet::from([0, 1, 2, 3]));
+        let gone = plan(4, "a", &BTreeSet::new(), &holders);
+        assert_eq!(gone.release, BTreeSet::from([1]));
     }
 }

@@ -41,8 +41,12 @@ async fn the_apiserver_lists_and_watches_the_shards_the_operator_computes() -> T
     }
 
     let shards = Shards::new(8)?;
-    for owned in [vec![0], vec![1, 2], vec![0, 3, 5, 6, 7]] {
-        let owned: BTreeSet<u32> = owned.into_iter().collect();
+    // Sets of shards that hold at least one object of each kind, and at
+    // most 3 of the 8: neither nothing nor everything.
+    let g: Vec<u32> = grant_uids.values().map(|uid| shards.of(uid)).collect();
+    let s: Vec<u32> = secret_uids.values().map(|uid| shards.of(uid)).collect();
+    for owned in [[g[0], s[0], g[0]], [g[1], s[1], g[2]], [g[3], s[2], s[3]]] {
+        let owned = BTreeSet::from(owned);
         let Selection::Ranges(selector) = shards.selection(&owned) else {
             panic!("{owned:?} is some shards, not all or none");
         };

@@ -139,9 +139,6 @@ API_URL="https://127.0.0.1:$API_PORT"
 # Without a node there is no controller-manager to create the `default`
 # ServiceAccounts the ServiceAccount admission plugin requires of every pod.
 NODE_APISERVER_FLAGS=(--authorization-mode RBAC --disable-admission-plugins ServiceAccount)
-# ShardedListAndWatch (alpha, KEP-5866): a list or watch may carry a
-# shardSelector over the uid's hash; tests/sharding.rs checks the operator's
-# shard arithmetic against it.
 # An audit log of what clients in the group testenv:audited do (not reads
 # of single objects): the chaos suite gives each operator replica such an
 # identity and counts, from the server's side, the writes each one made.
@@ -156,6 +153,9 @@ rules:
 - level: None
 AUDIT
 [ "$TESTENV_NODE" = 0 ] || node_apiserver_flags
+# ShardedListAndWatch (alpha, KEP-5866): a list or watch may carry a
+# shardSelector over the uid's hash; tests/sharding.rs checks the operator's
+# shard arithmetic against it.
 start kube-apiserver "$BIN/kube-apiserver" \
   --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
   --bind-address 127.0.0.1 --secure-port "$API_PORT" \
