@@ -45,8 +45,12 @@ async fn the_apiserver_lists_and_watches_the_shards_the_operator_computes() -> T
     // most 3 of the 8: neither nothing nor everything.
     let g: Vec<u32> = grant_uids.values().map(|uid| shards.of(uid)).collect();
     let s: Vec<u32> = secret_uids.values().map(|uid| shards.of(uid)).collect();
-    for owned in [[g[0], s[0], g[0]], [g[1], s[1], g[2]], [g[3], s[2], s[3]]] {
-        let owned = BTreeSet::from(owned);
+    for owned in [
+        vec![g[0], s[0]],
+        vec![g[1], s[1], g[2]],
+        vec![g[3], s[2], s[3]],
+    ] {
+        let owned: BTreeSet<u32> = owned.into_iter().collect();
         let Selection::Ranges(selector) = shards.selection(&owned) else {
             panic!("{owned:?} is some shards, not all or none");
         };

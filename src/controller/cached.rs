@@ -97,19 +97,17 @@ impl CachedGrant {
         };
         let mut spec = grant.spec;
         let status = grant.status;
-        let json = |spec: &UploadGrantSpec| {
-            serde_json::to_vec(&BodyRef {
-                metadata: &kept,
-                spec,
-                status: status.as_ref(),
-            })
-            .map_err(Error::Serialize)
-        };
         let partial = writer_maps_len(&spec) > MAX_KEPT_MAPS;
         if partial {
             drop_writer_maps(&mut spec);
         }
-        let body = pack(&json(&spec)?);
+        let json = serde_json::to_vec(&BodyRef {
+            metadata: &kept,
+            spec: &spec,
+            status: status.as_ref(),
+        })
+        .map_err(Error::Serialize)?;
+        let body = pack(&json);
         let time = |t: Option<&Time>| t.map(|t| SystemTime::from(t.0));
         let renewal = status
             .as_ref()
@@ -182,7 +180,10 @@ impl CachedGrant {
             name: String,
         }
         let body = unpack(&self.body)
-            .inspect_err(|e| tracing::error!(grant = %self.key.as_str(), error = %e, "the cache's copy of a grant is corrupt"))
+            .inspect_err(|e| {
+                let grant = self.key.as_str();
+                tracing::error!(grant, error = %e, "the cache's copy of a grant is corrupt");
+            })
             .ok()?;
         let doc: Doc = serde_json::from_slice(&body).ok()?;
         Some(doc.spec.issuer_ref?.name)
