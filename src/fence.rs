@@ -28,10 +28,11 @@ use http::{Method, Request};
 use http_body::{Body, Frame, SizeHint};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt};
 use tower::{BoxError, Layer, Service};
 
-/// Who may write: everyone (no leader election), or the lease holder.
+/// Who may write: everyone (no leader election), or the holder of every
+/// Lease it requires (the leader Lease, or the Leases of a replica's shards).
 #[derive(Clone, Debug)]
 pub struct Fence {
     inner: Option<Arc<Held>>,
@@ -40,15 +41,32 @@ pub struct Fence {
 #[derive(Debug)]
 struct Held {
     identity: String,
+    leases: std::sync::Mutex<Leases>,
     /// Writes are allowed until this many milliseconds after the Unix
-    /// epoch; 0 while the lease names somebody else.
+    /// epoch: the earliest end of the required Leases; 0 while one of them
+    /// names somebody else, has not been seen, or none is required.
     until_ms: AtomicU64,
     changed: tokio::sync::Notify,
 }
 
+/// The Leases writes need, and until when this replica holds each it does.
+#[derive(Debug, Default)]
+struct Leases {
+    required: std::collections::BTreeSet<String>,
+    /// Only Leases this replica holds: as many as it may require.
+    held: std::collections::BTreeMap<String, u64>,
+}
+
+impl Leases {
+    fn until(&self) -> u64 {
+        let ends = self.required.iter().map(|n| self.held.get(n).copied());
+        ends.min().flatten().unwrap_or(0)
+    }
+}
+
 /// The error a fenced write fails with.
 #[derive(Debug, thiserror::Error)]
-#[error("write refused: this replica cannot show that it still holds the leader lease")]
+#[error("write refused: this replica cannot show that it still holds its lease")]
 pub struct Fenced;
 
 impl Fence {
@@ -57,15 +75,30 @@ impl Fence {
         Fence { inner: None }
     }
 
-    /// Closed until [`Fence::follow`] sees `identity` hold the lease.
+    /// Closed until [`Fence::require`] names Leases and each is seen held
+    /// by `identity`.
     pub fn for_identity(identity: impl Into<String>) -> Self {
         Fence {
             inner: Some(Arc::new(Held {
                 identity: identity.into(),
+                leases: std::sync::Mutex::default(),
                 until_ms: AtomicU64::new(0),
                 changed: tokio::sync::Notify::new(),
             })),
         }
+    }
+
+    /// Closed until [`Fence::follow`] sees `identity` hold the Lease `name`.
+    pub fn for_lease(identity: impl Into<String>, name: &str) -> Self {
+        let fence = Fence::for_identity(identity);
+        fence.require([name.to_owned()]);
+        fence
+    }
+
+    /// From now on writes need exactly these Leases; what was seen of them
+    /// already counts.
+    pub fn require(&self, names: impl IntoIterator<Item = String>) {
+        self.update(|leases| leases.required = names.into_iter().collect());
     }
 
     /// Whether a write may be sent now.
@@ -98,13 +131,39 @@ impl Fence {
         tokio::time::timeout(timeout, wait).await.is_ok()
     }
 
-    /// Applies one observation of the Lease (None: it is gone).
-    fn observe(&self, lease: Option<&Lease>) {
+    /// Applies one observation of a Lease.
+    pub fn observe(&self, lease: &Lease) {
         let Some(held) = &self.inner else { return };
-        let until = lease
-            .and_then(|l| held_until(l, &held.identity))
-            .map_or(0, millis);
-        held.until_ms.store(until, Ordering::Release);
+        let name = lease.metadata.name.clone().unwrap_or_default();
+        let until = held_until(lease, &held.identity).map(millis);
+        self.update(|leases| {
+            match until {
+                Some(until) => leases.held.insert(name, until),
+                None => leases.held.remove(&name),
+            };
+        });
+    }
+
+    /// The Lease `name` is gone.
+    pub fn observe_deleted(&self, name: &str) {
+        self.update(|leases| {
+            leases.held.remove(name);
+        });
+    }
+
+    /// Nothing current is known of any Lease (a watch failed): fenced until
+    /// they are seen again.
+    pub fn observe_nothing(&self) {
+        self.update(|leases| leases.held.clear());
+    }
+
+    fn update(&self, change: impl FnOnce(&mut Leases)) {
+        let Some(held) = &self.inner else { return };
+        // A panic while holding this lock cannot leave it half-changed.
+        let mut leases = held.leases.lock().unwrap_or_else(|e| e.into_inner());
+        change(&mut leases);
+        held.until_ms.store(leases.until(), Ordering::Release);
+        drop(leases);
         held.changed.notify_waiters();
     }
 
@@ -122,18 +181,21 @@ impl Fence {
         async move {
             let mut events = std::pin::pin!(watcher(api, config).default_backoff());
             while let Some(event) = events.next().await {
-                match event {
-                    Ok(watcher::Event::Apply(l) | watcher::Event::InitApply(l)) => {
-                        fence.observe(Some(&l))
-                    }
-                    Ok(watcher::Event::Delete(_)) => fence.observe(None),
-                    Ok(watcher::Event::Init | watcher::Event::InitDone) => {}
-                    Err(e) => {
-                        // Without a current view of the lease, assume the worst.
-                        fence.observe(None);
-                        tracing::warn!(error = %e, "lease watch failed; writes fenced until it recovers");
-                    }
-                }
+                fence.observe_event(event);
+            }
+        }
+    }
+
+    /// Applies one event of a watch of Leases.
+    pub fn observe_event(&self, event: Result<watcher::Event<Lease>, watcher::Error>) {
+        match event {
+            Ok(watcher::Event::Apply(l) | watcher::Event::InitApply(l)) => self.observe(&l),
+            Ok(watcher::Event::Delete(l)) => self.observe_deleted(&l.name_any()),
+            Ok(watcher::Event::Init | watcher::Event::InitDone) => {}
+            Err(e) => {
+                // Without a current view of the leases, assume the worst.
+                self.observe_nothing();
+                tracing::warn!(error = %e, "lease watch failed; writes fenced until it recovers");
             }
         }
     }
@@ -322,7 +384,10 @@ mod tests {
                 lease_duration_seconds: Some(seconds),
                 ..LeaseSpec::default()
             }),
-            ..Lease::default()
+            metadata: kube::api::ObjectMeta {
+                name: Some("lease".into()),
+                ..Default::default()
+            },
         }
     }
 
@@ -333,10 +398,10 @@ mod tests {
 
     #[test]
     fn the_holder_writes_until_a_margin_before_the_lease_runs_out() {
-        let fence = Fence::for_identity("me");
+        let fence = Fence::for_lease("me", "lease");
         assert!(!fence.allows_writes(), "closed before the lease is seen");
         let renewed = SystemTime::now();
-        fence.observe(Some(&lease("me", renewed, 15)));
+        fence.observe(&lease("me", renewed, 15));
         assert!(fence.allows_writes_at(renewed + Duration::from_secs(11)));
         // 15 s lease, 3 s margin: a standby could take over at 15 s.
         assert!(!fence.allows_writes_at(renewed + Duration::from_secs(12)));
@@ -347,25 +412,56 @@ mod tests {
     fn a_frozen_leader_resumes_fenced() {
         // The last renewal it saw is older than the lease: it was stopped
         // past its lease, whatever its own lease task still believes.
-        let fence = Fence::for_identity("me");
-        fence.observe(Some(&lease(
+        let fence = Fence::for_lease("me", "lease");
+        fence.observe(&lease(
             "me",
             SystemTime::now() - Duration::from_secs(20),
             15,
-        )));
+        ));
         assert!(!fence.allows_writes());
     }
 
     #[test]
     fn another_holder_or_no_lease_fences() {
-        let fence = Fence::for_identity("me");
-        fence.observe(Some(&lease("me", SystemTime::now(), 15)));
+        let fence = Fence::for_lease("me", "lease");
+        fence.observe(&lease("me", SystemTime::now(), 15));
         assert!(fence.allows_writes());
-        fence.observe(Some(&lease("them", SystemTime::now(), 15)));
+        fence.observe(&lease("them", SystemTime::now(), 15));
         assert!(!fence.allows_writes());
-        fence.observe(Some(&lease("me", SystemTime::now(), 15)));
-        fence.observe(None);
+        fence.observe(&lease("me", SystemTime::now(), 15));
+        fence.observe_deleted("lease");
         assert!(!fence.allows_writes());
+    }
+
+    fn named(name: &str, mut lease: Lease) -> Lease {
+        lease.metadata.name = Some(name.into());
+        lease
+    }
+
+    /// With several Leases required (a replica's shards), writes need every
+    /// one of them, and end with the first to run out.
+    #[test]
+    fn every_required_lease_must_be_held() {
+        let now = SystemTime::now();
+        let fence = Fence::for_identity("me");
+        fence.observe(&named("a", lease("me", now, 15)));
+        assert!(!fence.allows_writes(), "nothing required: closed");
+        fence.require(["a".to_owned(), "b".to_owned()]);
+        assert!(!fence.allows_writes(), "b not seen yet");
+        fence.observe(&named("b", lease("me", now - Duration::from_secs(5), 15)));
+        assert!(fence.allows_writes_at(now + Duration::from_secs(6)));
+        assert!(
+            !fence.allows_writes_at(now + Duration::from_secs(7)),
+            "b ends first"
+        );
+        fence.require(["a".to_owned()]);
+        assert!(fence.allows_writes_at(now + Duration::from_secs(11)));
+        fence.observe(&named("a", lease("them", now, 15)));
+        assert!(!fence.allows_writes(), "a taken over");
+        fence.require(["b".to_owned()]);
+        assert!(fence.allows_writes_at(now));
+        fence.observe_nothing();
+        assert!(!fence.allows_writes(), "a failed watch forgets all");
     }
 
     #[test]
@@ -409,27 +505,27 @@ mod tests {
     #[tokio::test]
     async fn fenced_writes_never_reach_the_server_but_reads_do() {
         let (mock, mut server) = tower_test::mock::pair::<Request<()>, http::Response<()>>();
-        let fence = Fence::for_identity("me");
+        let fence = Fence::for_lease("me", "lease");
         let mut service = FenceLayer(fence.clone()).layer(mock);
         let refused = send(&mut service, &mut server, Method::PATCH).await;
         assert!(refused.is_err_and(|e| e.is::<Fenced>()));
         let read = send(&mut service, &mut server, Method::GET).await;
         assert_eq!(read.ok().flatten(), Some(Method::GET));
 
-        fence.observe(Some(&lease("me", SystemTime::now(), 15)));
+        fence.observe(&lease("me", SystemTime::now(), 15));
         let write = send(&mut service, &mut server, Method::DELETE).await;
         assert_eq!(write.ok().flatten(), Some(Method::DELETE));
     }
 
     #[tokio::test]
     async fn opened_waits_for_the_lease_to_be_seen() {
-        let fence = Fence::for_identity("me");
+        let fence = Fence::for_lease("me", "lease");
         assert!(!fence.opened(Duration::from_millis(20)).await);
         let observer = {
             let fence = fence.clone();
             async move {
                 tokio::task::yield_now().await;
-                fence.observe(Some(&lease("me", SystemTime::now(), 15)));
+                fence.observe(&lease("me", SystemTime::now(), 15));
             }
         };
         let (opened, ()) = tokio::join!(fence.opened(Duration::from_secs(5)), observer);
@@ -487,7 +583,7 @@ mod tests {
         lose_lease: bool,
     ) -> Result<http::StatusCode, BoxError> {
         use tower::ServiceExt;
-        fence.observe(Some(&lease("me", SystemTime::now(), 15)));
+        fence.observe(&lease("me", SystemTime::now(), 15));
         let request = Request::builder()
             .method(method)
             .uri(url)
@@ -504,7 +600,7 @@ mod tests {
         if lose_lease {
             // The replica freezes here, after the check at the bound, and
             // resumes to find that another holds the lease.
-            fence.observe(Some(&lease("them", SystemTime::now(), 15)));
+            fence.observe(&lease("them", SystemTime::now(), 15));
         }
         response.await.map(|r| r.status())
     }
@@ -517,7 +613,7 @@ mod tests {
     #[tokio::test]
     async fn writes_fenced_late_never_reach_the_wire() {
         let (url, mut seen) = recording_server().await;
-        let fence = Fence::for_identity("me");
+        let fence = Fence::for_lease("me", "lease");
         for (method, body) in WRITES {
             let refused = send_through(&url, method.clone(), body, &fence, true).await;
             let error = refused.expect_err("a fenced write fails");
@@ -539,7 +635,7 @@ mod tests {
     #[tokio::test]
     async fn writes_allowed_on_the_wire_are_sent_whole() {
         let (url, mut seen) = recording_server().await;
-        let fence = Fence::for_identity("me");
+        let fence = Fence::for_lease("me", "lease");
         for (method, body) in WRITES {
             let status = send_through(&url, method.clone(), body, &fence, false).await;
             assert_eq!(status.expect("sent"), http::StatusCode::OK);

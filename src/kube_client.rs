@@ -14,6 +14,8 @@ use tower::limit::RateLimitLayer;
 use tower::util::{BoxService, MapRequestLayer};
 use tower::{BoxError, ServiceBuilder, ServiceExt};
 
+use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+
 use crate::fence::{Fence, FenceLayer, FencedBody, fence_request};
 
 /// The HTTP stack under the bound: requests in, responses with kube's body.
@@ -91,6 +93,35 @@ fn direct(config: &Config, fence: &Fence) -> Result<Transport, kube::Error> {
     Ok(BoxService::new(service))
 }
 
+/// `client`, with `name=value` added to the query of every request it
+/// sends: a parameter kube's `ListParams` has no field for, such as the
+/// `shardSelector` of a sharded list and watch. The requests still go
+/// through `client`'s bound and fence.
+pub fn with_query(client: &Client, name: &str, value: &str) -> Client {
+    let encode = |s| utf8_percent_encode(s, NON_ALPHANUMERIC).to_string();
+    let pair = format!("{}={}", encode(name), encode(value));
+    let base = client.clone();
+    let service = tower::service_fn(move |request: Request<Body>| {
+        let base = base.clone();
+        let request = add_query(request, &pair);
+        async move { base.send(request).await }
+    });
+    Client::new(service, client.default_namespace())
+}
+
+fn add_query(mut request: Request<Body>, pair: &str) -> Request<Body> {
+    let uri = request.uri();
+    let with = match uri.query() {
+        Some(q) if !q.is_empty() => format!("{}?{q}&{pair}", uri.path()),
+        _ => format!("{}?{pair}", uri.path()),
+    };
+    // A path and query that parsed once still parse with an encoded pair.
+    if let Ok(parsed) = with.parse() {
+        *request.uri_mut() = parsed;
+    }
+    request
+}
+
 /// tower's limiter counts in fixed windows, so a full window's worth can
 /// start at the end of one and again at the start of the next. Windows of a
 /// tenth of the rate keep any one second within 10% of it.
@@ -102,6 +133,22 @@ fn window(qps: u32) -> (u64, Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_query_pair_is_added_encoded_to_any_query() {
+        let pair = "shardSelector=shardRange%28object%2Emetadata%2Euid%2C%20%270x0%27%29";
+        for (uri, want) in [
+            ("/apis/g/v1/xs", format!("/apis/g/v1/xs?{pair}")),
+            ("/apis/g/v1/xs?", format!("/apis/g/v1/xs?{pair}")),
+            (
+                "/apis/g/v1/xs?watch=true&resourceVersion=5",
+                format!("/apis/g/v1/xs?watch=true&resourceVersion=5&{pair}"),
+            ),
+        ] {
+            let request = Request::get(uri).body(Body::empty()).expect("request");
+            assert_eq!(add_query(request, pair).uri().to_string(), want);
+        }
+    }
 
     #[test]
     fn windows_keep_the_rate_and_stay_short() {

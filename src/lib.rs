@@ -16,6 +16,7 @@ pub mod malloc;
 pub mod metrics;
 pub mod plugin;
 pub mod policy;
+pub mod replica;
 pub mod server;
 pub mod shard;
 pub mod signing;

@@ -14,6 +14,7 @@ use upload_grant_operator::kube_client;
 use upload_grant_operator::leader::{self, LeaseSettings};
 use upload_grant_operator::metrics::Metrics;
 use upload_grant_operator::server::{self, Readiness};
+use upload_grant_operator::shard::{Shards, membership};
 use upload_grant_operator::signing::{CredentialSnapshot, Presigner};
 use upload_grant_operator::telemetry::{self, LogFormat};
 
@@ -67,7 +68,33 @@ struct Cli {
     #[arg(long, env = "UPLOAD_GRANT_LEADER_ELECT", default_value_t = false)]
     leader_elect: bool,
 
-    /// Name of the Lease used for leader election.
+    /// Run active-active: the replicas split the grants between them by
+    /// shard, each shard a Lease, and each watches and writes only its own
+    /// (server-side with Kubernetes 1.36's ShardedListAndWatch gate, else
+    /// filtered here). One replica behaves as without it.
+    #[arg(
+        long,
+        env = "UPLOAD_GRANT_SHARDING",
+        default_value_t = false,
+        conflicts_with = "leader_elect"
+    )]
+    sharding: bool,
+
+    /// How many shards --sharding cuts the grants into. A power of two up
+    /// to 1024, at least the most replicas that will run; every replica
+    /// must use the same count.
+    #[arg(long, env = "UPLOAD_GRANT_SHARDS", default_value_t = 64, value_parser = shard_count)]
+    shards: u32,
+
+    /// With --sharding, ask the apiserver for this replica's grants only
+    /// (shardSelector, honoured by Kubernetes 1.36+ with the
+    /// ShardedListAndWatch gate, ignored by others). Off, every replica
+    /// reads every grant; each filters by shard in either case.
+    #[arg(long, env = "UPLOAD_GRANT_SHARD_SELECTOR", default_value_t = true, action = clap::ArgAction::Set)]
+    shard_selector: bool,
+
+    /// Name of the Lease used for leader election; with --sharding, what
+    /// every shard's and replica's Lease name starts with.
     #[arg(
         long,
         env = "UPLOAD_GRANT_LEASE_NAME",
@@ -229,6 +256,12 @@ fn namespace_name(s: &str) -> Result<String, String> {
             "{s:?} is not a namespace name (lowercase letters, digits and '-', at most 63)"
         ))
     }
+}
+
+/// A shard count `shard::Shards` takes.
+fn shard_count(s: &str) -> Result<u32, String> {
+    let n: u32 = s.trim().parse().map_err(|e| format!("{s:?}: {e}"))?;
+    Shards::new(n).map(|_| n).map_err(|e| e.to_string())
 }
 
 /// The namespaces to watch, each once, in order.
@@ -424,19 +457,32 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let config = kube::Config::infer().await?;
     // Leader election keeps an unbounded client of its own (see kube_client).
     let lease_client = kube::Client::try_from(config.clone())?;
+    let lease_namespace = cli
+        .lease_namespace
+        .clone()
+        .unwrap_or_else(|| lease_client.default_namespace().to_owned());
     let lease = cli.leader_elect.then(|| LeaseSettings {
         name: cli.lease_name.clone(),
-        namespace: cli
-            .lease_namespace
-            .clone()
-            .unwrap_or_else(|| lease_client.default_namespace().to_owned()),
+        namespace: lease_namespace.clone(),
         identity: identity(),
         duration: cli.lease_duration,
     });
-    // Every write of the controller is fenced on holding the lease.
-    let fence = match &lease {
-        Some(lease) => Fence::for_identity(&lease.identity),
-        None => Fence::open(),
+    let sharding = match cli.sharding {
+        true => Some(membership::Settings {
+            prefix: cli.lease_name.clone(),
+            namespace: lease_namespace,
+            identity: identity(),
+            duration: Duration::from_secs(cli.lease_duration),
+            shards: Shards::new(cli.shards)?,
+        }),
+        false => None,
+    };
+    // Every write of the controller is fenced on holding the lease, or with
+    // sharding on holding the Leases of the shards it serves.
+    let fence = match (&lease, &sharding) {
+        (Some(lease), _) => Fence::for_lease(&lease.identity, &lease.name),
+        (None, Some(sharding)) => Fence::for_identity(&sharding.identity),
+        (None, None) => Fence::open(),
     };
     let metrics = Arc::new(Metrics::default());
     let client = kube_client::bounded(
@@ -456,6 +502,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let readiness = Arc::new(Readiness::default());
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop_watch = stop_rx.clone();
     let stopped = move || {
         let mut rx = stop_rx.clone();
         async move {
@@ -472,11 +519,47 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let router = server::router(metrics.clone(), credentials.clone(), readiness.clone());
     let server = tokio::spawn(server::serve(cli.listen_address, router, stopped()));
 
+    let settings = Settings {
+        default_issuer: cli.default_issuer,
+        concurrency: cli.concurrency,
+        kube_api_qps: cli.kube_api_qps,
+        namespaces: watch_namespaces(cli.namespaces),
+        propagation_budget: cli.propagation_budget,
+        rollout_restart_debounce: cli.rollout_restarts.then_some(cli.rollout_restart_debounce),
+        multipart_check_interval: cli.multipart_check_interval,
+        renew_request_interval: cli.renew_request_interval,
+        lifecycle_events: cli.lifecycle_events,
+        shard: None,
+        shard_selector: cli.shard_selector,
+        cluster_wide: true,
+    };
+    tracing::info!(default_issuer = ?settings.default_issuer, namespaces = ?settings.namespaces, concurrency = settings.concurrency, kube_api_qps = cli.kube_api_qps, propagation_budget = ?settings.propagation_budget, lifecycle_events = settings.lifecycle_events, "starting controller");
+    let parts = controller::Parts {
+        client,
+        credentials,
+        presigner: Arc::new(presigner),
+        metrics: metrics.clone(),
+        readiness: readiness.clone(),
+        fence: fence.clone(),
+    };
+    if let Some(sharding) = sharding {
+        tracing::info!(identity = %sharding.identity, shards = sharding.shards.count(), lease_namespace = %sharding.namespace, "sharding: waiting for shards");
+        upload_grant_operator::replica::run(lease_client, parts, settings, sharding, stop_watch)
+            .await;
+        return Ok(server.await??);
+    }
     // With leader election, wait as a ready standby until this replica leads;
     // the controller then stops when the lease is lost.
     let leadership = if let Some(lease) = &lease {
         readiness.set_standby(true);
         tokio::spawn(fence.follow(lease_client.clone(), &lease.namespace, &lease.name));
+        membership::wait_unsharded(
+            lease_client.clone(),
+            &lease.namespace,
+            &lease.name,
+            stopped(),
+        )
+        .await?;
         match leader::acquire(lease_client.clone(), lease, stopped()).await? {
             Some(leadership) => {
                 let wait = Duration::from_secs(lease.duration);
@@ -508,27 +591,6 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
                 None => stop.await,
             }
         }
-    };
-
-    let settings = Settings {
-        default_issuer: cli.default_issuer,
-        concurrency: cli.concurrency,
-        kube_api_qps: cli.kube_api_qps,
-        namespaces: watch_namespaces(cli.namespaces),
-        propagation_budget: cli.propagation_budget,
-        rollout_restart_debounce: cli.rollout_restarts.then_some(cli.rollout_restart_debounce),
-        multipart_check_interval: cli.multipart_check_interval,
-        renew_request_interval: cli.renew_request_interval,
-        lifecycle_events: cli.lifecycle_events,
-    };
-    tracing::info!(default_issuer = ?settings.default_issuer, namespaces = ?settings.namespaces, concurrency = settings.concurrency, kube_api_qps = cli.kube_api_qps, propagation_budget = ?settings.propagation_budget, lifecycle_events = settings.lifecycle_events, "starting controller");
-    let parts = controller::Parts {
-        client,
-        credentials,
-        presigner,
-        metrics: metrics.clone(),
-        readiness,
-        fence,
     };
     controller::run(parts, settings, shutdown).await;
     metrics.set_leader(false);

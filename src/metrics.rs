@@ -97,6 +97,8 @@ pub struct Metrics {
     credentials_expiry: Gauge<f64, AtomicU64>,
     credential_loads: Gauge,
     leader: Gauge,
+    shards_held: Gauge,
+    shard_foreign: Family<Labels, Counter>,
     ignored_secrets: Counter,
     renewal_slack: Gauge<f64, AtomicU64>,
     renewals_at_risk: Gauge,
@@ -179,6 +181,21 @@ impl Default for Metrics {
             "1 while this replica holds the lease and runs the controller",
             leader.clone(),
         );
+        let shards_held = Gauge::default();
+        registry.register(
+            "shards_held",
+            "Shards this replica holds and runs the controller for (--sharding; 0 otherwise)",
+            shards_held.clone(),
+        );
+        let shard_foreign = Family::<Labels, Counter>::default();
+        registry.register(
+            "shard_foreign_objects",
+            "Objects the apiserver sent this replica outside its shards, dropped here: the apiserver does not filter by shard (its ShardedListAndWatch gate is off, or it is older than 1.36), so every replica reads every object",
+            shard_foreign.clone(),
+        );
+        for kind in ["UploadGrant", "Secret"] {
+            let _ = shard_foreign.get_or_create(&[("kind", kind)]);
+        }
         let ignored_secrets = Counter::default();
         registry.register(
             "ignored_secrets",
@@ -231,6 +248,8 @@ impl Default for Metrics {
         Metrics {
             registry,
             leader,
+            shards_held,
+            shard_foreign,
             ignored_secrets,
             reconcile_duration,
             reconcile_failures,
@@ -257,9 +276,24 @@ impl Metrics {
         self.leader.set(i64::from(leading));
     }
 
+    pub fn set_shards_held(&self, shards: usize) {
+        self.shards_held
+            .set(i64::try_from(shards).unwrap_or(i64::MAX));
+    }
+
+    /// Counts an object of `kind` outside this replica's shards.
+    pub fn shard_foreign(&self, kind: &'static str) {
+        self.shard_foreign.get_or_create(&[("kind", kind)]).inc();
+    }
+
     /// Counts a Secret labelled as ours that no grant controls.
     pub fn ignored_secret(&self) {
         self.ignored_secrets.inc();
+    }
+
+    #[cfg(test)]
+    pub fn shard_foreign_count(&self, kind: &'static str) -> u64 {
+        self.shard_foreign.get_or_create(&[("kind", kind)]).get()
     }
 
     #[cfg(test)]

@@ -46,6 +46,15 @@ pub struct Settings {
     pub renew_request_interval: Duration,
     /// Publish Normal Issued/Renewed Events too (`--lifecycle-events`).
     pub lifecycle_events: bool,
+    /// With `--sharding`, the shards this replica serves: only their grants
+    /// and Secrets are watched and written. None: every grant.
+    pub shard: Option<crate::shard::Owned>,
+    /// Whether the grant watch asks the apiserver for those shards only
+    /// (`--shard-selector`); they are filtered here in any case.
+    pub shard_selector: bool,
+    /// Whether this replica also writes what belongs to no grant (issuer
+    /// status): exactly one replica does.
+    pub cluster_wide: bool,
 }
 
 /// Everything a reconcile needs, shared by all of them.
@@ -53,7 +62,7 @@ pub struct Context {
     pub client: Client,
     pub settings: Settings,
     pub credentials: CredentialSnapshot,
-    pub presigner: Presigner,
+    pub presigner: Arc<Presigner>,
     pub issuers: Cache<ClusterGrantIssuer>,
     pub namespaces: Cache<PartialObjectMeta<Namespace>>,
     pub secrets: Cache<ManagedSecret>,

@@ -203,6 +203,11 @@ pub fn controlled_by_grant(meta: &ObjectMeta) -> bool {
     controlling_grant(meta).is_some()
 }
 
+/// The uid of the grant that controls the Secret, if one does.
+pub fn controlling_grant_uid(meta: &ObjectMeta) -> Option<&str> {
+    controlling_grant(meta).map(|o| o.uid.as_str())
+}
+
 fn controlling_grant(meta: &ObjectMeta) -> Option<&OwnerReference> {
     let refs = meta.owner_references.as_deref().unwrap_or_default();
     refs.iter().find(|o| {

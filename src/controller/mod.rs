@@ -42,11 +42,13 @@ use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::PartialObjectMeta;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
+use tokio::task::JoinSet;
 
 use crate::api::{ClusterGrantIssuer, UploadGrant};
 use crate::fence::Fence;
 use crate::metrics::Metrics;
 use crate::server::Readiness;
+use crate::shard::{Owned, Selection};
 use crate::signing::{CredentialSnapshot, Presigner};
 
 use crate::api::secret::MANAGER;
@@ -96,14 +98,30 @@ fn slim<K: kube::Resource>(obj: &mut K) {
 /// can label one as ours: such a Secret costs no memory and steers nothing
 /// (not the renewal order, not a decision), and one that loses its
 /// controlling grant leaves the cache. Each is counted.
+///
+/// With `--sharding`, a Secret whose grant is in another replica's shards
+/// is left out too, and counted as foreign: the server sent it because it
+/// does not filter by shard.
 fn admit_secret(
     event: watcher::Event<PartialObjectMeta<Secret>>,
+    shard: Option<&Owned>,
     metrics: &Metrics,
 ) -> Option<watcher::Event<managed::ManagedSecret>> {
     use watcher::Event;
-    let controlled = |s: &PartialObjectMeta<Secret>| managed::controlled_by_grant(&s.metadata);
+    let ours = |s: &PartialObjectMeta<Secret>| match shard {
+        None => true,
+        Some(owned) => {
+            managed::controlling_grant_uid(&s.metadata).is_none_or(|uid| owned.contains(uid))
+        }
+    };
+    let controlled =
+        |s: &PartialObjectMeta<Secret>| ours(s) && managed::controlled_by_grant(&s.metadata);
     let ignored = |s| {
-        metrics.ignored_secret();
+        if ours(&s) {
+            metrics.ignored_secret();
+        } else {
+            metrics.shard_foreign("Secret");
+        }
         s
     };
     Some(match event {
@@ -125,6 +143,7 @@ fn admit_secret(
 /// grants. `watch` gets the cache it fills (a merge of several watches
 /// reads it).
 fn spawn_cache<K, S, F, I>(
+    tasks: &mut JoinSet<()>,
     kind: &'static str,
     watch: impl FnOnce(Cache<K>) -> S,
     triggers: Triggers,
@@ -139,7 +158,7 @@ where
     let (reader, writer) = cache::cache();
     // Each watch backs off on its own errors (see watch_scoped).
     let events = cache::reflect(writer, watch(reader.clone()));
-    tokio::spawn(events.for_each(move |event| {
+    tasks.spawn(events.for_each(move |event| {
         match event {
             Ok(
                 watcher::Event::Apply(obj)
@@ -165,10 +184,11 @@ fn grants_where(store: &Cache<CachedGrant>, pred: impl Fn(&CachedGrant) -> bool)
 }
 
 /// What the controller runs with, besides its settings.
+#[derive(Clone)]
 pub struct Parts {
     pub client: Client,
     pub credentials: CredentialSnapshot,
-    pub presigner: Presigner,
+    pub presigner: Arc<Presigner>,
     pub metrics: Arc<Metrics>,
     pub readiness: Arc<Readiness>,
     /// What the client's writes are fenced on; S3 calls that change an
@@ -196,7 +216,8 @@ impl Caches {
     }
 }
 
-/// Runs the controller until `shutdown` resolves.
+/// Runs the controller until `shutdown` resolves. Every task it starts ends
+/// with it, so it may run again (with other shards).
 pub async fn run(
     parts: Parts,
     settings: Settings,
@@ -210,15 +231,35 @@ pub async fn run(
     let (gone, deleted_grants) = mpsc::unbounded::<UploadGrant>();
     let grant_stream = cache::reflect(
         grant_writer,
-        grant_events(&client, &settings, grant_store.clone(), gone),
+        grant_events(
+            &client,
+            &settings,
+            &parts.metrics,
+            grant_store.clone(),
+            gone,
+        ),
     );
     let (triggers, requests) = mpsc::unbounded();
     // Policy changes apart: one may revoke, which goes before renewals.
     let (policy_triggers, policy_changes) = mpsc::unbounded();
+    // Dropped on return: the cache tasks stop with the controller.
+    let mut tasks = JoinSet::new();
     let caches = Caches {
-        secrets: watch_secrets(&client, &settings, &parts.metrics, triggers),
-        issuers: watch_issuers(&client, &settings, &grant_store, policy_triggers.clone()),
-        namespaces: watch_namespaces(&client, &settings, &grant_store, policy_triggers),
+        secrets: watch_secrets(&mut tasks, &client, &settings, &parts.metrics, triggers),
+        issuers: watch_issuers(
+            &mut tasks,
+            &client,
+            &settings,
+            &grant_store,
+            policy_triggers.clone(),
+        ),
+        namespaces: watch_namespaces(
+            &mut tasks,
+            &client,
+            &settings,
+            &grant_store,
+            policy_triggers,
+        ),
     };
     tokio::select! {
         _ = caches.synced() => {}
@@ -257,16 +298,24 @@ const EVENT_FLUSH: Duration = Duration::from_secs(5);
 fn grant_events(
     client: &Client,
     settings: &Settings,
+    metrics: &Arc<Metrics>,
     store: Cache<CachedGrant>,
     gone: mpsc::UnboundedSender<UploadGrant>,
 ) -> impl Stream<Item = watcher::Result<watcher::Event<CachedGrant>>> + use<> {
+    let shard = settings.shard.as_ref().filter(|_| settings.shard_selector);
+    let client = sharded_client(client, shard);
     let watch = |ns: Option<&str>| {
+        let shard = settings.shard.clone();
+        let metrics = metrics.clone();
         watcher(
-            api_in(client, ns),
+            api_in(&client, ns),
             watcher::Config::default().any_semantic(),
         )
         .default_backoff()
-        .try_filter_map(|event| std::future::ready(Ok(cache_event(event))))
+        .try_filter_map(move |event| {
+            let event = in_shards(event, shard.as_ref(), &metrics);
+            std::future::ready(Ok(event.and_then(cache_event)))
+        })
         .boxed()
     };
     watch_grants(&settings.namespaces, watch, store).inspect_ok(move |event| {
@@ -278,6 +327,40 @@ fn grant_events(
             }
         }
     })
+}
+
+/// The client for the grant watch: with `--sharding`, its lists and watches
+/// carry the shard selector, which a server with `ShardedListAndWatch`
+/// honours and any other ignores.
+fn sharded_client(client: &Client, shard: Option<&Owned>) -> Client {
+    match shard.map(Owned::selection) {
+        Some(Selection::Ranges(selector)) => {
+            crate::kube_client::with_query(client, "shardSelector", &selector)
+        }
+        _ => client.clone(),
+    }
+}
+
+/// The event, unless its grant is in another replica's shards (then it is
+/// counted: the server does not filter by shard).
+fn in_shards(
+    event: watcher::Event<UploadGrant>,
+    shard: Option<&Owned>,
+    metrics: &Metrics,
+) -> Option<watcher::Event<UploadGrant>> {
+    use watcher::Event;
+    let Some(owned) = shard else {
+        return Some(event);
+    };
+    match &event {
+        Event::Apply(g) | Event::Delete(g) | Event::InitApply(g)
+            if !owned.contains(g.uid().as_deref().unwrap_or_default()) =>
+        {
+            metrics.shard_foreign("UploadGrant");
+            None
+        }
+        _ => Some(event),
+    }
 }
 
 /// A grant event with the grant in its cached form. A grant that cannot be
@@ -364,6 +447,7 @@ fn watch_grants(
 /// Secrets this operator manages, metadata only (PartialObjectMeta), so
 /// Secret data never enters the cache; a change wakes the owning grant.
 fn watch_secrets(
+    tasks: &mut JoinSet<()>,
     client: &Client,
     settings: &Settings,
     metrics: &Arc<Metrics>,
@@ -371,15 +455,19 @@ fn watch_secrets(
 ) -> Cache<managed::ManagedSecret> {
     let config = watcher::Config::default().labels(&build::managed_selector());
     spawn_cache(
+        tasks,
         "Secret",
         |store| {
             watch_scoped(
                 &settings.namespaces,
                 |ns| {
                     let metrics = metrics.clone();
+                    let shard = settings.shard.clone();
                     watcher(api_in(client, ns), config.clone())
                         .default_backoff()
-                        .try_filter_map(move |e| std::future::ready(Ok(admit_secret(e, &metrics))))
+                        .try_filter_map(move |e| {
+                            std::future::ready(Ok(admit_secret(e, shard.as_ref(), &metrics)))
+                        })
                         .boxed()
                 },
                 store,
@@ -397,6 +485,7 @@ fn watch_secrets(
 /// A changed issuer re-evaluates every grant that uses it, and gets its own
 /// status.
 fn watch_issuers(
+    tasks: &mut JoinSet<()>,
     client: &Client,
     settings: &Settings,
     grants: &Cache<CachedGrant>,
@@ -405,8 +494,13 @@ fn watch_issuers(
     let default_issuer = settings.default_issuer.clone();
     let grants = grants.clone();
     let (issuer_changes, changed_issuers) = mpsc::unbounded::<ClusterGrantIssuer>();
-    tokio::spawn(issuer_status::run(client.clone(), changed_issuers));
+    // One replica writes issuer status; the channel closes with the cache
+    // task below, and this task with it.
+    if settings.cluster_wide {
+        tasks.spawn(issuer_status::run(client.clone(), changed_issuers));
+    }
     spawn_cache(
+        tasks,
         "ClusterGrantIssuer",
         |_| {
             watcher(Api::all(client.clone()), watcher::Config::default())
@@ -426,6 +520,7 @@ fn watch_issuers(
 
 /// Namespace labels decide which allow rules apply.
 fn watch_namespaces(
+    tasks: &mut JoinSet<()>,
     client: &Client,
     settings: &Settings,
     grants: &Cache<CachedGrant>,
@@ -433,6 +528,7 @@ fn watch_namespaces(
 ) -> Cache<PartialObjectMeta<Namespace>> {
     let grants = grants.clone();
     spawn_cache(
+        tasks,
         "Namespace",
         |store| {
             // Cluster-scoped: one watch per namespace, by name.
@@ -499,9 +595,54 @@ mod tests {
             (Event::Delete(secret(false)), "delete", 2),
         ];
         for (event, expected, ignored) in cases {
-            assert_eq!(kind(admit_secret(event, &metrics)), expected);
+            assert_eq!(kind(admit_secret(event, None, &metrics)), expected);
             assert_eq!(metrics.ignored_secrets(), ignored);
         }
+    }
+
+    /// The shard of `uid` alone, of 64.
+    fn only_shard_of(uid: &str) -> Owned {
+        let shards = crate::shard::Shards::new(64).expect("valid");
+        Owned {
+            shards,
+            owned: [shards.of(uid)].into(),
+        }
+    }
+
+    /// With sharding, a grant or Secret of another replica's shard is
+    /// dropped and counted as foreign; its own pass as without sharding.
+    #[test]
+    fn objects_of_other_shards_are_dropped_and_counted() {
+        use watcher::Event;
+        let grant =
+            |uid: &str| crate::fixtures::grant_with(serde_json::json!({"metadata": {"uid": uid}}));
+        let mine = only_shard_of("uid-mine");
+        let other = (0..)
+            .map(|i| format!("uid-{i}"))
+            .find(|uid| !mine.contains(uid))
+            .expect("some uid is in another of 64 shards");
+        let metrics = Metrics::default();
+        for (uid, kept) in [("uid-mine", true), (other.as_str(), false)] {
+            for event in [
+                Event::Apply(grant(uid)),
+                Event::InitApply(grant(uid)),
+                Event::Delete(grant(uid)),
+            ] {
+                assert_eq!(
+                    in_shards(event, Some(&mine), &metrics).is_some(),
+                    kept,
+                    "{uid}"
+                );
+            }
+            assert!(in_shards(Event::Apply(grant(uid)), None, &metrics).is_some());
+            let secret: PartialObjectMeta<Secret> =
+                serde_json::from_value(crate::fixtures::secret_meta(uid)).expect("fixture");
+            let admitted = admit_secret(Event::InitApply(secret), Some(&mine), &metrics);
+            assert_eq!(admitted.is_some(), kept, "{uid}");
+        }
+        assert_eq!(metrics.shard_foreign_count("UploadGrant"), 3);
+        assert_eq!(metrics.shard_foreign_count("Secret"), 1);
+        assert_eq!(metrics.ignored_secrets(), 0, "foreign is not ignored");
     }
 
     /// The deletions the grant stream reports after `events`, for a watch

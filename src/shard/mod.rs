@@ -15,6 +15,9 @@
 //! What a replica holds is decided by [`plan`]: a fair share each, moving as
 //! few shards as it can when replicas come and go.
 
+pub mod leases;
+pub mod membership;
+
 use std::collections::{BTreeMap, BTreeSet};
 
 /// The most shards a split may have: each is a Lease.
@@ -44,6 +47,25 @@ pub struct InvalidShardCount(pub u32);
 pub struct Shards {
     /// log2 of the count.
     bits: u32,
+}
+
+/// The shards a replica runs the controller for, of one count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owned {
+    pub shards: Shards,
+    pub owned: BTreeSet<u32>,
+}
+
+impl Owned {
+    /// Whether the object with this uid is in these shards.
+    pub fn contains(&self, uid: &str) -> bool {
+        self.shards.owns(&self.owned, uid)
+    }
+
+    /// The `shardSelector` for these shards.
+    pub fn selection(&self) -> Selection {
+        self.shards.selection(&self.owned)
+    }
 }
 
 /// What a replica's watch selects.

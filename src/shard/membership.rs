@@ -1,0 +1,353 @@
+//! A replica's part in the split: it keeps its replica Lease current,
+//! claims the shards [`super::plan`] gives it, renews them, and hands over
+//! or releases the rest. What it may serve goes out on a watch channel; the
+//! shards the controller runs with come back on another, so a shard is
+//! released only once nothing writes for it here.
+//!
+//! Every Lease it reads also feeds the [`Fence`], so the controller's writes
+//! stop the moment a shard's Lease is no longer shown held.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, SystemTime};
+
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::{PostParams, PropagationPolicy};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+use tokio::sync::watch;
+
+use super::Shards;
+use super::leases::{self, Holding, SET_LABEL, View};
+use crate::fence::Fence;
+
+/// Who this replica is among the others, and how long its Leases last.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Starts every Lease name of the set (`--lease-name`).
+    pub prefix: String,
+    pub namespace: String,
+    pub identity: String,
+    pub duration: Duration,
+    pub shards: Shards,
+}
+
+/// The channels between this loop and the replica's controller.
+pub struct Channels {
+    /// Shards the controller should run with.
+    pub serve: watch::Sender<BTreeSet<u32>>,
+    /// Shards the controller runs with now.
+    pub running: watch::Receiver<BTreeSet<u32>>,
+}
+
+/// A replica Lease unrenewed this long is deleted by whoever sees it: a pod
+/// that died leaves one behind.
+const FORGOTTEN: Duration = Duration::from_secs(3600);
+
+/// How soon a step is retried after a write failed.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// Takes part until `leave` resolves, then releases every shard it holds
+/// and deletes its replica Lease, so others take over at once. The
+/// controller must have stopped before `leave` resolves.
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    fence: Fence,
+    mut channels: Channels,
+    leave: impl std::future::Future<Output = ()>,
+) {
+    let api: Api<Lease> = Api::namespaced(client, &settings.namespace);
+    let config = watcher::Config::default().labels(&format!("{SET_LABEL}={}", settings.prefix));
+    let mut events = std::pin::pin!(watcher(api.clone(), config).default_backoff());
+    let mut member = Member {
+        api,
+        settings,
+        fence,
+        leases: BTreeMap::new(),
+        listing: None,
+    };
+    let mut leave = std::pin::pin!(leave);
+    let mut wake = tokio::time::Instant::now();
+    let mut synced = false;
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut leave => break,
+            event = events.next() => match event {
+                Some(event) => synced |= member.see(event),
+                None => break,
+            },
+            changed = channels.running.changed() => if changed.is_err() { break },
+            () = tokio::time::sleep_until(wake) => {}
+        }
+        if synced {
+            let running = channels.running.borrow().clone();
+            let (serve, next) = member.step(&running).await;
+            channels
+                .serve
+                .send_if_modified(|s| std::mem::replace(s, serve) != *s);
+            wake = tokio::time::Instant::now() + next;
+        }
+    }
+    member.leave().await;
+}
+
+/// Waits until no shard Lease of the set `prefix` is held: a replica about
+/// to lead alone (`--leader-elect`) must not write beside sharded replicas
+/// of a rolling update between the modes. Returns early if `stop` does.
+pub async fn wait_unsharded(
+    client: Client,
+    namespace: &str,
+    prefix: &str,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), kube::Error> {
+    let api: Api<Lease> = Api::namespaced(client, namespace);
+    let lp = kube::api::ListParams::default().labels(&format!("{SET_LABEL}={prefix}"));
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        let now = SystemTime::now();
+        let list = api.list(&lp).await?;
+        let shard = format!("{prefix}-shard-");
+        let held = list
+            .items
+            .iter()
+            .filter(|l| l.name_any().starts_with(&shard))
+            .any(|l| leases::holder(l, now).is_some());
+        if !held {
+            return Ok(());
+        }
+        tracing::info!("sharded replicas still hold shards; waiting before leader election");
+        tokio::select! {
+            () = &mut stop => return Ok(()),
+            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+}
+
+/// The loop's state: the set's Leases as last seen or written.
+struct Member {
+    api: Api<Lease>,
+    settings: Settings,
+    fence: Fence,
+    leases: BTreeMap<String, Lease>,
+    /// A relist in progress.
+    listing: Option<BTreeMap<String, Lease>>,
+}
+
+impl Member {
+    /// Applies one watch event; true when it ends a listing.
+    fn see(&mut self, event: watcher::Result<watcher::Event<Lease>>) -> bool {
+        use watcher::Event;
+        match event {
+            Ok(Event::Init) => self.listing = Some(BTreeMap::new()),
+            Ok(Event::InitApply(lease)) => {
+                self.fence.observe(&lease);
+                if let Some(listing) = self.listing.as_mut() {
+                    listing.insert(lease.name_any(), lease);
+                }
+            }
+            Ok(Event::InitDone) => {
+                self.leases = self.listing.take().unwrap_or_default();
+                return true;
+            }
+            Ok(Event::Apply(lease)) => self.remember(lease),
+            Ok(Event::Delete(lease)) => {
+                self.fence.observe_deleted(&lease.name_any());
+                self.leases.remove(&lease.name_any());
+            }
+            Err(e) => {
+                self.fence.observe_nothing();
+                tracing::warn!(error = %e, "shard lease watch failed; writes fenced until it recovers");
+            }
+        }
+        false
+    }
+
+    fn remember(&mut self, lease: Lease) {
+        self.fence.observe(&lease);
+        self.leases.insert(lease.name_any(), lease);
+    }
+
+    fn holding(&self) -> Holding<'_> {
+        Holding {
+            identity: &self.settings.identity,
+            prefix: &self.settings.prefix,
+            duration: self.settings.duration,
+        }
+    }
+
+    /// One round: renew what is due, claim and release what the plan says.
+    /// Returns what the controller may serve and how long until the next
+    /// round is needed.
+    async fn step(&mut self, running: &BTreeSet<u32>) -> (BTreeSet<u32>, Duration) {
+        let s = &self.settings;
+        let (prefix, count, me) = (s.prefix.clone(), s.shards.count(), s.identity.clone());
+        let mut failed = !self.keep(&leases::replica_lease(&prefix, &me)).await;
+        let view = View::of(self.leases.values(), &prefix, count, SystemTime::now());
+        let plan = super::plan(count, &me, &view.replicas, &view.holders);
+        let steps = leases::steps(&view, &me, &plan, running);
+        for shard in view.held_by(&me).difference(&steps.release) {
+            failed |= !self
+                .keep(&leases::shard_lease(&prefix, count, *shard))
+                .await;
+        }
+        if !steps.acquire.is_empty() && self.leader_held().await {
+            // Replicas of the leader-elected mode still run (a rolling
+            // update between modes): nothing is taken until they are gone.
+            failed = true;
+        } else {
+            for shard in &steps.acquire {
+                failed |= !self
+                    .claim(&leases::shard_lease(&prefix, count, *shard))
+                    .await;
+            }
+        }
+        for shard in &steps.release {
+            failed |= !self
+                .release(&leases::shard_lease(&prefix, count, *shard))
+                .await;
+        }
+        self.forget_departed().await;
+        let next = if failed { RETRY } else { self.next_round() };
+        (steps.serve, next)
+    }
+
+    /// Renews `name` if due, or claims it if it is not there yet.
+    async fn keep(&mut self, name: &str) -> bool {
+        let now = SystemTime::now();
+        match self.leases.get(name) {
+            Some(lease) if !self.holding().due(lease, now) => true,
+            _ => self.claim(name).await,
+        }
+    }
+
+    async fn claim(&mut self, name: &str) -> bool {
+        let lease = self
+            .holding()
+            .claim(name, self.leases.get(name), SystemTime::now());
+        self.write(name, lease).await
+    }
+
+    async fn release(&mut self, name: &str) -> bool {
+        let Some(lease) = self.leases.get(name) else {
+            return true;
+        };
+        let released = self.holding().release(lease, SystemTime::now());
+        tracing::info!(lease = name, "releasing shard");
+        self.write(name, released).await
+    }
+
+    /// Creates `lease`, or replaces it at the version last seen: a Lease
+    /// someone else changed meanwhile is not overwritten (409), and the
+    /// watch brings its new state.
+    async fn write(&mut self, name: &str, mut lease: Lease) -> bool {
+        lease.metadata.managed_fields = None;
+        let pp = PostParams::default();
+        let written = if lease.metadata.resource_version.is_some() {
+            self.api.replace(name, &pp, &lease).await
+        } else {
+            self.api.create(&pp, &lease).await
+        };
+        match written {
+            Ok(lease) => {
+                self.remember(lease);
+                true
+            }
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                tracing::debug!(lease = name, "lease changed meanwhile; reading it again");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(lease = name, error = %e, "cannot write lease");
+                false
+            }
+        }
+    }
+
+    /// Whether the leader-election Lease of the same name is held (or
+    /// cannot be read).
+    async fn leader_held(&self) -> bool {
+        match self.api.get_opt(&self.settings.prefix).await {
+            Ok(lease) => {
+                let held = lease.is_some_and(|l| leases::holder(&l, SystemTime::now()).is_some());
+                if held {
+                    tracing::warn!(lease = %self.settings.prefix, "a leader-elected replica holds the leader lease; taking no shard until it is released");
+                }
+                held
+            }
+            Err(e) => {
+                tracing::warn!(lease = %self.settings.prefix, error = %e, "cannot read the leader lease; taking no shard");
+                true
+            }
+        }
+    }
+
+    /// Deletes replica Leases nobody renewed for [`FORGOTTEN`].
+    async fn forget_departed(&mut self) {
+        let now = SystemTime::now();
+        let departed: Vec<(String, Option<String>)> = self
+            .leases
+            .iter()
+            .filter(|(name, _)| name.starts_with(&format!("{}-replica-", self.settings.prefix)))
+            .filter(|(_, l)| leases::expiry(l).is_some_and(|end| end + FORGOTTEN < now))
+            .map(|(name, l)| (name.clone(), l.resource_version()))
+            .collect();
+        for (name, version) in departed {
+            let dp = kube::api::DeleteParams {
+                preconditions: Some(kube::api::Preconditions {
+                    resource_version: version,
+                    uid: None,
+                }),
+                propagation_policy: Some(PropagationPolicy::Background),
+                ..Default::default()
+            };
+            if self.api.delete(&name, &dp).await.is_ok() {
+                self.leases.remove(&name);
+            }
+        }
+    }
+
+    /// Until the next Lease this replica holds is due, or the next one of
+    /// the set runs out (its shard may then be taken): at most a third of
+    /// the lease duration.
+    fn next_round(&self) -> Duration {
+        let now = SystemTime::now();
+        let third = self.settings.duration / 3;
+        let me = self.settings.identity.as_str();
+        self.leases
+            .values()
+            .filter_map(|l| {
+                let end = leases::expiry(l)?;
+                let mine = leases::holder(l, now) == Some(me);
+                Some(if mine { end - third } else { end })
+            })
+            .filter_map(|at| at.duration_since(now).ok())
+            // A little past the moment, so the Lease has run out by then.
+            .map(|d| d + Duration::from_millis(50))
+            .fold(third, Duration::min)
+    }
+
+    /// Gives up every shard held and deletes the replica Lease.
+    async fn leave(mut self) {
+        let now = SystemTime::now();
+        let me = self.settings.identity.clone();
+        let held: Vec<String> = self
+            .leases
+            .iter()
+            .filter(|(name, l)| {
+                leases::holder(l, now) == Some(me.as_str())
+                    && !name.starts_with(&format!("{}-replica-", self.settings.prefix))
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in held {
+            self.release(&name).await;
+        }
+        let replica = leases::replica_lease(&self.settings.prefix, &me);
+        if let Err(e) = self.api.delete(&replica, &Default::default()).await {
+            tracing::warn!(lease = replica, error = %e, "cannot delete the replica lease");
+        }
+        tracing::info!("left the shard split");
+    }
+}
