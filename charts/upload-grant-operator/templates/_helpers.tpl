@@ -20,6 +20,17 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- else -}}{{ required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}{{- end -}}
 {{- end -}}
 
+{{- /* How the replicas share the work: "sharding" with more than one replica
+and sharding.enabled (active-active, a Lease per shard), else
+"leader-election" with leaderElection.enabled (one leads, the others stand
+by), else empty (no Lease). A release upgraded with --reuse-values from a
+chart without sharding.* has none: it keeps leader election. */ -}}
+{{- define "ugo.replicaMode" -}}
+{{- if and (gt (int .Values.replicaCount) 1) (.Values.sharding | default dict).enabled -}}sharding
+{{- else if .Values.leaderElection.enabled -}}leader-election
+{{- end -}}
+{{- end -}}
+
 {{- /* operator.watchNamespaces plus the one-element shorthand
 operator.watchNamespace, sorted, each once, comma-separated; empty: all. */ -}}
 {{- define "ugo.watchNamespaces" -}}
