@@ -553,15 +553,17 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let leadership = if let Some(lease) = &lease {
         readiness.set_standby(true);
         tokio::spawn(fence.follow(lease_client.clone(), &lease.namespace, &lease.name));
-        membership::wait_unsharded(
-            lease_client.clone(),
-            &lease.namespace,
-            &lease.name,
-            stopped(),
-        )
-        .await?;
         match leader::acquire(lease_client.clone(), lease, stopped()).await? {
             Some(leadership) => {
+                // Sharded replicas of a rolling update between the modes
+                // see this Lease held and give their shards up.
+                membership::wait_unsharded(
+                    lease_client.clone(),
+                    &lease.namespace,
+                    &lease.name,
+                    stopped(),
+                )
+                .await;
                 let wait = Duration::from_secs(lease.duration);
                 if !fence.opened(wait).await {
                     tracing::warn!(

@@ -322,6 +322,15 @@ impl Metrics {
         self.issued.get_or_create(&[("kind", kind)]).inc();
     }
 
+    /// Forgets every grant's state: a controller run that ends (with
+    /// sharding, its shards may now be another replica's) reports none.
+    pub fn forget_grants(&self) {
+        self.states
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
     /// Records a grant's state; `None` forgets a deleted grant.
     pub fn grant_state(&self, grant: u64, reason: Option<Reason>, expires_at: Option<SystemTime>) {
         self.grant_state_at(grant, reason, expires_at, SystemTime::now());

@@ -131,12 +131,19 @@ impl Serving {
                 .iter()
                 .map(|shard| leases::shard_lease(&s.prefix, s.shards.count(), *shard)),
         );
-        if !fence.opened(s.duration).await {
-            tracing::warn!(
-                "the lease watch does not show the shards held yet; writes stay fenced until it does"
-            );
-        }
+        // From here on none of them is handed over until this run ends.
         self.running.send_replace(owned.clone());
+        let mut stop = self.stop.clone();
+        tokio::select! {
+            opened = fence.opened(s.duration) => if !opened {
+                tracing::warn!("the lease watch does not show the shards held yet; writes stay fenced until it does");
+            },
+            _ = stop.wait_for(|s| *s) => {
+                fence.require([]);
+                self.running.send_replace(BTreeSet::new());
+                return;
+            }
+        }
         tracing::info!(shards = ?owned, count = s.shards.count(), "serving shards");
         let settings = Settings {
             // Shard 0's holder writes what belongs to no grant.
@@ -157,7 +164,7 @@ impl Serving {
         };
         controller::run(self.parts.clone(), settings, shutdown).await;
         // Nothing writes for these shards any more: they may be handed over.
-        self.running.send_replace(BTreeSet::new());
         fence.require([]);
+        self.running.send_replace(BTreeSet::new());
     }
 }

@@ -273,9 +273,13 @@ pub async fn run(
     // Grants that could not be signed retry as soon as credentials load
     // again, not at the end of their backoff.
     let recovered = parts.credentials.recoveries();
+    let metrics = parts.metrics.clone();
     let ctx = Arc::new(context(parts, settings, caches));
     let events = ctx.events.clone();
-    tokio::spawn(deletions::run(ctx.clone(), deleted_grants));
+    // In the set too: a revocation retried after this run ended could
+    // pass the fence of the next run, whose shards may differ. A deleted
+    // grant's Secret goes with it anyway (owner reference).
+    tasks.spawn(deletions::run(ctx.clone(), deleted_grants));
     at_risk::spawn(&ctx, shutdown.clone());
     dispatch::run(
         ctx,
@@ -288,6 +292,7 @@ pub async fn run(
     )
     .await;
     events.flush(EVENT_FLUSH).await;
+    metrics.forget_grants();
 }
 
 /// How long a shutdown waits for the events its last passes published.

@@ -21,9 +21,11 @@ use super::Plan;
 /// The label naming the set (the prefix) a Lease belongs to.
 pub const SET_LABEL: &str = "grants.io/lease-set";
 
-/// The Lease that says a replica is live.
-pub fn replica_lease(prefix: &str, identity: &str) -> String {
-    format!("{prefix}-replica-{identity}")
+/// The Lease that says a replica is live, and for which count: replicas of
+/// another `--shards` (a rolling update that changes it) are not counted in
+/// this count's split, so nothing is handed to one that would not take it.
+pub fn replica_lease(prefix: &str, count: u32, identity: &str) -> String {
+    format!("{prefix}-replica-{identity}-of-{count}")
 }
 
 /// The Lease of shard `shard` of `count`.
@@ -34,14 +36,17 @@ pub fn shard_lease(prefix: &str, count: u32, shard: u32) -> String {
 /// What a Lease's name says it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
-    Replica,
+    Replica { count: u32 },
     Shard { shard: u32, count: u32 },
 }
 
 fn kind(prefix: &str, name: &str) -> Option<Kind> {
     let rest = name.strip_prefix(prefix)?.strip_prefix('-')?;
-    if rest.starts_with("replica-") {
-        return Some(Kind::Replica);
+    if let Some(replica) = rest.strip_prefix("replica-") {
+        let (_, count) = replica.rsplit_once("-of-")?;
+        return Some(Kind::Replica {
+            count: count.parse().ok()?,
+        });
     }
     let (shard, count) = rest.strip_prefix("shard-")?.split_once("-of-")?;
     Some(Kind::Shard {
@@ -77,6 +82,10 @@ pub struct View {
     /// earlier `--shards` run, whose shards overlap these. Nothing is taken
     /// until they are gone.
     pub other_count_held: bool,
+    /// The leader-election Lease of the same name is held: a replica run
+    /// with `--leader-elect` writes for every grant. Sharded replicas then
+    /// stop and give up every shard, whatever they hold.
+    pub leader_held: bool,
 }
 
 impl View {
@@ -93,7 +102,10 @@ impl View {
                 continue;
             };
             match kind {
-                Kind::Replica => drop(view.replicas.insert(holder.to_owned())),
+                Kind::Replica { count: c } if c == count => {
+                    view.replicas.insert(holder.to_owned());
+                }
+                Kind::Replica { .. } => {}
                 Kind::Shard { shard, count: c } if c == count && shard < count => {
                     view.holders.insert(shard, holder.to_owned());
                 }
@@ -130,21 +142,20 @@ pub struct Steps {
 /// controller has stopped writing for it.
 pub fn steps(view: &View, me: &str, plan: &Plan, running: &BTreeSet<u32>) -> Steps {
     let held = view.held_by(me);
-    let handed_over = plan.give.keys().filter(|s| !running.contains(s));
-    let release: BTreeSet<u32> = plan
-        .release
+    let leaving =
+        |s: &u32| view.leader_held || plan.release.contains(s) || plan.give.contains_key(s);
+    // Released only once the controller has stopped writing for them.
+    let release: BTreeSet<u32> = held
         .iter()
-        .chain(handed_over)
-        .filter(|s| held.contains(s))
+        .filter(|s| leaving(s) && !running.contains(s))
         .copied()
         .collect();
-    let acquire = if view.other_count_held {
+    let acquire = if view.other_count_held || view.leader_held {
         BTreeSet::new()
     } else {
         let free = |s: &&u32| !view.holders.contains_key(s);
         plan.take.iter().filter(free).copied().collect()
     };
-    let leaving = |s: &u32| release.contains(s) || plan.give.contains_key(s);
     let serve = held.iter().filter(|s| !leaving(s)).copied().collect();
     Steps {
         acquire,
@@ -234,8 +245,8 @@ mod tests {
     #[test]
     fn names_say_what_a_lease_is() {
         assert_eq!(
-            kind(PREFIX, &replica_lease(PREFIX, "pod-a")),
-            Some(Kind::Replica)
+            kind(PREFIX, &replica_lease(PREFIX, 64, "pod-of-a")),
+            Some(Kind::Replica { count: 64 })
         );
         assert_eq!(
             kind(PREFIX, &shard_lease(PREFIX, 64, 7)),
@@ -249,8 +260,9 @@ mod tests {
             "ugo-x",
             "ugo-shard-1",
             "ugo-shard-a-of-4",
-            "ugox-replica-a",
-            "other-replica-a",
+            "ugox-replica-a-of-4",
+            "other-replica-a-of-4",
+            "ugo-replica-a",
         ] {
             assert_eq!(kind(PREFIX, other), None, "{other}");
         }
@@ -267,8 +279,9 @@ mod tests {
         }
         .release(&held(&shard_lease(PREFIX, 4, 2), "b", now), now);
         let leases = [
-            held(&replica_lease(PREFIX, "a"), "a", now),
-            held(&replica_lease(PREFIX, "dead"), "dead", old),
+            held(&replica_lease(PREFIX, 4, "a"), "a", now),
+            held(&replica_lease(PREFIX, 4, "dead"), "dead", old),
+            held(&replica_lease(PREFIX, 8, "of-another-count"), "b", now),
             held(&shard_lease(PREFIX, 4, 0), "a", now),
             held(&shard_lease(PREFIX, 4, 1), "dead", old),
             released,
@@ -280,10 +293,14 @@ mod tests {
         assert_eq!(view.holders, BTreeMap::from([(0, "a".to_owned())]));
         assert!(!view.other_count_held);
         let mut with_old_count = leases.to_vec();
+        with_old_count.push(held(&shard_lease(PREFIX, 8, 2), "b", old));
+        assert_eq!(
+            View::of(&with_old_count, PREFIX, 4, now),
+            view,
+            "an old count's Lease that ran out holds nothing"
+        );
         with_old_count.push(held(&shard_lease(PREFIX, 8, 1), "b", now));
         assert!(View::of(&with_old_count, PREFIX, 4, now).other_count_held);
-        with_old_count.push(held(&shard_lease(PREFIX, 8, 2), "b", old));
-        assert_eq!(View::of(&with_old_count[..7], PREFIX, 4, now), view);
     }
 
     fn set(shards: &[u32]) -> BTreeSet<u32> {
@@ -298,6 +315,7 @@ mod tests {
                 .map(|(s, h)| (s, h.to_owned()))
                 .into(),
             other_count_held: false,
+            leader_held: false,
         };
         let plan = Plan {
             take: set(&[3]),
@@ -321,6 +339,7 @@ mod tests {
             replicas: ["a", "b"].map(String::from).into(),
             holders: [(2, "b".to_owned())].into(),
             other_count_held: false,
+            leader_held: false,
         };
         let plan = Plan {
             take: set(&[1, 2]),
@@ -338,8 +357,33 @@ mod tests {
         );
         view.holders.insert(5, "a".into());
         let releasing = steps(&view, "a", &plan, &set(&[5]));
-        assert_eq!(releasing.release, set(&[5]));
+        assert!(releasing.release.is_empty(), "5 still runs");
         assert!(releasing.serve.is_empty());
+        let released = steps(&view, "a", &plan, &BTreeSet::new());
+        assert_eq!(released.release, set(&[5]));
+    }
+
+    /// A held leader Lease (a `--leader-elect` replica of a rolling update
+    /// between modes) stops every sharded replica and frees its shards.
+    #[test]
+    fn steps_give_everything_up_while_the_leader_lease_is_held() {
+        let view = View {
+            replicas: ["a"].map(String::from).into(),
+            holders: [(0, "a".to_owned())].into(),
+            other_count_held: false,
+            leader_held: true,
+        };
+        let plan = Plan {
+            take: set(&[0, 1]),
+            ..Plan::default()
+        };
+        let running = steps(&view, "a", &plan, &set(&[0]));
+        assert!(running.serve.is_empty() && running.acquire.is_empty());
+        assert!(running.release.is_empty(), "the controller still runs 0");
+        assert_eq!(
+            steps(&view, "a", &plan, &BTreeSet::new()).release,
+            set(&[0])
+        );
     }
 
     #[test]

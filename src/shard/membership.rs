@@ -60,12 +60,20 @@ pub async fn run(
     let api: Api<Lease> = Api::namespaced(client, &settings.namespace);
     let config = watcher::Config::default().labels(&format!("{SET_LABEL}={}", settings.prefix));
     let mut events = std::pin::pin!(watcher(api.clone(), config).default_backoff());
+    // The leader-election Lease of the same name, which carries no label.
+    let leader = watcher::Config::default().fields(&format!("metadata.name={}", settings.prefix));
+    let mut leader = std::pin::pin!(
+        watcher(api.clone(), leader)
+            .default_backoff()
+            .applied_objects()
+    );
     let mut member = Member {
         api,
         settings,
         fence,
         leases: BTreeMap::new(),
         listing: None,
+        leader: None,
     };
     let mut leave = std::pin::pin!(leave);
     let mut wake = tokio::time::Instant::now();
@@ -76,6 +84,11 @@ pub async fn run(
             () = &mut leave => break,
             event = events.next() => match event {
                 Some(event) => synced |= member.see(event),
+                None => break,
+            },
+            lease = leader.next() => match lease {
+                Some(Ok(lease)) => member.leader = Some(lease),
+                Some(Err(e)) => tracing::warn!(error = %e, "leader lease watch failed; retrying"),
                 None => break,
             },
             changed = channels.running.changed() => if changed.is_err() { break },
@@ -90,36 +103,49 @@ pub async fn run(
             wake = tokio::time::Instant::now() + next;
         }
     }
-    member.leave().await;
+    let duration = member.settings.duration;
+    if tokio::time::timeout(duration, member.leave())
+        .await
+        .is_err()
+    {
+        tracing::warn!("could not release every shard in time; the rest run out on their own");
+    }
 }
 
-/// Waits until no shard Lease of the set `prefix` is held: a replica about
-/// to lead alone (`--leader-elect`) must not write beside sharded replicas
-/// of a rolling update between the modes. Returns early if `stop` does.
+/// Waits until no shard Lease of the set `prefix` is held: a replica that
+/// leads alone (`--leader-elect`) must not write beside sharded replicas of
+/// a rolling update between the modes. Called after the leader Lease is
+/// taken (sharded replicas watch it and give everything up when they see
+/// it held), so neither side can miss the other. Returns early if `stop`
+/// does.
 pub async fn wait_unsharded(
     client: Client,
     namespace: &str,
     prefix: &str,
     stop: impl std::future::Future<Output = ()>,
-) -> Result<(), kube::Error> {
+) {
     let api: Api<Lease> = Api::namespaced(client, namespace);
     let lp = kube::api::ListParams::default().labels(&format!("{SET_LABEL}={prefix}"));
     let mut stop = std::pin::pin!(stop);
     loop {
         let now = SystemTime::now();
-        let list = api.list(&lp).await?;
         let shard = format!("{prefix}-shard-");
-        let held = list
-            .items
-            .iter()
-            .filter(|l| l.name_any().starts_with(&shard))
-            .any(|l| leases::holder(l, now).is_some());
-        if !held {
-            return Ok(());
+        match api.list(&lp).await {
+            Ok(list) => {
+                let held = list
+                    .items
+                    .iter()
+                    .filter(|l| l.name_any().starts_with(&shard))
+                    .any(|l| leases::holder(l, now).is_some());
+                if !held {
+                    return;
+                }
+                tracing::info!("sharded replicas still hold shards; waiting for them to give up");
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot list the shard leases; trying again"),
         }
-        tracing::info!("sharded replicas still hold shards; waiting before leader election");
         tokio::select! {
-            () = &mut stop => return Ok(()),
+            () = &mut stop => return,
             () = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
     }
@@ -133,6 +159,8 @@ struct Member {
     leases: BTreeMap<String, Lease>,
     /// A relist in progress.
     listing: Option<BTreeMap<String, Lease>>,
+    /// The leader-election Lease of the same name, as last seen.
+    leader: Option<Lease>,
 }
 
 impl Member {
@@ -183,8 +211,16 @@ impl Member {
     async fn step(&mut self, running: &BTreeSet<u32>) -> (BTreeSet<u32>, Duration) {
         let s = &self.settings;
         let (prefix, count, me) = (s.prefix.clone(), s.shards.count(), s.identity.clone());
-        let mut failed = !self.keep(&leases::replica_lease(&prefix, &me)).await;
-        let view = View::of(self.leases.values(), &prefix, count, SystemTime::now());
+        let mut failed = !self.keep(&leases::replica_lease(&prefix, count, &me)).await;
+        let now = SystemTime::now();
+        let mut view = View::of(self.leases.values(), &prefix, count, now);
+        view.leader_held = self
+            .leader
+            .as_ref()
+            .is_some_and(|l| leases::holder(l, now).is_some());
+        if view.leader_held {
+            tracing::warn!(lease = %prefix, "a leader-elected replica holds the leader lease; serving no shard until it is released");
+        }
         let plan = super::plan(count, &me, &view.replicas, &view.holders);
         let steps = leases::steps(&view, &me, &plan, running);
         for shard in view.held_by(&me).difference(&steps.release) {
@@ -192,16 +228,10 @@ impl Member {
                 .keep(&leases::shard_lease(&prefix, count, *shard))
                 .await;
         }
-        if !steps.acquire.is_empty() && self.leader_held().await {
-            // Replicas of the leader-elected mode still run (a rolling
-            // update between modes): nothing is taken until they are gone.
-            failed = true;
-        } else {
-            for shard in &steps.acquire {
-                failed |= !self
-                    .claim(&leases::shard_lease(&prefix, count, *shard))
-                    .await;
-            }
+        for shard in &steps.acquire {
+            failed |= !self
+                .claim(&leases::shard_lease(&prefix, count, *shard))
+                .await;
         }
         for shard in &steps.release {
             failed |= !self
@@ -265,24 +295,6 @@ impl Member {
         }
     }
 
-    /// Whether the leader-election Lease of the same name is held (or
-    /// cannot be read).
-    async fn leader_held(&self) -> bool {
-        match self.api.get_opt(&self.settings.prefix).await {
-            Ok(lease) => {
-                let held = lease.is_some_and(|l| leases::holder(&l, SystemTime::now()).is_some());
-                if held {
-                    tracing::warn!(lease = %self.settings.prefix, "a leader-elected replica holds the leader lease; taking no shard until it is released");
-                }
-                held
-            }
-            Err(e) => {
-                tracing::warn!(lease = %self.settings.prefix, error = %e, "cannot read the leader lease; taking no shard");
-                true
-            }
-        }
-    }
-
     /// Deletes replica Leases nobody renewed for [`FORGOTTEN`].
     async fn forget_departed(&mut self) {
         let now = SystemTime::now();
@@ -328,10 +340,16 @@ impl Member {
             .fold(third, Duration::min)
     }
 
-    /// Gives up every shard held and deletes the replica Lease.
+    /// Deletes the replica Lease, so the others stop counting this replica
+    /// in the split, then gives up every shard held.
     async fn leave(mut self) {
-        let now = SystemTime::now();
         let me = self.settings.identity.clone();
+        let count = self.settings.shards.count();
+        let replica = leases::replica_lease(&self.settings.prefix, count, &me);
+        if let Err(e) = self.api.delete(&replica, &Default::default()).await {
+            tracing::warn!(lease = replica, error = %e, "cannot delete the replica lease");
+        }
+        let now = SystemTime::now();
         let held: Vec<String> = self
             .leases
             .iter()
@@ -342,11 +360,14 @@ impl Member {
             .map(|(name, _)| name.clone())
             .collect();
         for name in held {
-            self.release(&name).await;
-        }
-        let replica = leases::replica_lease(&self.settings.prefix, &me);
-        if let Err(e) = self.api.delete(&replica, &Default::default()).await {
-            tracing::warn!(lease = replica, error = %e, "cannot delete the replica lease");
+            // A renewal the watch has not shown yet makes the first try a
+            // conflict: once more, on the Lease as it is now.
+            if !self.release(&name).await
+                && let Ok(lease) = self.api.get(&name).await
+            {
+                self.remember(lease);
+                self.release(&name).await;
+            }
         }
         tracing::info!("left the shard split");
     }
