@@ -476,6 +476,8 @@ async fn failover_and_upgrade_re_sign_nothing_that_is_fresh() -> TestResult {
         format!("defaultIssuer.s3.endpoint={}", ctx.env.s3_endpoint()),
         "defaultIssuer.s3.forcePathStyle=true".to_owned(),
         format!("defaultIssuer.allow[0].buckets[0]={}", ctx.env.bucket()),
+        // Leader election's failover; sharding's is tests/sharding_replicas.rs.
+        "sharding.enabled=false".to_owned(),
     ];
     let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
     let mut release = Release::install(&ctx, 2, &sets).await?;

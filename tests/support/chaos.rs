@@ -289,6 +289,9 @@ pub struct Audited {
     pub verb: String,
     pub resource: String,
     pub subresource: String,
+    /// The object's namespace and name, where the request names one.
+    pub namespace: String,
+    pub name: String,
     pub at: jiff::Timestamp,
     pub code: i64,
 }
@@ -330,6 +333,8 @@ pub fn audited(env: &TestEnv, user: &str) -> TestResult<Vec<Audited>> {
             verb: s("/verb"),
             resource: s("/objectRef/resource"),
             subresource: s("/objectRef/subresource"),
+            namespace: s("/objectRef/namespace"),
+            name: s("/objectRef/name"),
             at: s("/requestReceivedTimestamp").parse()?,
             code: v
                 .pointer("/responseStatus/code")
