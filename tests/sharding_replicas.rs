@@ -338,3 +338,77 @@ fn no_object_written_by_two_replicas(ctx: &TestContext) -> TestResult {
     assert!(twice.is_empty(), "written by two replicas: {twice:?}");
     Ok(())
 }
+
+/// A rolling update between the modes: a sharded replica started beside a
+/// leader-elected one (the same lease name) takes no shard while the leader
+/// leads, and takes every shard once the leader lets go, re-signing
+/// nothing.
+#[tokio::test]
+async fn a_sharded_replica_stands_aside_while_a_leader_elected_one_leads() -> TestResult {
+    let _one = ONE_RUN.lock().await;
+    let ctx = TestContext::new("modes").await?;
+    support::install_committed_crds(&ctx.client).await?;
+    let issuer = open_issuer(&ctx).await?;
+    let dir = tempfile::tempdir()?;
+    let env = [
+        ("UPLOAD_GRANT_LEADER_ELECT", "true"),
+        ("UPLOAD_GRANT_LEASE_NAMESPACE", &ctx.namespace),
+        ("UPLOAD_GRANT_LEASE_DURATION", &LEASE_SECONDS.to_string()),
+        ("POD_NAME", "leader"),
+    ];
+    let opts = OperatorOptions {
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Default::default()
+    };
+    let mut leader = Operator::start(&ctx, dir.path(), opts).await?;
+    eventually("the leader to lead", Duration::from_secs(30), || async {
+        Ok((leader.metric("upload_grant_leader").await? == 1.0).then_some(()))
+    })
+    .await?;
+    let sharded = replica(&ctx, dir.path(), "replica-s", true).await?;
+    create_grant(&ctx, "g", spec(&ctx, &issuer, "g", serde_json::json!({}))).await?;
+    wait_ready(&ctx, "g").await?;
+    // Rounds of its lease loop have run once it renewed its own Lease
+    // twice: each round looks at the leader Lease before taking a shard.
+    let own = format!("{PREFIX}-replica-replica-s-of-{SHARDS}");
+    let renewed = || async {
+        let lease = ctx.api::<Lease>().get_opt(&own).await?;
+        TestResult::Ok(lease.and_then(|l| l.spec?.renew_time))
+    };
+    let first = eventually("its replica Lease", Duration::from_secs(30), || async {
+        renewed().await
+    })
+    .await?;
+    for _ in 0..2 {
+        let seen = renewed().await?;
+        eventually(
+            "a renewal",
+            Duration::from_secs(LEASE_SECONDS * 2),
+            || async { Ok((renewed().await? > seen).then_some(())) },
+        )
+        .await?;
+    }
+    assert!(renewed().await? > Some(first));
+    assert!(
+        holders(&ctx).await?.is_empty(),
+        "a shard taken beside the leader"
+    );
+    assert_eq!(sharded.metric("upload_grant_shards_held").await?, 0.0);
+    assert_eq!(sharded.metric(SIGNED).await?, 0.0);
+    let before = snapshot(&ctx).await?;
+
+    leader.stop().await?;
+    let one = BTreeMap::from([("replica-s", &sharded)]);
+    split_between(&ctx, &one, Duration::from_secs(LEASE_SECONDS * 4)).await?;
+    all_evaluated(&[&sharded], 1).await?;
+    assert_eq!(
+        sharded.metric(SIGNED).await?,
+        0.0,
+        "re-signed on the switch"
+    );
+    assert_eq!(snapshot(&ctx).await?, before);
+    Ok(())
+}

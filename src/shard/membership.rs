@@ -62,11 +62,7 @@ pub async fn run(
     let mut events = std::pin::pin!(watcher(api.clone(), config).default_backoff());
     // The leader-election Lease of the same name, which carries no label.
     let leader = watcher::Config::default().fields(&format!("metadata.name={}", settings.prefix));
-    let mut leader = std::pin::pin!(
-        watcher(api.clone(), leader)
-            .default_backoff()
-            .applied_objects()
-    );
+    let mut leader = std::pin::pin!(watcher(api.clone(), leader).default_backoff());
     let mut member = Member {
         api,
         settings,
@@ -74,10 +70,13 @@ pub async fn run(
         leases: BTreeMap::new(),
         listing: None,
         leader: None,
+        leader_seen_held: false,
     };
     let mut leave = std::pin::pin!(leave);
     let mut wake = tokio::time::Instant::now();
-    let mut synced = false;
+    // No round before both watches have listed: a first round that had
+    // not seen a held leader Lease could take shards beside its holder.
+    let (mut synced, mut leader_synced) = (false, false);
     loop {
         tokio::select! {
             biased;
@@ -86,21 +85,23 @@ pub async fn run(
                 Some(event) => synced |= member.see(event),
                 None => break,
             },
-            lease = leader.next() => match lease {
-                Some(Ok(lease)) => member.leader = Some(lease),
-                Some(Err(e)) => tracing::warn!(error = %e, "leader lease watch failed; retrying"),
+            event = leader.next() => match event {
+                Some(event) => leader_synced |= member.see_leader(event),
                 None => break,
             },
             changed = channels.running.changed() => if changed.is_err() { break },
             () = tokio::time::sleep_until(wake) => {}
         }
-        if synced {
+        if synced && leader_synced {
             let running = channels.running.borrow().clone();
             let (serve, next) = member.step(&running).await;
             channels
                 .serve
                 .send_if_modified(|s| std::mem::replace(s, serve) != *s);
             wake = tokio::time::Instant::now() + next;
+        } else {
+            // Not listed yet: no round, and no spin on a past wake.
+            wake = tokio::time::Instant::now() + RETRY;
         }
     }
     let duration = member.settings.duration;
@@ -161,6 +162,8 @@ struct Member {
     listing: Option<BTreeMap<String, Lease>>,
     /// The leader-election Lease of the same name, as last seen.
     leader: Option<Lease>,
+    /// Whether the last round saw it held (said once, not every round).
+    leader_seen_held: bool,
 }
 
 impl Member {
@@ -192,6 +195,21 @@ impl Member {
         false
     }
 
+    /// Applies one event of the leader Lease's watch; true when it ends a
+    /// listing.
+    fn see_leader(&mut self, event: watcher::Result<watcher::Event<Lease>>) -> bool {
+        use watcher::Event;
+        match event {
+            Ok(Event::Init) => self.leader = None,
+            Ok(Event::InitApply(lease) | Event::Apply(lease)) => self.leader = Some(lease),
+            Ok(Event::Delete(_)) => self.leader = None,
+            Ok(Event::InitDone) => return true,
+            // The last one seen stands until it runs out.
+            Err(e) => tracing::warn!(error = %e, "leader lease watch failed; retrying"),
+        }
+        false
+    }
+
     fn remember(&mut self, lease: Lease) {
         self.fence.observe(&lease);
         self.leases.insert(lease.name_any(), lease);
@@ -218,7 +236,8 @@ impl Member {
             .leader
             .as_ref()
             .is_some_and(|l| leases::holder(l, now).is_some());
-        if view.leader_held {
+        let seen_before = std::mem::replace(&mut self.leader_seen_held, view.leader_held);
+        if view.leader_held && !seen_before {
             tracing::warn!(lease = %prefix, "a leader-elected replica holds the leader lease; serving no shard until it is released");
         }
         let plan = super::plan(count, &me, &view.replicas, &view.holders);
