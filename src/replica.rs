@@ -86,8 +86,8 @@ impl Serving {
                 break;
             }
         }
-        self.running.send_replace(BTreeSet::new());
         self.parts.fence.require([]);
+        self.running.send_replace(BTreeSet::new());
     }
 
     /// The shards to serve once they have not changed for [`SETTLE`]; None

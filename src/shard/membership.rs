@@ -200,7 +200,9 @@ impl Member {
     fn see_leader(&mut self, event: watcher::Result<watcher::Event<Lease>>) -> bool {
         use watcher::Event;
         match event {
-            Ok(Event::Init) => self.leader = None,
+            // A relist keeps the last one seen until it lists another: a
+            // round meanwhile must not take a leader's Lease for free.
+            Ok(Event::Init) => {}
             Ok(Event::InitApply(lease) | Event::Apply(lease)) => self.leader = Some(lease),
             Ok(Event::Delete(_)) => self.leader = None,
             Ok(Event::InitDone) => return true,
