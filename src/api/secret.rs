@@ -13,6 +13,10 @@ pub const SECRET_TYPE: &str = "grants.io/presigned-url";
 pub const MANAGED_BY_LABEL: &str = RESERVED_MANAGED_BY_KEY;
 pub const MANAGED_BY: &str = "upload-grant-operator";
 pub const GRANT_LABEL: &str = "grants.io/grant";
+/// The grant's shard among [`crate::shard::LABEL_SHARDS`], so that a
+/// replica's Secret watch selects its shards by label whatever `--shards`
+/// is (`crate::shard::label_value`).
+pub const SHARD_LABEL: &str = "grants.io/shard";
 pub const SPEC_HASH_ANNOTATION: &str = "grants.io/spec-hash";
 pub const ISSUED_AT_ANNOTATION: &str = "grants.io/issued-at";
 pub const EXPIRES_AT_ANNOTATION: &str = "grants.io/expires-at";

@@ -19,11 +19,12 @@ use crate::api::limits::{
 use crate::api::secret::{
     EXPIRES_AT_ANNOTATION, FINGERPRINT_ANNOTATION, GRANT_LABEL, ISSUED_AT_ANNOTATION, MANAGED_BY,
     MANAGED_BY_LABEL, MAX_STATE_VALUE_LEN, REFRESH_AT_ANNOTATION, RENEW_REQUEST_ANNOTATION,
-    REPLACES_ANNOTATION, SECRET_TYPE, SPEC_HASH_ANNOTATION, UPLOAD_ID_ANNOTATION,
+    REPLACES_ANNOTATION, SECRET_TYPE, SHARD_LABEL, SPEC_HASH_ANNOTATION, UPLOAD_ID_ANNOTATION,
     UPLOAD_OBJECT_ANNOTATION,
 };
 use crate::api::{RefreshPolicy, S3Target, UploadGrant, UploadGrantSpec};
 use crate::error::{Error, Result};
+use crate::shard::{self, Owned, Selection};
 use crate::signing::{FormFields, Presigned, PresignedMultipart, PresignedPost};
 
 /// Keys of the operator's own labels and annotations. Values a user puts
@@ -42,6 +43,25 @@ pub fn grant_label_value(name: &str) -> String {
 /// The label selector that finds every Secret this operator manages.
 pub fn managed_selector() -> String {
     format!("{MANAGED_BY_LABEL}={MANAGED_BY}")
+}
+
+/// With `--sharding` and only some shards: the selector of the Secrets of
+/// `owned`'s grants, by their `grants.io/shard` label. None selects every
+/// managed Secret.
+pub fn shard_selector(owned: &Owned) -> Option<String> {
+    if owned.selection() == Selection::All {
+        return None;
+    }
+    let values: Vec<String> = owned.label_values().iter().map(u32::to_string).collect();
+    // A set may not be empty: no shard selects a value no Secret has.
+    let values = match values.is_empty() {
+        true => "none".to_owned(),
+        false => values.join(","),
+    };
+    Some(format!(
+        "{},{SHARD_LABEL} in ({values})",
+        managed_selector()
+    ))
 }
 
 /// A hash of everything that shapes a URL: when it changes, the Secret is
@@ -225,6 +245,8 @@ pub fn build_secret(grant: &UploadGrant, valid: &ValidGrant, issued: &Issued) ->
     let mut labels = user_keys(&valid.secret_labels);
     labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY.into());
     labels.insert(GRANT_LABEL.into(), grant_label_value(&grant.name_any()));
+    let uid = grant.uid().ok_or(Error::IncompleteObject)?;
+    labels.insert(SHARD_LABEL.into(), shard::label_value(&uid));
     let mut annotations = user_keys(&valid.secret_annotations);
     annotations.extend(state_annotations(issued));
     Ok(Secret {
@@ -449,6 +471,37 @@ mod tests {
     }
 
     #[test]
+    fn a_replicas_secret_watch_selects_its_shards_by_label() {
+        let owned = |count, shards: &[u32]| Owned {
+            shards: shard::Shards::new(count).expect("a power of two"),
+            owned: shards.iter().copied().collect(),
+        };
+        let managed = managed_selector();
+        let first_half: Vec<String> = (0..512).map(|v| v.to_string()).collect();
+        for (owned, want) in [
+            (owned(1, &[0]), None),
+            (owned(64, &(0..64).collect::<Vec<_>>()), None),
+            (
+                owned(512, &[3, 7]),
+                Some(format!("{managed},{SHARD_LABEL} in (6,7,14,15)")),
+            ),
+            (
+                owned(2, &[0]),
+                Some(format!(
+                    "{managed},{SHARD_LABEL} in ({})",
+                    first_half.join(",")
+                )),
+            ),
+            (
+                owned(64, &[]),
+                Some(format!("{managed},{SHARD_LABEL} in (none)")),
+            ),
+        ] {
+            assert_eq!(shard_selector(&owned), want);
+        }
+    }
+
+    #[test]
     fn secret_carries_the_contract_keys_and_ownership() {
         let v = ValidGrant {
             secret_name: "nightly-upload".into(),
@@ -475,6 +528,7 @@ mod tests {
             "users cannot override the managed-by label"
         );
         assert_eq!(labels[GRANT_LABEL], "nightly");
+        assert_eq!(labels[SHARD_LABEL], shard::label_value("uid-1"));
         assert_eq!(labels["team"], "a");
         let owner = &s.metadata.owner_references.expect("owner")[0];
         assert_eq!(

@@ -23,6 +23,7 @@ pub mod multipart;
 mod queue;
 mod reconcile;
 pub mod recorded;
+mod relabel;
 mod report;
 pub mod rollout;
 mod scoped;
@@ -223,8 +224,18 @@ pub async fn run(
     settings: Settings,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let shutdown = shutdown.shared();
     let client = parts.client.clone();
+    // Dropped on return: the cache tasks stop with the controller.
+    let mut tasks = JoinSet::new();
+    let (secret_selector, relabelled) = secret_selector(&client, &settings, &mut tasks).await;
+    let shutdown = async move {
+        tokio::select! {
+            () = shutdown => {}
+            () = relabelled => {}
+        }
+    }
+    .boxed()
+    .shared();
     let (grant_store, grant_writer) = cache::cache();
     // Grants that leave the cache, also those a relist finds gone: they are
     // never looked at again, so they are revoked from here.
@@ -242,10 +253,15 @@ pub async fn run(
     let (triggers, requests) = mpsc::unbounded();
     // Policy changes apart: one may revoke, which goes before renewals.
     let (policy_triggers, policy_changes) = mpsc::unbounded();
-    // Dropped on return: the cache tasks stop with the controller.
-    let mut tasks = JoinSet::new();
     let caches = Caches {
-        secrets: watch_secrets(&mut tasks, &client, &settings, &parts.metrics, triggers),
+        secrets: watch_secrets(
+            &mut tasks,
+            &client,
+            &settings,
+            &secret_selector,
+            &parts.metrics,
+            triggers,
+        ),
         issuers: watch_issuers(
             &mut tasks,
             &client,
@@ -449,16 +465,56 @@ fn watch_grants(
     scoped::merge(scopes, store, Key::namespace).boxed()
 }
 
+/// The label selector of a run's Secret watch, and what ends the run so
+/// that the next one selects by label (`relabel`); it never resolves when
+/// this one does already.
+async fn secret_selector(
+    client: &Client,
+    settings: &Settings,
+    tasks: &mut JoinSet<()>,
+) -> (String, futures::future::BoxFuture<'static, ()>) {
+    let never = || futures::future::pending().boxed();
+    let Some((owned, selector)) = settings
+        .shard
+        .as_ref()
+        .and_then(|owned| Some((owned, build::shard_selector(owned)?)))
+    else {
+        return (build::managed_selector(), never());
+    };
+    match relabel::any_mine(client, &settings.namespaces, owned).await {
+        Ok(false) => return (selector, never()),
+        Ok(true) => tracing::info!(
+            "some of this replica's Secrets lack their shard label: watching every managed Secret until they are labelled"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list unlabelled Secrets: watching every managed Secret")
+        }
+    }
+    let (done, labelled) = futures::channel::oneshot::channel();
+    tasks.spawn(relabel::run(
+        client.clone(),
+        settings.namespaces.clone(),
+        owned.clone(),
+        done,
+    ));
+    // A labeller that stops without saying so ends the run too: the next
+    // one looks again.
+    (build::managed_selector(), labelled.map(drop).boxed())
+}
+
 /// Secrets this operator manages, metadata only (PartialObjectMeta), so
 /// Secret data never enters the cache; a change wakes the owning grant.
+/// `selector` picks them: all, or with `--sharding` those of the run's
+/// shards.
 fn watch_secrets(
     tasks: &mut JoinSet<()>,
     client: &Client,
     settings: &Settings,
+    selector: &str,
     metrics: &Arc<Metrics>,
     triggers: Triggers,
 ) -> Cache<managed::ManagedSecret> {
-    let config = watcher::Config::default().labels(&build::managed_selector());
+    let config = watcher::Config::default().labels(selector);
     spawn_cache(
         tasks,
         "Secret",

@@ -23,6 +23,22 @@ use std::collections::{BTreeMap, BTreeSet};
 /// The most shards a split may have: each is a Lease.
 pub const MAX_SHARDS: u32 = 1024;
 
+/// The shards a Secret's `grants.io/shard` label counts in: the finest
+/// split `--shards` allows, so every shard of any count is a whole set of
+/// label values, and a Secret keeps its label when the count changes.
+pub const LABEL_SHARDS: u32 = MAX_SHARDS;
+
+/// The `grants.io/shard` label of the Secret of the grant with this uid.
+pub fn label_value(uid: &str) -> String {
+    finest().of(uid).to_string()
+}
+
+fn finest() -> Shards {
+    Shards {
+        bits: LABEL_SHARDS.trailing_zeros(),
+    }
+}
+
 /// The field the apiserver hashes for a grant's shard.
 pub const FIELD: &str = "object.metadata.uid";
 
@@ -65,6 +81,17 @@ impl Owned {
     /// The `shardSelector` for these shards.
     pub fn selection(&self) -> Selection {
         self.shards.selection(&self.owned)
+    }
+
+    /// The `grants.io/shard` label values of these shards' Secrets
+    /// ([`label_value`]), lowest first.
+    pub fn label_values(&self) -> Vec<u32> {
+        let per = LABEL_SHARDS / self.shards.count();
+        self.owned
+            .iter()
+            .filter(|s| **s < self.shards.count())
+            .flat_map(|s| s * per..(s + 1) * per)
+            .collect()
     }
 }
 
@@ -257,6 +284,38 @@ mod tests {
         ] {
             assert_eq!(hash(input), want, "{input:?}");
         }
+    }
+
+    /// A Secret's label lies in its grant's shard at every count, so a
+    /// replica selecting its shards' label values sees exactly its grants'
+    /// Secrets.
+    #[test]
+    fn a_label_value_lies_in_its_grants_shard_at_every_count() {
+        let uids: Vec<String> = (0..200).map(|i| format!("uid-{i}")).collect();
+        for count in [1, 2, 8, 64, MAX_SHARDS] {
+            let shards = Shards::new(count).expect("a power of two");
+            for shard in [0, count / 2, count - 1] {
+                let owned = Owned {
+                    shards,
+                    owned: BTreeSet::from([shard]),
+                };
+                let values = owned.label_values();
+                assert_eq!(values.len() as u32, LABEL_SHARDS / count);
+                for uid in &uids {
+                    let label: u32 = label_value(uid).parse().expect("a number");
+                    assert_eq!(
+                        values.contains(&label),
+                        owned.contains(uid),
+                        "{uid} of {count}"
+                    );
+                }
+            }
+        }
+        let beyond = Owned {
+            shards: Shards::new(4).expect("a power of two"),
+            owned: BTreeSet::from([1, 9]),
+        };
+        assert_eq!(beyond.label_values(), (256..512).collect::<Vec<_>>());
     }
 
     #[test]
