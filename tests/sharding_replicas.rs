@@ -11,6 +11,11 @@
 //! (`--shard-selector=false`): then every replica receives every grant, as
 //! from an apiserver without the gate, and the split holds by the replicas'
 //! own filter, which counts what it drops.
+//!
+//! Secrets are selected by their `grants.io/shard` label in both modes: no
+//! replica receives another's Secret. Secrets written before the label are
+//! labelled by the replica of their grant's shard, which then selects by
+//! label, re-signing nothing.
 
 mod support;
 
@@ -27,7 +32,8 @@ use support::grants::*;
 use support::operator::{Operator, OperatorOptions};
 use support::{TestContext, TestResult, eventually};
 use upload_grant_operator::api::UploadGrant;
-use upload_grant_operator::shard::Shards;
+use upload_grant_operator::api::secret::SHARD_LABEL;
+use upload_grant_operator::shard::{self, Shards};
 
 const LEASE_SECONDS: u64 = 6;
 const SHARDS: u32 = 64;
@@ -55,14 +61,29 @@ async fn replica(
         ("KUBECONFIG", &config.display().to_string()),
         ("UPLOAD_GRANT_SHARD_SELECTOR", &selector.to_string()),
     ];
-    let opts = OperatorOptions {
+    Operator::start(ctx, dir, with_env(&env)).await
+}
+
+fn with_env(env: &[(&str, &str)]) -> OperatorOptions {
+    OperatorOptions {
         env: env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
         ..Default::default()
-    };
-    Operator::start(ctx, dir, opts).await
+    }
+}
+
+const FOREIGN_SECRETS: &str = r#"upload_grant_shard_foreign_objects_total{kind="Secret"}"#;
+
+/// Whether every Secret in the namespace carries its grant's shard label.
+async fn all_labelled(ctx: &TestContext) -> TestResult<bool> {
+    let secrets = ctx.api::<Secret>().list(&ListParams::default()).await?;
+    Ok(secrets.items.iter().all(|s| {
+        let owner = s.owner_references().first().map(|o| o.uid.as_str());
+        let label = s.labels().get(SHARD_LABEL).map(String::as_str);
+        owner.is_some_and(|uid| label == Some(shard::label_value(uid).as_str()))
+    }))
 }
 
 /// Who holds each shard now, read from the Leases as a standby would: the
@@ -220,7 +241,17 @@ async fn split_and_take_over(selector: bool) -> TestResult {
                 "{name}: dropped {foreign}"
             );
         }
+        // Secrets are selected by label in either mode.
+        assert_eq!(
+            op.metric(FOREIGN_SECRETS).await?,
+            0.0,
+            "{name}: received Secrets of other shards"
+        );
     }
+    assert!(
+        all_labelled(&ctx).await?,
+        "a Secret without its shard label"
+    );
     let signed = total(&[&a, &b, &c], SIGNED).await?;
     assert_eq!(signed, GRANTS as f64);
     let before = snapshot(&ctx).await?;
@@ -302,6 +333,7 @@ async fn split_and_take_over(selector: bool) -> TestResult {
         wait_ready(&ctx, &name).await?;
     }
     eprintln!("takeover after SIGTERM of 3 of 5: {took:?}");
+    assert_eq!(total(&[&b, &d], FOREIGN_SECRETS).await?, 0.0);
     for (name, op) in [("b", &b), ("d", &d)] {
         let logs = op.logs();
         let warnings: Vec<&str> = logs.lines().filter(|l| l.contains("\"WARN\"")).collect();
@@ -312,12 +344,13 @@ async fn split_and_take_over(selector: bool) -> TestResult {
         );
     }
 
-    no_object_written_by_two_replicas(&ctx)
+    no_object_written_by_two_replicas(&ctx, 2 * GRANTS)
 }
 
 /// Every grant and Secret in the namespace was written (created, patched,
-/// updated or deleted, successfully) by one replica at most.
-fn no_object_written_by_two_replicas(ctx: &TestContext) -> TestResult {
+/// updated or deleted, successfully) by one replica at most, and at least
+/// `min` writes were.
+fn no_object_written_by_two_replicas(ctx: &TestContext, min: usize) -> TestResult {
     let mut writers: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
     let mut writes = 0;
     for user in ["a", "b", "c", "d", "e", "f"].map(|r| format!("replica-{r}")) {
@@ -333,7 +366,7 @@ fn no_object_written_by_two_replicas(ctx: &TestContext) -> TestResult {
             }
         }
     }
-    assert!(writes >= 2 * GRANTS, "only {writes} writes audited");
+    assert!(writes >= min, "only {writes} writes audited");
     let twice: Vec<_> = writers.iter().filter(|(_, w)| w.len() > 1).collect();
     assert!(twice.is_empty(), "written by two replicas: {twice:?}");
     Ok(())
@@ -356,14 +389,7 @@ async fn a_sharded_replica_stands_aside_while_a_leader_elected_one_leads() -> Te
         ("UPLOAD_GRANT_LEASE_DURATION", &LEASE_SECONDS.to_string()),
         ("POD_NAME", "leader"),
     ];
-    let opts = OperatorOptions {
-        env: env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        ..Default::default()
-    };
-    let mut leader = Operator::start(&ctx, dir.path(), opts).await?;
+    let mut leader = Operator::start(&ctx, dir.path(), with_env(&env)).await?;
     eventually("the leader to lead", Duration::from_secs(30), || async {
         Ok((leader.metric("upload_grant_leader").await? == 1.0).then_some(()))
     })
@@ -411,4 +437,92 @@ async fn a_sharded_replica_stands_aside_while_a_leader_elected_one_leads() -> Te
     );
     assert_eq!(snapshot(&ctx).await?, before);
     Ok(())
+}
+
+/// An upgrade from a version that wrote Secrets without the shard label:
+/// two replicas each label their own grants' Secrets (and no other), then
+/// select by label, so neither receives the other's new Secrets. Nothing is
+/// re-signed.
+#[tokio::test]
+async fn secrets_without_the_shard_label_are_labelled_then_selected() -> TestResult {
+    const OLD: usize = 16;
+    let _one = ONE_RUN.lock().await;
+    let ctx = TestContext::new("relabel").await?;
+    support::install_committed_crds(&ctx.client).await?;
+    let issuer = open_issuer(&ctx).await?;
+    let dir = tempfile::tempdir()?;
+    let mut old = replica(&ctx, dir.path(), "replica-old", true).await?;
+    for i in 0..OLD {
+        let name = format!("old-{i}");
+        create_grant(
+            &ctx,
+            &name,
+            spec(&ctx, &issuer, &name, serde_json::json!({})),
+        )
+        .await?;
+        wait_ready(&ctx, &name).await?;
+    }
+    old.stop().await?;
+    // As the older version left them.
+    let unlabel: json_patch::Patch = serde_json::from_value(serde_json::json!([
+        {"op": "remove", "path": "/metadata/labels/grants.io~1shard"}
+    ]))?;
+    for secret in ctx.api::<Secret>().list(&ListParams::default()).await? {
+        let patch = kube::api::Patch::<()>::Json(unlabel.clone());
+        ctx.api::<Secret>()
+            .patch(&secret.name_any(), &Default::default(), &patch)
+            .await?;
+    }
+    assert!(!all_labelled(&ctx).await?);
+    let fingerprints = |snap: BTreeMap<String, (Option<String>, String)>| -> BTreeMap<_, _> {
+        snap.into_iter().map(|(k, (f, _))| (k, f)).collect()
+    };
+    let before = fingerprints(snapshot(&ctx).await?);
+
+    let a = replica(&ctx, dir.path(), "replica-a", true).await?;
+    let b = replica(&ctx, dir.path(), "replica-b", true).await?;
+    let two = BTreeMap::from([("replica-a", &a), ("replica-b", &b)]);
+    let split = split_between(&ctx, &two, Duration::from_secs(60)).await?;
+    let selecting = "its Secret watch selects by it from now on";
+    eventually(
+        "labelled, then selected by label",
+        Duration::from_secs(60),
+        || async {
+            let done = all_labelled(&ctx).await?
+                && a.logs().contains(selecting)
+                && b.logs().contains(selecting);
+            Ok(done.then_some(()))
+        },
+    )
+    .await?;
+    all_evaluated(&[&a, &b], OLD).await?;
+    assert_eq!(total(&[&a, &b], SIGNED).await?, 0.0, "re-signed");
+    assert_eq!(fingerprints(snapshot(&ctx).await?), before);
+
+    // New grants on both sides: neither watch receives the other's Secret.
+    let foreign = total(&[&a, &b], FOREIGN_SECRETS).await?;
+    let mut sides = BTreeSet::new();
+    for i in 0.. {
+        if sides.len() == 2 || i == 40 {
+            break;
+        }
+        let name = format!("new-{i}");
+        let grant = create_grant(
+            &ctx,
+            &name,
+            spec(&ctx, &issuer, &name, serde_json::json!({})),
+        )
+        .await?;
+        wait_ready(&ctx, &name).await?;
+        let uid = grant.uid().unwrap_or_default();
+        sides.extend(split.get(&Shards::new(SHARDS)?.of(&uid)).cloned());
+    }
+    assert_eq!(sides.len(), 2, "new grants on one side only");
+    assert!(all_labelled(&ctx).await?);
+    assert_eq!(
+        total(&[&a, &b], FOREIGN_SECRETS).await?,
+        foreign,
+        "a replica received the other's Secret after labelling"
+    );
+    no_object_written_by_two_replicas(&ctx, OLD)
 }
