@@ -47,6 +47,11 @@ const FORGOTTEN: Duration = Duration::from_secs(3600);
 /// How soon a step is retried after a write failed.
 const RETRY: Duration = Duration::from_secs(1);
 
+/// The least time between two rounds that Lease events (mostly other
+/// replicas' renewals, a dozen a second with 64 shards) bring about. A
+/// released shard is taken this much later at most.
+const ROUND_GAP: Duration = Duration::from_millis(200);
+
 /// Takes part until `leave` resolves, then releases every shard it holds
 /// and deletes its replica Lease, so others take over at once. The
 /// controller must have stopped before `leave` resolves.
@@ -77,12 +82,17 @@ pub async fn run(
     // No round before both watches have listed: a first round that had
     // not seen a held leader Lease could take shards beside its holder.
     let (mut synced, mut leader_synced) = (false, false);
+    let mut last_round = tokio::time::Instant::now();
     loop {
+        let mut lease_event = false;
         tokio::select! {
             biased;
             () = &mut leave => break,
             event = events.next() => match event {
-                Some(event) => synced |= member.see(event),
+                Some(event) => {
+                    synced |= member.see(event);
+                    lease_event = true;
+                }
                 None => break,
             },
             event = leader.next() => match event {
@@ -92,7 +102,13 @@ pub async fn run(
             changed = channels.running.changed() => if changed.is_err() { break },
             () = tokio::time::sleep_until(wake) => {}
         }
-        if synced && leader_synced {
+        let now = tokio::time::Instant::now();
+        if synced && leader_synced && lease_event && now < last_round + ROUND_GAP {
+            // Every replica's renewals arrive here: a round at most every
+            // ROUND_GAP for them.
+            wake = wake.min(last_round + ROUND_GAP);
+        } else if synced && leader_synced {
+            last_round = now;
             let running = channels.running.borrow().clone();
             let (serve, next) = member.step(&running).await;
             channels
@@ -319,10 +335,11 @@ impl Member {
     /// Deletes replica Leases nobody renewed for [`FORGOTTEN`].
     async fn forget_departed(&mut self) {
         let now = SystemTime::now();
+        let replicas = format!("{}-replica-", self.settings.prefix);
         let departed: Vec<(String, Option<String>)> = self
             .leases
             .iter()
-            .filter(|(name, _)| name.starts_with(&format!("{}-replica-", self.settings.prefix)))
+            .filter(|(name, _)| name.starts_with(&replicas))
             .filter(|(_, l)| leases::expiry(l).is_some_and(|end| end + FORGOTTEN < now))
             .map(|(name, l)| (name.clone(), l.resource_version()))
             .collect();
