@@ -292,10 +292,11 @@ pub async fn run(
     let metrics = parts.metrics.clone();
     let ctx = Arc::new(context(parts, settings, caches));
     let events = ctx.events.clone();
-    // In the set too: a revocation retried after this run ended could
+    // Ends with the run: a revocation retried after this run ended could
     // pass the fence of the next run, whose shards may differ. A deleted
     // grant's Secret goes with it anyway (owner reference).
-    tasks.spawn(deletions::run(ctx.clone(), deleted_grants));
+    let mut revoking = JoinSet::new();
+    revoking.spawn(deletions::run(ctx.clone(), deleted_grants));
     at_risk::spawn(&ctx, shutdown.clone());
     dispatch::run(
         ctx,
@@ -307,12 +308,26 @@ pub async fn run(
         shutdown,
     )
     .await;
+    // The grant watch ended with the dispatcher, so no revocation is handed
+    // over any more: those under way finish, for a while, before the shards
+    // can move (the fence still holds them) or the process exits.
+    if tokio::time::timeout(REVOCATION_GRACE, revoking.join_next())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "revocations of deleted grants still under way at shutdown are left to garbage collection"
+        );
+    }
     events.flush(EVENT_FLUSH).await;
     metrics.forget_grants();
 }
 
 /// How long a shutdown waits for the events its last passes published.
 const EVENT_FLUSH: Duration = Duration::from_secs(5);
+
+/// How long a run that stops waits for the revocations under way.
+const REVOCATION_GRACE: Duration = Duration::from_secs(5);
 
 /// The grant watch, in the cache's compact form, with each deletion also
 /// sent to `gone`.
