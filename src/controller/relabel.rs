@@ -7,6 +7,8 @@
 //! Other shards' Secrets are their replicas' to label: a replica needs to
 //! see only its own.
 
+use std::collections::HashSet;
+use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
 use futures::channel::oneshot;
@@ -26,12 +28,24 @@ const RETRY: Duration = Duration::from_secs(15);
 /// A page of the list of unlabelled Secrets.
 const PAGE: u32 = 500;
 
+/// Secrets (by uid) whose label patch the apiserver refused: one that says
+/// it is a grant's, but is not the operator's kind of Secret (an admission
+/// policy refuses the patch). They are not tried again, nor waited for, by
+/// any run of this process: otherwise one such Secret would hold every run
+/// to watching every Secret.
+static REFUSED: LazyLock<Mutex<HashSet<String>>> = LazyLock::new(Mutex::default);
+
+fn refused(meta: &ObjectMeta) -> bool {
+    let uid = meta.uid.as_deref().unwrap_or_default();
+    REFUSED.lock().is_ok_and(|r| r.contains(uid))
+}
+
 /// Whether a Secret of `owned`'s grants in `namespaces` (all when empty)
-/// lacks the shard label.
+/// lacks the shard label and may still get it.
 pub async fn any_mine(client: &Client, namespaces: &[String], owned: &Owned) -> Result<bool> {
     let mut found = false;
     each_unlabelled(client, namespaces, |secret| {
-        found = label_patch(secret, owned).is_some();
+        found = label_patch(secret, owned).is_some() && !refused(&secret.metadata);
         !found
     })
     .await?;
@@ -68,7 +82,7 @@ pub async fn run(client: Client, namespaces: Vec<String>, owned: Owned, done: on
 async fn label_mine(client: &Client, namespaces: &[String], owned: &Owned) -> Result<usize> {
     let mut patches = Vec::new();
     each_unlabelled(client, namespaces, |secret| {
-        if let Some(patch) = label_patch(secret, owned) {
+        if let Some(patch) = label_patch(secret, owned).filter(|_| !refused(&secret.metadata)) {
             patches.push((secret.metadata.clone(), patch));
         }
         true
@@ -131,7 +145,16 @@ async fn apply(client: &Client, meta: &ObjectMeta, patch: serde_json::Value) -> 
         .await
     {
         Ok(_) => Ok(true),
-        Err(kube::Error::Api(s)) if matches!(s.code, 404 | 409 | 422) => Ok(false),
+        Err(kube::Error::Api(s)) if matches!(s.code, 404 | 409) => Ok(false),
+        // Refused: not one of ours after all (or, 422, replaced meanwhile,
+        // by a Secret with another uid).
+        Err(kube::Error::Api(s)) if matches!(s.code, 403 | 422) => {
+            tracing::warn!(namespace, secret = %name, code = s.code, reason = %s.reason, "a Secret that names a grant as its controller refused its shard label; it is left as it is");
+            if let (Ok(mut r), Some(uid)) = (REFUSED.lock(), meta.uid.clone()) {
+                r.insert(uid);
+            }
+            Ok(false)
+        }
         Err(e) => Err(e.into()),
     }
 }
@@ -149,7 +172,95 @@ fn apis(client: &Client, namespaces: &[String]) -> Vec<Api<Secret>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::{Request, Response};
+    use kube::client::Body;
     use std::collections::BTreeSet;
+
+    type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+    /// Answers the next request, which must be `method` on `path` (query
+    /// aside), with `code` and `body`.
+    async fn answer(
+        handle: &mut Handle,
+        method: http::Method,
+        path: &str,
+        code: u16,
+        body: serde_json::Value,
+    ) {
+        let (req, send) = handle.next_request().await.expect("a request");
+        assert_eq!((req.method(), req.uri().path()), (&method, path));
+        send.send_response(
+            Response::builder()
+                .status(code)
+                .body(Body::from(serde_json::to_vec(&body).expect("json")))
+                .expect("response"),
+        );
+    }
+
+    fn page(items: Vec<serde_json::Value>) -> serde_json::Value {
+        serde_json::json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList",
+            "metadata": {}, "items": items})
+    }
+
+    /// A Secret that names a grant as its controller but that the
+    /// apiserver will not let the operator label (an admission policy:
+    /// not the operator's type) is left alone, and no longer counts as
+    /// waiting for its label: the run may select by label.
+    #[tokio::test]
+    async fn a_refused_secret_is_not_waited_for() {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = Client::new(service, "ns");
+        let owned = Owned {
+            shards: shard::Shards::new(1).expect("a power of two"),
+            owned: BTreeSet::from([0]),
+        };
+        let mut forged = crate::fixtures::secret_meta("grant-uid");
+        forged["apiVersion"] = "meta.k8s.io/v1".into();
+        forged["kind"] = "PartialObjectMetadata".into();
+        forged["metadata"]["uid"] = "forged-uid".into();
+        let server = tokio::spawn(async move {
+            let list = "/api/v1/namespaces/ns/secrets";
+            answer(
+                &mut handle,
+                http::Method::GET,
+                list,
+                200,
+                page(vec![forged.clone()]),
+            )
+            .await;
+            let forbidden = serde_json::json!({"apiVersion": "v1", "kind": "Status", "status": "Failure",
+                "code": 403, "reason": "Forbidden", "message": "not its own Secret"});
+            answer(
+                &mut handle,
+                http::Method::PATCH,
+                &format!("{list}/g"),
+                403,
+                forbidden,
+            )
+            .await;
+            answer(
+                &mut handle,
+                http::Method::GET,
+                list,
+                200,
+                page(vec![forged]),
+            )
+            .await;
+        });
+        let namespaces = ["ns".to_owned()];
+        assert_eq!(
+            label_mine(&client, &namespaces, &owned)
+                .await
+                .expect("a pass"),
+            0
+        );
+        assert!(
+            !any_mine(&client, &namespaces, &owned)
+                .await
+                .expect("a list")
+        );
+        server.await.expect("mock apiserver");
+    }
 
     fn secret(owner_uid: &str) -> PartialObjectMeta<Secret> {
         serde_json::from_value(crate::fixtures::secret_meta(owner_uid)).expect("fixture")
