@@ -224,10 +224,14 @@ pub async fn run(
     settings: Settings,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
+    let shutdown = shutdown.shared();
     let client = parts.client.clone();
     // Dropped on return: the cache tasks stop with the controller.
     let mut tasks = JoinSet::new();
-    let (secret_selector, relabelled) = secret_selector(&client, &settings, &mut tasks).await;
+    let (secret_selector, relabelled) = tokio::select! {
+        chosen = secret_selector(&client, &settings, &mut tasks) => chosen,
+        () = shutdown.clone() => return,
+    };
     let shutdown = async move {
         tokio::select! {
             () = shutdown => {}
