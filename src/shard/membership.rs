@@ -47,6 +47,9 @@ const FORGOTTEN: Duration = Duration::from_secs(3600);
 /// How soon a step is retried after a write failed.
 const RETRY: Duration = Duration::from_secs(1);
 
+/// Shard Lease renewals in flight at once.
+const RENEWALS_AT_ONCE: usize = 16;
+
 /// The least time between two rounds that Lease events (mostly other
 /// replicas' renewals, a dozen a second with 64 shards) bring about. A
 /// released shard is taken this much later at most.
@@ -248,6 +251,7 @@ impl Member {
         let s = &self.settings;
         let (prefix, count, me) = (s.prefix.clone(), s.shards.count(), s.identity.clone());
         let mut failed = !self.keep(&leases::replica_lease(&prefix, count, &me)).await;
+        failed |= !self.renew_due().await;
         let now = SystemTime::now();
         let mut view = View::of(self.leases.values(), &prefix, count, now);
         view.leader_held = self
@@ -260,11 +264,6 @@ impl Member {
         }
         let plan = super::plan(count, &me, &view.replicas, &view.holders);
         let steps = leases::steps(&view, &me, &plan, running);
-        for shard in view.held_by(&me).difference(&steps.release) {
-            failed |= !self
-                .keep(&leases::shard_lease(&prefix, count, *shard))
-                .await;
-        }
         for shard in &steps.acquire {
             failed |= !self
                 .claim(&leases::shard_lease(&prefix, count, *shard))
@@ -278,6 +277,42 @@ impl Member {
         self.forget_departed().await;
         let next = if failed { RETRY } else { self.next_round() };
         (steps.serve, next)
+    }
+
+    /// Renews every shard Lease this replica holds that is due, all at
+    /// once: one after another, on an apiserver a renewal storm keeps busy,
+    /// the last of 64 could land after its fence margin. False if one
+    /// failed.
+    async fn renew_due(&mut self) -> bool {
+        let now = SystemTime::now();
+        let holding = self.holding();
+        let (prefix, count) = (&self.settings.prefix, self.settings.shards.count());
+        let (shard, of) = (format!("{prefix}-shard-"), format!("-of-{count}"));
+        let due: Vec<(String, Lease)> = self
+            .leases
+            .iter()
+            .filter(|(name, l)| {
+                name.starts_with(&shard)
+                    && name.ends_with(&of)
+                    && leases::holder(l, now) == Some(holding.identity)
+                    && holding.due(l, now)
+            })
+            .map(|(name, l)| (name.clone(), holding.claim(name, Some(l), now)))
+            .collect();
+        let api = &self.api;
+        let written: Vec<Option<Lease>> = futures::stream::iter(due)
+            .map(|(name, lease)| async move { write(api, &name, lease).await })
+            .buffer_unordered(RENEWALS_AT_ONCE)
+            .collect()
+            .await;
+        let mut all = true;
+        for lease in written {
+            match lease {
+                Some(lease) => self.remember(lease),
+                None => all = false,
+            }
+        }
+        all
     }
 
     /// Renews `name` if due, or claims it if it is not there yet.
@@ -305,30 +340,13 @@ impl Member {
         self.write(name, released).await
     }
 
-    /// Creates `lease`, or replaces it at the version last seen: a Lease
-    /// someone else changed meanwhile is not overwritten (409), and the
-    /// watch brings its new state.
-    async fn write(&mut self, name: &str, mut lease: Lease) -> bool {
-        lease.metadata.managed_fields = None;
-        let pp = PostParams::default();
-        let written = if lease.metadata.resource_version.is_some() {
-            self.api.replace(name, &pp, &lease).await
-        } else {
-            self.api.create(&pp, &lease).await
-        };
-        match written {
-            Ok(lease) => {
+    async fn write(&mut self, name: &str, lease: Lease) -> bool {
+        match write(&self.api, name, lease).await {
+            Some(lease) => {
                 self.remember(lease);
                 true
             }
-            Err(kube::Error::Api(e)) if e.code == 409 => {
-                tracing::debug!(lease = name, "lease changed meanwhile; reading it again");
-                false
-            }
-            Err(e) => {
-                tracing::warn!(lease = name, error = %e, "cannot write lease");
-                false
-            }
+            None => false,
         }
     }
 
@@ -408,5 +426,29 @@ impl Member {
             }
         }
         tracing::info!("left the shard split");
+    }
+}
+
+/// Creates `lease`, or replaces it at the version last seen: a Lease
+/// someone else changed meanwhile is not overwritten (409), and the watch
+/// brings its new state. The Lease as written, None if it was not.
+async fn write(api: &Api<Lease>, name: &str, mut lease: Lease) -> Option<Lease> {
+    lease.metadata.managed_fields = None;
+    let pp = PostParams::default();
+    let written = if lease.metadata.resource_version.is_some() {
+        api.replace(name, &pp, &lease).await
+    } else {
+        api.create(&pp, &lease).await
+    };
+    match written {
+        Ok(lease) => Some(lease),
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            tracing::debug!(lease = name, "lease changed meanwhile; reading it again");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(lease = name, error = %e, "cannot write lease");
+            None
+        }
     }
 }
