@@ -86,6 +86,14 @@ async fn all_labelled(ctx: &TestContext) -> TestResult<bool> {
     }))
 }
 
+/// Creates the grant `name` (a PUT of the key `name`) and waits until it is
+/// Ready; its uid.
+async fn ready_grant(ctx: &TestContext, issuer: &str, name: &str) -> TestResult<String> {
+    let grant = create_grant(ctx, name, spec(ctx, issuer, name, serde_json::json!({}))).await?;
+    wait_ready(ctx, name).await?;
+    Ok(grant.uid().unwrap_or_default())
+}
+
 /// Who holds each shard now, read from the Leases as a standby would: the
 /// holder of a Lease renewed within its duration.
 async fn holders(ctx: &TestContext) -> TestResult<BTreeMap<u32, String>> {
@@ -323,14 +331,7 @@ async fn split_and_take_over(selector: bool) -> TestResult {
 
     // New grants are served by whoever holds their shard now.
     for i in 0..4 {
-        let name = format!("late-{i}");
-        create_grant(
-            &ctx,
-            &name,
-            spec(&ctx, &issuer, &name, serde_json::json!({})),
-        )
-        .await?;
-        wait_ready(&ctx, &name).await?;
+        ready_grant(&ctx, &issuer, &format!("late-{i}")).await?;
     }
     eprintln!("takeover after SIGTERM of 3 of 5: {took:?}");
     assert_eq!(total(&[&b, &d], FOREIGN_SECRETS).await?, 0.0);
@@ -395,8 +396,7 @@ async fn a_sharded_replica_stands_aside_while_a_leader_elected_one_leads() -> Te
     })
     .await?;
     let sharded = replica(&ctx, dir.path(), "replica-s", true).await?;
-    create_grant(&ctx, "g", spec(&ctx, &issuer, "g", serde_json::json!({}))).await?;
-    wait_ready(&ctx, "g").await?;
+    ready_grant(&ctx, &issuer, "g").await?;
     // Rounds of its lease loop have run once it renewed its own Lease
     // twice: each round looks at the leader Lease before taking a shard.
     let own = format!("{PREFIX}-replica-replica-s-of-{SHARDS}");
@@ -453,14 +453,7 @@ async fn secrets_without_the_shard_label_are_labelled_then_selected() -> TestRes
     let dir = tempfile::tempdir()?;
     let mut old = replica(&ctx, dir.path(), "replica-old", true).await?;
     for i in 0..OLD {
-        let name = format!("old-{i}");
-        create_grant(
-            &ctx,
-            &name,
-            spec(&ctx, &issuer, &name, serde_json::json!({})),
-        )
-        .await?;
-        wait_ready(&ctx, &name).await?;
+        ready_grant(&ctx, &issuer, &format!("old-{i}")).await?;
     }
     old.stop().await?;
     // As the older version left them.
@@ -506,15 +499,7 @@ async fn secrets_without_the_shard_label_are_labelled_then_selected() -> TestRes
         if sides.len() == 2 || i == 40 {
             break;
         }
-        let name = format!("new-{i}");
-        let grant = create_grant(
-            &ctx,
-            &name,
-            spec(&ctx, &issuer, &name, serde_json::json!({})),
-        )
-        .await?;
-        wait_ready(&ctx, &name).await?;
-        let uid = grant.uid().unwrap_or_default();
+        let uid = ready_grant(&ctx, &issuer, &format!("new-{i}")).await?;
         sides.extend(split.get(&Shards::new(SHARDS)?.of(&uid)).cloned());
     }
     assert_eq!(sides.len(), 2, "new grants on one side only");
