@@ -470,24 +470,38 @@ fn signing(rows: &mut Vec<String>) -> TestResult {
 #[test]
 #[ignore = "benchmark: run with make bench"]
 fn benchmarks() -> TestResult {
-    let mut rows = vec![
-        "| What | Operator | Baseline (same run) | Target | Result |".to_owned(),
-        "|---|---|---|---|---|".to_owned(),
-    ];
+    let mut rows = table_head();
     signing(&mut rows)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     rt.block_on(cluster_benchmarks(&mut rows))?;
+    write_results("latest.md", "Benchmark results", "", &rows)
+}
+
+/// The head of a results table.
+fn table_head() -> Vec<String> {
+    vec![
+        "| What | Operator | Baseline (same run) | Target | Result |".to_owned(),
+        "|---|---|---|---|---|".to_owned(),
+    ]
+}
+
+/// Writes `rows` as bench/results/`file`, under `title`, stamped with the
+/// time and the machine's cores, and prints them.
+fn write_results(file: &str, title: &str, about: &str, rows: &[String]) -> TestResult {
     let table = format!(
-        "# Benchmark results\n\nMeasured by `make bench` on {} ({} cores). How each figure is measured: bench/README.md.\n\n{}\n",
+        "# {title}\n\nMeasured by `make bench` on {} ({} cores){about}. How each figure is measured: bench/README.md.\n\n{}\n",
         jiff::Timestamp::now().strftime("%Y-%m-%d %H:%M UTC"),
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1),
         rows.join("\n")
     );
-    std::fs::write(support::repo_root().join("bench/results/latest.md"), &table)?;
+    std::fs::write(
+        support::repo_root().join("bench/results").join(file),
+        &table,
+    )?;
     println!("{table}");
     Ok(())
 }
@@ -1024,21 +1038,14 @@ fn sharded_replicas() -> TestResult {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let rows = rt.block_on(sharded_benchmarks())?;
-    let table = format!(
-        "# Sharded replicas\n\nMeasured by `make bench` on {} ({} cores), the replicas, the apiserver and etcd sharing them. How: bench/README.md.\n\n| What | Operator | Baseline (same run) | Target | Result |\n|---|---|---|---|---|\n{}\n",
-        jiff::Timestamp::now().strftime("%Y-%m-%d %H:%M UTC"),
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
-        rows.join("\n")
-    );
-    std::fs::write(
-        support::repo_root().join("bench/results/sharded.md"),
-        &table,
-    )?;
-    println!("{table}");
-    Ok(())
+    let mut rows = table_head();
+    rows.extend(rt.block_on(sharded_benchmarks())?);
+    write_results(
+        "sharded.md",
+        "Sharded replicas",
+        ", the replicas, the apiserver and etcd sharing them",
+        &rows,
+    )
 }
 
 /// A replica with `--sharding` (64 shards, Leases in the namespace) and the
