@@ -249,6 +249,12 @@ async fn split_and_take_over(selector: bool) -> TestResult {
                 "{name}: dropped {foreign}"
             );
         }
+        // It says so when the server does not filter, and only then.
+        assert_eq!(
+            op.logs().contains("it does not filter by shard"),
+            !selector,
+            "{name}: whether it says the server does not filter"
+        );
         // Secrets are selected by label in either mode.
         assert_eq!(
             op.metric(FOREIGN_SECRETS).await?,

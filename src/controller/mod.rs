@@ -344,9 +344,12 @@ fn grant_events(
 ) -> impl Stream<Item = watcher::Result<watcher::Event<CachedGrant>>> + use<> {
     let shard = settings.shard.as_ref().filter(|_| settings.shard_selector);
     let client = sharded_client(client, shard);
+    // Said once a run, at the first grant of another shard.
+    let said = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let watch = |ns: Option<&str>| {
         let shard = settings.shard.clone();
         let metrics = metrics.clone();
+        let said = said.clone();
         watcher(
             api_in(&client, ns),
             watcher::Config::default().any_semantic(),
@@ -354,6 +357,11 @@ fn grant_events(
         .default_backoff()
         .try_filter_map(move |event| {
             let event = in_shards(event, shard.as_ref(), &metrics);
+            if event.is_none() && !said.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::info!(
+                    "the apiserver sends grants of other shards: it does not filter by shard (its ShardedListAndWatch gate is off, it is older than 1.36, or --shard-selector=false); this replica drops them itself, counted in upload_grant_shard_foreign_objects_total"
+                );
+            }
             std::future::ready(Ok(event.and_then(cache_event)))
         })
         .boxed()
