@@ -18,7 +18,7 @@ use kube::{Api, Client};
 
 use super::build::managed_selector;
 use super::managed;
-use crate::api::secret::SHARD_LABEL;
+use crate::api::secret::{SECRET_TYPE, SHARD_LABEL};
 use crate::error::{Error, Result};
 use crate::shard::{self, Owned};
 
@@ -78,19 +78,33 @@ pub async fn run(client: Client, namespaces: Vec<String>, owned: Owned, done: on
     }
 }
 
-/// One pass over the unlabelled Secrets; how many it labelled.
+/// One pass over the unlabelled Secrets; how many it labelled. A Secret
+/// that cannot be labelled now is said and left for the next pass, and the
+/// others are labelled all the same.
 async fn label_mine(client: &Client, namespaces: &[String], owned: &Owned) -> Result<usize> {
+    // What a patch needs, not the whole metadata: thousands at an upgrade.
     let mut patches = Vec::new();
     each_unlabelled(client, namespaces, |secret| {
-        if let Some(patch) = label_patch(secret, owned).filter(|_| !refused(&secret.metadata)) {
-            patches.push((secret.metadata.clone(), patch));
+        let meta = &secret.metadata;
+        if let (Some(patch), Some(ns), Some(name), Some(uid)) = (
+            label_patch(secret, owned).filter(|_| !refused(meta)),
+            &meta.namespace,
+            &meta.name,
+            &meta.uid,
+        ) {
+            patches.push((ns.clone(), name.clone(), uid.clone(), patch));
         }
         true
     })
     .await?;
     let mut labelled = 0;
-    for (meta, patch) in patches {
-        labelled += usize::from(apply(client, &meta, patch).await?);
+    for (namespace, name, uid, patch) in patches {
+        match apply(client, &namespace, &name, &uid, patch).await {
+            Ok(done) => labelled += usize::from(done),
+            Err(e) => {
+                tracing::warn!(namespace, secret = %name, error = %e, "cannot label a Secret with its shard; trying again later")
+            }
+        }
     }
     Ok(labelled)
 }
@@ -120,8 +134,9 @@ async fn each_unlabelled(
 }
 
 /// The JSON patch that labels `secret`, if it is a Secret of a grant in
-/// `owned`: it applies only to the Secret of this uid (a Secret deleted
-/// and created again under the name is left alone).
+/// `owned`. It applies only to the Secret of this uid (a Secret deleted and
+/// created again under the name is left alone) and of the operator's type
+/// (a user's Secret that names a grant as its controller is not touched).
 fn label_patch(secret: &PartialObjectMeta<Secret>, owned: &Owned) -> Option<serde_json::Value> {
     let meta = &secret.metadata;
     let grant = managed::controlling_grant_uid(meta).filter(|uid| owned.contains(uid))?;
@@ -129,15 +144,19 @@ fn label_patch(secret: &PartialObjectMeta<Secret>, owned: &Owned) -> Option<serd
     let path = format!("/metadata/labels/{}", SHARD_LABEL.replace('/', "~1"));
     Some(serde_json::json!([
         {"op": "test", "path": "/metadata/uid", "value": uid},
+        {"op": "test", "path": "/type", "value": SECRET_TYPE},
         {"op": "add", "path": path, "value": shard::label_value(grant)},
     ]))
 }
 
-/// Sends the patch; false when the Secret changed or went meanwhile.
-async fn apply(client: &Client, meta: &ObjectMeta, patch: serde_json::Value) -> Result<bool> {
-    let (Some(namespace), Some(name)) = (&meta.namespace, &meta.name) else {
-        return Ok(false);
-    };
+/// Sends the patch; false when the Secret changed, went, or refused it.
+async fn apply(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    uid: &str,
+    patch: serde_json::Value,
+) -> Result<bool> {
     let patch: json_patch::Patch = serde_json::from_value(patch).map_err(Error::Serialize)?;
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     match api
@@ -146,16 +165,26 @@ async fn apply(client: &Client, meta: &ObjectMeta, patch: serde_json::Value) -> 
     {
         Ok(_) => Ok(true),
         Err(kube::Error::Api(s)) if matches!(s.code, 404 | 409) => Ok(false),
-        // Refused: not one of ours after all (or, 422, replaced meanwhile,
-        // by a Secret with another uid).
-        Err(kube::Error::Api(s)) if matches!(s.code, 403 | 422) => {
+        // A test failed: another uid under the name, or not our type.
+        Err(kube::Error::Api(s)) if s.code == 422 => {
+            tracing::info!(namespace, secret = %name, "a Secret that names a grant as its controller is not the operator's (or was replaced meanwhile); it is left unlabelled");
+            remember_refused(uid);
+            Ok(false)
+        }
+        // An admission policy's refusal; the operator's RBAC ("cannot")
+        // stays an error, tried again.
+        Err(kube::Error::Api(s)) if super::secrets::refusal(s.code, &s.message) => {
             tracing::warn!(namespace, secret = %name, code = s.code, reason = %s.reason, "a Secret that names a grant as its controller refused its shard label; it is left as it is");
-            if let (Ok(mut r), Some(uid)) = (REFUSED.lock(), meta.uid.clone()) {
-                r.insert(uid);
-            }
+            remember_refused(uid);
             Ok(false)
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+fn remember_refused(uid: &str) {
+    if let Ok(mut r) = REFUSED.lock() {
+        r.insert(uid.to_owned());
     }
 }
 
@@ -202,6 +231,77 @@ mod tests {
             "metadata": {}, "items": items})
     }
 
+    /// A Secret with this uid, which the grant "grant-uid" controls, as a
+    /// metadata list returns it.
+    fn listed(uid: &str) -> serde_json::Value {
+        let mut secret = crate::fixtures::secret_meta("grant-uid");
+        secret["apiVersion"] = "meta.k8s.io/v1".into();
+        secret["kind"] = "PartialObjectMetadata".into();
+        secret["metadata"]["uid"] = uid.into();
+        secret
+    }
+
+    fn status(code: u16, message: &str) -> serde_json::Value {
+        serde_json::json!({"apiVersion": "v1", "kind": "Status", "status": "Failure",
+            "code": code, "reason": "Forbidden", "message": message})
+    }
+
+    /// The operator's own RBAC refusing the patch is its setup, not the
+    /// Secret's doing: the Secret is still waited for.
+    #[tokio::test]
+    async fn without_the_rbac_the_secret_is_still_waited_for() {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = Client::new(service, "ns");
+        let owned = Owned {
+            shards: shard::Shards::new(1).expect("a power of two"),
+            owned: BTreeSet::from([0]),
+        };
+        let server = tokio::spawn(async move {
+            let list = "/api/v1/namespaces/ns/secrets";
+            answer(
+                &mut handle,
+                http::Method::GET,
+                list,
+                200,
+                page(vec![listed("rbac-uid")]),
+            )
+            .await;
+            let rbac = status(
+                403,
+                "secrets \"g\" is forbidden: User \"ugo\" cannot patch resource \"secrets\"",
+            );
+            answer(
+                &mut handle,
+                http::Method::PATCH,
+                &format!("{list}/g"),
+                403,
+                rbac,
+            )
+            .await;
+            answer(
+                &mut handle,
+                http::Method::GET,
+                list,
+                200,
+                page(vec![listed("rbac-uid")]),
+            )
+            .await;
+        });
+        let namespaces = ["ns".to_owned()];
+        assert_eq!(
+            label_mine(&client, &namespaces, &owned)
+                .await
+                .expect("a pass"),
+            0
+        );
+        assert!(
+            any_mine(&client, &namespaces, &owned)
+                .await
+                .expect("a list")
+        );
+        server.await.expect("mock apiserver");
+    }
+
     /// A Secret that names a grant as its controller but that the
     /// apiserver will not let the operator label (an admission policy:
     /// not the operator's type) is left alone, and no longer counts as
@@ -214,10 +314,7 @@ mod tests {
             shards: shard::Shards::new(1).expect("a power of two"),
             owned: BTreeSet::from([0]),
         };
-        let mut forged = crate::fixtures::secret_meta("grant-uid");
-        forged["apiVersion"] = "meta.k8s.io/v1".into();
-        forged["kind"] = "PartialObjectMetadata".into();
-        forged["metadata"]["uid"] = "forged-uid".into();
+        let forged = listed("forged-uid");
         let server = tokio::spawn(async move {
             let list = "/api/v1/namespaces/ns/secrets";
             answer(
@@ -228,8 +325,10 @@ mod tests {
                 page(vec![forged.clone()]),
             )
             .await;
-            let forbidden = serde_json::json!({"apiVersion": "v1", "kind": "Status", "status": "Failure",
-                "code": 403, "reason": "Forbidden", "message": "not its own Secret"});
+            let forbidden = status(
+                403,
+                "denied by ValidatingAdmissionPolicy: not its own Secret",
+            );
             answer(
                 &mut handle,
                 http::Method::PATCH,
@@ -283,6 +382,7 @@ mod tests {
             let want = mine(uid).then(|| {
                 serde_json::json!([
                     {"op": "test", "path": "/metadata/uid", "value": "secret-uid"},
+                    {"op": "test", "path": "/type", "value": "grants.io/presigned-url"},
                     {"op": "add", "path": "/metadata/labels/grants.io~1shard", "value": shard::label_value(uid)},
                 ])
             });

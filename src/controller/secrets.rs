@@ -139,7 +139,7 @@ pub async fn write(ctx: &Context, secret: &Secret, ours: Option<&str>) -> Result
 /// a conflict over the name (409), size (413), or an admission policy or
 /// webhook denying it (403). A 403 from authorization ("… cannot patch …")
 /// is the operator's RBAC and stays an error that is retried.
-fn refusal(code: u16, message: &str) -> bool {
+pub(super) fn refusal(code: u16, message: &str) -> bool {
     matches!(code, 400 | 409 | 413 | 422) || (code == 403 && !message.contains(" cannot "))
 }
 
