@@ -251,7 +251,6 @@ impl Member {
         let s = &self.settings;
         let (prefix, count, me) = (s.prefix.clone(), s.shards.count(), s.identity.clone());
         let mut failed = !self.keep(&leases::replica_lease(&prefix, count, &me)).await;
-        failed |= !self.renew_due().await;
         let now = SystemTime::now();
         let mut view = View::of(self.leases.values(), &prefix, count, now);
         view.leader_held = self
@@ -264,6 +263,12 @@ impl Member {
         }
         let plan = super::plan(count, &me, &view.replicas, &view.holders);
         let steps = leases::steps(&view, &me, &plan, running);
+        let releasing = steps
+            .release
+            .iter()
+            .map(|shard| leases::shard_lease(&prefix, count, *shard))
+            .collect();
+        failed |= !self.renew_due(&releasing).await;
         for shard in &steps.acquire {
             failed |= !self
                 .claim(&leases::shard_lease(&prefix, count, *shard))
@@ -279,11 +284,11 @@ impl Member {
         (steps.serve, next)
     }
 
-    /// Renews every shard Lease this replica holds that is due, all at
-    /// once: one after another, on an apiserver a renewal storm keeps busy,
-    /// the last of 64 could land after its fence margin. False if one
-    /// failed.
-    async fn renew_due(&mut self) -> bool {
+    /// Renews every shard Lease this replica holds that is due, but those
+    /// it is `releasing`, all at once: one after another, on an apiserver a
+    /// renewal storm keeps busy, the last of 64 could land after its fence
+    /// margin. False if one failed.
+    async fn renew_due(&mut self, releasing: &BTreeSet<String>) -> bool {
         let now = SystemTime::now();
         let holding = self.holding();
         let (prefix, count) = (&self.settings.prefix, self.settings.shards.count());
@@ -294,6 +299,7 @@ impl Member {
             .filter(|(name, l)| {
                 name.starts_with(&shard)
                     && name.ends_with(&of)
+                    && !releasing.contains(*name)
                     && leases::holder(l, now) == Some(holding.identity)
                     && holding.due(l, now)
             })
