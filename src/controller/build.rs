@@ -52,14 +52,25 @@ pub fn shard_selector(owned: &Owned) -> Option<String> {
     if owned.selection() == Selection::All {
         return None;
     }
-    let values: Vec<String> = owned.label_values().iter().map(u32::to_string).collect();
+    let mine = owned.label_values();
+    // The shorter of the two sets, so a URL stays within a few KiB. `notin`
+    // also selects Secrets without the label, which the owner check sorts
+    // out like any other.
+    let half = (shard::LABEL_SHARDS / 2) as usize;
+    let (operator, values): (&str, Vec<u32>) = if mine.len() > half {
+        let others = (0..shard::LABEL_SHARDS).filter(|v| mine.binary_search(v).is_err());
+        ("notin", others.collect())
+    } else {
+        ("in", mine)
+    };
+    let values: Vec<String> = values.iter().map(u32::to_string).collect();
     // A set may not be empty: no shard selects a value no Secret has.
     let values = match values.is_empty() {
         true => "none".to_owned(),
         false => values.join(","),
     };
     Some(format!(
-        "{},{SHARD_LABEL} in ({values})",
+        "{},{SHARD_LABEL} {operator} ({values})",
         managed_selector()
     ))
 }
@@ -495,6 +506,16 @@ mod tests {
             (
                 owned(64, &[]),
                 Some(format!("{managed},{SHARD_LABEL} in (none)")),
+            ),
+            (
+                owned(4, &[0, 1, 3]),
+                Some(format!(
+                    "{managed},{SHARD_LABEL} notin ({})",
+                    (512..768)
+                        .map(|v| v.to_string())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                )),
             ),
         ] {
             assert_eq!(shard_selector(&owned), want);
