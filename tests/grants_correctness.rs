@@ -419,8 +419,8 @@ async fn a_grant_too_large_to_cache_whole_gets_its_whole_spec() -> TestResult {
     );
     assert_eq!(
         labels.len(),
-        40 + 2,
-        "every label and the operator's two: {labels:?}"
+        40 + 3,
+        "every label and the operator's three (managed-by, grant, shard): {labels:?}"
     );
     Ok(())
 }
