@@ -246,60 +246,40 @@ mod tests {
             "code": code, "reason": "Forbidden", "message": message})
     }
 
-    /// The operator's own RBAC refusing the patch is its setup, not the
-    /// Secret's doing: the Secret is still waited for.
-    #[tokio::test]
-    async fn without_the_rbac_the_secret_is_still_waited_for() {
+    /// One pass of the labeller over a Secret of uid `uid` whose label
+    /// patch the apiserver answers with 403 and `message`; then whether the
+    /// replica still waits for a Secret of its own to be labelled.
+    async fn waits_after_a_403(uid: &str, message: &str) -> bool {
         let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let client = Client::new(service, "ns");
         let owned = Owned {
             shards: shard::Shards::new(1).expect("a power of two"),
             owned: BTreeSet::from([0]),
         };
+        let (listing, refusal) = (page(vec![listed(uid)]), status(403, message));
         let server = tokio::spawn(async move {
             let list = "/api/v1/namespaces/ns/secrets";
-            answer(
-                &mut handle,
-                http::Method::GET,
-                list,
-                200,
-                page(vec![listed("rbac-uid")]),
-            )
-            .await;
-            let rbac = status(
-                403,
-                "secrets \"g\" is forbidden: User \"ugo\" cannot patch resource \"secrets\"",
-            );
-            answer(
-                &mut handle,
-                http::Method::PATCH,
-                &format!("{list}/g"),
-                403,
-                rbac,
-            )
-            .await;
-            answer(
-                &mut handle,
-                http::Method::GET,
-                list,
-                200,
-                page(vec![listed("rbac-uid")]),
-            )
-            .await;
+            answer(&mut handle, http::Method::GET, list, 200, listing.clone()).await;
+            let patched = format!("{list}/g");
+            answer(&mut handle, http::Method::PATCH, &patched, 403, refusal).await;
+            answer(&mut handle, http::Method::GET, list, 200, listing).await;
         });
         let namespaces = ["ns".to_owned()];
-        assert_eq!(
-            label_mine(&client, &namespaces, &owned)
-                .await
-                .expect("a pass"),
-            0
-        );
-        assert!(
-            any_mine(&client, &namespaces, &owned)
-                .await
-                .expect("a list")
-        );
+        let labelled = label_mine(&client, &namespaces, &owned).await;
+        assert_eq!(labelled.expect("a pass"), 0);
+        let waits = any_mine(&client, &namespaces, &owned)
+            .await
+            .expect("a list");
         server.await.expect("mock apiserver");
+        waits
+    }
+
+    /// The operator's own RBAC refusing the patch is its setup, not the
+    /// Secret's doing: the Secret is still waited for.
+    #[tokio::test]
+    async fn without_the_rbac_the_secret_is_still_waited_for() {
+        let rbac = "secrets \"g\" is forbidden: User \"ugo\" cannot patch resource \"secrets\"";
+        assert!(waits_after_a_403("rbac-uid", rbac).await);
     }
 
     /// A Secret that names a grant as its controller but that the
@@ -308,57 +288,8 @@ mod tests {
     /// waiting for its label: the run may select by label.
     #[tokio::test]
     async fn a_refused_secret_is_not_waited_for() {
-        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let client = Client::new(service, "ns");
-        let owned = Owned {
-            shards: shard::Shards::new(1).expect("a power of two"),
-            owned: BTreeSet::from([0]),
-        };
-        let forged = listed("forged-uid");
-        let server = tokio::spawn(async move {
-            let list = "/api/v1/namespaces/ns/secrets";
-            answer(
-                &mut handle,
-                http::Method::GET,
-                list,
-                200,
-                page(vec![forged.clone()]),
-            )
-            .await;
-            let forbidden = status(
-                403,
-                "denied by ValidatingAdmissionPolicy: not its own Secret",
-            );
-            answer(
-                &mut handle,
-                http::Method::PATCH,
-                &format!("{list}/g"),
-                403,
-                forbidden,
-            )
-            .await;
-            answer(
-                &mut handle,
-                http::Method::GET,
-                list,
-                200,
-                page(vec![forged]),
-            )
-            .await;
-        });
-        let namespaces = ["ns".to_owned()];
-        assert_eq!(
-            label_mine(&client, &namespaces, &owned)
-                .await
-                .expect("a pass"),
-            0
-        );
-        assert!(
-            !any_mine(&client, &namespaces, &owned)
-                .await
-                .expect("a list")
-        );
-        server.await.expect("mock apiserver");
+        let policy = "denied by ValidatingAdmissionPolicy: not its own Secret";
+        assert!(!waits_after_a_403("forged-uid", policy).await);
     }
 
     fn secret(owner_uid: &str) -> PartialObjectMeta<Secret> {
